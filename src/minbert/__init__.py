@@ -1,0 +1,23 @@
+"""minbert: multi-task fine-tuning of BERT encoders (SST-5, QQP, STS-B).
+
+Python API::
+
+    import minbert
+    run = minbert.train("configs/quick.yaml", data_dir="../shared/data/cs224n")
+    print(run.summary["dev"])
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config, load_config  # noqa: E402
+from .errors import MinbertError  # noqa: E402
+from .model import BertConfig, BertModel  # noqa: E402
+from .train import Run  # noqa: E402
+from .train import train as _train  # noqa: E402
+
+# the function shadows the submodule name on purpose: `minbert.train(config)` is the API,
+# `from minbert.train import ...` still reaches the module through sys.modules
+train = _train
+
+
+__all__ = ["BertConfig", "BertModel", "Config", "MinbertError", "load_config", "Run", "train", "__version__"]

@@ -1,0 +1,240 @@
+"""The ``minbert`` command line.
+
+    minbert train --config configs/quick.yaml [--data-dir DIR] [--run-dir DIR] [--optim.lr=2e-5 ...]
+    minbert train --resume RUN_DIR
+    minbert evaluate RUN_DIR [--data-dir DIR]
+    minbert predict RUN_DIR --task sst --text "..."            (or --input FILE [--output FILE])
+
+Every user mistake ends with a one-line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, DataError, MinbertError
+
+log = logging.getLogger("minbert")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    out = []
+    for item in extra:
+        if not item.startswith("--") or "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"unrecognised argument {item!r} (config overrides look like --section.key=value)")
+        out.append(item)
+    return out
+
+
+def cmd_train(args, extra: list[str]) -> int:
+    from .config import load_config
+    from .train import train
+
+    overrides = _split_overrides(extra)
+    if args.resume:
+        if args.config or overrides:
+            raise ConfigError("--resume continues a run with its saved config; do not pass --config or overrides")
+        run = train_resume(args)
+    else:
+        cfg = load_config(args.config, overrides)
+        run = train(cfg, run_dir=args.run_dir, data_dir=args.data_dir, overwrite=args.overwrite, progress=not args.no_progress)
+    print(json.dumps({"run_dir": str(run.run_dir), "dev": run.summary["dev"], "best_epoch": run.summary["best_epoch"]}))
+    return 0
+
+
+def train_resume(args):
+    from .checkpoint import require_run_dir
+    from .config import load_config
+    from .train import train
+
+    run_dir = require_run_dir(args.resume)
+    return train(load_config(run_dir / "config.yaml"), run_dir=run_dir, data_dir=args.data_dir, resume=True, progress=not args.no_progress)
+
+
+def cmd_evaluate(args, extra: list[str]) -> int:
+    import json as _json
+
+    from .checkpoint import atomic_write_json
+    from .data import resolve_data_dir
+    from .predict import load
+    from .tasks import get_task
+    from .train import load_splits, write_run_predictions
+
+    if extra:
+        raise ConfigError(f"unrecognised argument {extra[0]!r}")
+    pred = load(args.run_dir, device=args.device)
+    cfg = pred.config
+    data_dir = args.data_dir or cfg.data.dir
+    if data_dir is None:
+        prov = Path(args.run_dir) / "provenance.json"
+        if prov.is_file():
+            data_dir = _json.loads(prov.read_text()).get("data_dir")
+    data = load_splits(cfg, resolve_data_dir(data_dir, None), pred.tokenizer)
+    tasks = {n: get_task(n) for n in cfg.tasks}
+    result = write_run_predictions(pred.model, tasks, data, pred.run_dir, cfg, pred.device, pred.amp, pred.tokenizer.pad_token_id)
+    flat = result.flat()
+    atomic_write_json(pred.run_dir / "eval.json", {"dev": flat, "dev_detail": result.metrics})
+    print(_json.dumps(flat))
+    return 0
+
+
+def _read_input(path: Path, pair: bool) -> tuple[list[str], list[str], list[str] | None, list[str]]:
+    """Read a .csv/.tsv/.jsonl prediction input: ids, a-texts, b-texts, and bad-row messages."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    cols = ("sentence1", "sentence2") if pair else ("sentence",)
+    ids, a, b, bad = [], [], [], []
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad.append(f"{path}:{n}: not valid JSON ({e.msg})")
+                continue
+            if not isinstance(obj, dict):
+                bad.append(f"{path}:{n}: expected a JSON object")
+                continue
+            rows.append((n, obj))
+    else:
+        delim = "\t" if path.suffix in (".tsv", ".txt") else ","
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter=delim)
+            rows = [(reader.line_num, r) for r in reader]
+    for n, r in rows:
+        texts = [r.get(c) if isinstance(r.get(c), str) else None for c in cols]
+        if not pair and texts[0] is None:
+            texts = [r.get("text") if isinstance(r.get("text"), str) else None]
+        missing = [c for c, t in zip(cols, texts) if t is None or not t.strip()]
+        if missing:
+            bad.append(f"{path}:{n}: missing or empty {missing[0]!r}")
+            continue
+        ids.append(str(r.get("id", len(ids))))
+        a.append(texts[0].strip())
+        if pair:
+            b.append(texts[1].strip())
+    return ids, a, (b if pair else None), bad
+
+
+def cmd_predict(args, extra: list[str]) -> int:
+    from .checkpoint import atomic_write_text
+    from .predict import load
+    from .tasks import get_task
+
+    if extra:
+        raise ConfigError(f"unrecognised argument {extra[0]!r}")
+    if (args.text is None) == (args.input is None):
+        raise ConfigError("give exactly one of --text or --input")
+    pred = load(args.run_dir, device=args.device, batch_size=args.batch_size)
+    task = get_task(args.task)
+    if args.task not in pred.tasks:
+        raise ConfigError(f"--task {args.task!r}: this model has {pred.tasks}")
+    if args.text is not None:
+        texts = args.text
+        if task.pair and len(texts) != 2:
+            raise ConfigError(f"--task {args.task} takes a pair: --text \"first\" \"second\"")
+        if not task.pair and len(texts) != 1:
+            raise ConfigError(f"--task {args.task} takes one --text")
+        if any(not t.strip() for t in texts):
+            raise ConfigError("--text: empty or whitespace-only text")
+        out = _predict_values(pred, task, [texts[0]], [texts[1]] if task.pair else None)
+        print(json.dumps(out[0]))
+        return 0
+    ids, a, b, bad = _read_input(Path(args.input), task.pair)
+    for msg in bad:
+        log.warning("skipped %s", msg)
+    if bad:
+        log.warning("%s: skipped %d bad row(s); kept %d", args.input, len(bad), len(ids))
+    values = _predict_values(pred, task, a, b)
+    lines = [f"id,{task.prediction_column}"] + [f"{i},{task.format_value(v['value'])}" for i, v in zip(ids, values)]
+    if args.output:
+        atomic_write_text(args.output, "\n".join(lines) + "\n")
+        log.info("wrote %d predictions to %s", len(ids), args.output)
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _predict_values(pred, task, a, b) -> list[dict]:
+    import numpy as np
+    import torch
+
+    raw = pred.outputs(task.name, a, b)
+    values = task.predict(torch.from_numpy(raw))
+    out = []
+    for v, r in zip(values, raw):
+        rec = {"value": v.item() if hasattr(v, "item") else v}
+        if task.kind == "classification":
+            rec["probabilities"] = torch.softmax(torch.from_numpy(np.asarray(r)), -1).tolist()
+            if task.label_names:
+                rec["name"] = task.label_names[int(v)]
+        elif task.kind == "binary":
+            rec["probability"] = float(torch.sigmoid(torch.tensor(float(r))))
+        out.append(rec)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minbert", description="Multi-task fine-tuning of BERT encoders.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train and evaluate a multi-task model", description="Extra arguments --section.key=value override the config.")
+    t.add_argument("--config", help="YAML config (configs/default.yaml, configs/quick.yaml, ...)")
+    t.add_argument("--data-dir", help="cs224n data folder (else data.dir, else $MINBERT_DATA_DIR)")
+    t.add_argument("--run-dir", help="run folder (default: output.dir, else runs/<config name>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run in the run folder")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="dev metrics and prediction files again, from the best checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--data-dir")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=cmd_evaluate)
+
+    q = sub.add_parser("predict", help="predict one text (pair) or a file of them")
+    q.add_argument("run_dir")
+    q.add_argument("--task", required=True)
+    q.add_argument("--text", nargs="+", help="one sentence, or two for a pair task")
+    q.add_argument("--input", help="a .csv/.tsv/.jsonl file with columns id, sentence (or sentence1, sentence2)")
+    q.add_argument("--output", help="write a CSV here instead of stdout")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--batch-size", type=int, default=64)
+    q.set_defaults(fn=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.fn(args, extra)
+    except MinbertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with: minbert train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Run configuration: frozen dataclasses loaded from YAML, with dotted overrides.
+
+A config file mirrors :class:`Config`::
+
+    model: {encoder: default, max_length: 128}
+    tasks: {sst: {batch_size: 32}, qqp: {...}, sts: {...}}
+    train: {routine: parallel, epochs: 10}
+    optim: {name: adamw, lr: 1.0e-5}
+
+Overrides use dotted keys, e.g. ``--optim.lr=2e-5`` or ``--tasks.sst.batch_size=8``; values are
+parsed as YAML scalars. An unknown key, a wrong type, or a value outside its allowed set raises
+:class:`ConfigError` naming the key. Code never mutates a config: use :func:`replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from .errors import ConfigError
+
+Pooling = Literal["cls", "pooler", "mean"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "default"  # "default" (packaged all-MiniLM-L6-v2) or a local HF BERT folder
+    max_length: int = 128  # tokens per sequence (pair: both sentences together)
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    hidden_dropout_prob: float | None = None  # None: keep the checkpoint's value
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One task's head and training options (the task itself is defined in :mod:`minbert.tasks`)."""
+
+    head: str = "baseline"
+    pooling: Pooling = "cls"
+    pair_input: Literal["bi", "cross"] = "bi"  # pair tasks: encode a and b apart, or together
+    dropout: float = 0.3
+    batch_size: int = 32
+    weight: float = 1.0  # multiplier of this task's loss in the total
+    train_limit: int | None = None  # use only the first N training rows
+    dev_limit: int | None = None  # evaluate only the first N dev rows
+    hidden_size: int = 256  # hidden width of heads that have one (mlp, gelu, compress-expand)
+
+
+def _default_tasks() -> dict[str, TaskConfig]:
+    return {"sst": TaskConfig(), "qqp": TaskConfig(), "sts": TaskConfig()}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str | None = None  # None: --data-dir, else $MINBERT_DATA_DIR
+    strict: bool = False  # any bad row is fatal
+    bucket_by_length: bool = True  # batches of similar length (shuffled order of buckets)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    routine: Literal["parallel", "sequential"] = "parallel"
+    mode: Literal["finetune", "frozen"] = "finetune"
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    early_stopping_patience: int | None = None  # epochs without overall-dev improvement
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: epoch ends only)
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_steps: int | None = None  # stop after this many optimizer steps (debugging, smoke tests)
+    eval_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adamw", "torch_adamw", "lion"] = "adamw"
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "linear"] = "constant"
+    warmup_ratio: float = 0.0  # fraction of all steps spent in linear warmup
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str | None = None  # run folder; None: runs/<config name>
+    format: Literal["default", "cs224n"] = "default"
+    test_predictions: bool = True
+    plot: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=_default_tasks)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the type annotation ``tp`` and build dataclasses from dicts."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"unknown config key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})")
+        kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        return tp(**kwargs)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _build(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if origin is dict:
+        _, vt = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _build(vt, v if v is not None else {}, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp} at {where}")  # a bug in this module
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain (YAML-serialisable) dict of a config."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a :class:`Config` from a plain dict. Raises :class:`ConfigError`."""
+    return _build(Config, raw or {}, "")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    item = item[2:] if item.startswith("--") else item
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected --key.sub=value")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        value = text
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with dotted overrides (``optim.lr=2e-5``) applied."""
+    import copy
+
+    out = copy.deepcopy(raw) if raw else {}
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {p} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config file (or the defaults when ``path`` is None) and apply overrides.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a key is unknown, or a value has the wrong type.
+    """
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f"line {mark.line + 1}: " if mark else ""
+            raise ConfigError(f"{path}: {line}not valid YAML") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of sections")
+        raw.setdefault("name", path.stem)
+    try:
+        return from_dict(apply_overrides(raw, list(overrides)))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def replace(cfg: Any, **changes) -> Any:
+    """A copy of a frozen config with some fields changed (``dataclasses.replace``)."""
+    return dataclasses.replace(cfg, **changes)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,316 @@
+"""Reading the task files, tokenising once, and batching.
+
+The cs224n files are tab-separated with a header row; the first column is an unnamed row index.
+Columns are found by header name, so the malformed SST test header (an extra leading column) is
+read correctly. Quoted fields may hold ``"`` and tabs.
+
+A bad row (bad quoting, wrong number of fields, missing field, empty text, bad label) is
+reported with file, physical line (1-based; the header is line 1) and reason, then skipped; with
+``strict=True`` the first bad row raises :class:`DataError`. File-level problems (missing or
+empty file, a missing column, SST labels in 1..5) always raise a one-line ``DataError``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "MINBERT_DATA_DIR"
+csv.field_size_limit(10_000_000)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+@dataclass
+class RawSplit:
+    """One file's rows. ``labels`` is None for unlabelled (test) files."""
+
+    path: str
+    ids: list[str]
+    texts: list[tuple[str, ...]]  # one tuple of 1 or 2 texts per row
+    labels: np.ndarray | None
+    bad_rows: list[BadRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, n: int | None) -> "RawSplit":
+        if n is None or n >= len(self.ids):
+            return self
+        return RawSplit(self.path, self.ids[:n], self.texts[:n], None if self.labels is None else self.labels[:n], self.bad_rows)
+
+
+def resolve_data_dir(cli_dir: str | None = None, config_dir: str | None = None) -> Path:
+    """``--data-dir``, else the config's ``data.dir``, else ``$MINBERT_DATA_DIR``.
+
+    Raises:
+        DataError: none is given, or the folder does not exist.
+    """
+    chosen = cli_dir or config_dir or os.environ.get(DATA_DIR_ENV)
+    if not chosen:
+        raise DataError(f"no data folder: pass --data-dir or set {DATA_DIR_ENV} (e.g. ../shared/data/cs224n)")
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data folder {path} does not exist")
+    return path
+
+
+def verify_checksums(folder: Path, names: Sequence[str]) -> list[str]:
+    """Compare files with ``SHA256SUMS`` beside them (if present); returns mismatch messages and
+    logs each as a warning."""
+    sums = folder / "SHA256SUMS"
+    if not sums.is_file():
+        return []
+    expected = {}
+    for line in sums.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            expected[parts[1].lstrip("*")] = parts[0]
+    problems = []
+    for name in names:
+        if name in expected and (folder / name).is_file():
+            actual = sha256_file(folder / name)
+            if actual != expected[name]:
+                problems.append(f"{folder / name}: SHA-256 does not match SHA256SUMS (file changed?)")
+    for p in problems:
+        log.warning(p)
+    return problems
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """Yield (first physical line, fields, error) per record; fields is None on a parse error."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter="\t", strict=True)
+        prev = 0
+        while True:
+            start = prev + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                prev = reader.line_num
+                yield start, None, f"bad quoting ({e})"
+                continue
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {prev + 1}: not UTF-8 text ({e.reason})") from None
+            prev = reader.line_num
+            yield start, row, None
+
+
+def read_table(
+    path: str | os.PathLike,
+    text_columns: Sequence[str],
+    label_column: str | None,
+    parse_label: Callable[[str], float | int] | None,
+    id_column: str = "id",
+    strict: bool = False,
+    label_dtype=np.int64,
+) -> RawSplit:
+    """Read a tab-separated task file.
+
+    Args:
+        text_columns: header names of the 1 or 2 text columns.
+        label_column: header name of the label, or None for an unlabelled file.
+        parse_label: maps the raw label string to a value; raises ``ValueError(reason)``.
+        strict: raise on the first bad row instead of skipping it.
+
+    Returns:
+        RawSplit with ``labels`` as a ``label_dtype`` array (None without a label column).
+
+    Raises:
+        DataError: missing/empty file, missing column, or (strict) any bad row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    rows = _rows(path)
+    first = next(rows, None)
+    if first is None or first[1] is None:
+        raise DataError(f"{path}: line 1: cannot read the header row")
+    header = [h.strip() for h in first[1]]
+    wanted = [id_column, *text_columns] + ([label_column] if label_column else [])
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise DataError(f"{path}: line 1: header has no column {missing[0]!r} (header: {header})")
+    col = {c: header.index(c) for c in wanted}
+    ids, texts, labels, bad = [], [], [], []
+
+    def reject(line: int, reason: str) -> None:
+        b = BadRow(str(path), line, reason)
+        if strict:
+            raise DataError(f"{b} (strict mode)")
+        bad.append(b)
+
+    for line, row, err in rows:
+        if err is not None:
+            reject(line, err)
+            continue
+        if len(row) != len(header):
+            reject(line, f"expected {len(header)} fields, found {len(row)}")
+            continue
+        rid = row[col[id_column]].strip()
+        if not rid:
+            reject(line, f"empty {id_column}")
+            continue
+        tx = tuple(row[col[c]].strip() for c in text_columns)
+        empty = [c for c, t in zip(text_columns, tx) if not t]
+        if empty:
+            reject(line, f"empty text in column {empty[0]!r}")
+            continue
+        if label_column:
+            raw = row[col[label_column]].strip()
+            if not raw:
+                reject(line, f"missing label in column {label_column!r}")
+                continue
+            try:
+                value = parse_label(raw)
+            except ValueError as e:
+                reject(line, f"bad label {raw!r} in column {label_column!r}: {e}")
+                continue
+            labels.append(value)
+        ids.append(rid)
+        texts.append(tx)
+    if bad:
+        log.warning("%s: skipped %d bad row(s); kept %d", path, len(bad), len(ids))
+        for b in bad[:20]:
+            log.warning("  %s", b)
+        if len(bad) > 20:
+            log.warning("  ... and %d more", len(bad) - 20)
+    if not ids:
+        raise DataError(f"{path}: no usable rows ({len(bad)} bad)")
+    arr = np.asarray(labels, dtype=label_dtype) if label_column else None
+    return RawSplit(str(path), ids, texts, arr, bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenised splits and batching
+
+
+@dataclass
+class TokenizedSplit:
+    """A split tokenised once. ``input_ids[i]`` is example i's token list; for bi-encoder pairs
+    ``input_ids_b`` holds sentence b. ``lengths`` (N,) int is what batching sorts by."""
+
+    ids: list[str]
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    input_ids_b: list[list[int]] | None
+    labels: np.ndarray | None
+    lengths: np.ndarray
+    n_truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize_split(raw: RawSplit, tokenizer, pair_input: str) -> TokenizedSplit:
+    """Tokenise a split for its input kind: ``single``, ``bi`` (a and b separately) or ``cross``
+    (``[CLS] a [SEP] b [SEP]``). Warns once with the number of truncated examples."""
+    a = [t[0] for t in raw.texts]
+    ids_b = None
+    if pair_input == "single":
+        ids, types, n_trunc = tokenizer.encode(a)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    elif pair_input == "bi":
+        ids, types, n1 = tokenizer.encode(a)
+        ids_b, _, n2 = tokenizer.encode([t[1] for t in raw.texts])
+        n_trunc = n1 + n2
+        lengths = np.fromiter((max(len(x), len(y)) for x, y in zip(ids, ids_b)), dtype=np.int64, count=len(ids))
+    elif pair_input == "cross":
+        ids, types, n_trunc = tokenizer.encode(a, [t[1] for t in raw.texts])
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    else:
+        raise ValueError(f"unknown pair_input {pair_input!r}")
+    if n_trunc:
+        log.warning("%s: %d text(s) truncated to max_length=%d tokens", raw.path, n_trunc, tokenizer.max_length)
+    return TokenizedSplit(raw.ids, ids, types, ids_b, raw.labels, lengths, n_trunc)
+
+
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_by_length: bool = True
+) -> list[np.ndarray]:
+    """The batches (arrays of row indices) of one training epoch, a pure function of
+    (seed, epoch): a shuffled order; with bucketing, chunks of 50 batches are sorted by length
+    and cut into batches whose order is shuffled again, so padding is small but the data stays
+    mixed."""
+    n = len(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if not bucket_by_length:
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    chunk = batch_size * 50
+    batches = []
+    for s in range(0, n, chunk):
+        part = order[s : s + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Batches for evaluation: sorted by length (least padding), every row exactly once."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class TaskStream:
+    """An endless stream of one task's training batches, cycling through epochs.
+
+    The position is (epoch, index of the next batch): :meth:`state_dict` / :meth:`load_state_dict`
+    restore it exactly, so a resumed run sees the same batches in the same order.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, bucket_by_length: bool = True):
+        self.lengths, self.batch_size, self.seed, self.bucket = lengths, batch_size, seed, bucket_by_length
+        self.epoch, self.pos = 0, 0
+        self._batches = epoch_batches(lengths, batch_size, seed, 0, bucket_by_length)
+
+    def __len__(self) -> int:
+        """Batches per pass over the data."""
+        return len(self._batches)
+
+    def next(self) -> np.ndarray:
+        if self.pos >= len(self._batches):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.bucket)
+        batch = self._batches[self.pos]
+        self.pos += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.bucket)

@@ -1,0 +1,113 @@
+"""Evaluation: run a model over splits and compute metrics. :func:`evaluate` is pure (it
+writes nothing); :func:`write_predictions` is for its caller.
+
+Primary metrics: SST accuracy, QQP accuracy, STS Pearson r, and
+overall = (acc_SST + acc_QQP + (r_STS + 1) / 2) / 3. Also QQP F1, STS Spearman, SST confusion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .checkpoint import atomic_write_text
+from .data import TokenizedSplit, eval_batches
+from .tasks import Task
+
+
+@dataclass
+class TaskPredictions:
+    ids: list[str]
+    values: np.ndarray  # what goes into the prediction file (int labels or float scores)
+    outputs: np.ndarray  # raw model outputs (logits or scores), float32
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, dict]  # task -> metric name -> value (None for an empty split)
+    overall: float | None
+    predictions: dict[str, TaskPredictions]
+
+    def flat(self) -> dict[str, float | None]:
+        """The headline numbers: ``sst_acc``, ``qqp_acc``, ``sts_pearson`` (for built-in tasks),
+        ``<task>_<metric>`` for the rest, and ``overall``."""
+        out = {}
+        for task, m in self.metrics.items():
+            for k, v in m.items():
+                if k != "confusion":
+                    out[f"{task}_{k}"] = v
+        out["overall"] = self.overall
+        return out
+
+
+def autocast_context(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def move(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict_split(
+    model, task: Task, split: TokenizedSplit, device: torch.device, batch_size: int = 256, amp: bool = False, pad_id: int = 0
+) -> TaskPredictions:
+    """Model outputs for every row of a split, in the split's row order. Batches are sorted by
+    length (least padding) and run under ``inference_mode``."""
+    was_training = model.training
+    model.eval()
+    outs: list[np.ndarray] = [None] * len(split)  # type: ignore[list-item]
+    order = []
+    chunks = []
+    for index in eval_batches(split.lengths, batch_size):
+        batch = move(task.collate(split, index, pad_id), device)
+        with autocast_context(device, amp):
+            out = model(task.name, batch)
+        chunks.append(out.float())
+        order.append(index)
+    model.train(was_training)
+    if not chunks:
+        shape = (0, task.num_outputs) if task.num_outputs > 1 else (0,)
+        raw = torch.zeros(shape)
+    else:
+        raw = torch.cat(chunks).cpu()
+        inv = np.argsort(np.concatenate(order), kind="stable")
+        raw = raw[torch.from_numpy(inv)]
+    return TaskPredictions(list(split.ids), task.predict(raw), raw.numpy())
+
+
+def evaluate(
+    model, tasks: dict[str, Task], splits: dict[str, TokenizedSplit], device: torch.device, batch_size: int = 256, amp: bool = False, pad_id: int = 0
+) -> EvalResult:
+    """Predict every labelled split and compute each task's metrics and the overall score.
+    Writes nothing."""
+    metrics, preds, primary = {}, {}, {}
+    for name, split in splits.items():
+        task = tasks[name]
+        p = predict_split(model, task, split, device, batch_size, amp, pad_id)
+        gold = split.labels if split.labels is not None else np.zeros(0)
+        m = task.metrics(p.values, gold) if len(split) else task.metrics(np.zeros(0), np.zeros(0))
+        metrics[name], preds[name], primary[name] = m, p, task.primary(m)
+    return EvalResult(metrics, M.overall(primary), preds)
+
+
+def write_predictions(path: Path, task: Task, pred: TaskPredictions, fmt: str = "default") -> None:
+    """Write one prediction file atomically.
+
+    ``default``: CSV with header ``id,<prediction_column>``. ``cs224n``: the course leaderboard
+    layout, header ``id \\t <column> `` and rows ``<id> , <value>``.
+    """
+    if fmt == "cs224n":
+        lines = [f"id \t {task.cs224n_column or task.prediction_column} "]
+        lines += [f"{i} , {task.format_value(v)}" for i, v in zip(pred.ids, pred.values)]
+    else:
+        lines = [f"id,{task.prediction_column}"]
+        lines += [f"{i},{task.format_value(v)}" for i, v in zip(pred.ids, pred.values)]
+    atomic_write_text(path, "\n".join(lines) + "\n")

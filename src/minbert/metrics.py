@@ -1,0 +1,82 @@
+"""Dev-set metrics, computed with numpy/scipy.
+
+Degenerate cases never crash and never produce NaN:
+
+* an empty split gives ``None`` for each of its metrics (and is left out of the overall score);
+* constant predictions or labels make Pearson/Spearman undefined: they score 0.0, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+from scipy import stats
+
+log = logging.getLogger(__name__)
+
+
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> float | None:
+    """Fraction of exact matches, in [0, 1]; None if empty."""
+    if len(gold) == 0:
+        return None
+    return float(np.mean(np.asarray(pred) == np.asarray(gold)))
+
+
+def binary_f1(pred: np.ndarray, gold: np.ndarray) -> float | None:
+    """F1 of the positive class (label 1), in [0, 1]; 0.0 when there are no true positives."""
+    if len(gold) == 0:
+        return None
+    pred, gold = np.asarray(pred).astype(bool), np.asarray(gold).astype(bool)
+    tp = float(np.sum(pred & gold))
+    denom = float(np.sum(pred) + np.sum(gold))
+    return 0.0 if denom == 0 else 2.0 * tp / denom
+
+
+def confusion_matrix(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> list[list[int]]:
+    """Counts ``m[gold][pred]`` as a nested list (num_labels x num_labels)."""
+    m = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(m, (np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return m.tolist()
+
+
+def _correlation(fn, pred: np.ndarray, gold: np.ndarray, name: str) -> float | None:
+    if len(gold) == 0:
+        return None
+    pred, gold = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if len(gold) < 2 or np.ptp(pred) == 0 or np.ptp(gold) == 0:
+        log.warning("%s is undefined (constant predictions or labels, n=%d); scoring it 0.0", name, len(gold))
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = fn(pred, gold)[0]
+    if not np.isfinite(r):
+        log.warning("%s is not finite; scoring it 0.0", name)
+        return 0.0
+    return float(r)
+
+
+def pearson(pred: np.ndarray, gold: np.ndarray) -> float | None:
+    """Pearson r (scipy.stats.pearsonr), in [-1, 1]; 0.0 if undefined; None if empty."""
+    return _correlation(stats.pearsonr, pred, gold, "Pearson r")
+
+
+def spearman(pred: np.ndarray, gold: np.ndarray) -> float | None:
+    """Spearman rho (scipy.stats.spearmanr), in [-1, 1]; 0.0 if undefined; None if empty."""
+    return _correlation(stats.spearmanr, pred, gold, "Spearman rho")
+
+
+def overall(primary_scores: dict[str, float | None]) -> float | None:
+    """Mean of the tasks' primary scores in [0, 1] (accuracy, or (r + 1) / 2), skipping tasks
+    whose score is None (empty split, with a warning). None when no task has a score.
+
+    With SST, QQP and STS this is (acc_SST + acc_QQP + (r_STS + 1) / 2) / 3.
+    """
+    kept = {k: v for k, v in primary_scores.items() if v is not None}
+    skipped = sorted(set(primary_scores) - set(kept))
+    if skipped:
+        log.warning("overall score leaves out %s (no dev rows)", ", ".join(skipped))
+    if not kept:
+        return None
+    return float(np.mean(list(kept.values())))

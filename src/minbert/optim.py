@@ -1,0 +1,113 @@
+"""Optimizers and learning-rate schedules.
+
+* :class:`AdamW` -- written from its update equations (Loshchilov & Hutter 2019, "Decoupled
+  Weight Decay Regularization", Algorithm 2, with Adam's bias correction, Kingma & Ba 2015):
+
+      m_t = b1 m_{t-1} + (1 - b1) g_t            v_t = b2 v_{t-1} + (1 - b2) g_t^2
+      m^_t = m_t / (1 - b1^t)                    v^_t = v_t / (1 - b2^t)
+      theta_t = theta_{t-1} - lr * wd * theta_{t-1} - lr * m^_t / (sqrt(v^_t) + eps)
+
+* ``torch.optim.AdamW`` (fused on CUDA), name ``torch_adamw``.
+* Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms") from the
+  ``lion-pytorch`` package. Lion's update has unit size per coordinate, so the paper advises an
+  lr 3-10x smaller than AdamW's and a weight decay 3-10x larger (same lr * wd product).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups of trainable parameters: with ``weight_decay``, and without it (biases and
+    LayerNorm). Asserts that every trainable parameter is in exactly one group."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith(NO_DECAY) or "LayerNorm" in name else decay).append(p)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ids = [id(p) for p in decay + no_decay]
+    assert len(ids) == len(set(ids)) == len(trainable), "a parameter is in no group or in two"
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class AdamW(torch.optim.Optimizer):
+    """AdamW from its update equations (see the module docstring). Per-parameter state:
+    ``step`` (int), ``exp_avg`` and ``exp_avg_sq`` (same shape and dtype as the parameter)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
+            raise ConfigError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                m_hat = m / (1 - b1**t)
+                v_hat = v / (1 - b2**t)
+                if wd:
+                    p.mul_(1 - lr * wd)  # decoupled weight decay
+                p.addcdiv_(m_hat, v_hat.sqrt_().add_(eps), value=-lr)
+        return loss
+
+
+def build_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.name`` (a :class:`minbert.config.OptimConfig`).
+
+    Raises:
+        ConfigError: an unknown name or invalid hyperparameters.
+    """
+    if cfg.name == "adamw":
+        return AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "torch_adamw":
+        return torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+        )
+    if cfg.name == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"optim.name {cfg.name!r} is not one of ['adamw', 'torch_adamw', 'lion']")
+
+
+def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``constant``: lr stays; ``linear``: linear warmup over ``warmup_ratio * total_steps``
+    optimizer steps, then linear decay to 0 at ``total_steps``."""
+    warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "constant":
+            return 1.0 if step >= warmup or warmup == 0 else (step + 1) / warmup
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

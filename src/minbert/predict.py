@@ -1,0 +1,148 @@
+"""Loading a trained run for prediction: ``minbert.load(run_dir)`` returns a :class:`Predictor`.
+
+A predictor batches internally (sorted by length), runs under ``inference_mode`` on CPU or GPU,
+and is safe to call from several threads (one lock around the forward passes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import CONFIG_FILE, best_or_last_weights, check_file_weights, require_run_dir
+from .config import load_config
+from .data import RawSplit, tokenize_split
+from .errors import MinbertError
+from .evaluate import predict_split
+from .heads import pool
+from .tasks import get_task
+from .tokenizer import Tokenizer
+from .train import build_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sentiment:
+    label: int  # 0..4
+    name: str  # negative .. positive
+    probabilities: tuple[float, ...]  # 5 values summing to 1
+
+
+def _check_texts(texts, what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        raise MinbertError(f"{what}: expected a list of strings, got one string (wrap it in a list)")
+    out = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise MinbertError(f"{what}[{i}]: expected a string, got {type(t).__name__}")
+        if not t.strip():
+            raise MinbertError(f"{what}[{i}]: empty or whitespace-only text")
+        out.append(t.strip())
+    return out
+
+
+def _check_pairs(pairs) -> tuple[list[str], list[str]]:
+    a, b = [], []
+    for i, p in enumerate(pairs):
+        if isinstance(p, str) or len(p) != 2:
+            raise MinbertError(f"pairs[{i}]: expected a pair of two strings")
+        a.append(p[0])
+        b.append(p[1])
+    return _check_texts(a, "pairs[*][0]"), _check_texts(b, "pairs[*][1]")
+
+
+class Predictor:
+    """A trained multi-task model ready for prediction. Build with :func:`load`."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto", batch_size: int = 64):
+        run_dir = require_run_dir(run_dir)
+        self.run_dir = run_dir
+        self.config = load_config(run_dir / CONFIG_FILE)
+        self.device = resolve_device(device)
+        model = build_model(self.config, run_dir / "encoder", pretrained=False)
+        weights_path = best_or_last_weights(run_dir)
+        check_file_weights(model, weights_path)
+        self.model = model.to(self.device).eval()
+        enc_cfg = model.encoder.config
+        self.tokenizer = Tokenizer(run_dir / "encoder", self.config.model.max_length, enc_cfg.max_position_embeddings)
+        self.batch_size = batch_size
+        self.amp = self.device.type == "cuda"
+        self._lock = threading.Lock()
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.config.tasks)
+
+    def _raw(self, task: str, texts_a: Sequence[str], texts_b: Sequence[str] | None) -> RawSplit:
+        if task not in self.config.tasks:
+            raise MinbertError(f"task {task!r} is not in this model (it has {self.tasks})")
+        rows = [(a,) for a in texts_a] if texts_b is None else list(zip(texts_a, texts_b))
+        return RawSplit("input", [str(i) for i in range(len(rows))], rows, None)
+
+    def outputs(self, task: str, texts_a: Sequence[str], texts_b: Sequence[str] | None = None) -> np.ndarray:
+        """Raw outputs in input order: logits (N, C) / (N,) or scores (N,), float32."""
+        t = get_task(task)
+        if t.pair and texts_b is None:
+            raise MinbertError(f"task {task!r} takes sentence pairs")
+        raw = self._raw(task, texts_a, texts_b if t.pair else None)
+        if len(raw) == 0:
+            return np.zeros((0, t.num_outputs) if t.num_outputs > 1 else (0,), dtype=np.float32)
+        split = tokenize_split(raw, self.tokenizer, t.input_kind(self.config.tasks[task].pair_input))
+        with self._lock:
+            p = predict_split(self.model, t, split, self.device, self.batch_size, self.amp, self.tokenizer.pad_token_id)
+        return p.outputs
+
+    def sentiment(self, texts: Sequence[str]) -> list[Sentiment]:
+        """Per text: label 0..4, its name, and the 5 class probabilities."""
+        texts = _check_texts(texts)
+        logits = self.outputs("sst", texts)
+        probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
+        names = get_task("sst").label_names
+        return [Sentiment(int(p.argmax()), names[int(p.argmax())], tuple(float(x) for x in p)) for p in probs]
+
+    def paraphrase(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Probability that each pair is a paraphrase, (N,) float32 in [0, 1]."""
+        a, b = _check_pairs(pairs)
+        return torch.sigmoid(torch.from_numpy(self.outputs("qqp", a, b))).numpy()
+
+    def similarity(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Similarity score of each pair, (N,) float32 on [0, 5]."""
+        a, b = _check_pairs(pairs)
+        return self.outputs("sts", a, b)
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], pooling: str = "mean") -> np.ndarray:
+        """Sentence embeddings of the fine-tuned encoder, (N, H) float32."""
+        texts = _check_texts(texts)
+        H = self.model.encoder.config.hidden_size
+        if not texts:
+            return np.zeros((0, H), dtype=np.float32)
+        out = np.zeros((len(texts), H), dtype=np.float32)
+        ids, types, _ = self.tokenizer.encode(texts)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        from .tokenizer import pad_batch
+
+        with self._lock:
+            for s in range(0, len(order), self.batch_size):
+                index = order[s : s + self.batch_size]
+                batch = pad_batch([ids[i] for i in index], [types[i] for i in index], self.tokenizer.pad_token_id)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                enc = self.model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                out[index] = pool(enc, pooling).float().cpu().numpy()
+        return out
+
+
+def load(run_dir: str | Path, device: str = "auto", batch_size: int = 64) -> Predictor:
+    """Load a run folder (its best checkpoint) for prediction.
+
+    Raises:
+        CheckpointError: the folder is not a minbert run or has no checkpoint.
+    """
+    return Predictor(run_dir, device=device, batch_size=batch_size)

@@ -1,0 +1,303 @@
+"""The task registry.
+
+A task says what its data looks like (files, columns, labels), and gives its head, loss,
+metrics, prediction format and collate. Tasks are registered once with :func:`register_task`,
+which raises on a duplicate name. The built-in tasks:
+
+=====  ==========================================  ===================  ==============
+name   kind                                        loss                 primary metric
+=====  ==========================================  ===================  ==============
+sst    5-class sentence classification (SST-5)     cross-entropy        accuracy
+qqp    binary pair classification (Quora QP)       BCE with logits      accuracy
+sts    pair regression on [0, 5] (STS-B)           MSE                  Pearson r
+=====  ==========================================  ===================  ==============
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import metrics as M
+from .data import RawSplit, TokenizedSplit, read_table
+from .errors import ConfigError, DataError
+from .heads import build_head
+from .tokenizer import pad_batch
+
+log = logging.getLogger(__name__)
+
+TASKS: dict[str, "Task"] = {}
+
+
+def register_task(obj):
+    """Class decorator (or plain call on an instance): add a task to :data:`TASKS`.
+
+    Raises:
+        ValueError: a task of that name is already registered.
+    """
+    task = obj() if isinstance(obj, type) else obj
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    TASKS[task.name] = task
+    return obj
+
+
+def get_task(name: str) -> "Task":
+    """Raises ConfigError for an unknown task name."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r} (registered: {sorted(TASKS)})") from None
+
+
+class Task:
+    """Base class. Subclasses set the class attributes and implement loss/predict/metrics."""
+
+    name: str
+    kind: str  # "classification" | "binary" | "regression"
+    pair: bool = False
+    num_outputs: int = 1
+    output_range: tuple[float, float] | None = None
+    files: dict[str, str] = {}  # split -> file name in the data folder
+    text_columns: tuple[str, ...] = ("sentence",)
+    label_column: str = "label"
+    id_column: str = "id"
+    prediction_column: str = "Predicted"
+    cs224n_column: str | None = None  # header spelling of the course leaderboard file
+    label_names: tuple[str, ...] | None = None
+
+    # -- data ----------------------------------------------------------------------------------
+    def parse_label(self, raw: str):
+        raise NotImplementedError
+
+    def check_labels(self, labels: np.ndarray, path: str) -> None:
+        """File-level label checks; raise DataError with a one-line reason."""
+
+    def label_dtype(self):
+        return np.float32 if self.kind == "regression" else np.int64
+
+    def read(self, path, split: str, strict: bool = False) -> RawSplit:
+        """Read one split file (the test split has no labels)."""
+        labelled = split != "test"
+        raw = read_table(
+            path,
+            self.text_columns,
+            self.label_column if labelled else None,
+            self.parse_label if labelled else None,
+            id_column=self.id_column,
+            strict=strict,
+            label_dtype=self.label_dtype(),
+        )
+        if raw.labels is not None:
+            self.check_labels(raw.labels, raw.path)
+        return raw
+
+    def input_kind(self, pair_input: str) -> str:
+        """"single" for sentence tasks; "bi" or "cross" (the config's choice) for pair tasks."""
+        if not self.pair:
+            return "single"
+        if pair_input not in ("bi", "cross"):
+            raise ConfigError(f"tasks.{self.name}.pair_input {pair_input!r} is not one of ['bi', 'cross']")
+        return pair_input
+
+    # -- model ---------------------------------------------------------------------------------
+    def build_head(self, cfg, hidden: int) -> nn.Module:
+        """The head for this task's config (a :class:`minbert.config.TaskConfig`)."""
+        return build_head(
+            self.input_kind(cfg.pair_input),
+            cfg.head,
+            hidden=hidden,
+            num_outputs=self.num_outputs,
+            pooling=cfg.pooling,
+            dropout=cfg.dropout,
+            output_range=self.output_range,
+            hidden_size=cfg.hidden_size,
+        )
+
+    def collate(self, split: TokenizedSplit, index: np.ndarray, pad_id: int = 0) -> dict:
+        """A batch dict: ``ids`` (list of str), ``input_ids``/``token_type_ids``/
+        ``attention_mask`` (B, T) int64; for bi-encoder pairs also ``input_ids_b``/
+        ``attention_mask_b``/``token_type_ids_b`` padded to the same T; ``labels`` (B,) if
+        labelled (int64 for classification, float32 otherwise)."""
+        a = [split.input_ids[i] for i in index]
+        types = [split.token_type_ids[i] for i in index]
+        if split.input_ids_b is not None:
+            b = [split.input_ids_b[i] for i in index]
+            both = pad_batch(a + b, [[0] * len(x) for x in a + b], pad_id)
+            n = len(index)
+            batch = {
+                "input_ids": both["input_ids"][:n],
+                "attention_mask": both["attention_mask"][:n],
+                "token_type_ids": both["token_type_ids"][:n],
+                "input_ids_b": both["input_ids"][n:],
+                "attention_mask_b": both["attention_mask"][n:],
+                "token_type_ids_b": both["token_type_ids"][n:],
+            }
+        else:
+            batch = pad_batch(a, types, pad_id)
+        batch["ids"] = [split.ids[i] for i in index]
+        if split.labels is not None:
+            batch["labels"] = torch.from_numpy(split.labels[index])
+        return batch
+
+    def loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, output: torch.Tensor) -> np.ndarray:
+        """Model output -> the values written to prediction files."""
+        raise NotImplementedError
+
+    def metrics(self, pred: np.ndarray, gold: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    def primary(self, m: dict) -> float | None:
+        """This task's contribution to the overall score, in [0, 1] (None when undefined)."""
+        raise NotImplementedError
+
+    def format_value(self, v) -> str:
+        return str(int(v)) if self.kind != "regression" else f"{float(v):.4f}"
+
+
+class ClassificationTask(Task):
+    kind = "classification"
+
+    def parse_label(self, raw: str) -> int:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("not a number") from None
+        if value != int(value):
+            raise ValueError("not an integer")
+        if not 0 <= value < self.num_outputs:
+            raise ValueError(f"outside 0..{self.num_outputs - 1}")
+        return int(value)
+
+    def loss(self, output, labels):
+        return F.cross_entropy(output.float(), labels)
+
+    def predict(self, output):
+        return output.argmax(-1).cpu().numpy()
+
+    def metrics(self, pred, gold):
+        return {"acc": M.accuracy(pred, gold), "confusion": M.confusion_matrix(pred, gold, self.num_outputs) if len(gold) else None}
+
+    def primary(self, m):
+        return m["acc"]
+
+
+class BinaryPairTask(Task):
+    kind = "binary"
+    pair = True
+
+    def parse_label(self, raw: str) -> int:
+        if raw in ("0", "0.0"):
+            return 0
+        if raw in ("1", "1.0"):
+            return 1
+        raise ValueError("expected 0, 1, 0.0 or 1.0")
+
+    def loss(self, output, labels):
+        return F.binary_cross_entropy_with_logits(output.float(), labels.float())
+
+    def predict(self, output):
+        return (output > 0).long().cpu().numpy()
+
+    def metrics(self, pred, gold):
+        return {"acc": M.accuracy(pred, gold), "f1": M.binary_f1(pred, gold)}
+
+    def primary(self, m):
+        return m["acc"]
+
+
+class RegressionPairTask(Task):
+    kind = "regression"
+    pair = True
+
+    def parse_label(self, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("not a number") from None
+        low, high = self.output_range
+        if not np.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"outside [{low:g}, {high:g}]")
+        return value
+
+    def loss(self, output, labels):
+        return F.mse_loss(output.float(), labels.float())
+
+    def predict(self, output):
+        return output.float().cpu().numpy()
+
+    def metrics(self, pred, gold):
+        return {"pearson": M.pearson(pred, gold), "spearman": M.spearman(pred, gold)}
+
+    def primary(self, m):
+        return None if m["pearson"] is None else (m["pearson"] + 1.0) / 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# built-in tasks
+
+
+@register_task
+class SST(ClassificationTask):
+    """SST-5 sentiment (Socher et al. 2013): 5 classes, 0 = negative .. 4 = positive."""
+
+    name = "sst"
+    num_outputs = 5
+    files = {"train": "ids-sst-train.csv", "dev": "ids-sst-dev.csv", "test": "ids-sst-test-student.csv"}
+    text_columns = ("sentence",)
+    label_column = "sentiment"
+    prediction_column = "Predicted_Sentiment"
+    cs224n_column = "Predicted_Sentiment"
+    label_names = ("negative", "somewhat negative", "neutral", "somewhat positive", "positive")
+
+    def parse_label(self, raw: str) -> int:
+        # accept 5 here so that a 1..5 file gets the file-level message below, not 1000 row errors
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("not a number") from None
+        if value != int(value) or not 0 <= value <= 5:
+            raise ValueError("expected an integer 0..4")
+        return int(value)
+
+    def check_labels(self, labels, path):
+        if len(labels) and labels.max() == 5:
+            if labels.min() >= 1:
+                raise DataError(
+                    f"{path}: SST labels run 1..5 but minbert expects 0..4 (subtract 1 from every label)"
+                )
+            bad = int(np.sum(labels == 5))
+            raise DataError(f"{path}: {bad} SST label(s) equal 5; labels must be 0..4")
+
+
+@register_task
+class QQP(BinaryPairTask):
+    """Quora Question Pairs paraphrase detection: 1 = duplicate."""
+
+    name = "qqp"
+    files = {"train": "quora-train.csv", "dev": "quora-dev.csv"}
+    text_columns = ("sentence1", "sentence2")
+    label_column = "is_duplicate"
+    prediction_column = "Predicted_Is_Paraphrase"
+    cs224n_column = "Predicted_Is_Paraphrase"
+
+
+@register_task
+class STS(RegressionPairTask):
+    """STS-B semantic textual similarity (Cer et al. 2017): a float score on [0, 5]."""
+
+    name = "sts"
+    output_range = (0.0, 5.0)
+    files = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test-student.csv"}
+    text_columns = ("sentence1", "sentence2")
+    label_column = "similarity"
+    prediction_column = "Predicted_Similarity"
+    cs224n_column = "Predicted_Similiary"  # sic: the course leaderboard's spelling

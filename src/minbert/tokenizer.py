@@ -1,0 +1,107 @@
+"""WordPiece tokenisation through the Hugging Face ``tokenizers`` library.
+
+Reads ``tokenizer.json`` when the model folder has one, else builds the BERT WordPiece pipeline
+from ``vocab.txt`` and ``tokenizer_config.json`` (lower-casing and accent stripping as the
+checkpoint says). Encodes single sentences and pairs (``[CLS] a [SEP] b [SEP]`` with
+``token_type_ids`` 0/1), truncates longest-first to ``max_length`` and leaves padding to
+collate time (dynamic padding to the longest in the batch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from .errors import CheckpointError, ConfigError
+from .model import resolve_encoder_path
+
+log = logging.getLogger(__name__)
+
+
+class Tokenizer:
+    """A BERT WordPiece tokenizer.
+
+    Args:
+        folder: a Hugging Face model folder, or ``"default"``.
+        max_length: tokens per encoded sequence, special tokens included.
+        max_positions: the model's ``max_position_embeddings``; a larger ``max_length`` raises.
+
+    Raises:
+        ConfigError: ``max_length`` exceeds ``max_positions`` or is < 3.
+        CheckpointError: the folder has neither ``tokenizer.json`` nor ``vocab.txt``.
+    """
+
+    def __init__(self, folder: str | Path = "default", max_length: int = 128, max_positions: int = 512):
+        if max_length > max_positions:
+            raise ConfigError(f"model.max_length {max_length} exceeds the model's max_position_embeddings {max_positions}")
+        if max_length < 3:
+            raise ConfigError(f"model.max_length {max_length} is too small (at least 3: [CLS] x [SEP])")
+        folder = resolve_encoder_path(folder)
+        self.max_length = max_length
+        tj, vocab = folder / "tokenizer.json", folder / "vocab.txt"
+        if tj.is_file():
+            self._tok = HFTokenizer.from_file(str(tj))
+        elif vocab.is_file():
+            opts = {}
+            cfg = folder / "tokenizer_config.json"
+            if cfg.is_file():
+                opts = json.loads(cfg.read_text())
+            lowercase = opts.get("do_lower_case", True)
+            strip = opts.get("strip_accents")
+            self._tok = BertWordPieceTokenizer(
+                str(vocab), lowercase=lowercase, strip_accents=lowercase if strip is None else strip
+            )._tokenizer
+        else:
+            raise CheckpointError(f"{folder}: neither tokenizer.json nor vocab.txt found")
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
+        self.pad_token_id = self._tok.token_to_id("[PAD]")
+        if self.pad_token_id is None:
+            raise CheckpointError(f"{folder}: vocabulary has no [PAD] token")
+        self.vocab_size = self._tok.get_vocab_size()
+
+    def encode(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None
+    ) -> tuple[list[list[int]], list[list[int]], int]:
+        """Encode sentences (or sentence pairs) without padding.
+
+        Returns ``(input_ids, token_type_ids, n_truncated)``: two lists of per-example int lists
+        and the number of examples that were cut to ``max_length``.
+        """
+        if pairs is None:
+            encs = self._tok.encode_batch(list(texts))
+        else:
+            encs = self._tok.encode_batch(list(zip(texts, pairs)))
+        ids = [e.ids for e in encs]
+        types = [e.type_ids for e in encs]
+        n_trunc = sum(1 for e in encs if e.overflowing)
+        return ids, types, n_trunc
+
+    def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None, warn_source: str = "input") -> dict:
+        """Encode and pad to the longest; returns ``input_ids``, ``token_type_ids``,
+        ``attention_mask`` as (B, T) int64 tensors. Warns once with the count of truncated texts."""
+        ids, types, n_trunc = self.encode(texts, pairs)
+        if n_trunc:
+            log.warning("%s: %d of %d texts were truncated to max_length=%d tokens", warn_source, n_trunc, len(ids), self.max_length)
+        return pad_batch(ids, types, self.pad_token_id)
+
+
+def pad_batch(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]], pad_id: int = 0) -> dict:
+    """Right-pad to the longest sequence. Returns (B, T) int64 tensors ``input_ids``,
+    ``token_type_ids`` and ``attention_mask`` (1 on real tokens)."""
+    B, T = len(ids), max(len(x) for x in ids)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((B, T), dtype=torch.long)
+    attention_mask = torch.zeros((B, T), dtype=torch.long)
+    for i, (x, t) in enumerate(zip(ids, types)):
+        n = len(x)
+        input_ids[i, :n] = torch.as_tensor(x)
+        token_type_ids[i, :n] = torch.as_tensor(t)
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}

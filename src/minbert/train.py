@@ -1,0 +1,521 @@
+"""Multi-task training, top to bottom: plain functions, ``logging``, explicit seeds.
+
+Routines (the reference design's two):
+
+* ``parallel``: every optimizer step sums one batch of every task,
+  L = sum_t w_t L_t; smaller datasets are cycled; an epoch is as many steps as the largest
+  dataset has batches.
+* ``sequential``: within each epoch, all batches of one task, then the next.
+
+Losses: cross-entropy (SST), binary cross-entropy with logits (QQP), MSE (STS), each times its
+``tasks.<name>.weight``.
+
+A run is resumable: checkpoints hold the model, optimizer, lr schedule, every RNG state and each
+task stream's position, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import (
+    CONFIG_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    check_file_weights,
+    copy_encoder_files,
+    last_checkpoint,
+    load_train_state,
+    save_checkpoint,
+    save_weights,
+)
+from .config import Config, dump_yaml, load_config, to_dict
+from .data import TaskStream, TokenizedSplit, resolve_data_dir, sha256_file, tokenize_split, verify_checksums
+from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .evaluate import EvalResult, autocast_context, evaluate, move, predict_split, write_predictions
+from .heads import MultitaskModel
+from .model import BertModel, resolve_encoder_path
+from .optim import build_optimizer, build_scheduler, param_groups
+from .tasks import Task, get_task
+from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What :func:`train` returns: the run folder and its summary (also in ``summary.json``)."""
+
+    run_dir: Path
+    summary: dict
+
+
+# ----------------------------------------------------------------------------------------------
+# setup
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device {name!r}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+
+
+def build_model(cfg: Config, encoder_dir: str | Path, pretrained: bool = True) -> MultitaskModel:
+    """The shared encoder (pretrained weights, or just its architecture) plus the tasks' heads."""
+    overrides = {"attn_implementation": cfg.model.attn_implementation}
+    if cfg.model.hidden_dropout_prob is not None:
+        overrides["hidden_dropout_prob"] = cfg.model.hidden_dropout_prob
+    if pretrained:
+        encoder = BertModel.from_pretrained(encoder_dir, **overrides)
+    else:
+        from .model import BertConfig
+
+        encoder = BertModel(BertConfig.from_json_file(Path(encoder_dir) / "config.json", **overrides))
+    hidden = encoder.config.hidden_size
+    heads, kinds = {}, {}
+    for name, tcfg in cfg.tasks.items():
+        task = get_task(name)
+        heads[name] = task.build_head(tcfg, hidden)
+        kinds[name] = task.input_kind(tcfg.pair_input)
+    return MultitaskModel(encoder, heads, kinds)
+
+
+def load_splits(cfg: Config, data_dir: Path, tokenizer: Tokenizer) -> dict[str, dict[str, TokenizedSplit]]:
+    """Read and tokenise (once) each task's train, dev and test files: ``{split: {task: data}}``."""
+    out: dict[str, dict[str, TokenizedSplit]] = {"train": {}, "dev": {}, "test": {}}
+    names = [f for t in cfg.tasks for f in get_task(t).files.values()]
+    verify_checksums(data_dir, names)
+    for name, tcfg in cfg.tasks.items():
+        task = get_task(name)
+        kind = task.input_kind(tcfg.pair_input)
+        for split, fname in task.files.items():
+            if split == "test" and not cfg.output.test_predictions:
+                continue
+            raw = task.read(data_dir / fname, split, strict=cfg.data.strict)
+            limit = {"train": tcfg.train_limit, "dev": tcfg.dev_limit}.get(split)
+            out[split][name] = tokenize_split(raw.subset(limit), tokenizer, kind)
+        log.info(
+            "%s: %d train / %d dev rows", name, len(out["train"].get(name, [])), len(out["dev"].get(name, []))
+        )
+    return out
+
+
+def provenance(cfg: Config, data_dir: Path) -> dict:
+    def git_sha() -> str | None:
+        try:
+            return subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    import tokenizers
+
+    files = sorted({f for t in cfg.tasks for f in get_task(t).files.values()})
+    return {
+        "minbert": __version__,
+        "git_sha": git_sha(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": np.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "data_dir": str(data_dir.resolve()),
+        "data_sha256": {f: sha256_file(data_dir / f) for f in files if (data_dir / f).is_file()},
+        "command": sys.argv,
+    }
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to overwrite an existing run without ``overwrite``; check a resume target."""
+    has_run = (run_dir / CONFIG_FILE).is_file()
+    if resume:
+        if not has_run:
+            raise CheckpointError(f"{run_dir}: cannot resume, not a minbert run folder (no {CONFIG_FILE})")
+        return
+    if has_run and not overwrite:
+        raise CheckpointError(f"{run_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it")
+    if has_run and overwrite:
+        import shutil
+
+        for sub in ("checkpoints", "predictions", "tensorboard"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        for f in ("metrics.jsonl", "summary.json", "curves.png", "train.log"):
+            (run_dir / f).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def add_file_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("minbert").addHandler(handler)
+    return handler
+
+
+# ----------------------------------------------------------------------------------------------
+# the step
+
+
+def epoch_schedule(cfg: Config, streams: dict[str, TaskStream]) -> list[tuple[str, ...]]:
+    """The tasks trained at each micro-step of one epoch."""
+    names = list(streams)
+    if cfg.train.routine == "parallel":
+        return [tuple(names)] * max(len(s) for s in streams.values())
+    return [(n,) for n in names for _ in range(len(streams[n]))]
+
+
+def train_step(
+    model: MultitaskModel,
+    tasks: dict[str, Task],
+    cfg: Config,
+    batches: dict[str, dict],
+    device: torch.device,
+    amp: bool,
+    scale: float,
+) -> dict[str, torch.Tensor]:
+    """Forward and backward of one micro-step; returns each task's (unscaled) loss, detached."""
+    total = 0.0
+    losses = {}
+    for name, batch in batches.items():
+        with autocast_context(device, amp):
+            out = model(name, batch)
+        loss = tasks[name].loss(out, batch["labels"])
+        losses[name] = loss.detach()
+        total = total + cfg.tasks[name].weight * loss
+    (total * scale).backward()
+    return losses
+
+
+def _append_jsonl(fh, record: dict) -> None:
+    fh.write(json.dumps(record) + "\n")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume: drop metric lines written after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: Config | str | Path,
+    run_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Run:
+    """Train and evaluate a multi-task model; returns the :class:`Run`.
+
+    Args:
+        cfg: a :class:`Config` or the path of a YAML config.
+        run_dir: the run folder (default: ``output.dir``, else ``runs/<name>``).
+        data_dir: the cs224n data folder (else ``data.dir``, else ``$MINBERT_DATA_DIR``).
+        resume: continue the run in ``run_dir`` from its last checkpoint (its saved config is used).
+        overwrite: replace an existing run in ``run_dir``.
+
+    Raises:
+        MinbertError subclasses for every user mistake (config, data, checkpoint, non-finite loss).
+    """
+    t_start = time.time()
+    if not isinstance(cfg, Config):
+        cfg = load_config(cfg)
+    run_dir = Path(run_dir or cfg.output.dir or Path("runs") / cfg.name)
+    prepare_run_dir(run_dir, resume, overwrite)
+    if resume:
+        cfg = load_config(run_dir / CONFIG_FILE)
+    file_log = add_file_logging(run_dir)
+    try:
+        return _train(cfg, run_dir, data_dir, resume, progress, t_start)
+    finally:
+        logging.getLogger("minbert").removeHandler(file_log)
+        file_log.close()
+
+
+def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t_start: float) -> Run:
+    tc = cfg.train
+    if not cfg.tasks:
+        raise ConfigError("tasks: at least one task is needed")
+    if tc.epochs < 1 or tc.grad_accum < 1:
+        raise ConfigError("train.epochs and train.grad_accum must be >= 1")
+    device = resolve_device(tc.device)
+    amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
+    seed_everything(tc.seed)
+    data_dir = resolve_data_dir(str(data_dir) if data_dir else None, cfg.data.dir)
+
+    # -- model, tokenizer, data ----------------------------------------------------------------
+    encoder_src = resolve_encoder_path(cfg.model.encoder)
+    model = build_model(cfg, encoder_src).to(device)
+    tokenizer = Tokenizer(encoder_src, cfg.model.max_length, model.encoder.config.max_position_embeddings)
+    tasks = {name: get_task(name) for name in cfg.tasks}
+    data = load_splits(cfg, data_dir, tokenizer)
+    if tc.mode == "frozen":
+        model.encoder.requires_grad_(False)
+
+    if not resume:
+        atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        atomic_write_json(run_dir / "provenance.json", provenance(cfg, data_dir))
+        copy_encoder_files(
+            encoder_src, run_dir / "encoder", lambda p: atomic_write_json(p, model.encoder.config.to_hf_dict())
+        )
+
+    streams = {
+        name: TaskStream(data["train"][name].lengths, cfg.tasks[name].batch_size, tc.seed + i, cfg.data.bucket_by_length)
+        for i, name in enumerate(cfg.tasks)
+    }
+    micro_per_epoch = len(epoch_schedule(cfg, streams))
+    opt_per_epoch = math.ceil(micro_per_epoch / tc.grad_accum)
+    total_steps = tc.epochs * opt_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * opt_per_epoch)
+    log.info(
+        "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, device %s, amp %s",
+        tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, device, "bf16" if amp else "off",
+    )
+    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay), device)
+    scheduler = build_scheduler(cfg.optim, optimizer, total_steps)
+
+    # -- resume --------------------------------------------------------------------------------
+    state = {"epoch": 0, "micro": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
+    if resume:
+        folder = last_checkpoint(run_dir)
+        if folder is None:
+            raise CheckpointError(f"{run_dir}: no checkpoint to resume from")
+        check_file_weights(model, folder / "model.safetensors")
+        ts = load_train_state(folder)
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        for name, s in ts["streams"].items():
+            streams[name].load_state_dict(s)
+        state = ts["loop"]
+        set_rng_state(ts["rng"])
+        _trim_metrics(run_dir / "metrics.jsonl", state["step"])
+        log.info("resumed %s at epoch %d, micro-step %d, step %d", run_dir, state["epoch"], state["micro"], state["step"])
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            run_dir,
+            state["step"],
+            model.state_dict(),
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "streams": {n: s.state_dict() for n, s in streams.items()},
+                "loop": dict(state),
+                "rng": rng_state(),
+            },
+        )
+
+    writer = None
+    if cfg.output.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    metrics_fh = open(run_dir / "metrics.jsonl", "a")
+    params = [p for p in model.parameters() if p.requires_grad]
+    pad_id = tokenizer.pad_token_id
+    stop = state["step"] >= total_steps
+    best_result: EvalResult | None = None  # dev predictions of the best epoch, if seen in this process
+
+    # -- loop ----------------------------------------------------------------------------------
+    try:
+        while state["epoch"] < tc.epochs and not stop:
+            epoch = state["epoch"]
+            schedule = epoch_schedule(cfg, streams)
+            model.train()
+            bar = tqdm(total=len(schedule), initial=state["micro"], desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False)
+            while state["micro"] < len(schedule):
+                i = state["micro"]
+                names = schedule[i]
+                last_in_group = (i + 1) % tc.grad_accum == 0 or i + 1 == len(schedule)
+                group_size = min(tc.grad_accum, len(schedule) - (i // tc.grad_accum) * tc.grad_accum)
+                batches = {n: move(tasks[n].collate(data["train"][n], streams[n].next(), pad_id), device) for n in names}
+                losses = train_step(model, tasks, cfg, batches, device, amp, 1.0 / group_size)
+                state["micro"] += 1
+                bar.update(1)
+                if not last_in_group:
+                    continue
+                # one host sync per optimizer step: losses and gradient norm together
+                max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+                values = torch.stack([*losses.values(), grad_norm.float()]).tolist()
+                loss_vals = dict(zip(losses, values[:-1]))
+                bad = [n for n, v in loss_vals.items() if not math.isfinite(v)]
+                if bad or not math.isfinite(values[-1]):
+                    what = f"task {bad[0]}" if bad else "gradient (all tasks' sum)"
+                    ids = batches[bad[0] if bad else names[0]]["ids"][:8]
+                    msg = f"non-finite loss at step {state['step'] + 1} (epoch {epoch + 1}), {what}, batch ids {ids}"
+                    if tc.nonfinite == "stop":
+                        last = last_checkpoint(run_dir)
+                        raise NonFiniteLossError(f"{msg}; last good checkpoint: {last or 'none'}")
+                    log.warning("%s; skipping this batch", msg)
+                    optimizer.zero_grad(set_to_none=True)
+                    _append_jsonl(metrics_fh, {"step": state["step"], "skipped": what, "ids": ids})
+                    continue
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                record = {"step": state["step"], "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": values[-1]}
+                record.update({f"loss/{n}": v for n, v in loss_vals.items()})
+                _append_jsonl(metrics_fh, record)
+                if writer is not None:
+                    for n, v in loss_vals.items():
+                        writer.add_scalar(f"train/loss_{n}", v, state["step"])
+                bar.set_postfix({n: f"{v:.3f}" for n, v in loss_vals.items()}, refresh=False)
+                if state["step"] >= total_steps:
+                    stop = True
+                    break
+                if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
+                    metrics_fh.flush()
+                    checkpoint()
+            bar.close()
+
+            # -- end of epoch: evaluate, keep the best, checkpoint ---------------------------
+            result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id)
+            flat = result.flat()
+            log.info("epoch %d dev: %s", epoch + 1, _fmt(flat))
+            _append_jsonl(metrics_fh, {"step": state["step"], "epoch": epoch + 1, "dev": flat, "dev_detail": result.metrics})
+            if writer is not None:
+                for k, v in flat.items():
+                    if v is not None:
+                        writer.add_scalar(f"dev/{k}", v, epoch + 1)
+            state["history"].append({"epoch": epoch + 1, "step": state["step"], **flat})
+            score = flat["overall"] if flat["overall"] is not None else -math.inf
+            if state["best"] is None or score > state["best"]:
+                state["best"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
+                best_result = result
+                save_weights(
+                    run_dir / "checkpoints" / "best" / "model.safetensors",
+                    model.state_dict(),
+                    {"epoch": epoch + 1, "step": state["step"], "dev": flat},
+                )
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"], state["micro"] = epoch + 1, 0
+            metrics_fh.flush()
+            checkpoint()
+            if tc.early_stopping_patience is not None and state["bad_epochs"] >= tc.early_stopping_patience:
+                log.info("early stopping: no overall-dev improvement for %d epoch(s)", state["bad_epochs"])
+                break
+    finally:
+        metrics_fh.close()
+        if writer is not None:
+            writer.close()
+
+    # -- final predictions from the best checkpoint --------------------------------------------
+    check_file_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
+    final = write_run_predictions(model, tasks, data, run_dir, cfg, device, amp, pad_id, dev_result=best_result)
+    summary = {
+        "dev": {k: final.flat().get(k) for k in ("sst_acc", "qqp_acc", "sts_pearson")} | {"overall": final.overall},
+        "dev_all": final.flat(),
+        "best_epoch": state["best_epoch"],
+        "epochs_run": len(state["history"]),
+        "steps": state["step"],
+        "wall_s": round(time.time() - t_start, 2),
+        "config": to_dict(cfg),
+    }
+    if cfg.output.plot:
+        plot_curves(run_dir)
+    atomic_write_json(run_dir / "summary.json", summary)
+    log.info("done in %.1f s; best epoch %s: %s", summary["wall_s"], state["best_epoch"], _fmt(summary["dev"]))
+    return Run(run_dir, summary)
+
+
+def write_run_predictions(
+    model, tasks, data, run_dir: Path, cfg: Config, device, amp: bool, pad_id: int, dev_result: EvalResult | None = None
+) -> EvalResult:
+    """Dev metrics and dev + test prediction files of the current weights. ``dev_result``:
+    the dev evaluation of these same weights, if already computed (saves a pass over dev)."""
+    result = dev_result or evaluate(model, tasks, data["dev"], device, cfg.train.eval_batch_size, amp, pad_id)
+    pred_dir = run_dir / "predictions"
+    pred_dir.mkdir(exist_ok=True)
+    for name, p in result.predictions.items():
+        write_predictions(pred_dir / f"{name}-dev.csv", tasks[name], p, cfg.output.format)
+    for name, split in data["test"].items():
+        p = predict_split(model, tasks[name], split, device, cfg.train.eval_batch_size, amp, pad_id)
+        write_predictions(pred_dir / f"{name}-test.csv", tasks[name], p, cfg.output.format)
+    return result
+
+
+def _fmt(flat: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
+
+
+def plot_curves(run_dir: Path) -> None:
+    """``curves.png``: training loss per task (moving average) and dev metrics per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, dev = [], []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        (dev if "dev" in rec else steps).append(rec)
+    steps = [r for r in steps if "lr" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_keys = sorted({k for r in steps for k in r if k.startswith("loss/")})
+    for k in loss_keys:
+        x = np.array([r["step"] for r in steps if k in r])
+        y = np.array([r[k] for r in steps if k in r])
+        w = max(1, len(y) // 50)
+        if len(y) >= w:
+            y = np.convolve(y, np.ones(w) / w, mode="valid")
+            x = x[w - 1 :]
+        ax1.plot(x, y, label=k[5:])
+    ax1.set(xlabel="optimizer step", ylabel="training loss (moving average)", title="Training loss")
+    ax1.legend()
+    for k in ("sst_acc", "qqp_acc", "sts_pearson", "overall"):
+        pts = [(r["epoch"], r["dev"][k]) for r in dev if r["dev"].get(k) is not None]
+        if pts:
+            ax2.plot(*zip(*pts), marker="o", label=k)
+    ax2.set(xlabel="epoch", ylabel="dev metric", title="Dev metrics")
+    ax2.legend()
+    fig.tight_layout()
+    tmp = run_dir / ".curves.png.tmp"
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, run_dir / "curves.png")
