@@ -9,6 +9,10 @@ Python API::
 
 __version__ = "0.1.0"
 
+import time as _time  # noqa: E402
+
+STARTED_AT = _time.time()  # when the package was first imported: the CLI's "start of the command"
+
 from .config import Config, load_config  # noqa: E402
 from .errors import MinbertError  # noqa: E402
 from .model import BertConfig, BertModel  # noqa: E402

@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import STARTED_AT
 from .errors import ConfigError, DataError, MinbertError
 
 log = logging.getLogger("minbert")
@@ -51,7 +52,9 @@ def cmd_train(args, extra: list[str]) -> int:
         run = train_resume(args)
     else:
         cfg = load_config(args.config, overrides)
-        run = train(cfg, run_dir=args.run_dir, data_dir=args.data_dir, overwrite=args.overwrite, progress=not args.no_progress)
+        run = train(
+            cfg, run_dir=args.run_dir, data_dir=args.data_dir, overwrite=args.overwrite, progress=not args.no_progress, t_start=STARTED_AT
+        )
     print(json.dumps({"run_dir": str(run.run_dir), "dev": run.summary["dev"], "best_epoch": run.summary["best_epoch"]}))
     return 0
 
@@ -62,7 +65,9 @@ def train_resume(args):
     from .train import train
 
     run_dir = require_run_dir(args.resume)
-    return train(load_config(run_dir / "config.yaml"), run_dir=run_dir, data_dir=args.data_dir, resume=True, progress=not args.no_progress)
+    return train(
+        load_config(run_dir / "config.yaml"), run_dir=run_dir, data_dir=args.data_dir, resume=True, progress=not args.no_progress, t_start=STARTED_AT
+    )
 
 
 def cmd_evaluate(args, extra: list[str]) -> int:

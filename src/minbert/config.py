@@ -15,6 +15,7 @@ parsed as YAML scalars. An unknown key, a wrong type, or a value outside its all
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ import yaml
 from .errors import ConfigError
 
 Pooling = Literal["cls", "pooler", "mean"]
+
+# YAML 1.1 (PyYAML) reads 1e-5 (no dot) as a string; accept it where a number is expected
+_EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"
     max_steps: int | None = None  # stop after this many optimizer steps (debugging, smoke tests)
     eval_batch_size: int = 256
+    compile: Literal["auto", "on", "off"] = "off"  # torch.compile the encoder (auto: on CUDA only)
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,8 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp is float:
+        if isinstance(value, str) and _EXP_NUMBER.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

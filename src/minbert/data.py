@@ -120,9 +120,21 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str] | None, str | None]]:
                 yield start, None, f"bad quoting ({e})"
                 continue
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}: line {prev + 1}: not UTF-8 text ({e.reason})") from None
+                # the text layer decodes ahead in chunks: find the line by scanning the bytes
+                line = _first_non_utf8_line(path) or prev + 1
+                raise DataError(f"{path}: line {line}: not UTF-8 text ({e.reason})") from None
             prev = reader.line_num
             yield start, row, None
+
+
+def _first_non_utf8_line(path: Path) -> int | None:
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return None
 
 
 def read_table(

@@ -171,7 +171,7 @@ class ClassificationTask(Task):
             value = float(raw)
         except ValueError:
             raise ValueError("not a number") from None
-        if value != int(value):
+        if not np.isfinite(value) or value != int(value):
             raise ValueError("not an integer")
         if not 0 <= value < self.num_outputs:
             raise ValueError(f"outside 0..{self.num_outputs - 1}")
@@ -264,7 +264,7 @@ class SST(ClassificationTask):
             value = float(raw)
         except ValueError:
             raise ValueError("not a number") from None
-        if value != int(value) or not 0 <= value <= 5:
+        if not np.isfinite(value) or value != int(value) or not 0 <= value <= 5:
             raise ValueError("expected an integer 0..4")
         return int(value)
 

@@ -248,6 +248,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    t_start: float | None = None,
 ) -> Run:
     """Train and evaluate a multi-task model; returns the :class:`Run`.
 
@@ -257,11 +258,12 @@ def train(
         data_dir: the cs224n data folder (else ``data.dir``, else ``$MINBERT_DATA_DIR``).
         resume: continue the run in ``run_dir`` from its last checkpoint (its saved config is used).
         overwrite: replace an existing run in ``run_dir``.
+        t_start: wall-clock start for ``summary.json``'s ``wall_s`` (default: now).
 
     Raises:
         MinbertError subclasses for every user mistake (config, data, checkpoint, non-finite loss).
     """
-    t_start = time.time()
+    t_start = time.time() if t_start is None else t_start
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
     run_dir = Path(run_dir or cfg.output.dir or Path("runs") / cfg.name)
@@ -295,6 +297,9 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     data = load_splits(cfg, data_dir, tokenizer)
     if tc.mode == "frozen":
         model.encoder.requires_grad_(False)
+    if tc.compile == "on" or (tc.compile == "auto" and device.type == "cuda"):
+        # in place (Module.compile), so state_dict keys keep their names; dynamic T from bucketing
+        model.encoder.compile(dynamic=True)
 
     if not resume:
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
