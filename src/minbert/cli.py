@@ -65,9 +65,20 @@ def train_resume(args):
     from .train import train
 
     run_dir = require_run_dir(args.resume)
-    return train(
-        load_config(run_dir / "config.yaml"), run_dir=run_dir, data_dir=args.data_dir, resume=True, progress=not args.no_progress, t_start=STARTED_AT
-    )
+    cfg = load_config(run_dir / "config.yaml")
+    data_dir = _run_data_dir(run_dir, args.data_dir, cfg)
+    return train(cfg, run_dir=run_dir, data_dir=data_dir, resume=True, progress=not args.no_progress, t_start=STARTED_AT)
+
+
+def _run_data_dir(run_dir: Path, cli_dir: str | None, cfg) -> str | None:
+    """A run's data folder: --data-dir, else the config's data.dir, else the folder recorded in
+    its provenance.json (the one it was trained on)."""
+    data_dir = cli_dir or cfg.data.dir
+    if data_dir is None:
+        prov = Path(run_dir) / "provenance.json"
+        if prov.is_file():
+            data_dir = json.loads(prov.read_text()).get("data_dir")
+    return data_dir
 
 
 def cmd_evaluate(args, extra: list[str]) -> int:
@@ -83,11 +94,7 @@ def cmd_evaluate(args, extra: list[str]) -> int:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     pred = load(args.run_dir, device=args.device)
     cfg = pred.config
-    data_dir = args.data_dir or cfg.data.dir
-    if data_dir is None:
-        prov = Path(args.run_dir) / "provenance.json"
-        if prov.is_file():
-            data_dir = _json.loads(prov.read_text()).get("data_dir")
+    data_dir = _run_data_dir(pred.run_dir, args.data_dir, cfg)
     data = load_splits(cfg, resolve_data_dir(data_dir, None), pred.tokenizer)
     tasks = {n: get_task(n) for n in cfg.tasks}
     result = write_run_predictions(pred.model, tasks, data, pred.run_dir, cfg, pred.device, pred.amp, pred.tokenizer.pad_token_id)

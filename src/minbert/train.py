@@ -231,10 +231,18 @@ def _append_jsonl(fh, record: dict) -> None:
 
 
 def _trim_metrics(path: Path, step: int) -> None:
-    """On resume: drop metric lines written after the checkpoint we resume from."""
+    """On resume: drop metric lines written after the checkpoint we resume from, and a torn last
+    line (a process killed in the middle of a buffer flush)."""
     if not path.is_file():
         return
-    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    kept = []
+    for ln in path.read_text().splitlines():
+        try:
+            rec = json.loads(ln) if ln.strip() else None
+        except json.JSONDecodeError:
+            continue  # written after the checkpoint (lines are flushed before each checkpoint)
+        if rec is not None and rec.get("step", 0) <= step:
+            kept.append(ln)
     atomic_write_text(path, "".join(ln + "\n" for ln in kept))
 
 
