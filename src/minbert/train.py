@@ -230,10 +230,14 @@ def _append_jsonl(fh, record: dict) -> None:
     fh.write(json.dumps(record) + "\n")
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume: drop metric lines written after the checkpoint we resume from, and a torn last
-    line (a process killed in the middle of a buffer flush)."""
+def _trim_metrics(path: Path, step: int, size: int | None = None) -> None:
+    """On resume: drop metric lines written after the checkpoint we resume from: cut the file to
+    ``size``, its length when the checkpoint was taken; for checkpoints that lack it, keep the
+    whole lines up to ``step`` (a torn last line is a process killed in a buffer flush)."""
     if not path.is_file():
+        return
+    if size is not None:
+        atomic_write_text(path, path.read_bytes()[:size].decode("utf-8"))
         return
     kept = []
     for ln in path.read_text().splitlines():
@@ -344,10 +348,12 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
             streams[name].load_state_dict(s)
         state = ts["loop"]
         set_rng_state(ts["rng"])
-        _trim_metrics(run_dir / "metrics.jsonl", state["step"])
+        _trim_metrics(run_dir / "metrics.jsonl", state["step"], state.get("metrics_bytes"))
         log.info("resumed %s at epoch %d, micro-step %d, step %d", run_dir, state["epoch"], state["micro"], state["step"])
 
     def checkpoint() -> None:
+        metrics_fh.flush()
+        state["metrics_bytes"] = os.fstat(metrics_fh.fileno()).st_size  # what a resume keeps
         save_checkpoint(
             run_dir,
             state["step"],
@@ -421,7 +427,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
                 if state["step"] >= total_steps:
                     stop = True
                     break
-                if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
+                # (the epoch's last step is checkpointed after its dev evaluation, below)
+                if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0 and state["micro"] < len(schedule):
                     metrics_fh.flush()
                     checkpoint()
             bar.close()

@@ -1,0 +1,302 @@
+"""Config loading: YAML files, dotted overrides, validation, immutability, round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from minbert.config import (
+    Config,
+    OptimConfig,
+    TaskConfig,
+    apply_overrides,
+    dump_yaml,
+    from_dict,
+    load_config,
+    replace,
+    to_dict,
+)
+from minbert.errors import ConfigError, MinbertError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+FILES = ["default.yaml", "quick.yaml"]
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def assert_contains(actual, expected, where=""):
+    """Every key/value of the YAML mapping ``expected`` is in the config dict ``actual``."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), where
+        for k, v in expected.items():
+            assert k in actual, f"{where}.{k}"
+            assert_contains(actual[k], v, f"{where}.{k}")
+    else:
+        assert actual == expected, where
+
+
+# ----------------------------------------------------------------------------------------------
+# the shipped config files
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_load_shipped_config(name):
+    path = CONFIGS / name
+    raw = yaml.safe_load(path.read_text())
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.name == raw.get("name", path.stem)
+    assert_contains(to_dict(cfg), raw)
+    # sections are the typed dataclasses, tasks are TaskConfigs
+    assert isinstance(cfg.optim, OptimConfig)
+    assert set(cfg.tasks) == set(raw["tasks"])
+    assert all(isinstance(t, TaskConfig) for t in cfg.tasks.values())
+    assert isinstance(cfg.optim.lr, float) and isinstance(cfg.train.epochs, int)
+    assert isinstance(cfg.optim.betas, tuple)
+
+
+def test_quick_differs_from_default():
+    d, q = load_config(CONFIGS / "default.yaml"), load_config(CONFIGS / "quick.yaml")
+    raw_q = yaml.safe_load((CONFIGS / "quick.yaml").read_text())
+    assert q.train.epochs == raw_q["train"]["epochs"] != d.train.epochs
+    assert q.optim.lr == raw_q["optim"]["lr"] != d.optim.lr
+    for t in raw_q["tasks"]:
+        assert q.tasks[t].train_limit == raw_q["tasks"][t]["train_limit"]
+        assert d.tasks[t].train_limit is None
+
+
+def test_defaults_without_file():
+    assert load_config(None) == Config()
+    assert from_dict({}) == Config() and from_dict(None) == Config()
+
+
+def test_name_defaults_to_file_stem(tmp_path):
+    cfg = load_config(write(tmp_path, "train: {epochs: 2}\n", "my-run.yaml"))
+    assert cfg.name == "my-run" and cfg.train.epochs == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# overrides
+
+
+def test_dotted_overrides():
+    base = load_config(CONFIGS / "default.yaml")
+    cfg = load_config(
+        CONFIGS / "default.yaml",
+        ["optim.lr=2e-5", "tasks.sst.batch_size=8", "--train.epochs=3", "data.strict=true", "optim.betas=[0.8, 0.99]"],
+    )
+    assert cfg.optim.lr == 2e-5 and isinstance(cfg.optim.lr, float)
+    assert cfg.tasks["sst"].batch_size == 8
+    assert cfg.train.epochs == 3
+    assert cfg.data.strict is True
+    assert cfg.optim.betas == (0.8, 0.99)
+    # everything else is untouched
+    assert cfg.tasks["qqp"] == base.tasks["qqp"] and cfg.tasks["sts"] == base.tasks["sts"]
+    assert replace(cfg.tasks["sst"], batch_size=base.tasks["sst"].batch_size) == base.tasks["sst"]
+    assert cfg.model == base.model and cfg.output == base.output
+
+
+@pytest.mark.parametrize(
+    "override,attr,value",
+    [
+        ("optim.lr=1.5e-4", ("optim", "lr"), 1.5e-4),
+        ("optim.lr=3e-5", ("optim", "lr"), 3e-5),
+        ("optim.lr=0.001", ("optim", "lr"), 0.001),
+        ("optim.weight_decay=0", ("optim", "weight_decay"), 0.0),
+        ("train.max_grad_norm=1.0", ("train", "max_grad_norm"), 1.0),
+        ("train.max_grad_norm=null", ("train", "max_grad_norm"), None),
+        ("train.routine=sequential", ("train", "routine"), "sequential"),
+        ("output.format=cs224n", ("output", "format"), "cs224n"),
+        ("name=exp1", ("name",), "exp1"),
+    ],
+)
+def test_override_values(override, attr, value):
+    obj = load_config(None, [override])
+    for a in attr:
+        obj = getattr(obj, a)
+    assert obj == value and type(obj) is type(value)
+
+
+def test_override_creates_missing_section():
+    cfg = load_config(None, ["tasks.sst.pooling=mean"])
+    assert cfg.tasks["sst"].pooling == "mean"
+
+
+def test_apply_overrides_does_not_mutate_input():
+    raw = {"optim": {"lr": 1.0}}
+    out = apply_overrides(raw, ["optim.lr=2.0", "train.epochs=1"])
+    assert raw == {"optim": {"lr": 1.0}}
+    assert out == {"optim": {"lr": 2.0}, "train": {"epochs": 1}}
+
+
+def test_override_without_value_is_error():
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(None, ["optim.lr"])
+
+
+@pytest.mark.parametrize("path", [None, CONFIGS / "default.yaml"])
+def test_override_into_a_value_is_error(path):
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        load_config(path, ["optim.lr.x=3"])
+
+
+# ----------------------------------------------------------------------------------------------
+# unknown keys, wrong types, Literal violations: ConfigError naming the key
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("colour: red\n", "colour"),
+        ("optim: {lrr: 0.1}\n", "optim.lrr"),
+        ("train: {epochs: 2, epoch: 3}\n", "train.epoch"),
+        ("tasks: {sst: {batchsize: 8}}\n", "tasks.sst.batchsize"),
+        ("model: {hidden: 5}\n", "model.hidden"),
+    ],
+)
+def test_unknown_key_in_file(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    msg = str(ei.value)
+    assert f"unknown config key {key}" in msg
+    assert str(path) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("colour=red", "colour"),
+        ("optim.lrr=0.1", "optim.lrr"),
+        ("tasks.qqp.batchsize=8", "tasks.qqp.batchsize"),
+        ("data.folder=x", "data.folder"),
+    ],
+)
+def test_unknown_key_via_override(override, key):
+    with pytest.raises(ConfigError, match=f"unknown config key {key}"):
+        load_config(CONFIGS / "default.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("train: {epochs: ten}\n", "train.epochs"),
+        ('optim: {lr: "abc"}\n', "optim.lr"),
+        ("optim: {lr: true}\n", "optim.lr"),
+        ("train: {epochs: 2.5}\n", "train.epochs"),
+        ("train: {epochs: true}\n", "train.epochs"),
+        ("tasks: {sst: {batch_size: 1.5}}\n", "tasks.sst.batch_size"),
+        ("tasks: {sts: {dropout: high}}\n", "tasks.sts.dropout"),
+        ("data: {strict: maybe}\n", "data.strict"),
+        ("model: {encoder: 3}\n", "model.encoder"),
+        ("optim: {betas: [0.9]}\n", "optim.betas"),
+        ("optim: {betas: [0.9, x]}\n", "optim.betas[1]"),
+        ("optim: 5\n", "optim"),
+        ("train: {max_grad_norm: big}\n", "train.max_grad_norm"),
+    ],
+)
+def test_wrong_type(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    msg = str(ei.value)
+    assert f"{key}:" in msg
+    assert str(path) in msg
+
+
+@pytest.mark.parametrize("override,key", [("train.epochs=ten", "train.epochs"), ("optim.lr=abc", "optim.lr")])
+def test_wrong_type_via_override(override, key):
+    with pytest.raises(ConfigError, match=f"{key}: expected"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "override,key,value",
+    [
+        ("train.routine=serial", "train.routine", "serial"),
+        ("train.mode=partial", "train.mode", "partial"),
+        ("tasks.sst.pooling=max", "tasks.sst.pooling", "max"),
+        ("tasks.sts.pair_input=both", "tasks.sts.pair_input", "both"),
+        ("optim.name=sgd", "optim.name", "sgd"),
+        ("optim.schedule=cosine", "optim.schedule", "cosine"),
+        ("output.format=csv", "output.format", "csv"),
+        ("model.attn_implementation=flash", "model.attn_implementation", "flash"),
+    ],
+)
+def test_literal_violation(override, key, value):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, [override])
+    msg = str(ei.value)
+    assert msg.startswith(f"{key}: {value!r} is not one of")
+    # the allowed values are listed
+    field = key.rsplit(".", 1)[1]
+    section = key.split(".")[0]
+    default = getattr(getattr(Config(), section) if section != "tasks" else TaskConfig(), field)
+    assert repr(default) in msg
+
+
+def test_config_errors_are_minbert_errors(tmp_path):
+    assert issubclass(ConfigError, MinbertError)
+
+
+def test_missing_config_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 2\n  seed: [1, 2\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    assert str(path) in str(ei.value) and "line" in str(ei.value) and "YAML" in str(ei.value)
+
+
+def test_non_mapping_file(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+# ----------------------------------------------------------------------------------------------
+# frozen and round trip
+
+
+def test_config_is_frozen():
+    cfg = load_config(CONFIGS / "default.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.name = "other"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.lr = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.tasks["sst"].batch_size = 1
+    assert cfg.optim.lr == yaml.safe_load((CONFIGS / "default.yaml").read_text())["optim"]["lr"]
+
+
+def test_replace_returns_a_copy():
+    cfg = Config()
+    new = replace(cfg, optim=replace(cfg.optim, lr=3.0))
+    assert new.optim.lr == 3.0 and cfg.optim.lr == OptimConfig().lr
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("overrides", [[], ["optim.lr=2e-5", "tasks.sst.batch_size=8", "train.max_grad_norm=1.0"]])
+def test_dump_yaml_round_trip(tmp_path, name, overrides):
+    cfg = load_config(CONFIGS / name, overrides)
+    text = dump_yaml(cfg)
+    again = load_config(write(tmp_path, text, "dumped.yaml"))
+    assert again == cfg
+    assert dump_yaml(again) == text
+    assert from_dict(yaml.safe_load(text)) == cfg
+
+
+def test_dump_yaml_round_trip_defaults(tmp_path):
+    text = dump_yaml(Config())
+    assert load_config(write(tmp_path, text)) == Config()

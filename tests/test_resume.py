@@ -1,0 +1,351 @@
+"""Robustness of training runs: SIGKILL mid-epoch then ``--resume`` gives bit-identical results,
+a kill during a checkpoint write leaves the previous checkpoint loadable, a non-finite loss stops
+(or skips) cleanly, and an existing run is never overwritten by accident.
+
+CPU, the tiny random encoder of ``conftest.tiny_encoder``, a slice of the real cs224n data.
+Every subprocess runs with one intra-op thread so that float results are reproducible.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from minbert.checkpoint import last_checkpoint, load_train_state, load_weights
+from minbert.cli import main
+from minbert.errors import CheckpointError
+from minbert.tasks import get_task
+
+TASKS = ("sst", "qqp", "sts")
+N = 64  # train and dev rows per task
+BATCH = 8
+STEPS_PER_EPOCH = N // BATCH
+EPOCHS = 2
+# checkpoints at steps 4 (mid-epoch 1), 8 (last step of epoch 1, then again after its dev evaluation),
+# 12 (mid-epoch 2), 16 (end)
+EVERY = 4
+SLICE = [f"--tasks.{t}.{k}={v}" for t in TASKS for k, v in (("train_limit", N), ("dev_limit", N), ("batch_size", BATCH))]
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def train_args(tiny_encoder: Path, data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        f"--data-dir={data_dir}",
+        f"--run-dir={run_dir}",
+        f"--model.encoder={tiny_encoder}",
+        *SLICE,
+        f"--train.epochs={EPOCHS}",
+        f"--train.checkpoint_every={EVERY}",
+        "--train.device=cpu",
+        "--train.seed=7",
+        "--optim.lr=1e-3",
+        "--optim.schedule=linear",
+        "--optim.warmup_ratio=0.1",
+        "--output.tensorboard=false",
+        "--output.test_predictions=false",
+        "--output.plot=false",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def env(drop_data_env: bool = False) -> dict:
+    e = {**os.environ, **ENV}
+    if drop_data_env:
+        e.pop("MINBERT_DATA_DIR", None)
+    return e
+
+
+def cli(*args: str, cwd: Path, drop_data_env: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "minbert", *args],
+        cwd=cwd, env=env(drop_data_env), capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def pointer(run_dir: Path) -> dict | None:
+    """checkpoints/last.json, or None while it does not exist (it is replaced atomically)."""
+    try:
+        return json.loads((run_dir / "checkpoints" / "last.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    ta, _ = load_weights(a)
+    tb, _ = load_weights(b)
+    assert ta.keys() == tb.keys()
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
+
+
+def assert_same_state(a, b, where: str = "") -> None:
+    """Deep equality of nested train states (tensors with torch.equal)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif hasattr(a, "shape") and hasattr(a, "dtype"):  # numpy arrays of the RNG state
+        assert (a == b).all(), where
+    else:
+        assert a == b, where
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sa["dev"] == sb["dev"]
+    assert sa["dev_all"] == sb["dev_all"]
+    assert (sa["best_epoch"], sa["epochs_run"], sa["steps"]) == (sb["best_epoch"], sb["epochs_run"], sb["steps"])
+    assert_same_weights(a / "checkpoints" / "best" / "model.safetensors", b / "checkpoints" / "best" / "model.safetensors")
+    la, lb = last_checkpoint(a), last_checkpoint(b)
+    assert la.name == lb.name
+    assert_same_weights(la / "model.safetensors", lb / "model.safetensors")
+    sta, stb = load_train_state(la), load_train_state(lb)
+    for key in ("optimizer", "scheduler", "streams", "rng"):
+        assert_same_state(sta[key], stb[key], key)
+    # the metric log of the resumed run is the uninterrupted one, line for line
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    for name in ("sst-dev.csv", "qqp-dev.csv", "sts-dev.csv"):
+        assert (a / "predictions" / name).read_text() == (b / "predictions" / name).read_text(), name
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, tiny_encoder, data_dir) -> Path:
+    """The uninterrupted reference run."""
+    work = tmp_path_factory.mktemp("resume-ref")
+    cli(*train_args(tiny_encoder, data_dir, work / "a"), cwd=work)
+    return work / "a"
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_epoch_then_resume_is_identical(run_a, tmp_path, tiny_encoder, data_dir):
+    run_b = tmp_path / "b"
+    log = open(tmp_path / "b.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minbert", *train_args(tiny_encoder, data_dir, run_b)],
+        cwd=tmp_path, env=env(), stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            p = pointer(run_b)
+            if p is not None and p["step"] % STEPS_PER_EPOCH:  # a mid-epoch checkpoint exists
+                break
+            assert proc.poll() is None, "the run ended before a mid-epoch checkpoint:\n" + (tmp_path / "b.log").read_text()
+            assert time.monotonic() < deadline, "no mid-epoch checkpoint in time"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+    # the killed run: no summary, and its last checkpoint sits in the middle of an epoch
+    assert not (run_b / "summary.json").exists()
+    folder = last_checkpoint(run_b)
+    loop = load_train_state(folder)["loop"]
+    assert 0 < loop["micro"] < STEPS_PER_EPOCH, loop
+    assert loop["step"] < EPOCHS * STEPS_PER_EPOCH
+    # SIGKILL can cut the metric log in the middle of a line (a flush of the file buffer)
+    with open(run_b / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 99, "epoch": 2, "lr": 0.00')
+
+    # resume with no --data-dir and no $MINBERT_DATA_DIR: the recorded data folder is used
+    out = cli("train", "--resume", str(run_b), "--no-progress", cwd=tmp_path, drop_data_env=True)
+    assert "resumed" in out.stderr
+    assert_identical_runs(run_a, run_b)
+
+
+def _run_dying_at_write(tmp_path: Path, args: list[str], file_name: str, nth: int) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess whose ``atomic_write_bytes`` SIGKILLs the process on the
+    ``nth`` write of ``file_name``, half-way: the temp file holds half of the bytes, as when the
+    kill lands in the middle of ``write``."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, tempfile
+        from pathlib import Path
+        import minbert.checkpoint as ck
+
+        real = ck.atomic_write_bytes
+        seen = 0
+
+        def dying(path, data):
+            global seen
+            path = Path(path)
+            if path.name == {file_name!r}:
+                seen += 1
+                if seen == {nth}:
+                    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{{path.name}}.", suffix=".tmp")
+                    os.write(fd, data[: len(data) // 2])
+                    os.fsync(fd)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, data)
+
+        ck.atomic_write_bytes = dying
+        from minbert.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "file_name, nth, expect_step, expect_loop",
+    [
+        # train states are written at steps 4 (mid-epoch), 8 (end of epoch 1, after the dev
+        # evaluation), 12, ...: a kill inside the 3rd leaves the end-of-epoch-1 checkpoint
+        ("train_state.pt", 3, 8, {"epoch": 1, "micro": 0}),
+        # the 2nd pointer write (step 8): the step-4 checkpoint stays the last one
+        ("last.json", 2, 4, {"epoch": 0, "micro": 4}),
+    ],
+)
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(
+    file_name, nth, expect_step, expect_loop, run_a, tmp_path, tiny_encoder, data_dir
+):
+    run = tmp_path / "run"
+    proc = _run_dying_at_write(tmp_path, train_args(tiny_encoder, data_dir, run), file_name, nth)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert not (run / "summary.json").exists()
+
+    # last.json names the previous complete checkpoint, which loads
+    assert pointer(run) == {"dir": f"step-{expect_step:08d}", "step": expect_step}
+    folder = last_checkpoint(run)
+    assert folder.name == f"step-{expect_step:08d}"
+    tensors, meta = load_weights(folder / "model.safetensors")
+    assert meta == {"step": expect_step} and tensors
+    loop = load_train_state(folder)["loop"]
+    assert {k: loop[k] for k in expect_loop} == expect_loop and loop["step"] == expect_step
+    # the torn write left its temp file behind; loading ignores it
+    leftovers = list((run / "checkpoints").rglob(f".{file_name}.*.tmp"))
+    assert len(leftovers) == 1, sorted((run / "checkpoints").rglob("*"))
+
+    from minbert.predict import load
+
+    pred = load(run, device="cpu")
+    assert len(pred.sentiment(["a fine film"])) == 1
+
+    if file_name == "train_state.pt":
+        # --resume finishes the run, identical to the uninterrupted one (metric log included)
+        cli("train", "--resume", str(run), "--no-progress", cwd=tmp_path)
+        assert_identical_runs(run_a, run)
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite losses (in-process, a task loss patched to return NaN once)
+
+
+def _nan_on_call(monkeypatch, task_name: str, n: int) -> None:
+    task = get_task(task_name)
+    real = task.loss
+    calls = {"n": 0}
+
+    def loss(output, labels):
+        calls["n"] += 1
+        value = real(output, labels)
+        return value * float("nan") if calls["n"] == n else value
+
+    monkeypatch.setattr(task, "loss", loss)
+
+
+def _small_args(tiny_encoder, data_dir, run_dir, *extra):
+    small = [f"--tasks.{t}.train_limit=32" for t in TASKS] + ["--train.epochs=1", "--train.checkpoint_every=2"]
+    return train_args(tiny_encoder, data_dir, run_dir, *small, *extra)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(monkeypatch, tmp_path, tiny_encoder, data_dir, capsys):
+    run = tmp_path / "run"
+    _nan_on_call(monkeypatch, "sts", 3)  # step 3; checkpoint at step 2
+    code = main(_small_args(tiny_encoder, data_dir, run))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    msg = err[0]
+    assert msg.startswith("error: non-finite loss at step 3 (epoch 1), task sts, batch ids ['"), msg
+    ids = ast.literal_eval(msg.split("batch ids ", 1)[1].split("]", 1)[0] + "]")
+    sts_train = get_task("sts").read(data_dir / "sts-train.csv", "train").ids[:32]
+    assert ids and set(ids) <= set(sts_train)
+    assert f"last good checkpoint: {run / 'checkpoints' / 'step-00000002'}" in msg
+    folder = last_checkpoint(run)
+    assert folder.name == "step-00000002"
+    tensors, _ = load_weights(folder / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert load_train_state(folder)["loop"]["step"] == 2
+    assert not (run / "summary.json").exists()
+
+
+def test_nonfinite_loss_skip_continues_and_logs(monkeypatch, tmp_path, tiny_encoder, data_dir, capsys, caplog):
+    run = tmp_path / "run"
+    _nan_on_call(monkeypatch, "sts", 3)
+    with caplog.at_level("WARNING", logger="minbert"):
+        code = main(_small_args(tiny_encoder, data_dir, run, "--train.nonfinite=skip"))
+    assert code == 0, capsys.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if "skipping this batch" in r.getMessage()]
+    assert len(warnings) == 1 and "non-finite loss at step 3 (epoch 1), task sts" in warnings[0]
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if "skipped" in r]
+    assert len(skipped) == 1 and skipped[0]["skipped"] == "task sts" and skipped[0]["step"] == 2 and skipped[0]["ids"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 32 // BATCH - 1  # one of the 4 steps skipped
+    steps = [r["step"] for r in records if "lr" in r]
+    assert steps == [1, 2, 3]
+    assert "skipping this batch" in (run / "train.log").read_text()
+    tensors, _ = load_weights(run / "checkpoints" / "best" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_existing_run_is_not_overwritten(run_a, tiny_encoder, data_dir):
+    import minbert
+    from minbert.config import load_config
+
+    before = _snapshot(run_a)
+    cfg = load_config(None, train_args(tiny_encoder, data_dir, run_a)[3:-1])  # the config overrides only
+    with pytest.raises(CheckpointError, match="already holds a run; pass --overwrite"):
+        minbert.train(cfg, run_dir=run_a, data_dir=data_dir, progress=False)
+    assert main(train_args(tiny_encoder, data_dir, run_a)) == 2
+    assert _snapshot(run_a) == before
+
+
+def test_overwrite_replaces_the_run(run_a, tmp_path, tiny_encoder, data_dir):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_a, run)
+    (run / "checkpoints" / "step-00000099").mkdir()  # stale state of the old run
+    assert main(_small_args(tiny_encoder, data_dir, run, "--overwrite")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["tasks"]["sst"]["train_limit"] == 32 and summary["steps"] == 4
+    assert not (run / "checkpoints" / "step-00000099").exists()
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 4  # no lines of the old run
