@@ -186,7 +186,7 @@ class BertLayer(nn.Module):
         self.output = BertAddNorm(config.intermediate_size, config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, H); mask: (B, 1, 1, T), bool (True = attend) for sdpa, additive float for eager."""
+        """x: (B, T, H); mask: (B, 1, 1, T) additive float (0 = attend, dtype min = padding)."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         proj = getattr(self.attention, "self")
@@ -265,12 +265,12 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        # the padding mask is built once per forward and shared by every layer
+        # the padding mask is built once per forward and shared by every layer: additive, in the
+        # dtype attention computes in (the autocast dtype under autocast), so that SDPA does not
+        # convert a boolean mask again in every layer
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        if self.config.attn_implementation == "sdpa":
-            mask = keep
-        else:
-            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
+        mask = torch.zeros(keep.shape, dtype=dtype, device=x.device).masked_fill(~keep, torch.finfo(dtype).min)
         for layer in self.encoder.layer:
             x = layer(x, mask)
         pooled = torch.tanh(self.pooler.dense(x[:, 0]))  # (B, H)
