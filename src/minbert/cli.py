@@ -153,7 +153,7 @@ def cmd_predict(args, extra: list[str]) -> int:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     if (args.text is None) == (args.input is None):
         raise ConfigError("give exactly one of --text or --input")
-    pred = load(args.run_dir, device=args.device, batch_size=args.batch_size)
+    pred = load(args.run_dir, device=args.device, batch_size=args.batch_size, quantize=args.quantize)
     task = get_task(args.task)
     if args.task not in pred.tasks:
         raise ConfigError(f"--task {args.task!r}: this model has {pred.tasks}")
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--output", help="write a CSV here instead of stdout")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the Linear layers (CPU only; changes outputs slightly)")
     q.set_defaults(fn=cmd_predict)
     return p
 

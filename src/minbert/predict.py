@@ -18,7 +18,7 @@ import torch
 from .checkpoint import CONFIG_FILE, best_or_last_weights, check_file_weights, require_run_dir
 from .config import load_config
 from .data import RawSplit, tokenize_split
-from .errors import MinbertError
+from .errors import ConfigError, MinbertError
 from .evaluate import predict_split
 from .heads import pool
 from .tasks import get_task
@@ -58,10 +58,32 @@ def _check_pairs(pairs) -> tuple[list[str], list[str]]:
     return _check_texts(a, "pairs[*][0]"), _check_texts(b, "pairs[*][1]")
 
 
+def quantize_dynamic_int8(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """Dynamic int8 quantisation of every ``nn.Linear`` (weights int8, activations quantised per
+    batch at run time; Jacob et al. 2018), for CPU inference. It changes the outputs slightly:
+    benchmarks/cpu_predict.py reports the SST dev accuracy delta.
+
+    Raises:
+        ConfigError: a mode other than "int8", or a non-CPU device.
+    """
+    if mode != "int8":
+        raise ConfigError(f"quantize {mode!r}: only 'int8' is supported")
+    if device.type != "cpu":
+        raise ConfigError(f"quantize 'int8' runs on the CPU only, not on {device}")
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao (Deprecation/Future/UserWarning)
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class Predictor:
     """A trained multi-task model ready for prediction. Build with :func:`load`."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", batch_size: int = 64):
+    def __init__(self, run_dir: str | Path, device: str = "auto", batch_size: int = 64, quantize: str | None = None):
         run_dir = require_run_dir(run_dir)
         self.run_dir = run_dir
         self.config = load_config(run_dir / CONFIG_FILE)
@@ -70,6 +92,8 @@ class Predictor:
         weights_path = best_or_last_weights(run_dir)
         check_file_weights(model, weights_path)
         self.model = model.to(self.device).eval()
+        if quantize is not None:
+            self.model = quantize_dynamic_int8(self.model, quantize, self.device)
         enc_cfg = model.encoder.config
         self.tokenizer = Tokenizer(run_dir / "encoder", self.config.model.max_length, enc_cfg.max_position_embeddings)
         self.batch_size = batch_size
@@ -139,10 +163,10 @@ class Predictor:
         return out
 
 
-def load(run_dir: str | Path, device: str = "auto", batch_size: int = 64) -> Predictor:
+def load(run_dir: str | Path, device: str = "auto", batch_size: int = 64, quantize: str | None = None) -> Predictor:
     """Load a run folder (its best checkpoint) for prediction.
 
     Raises:
         CheckpointError: the folder is not a minbert run or has no checkpoint.
     """
-    return Predictor(run_dir, device=device, batch_size=batch_size)
+    return Predictor(run_dir, device=device, batch_size=batch_size, quantize=quantize)
