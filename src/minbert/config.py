@@ -87,7 +87,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["adamw", "torch_adamw", "lion"] = "adamw"
-    lr: float = 1e-5
+    lr: float | None = None  # None: 1e-5 for finetune, 1e-3 for frozen (the reference defaults)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
     weight_decay: float = 0.0
@@ -262,3 +262,12 @@ def replace(cfg: Any, **changes) -> Any:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill in defaults that depend on other fields (a new Config; the input is unchanged):
+    ``optim.lr`` None becomes 1e-5 in ``finetune`` mode and 1e-3 in ``frozen`` mode."""
+    if cfg.optim.lr is None:
+        lr = 1e-3 if cfg.train.mode == "frozen" else 1e-5
+        cfg = replace(cfg, optim=replace(cfg.optim, lr=lr))
+    return cfg

@@ -43,7 +43,7 @@ from .checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from .config import Config, dump_yaml, load_config, to_dict
+from .config import Config, dump_yaml, load_config, resolve, to_dict
 from .data import TaskStream, TokenizedSplit, resolve_data_dir, sha256_file, tokenize_split, verify_checksums
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import EvalResult, autocast_context, evaluate, move, predict_split, write_predictions
@@ -291,6 +291,7 @@ def train(
 
 
 def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t_start: float) -> Run:
+    cfg = resolve(cfg)
     tc = cfg.train
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
