@@ -55,7 +55,8 @@ def cmd_train(args, extra: list[str]) -> int:
         run = train(
             cfg, run_dir=args.run_dir, data_dir=args.data_dir, overwrite=args.overwrite, progress=not args.no_progress, t_start=STARTED_AT
         )
-    print(json.dumps({"run_dir": str(run.run_dir), "dev": run.summary["dev"], "best_epoch": run.summary["best_epoch"]}))
+    if run.summary:  # under torchrun only rank 0 has the summary
+        print(json.dumps({"run_dir": str(run.run_dir), "dev": run.summary["dev"], "best_epoch": run.summary["best_epoch"]}))
     return 0
 
 

@@ -38,6 +38,7 @@ class ModelConfig:
     max_length: int = 128  # tokens per sequence (pair: both sentences together)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     hidden_dropout_prob: float | None = None  # None: keep the checkpoint's value
+    attention_probs_dropout_prob: float | None = None  # None: keep the checkpoint's value
 
 
 @dataclass(frozen=True)

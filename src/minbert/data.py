@@ -321,8 +321,13 @@ class TaskStream:
         return batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a position. A state saved with another batch size (another number of
+        data-parallel processes) continues at the same sample offset within its epoch."""
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        saved_bs = int(state.get("batch_size", self.batch_size))
+        if saved_bs != self.batch_size:
+            self.pos = self.pos * saved_bs // self.batch_size
         self._batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.bucket)

@@ -17,6 +17,7 @@ import torch
 from . import metrics as M
 from .checkpoint import atomic_write_text
 from .data import TokenizedSplit, eval_batches
+from .distributed import DistContext, all_gather_objects
 from .tasks import Task
 
 
@@ -57,41 +58,57 @@ def move(batch: dict, device: torch.device) -> dict:
 
 @torch.inference_mode()
 def predict_split(
-    model, task: Task, split: TokenizedSplit, device: torch.device, batch_size: int = 256, amp: bool = False, pad_id: int = 0
+    model,
+    task: Task,
+    split: TokenizedSplit,
+    device: torch.device,
+    batch_size: int = 256,
+    amp: bool = False,
+    pad_id: int = 0,
+    ctx: DistContext = DistContext(),
 ) -> TaskPredictions:
     """Model outputs for every row of a split, in the split's row order. Batches are sorted by
-    length (least padding) and run under ``inference_mode``."""
+    length (least padding) and run under ``inference_mode``. Under data parallelism (``ctx``),
+    rank r runs batches r, r + N, ... and the outputs of all ranks are gathered, so every rank
+    returns every row exactly once."""
     was_training = model.training
     model.eval()
-    outs: list[np.ndarray] = [None] * len(split)  # type: ignore[list-item]
-    order = []
-    chunks = []
-    for index in eval_batches(split.lengths, batch_size):
+    order, chunks = [], []
+    for index in eval_batches(split.lengths, batch_size)[ctx.rank :: ctx.world_size]:
         batch = move(task.collate(split, index, pad_id), device)
         with autocast_context(device, amp):
             out = model(task.name, batch)
         chunks.append(out.float())
         order.append(index)
     model.train(was_training)
-    if not chunks:
-        shape = (0, task.num_outputs) if task.num_outputs > 1 else (0,)
-        raw = torch.zeros(shape)
-    else:
-        raw = torch.cat(chunks).cpu()
-        inv = np.argsort(np.concatenate(order), kind="stable")
-        raw = raw[torch.from_numpy(inv)]
+    shape = (0, task.num_outputs) if task.num_outputs > 1 else (0,)
+    raw = torch.cat(chunks).cpu() if chunks else torch.zeros(shape)
+    index = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+    if ctx.enabled:
+        parts = all_gather_objects((index, raw.numpy()), ctx)
+        index = np.concatenate([p[0] for p in parts])
+        raw = torch.from_numpy(np.concatenate([p[1].reshape((-1, *shape[1:])) for p in parts]))
+    if len(index):
+        raw = raw[torch.from_numpy(np.argsort(index, kind="stable"))]
     return TaskPredictions(list(split.ids), task.predict(raw), raw.numpy())
 
 
 def evaluate(
-    model, tasks: dict[str, Task], splits: dict[str, TokenizedSplit], device: torch.device, batch_size: int = 256, amp: bool = False, pad_id: int = 0
+    model,
+    tasks: dict[str, Task],
+    splits: dict[str, TokenizedSplit],
+    device: torch.device,
+    batch_size: int = 256,
+    amp: bool = False,
+    pad_id: int = 0,
+    ctx: DistContext = DistContext(),
 ) -> EvalResult:
     """Predict every labelled split and compute each task's metrics and the overall score.
-    Writes nothing."""
+    Writes nothing. With ``ctx`` the work is sharded over ranks and every rank gets the result."""
     metrics, preds, primary = {}, {}, {}
     for name, split in splits.items():
         task = tasks[name]
-        p = predict_split(model, task, split, device, batch_size, amp, pad_id)
+        p = predict_split(model, task, split, device, batch_size, amp, pad_id, ctx)
         gold = split.labels if split.labels is not None else np.zeros(0)
         m = task.metrics(p.values, gold) if len(split) else task.metrics(np.zeros(0), np.zeros(0))
         metrics[name], preds[name], primary[name] = m, p, task.primary(m)

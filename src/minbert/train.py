@@ -16,6 +16,7 @@ task stream's position, so a resumed run sees exactly the batches an uninterrupt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,9 +27,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -44,6 +47,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import Config, dump_yaml, load_config, resolve, to_dict
+from .distributed import DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, shard
 from .data import TaskStream, TokenizedSplit, resolve_data_dir, sha256_file, tokenize_split, verify_checksums
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import EvalResult, autocast_context, evaluate, move, predict_split, write_predictions
@@ -103,8 +107,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: Config, encoder_dir: str | Path, pretrained: bool = True) -> MultitaskModel:
     """The shared encoder (pretrained weights, or just its architecture) plus the tasks' heads."""
     overrides = {"attn_implementation": cfg.model.attn_implementation}
-    if cfg.model.hidden_dropout_prob is not None:
-        overrides["hidden_dropout_prob"] = cfg.model.hidden_dropout_prob
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if getattr(cfg.model, key) is not None:
+            overrides[key] = getattr(cfg.model, key)
     if pretrained:
         encoder = BertModel.from_pretrained(encoder_dir, **overrides)
     else:
@@ -204,26 +209,31 @@ def epoch_schedule(cfg: Config, streams: dict[str, TaskStream]) -> list[tuple[st
     return [(n,) for n in names for _ in range(len(streams[n]))]
 
 
-def train_step(
-    model: MultitaskModel,
-    tasks: dict[str, Task],
-    cfg: Config,
-    batches: dict[str, dict],
-    device: torch.device,
-    amp: bool,
-    scale: float,
-) -> dict[str, torch.Tensor]:
-    """Forward and backward of one micro-step; returns each task's (unscaled) loss, detached."""
-    total = 0.0
-    losses = {}
-    for name, batch in batches.items():
-        with autocast_context(device, amp):
-            out = model(name, batch)
-        loss = tasks[name].loss(out, batch["labels"])
-        losses[name] = loss.detach()
-        total = total + cfg.tasks[name].weight * loss
-    (total * scale).backward()
-    return losses
+class StepLosses(NamedTuple):
+    """total: () the weighted sum sum_t w_t L_t; per_task: (n_tasks,) the unweighted losses."""
+
+    total: torch.Tensor
+    per_task: torch.Tensor
+
+
+class TrainStep(nn.Module):
+    """Every task's forward pass and loss of one micro-step, in one ``forward`` call: the unit
+    that ``DistributedDataParallel`` wraps, so one backward all-reduces the gradients of all
+    tasks of the step together."""
+
+    def __init__(self, model: MultitaskModel, tasks: dict[str, Task], weights: dict[str, float], device, amp: bool):
+        super().__init__()
+        self.model, self.tasks, self.weights, self.device, self.amp = model, tasks, weights, device, amp
+
+    def forward(self, batches: dict[str, dict]) -> StepLosses:
+        total, losses = 0.0, []
+        for name, batch in batches.items():
+            with autocast_context(self.device, self.amp):
+                out = self.model(name, batch)
+            loss = self.tasks[name].loss(out, batch["labels"])
+            losses.append(loss.detach())
+            total = total + self.weights[name] * loss
+        return StepLosses(total, torch.stack(losses))
 
 
 def _append_jsonl(fh, record: dict) -> None:
@@ -279,18 +289,25 @@ def train(
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
     run_dir = Path(run_dir or cfg.output.dir or Path("runs") / cfg.name)
-    prepare_run_dir(run_dir, resume, overwrite)
+    ctx = init_distributed(cfg.train.device)
+    if ctx.is_main:
+        prepare_run_dir(run_dir, resume, overwrite)
+    barrier(ctx)
     if resume:
         cfg = load_config(run_dir / CONFIG_FILE)
-    file_log = add_file_logging(run_dir)
+    pkg_log = logging.getLogger("minbert")
+    file_log = add_file_logging(run_dir) if ctx.is_main else None
+    if not ctx.is_main:
+        pkg_log.setLevel(logging.WARNING)  # only rank 0 reports progress
     try:
-        return _train(cfg, run_dir, data_dir, resume, progress, t_start)
+        return _train(cfg, run_dir, data_dir, resume, progress and ctx.is_main, t_start, ctx)
     finally:
-        logging.getLogger("minbert").removeHandler(file_log)
-        file_log.close()
+        if file_log is not None:
+            pkg_log.removeHandler(file_log)
+            file_log.close()
 
 
-def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t_start: float) -> Run:
+def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t_start: float, ctx: DistContext) -> Run:
     cfg = resolve(cfg)
     tc = cfg.train
     if not cfg.tasks:
@@ -298,6 +315,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     if tc.epochs < 1 or tc.grad_accum < 1:
         raise ConfigError("train.epochs and train.grad_accum must be >= 1")
     device = resolve_device(tc.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
     amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
     seed_everything(tc.seed)
     data_dir = resolve_data_dir(str(data_dir) if data_dir else None, cfg.data.dir)
@@ -314,7 +333,7 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
         # in place (Module.compile), so state_dict keys keep their names; dynamic T from bucketing
         model.encoder.compile(dynamic=True)
 
-    if not resume:
+    if not resume and ctx.is_main:
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         atomic_write_json(run_dir / "provenance.json", provenance(cfg, data_dir))
         copy_encoder_files(
@@ -322,21 +341,24 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
         )
 
     streams = {
-        name: TaskStream(data["train"][name].lengths, cfg.tasks[name].batch_size, tc.seed + i, cfg.data.bucket_by_length)
+        name: TaskStream(
+            data["train"][name].lengths, cfg.tasks[name].batch_size * ctx.world_size, tc.seed + i, cfg.data.bucket_by_length
+        )
         for i, name in enumerate(cfg.tasks)
     }
     micro_per_epoch = len(epoch_schedule(cfg, streams))
     opt_per_epoch = math.ceil(micro_per_epoch / tc.grad_accum)
     total_steps = tc.epochs * opt_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * opt_per_epoch)
     log.info(
-        "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, device %s, amp %s",
-        tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, device, "bf16" if amp else "off",
+        "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, device %s, amp %s, %d process(es)",
+        tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, device, "bf16" if amp else "off", ctx.world_size,
     )
     optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay), device)
     scheduler = build_scheduler(cfg.optim, optimizer, total_steps)
 
     # -- resume --------------------------------------------------------------------------------
     state = {"epoch": 0, "micro": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
+    state["world_size"] = ctx.world_size
     if resume:
         folder = last_checkpoint(run_dir)
         if folder is None:
@@ -346,13 +368,27 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         for name, s in ts["streams"].items():
-            streams[name].load_state_dict(s)
+            streams[name].load_state_dict(s)  # converts positions if the global batch size changed
         state = ts["loop"]
-        set_rng_state(ts["rng"])
-        _trim_metrics(run_dir / "metrics.jsonl", state["step"], state.get("metrics_bytes"))
+        saved_world = state.get("world_size", 1)
+        if saved_world == ctx.world_size:
+            set_rng_state(ts["rng"][ctx.rank])
+        else:
+            # another world size: continue from (about) the same global sample offset; dropout
+            # RNG streams cannot carry over, so each rank is reseeded from the step and its rank
+            log.warning("resuming %d-process checkpoint with %d processes: not bit-identical", saved_world, ctx.world_size)
+            state["micro"] = state["micro"] * saved_world // ctx.world_size
+            seed_everything(tc.seed + 1000 * state["step"] + ctx.rank)
+        state["world_size"] = ctx.world_size
+        if ctx.is_main:
+            _trim_metrics(run_dir / "metrics.jsonl", state["step"], state.get("metrics_bytes"))
+        barrier(ctx)
         log.info("resumed %s at epoch %d, micro-step %d, step %d", run_dir, state["epoch"], state["micro"], state["step"])
 
     def checkpoint() -> None:
+        rngs = all_gather_objects(rng_state(), ctx)  # every rank's RNG (dropout differs per rank)
+        if not ctx.is_main:
+            return
         metrics_fh.flush()
         state["metrics_bytes"] = os.fstat(metrics_fh.fileno()).st_size  # what a resume keeps
         save_checkpoint(
@@ -364,17 +400,26 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
                 "scheduler": scheduler.state_dict(),
                 "streams": {n: s.state_dict() for n, s in streams.items()},
                 "loop": dict(state),
-                "rng": rng_state(),
+                "rng": rngs,
             },
         )
 
     writer = None
-    if cfg.output.tensorboard:
+    if cfg.output.tensorboard and ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    metrics_fh = open(run_dir / "metrics.jsonl", "a")
+    metrics_fh = open(run_dir / "metrics.jsonl" if ctx.is_main else os.devnull, "a")
     params = [p for p in model.parameters() if p.requires_grad]
+    weights = {n: cfg.tasks[n].weight for n in cfg.tasks}
+    step_fn: nn.Module = TrainStep(model, tasks, weights, device, amp)
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # some parameters get no gradient in a step (the pooler unless a head pools with it; in
+        # sequential steps, the other tasks' heads): DDP must look for them, or the gradient
+        # buckets that hold them are never all-reduced
+        step_fn = DDP(step_fn, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     pad_id = tokenizer.pad_token_id
     stop = state["step"] >= total_steps
     best_result: EvalResult | None = None  # dev predictions of the best epoch, if seen in this process
@@ -391,8 +436,14 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
                 names = schedule[i]
                 last_in_group = (i + 1) % tc.grad_accum == 0 or i + 1 == len(schedule)
                 group_size = min(tc.grad_accum, len(schedule) - (i // tc.grad_accum) * tc.grad_accum)
-                batches = {n: move(tasks[n].collate(data["train"][n], streams[n].next(), pad_id), device) for n in names}
-                losses = train_step(model, tasks, cfg, batches, device, amp, 1.0 / group_size)
+                batches = {
+                    n: move(tasks[n].collate(data["train"][n], shard(streams[n].next(), ctx), pad_id), device) for n in names
+                }
+                # gradients are all-reduced only on the last micro-step of an accumulation group
+                sync = contextlib.nullcontext() if last_in_group or not ctx.enabled else step_fn.no_sync()
+                with sync:
+                    out = step_fn(batches)
+                    (out.total / group_size).backward()
                 state["micro"] += 1
                 bar.update(1)
                 if not last_in_group:
@@ -400,8 +451,9 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
                 # one host sync per optimizer step: losses and gradient norm together
                 max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
-                values = torch.stack([*losses.values(), grad_norm.float()]).tolist()
-                loss_vals = dict(zip(losses, values[:-1]))
+                # all ranks see the same values (mean loss over ranks), so all take the same branch
+                values = all_reduce_mean(torch.cat([out.per_task.float(), grad_norm.float().reshape(1)]), ctx).tolist()
+                loss_vals = dict(zip(names, values[:-1]))
                 bad = [n for n, v in loss_vals.items() if not math.isfinite(v)]
                 if bad or not math.isfinite(values[-1]):
                     what = f"task {bad[0]}" if bad else "gradient (all tasks' sum)"
@@ -435,7 +487,7 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
             bar.close()
 
             # -- end of epoch: evaluate, keep the best, checkpoint ---------------------------
-            result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id)
+            result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id, ctx)
             flat = result.flat()
             log.info("epoch %d dev: %s", epoch + 1, _fmt(flat))
             _append_jsonl(metrics_fh, {"step": state["step"], "epoch": epoch + 1, "dev": flat, "dev_detail": result.metrics})
@@ -448,11 +500,12 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
             if state["best"] is None or score > state["best"]:
                 state["best"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
                 best_result = result
-                save_weights(
-                    run_dir / "checkpoints" / "best" / "model.safetensors",
-                    model.state_dict(),
-                    {"epoch": epoch + 1, "step": state["step"], "dev": flat},
-                )
+                if ctx.is_main:
+                    save_weights(
+                        run_dir / "checkpoints" / "best" / "model.safetensors",
+                        model.state_dict(),
+                        {"epoch": epoch + 1, "step": state["step"], "dev": flat},
+                    )
             else:
                 state["bad_epochs"] += 1
             state["epoch"], state["micro"] = epoch + 1, 0
@@ -467,7 +520,10 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
             writer.close()
 
     # -- final predictions from the best checkpoint --------------------------------------------
+    barrier(ctx)
     check_file_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
+    if not ctx.is_main:
+        return Run(run_dir, {})
     final = write_run_predictions(model, tasks, data, run_dir, cfg, device, amp, pad_id, dev_result=best_result)
     summary = {
         "dev": {k: final.flat().get(k) for k in ("sst_acc", "qqp_acc", "sts_pearson")} | {"overall": final.overall},

@@ -1,0 +1,104 @@
+"""Data-parallel training over several processes with ``torch.distributed`` (launched by
+``torchrun``): NCCL on CUDA, Gloo on CPU.
+
+    torchrun --nproc-per-node 2 -m minbert train --config configs/default.yaml
+
+Semantics (each a plain function of the rank and world size, so one GPU and N GPUs agree):
+
+* every task stream yields *global* batches of ``world_size x tasks.<t>.batch_size`` rows, with the
+  same shuffling, bucketing and cycling as one process with that batch size; rank r trains on
+  the r-th contiguous slice (:func:`shard`). With equal slices, the all-reduced (averaged)
+  gradient equals the gradient of one process on the whole global batch;
+* gradients are all-reduced once per optimizer step by ``DistributedDataParallel``, covering the
+  summed losses of all tasks of that step (one forward call computes them all);
+* evaluation runs rank r on eval batches r, r + N, ... and gathers the outputs, so each id is
+  counted exactly once;
+* only rank 0 writes logs, checkpoints, metrics and predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); a single process returns rank 0
+    of 1. Uses NCCL when training on CUDA, Gloo otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistContext(rank, world, local)
+
+
+def shard(index: np.ndarray, ctx: DistContext) -> np.ndarray:
+    """This rank's rows of a global batch: the ``rank``-th of ``world_size`` contiguous slices
+    (sizes differ by at most one). A global batch with fewer rows than ranks is first extended
+    by repeating its rows, so no rank gets an empty batch."""
+    if not ctx.enabled:
+        return index
+    if len(index) < ctx.world_size:
+        index = np.resize(index, ctx.world_size)
+    return np.array_split(index, ctx.world_size)[ctx.rank]
+
+
+def all_gather_objects(obj, ctx: DistContext) -> list:
+    """Every rank's ``obj`` (pickled through ``torch.distributed.all_gather_object``)."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The mean of ``t`` over ranks (in place)."""
+    if ctx.enabled:
+        dist.all_reduce(t)
+        t /= ctx.world_size
+    return t
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def broadcast_object(obj, ctx: DistContext):
+    """Rank 0's ``obj`` on every rank."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,113 @@
+"""Data parallelism on CPU with Gloo and 2 processes (torchrun), against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minbert.checkpoint import load_weights
+
+B = 4  # per-rank batch
+
+
+def common(tiny_encoder, data_dir, run_dir, batch, extra=()) -> list[str]:
+    args = [
+        "train",
+        "--data-dir", str(data_dir),
+        "--run-dir", str(run_dir),
+        "--no-progress",
+        f"--model.encoder={tiny_encoder}",
+        "--model.hidden_dropout_prob=0.0",
+        "--model.attention_probs_dropout_prob=0.0",
+        "--train.device=cpu",
+        "--train.epochs=1",
+        "--output.tensorboard=false",
+        "--output.plot=false",
+        "--output.test_predictions=false",
+        "--optim.lr=1e-3",
+    ]
+    for t in ("sst", "qqp", "sts"):
+        args += [f"--tasks.{t}.batch_size={batch}", f"--tasks.{t}.train_limit=32", f"--tasks.{t}.dev_limit=50", f"--tasks.{t}.dropout=0.0"]
+    return args + list(extra)
+
+
+def env() -> dict:
+    e = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    e.pop("MINBERT_DATA_DIR", None)
+    return e
+
+
+def run_single(args, cwd) -> None:
+    p = subprocess.run([sys.executable, "-m", "minbert", *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def run_torchrun(args, cwd) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "minbert", *args]
+    p = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return p
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_encoder, data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    one = root / "one"
+    two = root / "two"
+    run_single(common(tiny_encoder, data_dir, one, 2 * B, ["--train.max_steps=1"]), root)
+    run_torchrun(common(tiny_encoder, data_dir, two, B, ["--train.max_steps=1"]), root)
+    return one, two
+
+
+def test_two_process_step_equals_one_process_double_batch(runs):
+    one, two = runs
+    w1, m1 = load_weights(one / "checkpoints" / "best" / "model.safetensors")
+    w2, m2 = load_weights(two / "checkpoints" / "best" / "model.safetensors")
+    assert m1["step"] == m2["step"] == 1
+    assert set(w1) == set(w2)
+    diffs = {k: (w1[k] - w2[k]).abs().max().item() for k in w1}
+    assert max(diffs.values()) <= 1e-6, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+
+
+
+def test_the_step_changed_the_encoder(runs, tiny_encoder):
+    # the equality above is between trained weights, not two untouched copies of the start
+    from minbert.model import BertModel
+
+    start = BertModel.from_pretrained(tiny_encoder).state_dict()
+    w2, _ = load_weights(runs[1] / "checkpoints" / "best" / "model.safetensors")
+    moved = [k for k, v in start.items() if not torch.equal(v, w2[f"encoder.{k}"])]
+    assert len(moved) > len(start) // 2
+
+
+def test_only_rank0_writes_and_metrics_are_global(runs):
+    one, two = runs
+    lines = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "lr" in x]
+    assert len(steps) == 1  # one record per step, not one per rank
+    ref = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines() if "lr" in x]
+    for k in ("loss/sst", "loss/qqp", "loss/sts"):
+        # the logged loss is the mean over ranks = the loss over the global batch (equal halves)
+        assert steps[0][k] == pytest.approx(ref[0][k], abs=1e-5)
+
+
+def test_two_process_evaluation_equals_one_process(runs, data_dir):
+    _, two = runs
+    summary = json.loads((two / "summary.json").read_text())
+    p = subprocess.run(
+        [sys.executable, "-m", "minbert", "evaluate", str(two), "--data-dir", str(data_dir), "--device", "cpu"],
+        env=env(), capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    single = json.loads((two / "eval.json").read_text())["dev"]
+    for k, v in summary["dev_all"].items():
+        assert single[k] == pytest.approx(v, abs=1e-6), k
+    # the prediction files hold each dev id exactly once
+    ids = [ln.split(",")[0] for ln in (two / "predictions" / "qqp-dev.csv").read_text().splitlines()[1:]]
+    assert len(ids) == len(set(ids)) == 50
