@@ -128,7 +128,7 @@ class Task:
         types = [split.token_type_ids[i] for i in index]
         if split.input_ids_b is not None:
             b = [split.input_ids_b[i] for i in index]
-            both = pad_batch(a + b, [[0] * len(x) for x in a + b], pad_id)
+            both = pad_batch(a + b, None, pad_id)  # each sentence alone: token types all 0
             n = len(index)
             batch = {
                 "input_ids": both["input_ids"][:n],
