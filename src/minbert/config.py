@@ -69,7 +69,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    routine: Literal["parallel", "sequential"] = "parallel"
+    routine: Literal["parallel", "sequential", "sampled"] = "parallel"
+    # sampled routine: each step trains one task drawn by this schedule (Stickland & Murray 2019)
+    sampling: Literal["round_robin", "proportional", "sqrt", "annealed"] = "sqrt"
+    pcgrad: bool = False  # project conflicting task gradients (Yu et al. 2020); parallel routine only
     mode: Literal["finetune", "frozen"] = "finetune"
     epochs: int = 10
     seed: int = 0

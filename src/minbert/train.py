@@ -201,16 +201,87 @@ def add_file_logging(run_dir: Path) -> logging.Handler:
 # the step
 
 
-def epoch_schedule(cfg: Config, streams: dict[str, TaskStream]) -> list[tuple[str, ...]]:
-    """The tasks trained at each micro-step of one epoch."""
+def task_probabilities(sizes: dict[str, int], schedule: str, epoch: int, epochs: int) -> dict[str, float]:
+    """Sampling probability of each task for the ``sampled`` routine (Stickland & Murray 2019,
+    "BERT and PALs", section 4): ``proportional`` p_t ∝ N_t, ``sqrt`` p_t ∝ sqrt(N_t),
+    ``annealed`` p_t ∝ N_t^alpha with alpha = 1 - 0.8 (e - 1) / (E - 1) for epoch e of E (from
+    proportional towards uniform), ``round_robin`` uniform (and drawn in turn, not at random).
+    ``sizes`` are batches per pass over each task's data."""
+    n = np.array([sizes[t] for t in sizes], dtype=np.float64)
+    if schedule == "proportional":
+        w = n
+    elif schedule == "sqrt":
+        w = np.sqrt(n)
+    elif schedule == "annealed":
+        w = n ** (1.0 - 0.8 * epoch / max(1, epochs - 1))
+    elif schedule == "round_robin":
+        w = np.ones_like(n)
+    else:
+        raise ConfigError(f"train.sampling {schedule!r} is not one of ['round_robin', 'proportional', 'sqrt', 'annealed']")
+    return dict(zip(sizes, (w / w.sum()).tolist()))
+
+
+def epoch_schedule(cfg: Config, streams: dict[str, TaskStream], epoch: int = 0) -> list[tuple[str, ...]]:
+    """The tasks trained at each micro-step of one epoch: a pure function of (config, epoch).
+
+    ``parallel``: every task at every step, as many steps as the largest task has batches;
+    ``sequential``: all batches of one task, then the next; ``sampled``: one task per step,
+    drawn by ``train.sampling``, as many steps as all tasks have batches together."""
     names = list(streams)
     if cfg.train.routine == "parallel":
         return [tuple(names)] * max(len(s) for s in streams.values())
-    return [(n,) for n in names for _ in range(len(streams[n]))]
+    if cfg.train.routine == "sequential":
+        return [(n,) for n in names for _ in range(len(streams[n]))]
+    total = sum(len(s) for s in streams.values())
+    if cfg.train.sampling == "round_robin":
+        return [(names[i % len(names)],) for i in range(total)]
+    p = task_probabilities({n: len(streams[n]) for n in names}, cfg.train.sampling, epoch, cfg.train.epochs)
+    rng = np.random.default_rng([cfg.train.seed, epoch, 7])
+    draws = rng.choice(len(names), size=total, p=[p[n] for n in names])
+    return [(names[i],) for i in draws]
+
+
+def pcgrad_(task_grads: list[list[torch.Tensor | None]], seed: int) -> list[torch.Tensor | None]:
+    """PCGrad (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning", Algorithm 1): for
+    each task i, for the other tasks j in random order, if g_i . g_j < 0 remove from g_i its
+    component along g_j: g_i -= (g_i . g_j) / |g_j|^2 g_j (with the original g_j). Returns the sum
+    of the projected gradients, per parameter. ``task_grads[i][k]`` is task i's gradient of
+    parameter k (None if it does not reach it)."""
+    n_tasks, n_params = len(task_grads), len(task_grads[0])
+    flat = []
+    for grads in task_grads:
+        parts = []
+        for k in range(n_params):
+            g = grads[k]
+            ref = next(tg[k] for tg in task_grads if tg[k] is not None) if any(tg[k] is not None for tg in task_grads) else None
+            parts.append((g if g is not None else torch.zeros_like(ref)).reshape(-1) if ref is not None else torch.zeros(0))
+        flat.append(torch.cat(parts))
+    rng = np.random.default_rng(seed)
+    projected = []
+    for i in range(n_tasks):
+        g = flat[i].clone()
+        for j in rng.permutation(n_tasks):
+            if j == i:
+                continue
+            dot = torch.dot(g, flat[j])
+            if dot < 0:
+                g -= dot / flat[j].pow(2).sum().clamp_min(1e-20) * flat[j]
+        projected.append(g)
+    total = torch.stack(projected).sum(0)
+    out, offset = [], 0
+    for k in range(n_params):
+        ref = next((tg[k] for tg in task_grads if tg[k] is not None), None)
+        if ref is None:
+            out.append(None)
+            continue
+        out.append(total[offset : offset + ref.numel()].view_as(ref))
+        offset += ref.numel()
+    return out
 
 
 class StepLosses(NamedTuple):
-    """total: () the weighted sum sum_t w_t L_t; per_task: (n_tasks,) the unweighted losses."""
+    """total: () the weighted sum sum_t w_t L_t; per_task: (n_tasks,) the weighted losses w_t L_t
+    (both keep their autograd graph)."""
 
     total: torch.Tensor
     per_task: torch.Tensor
@@ -230,9 +301,9 @@ class TrainStep(nn.Module):
         for name, batch in batches.items():
             with autocast_context(self.device, self.amp):
                 out = self.model(name, batch)
-            loss = self.tasks[name].loss(out, batch["labels"])
-            losses.append(loss.detach())
-            total = total + self.weights[name] * loss
+            loss = self.weights[name] * self.tasks[name].loss(out, batch["labels"])
+            losses.append(loss)
+            total = total + loss
         return StepLosses(total, torch.stack(losses))
 
 
@@ -314,6 +385,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
         raise ConfigError("tasks: at least one task is needed")
     if tc.epochs < 1 or tc.grad_accum < 1:
         raise ConfigError("train.epochs and train.grad_accum must be >= 1")
+    if tc.pcgrad and (tc.routine != "parallel" or ctx.enabled):
+        raise ConfigError("train.pcgrad needs train.routine=parallel in a single process (it combines tasks' gradients of one step)")
     device = resolve_device(tc.device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
@@ -428,7 +501,7 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     try:
         while state["epoch"] < tc.epochs and not stop:
             epoch = state["epoch"]
-            schedule = epoch_schedule(cfg, streams)
+            schedule = epoch_schedule(cfg, streams, epoch)
             model.train()
             bar = tqdm(total=len(schedule), initial=state["micro"], desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False)
             while state["micro"] < len(schedule):
@@ -443,7 +516,15 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
                 sync = contextlib.nullcontext() if last_in_group or not ctx.enabled else step_fn.no_sync()
                 with sync:
                     out = step_fn(batches)
-                    (out.total / group_size).backward()
+                    if tc.pcgrad:
+                        task_grads = [
+                            torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in out.per_task
+                        ]
+                        for p, g in zip(params, pcgrad_(task_grads, seed=tc.seed + state["step"])):
+                            if g is not None:
+                                p.grad = g / group_size if p.grad is None else p.grad + g / group_size
+                    else:
+                        (out.total / group_size).backward()
                 state["micro"] += 1
                 bar.update(1)
                 if not last_in_group:
@@ -452,8 +533,9 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
                 max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
                 # all ranks see the same values (mean loss over ranks), so all take the same branch
-                values = all_reduce_mean(torch.cat([out.per_task.float(), grad_norm.float().reshape(1)]), ctx).tolist()
-                loss_vals = dict(zip(names, values[:-1]))
+                values = all_reduce_mean(torch.cat([out.per_task.detach().float(), grad_norm.float().reshape(1)]), ctx).tolist()
+                # logged unweighted: L_t = (w_t L_t) / w_t
+                loss_vals = {n: v / weights[n] if weights[n] else v for n, v in zip(names, values[:-1])}
                 bad = [n for n, v in loss_vals.items() if not math.isfinite(v)]
                 if bad or not math.isfinite(values[-1]):
                     what = f"task {bad[0]}" if bad else "gradient (all tasks' sum)"
