@@ -420,7 +420,7 @@ def test_task_stream_cycles_through_epochs(lengths):
     got = [stream.next().tolist() for _ in range(2 * n + 5)]
     expect = [b.tolist() for e in range(3) for b in epoch_batches(lengths, 64, 3, e)][: 2 * n + 5]
     assert got == expect
-    assert stream.state_dict() == {"epoch": 2, "pos": 5}
+    assert stream.state_dict() == {"epoch": 2, "pos": 5, "batch_size": stream.batch_size}
 
 
 @pytest.mark.parametrize("steps", [0, 7, 16, 17, 40])
@@ -456,3 +456,14 @@ def test_read_table_direct(tmp_path):
     path = write_file(tmp_path / "x.csv", ["", "id", "sentence", "score"], ["0\ta\tHi .\t1.5"])
     raw = read_table(path, ["sentence"], "score", float, label_dtype=np.float64)
     assert raw.labels.dtype == np.float64 and raw.labels.tolist() == [1.5]
+
+
+def test_task_stream_resumes_at_the_same_sample_offset_with_another_batch_size():
+    # a state saved by 2 processes (global batch 2 x 8) continues in 1 process (batch 8)
+    lengths = np.arange(160) % 17 + 3
+    two = TaskStream(lengths, 16, seed=3)
+    for _ in range(4):
+        two.next()  # 64 samples consumed
+    one = TaskStream(lengths, 8, seed=3)
+    one.load_state_dict(two.state_dict())
+    assert (one.epoch, one.pos) == (0, 8)  # 8 batches of 8 = the same 64 samples
