@@ -45,7 +45,7 @@ def cmd_train(args, extra: list[str]) -> int:
     from .config import load_config
     from .train import train
 
-    overrides = _split_overrides(extra)
+    overrides = _split_overrides(extra) + (["--data.strict=true"] if args.strict else [])
     if args.resume:
         if args.config or overrides:
             raise ConfigError("--resume continues a run with its saved config; do not pass --config or overrides")
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in the run folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--strict", action="store_true", help="any bad data row is fatal (same as --data.strict=true)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="dev metrics and prediction files again, from the best checkpoint")
