@@ -283,3 +283,23 @@ def test_constant_schedule():
     assert lrs[5:] == pytest.approx([3.0] * 45)
     assert _lrs(OptimConfig(schedule="constant"), total_steps=50, n=10, base_lr=3.0) == [3.0] * 10
     assert math.ceil(0.1 * 50) == 5
+
+
+def test_layer_wise_lr_decay_and_head_lr(tiny_encoder):
+    from minbert.config import load_config
+    from minbert.optim import param_groups
+    from minbert.train import build_model
+
+    model = build_model(load_config(None, []), tiny_encoder)  # 2 encoder layers + 3 heads
+    groups = param_groups(model, 0.01, lr=1e-4, layer_decay=0.5, head_lr=1e-3)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    # depth 0 embeddings, 1..L layers, L + 1 pooler; lr x 0.5^(L + 1 - depth) with L = 2
+    assert lr_of[id(named["encoder.embeddings.word_embeddings.weight"])] == pytest.approx(1e-4 * 0.5**3)
+    assert lr_of[id(named["encoder.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(1e-4 * 0.5**2)
+    assert lr_of[id(named["encoder.encoder.layer.1.output.dense.weight"])] == pytest.approx(1e-4 * 0.5)
+    assert lr_of[id(named["encoder.pooler.dense.weight"])] == pytest.approx(1e-4)
+    assert lr_of[id(named["heads.sst.classifier.weight"])] == pytest.approx(1e-3)
+    assert sorted(lr_of) == sorted(id(p) for p in model.parameters())  # every parameter, once
+    # without an lr the groups carry none (the optimizer's default applies)
+    assert all("lr" not in g for g in param_groups(model, 0.01))

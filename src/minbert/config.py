@@ -97,6 +97,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     schedule: Literal["constant", "linear"] = "constant"
     warmup_ratio: float = 0.0  # fraction of all steps spent in linear warmup
+    layer_lr_decay: float = 1.0  # lr x decay^(L + 1 - depth) per encoder layer (1.0: off)
+    head_lr: float | None = None  # lr of the task heads (None: optim.lr)
 
 
 @dataclass(frozen=True)

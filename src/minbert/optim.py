@@ -25,19 +25,56 @@ from .errors import ConfigError
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups of trainable parameters: with ``weight_decay``, and without it (biases and
-    LayerNorm). Asserts that every trainable parameter is in exactly one group."""
-    decay, no_decay = [], []
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise lr decay: 0 for the embeddings, i + 1 for encoder layer
+    i, ``num_layers + 1`` for the pooler and the task heads (everything above the encoder)."""
+    if ".embeddings." in f".{name}":
+        return 0
+    marker = "encoder.layer."
+    if marker in name:
+        return int(name.split(marker, 1)[1].split(".", 1)[0]) + 1
+    return num_layers + 1
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    lr: float | None = None,
+    layer_decay: float = 1.0,
+    head_lr: float | None = None,
+) -> list[dict]:
+    """Groups of trainable parameters.
+
+    Weight decay: ``weight_decay`` except for biases and LayerNorm parameters (0). With ``lr``
+    given, each group also gets its own lr: layer-wise lr decay (Howard & Ruder 2018; Clark et
+    al. 2020) scales the lr of a parameter at depth d (:func:`layer_id`) by
+    ``layer_decay ** (L + 1 - d)`` for an encoder of L layers, and parameters outside the
+    encoder (the heads) use ``head_lr`` when given. Asserts that every trainable parameter is in
+    exactly one group.
+    """
+    num_layers = sum(1 for n, _ in model.named_modules() if n.count("encoder.layer.") == 1 and n.split("encoder.layer.")[1].isdigit())
+    buckets: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if name.endswith(NO_DECAY) or "LayerNorm" in name else decay).append(p)
+        wd = 0.0 if name.endswith(NO_DECAY) or "LayerNorm" in name else weight_decay
+        group_lr = None
+        if lr is not None:
+            if name.startswith("heads.") and head_lr is not None:
+                group_lr = head_lr
+            else:
+                group_lr = lr * layer_decay ** (num_layers + 1 - layer_id(name, num_layers))
+        buckets.setdefault((wd, group_lr), []).append(p)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    ids = [id(p) for p in decay + no_decay]
+    ids = [id(p) for ps in buckets.values() for p in ps]
     assert len(ids) == len(set(ids)) == len(trainable), "a parameter is in no group or in two"
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    groups = []
+    for (wd, group_lr), ps in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1] or 0.0)):
+        g = {"params": ps, "weight_decay": wd}
+        if group_lr is not None:
+            g["lr"] = group_lr
+        groups.append(g)
+    return groups
 
 
 class AdamW(torch.optim.Optimizer):

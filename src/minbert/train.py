@@ -426,7 +426,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
         "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, device %s, amp %s, %d process(es)",
         tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, device, "bf16" if amp else "off", ctx.world_size,
     )
-    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay), device)
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.layer_lr_decay, cfg.optim.head_lr)
+    optimizer = build_optimizer(cfg.optim, groups, device)
     scheduler = build_scheduler(cfg.optim, optimizer, total_steps)
 
     # -- resume --------------------------------------------------------------------------------
