@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minbert.config import load_config
+from minbert.config import load_config, replace
 from minbert.data import TaskStream
 from minbert.errors import ConfigError
 from minbert.train import epoch_schedule, pcgrad_, task_probabilities
@@ -100,3 +100,36 @@ def test_pcgrad_requires_the_parallel_routine(tiny_encoder, data_dir, tmp_path):
     c = load_config(None, ["train.pcgrad=true", "train.routine=sequential", f"model.encoder={tiny_encoder}"])
     with pytest.raises(ConfigError, match="pcgrad"):
         train(c, run_dir=tmp_path / "r", data_dir=data_dir, progress=False)
+
+
+def test_swap_augmentation_and_symmetric_prediction(tiny_encoder, data_dir):
+    from minbert.evaluate import predict_split
+    from minbert.tokenizer import Tokenizer
+    from minbert.train import build_model, load_splits
+    from minbert.tasks import get_task
+
+    over = [f"model.encoder={tiny_encoder}", "tasks.sts.pair_input=cross", "tasks.sts.train_limit=10", "tasks.sts.dev_limit=12",
+            "output.test_predictions=false"]
+    plain = load_config(None, over)
+    plain = replace(plain, tasks={"sts": plain.tasks["sts"]})
+    aug = load_config(None, over + ["tasks.sts.augment_swap=true", "tasks.sts.symmetric_eval=true"])
+    aug = replace(aug, tasks={"sts": aug.tasks["sts"]})
+    tok = Tokenizer(tiny_encoder, 128, 128)
+    d_plain, d_aug = load_splits(plain, data_dir, tok), load_splits(aug, data_dir, tok)
+    tr_p, tr_a = d_plain["train"]["sts"], d_aug["train"]["sts"]
+    assert len(tr_a) == 2 * len(tr_p) == 20
+    # the second half holds the same pairs in the other order: [CLS] b [SEP] a [SEP]
+    task = get_task("sts")
+    raw = task.read(data_dir / "sts-train.csv", "train").subset(10)
+    ids_ba, _, _ = tok.encode([t[1] for t in raw.texts], [t[0] for t in raw.texts])
+    assert tr_a.input_ids[10:] == ids_ba and tr_a.input_ids[:10] == tr_p.input_ids
+    np.testing.assert_array_equal(tr_a.labels[10:], tr_p.labels)
+
+    torch.manual_seed(0)
+    model = build_model(aug, tiny_encoder).eval()
+    dev = d_aug["dev"]["sts"]
+    sym = predict_split(model, task, dev, torch.device("cpu"))
+    ab = predict_split(model, task, d_plain["dev"]["sts"], torch.device("cpu"))
+    ba = predict_split(model, task, dev.swapped, torch.device("cpu"))
+    np.testing.assert_allclose(sym.outputs, (ab.outputs + ba.outputs) / 2, atol=1e-6)
+    assert np.abs(ab.outputs - ba.outputs).max() > 1e-4  # the orders really differ for a cross-encoder

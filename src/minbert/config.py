@@ -54,6 +54,8 @@ class TaskConfig:
     train_limit: int | None = None  # use only the first N training rows
     dev_limit: int | None = None  # evaluate only the first N dev rows
     hidden_size: int = 256  # hidden width of heads that have one (mlp, gelu, compress-expand)
+    augment_swap: bool = False  # pair tasks: also train on every pair as (b, a)
+    symmetric_eval: bool = False  # pair tasks: average the outputs of (a, b) and (b, a) at prediction
 
 
 def _default_tasks() -> dict[str, TaskConfig]:

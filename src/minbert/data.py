@@ -53,6 +53,16 @@ class RawSplit:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def swapped(self) -> "RawSplit":
+        """The same pairs as (b, a)."""
+        return RawSplit(self.path, self.ids, [(t[1], t[0]) for t in self.texts], self.labels, self.bad_rows)
+
+    def plus_swapped(self) -> "RawSplit":
+        """Every pair twice, as (a, b) and (b, a): data augmentation for symmetric pair tasks."""
+        s = self.swapped()
+        labels = None if self.labels is None else np.concatenate([self.labels, self.labels])
+        return RawSplit(self.path, self.ids + s.ids, self.texts + s.texts, labels, self.bad_rows)
+
     def subset(self, n: int | None) -> "RawSplit":
         if n is None or n >= len(self.ids):
             return self
@@ -240,6 +250,7 @@ class TokenizedSplit:
     labels: np.ndarray | None
     lengths: np.ndarray
     n_truncated: int = 0
+    swapped: "TokenizedSplit | None" = None  # the pairs as (b, a), for symmetric prediction
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -8,7 +8,7 @@ overall = (acc_SST + acc_QQP + (r_STS + 1) / 2) / 3. Also QQP F1, STS Spearman, 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,13 @@ def predict_split(
     """Model outputs for every row of a split, in the split's row order. Batches are sorted by
     length (least padding) and run under ``inference_mode``. Under data parallelism (``ctx``),
     rank r runs batches r, r + N, ... and the outputs of all ranks are gathered, so every rank
-    returns every row exactly once."""
+    returns every row exactly once. A split with a ``swapped`` twin (pairs as (b, a)) gets the
+    mean of both orders' raw outputs."""
+    if split.swapped is not None:
+        ab = predict_split(model, task, replace(split, swapped=None), device, batch_size, amp, pad_id, ctx)
+        ba = predict_split(model, task, split.swapped, device, batch_size, amp, pad_id, ctx)
+        raw = torch.from_numpy((ab.outputs + ba.outputs) / 2)
+        return TaskPredictions(list(split.ids), task.predict(raw), raw.numpy())
     was_training = model.training
     model.eval()
     order, chunks = [], []

@@ -137,8 +137,12 @@ def load_splits(cfg: Config, data_dir: Path, tokenizer: Tokenizer) -> dict[str, 
             if split == "test" and not cfg.output.test_predictions:
                 continue
             raw = task.read(data_dir / fname, split, strict=cfg.data.strict)
-            limit = {"train": tcfg.train_limit, "dev": tcfg.dev_limit}.get(split)
-            out[split][name] = tokenize_split(raw.subset(limit), tokenizer, kind)
+            raw = raw.subset({"train": tcfg.train_limit, "dev": tcfg.dev_limit}.get(split))
+            if task.pair and split == "train" and tcfg.augment_swap:
+                raw = raw.plus_swapped()
+            out[split][name] = tokenize_split(raw, tokenizer, kind)
+            if task.pair and split != "train" and tcfg.symmetric_eval:
+                out[split][name].swapped = tokenize_split(raw.swapped(), tokenizer, kind)
         log.info(
             "%s: %d train / %d dev rows", name, len(out["train"].get(name, [])), len(out["dev"].get(name, []))
         )
