@@ -467,3 +467,29 @@ def test_task_stream_resumes_at_the_same_sample_offset_with_another_batch_size()
     one = TaskStream(lengths, 8, seed=3)
     one.load_state_dict(two.state_dict())
     assert (one.epoch, one.pos) == (0, 8)  # 8 batches of 8 = the same 64 samples
+
+
+def test_sst_phrases_from_trees(tmp_path):
+    from minbert.data import read_sst_phrases
+
+    f = tmp_path / "trees.txt"
+    f.write_text(
+        "(3 (2 It) (4 (2 's) (4 (3 a) (4 lovely))))\n"
+        "(1 (2 not (2 closed)\n"  # malformed: unbalanced
+        "(0 (2 It) (0 bad))\n"
+    )
+    r = read_sst_phrases(f, exclude={"bad"})
+    got = dict(zip((t[0] for t in r.texts), r.labels.tolist()))
+    # every node once, with its own label; "It" keeps its first label; excluded text left out
+    assert got == {"It 's a lovely": 3, "'s a lovely": 4, "a lovely": 4, "lovely": 4, "a": 3, "'s": 2, "It": 2, "It bad": 0}
+    assert [(b.line, "malformed tree" in b.reason) for b in r.bad_rows] == [(2, True)]
+    with pytest.raises(DataError, match=r"trees.txt:2: malformed tree"):
+        read_sst_phrases(f, strict=True)
+
+
+def test_real_sst_train_trees_hold_the_phrase_labels(data_dir):
+    from minbert.data import read_sst_phrases
+
+    r = read_sst_phrases(data_dir.parent / "sst-trees" / "train.txt")
+    assert not r.bad_rows and len(r) > 150_000
+    assert set(r.labels.tolist()) == {0, 1, 2, 3, 4}

@@ -55,6 +55,7 @@ class TaskConfig:
     dev_limit: int | None = None  # evaluate only the first N dev rows
     hidden_size: int = 256  # hidden width of heads that have one (mlp, gelu, compress-expand)
     augment_swap: bool = False  # pair tasks: also train on every pair as (b, a)
+    phrases_file: str | None = None  # sst: a PTB sentiment tree file whose phrases are extra train rows
     symmetric_eval: bool = False  # pair tasks: average the outputs of (a, b) and (b, a) at prediction
 
 

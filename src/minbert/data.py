@@ -234,6 +234,87 @@ def read_table(
     return RawSplit(str(path), ids, texts, arr, bad)
 
 
+def _parse_tree(line: str) -> list[tuple[int, str]]:
+    """All (label, phrase) nodes of one PTB-style sentiment tree ``(3 (2 It) (4 ...))``.
+    Raises ValueError(reason) on a malformed tree."""
+    tokens = line.replace("(", " ( ").replace(")", " ) ").split()
+    pos = 0
+
+    def node() -> tuple[list[str], list[tuple[int, str]]]:
+        nonlocal pos
+        if pos >= len(tokens) or tokens[pos] != "(":
+            raise ValueError(f"expected '(' at token {pos + 1}")
+        pos += 1
+        if pos >= len(tokens) or not tokens[pos].isdigit():
+            raise ValueError(f"expected a 0..4 label at token {pos + 1}")
+        label = int(tokens[pos])
+        if not 0 <= label <= 4:
+            raise ValueError(f"label {label} outside 0..4")
+        pos += 1
+        words, found = [], []
+        while pos < len(tokens) and tokens[pos] != ")":
+            if tokens[pos] == "(":
+                w, f = node()
+                words += w
+                found += f
+            else:
+                words.append(tokens[pos])
+                pos += 1
+        if pos >= len(tokens):
+            raise ValueError("unbalanced parentheses")
+        pos += 1
+        found.append((label, " ".join(words)))
+        return words, found
+
+    _, found = node()
+    if pos != len(tokens):
+        raise ValueError("text after the tree")
+    return found
+
+
+def read_sst_phrases(path: str | os.PathLike, strict: bool = False, exclude: set[str] = frozenset()) -> RawSplit:
+    """Every labelled phrase of a Stanford Sentiment Treebank tree file (one tree per line;
+    Socher et al. 2013) as extra SST training rows: distinct phrases, each with the label of its
+    first occurrence, whole sentences included; phrases in ``exclude`` (e.g. dev sentences) are
+    left out. Ids are ``phrase-<line>-<n>``. Malformed trees are reported with file and line and
+    skipped (``strict``: raise DataError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    seen: set[str] = set(exclude)
+    ids, texts, labels, bad = [], [], [], []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                nodes = _parse_tree(line)
+            except ValueError as e:
+                b = BadRow(str(path), n, f"malformed tree ({e})")
+                if strict:
+                    raise DataError(f"{b} (strict mode)") from None
+                bad.append(b)
+                continue
+            for k, (label, text) in enumerate(reversed(nodes)):  # root (the sentence) first
+                if text not in seen:
+                    seen.add(text)
+                    ids.append(f"phrase-{n}-{k}")
+                    texts.append((text,))
+                    labels.append(label)
+    if bad:
+        log.warning("%s: skipped %d malformed tree(s)", path, len(bad))
+        for b in bad[:20]:
+            log.warning("  %s", b)
+    if not ids:
+        raise DataError(f"{path}: no phrases read")
+    return RawSplit(str(path), ids, texts, np.asarray(labels, dtype=np.int64), bad)
+
+
+def concat_splits(a: RawSplit, b: RawSplit) -> RawSplit:
+    """Rows of ``a`` then ``b`` (labelled splits)."""
+    return RawSplit(a.path, a.ids + b.ids, a.texts + b.texts, np.concatenate([a.labels, b.labels]), a.bad_rows + b.bad_rows)
+
+
 # ----------------------------------------------------------------------------------------------
 # tokenised splits and batching
 

@@ -48,7 +48,7 @@ from .checkpoint import (
 )
 from .config import Config, dump_yaml, load_config, resolve, to_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, shard
-from .data import TaskStream, TokenizedSplit, resolve_data_dir, sha256_file, tokenize_split, verify_checksums
+from .data import TaskStream, TokenizedSplit, concat_splits, read_sst_phrases, resolve_data_dir, sha256_file, tokenize_split, verify_checksums
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import EvalResult, autocast_context, evaluate, move, predict_split, write_predictions
 from .heads import MultitaskModel
@@ -140,6 +140,15 @@ def load_splits(cfg: Config, data_dir: Path, tokenizer: Tokenizer) -> dict[str, 
             raw = raw.subset({"train": tcfg.train_limit, "dev": tcfg.dev_limit}.get(split))
             if task.pair and split == "train" and tcfg.augment_swap:
                 raw = raw.plus_swapped()
+            if split == "train" and tcfg.phrases_file:
+                if task.pair or task.kind != "classification":
+                    raise ConfigError(f"tasks.{name}.phrases_file: phrases are sentence-classification data")
+                # no dev sentence enters training, and train sentences are not added twice
+                dev = task.read(data_dir / task.files["dev"], "dev") if "dev" in task.files else None
+                known = {t[0] for t in raw.texts} | {t[0] for t in (dev.texts if dev else [])}
+                extra = read_sst_phrases(tcfg.phrases_file, cfg.data.strict, known)
+                log.info("%s: %d phrases from %s added to %d train rows", name, len(extra), tcfg.phrases_file, len(raw))
+                raw = concat_splits(raw, extra)
             out[split][name] = tokenize_split(raw, tokenizer, kind)
             if task.pair and split != "train" and tcfg.symmetric_eval:
                 out[split][name].swapped = tokenize_split(raw.swapped(), tokenizer, kind)
