@@ -105,6 +105,49 @@ def cmd_evaluate(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_ensemble(args, extra: list[str]) -> int:
+    """Average the raw outputs of several runs (e.g. seeds) on dev and test; write metrics and
+    prediction files into --out."""
+    from .checkpoint import atomic_write_json
+    from .data import resolve_data_dir
+    from .evaluate import average_predictions, predict_split, score_predictions, write_predictions
+    from .predict import load
+    from .tasks import get_task
+    from .train import load_splits
+
+    if extra:
+        raise ConfigError(f"unrecognised argument {extra[0]!r}")
+    if len(args.run_dirs) < 2:
+        raise ConfigError("ensemble needs at least two run folders")
+    members, per_run = [], {}
+    task_names = None
+    for run_dir in args.run_dirs:
+        pred = load(run_dir, device=args.device)
+        names = list(pred.config.tasks)
+        if task_names is not None and names != task_names:
+            raise ConfigError(f"{run_dir}: tasks {names} differ from {task_names}; ensemble runs of the same tasks")
+        task_names = names
+        data = load_splits(pred.config, resolve_data_dir(_run_data_dir(pred.run_dir, args.data_dir, pred.config), None), pred.tokenizer)
+        tasks = {n: get_task(n) for n in names}
+        out = {
+            split: {n: predict_split(pred.model, tasks[n], d, pred.device, pred.config.train.eval_batch_size, pred.amp, pred.tokenizer.pad_token_id) for n, d in data[split].items()}
+            for split in ("dev", "test")
+        }
+        per_run[str(run_dir)] = score_predictions(tasks, data["dev"], out["dev"]).flat()
+        members.append(out)
+        log.info("%s: %s", run_dir, per_run[str(run_dir)])
+    out_dir = Path(args.out)
+    for split in ("dev", "test"):
+        for n in members[0][split]:
+            avg = average_predictions(tasks[n], [m[split][n] for m in members])
+            write_predictions(out_dir / "predictions" / f"{n}-{split}.csv", tasks[n], avg, args.format)
+            members[0][split][n] = avg
+    result = score_predictions(tasks, data["dev"], members[0]["dev"]).flat()
+    atomic_write_json(out_dir / "eval.json", {"dev": result, "members": per_run})
+    print(json.dumps(result))
+    return 0
+
+
 def _read_input(path: Path, pair: bool) -> tuple[list[str], list[str], list[str] | None, list[str]]:
     """Read a .csv/.tsv/.jsonl prediction input: ids, a-texts, b-texts, and bad-row messages."""
     if not path.is_file():
@@ -223,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_evaluate)
+
+    en = sub.add_parser("ensemble", help="average several runs' predictions (e.g. seeds) on dev and test")
+    en.add_argument("run_dirs", nargs="+")
+    en.add_argument("--out", required=True, help="folder for eval.json and predictions/")
+    en.add_argument("--data-dir")
+    en.add_argument("--device", default="auto")
+    en.add_argument("--format", choices=["default", "cs224n"], default="default")
+    en.set_defaults(fn=cmd_ensemble)
 
     q = sub.add_parser("predict", help="predict one text (pair) or a file of them")
     q.add_argument("run_dir")

@@ -111,14 +111,8 @@ def evaluate(
 ) -> EvalResult:
     """Predict every labelled split and compute each task's metrics and the overall score.
     Writes nothing. With ``ctx`` the work is sharded over ranks and every rank gets the result."""
-    metrics, preds, primary = {}, {}, {}
-    for name, split in splits.items():
-        task = tasks[name]
-        p = predict_split(model, task, split, device, batch_size, amp, pad_id, ctx)
-        gold = split.labels if split.labels is not None else np.zeros(0)
-        m = task.metrics(p.values, gold) if len(split) else task.metrics(np.zeros(0), np.zeros(0))
-        metrics[name], preds[name], primary[name] = m, p, task.primary(m)
-    return EvalResult(metrics, M.overall(primary), preds)
+    preds = {name: predict_split(model, tasks[name], split, device, batch_size, amp, pad_id, ctx) for name, split in splits.items()}
+    return score_predictions(tasks, splits, preds)
 
 
 def write_predictions(path: Path, task: Task, pred: TaskPredictions, fmt: str = "default") -> None:
@@ -134,3 +128,30 @@ def write_predictions(path: Path, task: Task, pred: TaskPredictions, fmt: str = 
         lines = [f"id,{task.prediction_column}"]
         lines += [f"{i},{task.format_value(v)}" for i, v in zip(pred.ids, pred.values)]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def average_predictions(task: Task, members: list[TaskPredictions]) -> TaskPredictions:
+    """Ensemble of several models' predictions of one split: the mean of their raw outputs
+    (logits, or scores), then the task's prediction rule. Multi-seed averaging for ensembles.
+
+    Raises:
+        ValueError: the members do not cover the same ids in the same order.
+    """
+    if not members:
+        raise ValueError("no predictions to average")
+    for m in members[1:]:
+        if m.ids != members[0].ids:
+            raise ValueError("ensemble members predicted different rows")
+    mean = np.mean([m.outputs for m in members], axis=0).astype(np.float32)
+    return TaskPredictions(list(members[0].ids), task.predict(torch.from_numpy(mean)), mean)
+
+
+def score_predictions(tasks: dict[str, Task], splits: dict[str, TokenizedSplit], preds: dict[str, TaskPredictions]) -> EvalResult:
+    """Metrics of given predictions against the splits' labels (what :func:`evaluate` computes
+    after predicting)."""
+    metrics, primary = {}, {}
+    for name, split in splits.items():
+        gold = split.labels if split.labels is not None else np.zeros(0)
+        m = tasks[name].metrics(preds[name].values, gold)
+        metrics[name], primary[name] = m, tasks[name].primary(m)
+    return EvalResult(metrics, M.overall(primary), preds)
