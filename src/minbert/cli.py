@@ -246,6 +246,15 @@ def _predict_values(pred, task, a, b) -> list[dict]:
     return out
 
 
+def cmd_serve(args, extra: list[str]) -> int:
+    from .server import serve
+
+    if extra:
+        raise ConfigError(f"unrecognised argument {extra[0]!r}")
+    serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_items=args.max_items, max_chars=args.max_chars)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minbert", description="Multi-task fine-tuning of BERT encoders.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -274,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--device", default="auto")
     en.add_argument("--format", choices=["default", "cs224n"], default="default")
     en.set_defaults(fn=cmd_ensemble)
+
+    sv = sub.add_parser("serve", help="HTTP service and demo page for a run (FastAPI + uvicorn)")
+    sv.add_argument("run_dir")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--max-items", type=int, default=256, help="items per request (more: 413)")
+    sv.add_argument("--max-chars", type=int, default=10_000, help="characters per text (more: 413)")
+    sv.set_defaults(fn=cmd_serve)
 
     q = sub.add_parser("predict", help="predict one text (pair) or a file of them")
     q.add_argument("run_dir")

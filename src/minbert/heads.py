@@ -102,10 +102,17 @@ class AbsDiffHead(nn.Module):
 HeadFactory = Callable[..., nn.Module]
 
 # (input kind, head name) -> constructor. Input kinds: "single", "bi", "cross".
+# conv1d .. cosine: the heads of the reference paper's experiment table (configs/paper/).
 HEADS: dict[tuple[str, str], HeadFactory] = {
     ("single", "baseline"): LinearHead,
     ("cross", "baseline"): LinearHead,
     ("bi", "baseline"): AbsDiffHead,
+    ("single", "conv1d"): ConvHead,
+    ("single", "mean"): MeanLinearHead,
+    ("bi", "mlp"): PairMLPHead,
+    ("bi", "gelu"): GeluAbsDiffHead,
+    ("bi", "compress_expand"): CompressExpandHead,
+    ("bi", "cosine"): CosineHead,
 }
 
 
