@@ -135,3 +135,15 @@ def test_real_server_process(run_dir, predictor):
         out, _ = proc.communicate(timeout=30)
     # graceful: the app shut down cleanly (uvicorn re-raises SIGTERM once it has finished)
     assert "Application shutdown complete" in out and proc.returncode in (0, -signal.SIGTERM), out[-2000:]
+
+
+def test_bounded_load_run_has_no_errors(run_dir, tmp_path):
+    out = tmp_path / "load.json"
+    p = subprocess.run(
+        [sys.executable, "benchmarks/serve_load.py", "--run-dir", str(run_dir), "--clients", "10", "--duration", "5", "--out", str(out)],
+        capture_output=True, text=True, timeout=180, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["errors"] == 0 and res["requests"] > 10 and res["clients"] == 10
+    assert res["p50_ms"] <= res["p99_ms"] and res["mean_batch"] >= 1.0
