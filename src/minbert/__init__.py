@@ -5,6 +5,8 @@ Python API::
     import minbert
     run = minbert.train("configs/quick.yaml", data_dir="../shared/data/cs224n")
     print(run.summary["dev"])
+    model = minbert.load(run.run_dir)  # or a `minbert export` folder
+    model.sentiment(["a gorgeous film"])[0].name
 """
 
 __version__ = "0.1.0"
@@ -16,6 +18,7 @@ STARTED_AT = _time.time()  # when the package was first imported: the CLI's "sta
 from .config import Config, load_config  # noqa: E402
 from .errors import MinbertError  # noqa: E402
 from .model import BertConfig, BertModel  # noqa: E402
+from .predict import Predictor, load  # noqa: E402
 from .train import Run  # noqa: E402
 from .train import train as _train  # noqa: E402
 
@@ -24,4 +27,4 @@ from .train import train as _train  # noqa: E402
 train = _train
 
 
-__all__ = ["BertConfig", "BertModel", "Config", "MinbertError", "load_config", "Run", "train", "__version__"]
+__all__ = ["BertConfig", "BertModel", "Config", "MinbertError", "Predictor", "load", "load_config", "Run", "train", "__version__"]

@@ -4,6 +4,7 @@
     minbert train --resume RUN_DIR
     minbert evaluate RUN_DIR [--data-dir DIR]
     minbert predict RUN_DIR --task sst --text "..."            (or --input FILE [--output FILE])
+    minbert suite configs/paper/ [--data-dir DIR] [--runs-root DIR] [--only 1,7,14] [--train.epochs=3 ...]
 
 Every user mistake ends with a one-line ``error: ...`` on stderr and exit code 2.
 """
@@ -255,6 +256,25 @@ def cmd_serve(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_suite(args, extra: list[str]) -> int:
+    """Run the paper's experiment table (the presets of a folder); see minbert.suite."""
+    from .suite import JSON_NAME, MD_NAME, PNG_NAME, parse_only, run_suite
+
+    rows = run_suite(
+        args.preset_dir,
+        data_dir=args.data_dir,
+        runs_root=args.runs_root,
+        report_dir=args.report_dir,
+        only=parse_only(args.only),
+        overrides=_split_overrides(extra),
+        rerun=args.rerun,
+        progress=not args.no_progress,
+    )
+    out = Path(args.report_dir)
+    print(json.dumps({"rows": [r["exp"] for r in rows], "json": str(out / JSON_NAME), "md": str(out / MD_NAME), "png": str(out / PNG_NAME)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minbert", description="Multi-task fine-tuning of BERT encoders.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -292,6 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-items", type=int, default=256, help="items per request (more: 413)")
     sv.add_argument("--max-chars", type=int, default=10_000, help="characters per text (more: 413)")
     sv.set_defaults(fn=cmd_serve)
+
+    st = sub.add_parser(
+        "suite",
+        help="run the paper's experiment table (configs/paper/) and write reports/paper_suite.{json,md,png}",
+        description="Extra arguments --section.key=value override every preset (e.g. --train.epochs=3 --model.encoder=PATH).",
+    )
+    st.add_argument("preset_dir", help="folder of expNN-<name>.yaml presets (configs/paper/)")
+    st.add_argument("--data-dir", help="cs224n data folder (else data.dir, else $MINBERT_DATA_DIR)")
+    st.add_argument("--runs-root", default="runs/paper", help="run folders go to RUNS_ROOT/<preset name> (default: runs/paper)")
+    st.add_argument("--report-dir", default="reports", help="where paper_suite.{json,md,png} go (default: reports)")
+    st.add_argument("--only", help="rows to run, e.g. 1,7,14 (default: every preset)")
+    st.add_argument("--rerun", action="store_true", help="train the rows again even if their results exist")
+    st.add_argument("--no-progress", action="store_true", help="no progress bars")
+    st.set_defaults(fn=cmd_suite)
 
     q = sub.add_parser("predict", help="predict one text (pair) or a file of them")
     q.add_argument("run_dir")

@@ -53,7 +53,10 @@ class TaskConfig:
     weight: float = 1.0  # multiplier of this task's loss in the total
     train_limit: int | None = None  # use only the first N training rows
     dev_limit: int | None = None  # evaluate only the first N dev rows
-    hidden_size: int = 256  # hidden width of heads that have one (mlp, gelu, compress-expand)
+    hidden_size: int = 256  # hidden width of heads that have one (conv1d, mlp, gelu, compress_expand)
+    # head cosine: k extra Linear(H, H) + tanh layers on each embedding before the similarity
+    # (the reference paper's "additional STS layers", its exp 9 and 12); 0 for every other head
+    head_layers: int = 0
     augment_swap: bool = False  # pair tasks: also train on every pair as (b, a)
     phrases_file: str | None = None  # sst: a PTB sentiment tree file whose phrases are extra train rows
     symmetric_eval: bool = False  # pair tasks: average the outputs of (a, b) and (b, a) at prediction
@@ -89,6 +92,13 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (debugging, smoke tests)
     eval_batch_size: int = 256
     compile: Literal["auto", "on", "off"] = "off"  # torch.compile the encoder (auto: on CUDA only)
+    # surgical fine-tuning (Lee et al. 2023, "Surgical Fine-Tuning Improves Adaptation to
+    # Distribution Shifts"): 0 trains everything; k >= 1 freezes the embeddings and encoder
+    # layers 0..k-1; -1 freezes the embeddings only (see minbert.surgical)
+    freeze_layers: int = 0
+    # a run folder whose best weights (else last checkpoint's) initialise the whole model before
+    # training; its heads must match this config's exactly (checked key by key and shape by shape)
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,30 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class CustomColumnsConfig:
+    """Column names of a custom task's data files (header names; keys for JSONL)."""
+
+    text: str = "sentence"  # the (first) text
+    text_b: str | None = None  # the second text of a pair task
+    label: str = "label"  # not needed in the test file
+    id: str | None = None  # None: rows are numbered (line numbers)
+
+
+@dataclass(frozen=True)
+class CustomTaskConfig:
+    """A task defined in the config, without code (see :mod:`minbert.custom`)."""
+
+    kind: Literal["classification", "regression"] | None = None  # required
+    input: Literal["single", "pair"] = "single"
+    num_labels: int | None = None  # classification: N labels 0..N-1 (or give label_names)
+    label_names: tuple[str, ...] | None = None  # classification: the labels' names, index order
+    range: tuple[float, float] | None = None  # regression: [low, high] of the scores
+    files: dict[str, str] = field(default_factory=dict)  # train, dev (and test): .csv/.tsv/.jsonl
+    columns: CustomColumnsConfig = field(default_factory=CustomColumnsConfig)
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"  # auto: from the file suffix
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -122,6 +156,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    # tasks defined in the config (minbert.custom); each one trains when listed under `tasks`
+    # (a config with custom_tasks but no `tasks` section trains sst, qqp, sts and every custom task)
+    custom_tasks: dict[str, CustomTaskConfig] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,6 +204,10 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         return {str(k): _build(vt, v if v is not None else {}, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
@@ -204,7 +245,11 @@ def to_dict(cfg: Any) -> Any:
 
 def from_dict(raw: dict) -> Config:
     """Build a :class:`Config` from a plain dict. Raises :class:`ConfigError`."""
-    return _build(Config, raw or {}, "")
+    raw = raw or {}
+    if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict) and "tasks" not in raw:
+        # no `tasks` section: the built-in three and every custom task train
+        raw = {**raw, "tasks": {**{k: {} for k in _default_tasks()}, **{str(k): {} for k in raw["custom_tasks"]}}}
+    return _build(Config, raw, "")
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

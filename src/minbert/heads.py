@@ -8,7 +8,7 @@ A head maps encoder outputs to a task's raw output:
 
 Pair classification heads return one logit (B,) (the sigmoid lives in the loss and at
 prediction time). Regression heads return a score (B,) already mapped to the task's range
-(sigmoid-scaled), so STS scores are always in [0, 5].
+(sigmoid-scaled; the cosine head maps cos linearly), so STS scores are always in [0, 5].
 
 Heads are built by name through :func:`build_head`; an unknown name raises ``ConfigError``.
 """
@@ -99,6 +99,167 @@ class AbsDiffHead(nn.Module):
         return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
 
 
+# -- the heads of the reference paper's experiment table (configs/paper/, minbert.suite) --------
+
+
+class MeanLinearHead(LinearHead):
+    """Single sentence: mean over non-pad tokens (SBERT) -> dropout -> Linear(H, C), whatever
+    ``pooling`` says. A named alias of ``baseline`` with ``pooling: mean``: the reference paper's
+    custom SST head ("mean-pooled embedding -> linear", its exp 6 onwards)."""
+
+    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, **kw):
+        super().__init__(hidden, num_outputs, "mean", dropout, output_range, **kw)
+
+
+class ConvHead(nn.Module):
+    """Single sentence, n-gram features (Kim 2014, "Convolutional Neural Networks for Sentence
+    Classification"): token states (B, T, H) -> Conv1d(H, hidden_size, kernel 3, zero padding 1)
+    -> ReLU -> pooling of the feature map over the real tokens (``mean``: masked mean, ``cls``:
+    the feature at [CLS]) -> dropout -> Linear(hidden_size, C).
+
+    Padded positions are set to zero before the convolution (exactly what the convolution's own
+    zero padding gives at a sequence's end) and are left out of the pooling, so a sentence's
+    output does not depend on the padding its batch adds. The reference paper's exp 5 SST head
+    (a head from "another course project", not described there; this is our reading)."""
+
+    kernel_size = 3
+
+    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ConfigError(f"head conv1d pools its own n-gram features: pooling must be 'mean' or 'cls', not {pooling!r}")
+        self.pooling = pooling
+        self.conv = nn.Conv1d(hidden, hidden_size, self.kernel_size, padding=self.kernel_size // 2)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_outputs)
+        self.scale = ScaledOutput(output_range)
+        self.num_outputs = num_outputs
+
+    def forward(self, enc: Encoded) -> torch.Tensor:
+        real = enc.attention_mask.unsqueeze(-1).bool()  # (B, T, 1)
+        x = torch.where(real, enc.last_hidden_state, torch.zeros((), dtype=enc.last_hidden_state.dtype, device=real.device))
+        feats = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)  # (B, T, hidden_size)
+        pooled = pool(Encoded(feats, enc.attention_mask, enc.pooler_output), self.pooling)
+        out = self.classifier(self.dropout(pooled))
+        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+
+
+class PairMLPHead(nn.Module):
+    """Bi-encoder pair: the pair features [u; v; |u - v|] (SBERT's classification objective,
+    Reimers & Gurevych 2019) -> Linear(3H, hidden_size) -> ReLU -> Dropout -> Linear(hidden_size, C).
+    The reference paper's exp 5 QQP head ("MLP on the pair features"; it does not list the
+    features, we use SBERT's)."""
+
+    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+        super().__init__()
+        self.pooling = pooling
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * hidden, hidden_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_outputs)
+        )
+        self.scale = ScaledOutput(output_range)
+        self.num_outputs = num_outputs
+
+    def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
+        u, v = pool(a, self.pooling), pool(b, self.pooling)
+        out = self.mlp(torch.cat([u, v, (u - v).abs()], dim=-1))
+        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+
+
+class GeluAbsDiffHead(nn.Module):
+    """Bi-encoder pair: |u - v| -> dropout -> Linear(H, hidden_size) -> GELU -> Linear(hidden_size, C).
+    The reference paper's final QQP head (exp 6 onwards). The dropout on |u - v| is the
+    baseline head's (``dropout: 0`` gives the paper's three layers exactly)."""
+
+    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs))
+        self.scale = ScaledOutput(output_range)
+        self.num_outputs = num_outputs
+
+    def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
+        u, v = pool(a, self.pooling), pool(b, self.pooling)
+        out = self.mlp(self.dropout((u - v).abs()))
+        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+
+
+def cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """cos(u, v) along the last dim, in float32 and clamped to [-1, 1]; 0 when either vector is
+    zero. Each vector is first divided by its largest |coordinate|, so huge activations cannot
+    overflow the squared norm."""
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        x = x / x.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    return (unit(u) * unit(v)).sum(-1).clamp(-1.0, 1.0)
+
+
+def _need_range(name: str, output_range) -> tuple[float, float]:
+    if output_range is None:
+        raise ConfigError(f"head {name} gives a similarity score: it needs a regression task (e.g. sts)")
+    return output_range
+
+
+class CompressExpandHead(nn.Module):
+    """Bi-encoder pair, similarity score: each pooled embedding through the same bottleneck
+    Linear(H, hidden_size) -> ReLU -> Dropout -> Linear(hidden_size, H), then cos(u', v'), then
+    ``low + (high - low) * sigmoid(cos)`` (sigmoid x 5 for STS). The reference paper's exp 5 STS
+    head, reproduced as described; note that sigmoid of a cosine confines the score to
+    5 * [sigmoid(-1), sigmoid(1)] = [1.34, 3.66]."""
+
+    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+        super().__init__()
+        self.output_range = _need_range("compress_expand", output_range)
+        self.pooling = pooling
+        self.bottleneck = nn.Sequential(
+            nn.Linear(hidden, hidden_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, hidden)
+        )
+
+    def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
+        u, v = self.bottleneck(pool(a, self.pooling)), self.bottleneck(pool(b, self.pooling))
+        low, high = self.output_range
+        return low + (high - low) * torch.sigmoid(cosine(u, v))
+
+
+class CosineHead(nn.Module):
+    """Bi-encoder pair, similarity score: the cosine of the pooled embeddings mapped linearly
+    onto the task's range, ``low + (high - low) * (cos + 1) / 2`` (STS: cos -1 -> 0, 0 -> 2.5,
+    1 -> 5). The reference paper's final STS head ("cosine similarity of the mean-pooled
+    embeddings mapped to [0, 5]", exp 7 onwards; the paper does not give the map). We map
+    linearly rather than 5 * relu(cos): the map is onto [0, 5] and has a gradient for cos < 0.
+
+    ``head_layers`` k > 0 adds k blocks Dropout -> Linear(H, H) -> tanh, shared by both
+    sentences, on each embedding before the cosine: the paper's "additional STS layers" (exp 9,
+    12; it gives neither their number nor their activation). tanh rather than ReLU keeps
+    negative coordinates, so the cosine can still reach -1 (after a ReLU every coordinate is
+    >= 0, cos >= 0 and no score falls below 2.5). The Linear layers start as the identity, so
+    training starts close to the plain cosine head. Without extra layers the head has no
+    parameters and ``dropout`` is unused."""
+
+    takes_head_layers = True
+
+    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, head_layers: int = 0, **_):
+        super().__init__()
+        self.output_range = _need_range("cosine", output_range)
+        self.pooling = pooling
+        blocks = []
+        for _ in range(head_layers):
+            linear = nn.Linear(hidden, hidden)
+            with torch.no_grad():
+                linear.weight.copy_(torch.eye(hidden))
+                linear.bias.zero_()
+            blocks += [nn.Dropout(dropout), linear, nn.Tanh()]
+        self.layers = nn.Sequential(*blocks)
+
+    def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
+        u, v = self.layers(pool(a, self.pooling)), self.layers(pool(b, self.pooling))
+        low, high = self.output_range
+        return low + (high - low) * (cosine(u, v) + 1.0) / 2.0
+
+
 HeadFactory = Callable[..., nn.Module]
 
 # (input kind, head name) -> constructor. Input kinds: "single", "bi", "cross".
@@ -126,11 +287,14 @@ def build_head(
     dropout: float,
     output_range: tuple[float, float] | None = None,
     hidden_size: int = 256,
+    head_layers: int = 0,
 ) -> nn.Module:
-    """Construct a head by (input kind, name).
+    """Construct a head by (input kind, name). ``head_layers``: extra layers of the heads that
+    take them (``cosine``); 0 for every other head.
 
     Raises:
-        ConfigError: no head of that name exists for that input kind.
+        ConfigError: no head of that name exists for that input kind, or ``head_layers`` is
+        negative or given to a head without extra layers.
     """
     factory = HEADS.get((input_kind, name))
     if factory is None:
@@ -138,6 +302,9 @@ def build_head(
         raise ConfigError(f"head {name!r} does not exist for {input_kind} input (choose from {names})")
     if pooling not in ("cls", "pooler", "mean"):
         raise ConfigError(f"pooling {pooling!r} is not one of ['cls', 'pooler', 'mean']")
+    if head_layers < 0 or (head_layers and not getattr(factory, "takes_head_layers", False)):
+        takes = sorted(f"{k}/{n}" for (k, n), f in HEADS.items() if getattr(f, "takes_head_layers", False))
+        raise ConfigError(f"head_layers {head_layers}: must be 0 for head {name!r} (extra layers: {takes}, k >= 0)")
     return factory(
         hidden=hidden,
         num_outputs=num_outputs,
@@ -145,6 +312,7 @@ def build_head(
         dropout=dropout,
         output_range=output_range,
         hidden_size=hidden_size,
+        head_layers=head_layers,
     )
 
 

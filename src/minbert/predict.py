@@ -1,4 +1,6 @@
-"""Loading a trained run for prediction: ``minbert.load(run_dir)`` returns a :class:`Predictor`.
+"""Loading a trained run for prediction: ``minbert.load(run_dir_or_export)`` returns a :class:`Predictor`.
+
+It loads a run folder (its best checkpoint) or a folder written by ``minbert export``.
 
 A predictor batches internally (sorted by length), runs under ``inference_mode`` on CPU or GPU,
 and is safe to call from several threads (one lock around the forward passes).
@@ -49,9 +51,11 @@ def _check_texts(texts, what: str = "texts") -> list[str]:
 
 
 def _check_pairs(pairs) -> tuple[list[str], list[str]]:
+    if isinstance(pairs, str):
+        raise MinbertError("pairs: expected a list of (text, text) pairs, got one string")
     a, b = [], []
     for i, p in enumerate(pairs):
-        if isinstance(p, str) or len(p) != 2:
+        if isinstance(p, str) or not hasattr(p, "__len__") or len(p) != 2:
             raise MinbertError(f"pairs[{i}]: expected a pair of two strings")
         a.append(p[0])
         b.append(p[1])
@@ -84,18 +88,27 @@ class Predictor:
     """A trained multi-task model ready for prediction. Build with :func:`load`."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", batch_size: int = 64, quantize: str | None = None):
-        run_dir = require_run_dir(run_dir)
-        self.run_dir = run_dir
-        self.config = load_config(run_dir / CONFIG_FILE)
+        from .export import is_export, load_export
+
+        if batch_size < 1:
+            raise ConfigError(f"batch_size {batch_size}: must be >= 1")
         self.device = resolve_device(device)
-        model = build_model(self.config, run_dir / "encoder", pretrained=False)
-        weights_path = best_or_last_weights(run_dir)
-        check_file_weights(model, weights_path)
+        if is_export(run_dir):  # a `minbert export` folder: encoder in HF layout + heads file
+            run_dir = Path(run_dir)
+            self.config, model = load_export(run_dir)
+            encoder_dir = run_dir
+        else:
+            run_dir = require_run_dir(run_dir)
+            self.config = load_config(run_dir / CONFIG_FILE)
+            model = build_model(self.config, run_dir / "encoder", pretrained=False)
+            check_file_weights(model, best_or_last_weights(run_dir))
+            encoder_dir = run_dir / "encoder"
+        self.run_dir = run_dir
         self.model = model.to(self.device).eval()
         if quantize is not None:
             self.model = quantize_dynamic_int8(self.model, quantize, self.device)
         enc_cfg = model.encoder.config
-        self.tokenizer = Tokenizer(run_dir / "encoder", self.config.model.max_length, enc_cfg.max_position_embeddings)
+        self.tokenizer = Tokenizer(encoder_dir, self.config.model.max_length, enc_cfg.max_position_embeddings)
         self.batch_size = batch_size
         self.amp = self.device.type == "cuda"
         self._lock = threading.Lock()
@@ -122,6 +135,33 @@ class Predictor:
         with self._lock:
             p = predict_split(self.model, t, split, self.device, self.batch_size, self.amp, self.tokenizer.pad_token_id)
         return p.outputs
+
+    def predict(self, task: str, inputs: Sequence) -> list[dict]:
+        """Predictions of any task of the model (built-in or custom), in input order.
+
+        ``inputs``: texts for a single-sentence task, (text, text) pairs for a pair task. Per
+        item: classification ``{"label": int, "name": str | None, "probabilities": [C floats]}``;
+        binary ``{"label": 0 | 1, "probability": float}``; regression ``{"score": float}``.
+
+        Raises:
+            MinbertError: unknown task, a task the model lacks, or malformed inputs.
+        """
+        t = get_task(task)
+        if t.pair:
+            a, b = _check_pairs(inputs)
+            raw = torch.from_numpy(self.outputs(task, a, b))
+        else:
+            raw = torch.from_numpy(self.outputs(task, _check_texts(inputs)))
+        if t.kind == "classification":
+            probs = torch.softmax(raw, -1).numpy()
+            names = t.label_names
+            return [
+                {"label": int(p.argmax()), "name": names[int(p.argmax())] if names else None, "probabilities": p.tolist()}
+                for p in probs
+            ]
+        if t.kind == "binary":
+            return [{"label": int(x > 0), "probability": float(torch.sigmoid(x))} for x in raw]
+        return [{"score": float(x)} for x in raw.numpy()]
 
     def sentiment(self, texts: Sequence[str]) -> list[Sentiment]:
         """Per text: label 0..4, its name, and the 5 class probabilities."""
@@ -164,9 +204,13 @@ class Predictor:
 
 
 def load(run_dir: str | Path, device: str = "auto", batch_size: int = 64, quantize: str | None = None) -> Predictor:
-    """Load a run folder (its best checkpoint) for prediction.
+    """Load a run folder (its best checkpoint, else its last) or a ``minbert export`` folder
+    for prediction. ``device``: auto (CUDA if available), cpu, cuda, cuda:N; ``batch_size``:
+    rows per forward pass; ``quantize``: "int8" for dynamic int8 Linear layers (CPU only).
 
     Raises:
-        CheckpointError: the folder is not a minbert run or has no checkpoint.
+        CheckpointError: the folder is neither a minbert run nor an export, has no checkpoint,
+            or its weights do not match its config.
+        ConfigError: a bad device, batch size or quantize mode.
     """
     return Predictor(run_dir, device=device, batch_size=batch_size, quantize=quantize)

@@ -117,6 +117,7 @@ class Task:
             dropout=cfg.dropout,
             output_range=self.output_range,
             hidden_size=cfg.hidden_size,
+            head_layers=cfg.head_layers,
         )
 
     def collate(self, split: TokenizedSplit, index: np.ndarray, pad_id: int = 0) -> dict:

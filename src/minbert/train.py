@@ -54,6 +54,7 @@ from .evaluate import EvalResult, autocast_context, evaluate, move, predict_spli
 from .heads import MultitaskModel
 from .model import BertModel, resolve_encoder_path
 from .optim import build_optimizer, build_scheduler, param_groups
+from .surgical import freeze_layers, init_from_run
 from .tasks import Task, get_task
 from .tokenizer import Tokenizer
 
@@ -105,7 +106,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: Config, encoder_dir: str | Path, pretrained: bool = True) -> MultitaskModel:
-    """The shared encoder (pretrained weights, or just its architecture) plus the tasks' heads."""
+    """The shared encoder (pretrained weights, or just its architecture) plus the tasks' heads.
+    Registers the config's custom tasks first (minbert.custom; a no-op when already registered)."""
+    from .custom import register_custom_tasks
+
+    register_custom_tasks(cfg)
     overrides = {"attn_implementation": cfg.model.attn_implementation}
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         if getattr(cfg.model, key) is not None:
@@ -415,6 +420,9 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     data = load_splits(cfg, data_dir, tokenizer)
     if tc.mode == "frozen":
         model.encoder.requires_grad_(False)
+    if tc.init_from and not resume:  # on resume the checkpoint's weights replace these anyway
+        init_from_run(model, tc.init_from)
+    freeze_layers(model, tc.freeze_layers)  # surgical fine-tuning (0: nothing frozen)
     if tc.compile == "on" or (tc.compile == "auto" and device.type == "cuda"):
         # in place (Module.compile), so state_dict keys keep their names; dynamic T from bucketing
         model.encoder.compile(dynamic=True)
@@ -622,7 +630,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
         return Run(run_dir, {})
     final = write_run_predictions(model, tasks, data, run_dir, cfg, device, amp, pad_id, dev_result=best_result)
     summary = {
-        "dev": {k: final.flat().get(k) for k in ("sst_acc", "qqp_acc", "sts_pearson")} | {"overall": final.overall},
+        "dev": {k: final.flat().get(k) for k in ("sst_acc", "qqp_acc", "sts_pearson", *_custom_headlines(cfg))}
+        | {"overall": final.overall},
         "dev_all": final.flat(),
         "best_epoch": state["best_epoch"],
         "epochs_run": len(state["history"]),
@@ -651,6 +660,13 @@ def write_run_predictions(
         p = predict_split(model, tasks[name], split, device, cfg.train.eval_batch_size, amp, pad_id)
         write_predictions(pred_dir / f"{name}-test.csv", tasks[name], p, cfg.output.format)
     return result
+
+
+def _custom_headlines(cfg: Config) -> list[str]:
+    """The primary-metric keys (``<task>_acc`` / ``<task>_pearson``) of the custom tasks trained."""
+    from .custom import headline_key
+
+    return [headline_key(get_task(n)) for n in cfg.tasks if n in cfg.custom_tasks]
 
 
 def _fmt(flat: dict) -> str:
