@@ -283,3 +283,17 @@ def test_user_mistake_through_the_real_entry_point(run, tmp_path, tiny_encoder, 
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
         assert len(errors) == 1 and fragment in errors[0], proc.stderr
         assert proc.stderr.strip().splitlines()[-1] == errors[0]
+
+
+def test_predict_input_without_the_text_columns_is_a_one_line_error(tmp_path, capsys):
+    from minbert.cli import _read_input
+    from minbert.errors import DataError
+
+    f = tmp_path / "pairs.csv"
+    f.write_text("id,foo,bar\n1,a,b\n")
+    with pytest.raises(DataError, match=r"pairs.csv: line 1: header has no column 'sentence1'"):
+        _read_input(f, pair=True)
+    g = tmp_path / "texts.csv"
+    g.write_text("id,text\n1,a fine film\n")
+    ids, a, b, bad = _read_input(g, pair=False)  # a 'text' column is accepted for single sentences
+    assert (ids, a, b, bad) == (["1"], ["a fine film"], None, [])

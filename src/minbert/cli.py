@@ -173,6 +173,11 @@ def _read_input(path: Path, pair: bool) -> tuple[list[str], list[str], list[str]
         delim = "\t" if path.suffix in (".tsv", ".txt") else ","
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh, delimiter=delim)
+            header = reader.fieldnames or []
+            wanted = cols if pair or "sentence" in header else ("text",)
+            missing = [c for c in wanted if c not in header]
+            if missing:
+                raise DataError(f"{path}: line 1: header has no column {missing[0]!r} (header: {header})")
             rows = [(reader.line_num, r) for r in reader]
     for n, r in rows:
         texts = [r.get(c) if isinstance(r.get(c), str) else None for c in cols]
