@@ -1,6 +1,12 @@
-"""Merge the raw benchmark outputs in reports/bench/ into reports/encoder_throughput.json and the
-``train_step``/``e2e`` parts of reports/speed.json (the ``cpu_predict`` part is written by
-benchmarks/cpu_predict.py). Prints the batch-32 ratios ours / faster peer.
+"""Merge the raw benchmark outputs in reports/bench/ into reports/speed.json (``machine``,
+``train_step``, ``e2e``; the ``cpu_predict`` part is written by benchmarks/cpu_predict.py) and
+reports/encoder_throughput.json (the batch-32 records). Prints the ratios ours / faster peer.
+
+Inputs (see reports/bench/README.md for the commands that made them):
+  bench/train_step-graphs.json      benchmarks/train_step.py, both configs, batches 8/32/128
+  bench/e2e-after.json              benchmarks/e2e.py, this version, seeds 0 and 1
+  bench/e2e-before-seed1.json       benchmarks/e2e.py, the version before (git e07e6ed), seed 1
+  main_run/summary.json             the version before, seed 0 (reports/main_run)
 
     python benchmarks/collect_reports.py
 """
@@ -8,63 +14,76 @@ benchmarks/cpu_predict.py). Prints the batch-32 ratios ours / faster peer.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 BENCH = REPORTS / "bench"
+KEYS = ("config", "batch", "impl", "samples_per_s", "real_tokens_per_s", "mfu", "peak_mem_gib")
 
 
-def load_records() -> tuple[dict, list[dict]]:
-    machine, records = {}, []
-    mini = json.loads((BENCH / "minilm-l6-b8-b32-b128.json").read_text())
-    machine = mini["machine"]
-    records += mini["records"]
-    records += [json.loads(line) for line in (BENCH / "bert-base-b8-b32.jsonl").read_text().splitlines() if line.strip()]
-    records += json.loads((BENCH / "bert-base-b128.json").read_text())["records"]
-    return machine, records
+def ratios(records: list[dict]) -> list[dict]:
+    out = []
+    for cfg in sorted({r["config"] for r in records}):
+        for batch in sorted({r["batch"] for r in records if r["config"] == cfg}):
+            by = {r["impl"]: r for r in records if r["config"] == cfg and r["batch"] == batch}
+            peer = max(by["transformers-sdpa"]["samples_per_s"], by["transformers-eager"]["samples_per_s"])
+            out.append({
+                "config": cfg, "batch": batch,
+                "minbert_over_peer": round(by["minbert"]["samples_per_s"] / peer, 2),
+                "minbert_eager_over_peer": round(by["minbert-eager"]["samples_per_s"] / peer, 2),
+                "mfu_minbert": by["minbert"]["mfu"],
+                "mfu_peer": max(by["transformers-sdpa"]["mfu"], by["transformers-eager"]["mfu"]),
+            })
+    return out
 
 
 def main() -> None:
-    machine, records = load_records()
-    keys = ("config", "batch", "impl", "samples_per_s", "real_tokens_per_s", "peak_mem_gib")
-    enc = {
-        "machine": {"gpu": machine["gpu"], "torch": machine["torch"]},
-        "note": "impl 'minbert' is our encoder in eager PyTorch; 'minbert-compile' is the same module after "
-        "Module.compile(dynamic=True) (train.compile=on). bf16 autocast, fused torch AdamW, real SST batches.",
-        "records": [{k: r[k] for k in keys} for r in records if r["batch"] == 32],
-    }
-    (REPORTS / "encoder_throughput.json").write_text(json.dumps(enc, indent=2) + "\n")
+    step = json.loads((BENCH / "train_step-graphs.json").read_text())
+    records = step["records"]
+    after = json.loads((BENCH / "e2e-after.json").read_text())
+    before1 = json.loads((BENCH / "e2e-before-seed1.json").read_text())["runs"]
+    before0 = json.loads((REPORTS / "main_run" / "summary.json").read_text())
 
     speed_path = REPORTS / "speed.json"
     speed = json.loads(speed_path.read_text()) if speed_path.is_file() else {}
-    speed["machine"] = {**speed.get("machine", {}), "gpu": machine["gpu"], "torch": machine["torch"]}
-    speed["train_step"] = [{k: r[k] for k in (*keys, "mfu")} for r in records]
-    main_run = json.loads((REPORTS / "main_run" / "summary.json").read_text())
-    comp = json.loads((BENCH / "e2e-compile-seed0-summary.json").read_text())
+    speed["machine"] = {
+        "gpu": step["machine"]["gpu"],
+        "torch": step["machine"]["torch"],
+        "cpu": speed.get("machine", {}).get("cpu", "AMD EPYC (2 threads)"),
+        "gpu_host": "2x H200 machine (nvidia-h200-x2), one GPU per job; the peers ran in the same process as ours",
+    }
+    speed["train_step"] = [{k: r[k] for k in KEYS} for r in records]
+    speed["train_step_ratios"] = ratios(records)
+    before = [
+        {"seed": 0, "wall_s": before0["wall_s"], "dev": before0["dev"], "source": "reports/main_run/summary.json (wall_s from the CLI start)"},
+        *({"seed": r["seed"], "wall_s": r["wall_s"], "dev": r["dev"], "source": "reports/bench/e2e-before-seed1.json"} for r in before1),
+    ]
+    after_runs = [{"seed": r["seed"], "wall_s": r["wall_s"], "dev": r["dev"]} for r in after["runs"]]
     speed["e2e"] = {
         "preset": "configs/default.yaml",
-        "wall_s_before": main_run["wall_s"],
-        "wall_s_after": comp["wall_s"],
-        "after_is": "train.compile=on (torch.compile of the encoder); slower end to end, so compile stays off by default",
-        "dev_before": [main_run["dev"]],
-        "dev_after": [comp["dev"]],
-        "seeds_run": {"before": [0], "after": [0]},
+        "wall_s_before": round(statistics.fmean(r["wall_s"] for r in before), 2),
+        "wall_s_after": round(statistics.fmean(r["wall_s"] for r in after_runs), 2),
+        "dev_before": [r["dev"] for r in before],
+        "dev_after": [r["dev"] for r in after_runs],
+        "per_seed_before": before,
+        "per_seed_after": after_runs,
+        "before_is": "git e07e6ed: eager step, one host sync per step, batches padded to the longest",
+        "after_is": "CUDA graphs per recurring batch shape (train.cuda_graphs=auto), batches padded to a multiple "
+        "of 16, step losses synced every 50 steps; wall time of the whole command, process start to final predictions",
     }
     speed_path.write_text(json.dumps(speed, indent=2) + "\n")
 
-    for cfg in ("minilm-l6", "bert-base"):
-        by = {r["impl"]: r["samples_per_s"] for r in records if r["config"] == cfg and r["batch"] == 32}
-        peer = max(by["transformers-sdpa"], by["transformers-eager"])
-        print(
-            json.dumps(
-                {
-                    "config": cfg,
-                    "batch": 32,
-                    "minbert/peer": round(by["minbert"] / peer, 3),
-                    "minbert-compile/peer": round(by["minbert-compile"] / peer, 3),
-                }
-            )
-        )
+    enc = {
+        "machine": {"gpu": step["machine"]["gpu"], "torch": step["machine"]["torch"]},
+        "note": "batch 32 records of reports/bench/train_step-graphs.json. 'minbert': CUDA graphs per padded shape "
+        "(what minbert train does on CUDA); 'minbert-eager': our encoder op by op. bf16 autocast, fused torch AdamW, real SST batches.",
+        "records": [{k: r[k] for k in KEYS} for r in records if r["batch"] == 32],
+    }
+    (REPORTS / "encoder_throughput.json").write_text(json.dumps(enc, indent=2) + "\n")
+    for r in speed["train_step_ratios"]:
+        print(json.dumps(r))
+    print(json.dumps({k: speed["e2e"][k] for k in ("wall_s_before", "wall_s_after")}))
 
 
 if __name__ == "__main__":

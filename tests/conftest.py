@@ -40,7 +40,9 @@ def make_tiny_encoder(folder: Path, seed: int = 0, **overrides) -> Path:
                 p.add_(0.1 * torch.randn_like(p))
     (folder / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    src = resolve_encoder_path("default")
+    # tokenizer files: the packaged default encoder's, or $MINBERT_TEST_TOKENIZER_DIR's (a GPU
+    # machine without the package runs the CUDA tests with an explicit encoder folder)
+    src = Path(os.environ.get("MINBERT_TEST_TOKENIZER_DIR") or resolve_encoder_path("default"))
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(src / name, folder / name)
     return folder

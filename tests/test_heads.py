@@ -376,3 +376,13 @@ def test_init_from_through_train(tiny_encoder, data_dir, tmp_path):
     orig = load_file(str(tiny_encoder / "model.safetensors"))
     k = "encoder.layer.1.output.dense.weight"
     assert not torch.equal(wa[f"encoder.{k}"], orig[k])
+
+
+def test_sbert_head_uses_u_v_absdiff_and_product():
+    head = make("bi", "sbert", 1, None)
+    seq = head.mlp
+    assert [type(m) for m in seq] == [nn.Linear, nn.GELU, nn.Linear]
+    assert seq[0].weight.shape == (8, 4 * H)
+    u, v = torch.randn(5, H), torch.randn(5, H)
+    expected = seq(torch.cat([u, v, (u - v).abs(), u * v], -1)).squeeze(-1)
+    torch.testing.assert_close(run_head(head, "bi", one(u), one(v)), expected)

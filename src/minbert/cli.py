@@ -4,7 +4,11 @@
     minbert train --resume RUN_DIR
     minbert evaluate RUN_DIR [--data-dir DIR]
     minbert predict RUN_DIR --task sst --text "..."            (or --input FILE [--output FILE])
+    minbert export RUN_DIR OUT                                 (Hugging Face BERT folder + heads)
+    minbert serve RUN_DIR [--host 127.0.0.1] [--port 8000]     (HTTP API and demo page)
     minbert suite configs/paper/ [--data-dir DIR] [--runs-root DIR] [--only 1,7,14] [--train.epochs=3 ...]
+    minbert tune --config configs/best.yaml --study-dir runs/tune [--trials 20]   (optuna, resumable)
+    minbert ablate configs/beyond/ablation.yaml [--only a,b] [--final [--seeds 0,1,2]]
 
 Every user mistake ends with a one-line ``error: ...`` on stderr and exit code 2.
 """
@@ -13,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
 from pathlib import Path
 
 from . import STARTED_AT
-from .errors import ConfigError, DataError, MinbertError
+from .errors import ConfigError, MinbertError
 
 log = logging.getLogger("minbert")
 
@@ -58,6 +63,29 @@ def cmd_train(args, extra: list[str]) -> int:
         )
     if run.summary:  # under torchrun only rank 0 has the summary
         print(json.dumps({"run_dir": str(run.run_dir), "dev": run.summary["dev"], "best_epoch": run.summary["best_epoch"]}))
+    return 0
+
+
+def cmd_tune(args, extra: list[str]) -> int:
+    from .config import load_config
+    from .tune import tune
+
+    cfg = load_config(args.config, _split_overrides(extra))
+    result = tune(cfg, args.study_dir, n_trials=args.trials, data_dir=args.data_dir, seed=args.seed)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_ablate(args, extra: list[str]) -> int:
+    from .ablation import run_ablation
+
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    report = run_ablation(
+        args.file, args.runs_root, args.report_dir, data_dir=args.data_dir, only=only, final=args.final,
+        extra=_split_overrides(extra), progress=not args.no_progress, seeds=seeds,
+    )
+    print(json.dumps({"rows": {r["name"]: r["dev"] for r in report["rows"]}, "final": report["final"]}))
     return 0
 
 
@@ -149,49 +177,28 @@ def cmd_ensemble(args, extra: list[str]) -> int:
     return 0
 
 
-def _read_input(path: Path, pair: bool) -> tuple[list[str], list[str], list[str] | None, list[str]]:
-    """Read a .csv/.tsv/.jsonl prediction input: ids, a-texts, b-texts, and bad-row messages."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+def _read_input(path: Path, pair: bool, task=None) -> tuple[list[str], list[str], list[str] | None, list[str]]:
+    """Read a .csv/.tsv/.jsonl prediction input: ids, a-texts, b-texts, and bad-row messages
+    (``file:line: reason``; those rows are skipped). Text columns: ``sentence`` (or ``text``),
+    or ``sentence1`` and ``sentence2`` for pairs; a custom ``task`` uses its own columns (and
+    the generic names where those are absent). Ids: the ``id`` column, else the line number.
+
+    Raises:
+        DataError: missing or empty file, unknown suffix, a header without the text columns,
+            or no usable row.
+    """
+    from .tables import read_records
+
     cols = ("sentence1", "sentence2") if pair else ("sentence",)
-    ids, a, b, bad = [], [], [], []
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append(f"{path}:{n}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(obj, dict):
-                bad.append(f"{path}:{n}: expected a JSON object")
-                continue
-            rows.append((n, obj))
-    else:
-        delim = "\t" if path.suffix in (".tsv", ".txt") else ","
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter=delim)
-            header = reader.fieldnames or []
-            wanted = cols if pair or "sentence" in header else ("text",)
-            missing = [c for c in wanted if c not in header]
-            if missing:
-                raise DataError(f"{path}: line 1: header has no column {missing[0]!r} (header: {header})")
-            rows = [(reader.line_num, r) for r in reader]
-    for n, r in rows:
-        texts = [r.get(c) if isinstance(r.get(c), str) else None for c in cols]
-        if not pair and texts[0] is None:
-            texts = [r.get("text") if isinstance(r.get("text"), str) else None]
-        missing = [c for c, t in zip(cols, texts) if t is None or not t.strip()]
-        if missing:
-            bad.append(f"{path}:{n}: missing or empty {missing[0]!r}")
-            continue
-        ids.append(str(r.get("id", len(ids))))
-        a.append(texts[0].strip())
-        if pair:
-            b.append(texts[1].strip())
-    return ids, a, (b if pair else None), bad
+    fallbacks = {} if pair else {"sentence": "text"}
+    id_column = "id"
+    if task is not None and getattr(task, "definition", None) is not None:  # a custom task
+        fallbacks = {c: g for c, g in zip(task.text_columns, cols) if c != g}
+        cols, id_column = task.text_columns, task.id_column or "id"
+    raw = read_records(path, cols, text_fallbacks=fallbacks, id_column=id_column, id_optional=True, log_bad=False)
+    a = [t[0] for t in raw.texts]
+    b = [t[1] for t in raw.texts] if pair else None
+    return raw.ids, a, b, [str(x) for x in raw.bad_rows]
 
 
 def cmd_predict(args, extra: list[str]) -> int:
@@ -218,13 +225,23 @@ def cmd_predict(args, extra: list[str]) -> int:
         out = _predict_values(pred, task, [texts[0]], [texts[1]] if task.pair else None)
         print(json.dumps(out[0]))
         return 0
-    ids, a, b, bad = _read_input(Path(args.input), task.pair)
+    ids, a, b, bad = _read_input(Path(args.input), task.pair, task)
     for msg in bad:
         log.warning("skipped %s", msg)
     if bad:
         log.warning("%s: skipped %d bad row(s); kept %d", args.input, len(bad), len(ids))
-    values = _predict_values(pred, task, a, b)
-    lines = [f"id,{task.prediction_column}"] + [f"{i},{task.format_value(v['value'])}" for i, v in zip(ids, values)]
+    from tqdm.auto import tqdm
+
+    values, chunk = [], max(1, args.batch_size) * 16  # one progress step per chunk of rows
+    with tqdm(total=len(ids), desc=f"predict {task.name}", unit="row", disable=args.no_progress) as bar:
+        for s in range(0, len(ids), chunk):
+            values += _predict_values(pred, task, a[s : s + chunk], None if b is None else b[s : s + chunk])
+            bar.update(min(chunk, len(ids) - s))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", task.prediction_column])
+    writer.writerows((i, task.format_value(v["value"])) for i, v in zip(ids, values))
+    lines = buf.getvalue().rstrip("\n").split("\n")
     if args.output:
         atomic_write_text(args.output, "\n".join(lines) + "\n")
         log.info("wrote %d predictions to %s", len(ids), args.output)
@@ -252,12 +269,24 @@ def _predict_values(pred, task, a, b) -> list[dict]:
     return out
 
 
+def cmd_export(args, extra: list[str]) -> int:
+    """Write a run as a Hugging Face BERT folder plus the minbert heads (see minbert.export)."""
+    from .export import export_run
+
+    if extra:
+        raise ConfigError(f"unrecognised argument {extra[0]!r}")
+    out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    print(json.dumps({"export": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file())}))
+    return 0
+
+
 def cmd_serve(args, extra: list[str]) -> int:
     from .server import serve
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
-    serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_items=args.max_items, max_chars=args.max_chars)
+    serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_items=args.max_items, max_chars=args.max_chars,
+          access_log=not args.no_access_log)
     return 0
 
 
@@ -309,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--format", choices=["default", "cs224n"], default="default")
     en.set_defaults(fn=cmd_ensemble)
 
+    ex = sub.add_parser("export", help="write a run as a Hugging Face BERT folder (+ minbert heads file)")
+    ex.add_argument("run_dir")
+    ex.add_argument("out", help="export folder (loads with transformers.BertModel.from_pretrained and minbert.load)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an export in a non-empty OUT")
+    ex.set_defaults(fn=cmd_export)
+
     sv = sub.add_parser("serve", help="HTTP service and demo page for a run (FastAPI + uvicorn)")
     sv.add_argument("run_dir")
     sv.add_argument("--host", default="127.0.0.1")
@@ -316,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default="auto")
     sv.add_argument("--max-items", type=int, default=256, help="items per request (more: 413)")
     sv.add_argument("--max-chars", type=int, default=10_000, help="characters per text (more: 413)")
+    sv.add_argument("--no-access-log", action="store_true", help="no log line per request")
     sv.set_defaults(fn=cmd_serve)
 
     st = sub.add_parser(
@@ -332,15 +368,43 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     st.set_defaults(fn=cmd_suite)
 
+    tu = sub.add_parser(
+        "tune",
+        help="optuna hyperparameter search (SQLite study, resumable, median pruning)",
+        description="Extra arguments --section.key=value override the base config.",
+    )
+    tu.add_argument("--config", help="the base YAML config")
+    tu.add_argument("--study-dir", required=True, help="study.db, trial-NNNN/ run folders, trials.json, best.yaml")
+    tu.add_argument("--trials", type=int, default=20, help="finished + pruned trials the study should hold")
+    tu.add_argument("--data-dir")
+    tu.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
+    tu.set_defaults(fn=cmd_tune)
+
+    ab = sub.add_parser(
+        "ablate",
+        help="train an ablation chain (configs/beyond/ablation.yaml) and write reports/beyond.{json,md}",
+        description="Extra arguments --section.key=value override every row.",
+    )
+    ab.add_argument("file", help="the ablation YAML")
+    ab.add_argument("--data-dir")
+    ab.add_argument("--runs-root", default="runs/beyond")
+    ab.add_argument("--report-dir", default="reports")
+    ab.add_argument("--only", help="rows to train, by name (default: all)")
+    ab.add_argument("--final", action="store_true", help="train the final row once per seed")
+    ab.add_argument("--seeds", help="with --final: these seeds instead of the file's")
+    ab.add_argument("--no-progress", action="store_true")
+    ab.set_defaults(fn=cmd_ablate)
+
     q = sub.add_parser("predict", help="predict one text (pair) or a file of them")
     q.add_argument("run_dir")
     q.add_argument("--task", required=True)
     q.add_argument("--text", nargs="+", help="one sentence, or two for a pair task")
-    q.add_argument("--input", help="a .csv/.tsv/.jsonl file with columns id, sentence (or sentence1, sentence2)")
+    q.add_argument("--input", help="a .csv/.tsv/.jsonl file with columns id (optional), sentence (or sentence1, sentence2; a custom task's own columns); bad rows are reported and skipped")
     q.add_argument("--output", help="write a CSV here instead of stdout")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the Linear layers (CPU only; changes outputs slightly)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(fn=cmd_predict)
     return p
 

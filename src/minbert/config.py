@@ -71,6 +71,9 @@ class DataConfig:
     dir: str | None = None  # None: --data-dir, else $MINBERT_DATA_DIR
     strict: bool = False  # any bad row is fatal
     bucket_by_length: bool = True  # batches of similar length (shuffled order of buckets)
+    # training batches are padded to a multiple of this many tokens (None: 16 when CUDA graphs
+    # are on, which keeps the number of batch shapes, hence of graphs, small; else 1)
+    pad_to_multiple_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,23 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (debugging, smoke tests)
     eval_batch_size: int = 256
     compile: Literal["auto", "on", "off"] = "off"  # torch.compile the encoder (auto: on CUDA only)
+    # replay each recurring batch shape's forward+backward as a CUDA graph (minbert.cudagraph).
+    # auto: on for single-process CUDA training without compile and PCGrad; on: raise if unsupported
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    log_every: int = 50  # optimizer steps between host syncs that write the step losses
+    # task weighting: fixed (tasks.*.weight) or learned homoscedastic uncertainty (Kendall et
+    # al. 2018): sum_t exp(-s_t) w_t L_t + s_t, one learned log-variance s_t per task
+    loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    # SMART adversarial smoothness (Jiang et al. 2020; minbert.regularize): lambda_s, noise std,
+    # ascent step, l-inf radius on the word embeddings. 0 turns it off
+    smart_weight: float = 0.0
+    smart_sigma: float = 1.0e-5
+    smart_eta: float = 1.0e-3
+    smart_eps: float = 1.0e-5
+    rdrop_alpha: float = 0.0  # R-Drop (Liang et al. 2021): weight of the two-pass divergence; 0: off
+    # checkpoint averaging: also evaluate the mean of the last k epochs' weights (0: off); the
+    # final model is the average when its dev overall beats the best single epoch
+    average_last: int = 0
     # surgical fine-tuning (Lee et al. 2023, "Surgical Fine-Tuning Improves Adaptation to
     # Distribution Shifts"): 0 trains everything; k >= 1 freezes the embeddings and encoder
     # layers 0..k-1; -1 freezes the embeddings only (see minbert.surgical)

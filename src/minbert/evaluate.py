@@ -48,7 +48,9 @@ class EvalResult:
 
 def autocast_context(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        # no weight-cast cache: each weight is cast once per forward anyway, and CUDA-graph
+        # capture needs it off
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

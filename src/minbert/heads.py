@@ -184,6 +184,29 @@ class GeluAbsDiffHead(nn.Module):
         return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
 
 
+class SbertHead(nn.Module):
+    """Bi-encoder pair with SBERT's pair features (Reimers & Gurevych 2019, Sec. 3, plus the
+    element-wise product of InferSent, Conneau et al. 2017): [u; v; |u - v|; u * v] (B, 4H) ->
+    dropout -> Linear(4H, hidden_size) -> GELU -> Linear(hidden_size, C), scaled onto the task's
+    range for regression."""
+
+    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.mlp = nn.Sequential(nn.Linear(4 * hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs))
+        self.scale = ScaledOutput(output_range)
+        self.num_outputs = num_outputs
+
+    def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
+        u, v = pool(a, self.pooling), pool(b, self.pooling)  # (B, H) each
+        # the product is clamped to +-1e18 so that huge activations cannot overflow it to inf
+        # (real embeddings are orders of magnitude below; the clamp is then the identity)
+        uv = (u * v).clamp(-1e18, 1e18)
+        out = self.mlp(self.dropout(torch.cat([u, v, (u - v).abs(), uv], dim=-1)))  # (B, C)
+        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+
+
 def cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """cos(u, v) along the last dim, in float32 and clamped to [-1, 1]; 0 when either vector is
     zero. Each vector is first divided by its largest |coordinate|, so huge activations cannot
@@ -274,6 +297,7 @@ HEADS: dict[tuple[str, str], HeadFactory] = {
     ("bi", "gelu"): GeluAbsDiffHead,
     ("bi", "compress_expand"): CompressExpandHead,
     ("bi", "cosine"): CosineHead,
+    ("bi", "sbert"): SbertHead,
 }
 
 
@@ -325,11 +349,17 @@ class MultitaskModel(nn.Module):
     ``input_kinds`` maps each task to "single", "bi" or "cross".
     """
 
-    def __init__(self, encoder: nn.Module, heads: dict[str, nn.Module], input_kinds: dict[str, str]):
+    def __init__(
+        self, encoder: nn.Module, heads: dict[str, nn.Module], input_kinds: dict[str, str], uncertainty: bool = False
+    ):
         super().__init__()
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
         self.input_kinds = dict(input_kinds)
+        # learned per-task log-variances s_t for uncertainty weighting (Kendall et al. 2018)
+        self.loss_log_vars = (
+            nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in heads}) if uncertainty else None
+        )
 
     def encode(self, input_ids, attention_mask, token_type_ids) -> Encoded:
         out = self.encoder(input_ids, attention_mask, token_type_ids)

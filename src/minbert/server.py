@@ -6,7 +6,10 @@ Endpoints (JSON; OpenAPI docs at ``/docs``):
 * ``POST /v1/paraphrase`` ``{"pairs": [[str, str]]}`` -> paraphrase probabilities in [0, 1]
 * ``POST /v1/similarity`` ``{"pairs": [[str, str]]}`` -> similarity scores on [0, 5]
 * ``POST /v1/embed``      ``{"texts": [str]}`` -> (N, H) float embeddings (mean pooling)
+* ``POST /v1/tasks/{task}`` ``{"texts": [...]}`` or ``{"pairs": [...]}`` -> any task of the model
+  (custom tasks included): per item label/name/probabilities, probability, or score
 * ``GET /health``         status, tasks, and the sizes of the batches formed so far
+* ``GET /v1/stats``       the micro-batching statistics with a histogram of batch sizes
 * ``GET /``               a demo page (plain HTML/JS, no external assets)
 
 Malformed input (wrong types, empty text) gets 422; more than ``max_items`` items or a text
@@ -24,10 +27,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field, StringConstraints
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from .errors import MinbertError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,24 @@ class TextsRequest(BaseModel):
 
 class PairsRequest(BaseModel):
     pairs: list[tuple[Text, Text]] = Field(min_length=1, description="pairs of non-empty texts")
+
+
+class TaskRequest(BaseModel):
+    """Exactly one of ``texts`` (single-sentence tasks) or ``pairs`` (pair tasks)."""
+
+    texts: list[Text] | None = Field(None, min_length=1)
+    pairs: list[tuple[Text, Text]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.texts is None) == (self.pairs is None):
+            raise ValueError("give exactly one of 'texts' or 'pairs'")
+        return self
+
+
+class TaskResponse(BaseModel):
+    task: str
+    results: list[dict]
 
 
 class SentimentResult(BaseModel):
@@ -77,6 +99,7 @@ class MicroBatcher:
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue = asyncio.Queue()
         self.batch_sizes: collections.Counter = collections.Counter()
+        self.in_flight = 0  # requests submitted and not yet answered
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -89,8 +112,12 @@ class MicroBatcher:
 
     async def submit(self, kind: str, items: list):
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((kind, items, fut))
-        return await fut
+        self.in_flight += 1
+        try:
+            await self.queue.put((kind, items, fut))
+            return await fut
+        finally:
+            self.in_flight -= 1
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -130,14 +157,38 @@ class MicroBatcher:
             for _ in taken:
                 self.queue.task_done()
 
-    def stats(self) -> dict:
-        total = sum(self.batch_sizes.values())
-        items = sum(k * v for k, v in self.batch_sizes.items())
-        return {"batches": total, "items": items, "mean_batch": items / total if total else 0.0}
+    def stats(self, histogram: bool = False) -> dict:
+        """``batches`` formed, ``items`` in them, ``mean_batch`` items per forward pass, the
+        largest batch, requests ``in_flight``; with ``histogram`` also ``{size: count}`` (sizes as strings, for JSON)."""
+        sizes = dict(self.batch_sizes)  # a snapshot: the worker may add to the counter meanwhile
+        total = sum(sizes.values())
+        items = sum(k * v for k, v in sizes.items())
+        out = {
+            "batches": total,
+            "items": items,
+            "mean_batch": items / total if total else 0.0,
+            "max_batch": max(sizes, default=0),
+            "in_flight": self.in_flight,
+        }
+        if histogram:
+            out["histogram"] = {str(k): sizes[k] for k in sorted(sizes)}
+        return out
 
 
 def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_batch: int = 64, max_wait_ms: float = 5.0) -> FastAPI:
-    """The FastAPI app serving one :class:`minbert.predict.Predictor`."""
+    """The FastAPI app serving one :class:`minbert.predict.Predictor`.
+
+    Args:
+        max_items: items (texts or pairs) per request; more gives 413.
+        max_chars: characters per text; a longer text gives 413.
+        max_batch: items the micro-batcher collects into one forward pass (a larger request
+            runs alone, batched inside the predictor).
+        max_wait_ms: how long the micro-batcher waits for more requests after the first.
+
+    Responses: 200 JSON as documented at ``/docs``; 422 for malformed input (pydantic's
+    ``detail`` list, or a one-line ``detail`` for a user error the predictor raises); 413 over
+    the limits; 404 for a task the model lacks.
+    """
 
     def run(kind: str, items: list):
         if kind == "sentiment":
@@ -146,6 +197,8 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
             return predictor.paraphrase(items).tolist()
         if kind == "similarity":
             return predictor.similarity(items).tolist()
+        if kind.startswith("task:"):
+            return predictor.predict(kind[5:], items)
         return predictor.embed(items).tolist()
 
     batcher = MicroBatcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms)
@@ -158,6 +211,10 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
 
     app = FastAPI(title="minbert", description="Multi-task BERT: sentiment, paraphrase, similarity, embeddings.", lifespan=lifespan)
     app.state.batcher = batcher
+
+    @app.exception_handler(MinbertError)
+    async def _user_error(request: Request, exc: MinbertError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     def check_limits(items: list) -> None:
         """413 for more than max_items items, or any text longer than max_chars characters."""
@@ -175,6 +232,25 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "tasks": predictor.tasks, "batching": batcher.stats()}
+
+    @app.get("/v1/stats")
+    async def stats() -> dict:
+        """Micro-batching: batches formed, items, mean and largest batch, histogram of sizes."""
+        return batcher.stats(histogram=True)
+
+    @app.post("/v1/tasks/{task}", response_model=TaskResponse)
+    async def task_predict(task: str, req: TaskRequest):
+        """Any task of the model, built-in or custom: ``texts`` for single-sentence tasks,
+        ``pairs`` for pair tasks."""
+        need(task)
+        from .tasks import get_task
+
+        pair = get_task(task).pair
+        if pair != (req.pairs is not None):
+            raise HTTPException(422, f"task {task!r} takes {'pairs' if pair else 'texts'}")
+        items = [tuple(p) for p in req.pairs] if pair else req.texts
+        check_limits(items)
+        return TaskResponse(task=task, results=await batcher.submit(f"task:{task}", items))
 
     @app.post("/v1/sentiment", response_model=SentimentResponse)
     async def sentiment(req: TextsRequest):
@@ -206,12 +282,25 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
     return app
 
 
-def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", max_items: int = 256, max_chars: int = 10_000) -> None:
-    """Load a run and serve it until SIGINT/SIGTERM (uvicorn lets in-flight requests finish)."""
+def serve(
+    run_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    max_items: int = 256,
+    max_chars: int = 10_000,
+    access_log: bool = True,
+) -> None:
+    """Load a run (or an export) and serve it until SIGINT/SIGTERM: uvicorn then stops
+    accepting connections and lets in-flight requests finish (up to 30 s)."""
     import uvicorn
 
     from .predict import load
 
     app = create_app(load(run_dir, device=device), max_items=max_items, max_chars=max_chars)
     log.info("serving %s on http://%s:%d (docs at /docs)", run_dir, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    # keep-alive 30 s (uvicorn's default is 5): a client reusing a connection the server is just
+    # closing gets a read error on a POST, which it may not retry
+    uvicorn.run(
+        app, host=host, port=port, log_level="info", access_log=access_log, timeout_keep_alive=30, timeout_graceful_shutdown=30
+    )

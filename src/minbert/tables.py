@@ -123,6 +123,8 @@ def read_records(
     fmt: str = "auto",
     text_fallbacks: dict[str, str] | None = None,
     allow_empty: bool = False,
+    id_optional: bool = False,
+    log_bad: bool = True,
 ) -> RawSplit:
     """Read a CSV, TSV or JSONL file into a :class:`RawSplit`.
 
@@ -131,9 +133,11 @@ def read_records(
         label_column: the label column, or None for an unlabelled file.
         parse_label: maps the label's text to a value; raises ``ValueError(reason)``.
         id_column: the id column, or None: each row's id is its line number.
+        id_optional: a row (or a whole CSV/TSV file) without ``id_column`` gets its line number.
         fmt: ``auto`` (by suffix), ``csv``, ``tsv`` or ``jsonl``.
         text_fallbacks: ``{column: other}``: read ``other`` where ``column`` is absent.
         allow_empty: return an empty split instead of raising when no row is usable.
+        log_bad: log the bad rows (up to 20) as warnings.
 
     Returns:
         RawSplit: ``ids`` (str), ``texts`` (tuples of 1 or 2 stripped strings), ``labels`` as a
@@ -150,7 +154,7 @@ def read_records(
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     fallbacks = dict(text_fallbacks or {})
-    wanted = [c for c in (id_column, *text_columns, label_column) if c]
+    wanted = [c for c in (None if id_optional else id_column, *text_columns, label_column) if c]
     ids, texts, labels, bad = [], [], [], []
 
     def reject(line: int, reason: str) -> None:
@@ -172,7 +176,9 @@ def read_records(
             reject(line, err)
             continue
         get = lambda c: row[c] if c in row else row.get(fallbacks.get(c, c))  # noqa: E731
-        if id_column:
+        if id_column and id_optional and get(id_column) is None:
+            rid = str(line)
+        elif id_column:
             rid = _as_text(get(id_column))
             if rid is None or not rid.strip():
                 reject(line, f"missing or empty {id_column!r}")
@@ -204,7 +210,7 @@ def read_records(
             labels.append(value)
         ids.append(rid)
         texts.append(tuple(tx))
-    if bad:
+    if bad and log_bad:
         log.warning("%s: skipped %d bad row(s); kept %d", path, len(bad), len(ids))
         for b in bad[:20]:
             log.warning("  %s", b)

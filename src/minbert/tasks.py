@@ -120,16 +120,17 @@ class Task:
             head_layers=cfg.head_layers,
         )
 
-    def collate(self, split: TokenizedSplit, index: np.ndarray, pad_id: int = 0) -> dict:
+    def collate(self, split: TokenizedSplit, index: np.ndarray, pad_id: int = 0, pad_to_multiple_of: int = 1) -> dict:
         """A batch dict: ``ids`` (list of str), ``input_ids``/``token_type_ids``/
-        ``attention_mask`` (B, T) int64; for bi-encoder pairs also ``input_ids_b``/
-        ``attention_mask_b``/``token_type_ids_b`` padded to the same T; ``labels`` (B,) if
-        labelled (int64 for classification, float32 otherwise)."""
+        ``attention_mask`` (B, T) int64, T the longest row rounded up to a multiple of
+        ``pad_to_multiple_of``; for bi-encoder pairs also ``input_ids_b``/``attention_mask_b``/
+        ``token_type_ids_b`` padded to the same T; ``labels`` (B,) if labelled (int64 for
+        classification, float32 otherwise)."""
         a = [split.input_ids[i] for i in index]
         types = [split.token_type_ids[i] for i in index]
         if split.input_ids_b is not None:
             b = [split.input_ids_b[i] for i in index]
-            both = pad_batch(a + b, None, pad_id)  # each sentence alone: token types all 0
+            both = pad_batch(a + b, None, pad_id, pad_to_multiple_of)  # each sentence alone: token types all 0
             n = len(index)
             batch = {
                 "input_ids": both["input_ids"][:n],
@@ -140,7 +141,7 @@ class Task:
                 "token_type_ids_b": both["token_type_ids"][n:],
             }
         else:
-            batch = pad_batch(a, types, pad_id)
+            batch = pad_batch(a, types, pad_id, pad_to_multiple_of)
         batch["ids"] = [split.ids[i] for i in index]
         if split.labels is not None:
             batch["labels"] = torch.from_numpy(split.labels[index])

@@ -94,12 +94,16 @@ class Tokenizer:
         return pad_batch(ids, types, self.pad_token_id)
 
 
-def pad_batch(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int = 0) -> dict:
-    """Right-pad to the longest sequence. Returns (B, T) int64 tensors ``input_ids``,
-    ``token_type_ids`` (all 0 when ``types`` is None) and ``attention_mask`` (1 on real tokens).
-    Built in numpy with one scatter per tensor: this runs on the host in every training step."""
+def pad_batch(
+    ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int = 0, pad_to_multiple_of: int = 1
+) -> dict:
+    """Right-pad to the longest sequence, rounded up to a multiple of ``pad_to_multiple_of``.
+    Returns (B, T) int64 tensors ``input_ids``, ``token_type_ids`` (all 0 when ``types`` is
+    None) and ``attention_mask`` (1 on real tokens). Built in numpy with one scatter per tensor:
+    this runs on the host in every training step."""
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     B, T, n = len(ids), int(lengths.max()), int(lengths.sum())
+    T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
     attention_mask = np.arange(T)[None, :] < lengths[:, None]  # (B, T) bool
     input_ids = np.full((B, T), pad_id, dtype=np.int64)
     input_ids[attention_mask] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=n)

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -48,11 +49,13 @@ from .checkpoint import (
 )
 from .config import Config, dump_yaml, load_config, resolve, to_dict
 from .distributed import DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, shard
+from .cudagraph import GraphedSteps
 from .data import TaskStream, TokenizedSplit, concat_splits, read_sst_phrases, resolve_data_dir, sha256_file, tokenize_split, verify_checksums
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .evaluate import EvalResult, autocast_context, evaluate, move, predict_split, write_predictions
 from .heads import MultitaskModel
 from .model import BertModel, resolve_encoder_path
+from .regularize import smart_loss, symmetric_divergence
 from .optim import build_optimizer, build_scheduler, param_groups
 from .surgical import freeze_layers, init_from_run
 from .tasks import Task, get_task
@@ -127,7 +130,7 @@ def build_model(cfg: Config, encoder_dir: str | Path, pretrained: bool = True) -
         task = get_task(name)
         heads[name] = task.build_head(tcfg, hidden)
         kinds[name] = task.input_kind(tcfg.pair_input)
-    return MultitaskModel(encoder, heads, kinds)
+    return MultitaskModel(encoder, heads, kinds, uncertainty=cfg.train.loss_weighting == "uncertainty")
 
 
 def load_splits(cfg: Config, data_dir: Path, tokenizer: Tokenizer) -> dict[str, dict[str, TokenizedSplit]]:
@@ -308,21 +311,77 @@ class StepLosses(NamedTuple):
 class TrainStep(nn.Module):
     """Every task's forward pass and loss of one micro-step, in one ``forward`` call: the unit
     that ``DistributedDataParallel`` wraps, so one backward all-reduces the gradients of all
-    tasks of the step together."""
+    tasks of the step together.
 
-    def __init__(self, model: MultitaskModel, tasks: dict[str, Task], weights: dict[str, float], device, amp: bool):
+    Per task t: L_t is the task loss (with R-Drop, the mean over two dropout passes plus
+    ``rdrop_alpha`` x their divergence; with SMART, plus ``smart_weight`` x the adversarial
+    divergence; see :mod:`minbert.regularize`). The total is sum_t w_t L_t, or with uncertainty
+    weighting sum_t exp(-s_t) w_t L_t + s_t (Kendall et al. 2018, Eq. 7 in the form of their
+    code: s_t = log sigma_t^2)."""
+
+    def __init__(self, model: MultitaskModel, tasks: dict[str, Task], weights: dict[str, float], device, amp: bool, tc=None):
         super().__init__()
         self.model, self.tasks, self.weights, self.device, self.amp = model, tasks, weights, device, amp
+        self.tc = tc
+
+    def task_loss(self, name: str, batch: dict) -> torch.Tensor:
+        task, tc = self.tasks[name], self.tc
+        with autocast_context(self.device, self.amp):
+            out = self.model(name, batch)
+            loss = task.loss(out, batch["labels"])
+            if tc is not None and tc.rdrop_alpha:
+                out2 = self.model(name, batch)
+                loss = (loss + task.loss(out2, batch["labels"])) / 2
+                loss = loss + tc.rdrop_alpha * symmetric_divergence(task.kind, out, out2)
+            if tc is not None and tc.smart_weight:
+                reg = smart_loss(self.model, name, task.kind, batch, out, tc.smart_sigma, tc.smart_eta, tc.smart_eps)
+                loss = loss + tc.smart_weight * reg
+        return loss
 
     def forward(self, batches: dict[str, dict]) -> StepLosses:
         total, losses = 0.0, []
+        log_vars = self.model.loss_log_vars
         for name, batch in batches.items():
-            with autocast_context(self.device, self.amp):
-                out = self.model(name, batch)
-            loss = self.weights[name] * self.tasks[name].loss(out, batch["labels"])
+            loss = self.weights[name] * self.task_loss(name, batch)
             losses.append(loss)
-            total = total + loss
+            if log_vars is not None:
+                s = log_vars[name]
+                total = total + torch.exp(-s) * loss + s
+            else:
+                total = total + loss
         return StepLosses(total, torch.stack(losses))
+
+
+def use_cuda_graphs(tc, device: torch.device, ctx: DistContext, compiled: bool) -> bool:
+    """Resolve ``train.cuda_graphs``: ``auto`` is on for single-process CUDA training without
+    ``compile`` and PCGrad.
+
+    Raises:
+        ConfigError: ``on`` with CPU, several processes, compile or PCGrad.
+    """
+    blockers = [
+        why
+        for why, hit in (
+            ("a CUDA device", device.type != "cuda"),
+            ("a single process (not torchrun)", ctx.enabled),
+            ("train.compile=off", compiled),
+            ("train.pcgrad=false (it needs per-task gradients)", tc.pcgrad),
+        )
+        if hit
+    ]
+    if tc.cuda_graphs == "on" and blockers:
+        raise ConfigError(f"train.cuda_graphs=on needs {', '.join(blockers)}; use auto or off")
+    return tc.cuda_graphs == "on" or (tc.cuda_graphs == "auto" and not blockers)
+
+
+def _task_step(step_fn: nn.Module, name: str):
+    """One task's micro-step as ``GraphedSteps`` wants it: batch -> (loss, per-task loss)."""
+
+    def fn(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = step_fn({name: batch})
+        return out.total, out.per_task.detach()
+
+    return fn
 
 
 def _append_jsonl(fh, record: dict) -> None:
@@ -360,6 +419,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     t_start: float | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> Run:
     """Train and evaluate a multi-task model; returns the :class:`Run`.
 
@@ -370,6 +430,8 @@ def train(
         resume: continue the run in ``run_dir`` from its last checkpoint (its saved config is used).
         overwrite: replace an existing run in ``run_dir``.
         t_start: wall-clock start for ``summary.json``'s ``wall_s`` (default: now).
+        on_epoch_end: called as ``f(epoch, dev)`` after each epoch's dev evaluation (``dev`` the
+            flat metrics); an exception it raises ends training (``minbert tune`` prunes so).
 
     Raises:
         MinbertError subclasses for every user mistake (config, data, checkpoint, non-finite loss).
@@ -389,14 +451,16 @@ def train(
     if not ctx.is_main:
         pkg_log.setLevel(logging.WARNING)  # only rank 0 reports progress
     try:
-        return _train(cfg, run_dir, data_dir, resume, progress and ctx.is_main, t_start, ctx)
+        return _train(cfg, run_dir, data_dir, resume, progress and ctx.is_main, t_start, ctx, on_epoch_end)
     finally:
         if file_log is not None:
             pkg_log.removeHandler(file_log)
             file_log.close()
 
 
-def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t_start: float, ctx: DistContext) -> Run:
+def _train(
+    cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t_start: float, ctx: DistContext, on_epoch_end=None
+) -> Run:
     cfg = resolve(cfg)
     tc = cfg.train
     if not cfg.tasks:
@@ -423,9 +487,12 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     if tc.init_from and not resume:  # on resume the checkpoint's weights replace these anyway
         init_from_run(model, tc.init_from)
     freeze_layers(model, tc.freeze_layers)  # surgical fine-tuning (0: nothing frozen)
-    if tc.compile == "on" or (tc.compile == "auto" and device.type == "cuda"):
+    compiled = tc.compile == "on" or (tc.compile == "auto" and device.type == "cuda")
+    if compiled:
         # in place (Module.compile), so state_dict keys keep their names; dynamic T from bucketing
         model.encoder.compile(dynamic=True)
+    use_graphs = use_cuda_graphs(tc, device, ctx, compiled)
+    pad_multiple = cfg.data.pad_to_multiple_of or (16 if use_graphs else 1)
 
     if not resume and ctx.is_main:
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
@@ -444,8 +511,10 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     opt_per_epoch = math.ceil(micro_per_epoch / tc.grad_accum)
     total_steps = tc.epochs * opt_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * opt_per_epoch)
     log.info(
-        "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, device %s, amp %s, %d process(es)",
+        "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, device %s, amp %s, %d process(es), "
+        "CUDA graphs %s",
         tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, device, "bf16" if amp else "off", ctx.world_size,
+        "on" if use_graphs else "off",
     )
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.layer_lr_decay, cfg.optim.head_lr)
     optimizer = build_optimizer(cfg.optim, groups, device)
@@ -507,7 +576,7 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     metrics_fh = open(run_dir / "metrics.jsonl" if ctx.is_main else os.devnull, "a")
     params = [p for p in model.parameters() if p.requires_grad]
     weights = {n: cfg.tasks[n].weight for n in cfg.tasks}
-    step_fn: nn.Module = TrainStep(model, tasks, weights, device, amp)
+    step_fn: nn.Module = TrainStep(model, tasks, weights, device, amp, tc)
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -518,6 +587,39 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     pad_id = tokenizer.pad_token_id
     stop = state["step"] >= total_steps
     best_result: EvalResult | None = None  # dev predictions of the best epoch, if seen in this process
+    graphs = GraphedSteps(params) if use_graphs and params else None
+    recent: list[dict] = []  # the last train.average_last epochs' weights, on the host
+    # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process
+    throughput = {"train_samples": 0, "train_s": 0.0}
+    # step losses stay on the device until a flush: one host sync per tc.log_every steps
+    pending: list[tuple[dict, list[str], list, torch.Tensor]] = []
+    bar = None
+
+    def flush() -> None:
+        """Write the pending steps' records; raise on a non-finite loss (nonfinite=stop)."""
+        if not pending:
+            return
+        rows = all_reduce_mean(torch.stack([p[3] for p in pending]), ctx).tolist()
+        for (record, names, ids, _), values in zip(pending, rows):
+            # logged unweighted: L_t = (w_t L_t) / w_t
+            loss_vals = {n: v / weights[n] if weights[n] else v for n, v in zip(names, values[:-1])}
+            bad = [n for n, v in loss_vals.items() if not math.isfinite(v)]
+            if bad or not math.isfinite(values[-1]):
+                what = f"task {bad[0]}" if bad else "gradient (all tasks' sum)"
+                last = last_checkpoint(run_dir)
+                pending.clear()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {record['step']} (epoch {record['epoch']}), {what}, batch ids "
+                    f"{ids[names.index(bad[0]) if bad else 0]}; last good checkpoint: {last or 'none'}"
+                )
+            record.update(grad_norm=values[-1], **{f"loss/{n}": v for n, v in loss_vals.items()})
+            _append_jsonl(metrics_fh, record)
+            if writer is not None:
+                for n, v in loss_vals.items():
+                    writer.add_scalar(f"train/loss_{n}", v, record["step"])
+            if bar is not None:
+                bar.set_postfix({n: f"{v:.3f}" for n, v in loss_vals.items()}, refresh=False)
+        pending.clear()
 
     # -- loop ----------------------------------------------------------------------------------
     try:
@@ -526,69 +628,85 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
             schedule = epoch_schedule(cfg, streams, epoch)
             model.train()
             bar = tqdm(total=len(schedule), initial=state["micro"], desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False)
+            t_epoch = time.perf_counter()
             while state["micro"] < len(schedule):
                 i = state["micro"]
                 names = schedule[i]
                 last_in_group = (i + 1) % tc.grad_accum == 0 or i + 1 == len(schedule)
                 group_size = min(tc.grad_accum, len(schedule) - (i // tc.grad_accum) * tc.grad_accum)
                 batches = {
-                    n: move(tasks[n].collate(data["train"][n], shard(streams[n].next(), ctx), pad_id), device) for n in names
+                    n: tasks[n].collate(data["train"][n], shard(streams[n].next(), ctx), pad_id, pad_multiple) for n in names
                 }
-                # gradients are all-reduced only on the last micro-step of an accumulation group
-                sync = contextlib.nullcontext() if last_in_group or not ctx.enabled else step_fn.no_sync()
-                with sync:
-                    out = step_fn(batches)
-                    if tc.pcgrad:
-                        task_grads = [
-                            torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in out.per_task
-                        ]
-                        for p, g in zip(params, pcgrad_(task_grads, seed=tc.seed + state["step"])):
-                            if g is not None:
-                                p.grad = g / group_size if p.grad is None else p.grad + g / group_size
-                    else:
-                        (out.total / group_size).backward()
+                throughput["train_samples"] += ctx.world_size * sum(len(b["ids"]) for b in batches.values())
+                if graphs is not None:
+                    if i % tc.grad_accum == 0:
+                        graphs.zero_grad()
+                    per_task = torch.cat([
+                        graphs.run(n, _task_step(step_fn, n), {k: v for k, v in b.items() if isinstance(v, torch.Tensor)}, 1.0 / group_size)
+                        for n, b in batches.items()
+                    ])
+                else:
+                    # gradients are all-reduced only on the last micro-step of an accumulation group
+                    sync = contextlib.nullcontext() if last_in_group or not ctx.enabled else step_fn.no_sync()
+                    with sync:
+                        out = step_fn({n: move(b, device) for n, b in batches.items()})
+                        if tc.pcgrad:
+                            task_grads = [
+                                torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in out.per_task
+                            ]
+                            for p, g in zip(params, pcgrad_(task_grads, seed=tc.seed + state["step"])):
+                                if g is not None:
+                                    p.grad = g / group_size if p.grad is None else p.grad + g / group_size
+                        else:
+                            (out.total / group_size).backward()
+                    per_task = out.per_task.detach()
                 state["micro"] += 1
                 bar.update(1)
                 if not last_in_group:
                     continue
-                # one host sync per optimizer step: losses and gradient norm together
+                if graphs is not None:
+                    graphs.expose_grads()
                 max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
-                # all ranks see the same values (mean loss over ranks), so all take the same branch
-                values = all_reduce_mean(torch.cat([out.per_task.detach().float(), grad_norm.float().reshape(1)]), ctx).tolist()
-                # logged unweighted: L_t = (w_t L_t) / w_t
-                loss_vals = {n: v / weights[n] if weights[n] else v for n, v in zip(names, values[:-1])}
-                bad = [n for n, v in loss_vals.items() if not math.isfinite(v)]
-                if bad or not math.isfinite(values[-1]):
-                    what = f"task {bad[0]}" if bad else "gradient (all tasks' sum)"
-                    ids = batches[bad[0] if bad else names[0]]["ids"][:8]
-                    msg = f"non-finite loss at step {state['step'] + 1} (epoch {epoch + 1}), {what}, batch ids {ids}"
-                    if tc.nonfinite == "stop":
-                        last = last_checkpoint(run_dir)
-                        raise NonFiniteLossError(f"{msg}; last good checkpoint: {last or 'none'}")
-                    log.warning("%s; skipping this batch", msg)
-                    optimizer.zero_grad(set_to_none=True)
-                    _append_jsonl(metrics_fh, {"step": state["step"], "skipped": what, "ids": ids})
-                    continue
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=device)
+                values = torch.cat([per_task.float(), grad_norm.float().reshape(1).to(per_task.device)])
+                ids = [batches[n]["ids"][:8] for n in names]
+                if tc.nonfinite == "skip":
+                    # deciding before the update needs the values now: one host sync per step;
+                    # all ranks see the same (mean) values, so all take the same branch
+                    vals = all_reduce_mean(values.clone(), ctx).tolist()
+                    bad = [n for n, v in zip(names, vals[:-1]) if not math.isfinite(v)]
+                    if bad or not math.isfinite(vals[-1]):
+                        what = f"task {bad[0]}" if bad else "gradient (all tasks' sum)"
+                        bad_ids = ids[names.index(bad[0]) if bad else 0]
+                        log.warning(
+                            "non-finite loss at step %d (epoch %d), %s, batch ids %s; skipping this batch",
+                            state["step"] + 1, epoch + 1, what, bad_ids,
+                        )
+                        flush()
+                        _append_jsonl(metrics_fh, {"step": state["step"], "skipped": what, "ids": bad_ids})
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
                 optimizer.step()
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if graphs is None:
+                    optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
-                record = {"step": state["step"], "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": values[-1]}
-                record.update({f"loss/{n}": v for n, v in loss_vals.items()})
-                _append_jsonl(metrics_fh, record)
-                if writer is not None:
-                    for n, v in loss_vals.items():
-                        writer.add_scalar(f"train/loss_{n}", v, state["step"])
-                bar.set_postfix({n: f"{v:.3f}" for n, v in loss_vals.items()}, refresh=False)
+                pending.append(({"step": state["step"], "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}, list(names), ids, values))
+                if len(pending) >= tc.log_every:
+                    flush()
                 if state["step"] >= total_steps:
                     stop = True
                     break
                 # (the epoch's last step is checkpointed after its dev evaluation, below)
                 if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0 and state["micro"] < len(schedule):
+                    flush()
                     metrics_fh.flush()
                     checkpoint()
+            flush()
             bar.close()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            throughput["train_s"] += time.perf_counter() - t_epoch  # training only, dev evaluation excluded
 
             # -- end of epoch: evaluate, keep the best, checkpoint ---------------------------
             result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id, ctx)
@@ -600,6 +718,9 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
                     if v is not None:
                         writer.add_scalar(f"dev/{k}", v, epoch + 1)
             state["history"].append({"epoch": epoch + 1, "step": state["step"], **flat})
+            if tc.average_last:
+                recent.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+                del recent[: -tc.average_last]
             score = flat["overall"] if flat["overall"] is not None else -math.inf
             if state["best"] is None or score > state["best"]:
                 state["best"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
@@ -615,6 +736,8 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
             state["epoch"], state["micro"] = epoch + 1, 0
             metrics_fh.flush()
             checkpoint()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, flat)
             if tc.early_stopping_patience is not None and state["bad_epochs"] >= tc.early_stopping_patience:
                 log.info("early stopping: no overall-dev improvement for %d epoch(s)", state["bad_epochs"])
                 break
@@ -626,6 +749,23 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
     # -- final predictions from the best checkpoint --------------------------------------------
     barrier(ctx)
     check_file_weights(model, run_dir / "checkpoints" / "best" / "model.safetensors")
+    average = None
+    if tc.average_last and recent:
+        # checkpoint averaging: the mean of the last k epochs' weights (in this process's memory)
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        model.load_state_dict({k: sum(sd[k].double() for sd in recent).div(len(recent)).to(v.dtype) for k, v in best_state.items()})
+        avg_result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id, ctx)
+        average = {"epochs": len(recent), "dev": avg_result.flat()}
+        log.info("average of the last %d epochs' weights, dev: %s", len(recent), _fmt(avg_result.flat()))
+        best_score = state["best"] if state["best"] is not None else -math.inf
+        if avg_result.overall is not None and avg_result.overall > best_score:
+            average["chosen"] = True
+            best_result = avg_result
+            if ctx.is_main:
+                save_weights(run_dir / "checkpoints" / "average" / "model.safetensors", model.state_dict(), {"epochs": len(recent)})
+        else:
+            average["chosen"] = False
+            model.load_state_dict(best_state)
     if not ctx.is_main:
         return Run(run_dir, {})
     final = write_run_predictions(model, tasks, data, run_dir, cfg, device, amp, pad_id, dev_result=best_result)
@@ -634,6 +774,9 @@ def _train(cfg: Config, run_dir: Path, data_dir, resume: bool, progress: bool, t
         | {"overall": final.overall},
         "dev_all": final.flat(),
         "best_epoch": state["best_epoch"],
+        "checkpoint_average": average,
+        "throughput": {**throughput, "samples_per_s": round(throughput["train_samples"] / max(throughput["train_s"], 1e-9), 1),
+                       "processes": ctx.world_size, "cuda_graphs": use_graphs},
         "epochs_run": len(state["history"]),
         "steps": state["step"],
         "wall_s": round(time.time() - t_start, 2),

@@ -1,0 +1,75 @@
+"""End-to-end wall time of ``minbert train`` runs: from the start of the command (a fresh Python
+process) to the final predictions, compile and CUDA-graph capture included.
+
+Each ``--run NAME=SRC`` runs ``python -m minbert train PRESET`` with ``PYTHONPATH=SRC`` (a
+``src`` folder: this checkout's, or an older version's exported with ``git archive``), once per
+seed, one after the other. Prints one JSON object and writes it to ``--out``:
+``{"preset", "machine", "runs": [{"name", "seed", "wall_s", "dev": {...}, "summary_wall_s"}]}``.
+
+    python benchmarks/e2e.py --preset configs/default.yaml --seeds 0,1 --run after=src \\
+        --run before=/tmp/before/src -- --data-dir DIR --model.encoder=PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="configs/default.yaml")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--run", action="append", required=True, help="NAME=SRC_DIR")
+    ap.add_argument("--out")
+    ap.add_argument("--keep", help="folder for the run folders (default: a temporary one)")
+    ap.add_argument("extra", nargs="*", help="arguments passed to minbert train (after --)")
+    args = ap.parse_args()
+    base = Path(args.keep or tempfile.mkdtemp(prefix="e2e-"))
+    runs = []
+    for spec in args.run:
+        name, src = spec.split("=", 1)
+        for seed in map(int, args.seeds.split(",")):
+            run_dir = base / f"{name}-seed{seed}"
+            cmd = [sys.executable, "-m", "minbert", "train", "--config", args.preset, "--run-dir", str(run_dir), "--overwrite", "--no-progress",
+                   f"--train.seed={seed}", *args.extra]
+            env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "PYTHONUNBUFFERED": "1"}
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            (base / f"{name}-seed{seed}.log").write_text(proc.stdout + proc.stderr)
+            rec = {"name": name, "seed": seed, "wall_s": round(wall, 2), "returncode": proc.returncode}
+            if proc.returncode == 0:
+                summary = json.loads((run_dir / "summary.json").read_text())
+                rec.update(dev=summary["dev"], summary_wall_s=summary["wall_s"], best_epoch=summary["best_epoch"])
+            else:
+                rec["stderr_tail"] = proc.stderr[-2000:]
+            print(json.dumps(rec), file=sys.stderr, flush=True)
+            runs.append(rec)
+    import torch
+
+    result = {
+        "preset": args.preset,
+        "machine": {
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+        },
+        "extra_args": args.extra,
+        "runs": runs,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

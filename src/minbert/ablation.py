@@ -1,0 +1,243 @@
+"""Ablation tables (``minbert ablate``): a chain of configs, each one change on top of its parent.
+
+An ablation file (YAML) names a base preset, overrides common to every row, and the rows::
+
+    base: ../paper/exp07-cosine-sts-torch-adamw.yaml   # relative to the ablation file
+    common: ["train.epochs=5"]
+    rows:
+      - {name: exp07, change: "the paper's best preset", overrides: []}
+      - {name: cross, parent: exp07, change: "cross-encoder QQP and STS", source: "...",
+         overrides: ["tasks.qqp.pair_input=cross", ...]}
+    final: {row: auto, seeds: [0, 1, 2]}    # auto: the row with the best dev overall
+
+A row's config is the base, then ``common``, then the overrides of its ancestors from the root
+down, then its own. Rows are independent runs (``--only`` splits them over machines or GPUs);
+a finished run of the same config is read back, not retrained. ``--final`` trains the final
+row once per seed. The report (``beyond.json`` / ``beyond.md`` by default) gives each row's dev
+SST / QQP / STS / overall, its difference from its parent, and the final row's mean and
+standard deviation over seeds; ``best.yaml`` beside it is the final row's resolved config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import atomic_write_json, atomic_write_text
+from .config import Config, dump_yaml, load_config, resolve, to_dict
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("sst_acc", "qqp_acc", "sts_pearson", "overall")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    change: str
+    overrides: tuple[str, ...] = ()
+    parent: str | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Ablation:
+    path: Path
+    base: Path
+    common: tuple[str, ...]
+    rows: dict[str, Row] = field(default_factory=dict)
+    final_row: str = "auto"
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def chain(self, name: str) -> list[Row]:
+        """The row and its ancestors, root first."""
+        out, seen = [], set()
+        while name is not None:
+            if name in seen:
+                raise ConfigError(f"{self.path}: rows form a cycle at {name!r}")
+            seen.add(name)
+            out.append(self.rows[name])
+            name = self.rows[name].parent
+        return out[::-1]
+
+    def config(self, name: str, extra: list[str] = (), seed: int | None = None) -> Config:
+        overrides = [*self.common, *(o for r in self.chain(name) for o in r.overrides), *extra]
+        if seed is not None:
+            overrides.append(f"train.seed={seed}")
+        return load_config(self.base, overrides)
+
+
+def load_ablation(path: str | Path) -> Ablation:
+    """Read and check an ablation file.
+
+    Raises:
+        ConfigError: unreadable YAML, a missing base, a duplicate or unknown row/parent, or a
+            row whose config does not load (unknown key, bad value).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list) or "base" not in raw:
+        raise ConfigError(f"{path}: needs 'base' and a list 'rows'")
+    unknown = set(raw) - {"base", "common", "rows", "final"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
+    base = (path.parent / raw["base"]).resolve()
+    if not base.is_file():
+        raise ConfigError(f"{path}: base preset {base} not found")
+    rows: dict[str, Row] = {}
+    for i, r in enumerate(raw["rows"]):
+        bad = set(r) - {"name", "change", "overrides", "parent", "source"}
+        if bad or "name" not in r:
+            raise ConfigError(f"{path}: row {i + 1}: needs 'name'; unknown key(s) {sorted(bad)}")
+        if r["name"] in rows:
+            raise ConfigError(f"{path}: row {r['name']!r} is defined twice")
+        if r.get("parent") is not None and r["parent"] not in rows:
+            raise ConfigError(f"{path}: row {r['name']!r}: parent {r['parent']!r} must be an earlier row")
+        rows[r["name"]] = Row(r["name"], r.get("change", ""), tuple(r.get("overrides") or ()), r.get("parent"), r.get("source", ""))
+    final = raw.get("final") or {}
+    ab = Ablation(path, base, tuple(raw.get("common") or ()), rows, str(final.get("row", "auto")), tuple(final.get("seeds", (0, 1, 2))))
+    if ab.final_row != "auto" and ab.final_row not in rows:
+        raise ConfigError(f"{path}: final row {ab.final_row!r} is not a row")
+    for name in rows:
+        ab.config(name)  # every row's config must load
+    return ab
+
+
+def _summary(run_dir: Path) -> dict | None:
+    p = run_dir / "summary.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def final_row(ab: Ablation, runs_root: Path) -> str:
+    """The named final row, or (``auto``) the finished row with the best dev overall."""
+    if ab.final_row != "auto":
+        return ab.final_row
+    scored = [(s["dev"]["overall"], n) for n in ab.rows if (s := _summary(runs_root / n)) and s["dev"]["overall"] is not None]
+    if not scored:
+        raise ConfigError("final row 'auto': no finished row to choose from; run the rows first")
+    return max(scored)[1]
+
+
+def run_ablation(
+    path: str | Path,
+    runs_root: str | Path,
+    report_dir: str | Path,
+    data_dir=None,
+    only: list[str] | None = None,
+    final: bool = False,
+    extra: list[str] = (),
+    progress: bool = False,
+    report_name: str = "beyond",
+    seeds: list[int] | None = None,
+) -> dict:
+    """Train the rows (``only``: some of them; ``final``: the final row once per seed), then
+    write the report from every finished run under ``runs_root``. Returns the report dict."""
+    from .suite import _train_row
+
+    ab = load_ablation(path)
+    runs_root, report_dir = Path(runs_root), Path(report_dir)
+    if only:
+        missing = [n for n in only if n not in ab.rows]
+        if missing:
+            raise ConfigError(f"--only: no row(s) {missing} in {ab.path} (rows: {list(ab.rows)})")
+    if final:
+        name = final_row(ab, runs_root)
+        for seed in seeds if seeds is not None else ab.seeds:
+            log.info("final row %s, seed %d", name, seed)
+            _train_row(ab.config(name, list(extra), seed), runs_root / f"final-seed{seed}", data_dir, progress, False)
+    else:
+        for name in only or list(ab.rows):
+            log.info("row %s: %s", name, ab.rows[name].change)
+            _train_row(ab.config(name, list(extra)), runs_root / name, data_dir, progress, False)
+    report = build_report(ab, runs_root)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(report_dir / f"{report_name}.json", report)
+    atomic_write_text(report_dir / f"{report_name}.md", render_markdown(report))
+    if report["final"] is not None:
+        atomic_write_text(report_dir / f"{report_name}-best.yaml", dump_yaml(resolve(ab.config(report["final"]["row"], list(extra)))))
+    return report
+
+
+def build_report(ab: Ablation, runs_root: Path) -> dict:
+    rows = []
+    for name, row in ab.rows.items():
+        s = _summary(runs_root / name)
+        rec = {
+            "name": name, "parent": row.parent, "change": row.change, "source": row.source,
+            "overrides": list(row.overrides),
+            "dev": {k: s["dev"].get(k) for k in METRICS} if s else None,
+            "best_epoch": s.get("best_epoch") if s else None,
+            "steps": s.get("steps") if s else None,
+            "epochs": s["config"]["train"]["epochs"] if s else None,
+            "wall_s": s.get("wall_s") if s else None,
+        }
+        if s and s.get("epochs_run"):
+            rec["steps_per_epoch"] = round(s["steps"] / s["epochs_run"])
+        rows.append(rec)
+    by = {r["name"]: r for r in rows}
+    for r in rows:
+        p = by.get(r["parent"]) if r["parent"] else None
+        r["delta_overall"] = (
+            round(r["dev"]["overall"] - p["dev"]["overall"], 4) if r["dev"] and p and p["dev"] else None
+        )
+    seeds = sorted(runs_root.glob("final-seed*"))
+    final = None
+    per_seed = [(int(d.name.removeprefix("final-seed")), s) for d in seeds if (s := _summary(d))]
+    if per_seed:
+        name = final_row(ab, runs_root)
+        final = {"row": name, "seeds": [sd for sd, _ in per_seed], "per_seed": [s["dev"] for _, s in per_seed]}
+        for k in METRICS:
+            vals = [s["dev"][k] for _, s in per_seed if s["dev"].get(k) is not None]
+            final[f"{k}_mean"] = statistics.fmean(vals) if vals else None
+            final[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+    return {"ablation": str(ab.path.name), "base": ab.base.name, "common": list(ab.common), "rows": rows, "final": final}
+
+
+def _f(v, nd=3, sign=False):
+    if v is None:
+        return "–"
+    return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+
+
+def render_markdown(report: dict) -> str:
+    lines = [
+        f"# Ablation: {report['ablation']} (base preset {report['base']}; every row: {' '.join(report['common']) or 'as the preset'})",
+        "",
+        "Dev scores of one run per row (seed 0). Each row is its parent plus one change; "
+        "Δ is the overall score minus the parent's.",
+        "",
+        "| row | parent | change | SST acc | QQP acc | STS r | overall | Δ | steps/epoch × epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        d = r["dev"] or {}
+        spe = f"{r.get('steps_per_epoch', '–')} × {r['epochs']}" if r["dev"] else "not run"
+        lines.append(
+            f"| {r['name']} | {r['parent'] or ''} | {r['change']} | {_f(d.get('sst_acc'))} | {_f(d.get('qqp_acc'))} | "
+            f"{_f(d.get('sts_pearson'))} | {_f(d.get('overall'))} | {_f(r['delta_overall'], sign=True)} | {spe} |"
+        )
+    f = report["final"]
+    if f:
+        lines += [
+            "",
+            f"## Final configuration: row `{f['row']}`, seeds {f['seeds']}",
+            "",
+            "| | SST acc | QQP acc | STS r | overall |",
+            "|---|---|---|---|---|",
+            "| mean ± std | " + " | ".join(f"{_f(f[k + '_mean'])} ± {_f(f[k + '_std'])}" for k in METRICS) + " |",
+        ]
+        for sd, dev in zip(f["seeds"], f["per_seed"]):
+            lines.append(f"| seed {sd} | " + " | ".join(_f(dev.get(k)) for k in METRICS) + " |")
+    sources = [r for r in report["rows"] if r["source"]]
+    if sources:
+        lines += ["", "## Sources", ""] + [f"- **{r['name']}**: {r['source']}" for r in sources]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,165 @@
+"""CUDA graphs for training steps: one graph per recurring batch shape.
+
+A training step of a small encoder at batch 32 is bound by kernel-launch overhead, not by
+arithmetic: forward plus backward of a 6-layer BERT is several hundred kernels, and the host
+needs a few microseconds to launch each, longer than most of them run on an H200. A CUDA graph
+records the kernels of one forward + backward once and replays them with a single launch
+(NVIDIA, CUDA C++ Programming Guide, "CUDA Graphs"; PyTorch ``torch.cuda.graph``, "whole network
+capture").
+
+Graphs replay fixed shapes into fixed memory, so:
+
+* batches are padded to a multiple of a few tokens (``data.pad_to_multiple_of``), which leaves a
+  handful of shapes per task; a shape is captured the second time it is seen (one-off shapes,
+  such as an epoch's last partial batch, run eagerly);
+* inputs are copied into the graph's own input tensors before each replay;
+* every gradient lives in one fixed buffer per parameter, which eager backward passes and every
+  graph accumulate into (``p.grad`` is that buffer);
+* the optimizer runs outside the graphs, on the accumulated buffers. Parameters that no task of
+  the step reached get ``p.grad = None`` for the optimizer, as in eager training, so their
+  optimizer state does not move (:meth:`GraphedSteps.expose_grads`).
+
+Dropout inside a graph draws fresh random numbers at every replay (PyTorch registers the CUDA
+generator with the graph). Capturing consumes random numbers, so a run with graphs is
+reproducible run to run but not bit-identical to one without, and a resumed run is not
+bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Hashable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# fn(inputs) -> (loss to back-propagate (), value to return, detached)
+StepFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class _Graph(NamedTuple):
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]  # the static input tensors the graph reads
+    scale: torch.Tensor  # () float32: the loss multiplier (1 / accumulation steps)
+    value: torch.Tensor  # the static output the graph writes
+    touched: frozenset[int]  # indices of the parameters that get a gradient
+
+
+class GraphedSteps:
+    """Forward + backward of one batch as CUDA graphs, accumulating into fixed gradient buffers.
+
+    Usage per optimizer step: :meth:`zero_grad`, then :meth:`run` once per batch (task), then
+    :meth:`expose_grads`, then clip and ``optimizer.step()``.
+
+    Args:
+        params: the trainable parameters, all on one CUDA device.
+        capture_after: how many eager sightings of a shape come before it is captured (1: the
+            second batch of a shape is the first replay; 0: capture at once).
+        warmup: eager iterations on a side stream before a capture (PyTorch's rule for capture).
+
+    Raises:
+        ValueError: a parameter is not on a CUDA device.
+    """
+
+    def __init__(self, params: list[nn.Parameter], capture_after: int = 1, warmup: int = 2):
+        if not params or any(p.device.type != "cuda" for p in params):
+            raise ValueError("CUDA graphs need trainable parameters on a CUDA device")
+        self.params = list(params)
+        self.device = self.params[0].device
+        self.capture_after, self.warmup = capture_after, warmup
+        self.grads = [torch.zeros_like(p) for p in self.params]
+        self._graphs: dict[Hashable, _Graph] = {}
+        self._seen: Counter = Counter()
+        self._touched_by_key: dict[Hashable, frozenset[int]] = {}
+        self._step_touched: set[int] = set()
+        self.n_replays = self.n_eager = 0
+        self._attach()
+
+    def _attach(self) -> None:
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+
+    @property
+    def n_graphs(self) -> int:
+        return len(self._graphs)
+
+    def zero_grad(self) -> None:
+        """Zero every gradient buffer (one multi-tensor kernel) and attach them as ``p.grad``."""
+        torch._foreach_zero_(self.grads)
+        self._attach()
+        self._step_touched = set()
+
+    def expose_grads(self) -> None:
+        """Before the optimizer: ``p.grad`` is the buffer for parameters that this step's batches
+        reached, ``None`` for the others (e.g. the heads of tasks not in the step)."""
+        for i, (p, g) in enumerate(zip(self.params, self.grads)):
+            p.grad = g if i in self._step_touched else None
+
+    def run(self, key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+        """Forward and backward of ``fn`` on ``inputs`` (host or device tensors), adding
+        ``scale`` x the gradient of its loss into the buffers. Returns ``fn``'s value (a new
+        tensor on the device). ``key`` names ``fn``: batches with the same key, input names,
+        shapes and dtypes share a graph."""
+        full_key = (key, tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items()))
+        graph = self._graphs.get(full_key)
+        if graph is None:
+            if self._seen[full_key] >= self.capture_after:
+                graph = self._capture(full_key, fn, inputs)
+            else:
+                self._seen[full_key] += 1
+                return self._eager(full_key, fn, inputs, scale)
+        for name, t in inputs.items():
+            graph.inputs[name].copy_(t, non_blocking=True)
+        graph.scale.fill_(scale)
+        graph.graph.replay()
+        self._step_touched |= graph.touched
+        self.n_replays += 1
+        return graph.value.clone()
+
+    def _eager(self, full_key, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        for p in self.params:
+            p.grad = None  # which parameters this fn reaches is read off the fresh gradients
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        loss, value = fn(inputs)
+        (loss * scale).backward()
+        touched = frozenset(i for i, p in enumerate(self.params) if p.grad is not None)
+        if touched:
+            idx = sorted(touched)
+            torch._foreach_add_([self.grads[i] for i in idx], [self.params[i].grad for i in idx])
+        self._attach()
+        self._touched_by_key[full_key] = touched
+        self._step_touched |= touched
+        self.n_eager += 1
+        return value.detach()
+
+    def _capture(self, full_key, fn: StepFn, inputs: dict[str, torch.Tensor]) -> _Graph:
+        if full_key not in self._touched_by_key:  # capture_after=0: learn it from one eager run
+            saved = [g.clone() for g in self.grads]
+            self._eager(full_key, fn, inputs, 1.0)
+            self.n_eager -= 1
+            torch._foreach_copy_(self.grads, saved)
+        saved = [g.clone() for g in self.grads]  # warm-up adds into the buffers: restored below
+        static = {k: v.to(self.device, copy=True) for k, v in inputs.items()}
+        scale = torch.ones((), device=self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                loss, _ = fn(static)
+                (loss * scale).backward()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._attach()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss, value = fn(static)
+            (loss * scale).backward()
+        torch._foreach_copy_(self.grads, saved)
+        self._attach()
+        g = _Graph(graph, static, scale, value.detach(), self._touched_by_key[full_key])
+        self._graphs[full_key] = g
+        log.debug("captured CUDA graph %d for %s", len(self._graphs), full_key)
+        return g

@@ -1,0 +1,141 @@
+"""Hyperparameter search with optuna (``minbert tune``).
+
+Each trial trains the base config with sampled values (TPE sampler, Bergstra et al. 2011) and is
+scored by its best overall dev score. After every epoch the trial reports its dev overall, and
+the median pruner (optuna ``MedianPruner``) stops trials that fall below the median of earlier
+trials at the same epoch. The study lives in ``STUDY_DIR/study.db`` (SQLite): running the same
+command again resumes it, and trials left running by a killed process are marked failed
+(optuna's heartbeat). Each trial's run folder is ``STUDY_DIR/trial-NNNN``; the best trial's
+resolved config is written to ``STUDY_DIR/best.yaml`` and every trial to ``trials.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import atomic_write_json, atomic_write_text
+from .config import Config, dump_yaml, from_dict, resolve, to_dict
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched value: a dotted config key and its range."""
+
+    key: str  # e.g. "optim.lr"; "tasks.*.dropout" sets every task's dropout
+    low: float
+    high: float
+    log: bool = False
+
+
+# the default search space: the optimisation knobs that matter most for fine-tuning
+SPACE = (
+    Param("optim.lr", 1e-5, 2e-4, log=True),
+    Param("optim.head_lr", 1e-5, 1e-3, log=True),
+    Param("optim.layer_lr_decay", 0.7, 1.0),
+    Param("optim.warmup_ratio", 0.0, 0.2),
+    Param("tasks.*.dropout", 0.0, 0.3),
+)
+
+
+def apply_params(cfg: Config, values: dict[str, float]) -> Config:
+    """A new config with the dotted ``values`` set (``tasks.*.x`` sets x for every task).
+
+    Raises:
+        ConfigError: a key that is not in the config.
+    """
+    raw = to_dict(cfg)
+    for key, value in values.items():
+        parts = key.split(".")
+        targets = [raw]
+        for i, part in enumerate(parts[:-1]):
+            nxt = []
+            for t in targets:
+                if part == "*":
+                    nxt.extend(t.values())
+                elif isinstance(t, dict) and part in t:
+                    nxt.append(t[part])
+                else:
+                    raise ConfigError(f"tune: {key}: no such config key")
+            targets = nxt
+        for t in targets:
+            if parts[-1] not in t:
+                raise ConfigError(f"tune: {key}: no such config key")
+            t[parts[-1]] = value
+    return from_dict(raw)
+
+
+def tune(
+    cfg: Config,
+    study_dir: str | Path,
+    n_trials: int = 20,
+    data_dir: str | Path | None = None,
+    space: tuple[Param, ...] = SPACE,
+    seed: int = 0,
+) -> dict:
+    """Run (or resume) the study until it holds ``n_trials`` finished or pruned trials.
+
+    Returns ``{"best_value", "best_params", "best_trial", "n_trials"}``.
+
+    Raises:
+        ConfigError: optuna is not installed, or the space names an unknown key.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("minbert tune needs optuna: pip install 'minbert[tune]'") from None
+    from .train import train
+
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{study_dir.resolve() / 'study.db'}", heartbeat_interval=30, grace_period=90
+    )
+    study = optuna.create_study(
+        study_name=cfg.name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
+    apply_params(cfg, {p.key: p.low for p in space})  # fail early on an unknown key
+
+    def objective(trial: "optuna.Trial") -> float:
+        values = {p.key: trial.suggest_float(p.key, p.low, p.high, log=p.log) for p in space}
+        trial_cfg = apply_params(cfg, values)
+
+        def report(epoch: int, dev: dict) -> None:
+            score = dev.get("overall")
+            trial.report(-math.inf if score is None else score, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: overall {score}")
+
+        run = train(
+            trial_cfg, study_dir / f"trial-{trial.number:04d}", data_dir=data_dir, overwrite=True, progress=False,
+            on_epoch_end=report,
+        )
+        best = run.summary["dev"]["overall"]
+        trial.set_user_attr("dev", run.summary["dev"])
+        return best
+
+    done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    if done < n_trials:
+        study.optimize(objective, n_trials=n_trials - done, catch=())
+    trials = [
+        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "dev": t.user_attrs.get("dev"),
+         "epochs_reported": len(t.intermediate_values)}
+        for t in study.trials
+    ]
+    atomic_write_json(study_dir / "trials.json", trials)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return {"best_value": None, "best_params": None, "best_trial": None, "n_trials": len(trials)}
+    best = study.best_trial
+    atomic_write_text(study_dir / "best.yaml", dump_yaml(resolve(apply_params(cfg, best.params))))
+    return {"best_value": best.value, "best_params": best.params, "best_trial": best.number, "n_trials": len(trials)}

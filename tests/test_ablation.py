@@ -1,0 +1,72 @@
+"""minbert ablate: row configs follow the parent chain, rows run and are read back, the report
+holds each row's scores and differences, and --final trains the best row per seed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from minbert.ablation import load_ablation, run_ablation
+from minbert.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, rows, final=None):
+    base = REPO / "configs" / "default.yaml"
+    doc = {"base": str(base), "common": ["train.epochs=1"], "rows": rows}
+    if final:
+        doc["final"] = final
+    p = tmp_path / "ab.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_the_shipped_ablation_loads_and_chains():
+    ab = load_ablation(REPO / "configs" / "beyond" / "ablation.yaml")
+    assert [r.name for r in ab.chain("llrd")] == ["exp07", "recipe", "cross", "cross-mean", "phrases", "swap", "llrd"]
+    c = ab.config("llrd")
+    assert c.tasks["qqp"].pair_input == "cross" and c.tasks["sts"].pooling == "mean" and c.optim.layer_lr_decay == 0.9
+    assert c.train.epochs == 3 and c.train.smart_weight == 0.0  # own override beats common; side rows not inherited
+    assert ab.config("smart").train.smart_weight == 1.0
+    assert ab.config("exp07", seed=2).train.seed == 2
+
+
+def test_bad_ablation_files(tmp_path):
+    with pytest.raises(ConfigError, match="parent 'nope'"):
+        load_ablation(write(tmp_path, [{"name": "a", "parent": "nope"}]))
+    with pytest.raises(ConfigError, match="twice"):
+        load_ablation(write(tmp_path, [{"name": "a"}, {"name": "a"}]))
+    with pytest.raises(ConfigError, match="optim.nope"):
+        load_ablation(write(tmp_path, [{"name": "a", "overrides": ["optim.nope=1"]}]))
+
+
+def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):
+    rows = [
+        {"name": "a", "change": "base"},
+        {"name": "b", "parent": "a", "change": "higher lr", "source": "test", "overrides": ["optim.lr=1e-3"]},
+    ]
+    path = write(tmp_path, rows, final={"row": "auto", "seeds": [0, 1]})
+    extra = [f"model.encoder={tiny_encoder}", "train.device=cpu", "output.test_predictions=false", "output.plot=false",
+             "output.tensorboard=false",
+             *[f"tasks.{t}.{k}={v}" for t in ("sst", "qqp", "sts") for k, v in (("train_limit", 32), ("dev_limit", 32), ("batch_size", 16))]]
+    report = run_ablation(path, tmp_path / "runs", tmp_path / "rep", data_dir=data_dir, extra=extra)
+    a, b = report["rows"]
+    sa = json.loads((tmp_path / "runs" / "a" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())
+    assert a["dev"]["overall"] == sa["dev"]["overall"] and b["dev"]["overall"] == sb["dev"]["overall"]
+    assert sb["config"]["optim"]["lr"] == 1e-3 and sa["config"]["optim"]["lr"] == 1e-5
+    assert b["delta_overall"] == pytest.approx(sb["dev"]["overall"] - sa["dev"]["overall"], abs=1e-4)
+    assert report["final"] is None
+    # --final: the better row, once per seed; mean and std over the seeds
+    report = run_ablation(path, tmp_path / "runs", tmp_path / "rep", data_dir=data_dir, extra=extra, final=True)
+    f = report["final"]
+    assert f["row"] == ("b" if sb["dev"]["overall"] > sa["dev"]["overall"] else "a") and f["seeds"] == [0, 1]
+    vals = [d["overall"] for d in f["per_seed"]]
+    assert f["overall_mean"] == pytest.approx(sum(vals) / 2)
+    md = (tmp_path / "rep" / "beyond.md").read_text()
+    assert "| b | a | higher lr |" in md and "mean ± std" in md
+    assert (tmp_path / "rep" / "beyond-best.yaml").is_file()

@@ -1,0 +1,155 @@
+"""The fast paths' correctness: bucket padding, CUDA-graph replay and torch.compile each give the
+same numbers as the plain eager model. Graph tests need a CUDA device (run on the GPU machine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from minbert.config import load_config
+from minbert.cudagraph import GraphedSteps
+from minbert.data import tokenize_split
+from minbert.distributed import DistContext
+from minbert.errors import ConfigError
+from minbert.model import BertConfig, BertModel
+from minbert.tasks import get_task
+from minbert.tokenizer import Tokenizer, pad_batch
+from minbert.train import TrainStep, _task_step, build_model, use_cuda_graphs
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+SINGLE = DistContext()
+
+
+def sst_rows(data_dir, tiny_encoder, n=24):
+    tok = Tokenizer(tiny_encoder, 64)
+    raw = get_task("sst").read(data_dir / "ids-sst-dev.csv", "dev").subset(n)
+    return tok, tokenize_split(raw, tok, "single")
+
+
+def test_pad_to_multiple_of_rounds_up_and_leaves_real_tokens_unchanged(data_dir, tiny_encoder):
+    tok, split = sst_rows(data_dir, tiny_encoder)
+    longest = pad_batch(split.input_ids, split.token_type_ids, tok.pad_token_id)
+    bucket = pad_batch(split.input_ids, split.token_type_ids, tok.pad_token_id, pad_to_multiple_of=16)
+    T, T16 = longest["input_ids"].shape[1], bucket["input_ids"].shape[1]
+    assert T16 % 16 == 0 and T <= T16 < T + 16 and T16 > T  # real SST rows: longest is not a multiple
+    assert torch.equal(bucket["input_ids"][:, :T], longest["input_ids"])
+    assert int(bucket["attention_mask"][:, T:].sum()) == 0
+    model = BertModel.from_pretrained(tiny_encoder).eval()
+    with torch.no_grad():
+        a = model(**longest)
+        b = model(**bucket)
+    m = longest["attention_mask"].bool()
+    torch.testing.assert_close(b.last_hidden_state[:, :T][m], a.last_hidden_state[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.pooler_output, a.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_graphs_option_resolution():
+    tc = load_config(None, []).train
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert use_cuda_graphs(tc, gpu, SINGLE, compiled=False) is True  # auto
+    assert use_cuda_graphs(tc, cpu, SINGLE, compiled=False) is False
+    assert use_cuda_graphs(tc, gpu, SINGLE, compiled=True) is False
+    ddp = DistContext(rank=0, world_size=2, local_rank=0)
+    assert use_cuda_graphs(tc, gpu, ddp, compiled=False) is False
+    on = load_config(None, ["train.cuda_graphs=on", "train.pcgrad=true"]).train
+    with pytest.raises(ConfigError, match="a CUDA device.*pcgrad"):
+        use_cuda_graphs(on, cpu, SINGLE, compiled=False)
+    assert use_cuda_graphs(load_config(None, ["train.cuda_graphs=off"]).train, gpu, SINGLE, compiled=False) is False
+
+
+def test_graphs_need_cuda_parameters():
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedSteps([torch.nn.Parameter(torch.zeros(2))])
+
+
+def _model_and_batches(tiny_encoder, data_dir, device):
+    cfg = load_config(None, [
+        "tasks.sst.dropout=0.0", "tasks.qqp.dropout=0.0", "tasks.sts.dropout=0.0",
+        "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0",
+    ])
+    model = build_model(cfg, tiny_encoder).to(device)
+    tok = Tokenizer(tiny_encoder, 64)
+    batches = {}
+    for name, file in (("sst", "ids-sst-dev.csv"), ("sts", "sts-dev.csv")):
+        task = get_task(name)
+        split = tokenize_split(task.read(data_dir / file, "dev").subset(48), tok, task.input_kind("bi"))
+        # two different batches of the same padded shape, so the second replays the graph
+        rows = [np.arange(0, 8), np.arange(8, 16)]
+        bs = [task.collate(split, r, tok.pad_token_id, pad_to_multiple_of=64) for r in rows]
+        batches[name] = [{k: v for k, v in b.items() if isinstance(v, torch.Tensor)} for b in bs]
+    tasks = {n: get_task(n) for n in batches}
+    step = TrainStep(model, tasks, {"sst": 1.0, "sts": 0.5}, device, amp=False)
+    return model, step, batches
+
+
+def _eager_grads(model, step, batches, device):
+    model.zero_grad(set_to_none=True)
+    out = step({n: {k: v.to(device) for k, v in b.items()} for n, b in batches.items()})
+    (out.total / 2).backward()
+    return {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}, out.per_task.detach()
+
+
+@cuda
+def test_graph_replay_gives_eager_gradients(tiny_encoder, data_dir):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    device = torch.device("cuda")
+    model, step, batches = _model_and_batches(tiny_encoder, data_dir, device)
+    named = list(model.named_parameters())
+    graphs = GraphedSteps([p for _, p in named])
+    for k in range(2):  # k=0: each shape runs eagerly; k=1: captured, then replayed
+        for which in range(2):  # two batches per shape: the second replay reads new inputs
+            b = {n: v[which] for n, v in batches.items()}
+            want, want_losses = _eager_grads(model, step, b, device)
+            graphs.zero_grad()
+            losses = torch.cat([graphs.run(n, _task_step(step, n), x, 0.5) for n, x in b.items()])
+            graphs.expose_grads()
+            torch.testing.assert_close(losses, want_losses, atol=1e-5, rtol=1e-5)
+            for n, p in named:
+                if want[n] is None:  # unreached (pooler, qqp head): no gradient, as in eager
+                    assert p.grad is None, n
+                else:
+                    torch.testing.assert_close(p.grad, want[n], atol=1e-5, rtol=1e-4, msg=n)
+    assert graphs.n_graphs == 2 and graphs.n_replays >= 3
+
+
+@cuda
+def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path):
+    """Whole runs: same data, dropout off, fp32: graphs on and off reach the same weights."""
+    from minbert.train import train
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    common = [
+        f"model.encoder={tiny_encoder}", "train.epochs=1", "train.max_steps=12", "train.amp=off", "train.device=cuda",
+        "data.pad_to_multiple_of=32", "output.test_predictions=false", "output.plot=false", "output.tensorboard=false",
+        "tasks.sst.batch_size=8", "tasks.qqp.batch_size=8", "tasks.sts.batch_size=8",
+        "tasks.sst.dropout=0.0", "tasks.qqp.dropout=0.0", "tasks.sts.dropout=0.0",
+        "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0",
+    ]
+    runs = []
+    for name in ("on", "off"):
+        cfg = load_config(None, [*common, f"train.cuda_graphs={name}"])
+        runs.append(train(cfg, tmp_path / name, data_dir=data_dir, progress=False))
+    from minbert.checkpoint import load_weights
+
+    a, _ = load_weights(tmp_path / "on" / "checkpoints" / "best" / "model.safetensors")
+    b, _ = load_weights(tmp_path / "off" / "checkpoints" / "best" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
+    assert runs[0].summary["dev"] == pytest.approx(runs[1].summary["dev"], abs=1e-4)
+
+
+def test_compiled_encoder_equals_eager(tiny_encoder):
+    """torch.compile (train.compile=on) changes kernels, not results."""
+    torch.manual_seed(0)
+    model = BertModel.from_pretrained(tiny_encoder).eval()
+    ids = torch.randint(1000, 2000, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        want = model(ids, mask)
+        compiled = torch.compile(model, dynamic=True)
+        got = compiled(ids, mask)
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)
