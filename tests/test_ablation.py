@@ -28,6 +28,7 @@ def write(tmp_path, rows, final=None):
 def test_the_shipped_ablation_loads_and_chains():
     ab = load_ablation(REPO / "configs" / "beyond" / "ablation.yaml")
     assert [r.name for r in ab.chain("llrd")] == ["exp07", "recipe", "cross", "cross-mean", "phrases", "swap", "llrd"]
+    assert ab.final_row == "swap"
     c = ab.config("llrd")
     assert c.tasks["qqp"].pair_input == "cross" and c.tasks["sts"].pooling == "mean" and c.optim.layer_lr_decay == 0.9
     assert c.train.epochs == 3 and c.train.smart_weight == 0.0  # own override beats common; side rows not inherited
@@ -70,3 +71,15 @@ def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):
     md = (tmp_path / "rep" / "beyond.md").read_text()
     assert "| b | a | higher lr |" in md and "mean ± std" in md
     assert (tmp_path / "rep" / "beyond-best.yaml").is_file()
+
+
+def test_best_preset_is_the_ablation_final_row():
+    """configs/best.yaml is the resolved final row of the shipped ablation (name and the
+    encoder folder aside), so `minbert train --config configs/best.yaml` reproduces it."""
+    from minbert.config import load_config, replace, resolve, to_dict
+
+    ab = load_ablation(REPO / "configs" / "beyond" / "ablation.yaml")
+    want = resolve(ab.config(ab.final_row))
+    got = load_config(REPO / "configs" / "best.yaml")
+    want = replace(want, name="best", model=replace(want.model, encoder="default"))
+    assert to_dict(got) == to_dict(want)

@@ -300,3 +300,15 @@ def test_dump_yaml_round_trip(tmp_path, name, overrides):
 def test_dump_yaml_round_trip_defaults(tmp_path):
     text = dump_yaml(Config())
     assert load_config(write(tmp_path, text)) == Config()
+
+
+def test_on_off_values_survive_yaml_booleans():
+    """YAML 1.1 reads `off` as False: a choice that has "off" (train.amp) still gets "off"."""
+    from minbert.config import load_config
+
+    cfg = load_config(None, ["train.amp=off", "train.cuda_graphs=off", "train.compile=on"])
+    assert (cfg.train.amp, cfg.train.cuda_graphs, cfg.train.compile) == ("off", "off", "on")
+    from minbert.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.amp: True is not one of"):
+        load_config(None, ["train.amp=on"])  # amp has no "on"

@@ -175,7 +175,10 @@ def test_markdown_table_shape():
     row7 = next(ln for ln in table if ln.startswith("| 7 |"))
     assert "**0.712**" in row7 and "0.731 / 0.7295" in row7 and "-0.019" in row7 and "1.5 min" in row7
     assert sum("not run" in ln for ln in table) == 13
-    assert "bert-base" in md and "13.5k" in md and "141k" in md and "## Analysis" in md
+    assert "bert-base" in md and "13.5k" in md and "141k" in md and "## Row-by-row analysis" in md
+    assert "## Discussion" not in md
+    noted = render_markdown(rows, "Parallel beats sequential here too.")
+    assert noted.index("## Discussion") < noted.index("Parallel beats sequential here too.") < noted.index("## Row-by-row")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def _build(tp: Any, value: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
     if origin is Literal:
-        if isinstance(value, bool) and {"on", "off"} <= set(get_args(tp)):
+        if isinstance(value, bool) and ("on" if value else "off") in get_args(tp):
             value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
         if value not in get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")

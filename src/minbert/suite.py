@@ -280,11 +280,17 @@ def load_results(path: Path) -> dict[int, dict]:
         raise ConfigError(f"{path}: not a suite result file (a JSON list of rows with 'exp'); move it away") from None
 
 
+NOTES_NAME = "paper_suite_notes.md"  # hand-written discussion, kept across regenerations
+
+
 def write_reports(results: dict[int, dict], report_dir: Path) -> None:
-    """Write the JSON (rows sorted by exp), the Markdown table and the PNG chart."""
+    """Write the JSON (rows sorted by exp), the Markdown table and the PNG chart. A
+    ``paper_suite_notes.md`` beside them (written by hand) is included as the discussion."""
     rows = [results[k] for k in sorted(results)]
     atomic_write_json(report_dir / JSON_NAME, rows)
-    atomic_write_text(report_dir / MD_NAME, render_markdown(rows))
+    notes_path = report_dir / NOTES_NAME
+    notes = notes_path.read_text() if notes_path.is_file() else None
+    atomic_write_text(report_dir / MD_NAME, render_markdown(rows, notes))
     plot_suite(rows, report_dir / PNG_NAME)
 
 
@@ -457,8 +463,9 @@ def analysis(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render_markdown(rows: list[dict]) -> str:
-    """``paper_suite.md``: every row of the paper's table, ours beside the paper's."""
+def render_markdown(rows: list[dict], notes: str | None = None) -> str:
+    """``paper_suite.md``: every row of the paper's table, ours beside the paper's; ``notes``
+    (Markdown) is the discussion placed before the generated row-by-row analysis."""
     by = {r["exp"]: r for r in rows}
     lines = [
         "# The reference paper's experiment table, reproduced",
@@ -498,8 +505,10 @@ def render_markdown(rows: list[dict]) -> str:
         )
     total = sum(r.get("wall_s") or 0.0 for r in rows)
     lines += ["", f"{len(rows)} of {len(PAPER)} rows run; total wall time {_fmt_wall(total)}.", "", "![ours vs the paper](paper_suite.png)"]
-    lines += ["", "## Analysis", "", "_Generated from the numbers above (differences between rows, ours and the paper's); "
-              f"|Δ| < {TIE} counts as no clear difference. A placeholder to be edited into prose._"]
+    if notes:
+        lines += ["", "## Discussion", "", notes.strip()]
+    lines += ["", "## Row-by-row analysis", "", "_Generated from the numbers above (differences between rows, ours and the paper's); "
+              f"|Δ| < {TIE} counts as no clear difference._"]
     lines += analysis(rows)
     return "\n".join(lines) + "\n"
 

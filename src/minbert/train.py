@@ -581,9 +581,18 @@ def _train(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # some parameters get no gradient in a step (the pooler unless a head pools with it; in
-        # sequential steps, the other tasks' heads): DDP must look for them, or the gradient
-        # buckets that hold them are never all-reduced
-        step_fn = DDP(step_fn, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        # sequential and sampled steps, the other tasks' heads). In the parallel routine the set
+        # is the same in every step: DDP's static-graph mode learns it in the first step and
+        # then skips the per-step search of the autograd graph; otherwise DDP must search.
+        # (Static-graph mode breaks with no_sync, hence not with gradient accumulation.)
+        static = tc.routine == "parallel" and tc.grad_accum == 1
+        step_fn = DDP(
+            step_fn,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not static,
+            static_graph=static,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
+        )
     pad_id = tokenizer.pad_token_id
     stop = state["step"] >= total_steps
     best_result: EvalResult | None = None  # dev predictions of the best epoch, if seen in this process
