@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_io import emit, machine
 
 
 def main() -> None:
@@ -53,22 +54,13 @@ def main() -> None:
                 rec["stderr_tail"] = proc.stderr[-2000:]
             print(json.dumps(rec), file=sys.stderr, flush=True)
             runs.append(rec)
-    import torch
-
     result = {
         "preset": args.preset,
-        "machine": {
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-        },
+        "machine": machine(),
         "extra_args": args.extra,
         "runs": runs,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bench_io import emit, machine  # noqa: E402
 from minbert.cudagraph import GraphedSteps  # noqa: E402
 from minbert.model import BertConfig, BertModel  # noqa: E402
 from minbert.tasks import get_task  # noqa: E402
@@ -159,17 +159,10 @@ def main() -> None:
                 print(json.dumps(rec), file=sys.stderr, flush=True)
                 records.append(rec)
     result = {
-        "machine": {
-            "gpu": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-        },
+        "machine": machine(),
         "records": records,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
