@@ -41,8 +41,29 @@ def test_bad_ablation_files(tmp_path):
         load_ablation(write(tmp_path, [{"name": "a", "parent": "nope"}]))
     with pytest.raises(ConfigError, match="twice"):
         load_ablation(write(tmp_path, [{"name": "a"}, {"name": "a"}]))
-    with pytest.raises(ConfigError, match="optim.nope"):
+    with pytest.raises(ConfigError, match=r"ab.yaml: row 'a': .*optim.nope"):  # the ablation file and row are named
         load_ablation(write(tmp_path, [{"name": "a", "overrides": ["optim.nope=1"]}]))
+    with pytest.raises(ConfigError, match=r"row 1: unknown key\(s\) \['overide'\]"):
+        load_ablation(write(tmp_path, [{"name": "a", "overide": ["optim.lr=1"]}]))
+    with pytest.raises(ConfigError, match="row 1: expected a mapping"):
+        load_ablation(write(tmp_path, [5]))
+    with pytest.raises(ConfigError, match="needs a 'name'"):
+        load_ablation(write(tmp_path, [{"name": ["x"]}]))
+    with pytest.raises(ConfigError, match="expected a list of overrides"):
+        load_ablation(write(tmp_path, [{"name": "a", "overrides": "train.epochs=1"}]))
+    with pytest.raises(ConfigError, match="final: expected a mapping"):
+        load_ablation(write(tmp_path, [{"name": "a"}], final=["a"]))
+    with pytest.raises(ConfigError, match="final.seeds"):
+        load_ablation(write(tmp_path, [{"name": "a"}], final={"row": "a", "seeds": ["x"]}))
+
+
+def test_ablate_cli_flag_errors(tmp_path):
+    from minbert.cli import main
+
+    path = REPO / "configs" / "beyond" / "ablation.yaml"
+    assert main(["ablate", str(path), "--seeds", "0,1", "--runs-root", str(tmp_path)]) == 2  # --seeds needs --final
+    assert main(["ablate", str(path), "--final", "--seeds", "0,x", "--runs-root", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())  # nothing was trained
 
 
 def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):

@@ -493,3 +493,23 @@ def test_real_sst_train_trees_hold_the_phrase_labels(data_dir):
     r = read_sst_phrases(data_dir.parent / "sst-trees" / "train.txt")
     assert not r.bad_rows and len(r) > 150_000
     assert set(r.labels.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_phrases_join_sst_train_and_respect_train_limit(data_dir, tiny_encoder):
+    """tasks.sst.phrases_file adds phrase rows to SST train only (dev untouched), and
+    train_limit caps the phrases too."""
+    from minbert.config import load_config, replace
+    from minbert.tokenizer import Tokenizer
+    from minbert.train import load_splits
+
+    trees = data_dir.parent / "sst-trees" / "train.txt"
+    cfg = load_config(None, [
+        f"tasks.sst.phrases_file={trees}", "tasks.sst.train_limit=40", "tasks.sst.dev_limit=30",
+        "output.test_predictions=false",
+    ])
+    cfg = replace(cfg, tasks={"sst": cfg.tasks["sst"]})
+    splits = load_splits(cfg, data_dir, Tokenizer(tiny_encoder, 64))
+    train, dev = splits["train"]["sst"], splits["dev"]["sst"]
+    assert len(dev) == 30
+    phrase_ids = [i for i in train.ids if i.startswith("phrase-")]
+    assert len(train) - len(phrase_ids) == 40 and len(phrase_ids) == 40

@@ -93,22 +93,46 @@ def load_ablation(path: str | Path) -> Ablation:
     base = (path.parent / raw["base"]).resolve()
     if not base.is_file():
         raise ConfigError(f"{path}: base preset {base} not found")
+    def str_list(value, where: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {where}: expected a list of overrides like [optim.lr=2e-5], got {value!r}")
+        return tuple(value)
+
     rows: dict[str, Row] = {}
     for i, r in enumerate(raw["rows"]):
-        bad = set(r) - {"name", "change", "overrides", "parent", "source"}
-        if bad or "name" not in r:
-            raise ConfigError(f"{path}: row {i + 1}: needs 'name'; unknown key(s) {sorted(bad)}")
-        if r["name"] in rows:
-            raise ConfigError(f"{path}: row {r['name']!r} is defined twice")
-        if r.get("parent") is not None and r["parent"] not in rows:
-            raise ConfigError(f"{path}: row {r['name']!r}: parent {r['parent']!r} must be an earlier row")
-        rows[r["name"]] = Row(r["name"], r.get("change", ""), tuple(r.get("overrides") or ()), r.get("parent"), r.get("source", ""))
+        where = f"row {i + 1}"
+        if not isinstance(r, dict):
+            raise ConfigError(f"{path}: {where}: expected a mapping with 'name' (and change, parent, overrides, source), got {r!r}")
+        bad = sorted(map(str, set(r) - {"name", "change", "overrides", "parent", "source"}))
+        if bad:
+            raise ConfigError(f"{path}: {where}: unknown key(s) {bad} (allowed: name, change, parent, overrides, source)")
+        if not isinstance(r.get("name"), str) or not r["name"]:
+            raise ConfigError(f"{path}: {where}: needs a 'name' (a string)")
+        name = r["name"]
+        if name in rows:
+            raise ConfigError(f"{path}: row {name!r} is defined twice")
+        parent = r.get("parent")
+        if parent is not None and (not isinstance(parent, str) or parent not in rows):
+            raise ConfigError(f"{path}: row {name!r}: parent {parent!r} must be an earlier row")
+        overrides = str_list(r.get("overrides"), f"row {name!r}: overrides")
+        rows[name] = Row(name, str(r.get("change", "")), overrides, parent, str(r.get("source", "")))
     final = raw.get("final") or {}
-    ab = Ablation(path, base, tuple(raw.get("common") or ()), rows, str(final.get("row", "auto")), tuple(final.get("seeds", (0, 1, 2))))
+    if not isinstance(final, dict) or set(final) - {"row", "seeds"}:
+        raise ConfigError(f"{path}: final: expected a mapping with 'row' and 'seeds', got {final!r}")
+    seeds = final.get("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise ConfigError(f"{path}: final.seeds: expected a list of integers, got {seeds!r}")
+    common = str_list(raw.get("common"), "common")
+    ab = Ablation(path, base, common, rows, str(final.get("row", "auto")), tuple(seeds))
     if ab.final_row != "auto" and ab.final_row not in rows:
         raise ConfigError(f"{path}: final row {ab.final_row!r} is not a row")
     for name in rows:
-        ab.config(name)  # every row's config must load
+        try:
+            ab.config(name)  # every row's config must load
+        except ConfigError as e:
+            raise ConfigError(f"{path}: row {name!r}: {e}") from None
     return ab
 
 

@@ -80,7 +80,14 @@ def cmd_ablate(args, extra: list[str]) -> int:
     from .ablation import run_ablation
 
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    if args.seeds and not args.final:
+        raise ConfigError("--seeds goes with --final (the seeds of the final row)")
+    if args.final and args.only:
+        raise ConfigError("--final trains the final row; do not combine it with --only")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
     report = run_ablation(
         args.file, args.runs_root, args.report_dir, data_dir=args.data_dir, only=only, final=args.final,
         extra=_split_overrides(extra), progress=not args.no_progress, seeds=seeds,

@@ -51,7 +51,7 @@ class TaskConfig:
     dropout: float = 0.3
     batch_size: int = 32
     weight: float = 1.0  # multiplier of this task's loss in the total
-    train_limit: int | None = None  # use only the first N training rows
+    train_limit: int | None = None  # use only the first N training rows (and N phrases, with phrases_file)
     dev_limit: int | None = None  # evaluate only the first N dev rows
     hidden_size: int = 256  # hidden width of heads that have one (conv1d, mlp, gelu, compress_expand)
     # head cosine: k extra Linear(H, H) + tanh layers on each embedding before the similarity

@@ -154,7 +154,7 @@ def load_splits(cfg: Config, data_dir: Path, tokenizer: Tokenizer) -> dict[str, 
                 # no dev sentence enters training, and train sentences are not added twice
                 dev = task.read(data_dir / task.files["dev"], "dev") if "dev" in task.files else None
                 known = {t[0] for t in raw.texts} | {t[0] for t in (dev.texts if dev else [])}
-                extra = read_sst_phrases(tcfg.phrases_file, cfg.data.strict, known)
+                extra = read_sst_phrases(tcfg.phrases_file, cfg.data.strict, known).subset(tcfg.train_limit)
                 log.info("%s: %d phrases from %s added to %d train rows", name, len(extra), tcfg.phrases_file, len(raw))
                 raw = concat_splits(raw, extra)
             out[split][name] = tokenize_split(raw, tokenizer, kind)
@@ -511,9 +511,9 @@ def _train(
     opt_per_epoch = math.ceil(micro_per_epoch / tc.grad_accum)
     total_steps = tc.epochs * opt_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * opt_per_epoch)
     log.info(
-        "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, device %s, amp %s, %d process(es), "
-        "CUDA graphs %s",
-        tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, device, "bf16" if amp else "off", ctx.world_size,
+        "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, %d optimizer steps in all, device %s, "
+        "amp %s, %d process(es), CUDA graphs %s",
+        tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, total_steps, device, "bf16" if amp else "off", ctx.world_size,
         "on" if use_graphs else "off",
     )
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.layer_lr_decay, cfg.optim.head_lr)
