@@ -384,6 +384,17 @@ def _task_step(step_fn: nn.Module, name: str):
     return fn
 
 
+def _nonfinite(names: list[str], values: list[float]) -> tuple[str, int] | None:
+    """For one step's (per-task losses..., gradient norm): what is not finite, and the index of
+    the task whose batch ids to report; None when all values are finite."""
+    bad = [i for i, v in enumerate(values[:-1]) if not math.isfinite(v)]
+    if bad:
+        return f"task {names[bad[0]]}", bad[0]
+    if not math.isfinite(values[-1]):
+        return "gradient (all tasks' sum)", 0
+    return None
+
+
 def _append_jsonl(fh, record: dict) -> None:
     fh.write(json.dumps(record) + "\n")
 
@@ -610,17 +621,15 @@ def _train(
             return
         rows = all_reduce_mean(torch.stack([p[3] for p in pending]), ctx).tolist()
         for (record, names, ids, _), values in zip(pending, rows):
-            # logged unweighted: L_t = (w_t L_t) / w_t
-            loss_vals = {n: v / weights[n] if weights[n] else v for n, v in zip(names, values[:-1])}
-            bad = [n for n, v in loss_vals.items() if not math.isfinite(v)]
-            if bad or not math.isfinite(values[-1]):
-                what = f"task {bad[0]}" if bad else "gradient (all tasks' sum)"
-                last = last_checkpoint(run_dir)
+            bad = _nonfinite(names, values)
+            if bad is not None:
                 pending.clear()
                 raise NonFiniteLossError(
-                    f"non-finite loss at step {record['step']} (epoch {record['epoch']}), {what}, batch ids "
-                    f"{ids[names.index(bad[0]) if bad else 0]}; last good checkpoint: {last or 'none'}"
+                    f"non-finite loss at step {record['step']} (epoch {record['epoch']}), {bad[0]}, batch ids "
+                    f"{ids[bad[1]]}; last good checkpoint: {last_checkpoint(run_dir) or 'none'}"
                 )
+            # logged unweighted: L_t = (w_t L_t) / w_t
+            loss_vals = {n: v / weights[n] if weights[n] else v for n, v in zip(names, values[:-1])}
             record.update(grad_norm=values[-1], **{f"loss/{n}": v for n, v in loss_vals.items()})
             _append_jsonl(metrics_fh, record)
             if writer is not None:
@@ -682,17 +691,14 @@ def _train(
                 if tc.nonfinite == "skip":
                     # deciding before the update needs the values now: one host sync per step;
                     # all ranks see the same (mean) values, so all take the same branch
-                    vals = all_reduce_mean(values.clone(), ctx).tolist()
-                    bad = [n for n, v in zip(names, vals[:-1]) if not math.isfinite(v)]
-                    if bad or not math.isfinite(vals[-1]):
-                        what = f"task {bad[0]}" if bad else "gradient (all tasks' sum)"
-                        bad_ids = ids[names.index(bad[0]) if bad else 0]
+                    bad = _nonfinite(names, all_reduce_mean(values.clone(), ctx).tolist())
+                    if bad is not None:
                         log.warning(
                             "non-finite loss at step %d (epoch %d), %s, batch ids %s; skipping this batch",
-                            state["step"] + 1, epoch + 1, what, bad_ids,
+                            state["step"] + 1, epoch + 1, bad[0], ids[bad[1]],
                         )
                         flush()
-                        _append_jsonl(metrics_fh, {"step": state["step"], "skipped": what, "ids": bad_ids})
+                        _append_jsonl(metrics_fh, {"step": state["step"], "skipped": bad[0], "ids": ids[bad[1]]})
                         optimizer.zero_grad(set_to_none=True)
                         continue
                 optimizer.step()
