@@ -107,9 +107,11 @@ class GraphedSteps:
         full_key = (key, tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items()))
         graph = self._graphs.get(full_key)
         if graph is None:
+            if self._touched_by_key.get(full_key) == frozenset():
+                return self._eager(full_key, fn, inputs, scale)  # nothing to train: no graph needed
             if self._seen[full_key] >= self.capture_after:
                 graph = self._capture(full_key, fn, inputs)
-            else:
+            if graph is None:
                 self._seen[full_key] += 1
                 return self._eager(full_key, fn, inputs, scale)
         for name, t in inputs.items():
@@ -125,7 +127,8 @@ class GraphedSteps:
             p.grad = None  # which parameters this fn reaches is read off the fresh gradients
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         loss, value = fn(inputs)
-        (loss * scale).backward()
+        if loss.requires_grad:  # False when no trainable parameter is reached (e.g. a frozen
+            (loss * scale).backward()  # encoder under a parameter-free cosine head)
         touched = frozenset(i for i, p in enumerate(self.params) if p.grad is not None)
         if touched:
             idx = sorted(touched)
@@ -136,12 +139,16 @@ class GraphedSteps:
         self.n_eager += 1
         return value.detach()
 
-    def _capture(self, full_key, fn: StepFn, inputs: dict[str, torch.Tensor]) -> _Graph:
+    def _capture(self, full_key, fn: StepFn, inputs: dict[str, torch.Tensor]) -> _Graph | None:
         if full_key not in self._touched_by_key:  # capture_after=0: learn it from one eager run
             saved = [g.clone() for g in self.grads]
+            step_touched = set(self._step_touched)
             self._eager(full_key, fn, inputs, 1.0)
             self.n_eager -= 1
+            self._step_touched = step_touched
             torch._foreach_copy_(self.grads, saved)
+            if not self._touched_by_key[full_key]:
+                return None
         saved = [g.clone() for g in self.grads]  # warm-up adds into the buffers: restored below
         static = {k: v.to(self.device, copy=True) for k, v in inputs.items()}
         scale = torch.ones((), device=self.device)
