@@ -314,3 +314,23 @@ def test_config_rejects_hidden_not_divisible_by_heads():
         BertConfig(hidden_size=30, num_attention_heads=4)
     # divisible sizes are accepted
     assert BertConfig(hidden_size=32, num_attention_heads=4).hidden_size == 32
+
+
+def test_fused_qkv_gives_the_same_outputs(tiny_encoder):
+    """BertSelfAttention.fuse_qkv (inference): one Linear(H, 3H) instead of q, k, v."""
+    from minbert.model import BertSelfAttention
+
+    model = BertModel.from_pretrained(tiny_encoder).eval()
+    ids = torch.randint(1000, 2000, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0
+    with torch.no_grad():
+        want = model(ids, mask)
+        for m in model.modules():
+            if isinstance(m, BertSelfAttention):
+                m.fuse_qkv()
+        got = model(ids, mask)
+    att = model.encoder.layer[0].attention
+    assert getattr(att, "self").qkv.weight.shape == (3 * 32, 32) and not hasattr(getattr(att, "self"), "query")
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)

@@ -178,3 +178,31 @@ def test_cli_batch_prediction_of_an_unreadable_file_is_one_line_exit_2(run, tmp_
     bad.write_bytes("id,sentence\n1,caf\xe9\n".encode("latin-1"))
     assert main(["predict", str(run.run_dir), "--task=sst", f"--input={bad}", "--device=cpu"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {bad}: line 2: not UTF-8 text (invalid continuation byte)"]
+
+
+def test_int8_quantisation_fuses_qkv_and_stays_close(tiny_encoder):
+    """--quantize int8: every Linear (the fused q/k/v included) becomes a dynamic int8 Linear
+    with per-channel weight scales; outputs stay near the float model's; CPU only."""
+    import torch
+    from minbert.errors import ConfigError
+    from minbert.model import BertModel
+    from minbert.predict import quantize_dynamic_int8
+
+    torch.manual_seed(0)
+    model = BertModel.from_pretrained(tiny_encoder).eval()
+    ids = torch.randint(1000, 2000, (4, 12))
+    with torch.no_grad():
+        want = model(ids).last_hidden_state
+        q = quantize_dynamic_int8(model, "int8", torch.device("cpu"))
+        got = q(ids).last_hidden_state
+    linears = [m for m in q.modules() if type(m).__name__ == "Linear"]
+    assert linears and all(type(m).__module__.startswith("torch.ao.nn.quantized") for m in linears)
+    assert not any(isinstance(m, torch.nn.Linear) for m in q.modules())  # no float Linear left
+    qkv = getattr(q.encoder.layer[0].attention, "self").qkv
+    assert qkv.weight().qscheme() == torch.per_channel_affine
+    err = (got - want).abs().max().item()
+    assert 0 < err < 0.1 * want.abs().max().item()  # changed (int8), but close
+    with pytest.raises(ConfigError, match="only 'int8'"):
+        quantize_dynamic_int8(model, "int4", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="CPU only"):
+        quantize_dynamic_int8(model, "int8", torch.device("cuda"))

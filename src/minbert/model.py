@@ -144,6 +144,18 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv: nn.Linear | None = None  # set by fuse_qkv (inference only)
+
+    @torch.no_grad()
+    def fuse_qkv(self) -> None:
+        """Inference only: replace query/key/value by one Linear(H, 3H) holding the three
+        weights stacked, so a forward runs one projection (one dynamic int8 activation
+        quantisation instead of three). The state_dict keys change: do not save a fused model."""
+        layers = (self.query, self.key, self.value)
+        self.qkv = nn.Linear(self.query.in_features, 3 * self.query.out_features, device=self.query.weight.device, dtype=self.query.weight.dtype)
+        self.qkv.weight.copy_(torch.cat([m.weight for m in layers]))
+        self.qkv.bias.copy_(torch.cat([m.bias for m in layers]))
+        del self.query, self.key, self.value
 
 
 class BertAddNorm(nn.Module):
@@ -190,9 +202,13 @@ class BertLayer(nn.Module):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         proj = getattr(self.attention, "self")
-        q = proj.query(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = proj.key(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = proj.value(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
+            q, k, v = proj.qkv(x).split(C, dim=-1)  # (B, T, C) each
+        else:
+            q, k, v = proj.query(x), proj.key(x), proj.value(x)  # (B, T, C) each
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         p_drop = self.attn_dropout if self.training else 0.0
         if self.attn_implementation == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, nh, T, hs)
