@@ -12,7 +12,7 @@ from minbert.cudagraph import GraphedSteps
 from minbert.data import tokenize_split
 from minbert.distributed import DistContext
 from minbert.errors import ConfigError
-from minbert.model import BertConfig, BertModel
+from minbert.model import BertModel
 from minbert.tasks import get_task
 from minbert.tokenizer import Tokenizer, pad_batch
 from minbert.train import TrainStep, _task_step, build_model, use_cuda_graphs

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import atomic_write_json, atomic_write_text
-from .config import Config, dump_yaml, load_config, resolve, to_dict
+from .config import Config, dump_yaml, load_config, resolve
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,10 @@ def run_ablation(
     write the report from every finished run under ``runs_root``. Returns the report dict."""
     from .suite import _train_row
 
+    if final and only:
+        raise ConfigError("--final trains the final row; do not combine it with --only")
+    if seeds is not None and not final:
+        raise ConfigError("--seeds goes with --final (the seeds of the final row)")
     ab = load_ablation(path)
     runs_root, report_dir = Path(runs_root), Path(report_dir)
     if only:

@@ -80,10 +80,6 @@ def cmd_ablate(args, extra: list[str]) -> int:
     from .ablation import run_ablation
 
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-    if args.seeds and not args.final:
-        raise ConfigError("--seeds goes with --final (the seeds of the final row)")
-    if args.final and args.only:
-        raise ConfigError("--final trains the final row; do not combine it with --only")
     try:
         seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     except ValueError:

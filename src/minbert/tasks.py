@@ -16,7 +16,6 @@ sts    pair regression on [0, 5] (STS-B)           MSE                  Pearson 
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 import numpy as np
 import torch

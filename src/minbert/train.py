@@ -608,6 +608,7 @@ def _train(
     stop = state["step"] >= total_steps
     best_result: EvalResult | None = None  # dev predictions of the best epoch, if seen in this process
     graphs = GraphedSteps(params) if use_graphs and params else None
+    task_steps = {n: _task_step(step_fn, n) for n in cfg.tasks}  # what the graphs capture, per task
     recent: list[dict] = []  # the last train.average_last epochs' weights, on the host
     # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process
     throughput = {"train_samples": 0, "train_s": 0.0}
@@ -660,7 +661,7 @@ def _train(
                     if i % tc.grad_accum == 0:
                         graphs.zero_grad()
                     per_task = torch.cat([
-                        graphs.run(n, _task_step(step_fn, n), {k: v for k, v in b.items() if isinstance(v, torch.Tensor)}, 1.0 / group_size)
+                        graphs.run(n, task_steps[n], {k: v for k, v in b.items() if isinstance(v, torch.Tensor)}, 1.0 / group_size)
                         for n, b in batches.items()
                     ])
                 else:
