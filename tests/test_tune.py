@@ -53,7 +53,7 @@ def test_epoch_hook_can_stop_training(tiny_encoder, data_dir, tmp_path):
 
 
 def test_tune_study_is_saved_and_resumes(tiny_encoder, data_dir, tmp_path):
-    space = (Param("optim.lr", 1e-4, 1e-2, log=True), Param("tasks.*.dropout", 0.0, 0.3))
+    space = (Param("optim.lr", 1e-4, 1e-2, log=True), Param("tasks.*.dropout", 0.0, 0.3), Param("train.epochs", 1, 2, integer=True))
     base = tiny_cfg(tiny_encoder, "train.epochs=1")
     first = tune(base, tmp_path / "study", n_trials=2, data_dir=data_dir, space=space)
     trials = json.loads((tmp_path / "study" / "trials.json").read_text())
@@ -62,6 +62,9 @@ def test_tune_study_is_saved_and_resumes(tiny_encoder, data_dir, tmp_path):
     assert first["best_value"] == trials[first["best_trial"]]["dev"]["overall"]
     best = load_config(tmp_path / "study" / "best.yaml")
     assert best.optim.lr == pytest.approx(first["best_params"]["optim.lr"])
+    assert all(isinstance(t["params"]["train.epochs"], int) and 1 <= t["params"]["train.epochs"] <= 2 for t in trials)
+    assert best.train.epochs == first["best_params"]["train.epochs"]
+    assert all(t["epochs_reported"] == t["params"]["train.epochs"] for t in trials)  # each trial ran its own length
     # same command again: the study is complete, nothing runs; asking for more adds trials
     again = tune(base, tmp_path / "study", n_trials=2, data_dir=data_dir, space=space)
     assert again == first

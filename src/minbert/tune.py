@@ -31,6 +31,7 @@ class Param:
     low: float
     high: float
     log: bool = False
+    integer: bool = False  # sample whole numbers low..high (optuna suggest_int)
 
 
 # the default search space: the optimisation knobs that matter most for fine-tuning
@@ -40,6 +41,7 @@ SPACE = (
     Param("optim.layer_lr_decay", 0.7, 1.0),
     Param("optim.warmup_ratio", 0.0, 0.2),
     Param("tasks.*.dropout", 0.0, 0.3),
+    Param("train.epochs", 2, 5, integer=True),
 )
 
 
@@ -104,10 +106,15 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
     )
-    apply_params(cfg, {p.key: p.low for p in space})  # fail early on an unknown key
+    apply_params(cfg, {p.key: int(p.low) if p.integer else p.low for p in space})  # fail early on an unknown key
 
     def objective(trial: "optuna.Trial") -> float:
-        values = {p.key: trial.suggest_float(p.key, p.low, p.high, log=p.log) for p in space}
+        values = {
+            p.key: trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+            if p.integer
+            else trial.suggest_float(p.key, p.low, p.high, log=p.log)
+            for p in space
+        }
         trial_cfg = apply_params(cfg, values)
 
         def report(epoch: int, dev: dict) -> None:
