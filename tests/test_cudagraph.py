@@ -15,7 +15,7 @@ from minbert.errors import ConfigError
 from minbert.model import BertModel
 from minbert.tasks import get_task
 from minbert.tokenizer import Tokenizer, pad_batch
-from minbert.train import TrainStep, _task_step, build_model, use_cuda_graphs
+from minbert.train import TrainStep, _task_step, build_model, use_cuda_graphs, use_flat_sync
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SINGLE = DistContext()
@@ -51,7 +51,13 @@ def test_cuda_graphs_option_resolution():
     assert use_cuda_graphs(tc, cpu, SINGLE, compiled=False) is False
     assert use_cuda_graphs(tc, gpu, SINGLE, compiled=True) is False
     ddp = DistContext(rank=0, world_size=2, local_rank=0)
-    assert use_cuda_graphs(tc, gpu, ddp, compiled=False) is False
+    assert use_cuda_graphs(tc, gpu, ddp, compiled=False) is True  # torchrun: flat gradient sync
+    assert use_flat_sync(tc, ddp, graphs=True) is True and use_flat_sync(tc, ddp, graphs=False) is False
+    assert use_flat_sync(tc, SINGLE, graphs=True) is False  # nothing to sync in one process
+    by_ddp = load_config(None, ["train.grad_sync=ddp"]).train
+    assert use_cuda_graphs(by_ddp, gpu, ddp, compiled=False) is False and use_flat_sync(by_ddp, ddp, graphs=False) is False
+    with pytest.raises(ConfigError, match="grad_sync"):
+        use_cuda_graphs(load_config(None, ["train.grad_sync=ddp", "train.cuda_graphs=on"]).train, gpu, ddp, compiled=False)
     on = load_config(None, ["train.cuda_graphs=on", "train.pcgrad=true"]).train
     with pytest.raises(ConfigError, match="a CUDA device.*pcgrad"):
         use_cuda_graphs(on, cpu, SINGLE, compiled=False)
@@ -61,6 +67,36 @@ def test_cuda_graphs_option_resolution():
 def test_graphs_need_cuda_parameters():
     with pytest.raises(ValueError, match="CUDA"):
         GraphedSteps([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match="one dtype"):
+        GraphedSteps([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))], capture=False)
+
+
+def test_gradient_buffers_are_views_of_one_flat_tensor():
+    # without capture (any device): eager steps accumulate into slices of GraphedSteps.flat, so
+    # one all_reduce of .flat averages every gradient (train.grad_sync=flat)
+    torch.manual_seed(0)
+    lin, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 1)
+    params = [*lin.parameters(), *other.parameters()]
+    steps = GraphedSteps(params, capture=False)
+    assert steps.flat.shape == (sum(p.numel() for p in params),)
+    x = torch.randn(4, 3)
+
+    def fn(batch):
+        loss = lin(batch["x"]).square().mean()
+        return loss, loss.detach()
+
+    steps.zero_grad()
+    steps.run("a", fn, {"x": x}, scale=0.5)
+    steps.run("a", fn, {"x": x}, scale=0.5)  # seen twice: still eager (no capture)
+    assert steps.n_eager == 2 and steps.n_graphs == 0
+    ref = torch.autograd.grad(lin(x).square().mean(), list(lin.parameters()))
+    torch.testing.assert_close(steps.flat[: lin.weight.numel()], ref[0].flatten(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(steps.flat[lin.weight.numel(): 8], ref[1], rtol=0, atol=1e-7)
+    assert int(steps.flat[8:].count_nonzero()) == 0  # `other` was not reached
+    steps.flat.mul_(2.0)  # what an in-place all_reduce does: p.grad sees it
+    steps.expose_grads()
+    torch.testing.assert_close(lin.weight.grad, 2 * ref[0], rtol=0, atol=1e-7)
+    assert other.weight.grad is None and other.bias.grad is None
 
 
 def _model_and_batches(tiny_encoder, data_dir, device):

@@ -125,8 +125,12 @@ def test_two_process_evaluation_equals_one_process(runs, data_dir):
         (["--train.max_steps=2", "--train.grad_accum=2"], 5e-6),
         # the sampled routine: a different task (and unused heads) each step, DDP searches the graph
         (["--train.max_steps=4", "--train.routine=sampled"], 1e-6),
+        # no DDP: one all_reduce of the flat gradient buffer per step (what CUDA graphs use)
+        (["--train.max_steps=3", "--train.grad_sync=flat"], 1e-6),
+        (["--train.max_steps=2", "--train.grad_accum=2", "--train.grad_sync=flat"], 5e-6),
+        (["--train.max_steps=4", "--train.routine=sampled", "--train.grad_sync=flat"], 1e-6),
     ],
-    ids=["parallel-static", "parallel-accum", "sampled"],
+    ids=["parallel-static", "parallel-accum", "sampled", "flat", "flat-accum", "flat-sampled"],
 )
 def test_two_processes_equal_one_over_several_steps(extra, atol, tiny_encoder, data_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -137,3 +141,24 @@ def test_two_processes_equal_one_over_several_steps(extra, atol, tiny_encoder, d
     assert m1["step"] == m2["step"] == int(extra[0].split("=")[1])
     diffs = {k: (w1[k] - w2[k]).abs().max().item() for k in w1}
     assert max(diffs.values()) <= atol, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpus_with_cuda_graphs_equal_one_gpu_double_batch(tiny_encoder, data_dir, tmp_path):
+    # NCCL, CUDA graphs, flat gradient sync (train.grad_sync=auto) against one GPU with graphs;
+    # fp32 (amp off); 4 steps so that batch shapes recur and replay their graphs
+    extra = ["--train.max_steps=4", "--train.amp=off", "--train.cuda_graphs=on", "--train.epochs=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def on_cuda(args):
+        return [a.replace("--train.device=cpu", "--train.device=cuda") for a in args]
+
+    run_single(on_cuda(common(tiny_encoder, data_dir, one, 2 * B, extra)), tmp_path)
+    p = run_torchrun(on_cuda(common(tiny_encoder, data_dir, two, B, extra)), tmp_path)
+    assert "gradient sync: flat all-reduce" in p.stderr and "CUDA graphs on" in p.stderr
+    w1, _ = load_weights(one / "checkpoints" / "best" / "model.safetensors")
+    w2, _ = load_weights(two / "checkpoints" / "best" / "model.safetensors")
+    diffs = {k: (w1[k] - w2[k]).abs().max().item() for k in w1}
+    assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["throughput"]["grad_sync"] == "flat" and summary["throughput"]["cuda_graphs"] is True

@@ -220,6 +220,22 @@ def test_param_groups_bert():
     assert n_ln == 2 * (1 + 2 * 2)
 
 
+def test_uncertainty_log_variances_use_the_head_lr_without_decay():
+    from minbert.heads import MultitaskModel
+
+    enc = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32))
+    model = MultitaskModel(enc, {"a": nn.Linear(16, 2), "b": nn.Linear(16, 1)}, {"a": "single", "b": "single"}, uncertainty=True)
+    groups = param_groups(model, 0.01, lr=1e-5, head_lr=1e-3)
+    log_vars = {id(p) for p in model.loss_log_vars.values()}
+    for g in groups:
+        hit = log_vars & {id(p) for p in g["params"]}
+        if hit:
+            assert g["lr"] == 1e-3 and g["weight_decay"] == 0.0
+            log_vars -= hit
+    assert not log_vars  # both found
+
+
 # ----------------------------------------------------------------------------------------------
 # schedules
 

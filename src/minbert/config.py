@@ -96,8 +96,12 @@ class TrainConfig:
     eval_batch_size: int = 256
     compile: Literal["auto", "on", "off"] = "off"  # torch.compile the encoder (auto: on CUDA only)
     # replay each recurring batch shape's forward+backward as a CUDA graph (minbert.cudagraph).
-    # auto: on for single-process CUDA training without compile and PCGrad; on: raise if unsupported
+    # auto: on for CUDA training without compile and PCGrad; on: raise if unsupported
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    # how several processes (torchrun) average gradients: ddp (DistributedDataParallel: bucketed
+    # all-reduces overlapped with backward), flat (one all_reduce of one flat gradient buffer
+    # after the step's backward passes; what CUDA graphs need), auto (flat with graphs, else ddp)
+    grad_sync: Literal["auto", "ddp", "flat"] = "auto"
     log_every: int = 50  # optimizer steps between host syncs that write the step losses
     # task weighting: fixed (tasks.*.weight) or learned homoscedastic uncertainty (Kendall et
     # al. 2018): sum_t exp(-s_t) w_t L_t + s_t, one learned log-variance s_t per task

@@ -14,7 +14,9 @@ Graphs replay fixed shapes into fixed memory, so:
   such as an epoch's last partial batch, run eagerly);
 * inputs are copied into the graph's own input tensors before each replay;
 * every gradient lives in one fixed buffer per parameter, which eager backward passes and every
-  graph accumulate into (``p.grad`` is that buffer);
+  graph accumulate into (``p.grad`` is that buffer). The buffers are views into one flat tensor
+  (:attr:`GraphedSteps.flat`), so several processes average all gradients with one
+  ``all_reduce`` (``train.grad_sync=flat``; DDP's hooks cannot run inside a graph);
 * the optimizer runs outside the graphs, on the accumulated buffers. Parameters that no task of
   the step reached get ``p.grad = None`` for the optimizer, as in eager training, so their
   optimizer state does not move (:meth:`GraphedSteps.expose_grads`).
@@ -60,18 +62,29 @@ class GraphedSteps:
         capture_after: how many eager sightings of a shape come before it is captured (1: the
             second batch of a shape is the first replay; 0: capture at once).
         warmup: eager iterations on a side stream before a capture (PyTorch's rule for capture).
+        capture: False never captures: every batch runs eagerly into the flat buffers (any
+            device; the flat gradient all-reduce without graphs, ``train.grad_sync=flat``).
 
     Raises:
-        ValueError: a parameter is not on a CUDA device.
+        ValueError: no parameters; parameters on several devices or of several dtypes; with
+            ``capture``, a parameter not on a CUDA device.
     """
 
-    def __init__(self, params: list[nn.Parameter], capture_after: int = 1, warmup: int = 2):
-        if not params or any(p.device.type != "cuda" for p in params):
+    def __init__(self, params: list[nn.Parameter], capture_after: int = 1, warmup: int = 2, capture: bool = True):
+        if not params:
+            raise ValueError("GraphedSteps needs trainable parameters")
+        if capture and any(p.device.type != "cuda" for p in params):
             raise ValueError("CUDA graphs need trainable parameters on a CUDA device")
+        if len({p.device for p in params}) > 1 or len({p.dtype for p in params}) > 1:
+            raise ValueError("GraphedSteps needs all trainable parameters on one device with one dtype")
         self.params = list(params)
         self.device = self.params[0].device
         self.capture_after, self.warmup = capture_after, warmup
-        self.grads = [torch.zeros_like(p) for p in self.params]
+        self.capture = capture
+        # (P,) the flat gradient buffer; self.grads[i] is parameter i's slice, shaped like it
+        self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype, device=self.device)
+        offsets = torch.tensor([0] + [p.numel() for p in self.params]).cumsum(0).tolist()
+        self.grads = [self.flat[a:b].view_as(p) for a, b, p in zip(offsets, offsets[1:], self.params)]
         self._graphs: dict[Hashable, _Graph] = {}
         self._seen: Counter = Counter()
         self._touched_by_key: dict[Hashable, frozenset[int]] = {}
@@ -88,8 +101,8 @@ class GraphedSteps:
         return len(self._graphs)
 
     def zero_grad(self) -> None:
-        """Zero every gradient buffer (one multi-tensor kernel) and attach them as ``p.grad``."""
-        torch._foreach_zero_(self.grads)
+        """Zero every gradient buffer (one kernel on the flat buffer) and attach them as ``p.grad``."""
+        self.flat.zero_()
         self._attach()
         self._step_touched = set()
 
@@ -109,7 +122,7 @@ class GraphedSteps:
         if graph is None:
             if self._touched_by_key.get(full_key) == frozenset():
                 return self._eager(full_key, fn, inputs, scale)  # nothing to train: no graph needed
-            if self._seen[full_key] >= self.capture_after:
+            if self.capture and self._seen[full_key] >= self.capture_after:
                 graph = self._capture(full_key, fn, inputs)
             if graph is None:
                 self._seen[full_key] += 1
@@ -141,15 +154,15 @@ class GraphedSteps:
 
     def _capture(self, full_key, fn: StepFn, inputs: dict[str, torch.Tensor]) -> _Graph | None:
         if full_key not in self._touched_by_key:  # capture_after=0: learn it from one eager run
-            saved = [g.clone() for g in self.grads]
+            saved = self.flat.clone()
             step_touched = set(self._step_touched)
             self._eager(full_key, fn, inputs, 1.0)
             self.n_eager -= 1
             self._step_touched = step_touched
-            torch._foreach_copy_(self.grads, saved)
+            self.flat.copy_(saved)
             if not self._touched_by_key[full_key]:
                 return None
-        saved = [g.clone() for g in self.grads]  # warm-up adds into the buffers: restored below
+        saved = self.flat.clone()  # warm-up adds into the buffers: restored below
         static = {k: v.to(self.device, copy=True) for k, v in inputs.items()}
         scale = torch.ones((), device=self.device)
         side = torch.cuda.Stream(self.device)
@@ -164,7 +177,7 @@ class GraphedSteps:
         with torch.cuda.graph(graph):
             loss, value = fn(static)
             (loss * scale).backward()
-        torch._foreach_copy_(self.grads, saved)
+        self.flat.copy_(saved)
         self._attach()
         g = _Graph(graph, static, scale, value.detach(), self._touched_by_key[full_key])
         self._graphs[full_key] = g

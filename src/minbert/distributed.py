@@ -9,8 +9,11 @@ Semantics (each a plain function of the rank and world size, so one GPU and N GP
   same shuffling, bucketing and cycling as one process with that batch size; rank r trains on
   the r-th contiguous slice (:func:`shard`). With equal slices, the all-reduced (averaged)
   gradient equals the gradient of one process on the whole global batch;
-* gradients are all-reduced once per optimizer step by ``DistributedDataParallel``, covering the
-  summed losses of all tasks of that step (one forward call computes them all);
+* gradients are all-reduced once per optimizer step, covering the summed losses of all tasks of
+  that step: by ``DistributedDataParallel`` (``train.grad_sync=ddp``; one forward call computes
+  every task's loss), or, with CUDA graphs (``flat``), by one ``all_reduce`` of the flat buffer
+  that holds every gradient (:class:`minbert.cudagraph.GraphedSteps`), after the step's
+  backward passes;
 * evaluation runs rank r on eval batches r, r + N, ... and gathers the outputs, so each id is
   counted exactly once;
 * only rank 0 writes logs, checkpoints, metrics and predictions.
@@ -58,7 +61,10 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        if use_cuda:  # naming the device binds the NCCL communicator to it (no guessing by rank)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        else:
+            dist.init_process_group("gloo")
     return DistContext(rank, world, local)
 
 
@@ -88,6 +94,13 @@ def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
         dist.all_reduce(t)
         t /= ctx.world_size
     return t
+
+
+def broadcast_tensors(tensors: list[torch.Tensor], ctx: DistContext) -> None:
+    """Overwrite ``tensors`` (in place) with rank 0's values."""
+    if ctx.enabled:
+        for t in tensors:
+            dist.broadcast(t, src=0)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -45,11 +45,12 @@ def param_groups(
 ) -> list[dict]:
     """Groups of trainable parameters.
 
-    Weight decay: ``weight_decay`` except for biases and LayerNorm parameters (0). With ``lr``
+    Weight decay: ``weight_decay`` except for biases, LayerNorm parameters and the uncertainty
+    weighting's log-variances (0). With ``lr``
     given, each group also gets its own lr: layer-wise lr decay (Howard & Ruder 2018; Clark et
     al. 2020) scales the lr of a parameter at depth d (:func:`layer_id`) by
     ``layer_decay ** (L + 1 - d)`` for an encoder of L layers, and parameters outside the
-    encoder (the heads) use ``head_lr`` when given. Asserts that every trainable parameter is in
+    encoder (the heads, the log-variances) use ``head_lr`` when given. Asserts that every trainable parameter is in
     exactly one group.
     """
     num_layers = sum(1 for n, _ in model.named_modules() if n.count("encoder.layer.") == 1 and n.split("encoder.layer.")[1].isdigit())
@@ -57,10 +58,11 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        wd = 0.0 if name.endswith(NO_DECAY) or "LayerNorm" in name else weight_decay
+        task_weight = name.startswith("loss_log_vars.")  # uncertainty weighting's s_t: not decayed
+        wd = 0.0 if name.endswith(NO_DECAY) or "LayerNorm" in name or task_weight else weight_decay
         group_lr = None
         if lr is not None:
-            if name.startswith("heads.") and head_lr is not None:
+            if (name.startswith("heads.") or task_weight) and head_lr is not None:
                 group_lr = head_lr
             else:
                 group_lr = lr * layer_decay ** (num_layers + 1 - layer_id(name, num_layers))

@@ -48,7 +48,15 @@ from .checkpoint import (
     save_weights,
 )
 from .config import Config, dump_yaml, load_config, resolve, to_dict
-from .distributed import DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, shard
+from .distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    broadcast_tensors,
+    init_distributed,
+    shard,
+)
 from .cudagraph import GraphedSteps
 from .data import TaskStream, TokenizedSplit, concat_splits, read_sst_phrases, resolve_data_dir, sha256_file, tokenize_split, verify_checksums
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -353,17 +361,17 @@ class TrainStep(nn.Module):
 
 
 def use_cuda_graphs(tc, device: torch.device, ctx: DistContext, compiled: bool) -> bool:
-    """Resolve ``train.cuda_graphs``: ``auto`` is on for single-process CUDA training without
-    ``compile`` and PCGrad.
+    """Resolve ``train.cuda_graphs``: ``auto`` is on for CUDA training without ``compile``,
+    PCGrad and (under torchrun) ``train.grad_sync=ddp``.
 
     Raises:
-        ConfigError: ``on`` with CPU, several processes, compile or PCGrad.
+        ConfigError: ``on`` with CPU, compile, PCGrad or DDP gradient sync.
     """
     blockers = [
         why
         for why, hit in (
             ("a CUDA device", device.type != "cuda"),
-            ("a single process (not torchrun)", ctx.enabled),
+            ("train.grad_sync=flat or auto under torchrun (DDP's hooks cannot run in a graph)", ctx.enabled and tc.grad_sync == "ddp"),
             ("train.compile=off", compiled),
             ("train.pcgrad=false (it needs per-task gradients)", tc.pcgrad),
         )
@@ -372,6 +380,12 @@ def use_cuda_graphs(tc, device: torch.device, ctx: DistContext, compiled: bool) 
     if tc.cuda_graphs == "on" and blockers:
         raise ConfigError(f"train.cuda_graphs=on needs {', '.join(blockers)}; use auto or off")
     return tc.cuda_graphs == "on" or (tc.cuda_graphs == "auto" and not blockers)
+
+
+def use_flat_sync(tc, ctx: DistContext, graphs: bool) -> bool:
+    """Resolve ``train.grad_sync`` for a torchrun job: one all-reduce of the flat gradient
+    buffer (``flat``, and ``auto`` with CUDA graphs) instead of DDP. False in one process."""
+    return ctx.enabled and (tc.grad_sync == "flat" or (tc.grad_sync == "auto" and graphs))
 
 
 def _task_step(step_fn: nn.Module, name: str):
@@ -523,8 +537,9 @@ def _train(
     total_steps = tc.epochs * opt_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * opt_per_epoch)
     log.info(
         "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, %d optimizer steps in all, device %s, "
-        "amp %s, %d process(es), CUDA graphs %s",
+        "amp %s, %d process(es)%s, CUDA graphs %s",
         tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, total_steps, device, "bf16" if amp else "off", ctx.world_size,
+        (" (gradient sync: flat all-reduce)" if use_flat_sync(tc, ctx, use_graphs) else " (gradient sync: DDP)") if ctx.enabled else "",
         "on" if use_graphs else "off",
     )
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.layer_lr_decay, cfg.optim.head_lr)
@@ -588,7 +603,12 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]
     weights = {n: cfg.tasks[n].weight for n in cfg.tasks}
     step_fn: nn.Module = TrainStep(model, tasks, weights, device, amp, tc)
-    if ctx.enabled:
+    flat_sync = use_flat_sync(tc, ctx, use_graphs)
+    if flat_sync:
+        # no DDP wrapper: every rank starts from rank 0's weights (what DDP's constructor does)
+        # and averages the flat gradient buffer once per step, below
+        broadcast_tensors(list(model.state_dict().values()), ctx)
+    elif ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # some parameters get no gradient in a step (the pooler unless a head pools with it; in
@@ -607,7 +627,8 @@ def _train(
     pad_id = tokenizer.pad_token_id
     stop = state["step"] >= total_steps
     best_result: EvalResult | None = None  # dev predictions of the best epoch, if seen in this process
-    graphs = GraphedSteps(params) if use_graphs and params else None
+    # fixed gradient buffers: with CUDA graphs, or eager steps whose gradients are averaged flat
+    graphs = GraphedSteps(params, capture=use_graphs) if (use_graphs or flat_sync) and params else None
     task_steps = {n: _task_step(step_fn, n) for n in cfg.tasks}  # what the graphs capture, per task
     recent: list[dict] = []  # the last train.average_last epochs' weights, on the host
     # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process
@@ -683,6 +704,8 @@ def _train(
                 bar.update(1)
                 if not last_in_group:
                     continue
+                if flat_sync:
+                    all_reduce_mean(graphs.flat, ctx)  # one collective: every task's gradients of the step
                 if graphs is not None:
                     graphs.expose_grads()
                 max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
@@ -792,7 +815,8 @@ def _train(
         "best_epoch": state["best_epoch"],
         "checkpoint_average": average,
         "throughput": {**throughput, "samples_per_s": round(throughput["train_samples"] / max(throughput["train_s"], 1e-9), 1),
-                       "processes": ctx.world_size, "cuda_graphs": use_graphs},
+                       "processes": ctx.world_size, "cuda_graphs": use_graphs,
+                       "grad_sync": ("flat" if use_flat_sync(tc, ctx, use_graphs) else "ddp") if ctx.enabled else None},
         "epochs_run": len(state["history"]),
         "steps": state["step"],
         "wall_s": round(time.time() - t_start, 2),
