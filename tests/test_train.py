@@ -94,6 +94,16 @@ def test_pcgrad_leaves_agreeing_gradients_and_task_specific_parameters_alone():
     assert out[2] is None
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pcgrad_on_cuda_with_a_parameter_no_task_reaches():
+    # (a parameter without any gradient used to become a CPU tensor in the concatenation)
+    dev = torch.device("cuda")
+    g1, g2 = torch.tensor([1.0, 0.0], device=dev), torch.tensor([-1.0, 1.0], device=dev)
+    out = pcgrad_([[g1, None], [g2, None]], seed=0)
+    torch.testing.assert_close(out[0], torch.tensor([0.5, 1.5], device=dev))
+    assert out[1] is None
+
+
 def test_pcgrad_requires_the_parallel_routine(tiny_encoder, data_dir, tmp_path):
     from minbert.train import train
 

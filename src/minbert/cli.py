@@ -71,7 +71,7 @@ def cmd_tune(args, extra: list[str]) -> int:
     from .tune import tune
 
     cfg = load_config(args.config, _split_overrides(extra))
-    result = tune(cfg, args.study_dir, n_trials=args.trials, data_dir=args.data_dir, seed=args.seed)
+    result = tune(cfg, args.study_dir, n_trials=args.trials, data_dir=args.data_dir, seed=args.seed, timeout=args.timeout)
     print(json.dumps(result))
     return 0
 
@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--study-dir", required=True, help="study.db, trial-NNNN/ run folders, trials.json, best.yaml")
     tu.add_argument("--trials", type=int, default=20, help="finished + pruned trials the study should hold")
     tu.add_argument("--data-dir")
-    tu.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
+    tu.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed (give parallel workers different seeds)")
+    tu.add_argument("--timeout", type=float, help="start no new trial after this many seconds (running ones finish)")
     tu.set_defaults(fn=cmd_tune)
 
     ab = sub.add_parser(

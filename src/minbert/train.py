@@ -277,13 +277,14 @@ def pcgrad_(task_grads: list[list[torch.Tensor | None]], seed: int) -> list[torc
     of the projected gradients, per parameter. ``task_grads[i][k]`` is task i's gradient of
     parameter k (None if it does not reach it)."""
     n_tasks, n_params = len(task_grads), len(task_grads[0])
+    device = next((g.device for grads in task_grads for g in grads if g is not None), torch.device("cpu"))
     flat = []
     for grads in task_grads:
         parts = []
         for k in range(n_params):
             g = grads[k]
             ref = next(tg[k] for tg in task_grads if tg[k] is not None) if any(tg[k] is not None for tg in task_grads) else None
-            parts.append((g if g is not None else torch.zeros_like(ref)).reshape(-1) if ref is not None else torch.zeros(0))
+            parts.append((g if g is not None else torch.zeros_like(ref)).reshape(-1) if ref is not None else torch.zeros(0, device=device))
         flat.append(torch.cat(parts))
     rng = np.random.default_rng(seed)
     projected = []

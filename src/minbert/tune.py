@@ -79,8 +79,12 @@ def tune(
     data_dir: str | Path | None = None,
     space: tuple[Param, ...] = SPACE,
     seed: int = 0,
+    timeout: float | None = None,
 ) -> dict:
-    """Run (or resume) the study until it holds ``n_trials`` finished or pruned trials.
+    """Run (or resume) the study until it holds ``n_trials`` finished or pruned trials, or until
+    ``timeout`` seconds have passed (no new trial starts after that). Several processes may run
+    the same study at once (give them different ``seed``). ``trials.json`` and ``best.yaml`` are
+    rewritten after every trial, so a killed worker loses only its running trial.
 
     Returns ``{"best_value", "best_params", "best_trial", "n_trials"}``.
 
@@ -96,7 +100,8 @@ def tune(
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(
-        f"sqlite:///{study_dir.resolve() / 'study.db'}", heartbeat_interval=30, grace_period=90
+        f"sqlite:///{study_dir.resolve() / 'study.db'}", heartbeat_interval=30, grace_period=90,
+        engine_kwargs={"connect_args": {"timeout": 60}},  # parallel workers wait for SQLite's lock
     )
     study = optuna.create_study(
         study_name=cfg.name,
@@ -131,18 +136,21 @@ def tune(
         trial.set_user_attr("dev", run.summary["dev"])
         return best
 
+    def write_files(study: "optuna.Study", _trial=None) -> dict:
+        trials = [
+            {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "dev": t.user_attrs.get("dev"),
+             "epochs_reported": len(t.intermediate_values)}
+            for t in study.get_trials(deepcopy=False)
+        ]
+        atomic_write_json(study_dir / "trials.json", trials)
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            return {"best_value": None, "best_params": None, "best_trial": None, "n_trials": len(trials)}
+        best = max(complete, key=lambda t: t.value)
+        atomic_write_text(study_dir / "best.yaml", dump_yaml(resolve(apply_params(cfg, best.params))))
+        return {"best_value": best.value, "best_params": best.params, "best_trial": best.number, "n_trials": len(trials)}
+
     done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
     if done < n_trials:
-        study.optimize(objective, n_trials=n_trials - done, catch=())
-    trials = [
-        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "dev": t.user_attrs.get("dev"),
-         "epochs_reported": len(t.intermediate_values)}
-        for t in study.trials
-    ]
-    atomic_write_json(study_dir / "trials.json", trials)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        return {"best_value": None, "best_params": None, "best_trial": None, "n_trials": len(trials)}
-    best = study.best_trial
-    atomic_write_text(study_dir / "best.yaml", dump_yaml(resolve(apply_params(cfg, best.params))))
-    return {"best_value": best.value, "best_params": best.params, "best_trial": best.number, "n_trials": len(trials)}
+        study.optimize(objective, n_trials=n_trials - done, timeout=timeout, catch=(), callbacks=[write_files])
+    return write_files(study)
