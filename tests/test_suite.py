@@ -373,3 +373,21 @@ def test_suite_mistakes_are_one_line_errors(suite_env, extra, fragment, capsys, 
     errors = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and fragment in errors[0], err
     assert not (work / "mistake").exists()
+
+
+def test_a_run_from_before_a_new_config_key_still_counts_as_the_same_config():
+    import copy
+
+    from minbert.config import load_config, resolve, to_dict
+    from minbert.suite import _jsonable, _same_config
+
+    want = _jsonable(to_dict(resolve(load_config(None, []))))
+    older = copy.deepcopy(want)
+    del older["train"]["grad_sync"]  # a summary written before train.grad_sync existed
+    assert older != want and _same_config(older, want)
+    changed = copy.deepcopy(older)
+    changed["train"]["epochs"] = want["train"]["epochs"] + 1
+    assert not _same_config(changed, want)
+    unknown = copy.deepcopy(want)
+    unknown["train"]["no_such_key"] = 1  # a key this version does not have
+    assert not _same_config(unknown, want) and not _same_config(None, want)

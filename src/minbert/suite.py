@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import CONFIG_FILE, atomic_write_json, atomic_write_text, last_checkpoint
-from .config import Config, load_config, replace, resolve, to_dict
+from .config import Config, from_dict, load_config, replace, resolve, to_dict
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,21 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj))
 
 
+def _same_config(stored, want: dict) -> bool:
+    """Whether a finished run's stored config is ``want``. The stored one is read through the
+    current schema first, so a run made before a config key existed counts as that key's
+    default (new keys default to the old behaviour); a key the schema no longer has, or an
+    unreadable config, is a mismatch."""
+    if stored == want:
+        return True
+    if not isinstance(stored, dict):
+        return False
+    try:
+        return _jsonable(to_dict(resolve(from_dict(stored)))) == want
+    except (ConfigError, TypeError, ValueError, KeyError):
+        return False
+
+
 def _train_row(cfg: Config, run_dir: Path, data_dir, progress: bool, rerun: bool) -> tuple[dict, float]:
     """Train one preset (or read back / resume a run of the same config). Returns (summary, wall_s)."""
     from .train import train
@@ -200,7 +215,7 @@ def _train_row(cfg: Config, run_dir: Path, data_dir, progress: bool, rerun: bool
     summary_path = run_dir / "summary.json"
     if not rerun and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        if summary.get("config") == want:
+        if _same_config(summary.get("config"), want):
             log.info("%s: a finished run of this config is there; reading its results", run_dir)
             return summary, float(summary.get("wall_s", 0.0))
     resume = False
