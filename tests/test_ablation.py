@@ -4,6 +4,7 @@ holds each row's scores and differences, and --final trains the best row per see
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def write(tmp_path, rows, final=None):
 def test_the_shipped_ablation_loads_and_chains():
     ab = load_ablation(REPO / "configs" / "beyond" / "ablation.yaml")
     assert [r.name for r in ab.chain("llrd")] == ["exp07", "recipe", "cross", "cross-mean", "phrases", "swap", "llrd"]
-    assert ab.final_row == "swap"
+    assert ab.final_row == "rdrop" and ab.final_preset == "configs/best.yaml"
     c = ab.config("llrd")
     assert c.tasks["qqp"].pair_input == "cross" and c.tasks["sts"].pooling == "mean" and c.optim.layer_lr_decay == 0.9
     assert c.train.epochs == 3 and c.train.smart_weight == 0.0  # own override beats common; side rows not inherited
@@ -69,7 +70,7 @@ def test_ablate_cli_flag_errors(tmp_path):
 def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):
     rows = [
         {"name": "a", "change": "base"},
-        {"name": "b", "parent": "a", "change": "higher lr", "source": "test", "overrides": ["optim.lr=1e-3"]},
+        {"name": "b", "parent": "a", "change": "higher lr |x|", "source": "test", "overrides": ["optim.lr=1e-3"]},
     ]
     path = write(tmp_path, rows, final={"row": "auto", "seeds": [0, 1]})
     extra = [f"model.encoder={tiny_encoder}", "train.device=cpu", "output.test_predictions=false", "output.plot=false",
@@ -90,8 +91,25 @@ def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):
     vals = [d["overall"] for d in f["per_seed"]]
     assert f["overall_mean"] == pytest.approx(sum(vals) / 2)
     md = (tmp_path / "rep" / "beyond.md").read_text()
-    assert "| b | a | higher lr |" in md and "mean ± std" in md
+    assert "| b | a | higher lr \\|x\\| |" in md and "mean ± std" in md  # a | in a cell is escaped
     assert (tmp_path / "rep" / "beyond-best.yaml").is_file()
+    # the JSON schema: rows[i].{name, preset, seeds, dev}, best.{preset, seeds, dev_mean, dev_std}
+    saved = json.loads((tmp_path / "rep" / "beyond.json").read_text())
+    assert [(r["name"], r["seeds"], r["preset"].endswith(f"ab.yaml#{r['name']}")) for r in saved["rows"]] == [
+        ("a", 1, True), ("b", 1, True)]
+    best = saved["best"]
+    assert best["seeds"] == [0, 1] and best["preset"].endswith(f"#{f['row']}")
+    assert best["dev_mean"]["overall"] == pytest.approx(f["overall_mean"])
+    assert best["dev_std"]["sst_acc"] == pytest.approx(statistics.stdev([d["sst_acc"] for d in f["per_seed"]]))
+    # --report-only trains nothing and includes the hand-written notes
+    (tmp_path / "rep" / "beyond_notes.md").write_text("Why b is better.\n")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    again = run_ablation(path, tmp_path / "runs", tmp_path / "rep", data_dir=data_dir, extra=extra, report_only=True)
+    assert again["best"] == best
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()} == stamps
+    assert "## Discussion\n\nWhy b is better." in (tmp_path / "rep" / "beyond.md").read_text()
+    with pytest.raises(ConfigError, match="report-only"):
+        run_ablation(path, tmp_path / "runs", tmp_path / "rep", report_only=True, final=True)
 
 
 def test_best_preset_is_the_ablation_final_row():

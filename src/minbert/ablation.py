@@ -8,7 +8,9 @@ An ablation file (YAML) names a base preset, overrides common to every row, and 
       - {name: exp07, change: "the paper's best preset", overrides: []}
       - {name: cross, parent: exp07, change: "cross-encoder QQP and STS", source: "...",
          overrides: ["tasks.qqp.pair_input=cross", ...]}
-    final: {row: auto, seeds: [0, 1, 2]}    # auto: the row with the best dev overall
+    final: {row: auto, seeds: [0, 1, 2], preset: configs/best.yaml}
+    # row auto: the row with the best dev overall; preset (optional): the named preset file
+    # that holds the final row's config, reported as the best configuration
 
 A row's config is the base, then ``common``, then the overrides of its ancestors from the root
 down, then its own. Rows are independent runs (``--only`` splits them over machines or GPUs);
@@ -16,6 +18,9 @@ a finished run of the same config is read back, not retrained. ``--final`` train
 row once per seed. The report (``beyond.json`` / ``beyond.md`` by default) gives each row's dev
 SST / QQP / STS / overall, its difference from its parent, and the final row's mean and
 standard deviation over seeds; ``best.yaml`` beside it is the final row's resolved config.
+The JSON has ``rows[i].{name, preset, seeds, dev}`` (``preset``: ``FILE#row``) and
+``best.{preset, seeds, dev_mean, dev_std}``; ``NAME_notes.md`` in the report folder, written by
+hand, is included in the markdown as the discussion.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Ablation:
     rows: dict[str, Row] = field(default_factory=dict)
     final_row: str = "auto"
     seeds: tuple[int, ...] = (0, 1, 2)
+    final_preset: str | None = None  # the preset file that holds the final row's config
 
     def chain(self, name: str) -> list[Row]:
         """The row and its ancestors, root first."""
@@ -119,13 +125,16 @@ def load_ablation(path: str | Path) -> Ablation:
         overrides = str_list(r.get("overrides"), f"row {name!r}: overrides")
         rows[name] = Row(name, str(r.get("change", "")), overrides, parent, str(r.get("source", "")))
     final = raw.get("final") or {}
-    if not isinstance(final, dict) or set(final) - {"row", "seeds"}:
-        raise ConfigError(f"{path}: final: expected a mapping with 'row' and 'seeds', got {final!r}")
+    if not isinstance(final, dict) or set(final) - {"row", "seeds", "preset"}:
+        raise ConfigError(f"{path}: final: expected a mapping with 'row', 'seeds' and 'preset', got {final!r}")
     seeds = final.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
         raise ConfigError(f"{path}: final.seeds: expected a list of integers, got {seeds!r}")
     common = str_list(raw.get("common"), "common")
-    ab = Ablation(path, base, common, rows, str(final.get("row", "auto")), tuple(seeds))
+    preset = final.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"{path}: final.preset: expected a file path, got {preset!r}")
+    ab = Ablation(path, base, common, rows, str(final.get("row", "auto")), tuple(seeds), preset)
     if ab.final_row != "auto" and ab.final_row not in rows:
         raise ConfigError(f"{path}: final row {ab.final_row!r} is not a row")
     for name in rows:
@@ -162,11 +171,20 @@ def run_ablation(
     progress: bool = False,
     report_name: str = "beyond",
     seeds: list[int] | None = None,
+    report_only: bool = False,
 ) -> dict:
-    """Train the rows (``only``: some of them; ``final``: the final row once per seed), then
-    write the report from every finished run under ``runs_root``. Returns the report dict."""
+    """Train the rows (``only``: some of them; ``final``: the final row once per seed; with
+    ``report_only`` nothing), then write the report from every finished run under
+    ``runs_root``. Returns the report dict.
+
+    Raises:
+        ConfigError: a bad ablation file; ``final`` with ``only``; ``seeds`` without ``final``;
+            ``report_only`` with either; an ``only`` row that is not in the file.
+    """
     from .suite import _train_row
 
+    if report_only and (final or only):
+        raise ConfigError("--report-only trains nothing; do not combine it with --final or --only")
     if final and only:
         raise ConfigError("--final trains the final row; do not combine it with --only")
     if seeds is not None and not final:
@@ -182,14 +200,15 @@ def run_ablation(
         for seed in seeds if seeds is not None else ab.seeds:
             log.info("final row %s, seed %d", name, seed)
             _train_row(ab.config(name, list(extra), seed), runs_root / f"final-seed{seed}", data_dir, progress, False)
-    else:
+    elif not report_only:
         for name in only or list(ab.rows):
             log.info("row %s: %s", name, ab.rows[name].change)
             _train_row(ab.config(name, list(extra)), runs_root / name, data_dir, progress, False)
     report = build_report(ab, runs_root)
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(report_dir / f"{report_name}.json", report)
-    atomic_write_text(report_dir / f"{report_name}.md", render_markdown(report))
+    notes = report_dir / f"{report_name}_notes.md"
+    atomic_write_text(report_dir / f"{report_name}.md", render_markdown(report, notes.read_text() if notes.is_file() else None))
     if report["final"] is not None:
         atomic_write_text(report_dir / f"{report_name}-best.yaml", dump_yaml(resolve(ab.config(report["final"]["row"], list(extra)))))
     return report
@@ -200,7 +219,7 @@ def build_report(ab: Ablation, runs_root: Path) -> dict:
     for name, row in ab.rows.items():
         s = _summary(runs_root / name)
         rec = {
-            "name": name, "parent": row.parent, "change": row.change, "source": row.source,
+            "name": name, "preset": f"{_shown(ab.path)}#{name}", "seeds": 1 if s else 0, "parent": row.parent, "change": row.change, "source": row.source,
             "overrides": list(row.overrides),
             "dev": {k: s["dev"].get(k) for k in METRICS} if s else None,
             "best_epoch": s.get("best_epoch") if s else None,
@@ -227,7 +246,27 @@ def build_report(ab: Ablation, runs_root: Path) -> dict:
             vals = [s["dev"][k] for _, s in per_seed if s["dev"].get(k) is not None]
             final[f"{k}_mean"] = statistics.fmean(vals) if vals else None
             final[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
-    return {"ablation": str(ab.path.name), "base": ab.base.name, "common": list(ab.common), "rows": rows, "final": final}
+    best = None
+    if final:
+        best = {
+            "preset": ab.final_preset or f"{_shown(ab.path)}#{final['row']}",
+            "row": final["row"],
+            "seeds": final["seeds"],
+            "dev_mean": {k: final[f"{k}_mean"] for k in METRICS},
+            "dev_std": {k: final[f"{k}_std"] for k in METRICS},
+        }
+    return {
+        "ablation": str(ab.path.name), "base": ab.base.name, "common": list(ab.common), "rows": rows, "final": final,
+        "best": best,
+    }
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (how users name it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _f(v, nd=3, sign=False):
@@ -236,7 +275,12 @@ def _f(v, nd=3, sign=False):
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
 
 
-def render_markdown(report: dict) -> str:
+def _cell(text: str) -> str:
+    """``text`` safe inside a markdown table cell (a ``|`` would end the cell)."""
+    return text.replace("|", "\\|")
+
+
+def render_markdown(report: dict, notes: str | None = None) -> str:
     lines = [
         f"# Ablation: {report['ablation']} (base preset {report['base']}; every row: {' '.join(report['common']) or 'as the preset'})",
         "",
@@ -250,7 +294,7 @@ def render_markdown(report: dict) -> str:
         d = r["dev"] or {}
         spe = f"{r.get('steps_per_epoch', '–')} × {r['epochs']}" if r["dev"] else "not run"
         lines.append(
-            f"| {r['name']} | {r['parent'] or ''} | {r['change']} | {_f(d.get('sst_acc'))} | {_f(d.get('qqp_acc'))} | "
+            f"| {r['name']} | {r['parent'] or ''} | {_cell(r['change'])} | {_f(d.get('sst_acc'))} | {_f(d.get('qqp_acc'))} | "
             f"{_f(d.get('sts_pearson'))} | {_f(d.get('overall'))} | {_f(r['delta_overall'], sign=True)} | {spe} |"
         )
     f = report["final"]
@@ -265,6 +309,8 @@ def render_markdown(report: dict) -> str:
         ]
         for sd, dev in zip(f["seeds"], f["per_seed"]):
             lines.append(f"| seed {sd} | " + " | ".join(_f(dev.get(k)) for k in METRICS) + " |")
+    if notes:
+        lines += ["", "## Discussion", "", notes.strip()]
     sources = [r for r in report["rows"] if r["source"]]
     if sources:
         lines += ["", "## Sources", ""] + [f"- **{r['name']}**: {r['source']}" for r in sources]

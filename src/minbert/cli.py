@@ -8,7 +8,7 @@
     minbert serve RUN_DIR [--host 127.0.0.1] [--port 8000]     (HTTP API and demo page)
     minbert suite configs/paper/ [--data-dir DIR] [--runs-root DIR] [--only 1,7,14] [--train.epochs=3 ...]
     minbert tune --config configs/best.yaml --study-dir runs/tune [--trials 20]   (optuna, resumable)
-    minbert ablate configs/beyond/ablation.yaml [--only a,b] [--final [--seeds 0,1,2]]
+    minbert ablate configs/beyond/ablation.yaml [--only a,b] [--final [--seeds 0,1,2]] [--report-only]
 
 Every user mistake ends with a one-line ``error: ...`` on stderr and exit code 2.
 """
@@ -86,9 +86,9 @@ def cmd_ablate(args, extra: list[str]) -> int:
         raise ConfigError(f"--seeds {args.seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
     report = run_ablation(
         args.file, args.runs_root, args.report_dir, data_dir=args.data_dir, only=only, final=args.final,
-        extra=_split_overrides(extra), progress=not args.no_progress, seeds=seeds,
+        extra=_split_overrides(extra), progress=not args.no_progress, seeds=seeds, report_only=args.report_only,
     )
-    print(json.dumps({"rows": {r["name"]: r["dev"] for r in report["rows"]}, "final": report["final"]}))
+    print(json.dumps({"rows": {r["name"]: r["dev"] for r in report["rows"]}, "best": report["best"]}))
     return 0
 
 
@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--only", help="rows to train, by name (default: all)")
     ab.add_argument("--final", action="store_true", help="train the final row once per seed")
     ab.add_argument("--seeds", help="with --final: these seeds instead of the file's")
+    ab.add_argument("--report-only", action="store_true", help="train nothing; rewrite the report from the finished runs")
     ab.add_argument("--no-progress", action="store_true")
     ab.set_defaults(fn=cmd_ablate)
 
