@@ -162,3 +162,75 @@ def test_two_gpus_with_cuda_graphs_equal_one_gpu_double_batch(tiny_encoder, data
     assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
     summary = json.loads((two / "summary.json").read_text())
     assert summary["throughput"]["grad_sync"] == "flat" and summary["throughput"]["cuda_graphs"] is True
+
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+import minbert.checkpoint as ck
+
+real, seen = ck.atomic_write_bytes, [0]
+
+def dying(path, data):
+    # rank 0 dies while pointing last.json at the second checkpoint: the first one stays last
+    if Path(path).name == "last.json" and os.environ.get("RANK") == "0":
+        seen[0] += 1
+        if seen[0] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, data)
+
+ck.atomic_write_bytes = dying
+from minbert.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def killed_run(tiny_encoder, data_dir, tmp_path_factory):
+    """A 2-process run (4 steps per epoch, checkpoints every 2 steps) whose rank 0 was killed
+    at step 4, and the same run uninterrupted."""
+    root = tmp_path_factory.mktemp("ddp-resume")
+    extra = ["--train.epochs=2", "--train.checkpoint_every=2"]
+    run_torchrun(common(tiny_encoder, data_dir, root / "ref", B, extra), root)
+    killer = root / "killer.py"
+    killer.write_text(KILLER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(killer),
+           *common(tiny_encoder, data_dir, root / "killed", B, extra)]
+    p = subprocess.run(cmd, cwd=root, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    killed = root / "killed"
+    assert not (killed / "summary.json").exists()
+    assert json.loads((killed / "checkpoints" / "last.json").read_text())["step"] == 2
+    return root, root / "ref", killed
+
+
+def test_resume_with_the_same_world_size_is_bit_identical(killed_run):
+    import shutil
+
+    root, ref, killed = killed_run
+    run = root / "same"
+    shutil.copytree(killed, run)
+    p = run_torchrun(["train", "--resume", str(run), "--no-progress"], root)
+    assert "resumed" in p.stderr
+    w_ref, m_ref = load_weights(ref / "checkpoints" / "best" / "model.safetensors")
+    w, m = load_weights(run / "checkpoints" / "best" / "model.safetensors")
+    assert m == m_ref and all(torch.equal(w[k], w_ref[k]) for k in w_ref)
+    assert json.loads((run / "summary.json").read_text())["dev"] == json.loads((ref / "summary.json").read_text())["dev"]
+
+
+def test_resume_with_another_world_size_continues_at_the_same_sample_offset(killed_run):
+    import shutil
+
+    root, ref, killed = killed_run
+    run = root / "one"
+    shutil.copytree(killed, run)
+    p = subprocess.run([sys.executable, "-m", "minbert", "train", "--resume", str(run), "--no-progress"], cwd=root, env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming 2-process checkpoint with 1 processes" in p.stderr
+    # 2 steps of 2 x B rows per task were done; the rest of the 2 epochs x 32 rows runs at B per
+    # step: 2 + (64 - 2 * 8) / 4 = 14 optimizer steps in all, every row of both epochs seen once
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 + (2 * 32 - 2 * 2 * B) // B == 14
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
+    assert steps == list(range(1, 15))  # no step repeated or skipped across the resume
