@@ -219,8 +219,8 @@ def build_report(ab: Ablation, runs_root: Path) -> dict:
     for name, row in ab.rows.items():
         s = _summary(runs_root / name)
         rec = {
-            "name": name, "preset": f"{_shown(ab.path)}#{name}", "seeds": 1 if s else 0, "parent": row.parent, "change": row.change, "source": row.source,
-            "overrides": list(row.overrides),
+            "name": name, "preset": f"{_shown(ab.path)}#{name}", "seeds": 1 if s else 0,
+            "parent": row.parent, "change": row.change, "source": row.source, "overrides": list(row.overrides),
             "dev": {k: s["dev"].get(k) for k in METRICS} if s else None,
             "best_epoch": s.get("best_epoch") if s else None,
             "steps": s.get("steps") if s else None,

@@ -46,12 +46,11 @@ def param_groups(
     """Groups of trainable parameters.
 
     Weight decay: ``weight_decay`` except for biases, LayerNorm parameters and the uncertainty
-    weighting's log-variances (0). With ``lr``
-    given, each group also gets its own lr: layer-wise lr decay (Howard & Ruder 2018; Clark et
-    al. 2020) scales the lr of a parameter at depth d (:func:`layer_id`) by
-    ``layer_decay ** (L + 1 - d)`` for an encoder of L layers, and parameters outside the
-    encoder (the heads, the log-variances) use ``head_lr`` when given. Asserts that every trainable parameter is in
-    exactly one group.
+    weighting's log-variances (0). With ``lr`` given, each group also gets its own lr:
+    layer-wise lr decay (Howard & Ruder 2018; Clark et al. 2020) scales the lr of a parameter at
+    depth d (:func:`layer_id`) by ``layer_decay ** (L + 1 - d)`` for an encoder of L layers, and
+    parameters outside the encoder (the heads, the log-variances) use ``head_lr`` when given.
+    Asserts that every trainable parameter is in exactly one group.
     """
     num_layers = sum(1 for n, _ in model.named_modules() if n.count("encoder.layer.") == 1 and n.split("encoder.layer.")[1].isdigit())
     buckets: dict[tuple[float, float], list] = {}
