@@ -18,8 +18,8 @@ T="python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m minbert t
 S="python3 -m minbert train --config configs/default.yaml $COMMON"
 timeout 70 $T --run-dir /tmp/dist/bert-2gpu-graphs $BB > $OUT/logs/bert_2gpu_graphs.log 2>&1; mark bert_2_graphs $?
 CUDA_VISIBLE_DEVICES=0 timeout 60 $S --run-dir /tmp/dist/bert-1gpu-graphs $BB > $OUT/logs/bert_1gpu_graphs.log 2>&1; mark bert_1_graphs $?
-timeout 80 $T --run-dir /tmp/dist/minilm-2gpu-graphs --model.encoder=$ENC > $OUT/logs/minilm_2gpu_graphs.log 2>&1; mark minilm_2_graphs $?
-timeout 50 python3 -m pytest -q -x -p no:cacheprovider tests/test_distributed.py::test_two_gpus_with_cuda_graphs_equal_one_gpu_double_batch > $OUT/logs/pytest_2gpu.log 2>&1; mark pytest_2gpu $?
+timeout 100 $T --run-dir /tmp/dist/minilm-2gpu-graphs --model.encoder=$ENC > $OUT/logs/minilm_2gpu_graphs.log 2>&1; mark minilm_2_graphs $?
+timeout 45 python3 -m pytest -q -x -p no:cacheprovider tests/test_distributed.py::test_two_gpus_with_cuda_graphs_equal_one_gpu_double_batch > $OUT/logs/pytest_2gpu.log 2>&1; mark pytest_2gpu $?
 cat $OUT/logs/timeline.txt
 cd /tmp && tar czf $OUT/runs.tgz --exclude='*.safetensors' --exclude='*.pt' --exclude='tensorboard' --exclude='predictions' --exclude='checkpoints' --exclude='encoder' dist 2>/dev/null
 cd - >/dev/null; tar czf $OUT/logs.tgz -C $OUT logs; rm -rf $OUT/logs; ls -la $OUT
