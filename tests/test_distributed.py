@@ -190,7 +190,7 @@ def killed_run(tiny_encoder, data_dir, tmp_path_factory):
     """A 2-process run (4 steps per epoch, checkpoints every 2 steps) whose rank 0 was killed
     at step 4, and the same run uninterrupted."""
     root = tmp_path_factory.mktemp("ddp-resume")
-    extra = ["--train.epochs=2", "--train.checkpoint_every=2"]
+    extra = ["--train.epochs=2", "--train.checkpoint_every=2", "--optim.schedule=linear", "--optim.warmup_ratio=0.0"]
     run_torchrun(common(tiny_encoder, data_dir, root / "ref", B, extra), root)
     killer = root / "killer.py"
     killer.write_text(KILLER)
@@ -218,19 +218,34 @@ def test_resume_with_the_same_world_size_is_bit_identical(killed_run):
     assert json.loads((run / "summary.json").read_text())["dev"] == json.loads((ref / "summary.json").read_text())["dev"]
 
 
-def test_resume_with_another_world_size_continues_at_the_same_sample_offset(killed_run):
+@pytest.mark.parametrize(
+    "procs, steps",
+    [
+        # 2 steps of 2B rows per task were done (16 of the first epoch's 32 rows); 1 process
+        # continues at row 16 with batch B: 4 more steps in epoch 1, 8 in epoch 2
+        (1, 2 + 4 + 8),
+        # 3 processes (global batch 3B = 12): row 16 rounds down to 12, micro-step 1 of 3;
+        # 2 more steps in epoch 1 and 3 in epoch 2
+        (3, 2 + 2 + 3),
+    ],
+)
+def test_resume_with_another_world_size_continues_at_the_same_sample_offset(procs, steps, killed_run):
     import shutil
 
     root, ref, killed = killed_run
-    run = root / "one"
+    run = root / f"procs{procs}"
     shutil.copytree(killed, run)
-    p = subprocess.run([sys.executable, "-m", "minbert", "train", "--resume", str(run), "--no-progress"], cwd=root, env=env(),
-                       capture_output=True, text=True, timeout=300)
+    resume = ["-m", "minbert", "train", "--resume", str(run), "--no-progress"]
+    launcher = [] if procs == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
+    p = subprocess.run([sys.executable, *launcher, *resume], cwd=root, env=env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "resuming 2-process checkpoint with 1 processes" in p.stderr
-    # 2 steps of 2 x B rows per task were done; the rest of the 2 epochs x 32 rows runs at B per
-    # step: 2 + (64 - 2 * 8) / 4 = 14 optimizer steps in all, every row of both epochs seen once
+    assert f"resuming a 2-process checkpoint with {procs} process(es)" in p.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 2 + (2 * 32 - 2 * 2 * B) // B == 14
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
-    assert steps == list(range(1, 15))  # no step repeated or skipped across the resume
+    assert summary["steps"] == steps and summary["epochs_run"] == 2
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "lr" in r] == list(range(1, steps + 1))  # none repeated or skipped
+    assert {r["epoch"] for r in records if "lr" in r} == {1, 2}  # both epochs trained to their end
+    # the linear decay was rebuilt over the new total: it reaches 0 exactly at the last step
+    # (each record's lr is the one for the next step)
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs[-1] == 0.0 and lrs[-2] > 0.0

@@ -252,6 +252,22 @@ def _lrs(cfg, total_steps, n, base_lr=2.0):
     return lrs
 
 
+def test_schedule_started_after_some_steps_equals_one_stepped_there():
+    cfg = OptimConfig(schedule="linear", warmup_ratio=0.1)
+    ref = _lrs(cfg, total_steps=100, n=60, base_lr=2.0)
+    p = nn.Parameter(torch.zeros(1))
+    opt = AdamW([p], lr=2.0)
+    opt.param_groups[0]["initial_lr"] = 2.0  # what a loaded checkpoint's optimizer state holds
+    opt.param_groups[0]["lr"] = 123.0  # replaced by the schedule's value at step 40
+    sched = build_scheduler(cfg, opt, 100, last_step=40)
+    got = []
+    for _ in range(20):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert got == pytest.approx(ref[40:60], abs=0, rel=1e-12)
+
+
 def test_linear_schedule_warmup_and_decay():
     cfg = OptimConfig(schedule="linear", warmup_ratio=0.1)
     lrs = _lrs(cfg, total_steps=100, n=103, base_lr=2.0)

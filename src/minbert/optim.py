@@ -150,9 +150,13 @@ def build_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
     raise ConfigError(f"optim.name {cfg.name!r} is not one of ['adamw', 'torch_adamw', 'lion']")
 
 
-def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    cfg, optimizer: torch.optim.Optimizer, total_steps: int, last_step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """``constant``: lr stays; ``linear``: linear warmup over ``warmup_ratio * total_steps``
-    optimizer steps, then linear decay to 0 at ``total_steps``."""
+    optimizer steps, then linear decay to 0 at ``total_steps``. ``last_step`` > 0 starts the
+    schedule after that many steps (the optimizer's groups must hold ``initial_lr``, as after
+    loading a checkpoint's optimizer state)."""
     warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
 
     def factor(step: int) -> float:
@@ -162,4 +166,4 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int) -> 
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=last_step - 1 if last_step > 0 else -1)

@@ -567,8 +567,16 @@ def _train(
         else:
             # another world size: continue from (about) the same global sample offset; dropout
             # RNG streams cannot carry over, so each rank is reseeded from the step and its rank
-            log.warning("resuming %d-process checkpoint with %d processes: not bit-identical", saved_world, ctx.world_size)
-            state["micro"] = state["micro"] * saved_world // ctx.world_size
+            log.warning("resuming a %d-process checkpoint with %d process(es): not bit-identical", saved_world, ctx.world_size)
+            # the epoch position in samples, rounded down to a whole batch of the new global size
+            # (as the task streams do); the steps left are counted at the new size, and the lr
+            # schedule is rebuilt over the new total, continuing from the steps already taken
+            state["micro"] = min(state["micro"] * saved_world // ctx.world_size, micro_per_epoch)
+            left = (tc.epochs - state["epoch"]) * opt_per_epoch - math.ceil(state["micro"] / tc.grad_accum)
+            total_steps = state["step"] + max(0, left)
+            if tc.max_steps is not None:
+                total_steps = min(total_steps, tc.max_steps)
+            scheduler = build_scheduler(cfg.optim, optimizer, total_steps, last_step=state["step"])
             seed_everything(tc.seed + 1000 * state["step"] + ctx.rank)
         state["world_size"] = ctx.world_size
         if ctx.is_main:
