@@ -10,7 +10,7 @@ import torch
 
 from minbert.checkpoint import load_weights
 from minbert.config import load_config
-from minbert.errors import ConfigError
+from minbert.errors import CheckpointError, ConfigError
 from minbert.train import train
 from minbert.tune import Param, apply_params, tune
 
@@ -88,3 +88,64 @@ def test_checkpoint_average_is_the_mean_of_the_last_epochs(tiny_encoder, data_di
         hist = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         best = max(r["dev"]["overall"] for r in hist if "dev" in r)
         assert avg["dev"]["overall"] <= best and run.summary["dev"]["overall"] == pytest.approx(best)
+
+
+SPACE = (Param("optim.lr", 1e-4, 1e-2, log=True), Param("tasks.*.dropout", 0.0, 0.3))
+
+
+def test_tune_argument_mistakes_are_config_errors(tiny_encoder, data_dir, tmp_path):
+    base = tiny_cfg(tiny_encoder, "train.epochs=1")
+    (tmp_path / "afile").write_text("x")
+    for kwargs, fragment in [
+        (dict(n_trials=0), "--trials must be >= 1"),
+        (dict(timeout=0.0), "--timeout must be a positive"),
+        (dict(timeout=float("nan")), "--timeout must be a positive"),
+        (dict(seed=-1), "--seed must be >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            tune(base, tmp_path / "s", data_dir=data_dir, space=SPACE, **kwargs)
+    with pytest.raises(ConfigError, match="is a file"):
+        tune(base, tmp_path / "afile", data_dir=data_dir, space=SPACE)
+    with pytest.raises(CheckpointError, match="no-encoder"):  # checked before any study or trial folder is made
+        tune(tiny_cfg(tmp_path / "no-encoder"), tmp_path / "s2", data_dir=data_dir, space=SPACE)
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_resumed_study_keeps_its_base_config_and_samples_new_values(tiny_encoder, data_dir, tmp_path):
+    base = tiny_cfg(tiny_encoder, "train.epochs=1")
+    tune(base, tmp_path / "study", n_trials=1, data_dir=data_dir, space=SPACE)
+    # same seed, resumed: the sampler is seeded past the trials already there, so trial 1 differs
+    tune(base, tmp_path / "study", n_trials=2, data_dir=data_dir, space=SPACE)
+    trials = json.loads((tmp_path / "study" / "trials.json").read_text())
+    assert len(trials) == 2 and trials[0]["params"] != trials[1]["params"]
+    # best.yaml is what the best trial trained (its own config.yaml)
+    best = min(trials, key=lambda t: -t["value"])
+    assert load_config(tmp_path / "study" / "best.yaml") == load_config(tmp_path / "study" / f"trial-{best['number']:04d}" / "config.yaml")
+    # another base config in the same study folder: refused, naming what differs
+    with pytest.raises(ConfigError, match=r"another base config \(differs in optim.weight_decay\)"):
+        tune(tiny_cfg(tiny_encoder, "train.epochs=1", "optim.weight_decay=0.5"), tmp_path / "study", n_trials=3,
+             data_dir=data_dir, space=SPACE)
+    with pytest.raises(ConfigError, match="holds the study"):
+        tune(tiny_cfg(tiny_encoder, "train.epochs=1", "name=other"), tmp_path / "study", n_trials=3, data_dir=data_dir,
+             space=SPACE)
+    assert len(json.loads((tmp_path / "study" / "trials.json").read_text())) == 2
+
+
+def test_two_workers_started_together_share_one_study(tiny_encoder, data_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "minbert", "tune", "--study-dir", str(tmp_path / "study"), "--trials", "2",
+            "--data-dir", str(data_dir), f"--model.encoder={tiny_encoder}", "--train.device=cpu", "--train.epochs=1",
+            "--output.test_predictions=false", "--output.plot=false", "--output.tensorboard=false",
+            *[f"--tasks.{t}.{k}={v}" for t in ("sst", "qqp", "sts") for k, v in (("train_limit", N), ("dev_limit", N))]]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([*args, "--seed", str(k)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for k in (1, 2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    trials = json.loads((tmp_path / "study" / "trials.json").read_text())
+    done = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    # the study stops at 2; a worker may have started one more while the other finished
+    assert 2 <= len(done) <= 3 and len({json.dumps(t["params"], sort_keys=True) for t in done}) == len(done)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import atomic_write_json, atomic_write_text
-from .config import Config, dump_yaml, from_dict, resolve, to_dict
+from .config import Config, dump_yaml, from_dict, load_config, resolve, to_dict
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -88,30 +90,73 @@ def tune(
 
     Returns ``{"best_value", "best_params", "best_trial", "n_trials"}``.
 
+    A study remembers its base config: resuming it with another one is an error (the trials
+    would not be comparable). A worker seeds its sampler from ``seed`` and the number of trials
+    already in the study, so a resumed worker does not repeat earlier trials' values.
+
     Raises:
-        ConfigError: optuna is not installed, or the space names an unknown key.
+        ConfigError: optuna is not installed; the space names an unknown key; ``n_trials`` < 1,
+            ``timeout`` not > 0 or ``seed`` < 0; ``study_dir`` is a file; the study folder holds
+            a study of another base config; the data folder does not exist.
+        CheckpointError: the encoder folder does not exist.
     """
     try:
         import optuna
+        import sqlalchemy.exc
     except ImportError:
         raise ConfigError("minbert tune needs optuna: pip install 'minbert[tune]'") from None
+    from .data import resolve_data_dir
+    from .model import resolve_encoder_path
+    from .suite import _jsonable
     from .train import train
 
+    if n_trials < 1:
+        raise ConfigError(f"tune: --trials must be >= 1, got {n_trials}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"tune: --timeout must be a positive number of seconds, got {timeout}")
+    if seed < 0:
+        raise ConfigError(f"tune: --seed must be >= 0, got {seed}")
     study_dir = Path(study_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{study_dir.resolve() / 'study.db'}", heartbeat_interval=30, grace_period=90,
-        engine_kwargs={"connect_args": {"timeout": 60}},  # parallel workers wait for SQLite's lock
-    )
-    study = optuna.create_study(
-        study_name=cfg.name,
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-    )
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"tune: --study-dir {study_dir} is a file, not a folder")
     apply_params(cfg, {p.key: int(p.low) if p.integer else p.low for p in space})  # fail early on an unknown key
+    resolve_encoder_path(cfg.model.encoder)  # a missing encoder or data folder fails here, not in a trial
+    resolve_data_dir(str(data_dir) if data_dir else None, cfg.data.dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(5):  # workers starting together race to create the SQLite schema
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+                storage = optuna.storages.RDBStorage(
+                    f"sqlite:///{study_dir.resolve() / 'study.db'}", heartbeat_interval=30, grace_period=90,
+                    engine_kwargs={"connect_args": {"timeout": 60}},  # parallel workers wait for SQLite's lock
+                )
+            others = [n for n in optuna.study.get_all_study_names(storage) if n != cfg.name]
+            study = optuna.create_study(
+                study_name=cfg.name, storage=storage, load_if_exists=True, direction="maximize",
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+            )
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, optuna.exceptions.DuplicatedStudyError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    if others:
+        raise ConfigError(f"tune: {study_dir} holds the study {others[0]!r}, not {cfg.name!r}; use another --study-dir")
+    base = _jsonable(to_dict(resolve(cfg)))  # JSON types, as the storage keeps them
+    stored = study.user_attrs.get("base_config")
+    if stored is None:
+        study.set_user_attr("base_config", base)
+    elif stored != base:
+        keys = _differing_keys(stored, base)
+        raise ConfigError(
+            f"tune: {study_dir}: the study was started from another base config (differs in {', '.join(keys[:5])}); "
+            "use another --study-dir"
+        )
+    optuna.storages.fail_stale_trials(study)  # trials of killed workers (no heartbeat): FAIL
+    # distinct for each (seed, trials so far): neither a resumed worker nor a parallel one with
+    # another seed repeats a sequence
+    study.sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + len(study.trials)) % 2**32)
 
     def objective(trial: "optuna.Trial") -> float:
         values = {
@@ -147,10 +192,22 @@ def tune(
         if not complete:
             return {"best_value": None, "best_params": None, "best_trial": None, "n_trials": len(trials)}
         best = max(complete, key=lambda t: t.value)
-        atomic_write_text(study_dir / "best.yaml", dump_yaml(resolve(apply_params(cfg, best.params))))
+        trial_config = study_dir / f"trial-{best.number:04d}" / "config.yaml"  # what the trial trained
+        best_cfg = load_config(trial_config) if trial_config.is_file() else apply_params(cfg, best.params)
+        atomic_write_text(study_dir / "best.yaml", dump_yaml(resolve(best_cfg)))
         return {"best_value": best.value, "best_params": best.params, "best_trial": best.number, "n_trials": len(trials)}
 
-    done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = sum(t.state in counted for t in study.trials)
     if done < n_trials:
-        study.optimize(objective, n_trials=n_trials - done, timeout=timeout, catch=(), callbacks=[write_files])
+        # the callback stops this worker once the study (all workers) holds n_trials
+        enough = optuna.study.MaxTrialsCallback(n_trials, states=counted)
+        study.optimize(objective, n_trials=n_trials - done, timeout=timeout, catch=(), callbacks=[enough, write_files])
     return write_files(study)
+
+
+def _differing_keys(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
