@@ -56,6 +56,19 @@ def test_bad_ablation_files(tmp_path):
         load_ablation(write(tmp_path, [{"name": "a"}], final=["a"]))
     with pytest.raises(ConfigError, match="final.seeds"):
         load_ablation(write(tmp_path, [{"name": "a"}], final={"row": "a", "seeds": ["x"]}))
+    for final, fragment in [
+        ({"row": "a", "sedes": [0]}, r"final: unknown key\(s\) \['sedes'\]"),
+        ({"row": None}, "final.row: expected a row name"),
+        ({"row": "a", "seeds": [0, 0]}, "final.seeds: expected a list of distinct integers >= 0"),
+        ({"row": "a", "seeds": [-1]}, "final.seeds"),
+        ({"row": "a", "preset": ""}, "final.preset"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            load_ablation(write(tmp_path, [{"name": "a"}], final=final))
+    doc = {"base": str(REPO / "configs" / "default.yaml"), "rows": [{"name": "a"}], "final": []}
+    (tmp_path / "empty-final.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="final: expected a mapping"):  # an empty list is not a mapping either
+        load_ablation(tmp_path / "empty-final.yaml")
 
 
 def test_ablate_cli_flag_errors(tmp_path):

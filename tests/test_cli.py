@@ -23,6 +23,8 @@ import pytest
 
 from minbert.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
+
 TASKS = ("sst", "qqp", "sts")
 N = 64  # train and dev rows per task
 SLICE = [f"--tasks.{t}.{k}={v}" for t in TASKS for k, v in (("train_limit", N), ("dev_limit", N), ("batch_size", 8))]
@@ -254,6 +256,14 @@ MISTAKES = {
         "unknown task 'nli'",
     ),
     "predict empty text": (lambda run, tmp, enc, data: ["predict", str(run), "--task=sst", "--text", "  "], "empty"),
+    "negative seed": (lambda run, tmp, enc, data: train_args(enc, data, tmp / "r", "--train.seed=-1"), "train.seed must be >= 0"),
+    "zero max_steps": (lambda run, tmp, enc, data: train_args(enc, data, tmp / "r", "--train.max_steps=0"), "train.max_steps must be >= 1"),
+    "tune no trials": (lambda run, tmp, enc, data: ["tune", "--study-dir", str(tmp / "s"), "--trials", "0"], "--trials must be >= 1"),
+    "ablate report-only without runs": (
+        lambda run, tmp, enc, data: ["ablate", str(REPO / "configs" / "beyond" / "ablation.yaml"), "--report-only",
+                                     "--runs-root", str(tmp / "nowhere"), "--report-dir", str(tmp / "rep")],
+        "no finished runs",
+    ),
 }
 
 
@@ -297,3 +307,17 @@ def test_predict_input_without_the_text_columns_is_a_one_line_error(tmp_path, ca
     g.write_text("id,text\n1,a fine film\n")
     ids, a, b, bad = _read_input(g, pair=False)  # a 'text' column is accepted for single sentences
     assert (ids, a, b, bad) == (["1"], ["a fine film"], None, [])
+
+
+def test_a_run_uses_its_recorded_data_folder_when_the_configs_is_not_there(tmp_path, data_dir):
+    from minbert.cli import _run_data_dir
+    from minbert.config import load_config
+
+    (tmp_path / "provenance.json").write_text(json.dumps({"data_dir": str(Path(data_dir).resolve())}))
+    relative = load_config(None, ["data.dir=../not/here/cs224n"])  # relative to another working directory
+    assert _run_data_dir(tmp_path, None, relative) == str(Path(data_dir).resolve())
+    here = load_config(None, [f"data.dir={data_dir}"])
+    assert _run_data_dir(tmp_path, None, here) == str(data_dir)  # the config's folder when it exists
+    assert _run_data_dir(tmp_path, "/given", relative) == "/given"  # --data-dir always wins
+    (tmp_path / "provenance.json").write_text(json.dumps({"data_dir": str(tmp_path / "gone")}))
+    assert _run_data_dir(tmp_path, None, relative) == "../not/here/cs224n"  # nothing exists: the config's, reported

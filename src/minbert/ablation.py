@@ -10,14 +10,16 @@ An ablation file (YAML) names a base preset, overrides common to every row, and 
          overrides: ["tasks.qqp.pair_input=cross", ...]}
     final: {row: auto, seeds: [0, 1, 2], preset: configs/best.yaml}
     # row auto: the row with the best dev overall; preset (optional): the named preset file
-    # that holds the final row's config, reported as the best configuration
+    # that holds the final row's config, reported as the best configuration; all keys optional
 
 A row's config is the base, then ``common``, then the overrides of its ancestors from the root
 down, then its own. Rows are independent runs (``--only`` splits them over machines or GPUs);
 a finished run of the same config is read back, not retrained. ``--final`` trains the final
 row once per seed. The report (``beyond.json`` / ``beyond.md`` by default) gives each row's dev
 SST / QQP / STS / overall, its difference from its parent, and the final row's mean and
-standard deviation over seeds; ``best.yaml`` beside it is the final row's resolved config.
+standard deviation over seeds; ``NAME-best.yaml`` beside it is the final row's resolved config.
+``final.preset`` is a label for the report (the path, as users type it, of the preset that holds
+the final row's config); it is not read.
 The JSON has ``rows[i].{name, preset, seeds, dev}`` (``preset``: ``FILE#row``) and
 ``best.{preset, seeds, dev_mean, dev_std}``; ``NAME_notes.md`` in the report folder, written by
 hand, is included in the markdown as the discussion.
@@ -124,15 +126,25 @@ def load_ablation(path: str | Path) -> Ablation:
             raise ConfigError(f"{path}: row {name!r}: parent {parent!r} must be an earlier row")
         overrides = str_list(r.get("overrides"), f"row {name!r}: overrides")
         rows[name] = Row(name, str(r.get("change", "")), overrides, parent, str(r.get("source", "")))
-    final = raw.get("final") or {}
-    if not isinstance(final, dict) or set(final) - {"row", "seeds", "preset"}:
-        raise ConfigError(f"{path}: final: expected a mapping with 'row', 'seeds' and 'preset', got {final!r}")
+    final = raw.get("final")
+    final = {} if final is None else final
+    if not isinstance(final, dict):
+        raise ConfigError(f"{path}: final: expected a mapping (keys row, seeds, preset; each optional), got {final!r}")
+    unknown_final = sorted(set(final) - {"row", "seeds", "preset"})
+    if unknown_final:
+        raise ConfigError(f"{path}: final: unknown key(s) {unknown_final} (known: row, seeds, preset)")
+    if "row" in final and not isinstance(final["row"], str):
+        raise ConfigError(f"{path}: final.row: expected a row name or 'auto', got {final['row']!r}")
     seeds = final.get("seeds", [0, 1, 2])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
-        raise ConfigError(f"{path}: final.seeds: expected a list of integers, got {seeds!r}")
+    if (
+        not isinstance(seeds, list) or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(f"{path}: final.seeds: expected a list of distinct integers >= 0, got {seeds!r}")
     common = str_list(raw.get("common"), "common")
     preset = final.get("preset")
-    if preset is not None and not isinstance(preset, str):
+    if preset is not None and (not isinstance(preset, str) or not preset.strip()):
         raise ConfigError(f"{path}: final.preset: expected a file path, got {preset!r}")
     ab = Ablation(path, base, common, rows, str(final.get("row", "auto")), tuple(seeds), preset)
     if ab.final_row != "auto" and ab.final_row not in rows:
@@ -179,7 +191,8 @@ def run_ablation(
 
     Raises:
         ConfigError: a bad ablation file; ``final`` with ``only``; ``seeds`` without ``final``;
-            ``report_only`` with either; an ``only`` row that is not in the file.
+            ``report_only`` with either, or with no finished run under ``runs_root``; an
+            ``only`` row that is not in the file; ``report_dir`` is a file.
     """
     from .suite import _train_row
 
@@ -205,6 +218,10 @@ def run_ablation(
             log.info("row %s: %s", name, ab.rows[name].change)
             _train_row(ab.config(name, list(extra)), runs_root / name, data_dir, progress, False)
     report = build_report(ab, runs_root)
+    if report_only and not any(r["dev"] for r in report["rows"]) and report["final"] is None:
+        raise ConfigError(f"--report-only: no finished runs of {ab.path.name}'s rows under {runs_root}")
+    if report_dir.exists() and not report_dir.is_dir():
+        raise ConfigError(f"--report-dir {report_dir} is a file, not a folder")
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(report_dir / f"{report_name}.json", report)
     notes = report_dir / f"{report_name}_notes.md"

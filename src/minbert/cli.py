@@ -104,14 +104,19 @@ def train_resume(args):
 
 
 def _run_data_dir(run_dir: Path, cli_dir: str | None, cfg) -> str | None:
-    """A run's data folder: --data-dir, else the config's data.dir, else the folder recorded in
-    its provenance.json (the one it was trained on)."""
-    data_dir = cli_dir or cfg.data.dir
-    if data_dir is None:
-        prov = Path(run_dir) / "provenance.json"
-        if prov.is_file():
-            data_dir = json.loads(prov.read_text()).get("data_dir")
-    return data_dir
+    """A run's data folder: --data-dir, else the config's data.dir when that folder exists from
+    here, else the folder recorded in its provenance.json (the one it was trained on), else the
+    config's (whose absence is then reported)."""
+    if cli_dir:
+        return cli_dir
+    if cfg.data.dir is not None and Path(cfg.data.dir).expanduser().is_dir():
+        return cfg.data.dir
+    prov = Path(run_dir) / "provenance.json"
+    if prov.is_file():
+        recorded = json.loads(prov.read_text()).get("data_dir")
+        if recorded and Path(recorded).is_dir():
+            return recorded
+    return cfg.data.dir
 
 
 def cmd_evaluate(args, extra: list[str]) -> int:

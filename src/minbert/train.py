@@ -493,6 +493,10 @@ def _train(
         raise ConfigError("tasks: at least one task is needed")
     if tc.epochs < 1 or tc.grad_accum < 1:
         raise ConfigError("train.epochs and train.grad_accum must be >= 1")
+    if tc.seed < 0:
+        raise ConfigError(f"train.seed must be >= 0, got {tc.seed}")
+    if tc.max_steps is not None and tc.max_steps < 1:
+        raise ConfigError(f"train.max_steps must be >= 1 (or null), got {tc.max_steps}")
     if tc.pcgrad and (tc.routine != "parallel" or ctx.enabled):
         raise ConfigError("train.pcgrad needs train.routine=parallel in a single process (it combines tasks' gradients of one step)")
     device = resolve_device(tc.device)
