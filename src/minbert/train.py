@@ -522,6 +522,7 @@ def _train(
         # in place (Module.compile), so state_dict keys keep their names; dynamic T from bucketing
         model.encoder.compile(dynamic=True)
     use_graphs = use_cuda_graphs(tc, device, ctx, compiled)
+    flat_sync = use_flat_sync(tc, ctx, use_graphs)
     pad_multiple = cfg.data.pad_to_multiple_of or (16 if use_graphs else 1)
 
     if not resume and ctx.is_main:
@@ -544,7 +545,7 @@ def _train(
         "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, %d optimizer steps in all, device %s, "
         "amp %s, %d process(es)%s, CUDA graphs %s",
         tc.routine, micro_per_epoch, opt_per_epoch, tc.epochs, total_steps, device, "bf16" if amp else "off", ctx.world_size,
-        (" (gradient sync: flat all-reduce)" if use_flat_sync(tc, ctx, use_graphs) else " (gradient sync: DDP)") if ctx.enabled else "",
+        (" (gradient sync: flat all-reduce)" if flat_sync else " (gradient sync: DDP)") if ctx.enabled else "",
         "on" if use_graphs else "off",
     )
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.layer_lr_decay, cfg.optim.head_lr)
@@ -616,7 +617,6 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]
     weights = {n: cfg.tasks[n].weight for n in cfg.tasks}
     step_fn: nn.Module = TrainStep(model, tasks, weights, device, amp, tc)
-    flat_sync = use_flat_sync(tc, ctx, use_graphs)
     if flat_sync:
         # no DDP wrapper: every rank starts from rank 0's weights (what DDP's constructor does)
         # and averages the flat gradient buffer once per step, below
@@ -829,7 +829,7 @@ def _train(
         "checkpoint_average": average,
         "throughput": {**throughput, "samples_per_s": round(throughput["train_samples"] / max(throughput["train_s"], 1e-9), 1),
                        "processes": ctx.world_size, "cuda_graphs": use_graphs,
-                       "grad_sync": ("flat" if use_flat_sync(tc, ctx, use_graphs) else "ddp") if ctx.enabled else None},
+                       "grad_sync": ("flat" if flat_sync else "ddp") if ctx.enabled else None},
         "epochs_run": len(state["history"]),
         "steps": state["step"],
         "wall_s": round(time.time() - t_start, 2),
