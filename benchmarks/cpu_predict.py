@@ -26,11 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from minbert.data import eval_batches  # noqa: E402
-from minbert.heads import Encoded, pool  # noqa: E402
-from minbert.predict import load  # noqa: E402
-from minbert.tasks import get_task  # noqa: E402
-from minbert.tokenizer import pad_batch  # noqa: E402
+from minbert.data.batching import eval_batches  # noqa: E402
+from minbert.data.tokenizer import pad_batch  # noqa: E402
+from minbert.inference.predictor import load  # noqa: E402
+from minbert.model.heads import Encoded, pool  # noqa: E402
+from minbert.tasks.base import get_task  # noqa: E402
 
 
 def cpu_name() -> str:

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from minbert.model import BertConfig, BertModel  # noqa: E402
+from minbert.model.bert import BertConfig, BertModel  # noqa: E402
 
 SIZES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),

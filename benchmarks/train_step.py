@@ -7,7 +7,7 @@ backward, fused ``torch.optim.AdamW`` step. After ``--warmup`` steps, ``--repeat
 
 Implementations: ``minbert`` is what ``minbert train`` does on CUDA: batches padded further to a
 multiple of 16 tokens (a few shapes), forward + backward replayed as one CUDA graph per shape
-(minbert.cudagraph.GraphedSteps), the optimizer outside the graph. ``minbert-eager`` is the same
+(minbert.training.cudagraph.GraphedSteps), the optimizer outside the graph. ``minbert-eager`` is the same
 encoder run op by op on the peer's batches. ``transformers-sdpa``/``-eager`` get the batches
 padded to the longest, as a user would give them. The default warm-up (64 steps) is one pass
 over the 64 distinct batches, so every graph is captured before timing. Weights are random (speed does not depend on
@@ -33,10 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bench_io import emit, machine  # noqa: E402
-from minbert.cudagraph import GraphedSteps  # noqa: E402
-from minbert.model import BertConfig, BertModel  # noqa: E402
-from minbert.tasks import get_task  # noqa: E402
-from minbert.tokenizer import Tokenizer, pad_batch  # noqa: E402
+
+from minbert.data.tokenizer import Tokenizer, pad_batch  # noqa: E402
+from minbert.model.bert import BertConfig, BertModel  # noqa: E402
+from minbert.tasks.base import get_task  # noqa: E402
+from minbert.training.cudagraph import GraphedSteps  # noqa: E402
 
 CONFIGS = {
     "minilm-l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),

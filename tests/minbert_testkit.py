@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 from minbert.config import from_dict
-from minbert.train import Run, train
+from minbert.training.trainer import Run, train
 
 WORDS = "the cat dog sat ran on a mat red blue big small house car tree green old new fast slow".split()
 NAMES = ["different", "same"]

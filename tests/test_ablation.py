@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from minbert.ablation import load_ablation, run_ablation
 from minbert.errors import ConfigError
+from minbert.experiments.ablation import load_ablation, run_ablation
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,14 +8,20 @@ import pytest
 import torch
 
 from minbert.config import load_config
-from minbert.cudagraph import GraphedSteps
-from minbert.data import tokenize_split
+from minbert.data.batching import tokenize_split
+from minbert.data.tokenizer import Tokenizer, pad_batch
 from minbert.distributed import DistContext
 from minbert.errors import ConfigError
-from minbert.model import BertModel
-from minbert.tasks import get_task
-from minbert.tokenizer import Tokenizer, pad_batch
-from minbert.train import TrainStep, _task_step, build_model, use_cuda_graphs, use_flat_sync
+from minbert.model.bert import BertModel
+from minbert.tasks.base import get_task
+from minbert.training.cudagraph import GraphedSteps
+from minbert.training.trainer import (
+    TrainStep,
+    _task_step,
+    build_model,
+    use_cuda_graphs,
+    use_flat_sync,
+)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SINGLE = DistContext()
@@ -153,7 +159,7 @@ def test_graph_replay_gives_eager_gradients(tiny_encoder, data_dir):
 @cuda
 def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path):
     """Whole runs: same data, dropout off, fp32: graphs on and off reach the same weights."""
-    from minbert.train import train
+    from minbert.training.trainer import train
 
     torch.backends.cuda.matmul.allow_tf32 = False
     common = [
@@ -167,7 +173,7 @@ def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path)
     for name in ("on", "off"):
         cfg = load_config(None, [*common, f"train.cuda_graphs={name}"])
         runs.append(train(cfg, tmp_path / name, data_dir=data_dir, progress=False))
-    from minbert.checkpoint import load_weights
+    from minbert.training.checkpoint import load_weights
 
     a, _ = load_weights(tmp_path / "on" / "checkpoints" / "best" / "model.safetensors")
     b, _ = load_weights(tmp_path / "off" / "checkpoints" / "best" / "model.safetensors")

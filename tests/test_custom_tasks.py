@@ -12,16 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from minbert_testkit import (
+    NAMES,
+    base_config,
+    pair_rows,
+    para_definition,
+    para_dir,
+    shared_run,
+)
 
 from minbert.config import from_dict, load_config
-from minbert.custom import build_custom_task, macro_f1, register_custom_tasks
+from minbert.data.readers import read_records
 from minbert.errors import ConfigError, DataError
-from minbert.predict import load
-from minbert.tables import read_records
-from minbert.tasks import get_task
-from minbert.train import train
-
-from minbert_testkit import NAMES, base_config, pair_rows, para_definition, para_dir, shared_run
+from minbert.inference.predictor import load
+from minbert.tasks.base import get_task
+from minbert.tasks.custom import build_custom_task, macro_f1, register_custom_tasks
+from minbert.training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minbert.data import RawSplit, TaskStream, epoch_batches, eval_batches, read_table, verify_checksums
+from minbert.data.batching import (
+    RawSplit,
+    TaskStream,
+    epoch_batches,
+    eval_batches,
+    read_table,
+    verify_checksums,
+)
 from minbert.errors import DataError, MinbertError
-from minbert.tasks import get_task
+from minbert.tasks.base import get_task
 
 # headers of the cs224n layout: the first column is an unnamed row index
 HEADERS = {
@@ -44,7 +51,7 @@ def quora_dev(data_dir):
 
 
 def test_real_quora_dev_reports_two_bad_rows(quora_dev, caplog):
-    caplog.set_level(logging.WARNING, logger="minbert.data")
+    caplog.set_level(logging.WARNING, logger="minbert.data.batching")
     raw = get_task("qqp").read(quora_dev, "dev", strict=False)
     assert len(raw) == 20_212
     assert len(raw.ids) == len(raw.texts) == len(raw.labels) == 20_212
@@ -169,7 +176,7 @@ def test_bad_row_reported_and_skipped(tmp_path, caplog, task_name, bad_line, rea
     task = get_task(task_name)
     good = GOOD[task_name]
     path = write_file(tmp_path / f"{task_name}-dev.csv", HEADERS[task_name], [good[0], bad_line, good[1]])
-    caplog.set_level(logging.WARNING, logger="minbert.data")
+    caplog.set_level(logging.WARNING, logger="minbert.data.batching")
 
     raw = task.read(path, "dev")
     assert raw.ids == ["g1", "g2"]
@@ -348,7 +355,7 @@ def test_checksum_mismatch_warns_not_raises(tmp_path, caplog):
     (tmp_path / "SHA256SUMS").write_text(
         f"{digest}  ids-sst-dev.csv\n{'0' * 64}  ids-sst-train.csv\n{'1' * 64}  not-here.csv\n"
     )
-    caplog.set_level(logging.WARNING, logger="minbert.data")
+    caplog.set_level(logging.WARNING, logger="minbert.data.batching")
     problems = verify_checksums(tmp_path, ["ids-sst-dev.csv", "ids-sst-train.csv", "not-here.csv"])
     assert len(problems) == 1
     assert str(changed) in problems[0] and "SHA-256" in problems[0]
@@ -470,7 +477,7 @@ def test_task_stream_resumes_at_the_same_sample_offset_with_another_batch_size()
 
 
 def test_sst_phrases_from_trees(tmp_path):
-    from minbert.data import read_sst_phrases
+    from minbert.data.batching import read_sst_phrases
 
     f = tmp_path / "trees.txt"
     f.write_text(
@@ -488,7 +495,7 @@ def test_sst_phrases_from_trees(tmp_path):
 
 
 def test_real_sst_train_trees_hold_the_phrase_labels(data_dir):
-    from minbert.data import read_sst_phrases
+    from minbert.data.batching import read_sst_phrases
 
     r = read_sst_phrases(data_dir.parent / "sst-trees" / "train.txt")
     assert not r.bad_rows and len(r) > 150_000
@@ -499,8 +506,8 @@ def test_phrases_join_sst_train_and_respect_train_limit(data_dir, tiny_encoder):
     """tasks.sst.phrases_file adds phrase rows to SST train only (dev untouched), and
     train_limit caps the phrases too."""
     from minbert.config import load_config, replace
-    from minbert.tokenizer import Tokenizer
-    from minbert.train import load_splits
+    from minbert.data.tokenizer import Tokenizer
+    from minbert.training.trainer import load_splits
 
     trees = data_dir.parent / "sst-trees" / "train.txt"
     cfg = load_config(None, [

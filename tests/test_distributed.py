@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minbert.checkpoint import load_weights
+from minbert.training.checkpoint import load_weights
 
 B = 4  # per-rank batch
 
@@ -78,7 +78,7 @@ def test_two_process_step_equals_one_process_double_batch(runs):
 
 def test_the_step_changed_the_encoder(runs, tiny_encoder):
     # the equality above is between trained weights, not two untouched copies of the start
-    from minbert.model import BertModel
+    from minbert.model.bert import BertModel
 
     start = BertModel.from_pretrained(tiny_encoder).state_dict()
     w2, _ = load_weights(runs[1] / "checkpoints" / "best" / "model.safetensors")
@@ -167,7 +167,7 @@ def test_two_gpus_with_cuda_graphs_equal_one_gpu_double_batch(tiny_encoder, data
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-import minbert.checkpoint as ck
+import minbert.training.checkpoint as ck
 
 real, seen = ck.atomic_write_bytes, [0]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from minbert.evaluate import TaskPredictions, average_predictions
-from minbert.tasks import get_task
+from minbert.inference.evaluate import TaskPredictions, average_predictions
+from minbert.tasks.base import get_task
 
 
 def test_average_predictions_means_raw_outputs_then_predicts():
@@ -48,7 +48,7 @@ def test_ensemble_of_two_seeds(tiny_encoder, data_dir, tmp_path):
     # the same by hand: the two runs' STS scores on dev, averaged, against the labels
     from scipy import stats
 
-    from minbert.predict import load
+    from minbert.inference.predictor import load
 
     raw = get_task("sts").read(data_dir / "sts-dev.csv", "dev").subset(40)
     pairs = [(t[0], t[1]) for t in raw.texts]

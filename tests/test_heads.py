@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.checkpoint import load_weights, save_weights
 from minbert.config import dump_yaml, load_config
 from minbert.errors import CheckpointError, ConfigError
-from minbert.heads import HEADS, ConvHead, Encoded, build_head, cosine
-from minbert.optim import build_optimizer, param_groups
-from minbert.surgical import freeze_layers, init_from_run
-from minbert.train import build_model
+from minbert.model.heads import HEADS, ConvHead, Encoded, build_head, cosine
+from minbert.training.checkpoint import load_weights, save_weights
+from minbert.training.optim import build_optimizer, param_groups
+from minbert.training.surgical import freeze_layers, init_from_run
+from minbert.training.trainer import build_model
 
 H = 16
 STS_RANGE = (0.0, 5.0)
@@ -279,7 +279,7 @@ def expected_frozen(name: str, k: int) -> bool:
 @pytest.mark.parametrize("optim_name", ["adamw", "torch_adamw", "lion"])
 @pytest.mark.parametrize("k", [-1, 0, 1, 2])
 def test_freeze_layers_keeps_frozen_weights_and_trains_the_rest(tiny_encoder, k, optim_name):
-    from minbert.tasks import get_task
+    from minbert.tasks.base import get_task
 
     cfg, model = tiny_model(tiny_encoder)
     frozen = set(freeze_layers(model, k))
@@ -356,7 +356,7 @@ def test_init_from_loads_the_other_runs_weights(tiny_encoder, tmp_path):
 def test_init_from_through_train(tiny_encoder, data_dir, tmp_path):
     """train() with train.init_from starts from the other run's best weights: with lr 0 the new
     run's best weights are exactly the old run's."""
-    from minbert.train import train
+    from minbert.training.trainer import train
 
     base = [f"--model.encoder={tiny_encoder}", "--train.device=cpu", "--train.epochs=1", "--output.tensorboard=false",
             "--output.plot=false", "--output.test_predictions=false", "--optim.lr=1e-3"]

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from minbert import metrics as M
-from minbert.tasks import TASKS, get_task
+from minbert.tasks import metrics as M
+from minbert.tasks.base import TASKS, get_task
 
 
 @pytest.fixture
 def warnings_log(caplog):
-    caplog.set_level(logging.WARNING, logger="minbert.metrics")
+    caplog.set_level(logging.WARNING, logger="minbert.tasks.metrics")
     return caplog
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "minbert.metrics"]
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "minbert.tasks.metrics"]
 
 
 # ----------------------------------------------------------------------------------------------

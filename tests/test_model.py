@@ -1,4 +1,4 @@
-"""minbert.model: numerical parity with transformers.BertModel, checkpoint loading, BertConfig."""
+"""minbert.model.bert: numerical parity with transformers.BertModel, checkpoint loading, BertConfig."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from minbert.data.tokenizer import Tokenizer
 from minbert.errors import CheckpointError, ConfigError
-from minbert.model import BertConfig, BertModel, resolve_encoder_path
-from minbert.tokenizer import Tokenizer
+from minbert.model.bert import BertConfig, BertModel, resolve_encoder_path
 
 FP16_FOLDER = Path("/work/shared/models/all-MiniLM-L6-v2-fp16")
 TOL = 1e-5
@@ -166,7 +166,7 @@ def test_load_bert_prefix_and_ignored_keys(tiny_encoder, tiny_state, tmp_path, c
     raw["cls.predictions.transform.dense.weight"] = torch.randn(32, 32)
     raw["classifier.weight"] = torch.randn(3, 32)  # a task head of another model: dropped, with a warning
     folder = write_checkpoint(tiny_encoder, tmp_path / "prefixed", raw)
-    with caplog.at_level(logging.WARNING, logger="minbert.model"):
+    with caplog.at_level(logging.WARNING, logger="minbert.model.bert"):
         model = BertModel.from_pretrained(folder)
     assert_loaded_equal(model, tiny_state)
     assert any("classifier.weight" in r.getMessage() for r in caplog.records)
@@ -318,7 +318,7 @@ def test_config_rejects_hidden_not_divisible_by_heads():
 
 def test_fused_qkv_gives_the_same_outputs(tiny_encoder):
     """BertSelfAttention.fuse_qkv (inference): one Linear(H, 3H) instead of q, k, v."""
-    from minbert.model import BertSelfAttention
+    from minbert.model.bert import BertSelfAttention
 
     model = BertModel.from_pretrained(tiny_encoder).eval()
     ids = torch.randint(1000, 2000, (3, 9))

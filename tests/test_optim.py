@@ -1,4 +1,4 @@
-"""minbert.optim: AdamW vs torch.optim.AdamW, Lion's update rule, state_dict round-trips,
+"""minbert.training.optim: AdamW vs torch.optim.AdamW, Lion's update rule, state_dict round-trips,
 weight-decay parameter groups and the learning-rate schedules."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from minbert.config import OptimConfig
-from minbert.model import BertConfig, BertModel
-from minbert.optim import AdamW, build_optimizer, build_scheduler, param_groups
+from minbert.model.bert import BertConfig, BertModel
+from minbert.training.optim import AdamW, build_optimizer, build_scheduler, param_groups
 
 CPU = torch.device("cpu")
 
@@ -221,7 +221,7 @@ def test_param_groups_bert():
 
 
 def test_uncertainty_log_variances_use_the_head_lr_without_decay():
-    from minbert.heads import MultitaskModel
+    from minbert.model.heads import MultitaskModel
 
     enc = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=32, max_position_embeddings=32))
@@ -319,8 +319,8 @@ def test_constant_schedule():
 
 def test_layer_wise_lr_decay_and_head_lr(tiny_encoder):
     from minbert.config import load_config
-    from minbert.optim import param_groups
-    from minbert.train import build_model
+    from minbert.training.optim import param_groups
+    from minbert.training.trainer import build_model
 
     model = build_model(load_config(None, []), tiny_encoder)  # 2 encoder layers + 3 heads
     groups = param_groups(model, 0.01, lr=1e-4, layer_decay=0.5, head_lr=1e-3)

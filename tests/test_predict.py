@@ -8,13 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from minbert_testkit import NAMES, shared_run
 
 import minbert
 from minbert.errors import CheckpointError, ConfigError, MinbertError
-from minbert.predict import Predictor, Sentiment
-from minbert.tasks import get_task
-
-from minbert_testkit import NAMES, shared_run
+from minbert.inference.predictor import Predictor, Sentiment
+from minbert.tasks.base import get_task
 
 TEXTS = ["a gorgeous, witty film", "dull and lifeless", "it is a movie", "an utterly charming and hilarious film that reminded me why I love the movies"]
 PAIRS = [("A man is playing a guitar.", "A man plays the guitar."), ("How do I cook rice?", "What is the capital of France?"), ("same", "same")]
@@ -36,7 +35,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def test_load_is_exposed_at_the_top_level(predictor):
-    from minbert.predict import load
+    from minbert.inference.predictor import load
 
     assert minbert.load is load
     assert isinstance(predictor, minbert.Predictor)
@@ -184,9 +183,10 @@ def test_int8_quantisation_fuses_qkv_and_stays_close(tiny_encoder):
     """--quantize int8: every Linear (the fused q/k/v included) becomes a dynamic int8 Linear
     with per-channel weight scales; outputs stay near the float model's; CPU only."""
     import torch
+
     from minbert.errors import ConfigError
-    from minbert.model import BertModel
-    from minbert.predict import quantize_dynamic_int8
+    from minbert.inference.predictor import quantize_dynamic_int8
+    from minbert.model.bert import BertModel
 
     torch.manual_seed(0)
     model = BertModel.from_pretrained(tiny_encoder).eval()

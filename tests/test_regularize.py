@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from minbert.config import load_config
-from minbert.regularize import smart_loss, symmetric_divergence
-from minbert.tasks import get_task
-from minbert.train import TrainStep, build_model
+from minbert.tasks.base import get_task
+from minbert.training.regularize import smart_loss, symmetric_divergence
+from minbert.training.trainer import TrainStep, build_model
 
 
 def test_symmetric_divergence_by_hand():

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from minbert.checkpoint import last_checkpoint, load_train_state, load_weights
 from minbert.cli import main
 from minbert.errors import CheckpointError
-from minbert.tasks import get_task
+from minbert.tasks.base import get_task
+from minbert.training.checkpoint import last_checkpoint, load_train_state, load_weights
 
 TASKS = ("sst", "qqp", "sts")
 N = 64  # train and dev rows per task
@@ -187,7 +187,7 @@ def _run_dying_at_write(tmp_path: Path, args: list[str], file_name: str, nth: in
         f"""
         import os, signal, sys, tempfile
         from pathlib import Path
-        import minbert.checkpoint as ck
+        import minbert.training.checkpoint as ck
 
         real = ck.atomic_write_bytes
         seen = 0
@@ -244,7 +244,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(
     leftovers = list((run / "checkpoints").rglob(f".{file_name}.*.tmp"))
     assert len(leftovers) == 1, sorted((run / "checkpoints").rglob("*"))
 
-    from minbert.predict import load
+    from minbert.inference.predictor import load
 
     pred = load(run, device="cpu")
     assert len(pred.sentiment(["a fine film"])) == 1

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import make_tiny_encoder
 from safetensors.torch import load_file
 
-from conftest import make_tiny_encoder
 from minbert.cli import main
 from minbert.config import load_config
-from minbert.suite import PAPER, analysis, overall_of, render_markdown
-from minbert.train import build_model
+from minbert.experiments.suite import PAPER, analysis, overall_of, render_markdown
+from minbert.training.trainer import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "paper"
@@ -379,7 +379,7 @@ def test_a_run_from_before_a_new_config_key_still_counts_as_the_same_config():
     import copy
 
     from minbert.config import load_config, resolve, to_dict
-    from minbert.suite import _jsonable, _same_config
+    from minbert.experiments.suite import _jsonable, _same_config
 
     want = _jsonable(to_dict(resolve(load_config(None, []))))
     older = copy.deepcopy(want)

@@ -8,12 +8,12 @@ import torch
 from scipy import stats
 
 from minbert.config import TaskConfig
-from minbert.data import RawSplit, tokenize_split
+from minbert.data.batching import RawSplit, tokenize_split
+from minbert.data.tokenizer import Tokenizer
 from minbert.errors import ConfigError
-from minbert.heads import Encoded, MultitaskModel
-from minbert.model import BertModel
-from minbert.tasks import TASKS, get_task, register_task
-from minbert.tokenizer import Tokenizer
+from minbert.model.bert import BertModel
+from minbert.model.heads import Encoded, MultitaskModel
+from minbert.tasks.base import TASKS, get_task, register_task
 
 NAMES = sorted(TASKS)
 PAIR_NAMES = sorted(n for n, t in TASKS.items() if t.pair)

@@ -1,4 +1,4 @@
-"""minbert.tokenizer: parity with transformers.BertTokenizerFast on the real dev files,
+"""minbert.data.tokenizer: parity with transformers.BertTokenizerFast on the real dev files,
 vocab.txt-only folders, truncation reporting and dynamic padding."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from minbert.data.tokenizer import Tokenizer
 from minbert.errors import ConfigError
-from minbert.model import resolve_encoder_path
-from minbert.tasks import get_task
-from minbert.tokenizer import Tokenizer
+from minbert.model.bert import resolve_encoder_path
+from minbert.tasks.base import get_task
 
 MAX_LEN = 128
 
@@ -140,16 +140,16 @@ def test_truncation_count_reported(folder):
 
 def test_call_warns_once_with_count(folder, caplog):
     t = Tokenizer(folder, max_length=8)
-    with caplog.at_level(logging.WARNING, logger="minbert.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="minbert.data.tokenizer"):
         t([LONG, SHORT, LONG, SHORT, LONG], warn_source="train")
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "minbert.tokenizer"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "minbert.data.tokenizer"]
     assert len(warnings) == 1
     msg = warnings[0].getMessage()
     assert "3 of 5" in msg and "train" in msg and "8" in msg
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="minbert.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="minbert.data.tokenizer"):
         t([SHORT, "cat"])
-    assert not [r for r in caplog.records if r.name == "minbert.tokenizer"]
+    assert not [r for r in caplog.records if r.name == "minbert.data.tokenizer"]
 
 
 def test_dynamic_padding(tok):

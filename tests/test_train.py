@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from minbert.config import load_config, replace
-from minbert.data import TaskStream
+from minbert.data.batching import TaskStream
 from minbert.errors import ConfigError
-from minbert.train import epoch_schedule, pcgrad_, task_probabilities
+from minbert.training.trainer import epoch_schedule, pcgrad_, task_probabilities
 
 SIZES = {"sst": 267, "qqp": 423, "sts": 189}  # batches per pass (batch 32 on the real sets)
 
@@ -105,7 +105,7 @@ def test_pcgrad_on_cuda_with_a_parameter_no_task_reaches():
 
 
 def test_pcgrad_requires_the_parallel_routine(tiny_encoder, data_dir, tmp_path):
-    from minbert.train import train
+    from minbert.training.trainer import train
 
     c = load_config(None, ["train.pcgrad=true", "train.routine=sequential", f"model.encoder={tiny_encoder}"])
     with pytest.raises(ConfigError, match="pcgrad"):
@@ -113,10 +113,10 @@ def test_pcgrad_requires_the_parallel_routine(tiny_encoder, data_dir, tmp_path):
 
 
 def test_swap_augmentation_and_symmetric_prediction(tiny_encoder, data_dir):
-    from minbert.evaluate import predict_split
-    from minbert.tokenizer import Tokenizer
-    from minbert.train import build_model, load_splits
-    from minbert.tasks import get_task
+    from minbert.data.tokenizer import Tokenizer
+    from minbert.inference.evaluate import predict_split
+    from minbert.tasks.base import get_task
+    from minbert.training.trainer import build_model, load_splits
 
     over = [f"model.encoder={tiny_encoder}", "tasks.sts.pair_input=cross", "tasks.sts.train_limit=10", "tasks.sts.dev_limit=12",
             "output.test_predictions=false"]

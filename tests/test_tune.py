@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from minbert.checkpoint import load_weights
 from minbert.config import load_config
 from minbert.errors import CheckpointError, ConfigError
-from minbert.train import train
-from minbert.tune import Param, apply_params, tune
+from minbert.experiments.tune import Param, apply_params, tune
+from minbert.training.checkpoint import load_weights
+from minbert.training.trainer import train
 
 optuna = pytest.importorskip("optuna")
 

@@ -17,13 +17,13 @@ STARTED_AT = _time.time()  # when the package was first imported: the CLI's "sta
 
 from .config import Config, load_config  # noqa: E402
 from .errors import MinbertError  # noqa: E402
-from .model import BertConfig, BertModel  # noqa: E402
-from .predict import Predictor, load  # noqa: E402
-from .train import Run  # noqa: E402
-from .train import train as _train  # noqa: E402
+from .inference.predictor import Predictor, load  # noqa: E402
+from .model.bert import BertConfig, BertModel  # noqa: E402
+from .training.trainer import Run  # noqa: E402
+from .training.trainer import train as _train  # noqa: E402
 
 # the function shadows the submodule name on purpose: `minbert.train(config)` is the API,
-# `from minbert.train import ...` still reaches the module through sys.modules
+# `from minbert.training.trainer import ...` still reaches the module through sys.modules
 train = _train
 
 

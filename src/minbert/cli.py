@@ -49,7 +49,7 @@ def _split_overrides(extra: list[str]) -> list[str]:
 
 def cmd_train(args, extra: list[str]) -> int:
     from .config import load_config
-    from .train import train
+    from .training.trainer import train
 
     overrides = _split_overrides(extra) + (["--data.strict=true"] if args.strict else [])
     if args.resume:
@@ -68,7 +68,7 @@ def cmd_train(args, extra: list[str]) -> int:
 
 def cmd_tune(args, extra: list[str]) -> int:
     from .config import load_config
-    from .tune import tune
+    from .experiments.tune import tune
 
     cfg = load_config(args.config, _split_overrides(extra))
     result = tune(cfg, args.study_dir, n_trials=args.trials, data_dir=args.data_dir, seed=args.seed, timeout=args.timeout)
@@ -77,7 +77,7 @@ def cmd_tune(args, extra: list[str]) -> int:
 
 
 def cmd_ablate(args, extra: list[str]) -> int:
-    from .ablation import run_ablation
+    from .experiments.ablation import run_ablation
 
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     try:
@@ -93,9 +93,9 @@ def cmd_ablate(args, extra: list[str]) -> int:
 
 
 def train_resume(args):
-    from .checkpoint import require_run_dir
     from .config import load_config
-    from .train import train
+    from .training.checkpoint import require_run_dir
+    from .training.trainer import train
 
     run_dir = require_run_dir(args.resume)
     cfg = load_config(run_dir / "config.yaml")
@@ -122,11 +122,11 @@ def _run_data_dir(run_dir: Path, cli_dir: str | None, cfg) -> str | None:
 def cmd_evaluate(args, extra: list[str]) -> int:
     import json as _json
 
-    from .checkpoint import atomic_write_json
-    from .data import resolve_data_dir
-    from .predict import load
-    from .tasks import get_task
-    from .train import load_splits, write_run_predictions
+    from .data.batching import resolve_data_dir
+    from .inference.predictor import load
+    from .tasks.base import get_task
+    from .training.checkpoint import atomic_write_json
+    from .training.trainer import load_splits, write_run_predictions
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
@@ -145,12 +145,17 @@ def cmd_evaluate(args, extra: list[str]) -> int:
 def cmd_ensemble(args, extra: list[str]) -> int:
     """Average the raw outputs of several runs (e.g. seeds) on dev and test; write metrics and
     prediction files into --out."""
-    from .checkpoint import atomic_write_json
-    from .data import resolve_data_dir
-    from .evaluate import average_predictions, predict_split, score_predictions, write_predictions
-    from .predict import load
-    from .tasks import get_task
-    from .train import load_splits
+    from .data.batching import resolve_data_dir
+    from .inference.evaluate import (
+        average_predictions,
+        predict_split,
+        score_predictions,
+        write_predictions,
+    )
+    from .inference.predictor import load
+    from .tasks.base import get_task
+    from .training.checkpoint import atomic_write_json
+    from .training.trainer import load_splits
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
@@ -195,7 +200,7 @@ def _read_input(path: Path, pair: bool, task=None) -> tuple[list[str], list[str]
         DataError: missing or empty file, unknown suffix, a header without the text columns,
             or no usable row.
     """
-    from .tables import read_records
+    from .data.readers import read_records
 
     cols = ("sentence1", "sentence2") if pair else ("sentence",)
     fallbacks = {} if pair else {"sentence": "text"}
@@ -210,9 +215,9 @@ def _read_input(path: Path, pair: bool, task=None) -> tuple[list[str], list[str]
 
 
 def cmd_predict(args, extra: list[str]) -> int:
-    from .checkpoint import atomic_write_text
-    from .predict import load
-    from .tasks import get_task
+    from .inference.predictor import load
+    from .tasks.base import get_task
+    from .training.checkpoint import atomic_write_text
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
@@ -279,7 +284,7 @@ def _predict_values(pred, task, a, b) -> list[dict]:
 
 def cmd_export(args, extra: list[str]) -> int:
     """Write a run as a Hugging Face BERT folder plus the minbert heads (see minbert.export)."""
-    from .export import export_run
+    from .inference.export import export_run
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
@@ -289,7 +294,7 @@ def cmd_export(args, extra: list[str]) -> int:
 
 
 def cmd_serve(args, extra: list[str]) -> int:
-    from .server import serve
+    from .inference.server import serve
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
@@ -299,8 +304,8 @@ def cmd_serve(args, extra: list[str]) -> int:
 
 
 def cmd_suite(args, extra: list[str]) -> int:
-    """Run the paper's experiment table (the presets of a folder); see minbert.suite."""
-    from .suite import JSON_NAME, MD_NAME, PNG_NAME, parse_only, run_suite
+    """Run the paper's experiment table (the presets of a folder); see minbert.experiments.suite."""
+    from .experiments.suite import JSON_NAME, MD_NAME, PNG_NAME, parse_only, run_suite
 
     rows = run_suite(
         args.preset_dir,

@@ -12,7 +12,7 @@ Semantics (each a plain function of the rank and world size, so one GPU and N GP
 * gradients are all-reduced once per optimizer step, covering the summed losses of all tasks of
   that step: by ``DistributedDataParallel`` (``train.grad_sync=ddp``; one forward call computes
   every task's loss), or, with CUDA graphs (``flat``), by one ``all_reduce`` of the flat buffer
-  that holds every gradient (:class:`minbert.cudagraph.GraphedSteps`), after the step's
+  that holds every gradient (:class:`minbert.training.cudagraph.GraphedSteps`), after the step's
   backward passes;
 * evaluation runs rank r on eval batches r, r + N, ... and gathers the outputs, so each id is
   counted exactly once;

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 

@@ -21,8 +21,8 @@ cross-entropy and is scored by accuracy (also macro F1 and a confusion matrix); 
 task trains with MSE on a head whose output is sigmoid-scaled onto ``range`` and is scored by
 Pearson r (also Spearman). Its primary score joins ``overall`` like the built-in tasks'.
 
-:func:`register_custom_tasks` registers a config's custom tasks in :data:`minbert.tasks.TASKS`
-through :func:`minbert.tasks.register_task`; registering the same definition again (e.g. when a
+:func:`register_custom_tasks` registers a config's custom tasks in :data:`minbert.tasks.base.TASKS`
+through :func:`minbert.tasks.base.register_task`; registering the same definition again (e.g. when a
 run folder is loaded for prediction) is a no-op, a different definition under a registered
 name raises :class:`ConfigError`.
 """
@@ -35,12 +35,12 @@ import threading
 import numpy as np
 import torch.nn.functional as F
 
+from ..config import Config, CustomTaskConfig
+from ..data.batching import RawSplit
+from ..data.readers import read_records
+from ..errors import ConfigError
 from . import metrics as M
-from .config import Config, CustomTaskConfig
-from .data import RawSplit
-from .errors import ConfigError
-from .tables import read_records
-from .tasks import TASKS, Task, register_task
+from .base import TASKS, Task, register_task
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _SPLITS = ("train", "dev", "test")

@@ -8,7 +8,7 @@
   ``frozen`` mode the whole encoder is frozen anyway.
 * :func:`init_from_run` -- option ``train.init_from``: start from a previous run's best weights
   (e.g. the reference paper's exp 14 continues exp 7's model with surgical fine-tuning). Every
-  key and shape is checked (:func:`minbert.checkpoint.check_file_weights`), so the heads must be
+  key and shape is checked (:func:`minbert.training.checkpoint.check_file_weights`), so the heads must be
   the same as that run's.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from torch import nn
 
+from ..errors import ConfigError
 from .checkpoint import best_or_last_weights, check_file_weights, require_run_dir
-from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def frozen_prefixes(num_layers: int, k: int) -> tuple[str, ...]:
 
 def freeze_layers(model: nn.Module, k: int) -> list[str]:
     """Set ``requires_grad = False`` on the encoder's embeddings and first k layers (k = -1:
-    embeddings only; 0: nothing). ``model`` is a :class:`minbert.heads.MultitaskModel` (or
+    embeddings only; 0: nothing). ``model`` is a :class:`minbert.model.heads.MultitaskModel` (or
     anything with a BERT ``encoder`` attribute). Returns the frozen parameter names (as in
     ``model.named_parameters()``). Call it before building the optimizer."""
     encoder = model.encoder

@@ -1,7 +1,7 @@
 """Reading user data files: CSV, TSV or JSONL with a column mapping.
 
 Used by custom tasks (:mod:`minbert.custom`) and by ``minbert predict --input``. Like
-:func:`minbert.data.read_table`, a bad row (bad quoting or JSON, wrong number of fields, a
+:func:`minbert.data.batching.read_table`, a bad row (bad quoting or JSON, wrong number of fields, a
 missing or empty text, a bad label) is reported with file, line (1-based physical line; a CSV
 header is line 1) and reason, then skipped; with ``strict=True`` the first bad row raises
 :class:`DataError`. File-level problems (missing or empty file, unknown format, a missing
@@ -22,8 +22,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .data import BadRow, RawSplit, _first_non_utf8_line
-from .errors import DataError
+from ..errors import DataError
+from .batching import BadRow, RawSplit, _first_non_utf8_line
 
 log = logging.getLogger(__name__)
 

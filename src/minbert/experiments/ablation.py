@@ -35,9 +35,9 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoint import atomic_write_json, atomic_write_text
-from .config import Config, dump_yaml, load_config, resolve
-from .errors import ConfigError
+from ..config import Config, dump_yaml, load_config, resolve
+from ..errors import ConfigError
+from ..training.checkpoint import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

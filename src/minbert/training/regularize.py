@@ -85,7 +85,7 @@ def smart_loss(
     """SMART's regulariser for one batch (see the module docstring), without the lambda_s factor.
 
     Args:
-        model: a :class:`minbert.heads.MultitaskModel` (its ``encoder.embeddings.word_embeddings``
+        model: a :class:`minbert.model.heads.MultitaskModel` (its ``encoder.embeddings.word_embeddings``
             is perturbed).
         task, kind: the task's name and kind (``classification``, ``binary``, ``regression``).
         batch: the task's batch on the model's device.

@@ -28,9 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CONFIG_FILE, atomic_write_json, atomic_write_text, last_checkpoint
-from .config import Config, from_dict, load_config, replace, resolve, to_dict
-from .errors import ConfigError
+from ..config import Config, from_dict, load_config, replace, resolve, to_dict
+from ..errors import ConfigError
+from ..training.checkpoint import (
+    CONFIG_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    last_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +214,7 @@ def _same_config(stored, want: dict) -> bool:
 
 def _train_row(cfg: Config, run_dir: Path, data_dir, progress: bool, rerun: bool) -> tuple[dict, float]:
     """Train one preset (or read back / resume a run of the same config). Returns (summary, wall_s)."""
-    from .train import train
+    from ..training.trainer import train
 
     want = _jsonable(to_dict(resolve(cfg)))
     summary_path = run_dir / "summary.json"
@@ -328,7 +333,7 @@ def run_suite(
     first if its run folder has no weights. Returns every row of the JSON, sorted.
 
     Raises:
-        ConfigError (and the errors of :func:`minbert.train.train`).
+        ConfigError (and the errors of :func:`minbert.training.trainer.train`).
     """
     presets = discover(preset_dir)
     runs_root, report_dir = Path(runs_root), Path(report_dir)

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class Encoded(NamedTuple):

@@ -17,15 +17,20 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .checkpoint import CONFIG_FILE, best_or_last_weights, check_file_weights, require_run_dir
-from .config import load_config
-from .data import RawSplit, tokenize_split
-from .errors import ConfigError, MinbertError
+from ..config import load_config
+from ..data.batching import RawSplit, tokenize_split
+from ..data.tokenizer import Tokenizer
+from ..errors import ConfigError, MinbertError
+from ..model.heads import pool
+from ..tasks.base import get_task
+from ..training.checkpoint import (
+    CONFIG_FILE,
+    best_or_last_weights,
+    check_file_weights,
+    require_run_dir,
+)
+from ..training.trainer import build_model, resolve_device
 from .evaluate import predict_split
-from .heads import pool
-from .tasks import get_task
-from .tokenizer import Tokenizer
-from .train import build_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,7 @@ def quantize_dynamic_int8(model: torch.nn.Module, mode: str, device: torch.devic
 
     from torch.ao.quantization import quantize_dynamic
 
-    from .model import BertSelfAttention
+    from ..model.bert import BertSelfAttention
 
     for m in model.modules():  # one q/k/v projection: one activation quantisation, not three
         if isinstance(m, BertSelfAttention):
@@ -201,7 +206,7 @@ class Predictor:
         out = np.zeros((len(texts), H), dtype=np.float32)
         ids, types, _ = self.tokenizer.encode(texts)
         order = np.argsort([len(x) for x in ids], kind="stable")
-        from .tokenizer import pad_batch
+        from ..data.tokenizer import pad_batch
 
         with self._lock:
             for s in range(0, len(order), self.batch_size):

@@ -18,9 +18,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import atomic_write_json, atomic_write_text
-from .config import Config, dump_yaml, from_dict, load_config, resolve, to_dict
-from .errors import ConfigError
+from ..config import Config, dump_yaml, from_dict, load_config, resolve, to_dict
+from ..errors import ConfigError
+from ..training.checkpoint import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,10 @@ def tune(
         import sqlalchemy.exc
     except ImportError:
         raise ConfigError("minbert tune needs optuna: pip install 'minbert[tune]'") from None
-    from .data import resolve_data_dir
-    from .model import resolve_encoder_path
+    from ..data.batching import resolve_data_dir
+    from ..model.bert import resolve_encoder_path
+    from ..training.trainer import train
     from .suite import _jsonable
-    from .train import train
 
     if n_trials < 1:
         raise ConfigError(f"tune: --trials must be >= 1, got {n_trials}")

@@ -20,8 +20,8 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
-from .errors import CheckpointError, ConfigError
-from .model import resolve_encoder_path
+from ..errors import CheckpointError, ConfigError
+from ..model.bert import resolve_encoder_path
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from .errors import MinbertError
+from ..errors import MinbertError
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class MicroBatcher:
 
 
 def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_batch: int = 64, max_wait_ms: float = 5.0) -> FastAPI:
-    """The FastAPI app serving one :class:`minbert.predict.Predictor`.
+    """The FastAPI app serving one :class:`minbert.inference.predictor.Predictor`.
 
     Args:
         max_items: items (texts or pairs) per request; more gives 413.
@@ -243,7 +243,7 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
         """Any task of the model, built-in or custom: ``texts`` for single-sentence tasks,
         ``pairs`` for pair tasks."""
         need(task)
-        from .tasks import get_task
+        from ..tasks.base import get_task
 
         pair = get_task(task).pair
         if pair != (req.pairs is not None):
@@ -295,7 +295,7 @@ def serve(
     accepting connections and lets in-flight requests finish (up to 30 s)."""
     import uvicorn
 
-    from .predict import load
+    from .predictor import load
 
     app = create_app(load(run_dir, device=device), max_items=max_items, max_chars=max_chars)
     log.info("serving %s on http://%s:%d (docs at /docs)", run_dir, host, port)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics as M
-from .checkpoint import atomic_write_text
-from .data import TokenizedSplit, eval_batches
-from .distributed import DistContext, all_gather_objects
-from .tasks import Task
+from ..data.batching import TokenizedSplit, eval_batches
+from ..distributed import DistContext, all_gather_objects
+from ..tasks import metrics as M
+from ..tasks.base import Task
+from ..training.checkpoint import atomic_write_text
 
 
 @dataclass

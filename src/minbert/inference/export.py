@@ -24,7 +24,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 
-from .checkpoint import (
+from ..config import Config, dump_yaml, load_config
+from ..errors import CheckpointError
+from ..model.bert import check_state_dict, load_hf_state_dict
+from ..model.heads import MultitaskModel
+from ..training.checkpoint import (
     CONFIG_FILE,
     ENCODER_FILES,
     atomic_write_bytes,
@@ -35,10 +39,6 @@ from .checkpoint import (
     load_weights,
     require_run_dir,
 )
-from .config import Config, dump_yaml, load_config
-from .errors import CheckpointError
-from .heads import MultitaskModel
-from .model import check_state_dict, load_hf_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         CheckpointError: ``run_dir`` is not a run folder or has no checkpoint; ``out`` exists,
             is not empty and ``overwrite`` is False; ``out`` is a file.
     """
-    from .train import build_model
+    from ..training.trainer import build_model
 
     run_dir = require_run_dir(run_dir)
     out = Path(out)
@@ -103,7 +103,7 @@ def load_export(folder: str | os.PathLike) -> tuple[Config, MultitaskModel]:
     Raises:
         CheckpointError: not an export folder, or its weights do not match its config.
     """
-    from .train import build_model
+    from ..training.trainer import build_model
 
     folder = Path(folder)
     if not is_export(folder):

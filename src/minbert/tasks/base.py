@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.batching import RawSplit, TokenizedSplit, read_table
+from ..data.tokenizer import pad_batch
+from ..errors import ConfigError, DataError
+from ..model.heads import build_head
 from . import metrics as M
-from .data import RawSplit, TokenizedSplit, read_table
-from .errors import ConfigError, DataError
-from .heads import build_head
-from .tokenizer import pad_batch
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -35,7 +35,40 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from .. import __version__
+from ..config import Config, dump_yaml, load_config, resolve, to_dict
+from ..data.batching import (
+    TaskStream,
+    TokenizedSplit,
+    concat_splits,
+    read_sst_phrases,
+    resolve_data_dir,
+    sha256_file,
+    tokenize_split,
+    verify_checksums,
+)
+from ..data.tokenizer import Tokenizer
+from ..distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    broadcast_tensors,
+    init_distributed,
+    shard,
+)
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..inference.evaluate import (
+    EvalResult,
+    autocast_context,
+    evaluate,
+    move,
+    predict_split,
+    write_predictions,
+)
+from ..model.bert import BertModel, resolve_encoder_path
+from ..model.heads import MultitaskModel
+from ..tasks.base import Task, get_task
 from .checkpoint import (
     CONFIG_FILE,
     atomic_write_json,
@@ -47,27 +80,10 @@ from .checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from .config import Config, dump_yaml, load_config, resolve, to_dict
-from .distributed import (
-    DistContext,
-    all_gather_objects,
-    all_reduce_mean,
-    barrier,
-    broadcast_tensors,
-    init_distributed,
-    shard,
-)
 from .cudagraph import GraphedSteps
-from .data import TaskStream, TokenizedSplit, concat_splits, read_sst_phrases, resolve_data_dir, sha256_file, tokenize_split, verify_checksums
-from .errors import CheckpointError, ConfigError, NonFiniteLossError
-from .evaluate import EvalResult, autocast_context, evaluate, move, predict_split, write_predictions
-from .heads import MultitaskModel
-from .model import BertModel, resolve_encoder_path
-from .regularize import smart_loss, symmetric_divergence
 from .optim import build_optimizer, build_scheduler, param_groups
+from .regularize import smart_loss, symmetric_divergence
 from .surgical import freeze_layers, init_from_run
-from .tasks import Task, get_task
-from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +135,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: Config, encoder_dir: str | Path, pretrained: bool = True) -> MultitaskModel:
     """The shared encoder (pretrained weights, or just its architecture) plus the tasks' heads.
     Registers the config's custom tasks first (minbert.custom; a no-op when already registered)."""
-    from .custom import register_custom_tasks
+    from ..tasks.custom import register_custom_tasks
 
     register_custom_tasks(cfg)
     overrides = {"attn_implementation": cfg.model.attn_implementation}
@@ -129,7 +145,7 @@ def build_model(cfg: Config, encoder_dir: str | Path, pretrained: bool = True) -
     if pretrained:
         encoder = BertModel.from_pretrained(encoder_dir, **overrides)
     else:
-        from .model import BertConfig
+        from ..model.bert import BertConfig
 
         encoder = BertModel(BertConfig.from_json_file(Path(encoder_dir) / "config.json", **overrides))
     hidden = encoder.config.hidden_size
@@ -860,7 +876,7 @@ def write_run_predictions(
 
 def _custom_headlines(cfg: Config) -> list[str]:
     """The primary-metric keys (``<task>_acc`` / ``<task>_pearson``) of the custom tasks trained."""
-    from .custom import headline_key
+    from ..tasks.custom import headline_key
 
     return [headline_key(get_task(n)) for n in cfg.tasks if n in cfg.custom_tasks]
 

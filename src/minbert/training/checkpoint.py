@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 CONFIG_FILE = "config.yaml"
 _UMASK = os.umask(0)
@@ -184,7 +184,7 @@ def check_file_weights(model: torch.nn.Module, path: Path) -> dict:
     Raises:
         CheckpointError: listing missing, unexpected and mis-shaped keys.
     """
-    from .model import check_state_dict
+    from ..model.bert import check_state_dict
 
     tensors, meta = load_weights(path)
     check_state_dict(model, tensors, source=str(path))
