@@ -7,24 +7,54 @@ Python API::
     print(run.summary["dev"])
     model = minbert.load(run.run_dir)  # or a `minbert export` folder
     model.sentiment(["a gorgeous film"])[0].name
+
+The names below are imported on first use (PEP 562), so ``import minbert`` and ``minbert --help``
+stay fast and never import torch; ``minbert.load`` reaches only the inference path.
 """
+
+from __future__ import annotations
+
+import time as _time
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-import time as _time  # noqa: E402
-
 STARTED_AT = _time.time()  # when the package was first imported: the CLI's "start of the command"
 
-from .config import Config, load_config  # noqa: E402
-from .errors import MinbertError  # noqa: E402
-from .inference.predictor import Predictor, load  # noqa: E402
-from .model.bert import BertConfig, BertModel  # noqa: E402
-from .training.trainer import Run  # noqa: E402
-from .training.trainer import train as _train  # noqa: E402
+# public name -> (module, attribute)
+_LAZY = {
+    "Config": ("minbert.config", "Config"),
+    "load_config": ("minbert.config", "load_config"),
+    "MinbertError": ("minbert.errors", "MinbertError"),
+    "BertConfig": ("minbert.model.bert", "BertConfig"),
+    "BertModel": ("minbert.model.bert", "BertModel"),
+    "Predictor": ("minbert.inference.predictor", "Predictor"),
+    "load": ("minbert.inference.predictor", "load"),
+    "Run": ("minbert.training.trainer", "Run"),
+    "train": ("minbert.training.trainer", "train"),
+}
 
-# the function shadows the submodule name on purpose: `minbert.train(config)` is the API,
-# `from minbert.training.trainer import ...` still reaches the module through sys.modules
-train = _train
+if TYPE_CHECKING:
+    from .config import Config, load_config
+    from .errors import MinbertError
+    from .inference.predictor import Predictor, load
+    from .model.bert import BertConfig, BertModel
+    from .training.trainer import Run, train
 
 
-__all__ = ["BertConfig", "BertModel", "Config", "MinbertError", "Predictor", "load", "load_config", "Run", "train", "__version__"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(import_module(module), attr)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'minbert' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["BertConfig", "BertModel", "Config", "MinbertError", "Predictor", "load", "load_config", "Run", "train",
+           "__version__"]

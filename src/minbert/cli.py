@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import STARTED_AT
+from . import STARTED_AT, __version__
 from .errors import ConfigError, MinbertError
 
 log = logging.getLogger("minbert")
@@ -325,6 +325,7 @@ def cmd_suite(args, extra: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minbert", description="Multi-task fine-tuning of BERT encoders.")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"minbert {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train and evaluate a multi-task model", description="Extra arguments --section.key=value override the config.")
