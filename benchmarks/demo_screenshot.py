@@ -33,7 +33,7 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from minbert.training.checkpoint import atomic_write_bytes
+    from minbert.io import atomic_write_bytes
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -131,7 +131,7 @@ def main() -> None:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    from minbert.training.checkpoint import atomic_write_text
+    from minbert.io import atomic_write_text
 
     text = json.dumps(result, indent=2)
     print(text)

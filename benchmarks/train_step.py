@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bench_io import emit, machine  # noqa: E402
-
 from minbert.data.tokenizer import Tokenizer, pad_batch  # noqa: E402
 from minbert.model.bert import BertConfig, BertModel  # noqa: E402
 from minbert.tasks.base import get_task  # noqa: E402

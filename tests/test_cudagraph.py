@@ -13,12 +13,12 @@ from minbert.data.tokenizer import Tokenizer, pad_batch
 from minbert.distributed import DistContext
 from minbert.errors import ConfigError
 from minbert.model.bert import BertModel
+from minbert.model.multitask import build_model
 from minbert.tasks.base import get_task
 from minbert.training.cudagraph import GraphedSteps
 from minbert.training.trainer import (
     TrainStep,
     _task_step,
-    build_model,
     use_cuda_graphs,
     use_flat_sync,
 )
@@ -173,7 +173,7 @@ def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path)
     for name in ("on", "off"):
         cfg = load_config(None, [*common, f"train.cuda_graphs={name}"])
         runs.append(train(cfg, tmp_path / name, data_dir=data_dir, progress=False))
-    from minbert.training.checkpoint import load_weights
+    from minbert.io import load_weights
 
     a, _ = load_weights(tmp_path / "on" / "checkpoints" / "best" / "model.safetensors")
     b, _ = load_weights(tmp_path / "off" / "checkpoints" / "best" / "model.safetensors")

@@ -12,14 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from minbert_testkit import (
-    NAMES,
-    base_config,
-    pair_rows,
-    para_definition,
-    para_dir,
-    shared_run,
-)
 
 from minbert.config import from_dict, load_config
 from minbert.data.readers import read_records
@@ -28,6 +20,14 @@ from minbert.inference.predictor import load
 from minbert.tasks.base import get_task
 from minbert.tasks.custom import build_custom_task, macro_f1, register_custom_tasks
 from minbert.training.trainer import train
+from minbert_testkit import (
+    NAMES,
+    base_config,
+    pair_rows,
+    para_definition,
+    para_dir,
+    shared_run,
+)
 
 
 @pytest.fixture(scope="module")

@@ -507,7 +507,7 @@ def test_phrases_join_sst_train_and_respect_train_limit(data_dir, tiny_encoder):
     train_limit caps the phrases too."""
     from minbert.config import load_config, replace
     from minbert.data.tokenizer import Tokenizer
-    from minbert.training.trainer import load_splits
+    from minbert.tasks.splits import load_splits
 
     trees = data_dir.parent / "sst-trees" / "train.txt"
     cfg = load_config(None, [
@@ -520,3 +520,48 @@ def test_phrases_join_sst_train_and_respect_train_limit(data_dir, tiny_encoder):
     assert len(dev) == 30
     phrase_ids = [i for i in train.ids if i.startswith("phrase-")]
     assert len(train) - len(phrase_ids) == 40 and len(phrase_ids) == 40
+
+
+def test_train_limit_is_a_seeded_stratified_sample(data_dir, tiny_encoder, caplog):
+    """The cs224n files are not in random order (the first 1,600 SST rows are about half class
+    3): a limited slice keeps each label's share of the whole file within 2 points."""
+    import logging
+
+    from minbert.config import from_dict
+    from minbert.data.tokenizer import Tokenizer
+    from minbert.tasks.base import get_task
+    from minbert.tasks.splits import load_splits
+
+    whole = get_task("sst").read(data_dir / "ids-sst-train.csv", "train")
+    share = np.bincount(whole.labels, minlength=5) / len(whole)
+    cfg = from_dict({
+        "model": {"encoder": str(tiny_encoder)},
+        "tasks": {"sst": {"train_limit": 1600, "dev_limit": 300}},
+        "output": {"test_predictions": False},
+    })
+    with caplog.at_level(logging.INFO, logger="minbert"):
+        splits = load_splits(cfg, data_dir, Tokenizer(tiny_encoder, 64))
+    part = splits["train"]["sst"]
+    assert len(part) == 1600 and len(splits["dev"]["sst"]) == 300
+    part_share = np.bincount(part.labels, minlength=5) / len(part)
+    assert np.abs(part_share - share).max() <= 0.02, (part_share, share)
+    first = np.bincount(whole.labels[:1600], minlength=5) / 1600
+    assert np.abs(first - share).max() > 0.02  # the first rows are no sample: the test can fail
+    assert "train_limit 1600: a random sample" in caplog.text and "stratified by label" in caplog.text
+    # seeded: the same seed gives the same rows, another seed other rows
+    again = whole.sample(1600, seed=0, stratify=True)
+    other = whole.sample(1600, seed=1, stratify=True)
+    assert again.ids == whole.sample(1600, seed=0, stratify=True).ids and again.ids != other.ids
+    assert len(set(again.ids)) == 1600 and set(again.ids) <= set(whole.ids)
+
+
+def test_sample_of_a_regression_split_is_uniform_and_exact(data_dir):
+    from minbert.tasks.base import get_task
+
+    whole = get_task("sts").read(data_dir / "sts-train.csv", "train")
+    part = whole.sample(500, seed=3)
+    index = {i: k for k, i in enumerate(whole.ids)}
+    rows = [index[i] for i in part.ids]
+    assert len(part) == 500 and rows == sorted(rows) and len(set(rows)) == 500
+    assert np.allclose(part.labels, whole.labels[rows]) and [whole.texts[k] for k in rows] == part.texts
+    assert whole.sample(None, seed=3) is whole and whole.sample(10**6, seed=3) is whole

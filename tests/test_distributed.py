@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from minbert.training.checkpoint import load_weights
+from minbert.io import load_weights
 
 B = 4  # per-rank batch
 

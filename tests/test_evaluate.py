@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from minbert.inference.evaluate import TaskPredictions, average_predictions
 from minbert.tasks.base import get_task

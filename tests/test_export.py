@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from minbert_testkit import shared_run
 from safetensors import safe_open
 
 import minbert
 from minbert.cli import main
 from minbert.inference.export import EXPORT_CONFIG, EXPORT_HEADS
+from minbert_testkit import shared_run
 
 TEXTS = ["a gorgeous, witty film", "dull and lifeless", "it is a movie, with a plot that goes on and on for ever"]
 PAIRS = [("A man is playing a guitar.", "A man plays the guitar."), ("How do I cook rice?", "What is the capital of France?")]

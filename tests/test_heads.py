@@ -12,11 +12,11 @@ from torch import nn
 
 from minbert.config import dump_yaml, load_config
 from minbert.errors import CheckpointError, ConfigError
+from minbert.io import load_weights, save_weights
 from minbert.model.heads import HEADS, ConvHead, Encoded, build_head, cosine
-from minbert.training.checkpoint import load_weights, save_weights
+from minbert.model.multitask import build_model
 from minbert.training.optim import build_optimizer, param_groups
 from minbert.training.surgical import freeze_layers, init_from_run
-from minbert.training.trainer import build_model
 
 H = 16
 STS_RANGE = (0.0, 5.0)
@@ -28,7 +28,7 @@ PAPER_HEADS = {
     ("bi", "compress_expand"),
     ("bi", "cosine"),
 }
-SIMILARITY_HEADS = {"compress_expand", "cosine"}  # regression only
+SIMILARITY_HEADS = {"compress_expand", "cosine", "sbert_cosine"}  # regression only
 
 
 def enc(x: torch.Tensor, mask: torch.Tensor | None = None) -> Encoded:
@@ -141,6 +141,25 @@ def test_cosine_head_maps_cos_linearly_onto_0_5():
     a, b = random_enc(seed=5), random_enc(seed=6)
     m = lambda e: (e.last_hidden_state * e.attention_mask.unsqueeze(-1)).sum(1) / e.attention_mask.sum(1, keepdim=True)
     expected = 5.0 * (F.cosine_similarity(m(a), m(b), dim=-1) + 1.0) / 2.0
+    torch.testing.assert_close(run_head(head, "bi", a, b), expected, rtol=1e-5, atol=1e-5)
+
+
+
+def test_sbert_cosine_head_regresses_the_cosine_onto_0_5():
+    """SBERT's map: cos 1 -> 5, cos 0 -> 0 (MSE against gold / 5 on the cosine); a negative
+    cosine is clipped to the range's low end."""
+    head = make("bi", "sbert_cosine", 1, STS_RANGE)
+    assert sum(p.numel() for p in head.parameters()) == 0
+    u = torch.tensor([[1.0, 2.0, 0.0, -1.0] + [0.0] * (H - 4)])
+    ortho = torch.tensor([[2.0, -1.0, 3.0, 0.0] + [0.0] * (H - 4)])
+    half = torch.tensor([[1.0, 1.0] + [0.0] * (H - 2)])  # cos(u, half) = 3 / (sqrt(6) sqrt(2))
+    cases = {"same": (u, 3.0 * u, 5.0), "opposite": (u, -u, 0.0), "orthogonal": (u, ortho, 0.0),
+             "between": (u, half, 5.0 * 3.0 / (6**0.5 * 2**0.5))}
+    for what, (x, y, expected) in cases.items():
+        assert run_head(head, "bi", one(x), one(y)).item() == pytest.approx(expected, abs=1e-5), what
+    a, b = random_enc(seed=5), random_enc(seed=6)
+    m = lambda e: (e.last_hidden_state * e.attention_mask.unsqueeze(-1)).sum(1) / e.attention_mask.sum(1, keepdim=True)
+    expected = 5.0 * F.cosine_similarity(m(a), m(b), dim=-1).clamp(min=0.0)
     torch.testing.assert_close(run_head(head, "bi", a, b), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -221,7 +221,7 @@ def test_param_groups_bert():
 
 
 def test_uncertainty_log_variances_use_the_head_lr_without_decay():
-    from minbert.model.heads import MultitaskModel
+    from minbert.model.multitask import MultitaskModel
 
     enc = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=32, max_position_embeddings=32))
@@ -319,8 +319,8 @@ def test_constant_schedule():
 
 def test_layer_wise_lr_decay_and_head_lr(tiny_encoder):
     from minbert.config import load_config
+    from minbert.model.multitask import build_model
     from minbert.training.optim import param_groups
-    from minbert.training.trainer import build_model
 
     model = build_model(load_config(None, []), tiny_encoder)  # 2 encoder layers + 3 heads
     groups = param_groups(model, 0.01, lr=1e-4, layer_decay=0.5, head_lr=1e-3)

@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from minbert_testkit import NAMES, shared_run
 
 import minbert
 from minbert.errors import CheckpointError, ConfigError, MinbertError
 from minbert.inference.predictor import Predictor, Sentiment
 from minbert.tasks.base import get_task
+from minbert_testkit import NAMES, shared_run
 
 TEXTS = ["a gorgeous, witty film", "dull and lifeless", "it is a movie", "an utterly charming and hilarious film that reminded me why I love the movies"]
 PAIRS = [("A man is playing a guitar.", "A man plays the guitar."), ("How do I cook rice?", "What is the capital of France?"), ("same", "same")]

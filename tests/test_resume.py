@@ -23,8 +23,10 @@ import torch
 
 from minbert.cli import main
 from minbert.errors import CheckpointError
+from minbert.io import load_weights
+from minbert.runs import last_checkpoint
 from minbert.tasks.base import get_task
-from minbert.training.checkpoint import last_checkpoint, load_train_state, load_weights
+from minbert.training.checkpoint import load_train_state
 
 TASKS = ("sst", "qqp", "sts")
 N = 64  # train and dev rows per task

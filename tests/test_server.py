@@ -20,10 +20,10 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from minbert_testkit import NAMES, shared_run
 
 from minbert.inference.predictor import load
 from minbert.inference.server import create_app
+from minbert_testkit import NAMES, shared_run
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = [["A man is playing a guitar.", "A man plays the guitar."], ["How do I cook rice?", "What is the capital of France?"]]

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_tiny_encoder
 from safetensors.torch import load_file
 
+from conftest import make_tiny_encoder
 from minbert.cli import main
 from minbert.config import load_config
 from minbert.experiments.suite import PAPER, analysis, overall_of, render_markdown
-from minbert.training.trainer import build_model
+from minbert.model.multitask import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "paper"

@@ -12,7 +12,8 @@ from minbert.data.batching import RawSplit, tokenize_split
 from minbert.data.tokenizer import Tokenizer
 from minbert.errors import ConfigError
 from minbert.model.bert import BertModel
-from minbert.model.heads import Encoded, MultitaskModel
+from minbert.model.heads import Encoded
+from minbert.model.multitask import MultitaskModel
 from minbert.tasks.base import TASKS, get_task, register_task
 
 NAMES = sorted(TASKS)

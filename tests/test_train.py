@@ -115,8 +115,9 @@ def test_pcgrad_requires_the_parallel_routine(tiny_encoder, data_dir, tmp_path):
 def test_swap_augmentation_and_symmetric_prediction(tiny_encoder, data_dir):
     from minbert.data.tokenizer import Tokenizer
     from minbert.inference.evaluate import predict_split
+    from minbert.model.multitask import build_model
     from minbert.tasks.base import get_task
-    from minbert.training.trainer import build_model, load_splits
+    from minbert.tasks.splits import load_splits
 
     over = [f"model.encoder={tiny_encoder}", "tasks.sts.pair_input=cross", "tasks.sts.train_limit=10", "tasks.sts.dev_limit=12",
             "output.test_predictions=false"]

@@ -11,7 +11,7 @@ import torch
 from minbert.config import load_config
 from minbert.errors import CheckpointError, ConfigError
 from minbert.experiments.tune import Param, apply_params, tune
-from minbert.training.checkpoint import load_weights
+from minbert.io import load_weights
 from minbert.training.trainer import train
 
 optuna = pytest.importorskip("optuna")

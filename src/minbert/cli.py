@@ -94,7 +94,7 @@ def cmd_ablate(args, extra: list[str]) -> int:
 
 def train_resume(args):
     from .config import load_config
-    from .training.checkpoint import require_run_dir
+    from .runs import require_run_dir
     from .training.trainer import train
 
     run_dir = require_run_dir(args.resume)
@@ -123,18 +123,18 @@ def cmd_evaluate(args, extra: list[str]) -> int:
     import json as _json
 
     from .data.batching import resolve_data_dir
+    from .inference.evaluate import write_run_predictions
     from .inference.predictor import load
-    from .tasks.base import get_task
-    from .training.checkpoint import atomic_write_json
-    from .training.trainer import load_splits, write_run_predictions
+    from .io import atomic_write_json
+    from .tasks.splits import load_splits
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     pred = load(args.run_dir, device=args.device)
     cfg = pred.config
     data_dir = _run_data_dir(pred.run_dir, args.data_dir, cfg)
-    data = load_splits(cfg, resolve_data_dir(data_dir, None), pred.tokenizer)
-    tasks = {n: get_task(n) for n in cfg.tasks}
+    data = load_splits(cfg, resolve_data_dir(data_dir, None), pred.tokenizer, pred.task_table)
+    tasks = {n: pred.task(n) for n in cfg.tasks}
     result = write_run_predictions(pred.model, tasks, data, pred.run_dir, cfg, pred.device, pred.amp, pred.tokenizer.pad_token_id)
     flat = result.flat()
     atomic_write_json(pred.run_dir / "eval.json", {"dev": flat, "dev_detail": result.metrics})
@@ -153,9 +153,8 @@ def cmd_ensemble(args, extra: list[str]) -> int:
         write_predictions,
     )
     from .inference.predictor import load
-    from .tasks.base import get_task
-    from .training.checkpoint import atomic_write_json
-    from .training.trainer import load_splits
+    from .io import atomic_write_json
+    from .tasks.splits import load_splits
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
@@ -169,8 +168,8 @@ def cmd_ensemble(args, extra: list[str]) -> int:
         if task_names is not None and names != task_names:
             raise ConfigError(f"{run_dir}: tasks {names} differ from {task_names}; ensemble runs of the same tasks")
         task_names = names
-        data = load_splits(pred.config, resolve_data_dir(_run_data_dir(pred.run_dir, args.data_dir, pred.config), None), pred.tokenizer)
-        tasks = {n: get_task(n) for n in names}
+        data = load_splits(pred.config, resolve_data_dir(_run_data_dir(pred.run_dir, args.data_dir, pred.config), None), pred.tokenizer, pred.task_table)
+        tasks = {n: pred.task(n) for n in names}
         out = {
             split: {n: predict_split(pred.model, tasks[n], d, pred.device, pred.config.train.eval_batch_size, pred.amp, pred.tokenizer.pad_token_id) for n, d in data[split].items()}
             for split in ("dev", "test")
@@ -216,17 +215,14 @@ def _read_input(path: Path, pair: bool, task=None) -> tuple[list[str], list[str]
 
 def cmd_predict(args, extra: list[str]) -> int:
     from .inference.predictor import load
-    from .tasks.base import get_task
-    from .training.checkpoint import atomic_write_text
+    from .io import atomic_write_text
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     if (args.text is None) == (args.input is None):
         raise ConfigError("give exactly one of --text or --input")
     pred = load(args.run_dir, device=args.device, batch_size=args.batch_size, quantize=args.quantize)
-    task = get_task(args.task)
-    if args.task not in pred.tasks:
-        raise ConfigError(f"--task {args.task!r}: this model has {pred.tasks}")
+    task = pred.task(args.task)  # an unknown task, or one the model lacks: ConfigError
     if args.text is not None:
         texts = args.text
         if task.pair and len(texts) != 2:

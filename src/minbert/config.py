@@ -51,8 +51,10 @@ class TaskConfig:
     dropout: float = 0.3
     batch_size: int = 32
     weight: float = 1.0  # multiplier of this task's loss in the total
-    train_limit: int | None = None  # use only the first N training rows (and N phrases, with phrases_file)
-    dev_limit: int | None = None  # evaluate only the first N dev rows
+    # use a seeded random sample of N training rows (stratified by label for classification;
+    # seed train.seed), and of N phrases with phrases_file
+    train_limit: int | None = None
+    dev_limit: int | None = None  # evaluate a seeded random sample of N dev rows (likewise)
     hidden_size: int = 256  # hidden width of heads that have one (conv1d, mlp, gelu, compress_expand)
     # head cosine: k extra Linear(H, H) + tanh layers on each embedding before the similarity
     # (the reference paper's "additional STS layers", its exp 9 and 12); 0 for every other head

@@ -64,9 +64,44 @@ class RawSplit:
         return RawSplit(self.path, self.ids + s.ids, self.texts + s.texts, labels, self.bad_rows)
 
     def subset(self, n: int | None) -> "RawSplit":
+        """The first ``n`` rows (all of them for None or a larger ``n``)."""
         if n is None or n >= len(self.ids):
             return self
-        return RawSplit(self.path, self.ids[:n], self.texts[:n], None if self.labels is None else self.labels[:n], self.bad_rows)
+        return self.take(np.arange(n))
+
+    def take(self, index: np.ndarray) -> "RawSplit":
+        """The rows at ``index`` (int array), in that order."""
+        labels = None if self.labels is None else self.labels[index]
+        return RawSplit(self.path, [self.ids[i] for i in index], [self.texts[i] for i in index], labels, self.bad_rows)
+
+    def sample(self, n: int | None, seed: int, stratify: bool = False) -> "RawSplit":
+        """A seeded random sample of ``n`` rows, kept in file order (all rows for None or a
+        larger ``n``). The files are not in random order, so the first ``n`` rows are no sample.
+
+        ``stratify``: each label keeps its share of the rows (largest-remainder rounding), for
+        classification labels; the rows within a label are drawn at random.
+
+        Raises:
+            ValueError: ``n`` < 1, or ``stratify`` on an unlabelled split.
+        """
+        if n is None or n >= len(self.ids):
+            return self
+        if n < 1:
+            raise ValueError(f"a sample needs n >= 1, got {n}")
+        rng = np.random.default_rng(seed)
+        if not stratify:
+            return self.take(np.sort(rng.choice(len(self.ids), size=n, replace=False)))
+        if self.labels is None:
+            raise ValueError(f"{self.path}: cannot stratify an unlabelled split")
+        classes, inverse = np.unique(self.labels, return_inverse=True)
+        counts = np.bincount(inverse, minlength=len(classes))
+        quota = counts * n / len(self.ids)
+        take = np.floor(quota).astype(int)
+        # the rows left over go to the largest remainders (ties: the more frequent label first)
+        order = np.lexsort((-counts, -(quota - take)))
+        take[order[: n - take.sum()]] += 1
+        picked = [rng.choice(np.flatnonzero(inverse == c), size=k, replace=False) for c, k in enumerate(take)]
+        return self.take(np.sort(np.concatenate(picked)))
 
 
 def resolve_data_dir(cli_dir: str | None = None, config_dir: str | None = None) -> Path:

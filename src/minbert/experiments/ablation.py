@@ -37,7 +37,7 @@ import yaml
 
 from ..config import Config, dump_yaml, load_config, resolve
 from ..errors import ConfigError
-from ..training.checkpoint import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

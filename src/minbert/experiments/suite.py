@@ -30,12 +30,8 @@ from pathlib import Path
 
 from ..config import Config, from_dict, load_config, replace, resolve, to_dict
 from ..errors import ConfigError
-from ..training.checkpoint import (
-    CONFIG_FILE,
-    atomic_write_json,
-    atomic_write_text,
-    last_checkpoint,
-)
+from ..io import atomic_write_json, atomic_write_text
+from ..runs import CONFIG_FILE, last_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import Config, dump_yaml, from_dict, load_config, resolve, to_dict
 from ..errors import ConfigError
-from ..training.checkpoint import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import Config
 from ..data.batching import TokenizedSplit, eval_batches
 from ..distributed import DistContext, all_gather_objects
+from ..io import atomic_write_text
 from ..tasks import metrics as M
 from ..tasks.base import Task
-from ..training.checkpoint import atomic_write_text
 
 
 @dataclass
@@ -157,3 +158,19 @@ def score_predictions(tasks: dict[str, Task], splits: dict[str, TokenizedSplit],
         m = tasks[name].metrics(preds[name].values, gold)
         metrics[name], primary[name] = m, tasks[name].primary(m)
     return EvalResult(metrics, M.overall(primary), preds)
+
+
+def write_run_predictions(
+    model, tasks, data, run_dir: Path, cfg: Config, device, amp: bool, pad_id: int, dev_result: EvalResult | None = None
+) -> EvalResult:
+    """Dev metrics and dev + test prediction files of the current weights. ``dev_result``:
+    the dev evaluation of these same weights, if already computed (saves a pass over dev)."""
+    result = dev_result or evaluate(model, tasks, data["dev"], device, cfg.train.eval_batch_size, amp, pad_id)
+    pred_dir = run_dir / "predictions"
+    pred_dir.mkdir(exist_ok=True)
+    for name, p in result.predictions.items():
+        write_predictions(pred_dir / f"{name}-dev.csv", tasks[name], p, cfg.output.format)
+    for name, split in data["test"].items():
+        p = predict_split(model, tasks[name], split, device, cfg.train.eval_batch_size, amp, pad_id)
+        write_predictions(pred_dir / f"{name}-test.csv", tasks[name], p, cfg.output.format)
+    return result

@@ -26,19 +26,10 @@ from safetensors.torch import save as st_save
 
 from ..config import Config, dump_yaml, load_config
 from ..errors import CheckpointError
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, load_weights
 from ..model.bert import check_state_dict, load_hf_state_dict
-from ..model.heads import MultitaskModel
-from ..training.checkpoint import (
-    CONFIG_FILE,
-    ENCODER_FILES,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    best_or_last_weights,
-    check_file_weights,
-    load_weights,
-    require_run_dir,
-)
+from ..model.multitask import MultitaskModel, build_model
+from ..runs import CONFIG_FILE, ENCODER_FILES, best_or_last_weights, check_file_weights, require_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +59,6 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         CheckpointError: ``run_dir`` is not a run folder or has no checkpoint; ``out`` exists,
             is not empty and ``overwrite`` is False; ``out`` is a file.
     """
-    from ..training.trainer import build_model
-
     run_dir = require_run_dir(run_dir)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -103,8 +92,6 @@ def load_export(folder: str | os.PathLike) -> tuple[Config, MultitaskModel]:
     Raises:
         CheckpointError: not an export folder, or its weights do not match its config.
     """
-    from ..training.trainer import build_model
-
     folder = Path(folder)
     if not is_export(folder):
         raise CheckpointError(f"{folder}: not a minbert export (no {EXPORT_CONFIG} or {EXPORT_HEADS})")

@@ -20,16 +20,13 @@ import torch
 from ..config import load_config
 from ..data.batching import RawSplit, tokenize_split
 from ..data.tokenizer import Tokenizer
+from ..distributed import resolve_device
 from ..errors import ConfigError, MinbertError
 from ..model.heads import pool
-from ..tasks.base import get_task
-from ..training.checkpoint import (
-    CONFIG_FILE,
-    best_or_last_weights,
-    check_file_weights,
-    require_run_dir,
-)
-from ..training.trainer import build_model, resolve_device
+from ..model.multitask import build_model
+from ..runs import CONFIG_FILE, best_or_last_weights, check_file_weights, require_run_dir
+from ..tasks.base import Task
+from ..tasks.table import task_table
 from .evaluate import predict_split
 
 log = logging.getLogger(__name__)
@@ -115,10 +112,11 @@ class Predictor:
         else:
             run_dir = require_run_dir(run_dir)
             self.config = load_config(run_dir / CONFIG_FILE)
-            model = build_model(self.config, run_dir / "encoder", pretrained=False)
+            model = build_model(self.config, run_dir / "encoder", pretrained=False, tasks=task_table(self.config))
             check_file_weights(model, best_or_last_weights(run_dir))
             encoder_dir = run_dir / "encoder"
         self.run_dir = run_dir
+        self.task_table = task_table(self.config)  # the model's own tasks, custom ones included
         self.model = model.to(self.device).eval()
         if quantize is not None:
             self.model = quantize_dynamic_int8(self.model, quantize, self.device)
@@ -130,7 +128,20 @@ class Predictor:
 
     @property
     def tasks(self) -> list[str]:
+        """The names of the model's tasks, in training order."""
         return list(self.config.tasks)
+
+    def task(self, name: str) -> Task:
+        """The task object of one of the model's tasks.
+
+        Raises:
+            ConfigError: an unknown task, or one this model was not trained on.
+        """
+        if name not in self.task_table:
+            raise ConfigError(f"unknown task {name!r} (this model has {self.tasks})")
+        if name not in self.config.tasks:
+            raise ConfigError(f"task {name!r} is not in this model (it has {self.tasks})")
+        return self.task_table[name]
 
     def _raw(self, task: str, texts_a: Sequence[str], texts_b: Sequence[str] | None) -> RawSplit:
         if task not in self.config.tasks:
@@ -140,7 +151,7 @@ class Predictor:
 
     def outputs(self, task: str, texts_a: Sequence[str], texts_b: Sequence[str] | None = None) -> np.ndarray:
         """Raw outputs in input order: logits (N, C) / (N,) or scores (N,), float32."""
-        t = get_task(task)
+        t = self.task(task)
         if t.pair and texts_b is None:
             raise MinbertError(f"task {task!r} takes sentence pairs")
         raw = self._raw(task, texts_a, texts_b if t.pair else None)
@@ -161,7 +172,7 @@ class Predictor:
         Raises:
             MinbertError: unknown task, a task the model lacks, or malformed inputs.
         """
-        t = get_task(task)
+        t = self.task(task)
         if t.pair:
             a, b = _check_pairs(inputs)
             raw = torch.from_numpy(self.outputs(task, a, b))
@@ -183,7 +194,7 @@ class Predictor:
         texts = _check_texts(texts)
         logits = self.outputs("sst", texts)
         probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
-        names = get_task("sst").label_names
+        names = self.task("sst").label_names
         return [Sentiment(int(p.argmax()), names[int(p.argmax())], tuple(float(x) for x in p)) for p in probs]
 
     def paraphrase(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:

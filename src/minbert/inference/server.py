@@ -243,9 +243,7 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
         """Any task of the model, built-in or custom: ``texts`` for single-sentence tasks,
         ``pairs`` for pair tasks."""
         need(task)
-        from ..tasks.base import get_task
-
-        pair = get_task(task).pair
+        pair = predictor.task(task).pair
         if pair != (req.pairs is not None):
             raise HTTPException(422, f"task {task!r} takes {'pairs' if pair else 'texts'}")
         items = [tuple(p) for p in req.pairs] if pair else req.texts

@@ -283,6 +283,22 @@ class CosineHead(nn.Module):
         return low + (high - low) * (cosine(u, v) + 1.0) / 2.0
 
 
+
+class SbertCosineHead(CosineHead):
+    """Bi-encoder pair, similarity score: the cosine itself regresses the gold score scaled onto
+    [0, 1], ``low + (high - low) * cos`` (STS: cos 0 -> 0, cos 1 -> 5), as SBERT's
+    CosineSimilarityLoss trains STS-B (Reimers & Gurevych 2019, Sec. 4.2). Sentence encoders
+    trained that way (all-MiniLM-L6-v2) put unrelated sentences near cos 0, not -1, so this map
+    keeps their geometry where ``cosine``'s (cos + 1) / 2 map pushes unrelated pairs towards -1.
+    A negative cosine scores ``low`` (clipped, so the score stays in range; such a pair then
+    gets no gradient). ``head_layers`` as for ``cosine``."""
+
+    def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
+        u, v = self.layers(pool(a, self.pooling)), self.layers(pool(b, self.pooling))
+        low, high = self.output_range
+        return low + (high - low) * cosine(u, v).clamp(min=0.0)  # (B,)
+
+
 HeadFactory = Callable[..., nn.Module]
 
 # (input kind, head name) -> constructor. Input kinds: "single", "bi", "cross".
@@ -297,6 +313,7 @@ HEADS: dict[tuple[str, str], HeadFactory] = {
     ("bi", "gelu"): GeluAbsDiffHead,
     ("bi", "compress_expand"): CompressExpandHead,
     ("bi", "cosine"): CosineHead,
+    ("bi", "sbert_cosine"): SbertCosineHead,
     ("bi", "sbert"): SbertHead,
 }
 
@@ -338,45 +355,3 @@ def build_head(
         hidden_size=hidden_size,
         head_layers=head_layers,
     )
-
-
-
-class MultitaskModel(nn.Module):
-    """A shared BERT encoder plus one head per task (an ``nn.ModuleDict``).
-
-    ``model(task, batch)`` returns that task's output: logits (B, C) for multi-class tasks, one
-    logit (B,) for binary tasks, a score (B,) in the task's range for regression tasks.
-    ``input_kinds`` maps each task to "single", "bi" or "cross".
-    """
-
-    def __init__(
-        self, encoder: nn.Module, heads: dict[str, nn.Module], input_kinds: dict[str, str], uncertainty: bool = False
-    ):
-        super().__init__()
-        self.encoder = encoder
-        self.heads = nn.ModuleDict(heads)
-        self.input_kinds = dict(input_kinds)
-        # learned per-task log-variances s_t for uncertainty weighting (Kendall et al. 2018)
-        self.loss_log_vars = (
-            nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in heads}) if uncertainty else None
-        )
-
-    def encode(self, input_ids, attention_mask, token_type_ids) -> Encoded:
-        out = self.encoder(input_ids, attention_mask, token_type_ids)
-        return Encoded(out.last_hidden_state, attention_mask, out.pooler_output)
-
-    def forward(self, task: str, batch: dict) -> torch.Tensor:
-        kind = self.input_kinds[task]
-        if kind == "bi":
-            B = batch["input_ids"].shape[0]
-            # a and b are padded to the same T by collate: one encoder call for both halves
-            enc = self.encode(
-                torch.cat([batch["input_ids"], batch["input_ids_b"]]),  # (2B, T)
-                torch.cat([batch["attention_mask"], batch["attention_mask_b"]]),
-                torch.cat([batch["token_type_ids"], batch["token_type_ids_b"]]),
-            )
-            a = Encoded(*(t[:B] for t in enc))
-            b = Encoded(*(t[B:] for t in enc))
-            return self.heads[task](a, b)
-        enc = self.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        return self.heads[task](enc)

@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ConfigError
-from .checkpoint import best_or_last_weights, check_file_weights, require_run_dir
+from ..runs import best_or_last_weights, check_file_weights, require_run_dir
 
 log = logging.getLogger(__name__)
 

@@ -39,13 +39,8 @@ from .. import __version__
 from ..config import Config, dump_yaml, load_config, resolve, to_dict
 from ..data.batching import (
     TaskStream,
-    TokenizedSplit,
-    concat_splits,
-    read_sst_phrases,
     resolve_data_dir,
     sha256_file,
-    tokenize_split,
-    verify_checksums,
 )
 from ..data.tokenizer import Tokenizer
 from ..distributed import (
@@ -55,6 +50,7 @@ from ..distributed import (
     barrier,
     broadcast_tensors,
     init_distributed,
+    resolve_device,
     shard,
 )
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -63,23 +59,16 @@ from ..inference.evaluate import (
     autocast_context,
     evaluate,
     move,
-    predict_split,
-    write_predictions,
+    write_run_predictions,
 )
-from ..model.bert import BertModel, resolve_encoder_path
-from ..model.heads import MultitaskModel
-from ..tasks.base import Task, get_task
-from .checkpoint import (
-    CONFIG_FILE,
-    atomic_write_json,
-    atomic_write_text,
-    check_file_weights,
-    copy_encoder_files,
-    last_checkpoint,
-    load_train_state,
-    save_checkpoint,
-    save_weights,
-)
+from ..io import atomic_write_json, atomic_write_text, save_weights
+from ..model.bert import resolve_encoder_path
+from ..model.multitask import MultitaskModel, build_model
+from ..runs import CONFIG_FILE, check_file_weights, copy_encoder_files, last_checkpoint
+from ..tasks.base import Task
+from ..tasks.splits import load_splits
+from ..tasks.table import task_table
+from .checkpoint import load_train_state, save_checkpoint
 from .cudagraph import GraphedSteps
 from .optim import build_optimizer, build_scheduler, param_groups
 from .regularize import smart_loss, symmetric_divergence
@@ -121,76 +110,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device {name!r}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
-
-
-def build_model(cfg: Config, encoder_dir: str | Path, pretrained: bool = True) -> MultitaskModel:
-    """The shared encoder (pretrained weights, or just its architecture) plus the tasks' heads.
-    Registers the config's custom tasks first (minbert.custom; a no-op when already registered)."""
-    from ..tasks.custom import register_custom_tasks
-
-    register_custom_tasks(cfg)
-    overrides = {"attn_implementation": cfg.model.attn_implementation}
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        if getattr(cfg.model, key) is not None:
-            overrides[key] = getattr(cfg.model, key)
-    if pretrained:
-        encoder = BertModel.from_pretrained(encoder_dir, **overrides)
-    else:
-        from ..model.bert import BertConfig
-
-        encoder = BertModel(BertConfig.from_json_file(Path(encoder_dir) / "config.json", **overrides))
-    hidden = encoder.config.hidden_size
-    heads, kinds = {}, {}
-    for name, tcfg in cfg.tasks.items():
-        task = get_task(name)
-        heads[name] = task.build_head(tcfg, hidden)
-        kinds[name] = task.input_kind(tcfg.pair_input)
-    return MultitaskModel(encoder, heads, kinds, uncertainty=cfg.train.loss_weighting == "uncertainty")
-
-
-def load_splits(cfg: Config, data_dir: Path, tokenizer: Tokenizer) -> dict[str, dict[str, TokenizedSplit]]:
-    """Read and tokenise (once) each task's train, dev and test files: ``{split: {task: data}}``."""
-    out: dict[str, dict[str, TokenizedSplit]] = {"train": {}, "dev": {}, "test": {}}
-    names = [f for t in cfg.tasks for f in get_task(t).files.values()]
-    verify_checksums(data_dir, names)
-    for name, tcfg in cfg.tasks.items():
-        task = get_task(name)
-        kind = task.input_kind(tcfg.pair_input)
-        for split, fname in task.files.items():
-            if split == "test" and not cfg.output.test_predictions:
-                continue
-            raw = task.read(data_dir / fname, split, strict=cfg.data.strict)
-            raw = raw.subset({"train": tcfg.train_limit, "dev": tcfg.dev_limit}.get(split))
-            if task.pair and split == "train" and tcfg.augment_swap:
-                raw = raw.plus_swapped()
-            if split == "train" and tcfg.phrases_file:
-                if task.pair or task.kind != "classification":
-                    raise ConfigError(f"tasks.{name}.phrases_file: phrases are sentence-classification data")
-                # no dev sentence enters training, and train sentences are not added twice
-                dev = task.read(data_dir / task.files["dev"], "dev") if "dev" in task.files else None
-                known = {t[0] for t in raw.texts} | {t[0] for t in (dev.texts if dev else [])}
-                extra = read_sst_phrases(tcfg.phrases_file, cfg.data.strict, known).subset(tcfg.train_limit)
-                log.info("%s: %d phrases from %s added to %d train rows", name, len(extra), tcfg.phrases_file, len(raw))
-                raw = concat_splits(raw, extra)
-            out[split][name] = tokenize_split(raw, tokenizer, kind)
-            if task.pair and split != "train" and tcfg.symmetric_eval:
-                out[split][name].swapped = tokenize_split(raw.swapped(), tokenizer, kind)
-        log.info(
-            "%s: %d train / %d dev rows", name, len(out["train"].get(name, [])), len(out["dev"].get(name, []))
-        )
-    return out
-
-
-def provenance(cfg: Config, data_dir: Path) -> dict:
+def provenance(cfg: Config, data_dir: Path, tasks: dict[str, Task]) -> dict:
     def git_sha() -> str | None:
         try:
             return subprocess.run(
@@ -201,7 +121,7 @@ def provenance(cfg: Config, data_dir: Path) -> dict:
 
     import tokenizers
 
-    files = sorted({f for t in cfg.tasks for f in get_task(t).files.values()})
+    files = sorted({f for t in cfg.tasks for f in tasks[t].files.values()})
     return {
         "minbert": __version__,
         "git_sha": git_sha(),
@@ -524,10 +444,11 @@ def _train(
 
     # -- model, tokenizer, data ----------------------------------------------------------------
     encoder_src = resolve_encoder_path(cfg.model.encoder)
-    model = build_model(cfg, encoder_src).to(device)
+    table = task_table(cfg)  # the run's own: built-in tasks plus its custom tasks
+    model = build_model(cfg, encoder_src, tasks=table).to(device)
     tokenizer = Tokenizer(encoder_src, cfg.model.max_length, model.encoder.config.max_position_embeddings)
-    tasks = {name: get_task(name) for name in cfg.tasks}
-    data = load_splits(cfg, data_dir, tokenizer)
+    tasks = {name: table[name] for name in cfg.tasks}
+    data = load_splits(cfg, data_dir, tokenizer, table)
     if tc.mode == "frozen":
         model.encoder.requires_grad_(False)
     if tc.init_from and not resume:  # on resume the checkpoint's weights replace these anyway
@@ -543,7 +464,7 @@ def _train(
 
     if not resume and ctx.is_main:
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-        atomic_write_json(run_dir / "provenance.json", provenance(cfg, data_dir))
+        atomic_write_json(run_dir / "provenance.json", provenance(cfg, data_dir, tasks))
         copy_encoder_files(
             encoder_src, run_dir / "encoder", lambda p: atomic_write_json(p, model.encoder.config.to_hf_dict())
         )
@@ -838,7 +759,7 @@ def _train(
         return Run(run_dir, {})
     final = write_run_predictions(model, tasks, data, run_dir, cfg, device, amp, pad_id, dev_result=best_result)
     summary = {
-        "dev": {k: final.flat().get(k) for k in ("sst_acc", "qqp_acc", "sts_pearson", *_custom_headlines(cfg))}
+        "dev": {k: final.flat().get(k) for k in ("sst_acc", "qqp_acc", "sts_pearson", *_custom_headlines(cfg, tasks))}
         | {"overall": final.overall},
         "dev_all": final.flat(),
         "best_epoch": state["best_epoch"],
@@ -858,27 +779,11 @@ def _train(
     return Run(run_dir, summary)
 
 
-def write_run_predictions(
-    model, tasks, data, run_dir: Path, cfg: Config, device, amp: bool, pad_id: int, dev_result: EvalResult | None = None
-) -> EvalResult:
-    """Dev metrics and dev + test prediction files of the current weights. ``dev_result``:
-    the dev evaluation of these same weights, if already computed (saves a pass over dev)."""
-    result = dev_result or evaluate(model, tasks, data["dev"], device, cfg.train.eval_batch_size, amp, pad_id)
-    pred_dir = run_dir / "predictions"
-    pred_dir.mkdir(exist_ok=True)
-    for name, p in result.predictions.items():
-        write_predictions(pred_dir / f"{name}-dev.csv", tasks[name], p, cfg.output.format)
-    for name, split in data["test"].items():
-        p = predict_split(model, tasks[name], split, device, cfg.train.eval_batch_size, amp, pad_id)
-        write_predictions(pred_dir / f"{name}-test.csv", tasks[name], p, cfg.output.format)
-    return result
-
-
-def _custom_headlines(cfg: Config) -> list[str]:
+def _custom_headlines(cfg: Config, tasks: dict[str, Task]) -> list[str]:
     """The primary-metric keys (``<task>_acc`` / ``<task>_pearson``) of the custom tasks trained."""
     from ..tasks.custom import headline_key
 
-    return [headline_key(get_task(n)) for n in cfg.tasks if n in cfg.custom_tasks]
+    return [headline_key(tasks[n]) for n in cfg.tasks if n in cfg.custom_tasks]
 
 
 def _fmt(flat: dict) -> str:

@@ -1,0 +1,90 @@
+"""The multi-task model: one shared BERT encoder and one head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .bert import BertConfig, BertModel
+from .heads import Encoded
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..tasks.base import Task
+
+
+class MultitaskModel(nn.Module):
+    """A shared BERT encoder plus one head per task (an ``nn.ModuleDict``).
+
+    ``model(task, batch)`` returns that task's output: logits (B, C) for multi-class tasks, one
+    logit (B,) for binary tasks, a score (B,) in the task's range for regression tasks.
+    ``input_kinds`` maps each task to "single", "bi" or "cross".
+    """
+
+    def __init__(
+        self, encoder: nn.Module, heads: dict[str, nn.Module], input_kinds: dict[str, str], uncertainty: bool = False
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(heads)
+        self.input_kinds = dict(input_kinds)
+        # learned per-task log-variances s_t for uncertainty weighting (Kendall et al. 2018)
+        self.loss_log_vars = (
+            nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in heads}) if uncertainty else None
+        )
+
+    def encode(self, input_ids, attention_mask, token_type_ids) -> Encoded:
+        out = self.encoder(input_ids, attention_mask, token_type_ids)
+        return Encoded(out.last_hidden_state, attention_mask, out.pooler_output)
+
+    def forward(self, task: str, batch: dict) -> torch.Tensor:
+        kind = self.input_kinds[task]
+        if kind == "bi":
+            B = batch["input_ids"].shape[0]
+            # a and b are padded to the same T by collate: one encoder call for both halves
+            enc = self.encode(
+                torch.cat([batch["input_ids"], batch["input_ids_b"]]),  # (2B, T)
+                torch.cat([batch["attention_mask"], batch["attention_mask_b"]]),
+                torch.cat([batch["token_type_ids"], batch["token_type_ids_b"]]),
+            )
+            a = Encoded(*(t[:B] for t in enc))
+            b = Encoded(*(t[B:] for t in enc))
+            return self.heads[task](a, b)
+        enc = self.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return self.heads[task](enc)
+
+
+def build_model(
+    cfg: Config, encoder_dir: str | Path, pretrained: bool = True, tasks: Mapping[str, Task] | None = None
+) -> MultitaskModel:
+    """The shared encoder (pretrained weights, or just its architecture) plus one head per task
+    of ``cfg.tasks``. ``tasks``: the run's task table (:func:`minbert.tasks.task_table`), built
+    from ``cfg`` when not given.
+
+    Raises:
+        ConfigError: an unknown task, a bad custom task or head setting.
+        CheckpointError: the encoder folder cannot be read.
+    """
+    if tasks is None:
+        from ..tasks.table import task_table
+
+        tasks = task_table(cfg)
+    overrides = {"attn_implementation": cfg.model.attn_implementation}
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if getattr(cfg.model, key) is not None:
+            overrides[key] = getattr(cfg.model, key)
+    if pretrained:
+        encoder = BertModel.from_pretrained(encoder_dir, **overrides)
+    else:
+        encoder = BertModel(BertConfig.from_json_file(Path(encoder_dir) / "config.json", **overrides))
+    hidden = encoder.config.hidden_size
+    heads, kinds = {}, {}
+    for name, tcfg in cfg.tasks.items():
+        task = tasks[name]
+        heads[name] = task.build_head(tcfg, hidden)
+        kinds[name] = task.input_kind(tcfg.pair_input)
+    return MultitaskModel(encoder, heads, kinds, uncertainty=cfg.train.loss_weighting == "uncertainty")
