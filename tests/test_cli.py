@@ -309,15 +309,19 @@ def test_predict_input_without_the_text_columns_is_a_one_line_error(tmp_path, ca
     assert (ids, a, b, bad) == (["1"], ["a fine film"], None, [])
 
 
-def test_a_run_uses_its_recorded_data_folder_when_the_configs_is_not_there(tmp_path, data_dir):
-    from minbert.cli import _run_data_dir
+def test_a_run_uses_its_recorded_data_folder_over_the_configs(tmp_path, data_dir, monkeypatch):
     from minbert.config import load_config
+    from minbert.runs import resolve_run_data_dir
 
-    (tmp_path / "provenance.json").write_text(json.dumps({"data_dir": str(Path(data_dir).resolve())}))
-    relative = load_config(None, ["data.dir=../not/here/cs224n"])  # relative to another working directory
-    assert _run_data_dir(tmp_path, None, relative) == str(Path(data_dir).resolve())
-    here = load_config(None, [f"data.dir={data_dir}"])
-    assert _run_data_dir(tmp_path, None, here) == str(data_dir)  # the config's folder when it exists
-    assert _run_data_dir(tmp_path, "/given", relative) == "/given"  # --data-dir always wins
-    (tmp_path / "provenance.json").write_text(json.dumps({"data_dir": str(tmp_path / "gone")}))
-    assert _run_data_dir(tmp_path, None, relative) == "../not/here/cs224n"  # nothing exists: the config's, reported
+    here = tmp_path / "here"
+    (here / "cs224n").mkdir(parents=True)  # the config's relative data.dir exists from here
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("MINBERT_DATA_DIR", raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "provenance.json").write_text(json.dumps({"data_dir": str(Path(data_dir).resolve())}))
+    relative = load_config(None, ["data.dir=cs224n"])
+    assert resolve_run_data_dir(run, relative) == Path(data_dir).resolve()  # the recorded folder wins
+    assert resolve_run_data_dir(run, relative, str(tmp_path)) == tmp_path  # --data-dir always wins
+    (run / "provenance.json").write_text(json.dumps({"data_dir": str(tmp_path / "gone")}))
+    assert resolve_run_data_dir(run, relative) == Path("cs224n")  # the recorded one is gone: the config's

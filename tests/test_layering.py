@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from minbert_testkit import shared_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"

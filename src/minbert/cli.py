@@ -1,8 +1,8 @@
 """The ``minbert`` command line.
 
     minbert train --config configs/quick.yaml [--data-dir DIR] [--run-dir DIR] [--optim.lr=2e-5 ...]
-    minbert train --resume RUN_DIR
-    minbert evaluate RUN_DIR [--data-dir DIR]
+    minbert train --resume RUN_DIR [--data-dir DIR] [--allow-data-change]
+    minbert evaluate RUN_DIR [--data-dir DIR] [--allow-data-change]
     minbert predict RUN_DIR --task sst --text "..."            (or --input FILE [--output FILE])
     minbert export RUN_DIR OUT                                 (Hugging Face BERT folder + heads)
     minbert serve RUN_DIR [--host 127.0.0.1] [--port 8000]     (HTTP API and demo page)
@@ -52,6 +52,8 @@ def cmd_train(args, extra: list[str]) -> int:
     from .training.trainer import train
 
     overrides = _split_overrides(extra) + (["--data.strict=true"] if args.strict else [])
+    if args.allow_data_change and not args.resume:
+        raise ConfigError("--allow-data-change goes with --resume (a new run records the data it is given)")
     if args.resume:
         if args.config or overrides:
             raise ConfigError("--resume continues a run with its saved config; do not pass --config or overrides")
@@ -99,41 +101,25 @@ def train_resume(args):
 
     run_dir = require_run_dir(args.resume)
     cfg = load_config(run_dir / "config.yaml")
-    data_dir = _run_data_dir(run_dir, args.data_dir, cfg)
-    return train(cfg, run_dir=run_dir, data_dir=data_dir, resume=True, progress=not args.no_progress, t_start=STARTED_AT)
-
-
-def _run_data_dir(run_dir: Path, cli_dir: str | None, cfg) -> str | None:
-    """A run's data folder: --data-dir, else the config's data.dir when that folder exists from
-    here, else the folder recorded in its provenance.json (the one it was trained on), else the
-    config's (whose absence is then reported)."""
-    if cli_dir:
-        return cli_dir
-    if cfg.data.dir is not None and Path(cfg.data.dir).expanduser().is_dir():
-        return cfg.data.dir
-    prov = Path(run_dir) / "provenance.json"
-    if prov.is_file():
-        recorded = json.loads(prov.read_text()).get("data_dir")
-        if recorded and Path(recorded).is_dir():
-            return recorded
-    return cfg.data.dir
+    return train(cfg, run_dir=run_dir, data_dir=args.data_dir, resume=True, progress=not args.no_progress,
+                 t_start=STARTED_AT, allow_data_change=args.allow_data_change)
 
 
 def cmd_evaluate(args, extra: list[str]) -> int:
     import json as _json
 
-    from .data.batching import resolve_data_dir
     from .inference.evaluate import write_run_predictions
     from .inference.predictor import load
     from .io import atomic_write_json
+    from .runs import resolve_run_data_dir
     from .tasks.splits import load_splits
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     pred = load(args.run_dir, device=args.device)
     cfg = pred.config
-    data_dir = _run_data_dir(pred.run_dir, args.data_dir, cfg)
-    data = load_splits(cfg, resolve_data_dir(data_dir, None), pred.tokenizer, pred.task_table)
+    data_dir = resolve_run_data_dir(pred.run_dir, cfg, args.data_dir, args.allow_data_change)
+    data = load_splits(cfg, data_dir, pred.tokenizer, pred.task_table)
     tasks = {n: pred.task(n) for n in cfg.tasks}
     result = write_run_predictions(pred.model, tasks, data, pred.run_dir, cfg, pred.device, pred.amp, pred.tokenizer.pad_token_id)
     flat = result.flat()
@@ -145,7 +131,6 @@ def cmd_evaluate(args, extra: list[str]) -> int:
 def cmd_ensemble(args, extra: list[str]) -> int:
     """Average the raw outputs of several runs (e.g. seeds) on dev and test; write metrics and
     prediction files into --out."""
-    from .data.batching import resolve_data_dir
     from .inference.evaluate import (
         average_predictions,
         predict_split,
@@ -154,6 +139,7 @@ def cmd_ensemble(args, extra: list[str]) -> int:
     )
     from .inference.predictor import load
     from .io import atomic_write_json
+    from .runs import resolve_run_data_dir
     from .tasks.splits import load_splits
 
     if extra:
@@ -168,7 +154,8 @@ def cmd_ensemble(args, extra: list[str]) -> int:
         if task_names is not None and names != task_names:
             raise ConfigError(f"{run_dir}: tasks {names} differ from {task_names}; ensemble runs of the same tasks")
         task_names = names
-        data = load_splits(pred.config, resolve_data_dir(_run_data_dir(pred.run_dir, args.data_dir, pred.config), None), pred.tokenizer, pred.task_table)
+        data_dir = resolve_run_data_dir(pred.run_dir, pred.config, args.data_dir, args.allow_data_change)
+        data = load_splits(pred.config, data_dir, pred.tokenizer, pred.task_table)
         tasks = {n: pred.task(n) for n in names}
         out = {
             split: {n: predict_split(pred.model, tasks[n], d, pred.device, pred.config.train.eval_batch_size, pred.amp, pred.tokenizer.pad_token_id) for n, d in data[split].items()}
@@ -318,6 +305,10 @@ def cmd_suite(args, extra: list[str]) -> int:
     return 0
 
 
+_RUN_DATA_HELP = "data folder (default: the one the run recorded in its provenance.json)"
+_ALLOW_HELP = "go on when data files differ from the SHA-256 sums the run recorded (default: refuse)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minbert", description="Multi-task fine-tuning of BERT encoders.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -326,9 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train and evaluate a multi-task model", description="Extra arguments --section.key=value override the config.")
     t.add_argument("--config", help="YAML config (configs/default.yaml, configs/quick.yaml, ...)")
-    t.add_argument("--data-dir", help="cs224n data folder (else data.dir, else $MINBERT_DATA_DIR)")
+    t.add_argument("--data-dir", help="data folder (else data.dir, else $MINBERT_DATA_DIR; --resume: the run's)")
     t.add_argument("--run-dir", help="run folder (default: output.dir, else runs/<config name>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    t.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in the run folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--strict", action="store_true", help="any bad data row is fatal (same as --data.strict=true)")
@@ -336,14 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="dev metrics and prediction files again, from the best checkpoint")
     e.add_argument("run_dir")
-    e.add_argument("--data-dir")
+    e.add_argument("--data-dir", help=_RUN_DATA_HELP)
+    e.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=cmd_evaluate)
 
     en = sub.add_parser("ensemble", help="average several runs' predictions (e.g. seeds) on dev and test")
     en.add_argument("run_dirs", nargs="+")
     en.add_argument("--out", required=True, help="folder for eval.json and predictions/")
-    en.add_argument("--data-dir")
+    en.add_argument("--data-dir", help=_RUN_DATA_HELP)
+    en.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
     en.add_argument("--device", default="auto")
     en.add_argument("--format", choices=["default", "cs224n"], default="default")
     en.set_defaults(fn=cmd_ensemble)

@@ -23,3 +23,12 @@ class CheckpointError(MinbertError):
 
 class NonFiniteLossError(MinbertError):
     """Training produced a non-finite loss or gradient (the message names step, task, batch ids)."""
+
+
+class DataChangedError(DataError):
+    """A run's data files differ from the SHA-256 sums its ``provenance.json`` recorded;
+    ``files`` names them."""
+
+    def __init__(self, message: str, files: list[str] | tuple[str, ...] = ()):
+        super().__init__(message)
+        self.files = list(files)

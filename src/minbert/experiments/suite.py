@@ -11,7 +11,8 @@ one after the other, each in ``<runs_root>/<preset name>``, and after every row 
 
 The suite runs in parts: rows whose results are already in the JSON are skipped, new results are
 merged into it. A row whose run folder already holds a finished run of the same config is read
-back instead of retrained; a killed row with a checkpoint of the same config is resumed.
+back instead of retrained; a killed row with a checkpoint of the same config is resumed (on the data
+it was trained on, unless ``data_dir`` is given; a row whose data files changed is trained again).
 
 Dependencies: a preset whose ``train.init_from`` ends in the name of another preset of the folder
 (row 14: ``runs/paper/exp07-...``) initialises from that preset's run folder under this suite's
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, from_dict, load_config, replace, resolve, to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, DataChangedError
 from ..io import atomic_write_json, atomic_write_text
 from ..runs import CONFIG_FILE, last_checkpoint
 
@@ -209,7 +210,8 @@ def _same_config(stored, want: dict) -> bool:
 
 
 def _train_row(cfg: Config, run_dir: Path, data_dir, progress: bool, rerun: bool) -> tuple[dict, float]:
-    """Train one preset (or read back / resume a run of the same config). Returns (summary, wall_s)."""
+    """Train one preset (or read back / resume a run of the same config and data). Returns (summary, wall_s)."""
+    from ..runs import resolve_run_data_dir
     from ..training.trainer import train
 
     want = _jsonable(to_dict(resolve(cfg)))
@@ -226,6 +228,13 @@ def _train_row(cfg: Config, run_dir: Path, data_dir, progress: bool, rerun: bool
             resume = same and last_checkpoint(run_dir) is not None
         except Exception as e:  # an unreadable leftover folder is retrained
             log.warning("%s: %s; retraining", run_dir, e)
+    if resume:
+        try:  # a checkpoint made on other data is not continued: the row is trained again
+            resolve_run_data_dir(run_dir, cfg, data_dir)
+        except DataChangedError as e:
+            log.warning("%s: data changed since the run was made (%s); training the row again",
+                        run_dir, ", ".join(e.files))
+            resume = False
     if (run_dir / CONFIG_FILE).is_file() and not resume:
         log.warning("%s: replacing the run there (another config, or unfinished without a checkpoint)", run_dir)
     t0 = time.time()

@@ -382,18 +382,23 @@ def train(
     progress: bool = True,
     t_start: float | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    allow_data_change: bool = False,
 ) -> Run:
     """Train and evaluate a multi-task model; returns the :class:`Run`.
 
     Args:
         cfg: a :class:`Config` or the path of a YAML config.
         run_dir: the run folder (default: ``output.dir``, else ``runs/<name>``).
-        data_dir: the cs224n data folder (else ``data.dir``, else ``$MINBERT_DATA_DIR``).
+        data_dir: the cs224n data folder (else ``data.dir``, else ``$MINBERT_DATA_DIR``). With
+            ``resume``: else the folder the run recorded, whose files must still match the
+            recorded SHA-256 sums (:func:`minbert.runs.resolve_run_data_dir`).
         resume: continue the run in ``run_dir`` from its last checkpoint (its saved config is used).
         overwrite: replace an existing run in ``run_dir``.
         t_start: wall-clock start for ``summary.json``'s ``wall_s`` (default: now).
         on_epoch_end: called as ``f(epoch, dev)`` after each epoch's dev evaluation (``dev`` the
             flat metrics); an exception it raises ends training (``minbert tune`` prunes so).
+        allow_data_change: with ``resume``, continue on data files whose SHA-256 differs from the
+            run's record (else :class:`minbert.errors.DataChangedError`).
 
     Raises:
         MinbertError subclasses for every user mistake (config, data, checkpoint, non-finite loss).
@@ -413,6 +418,10 @@ def train(
     if not ctx.is_main:
         pkg_log.setLevel(logging.WARNING)  # only rank 0 reports progress
     try:
+        if resume:
+            from ..runs import resolve_run_data_dir
+
+            data_dir = resolve_run_data_dir(run_dir, cfg, data_dir, allow_data_change)
         return _train(cfg, run_dir, data_dir, resume, progress and ctx.is_main, t_start, ctx, on_epoch_end)
     finally:
         if file_log is not None:
