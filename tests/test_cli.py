@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from minbert.cli import main
+from minbert.tasks.base import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,8 +147,11 @@ def test_prediction_file(run, data_dir, name):
     header, rows = read_predictions(run / "predictions" / name)
     assert header == f"id,{column}"
     expected = file_ids(data_dir / data_file)
-    if is_dev:
-        expected = expected[:N]
+    if is_dev:  # dev_limit N: the seeded sample that training evaluates on (train.seed 0)
+        task = get_task(name.split("-")[0])
+        raw = task.read(data_dir / data_file, "dev").sample(N, seed=0, stratify=task.kind != "regression")
+        expected = raw.ids
+        assert len(expected) == N and set(expected) <= set(file_ids(data_dir / data_file))
     ids = [r[0] for r in rows]
     assert all(len(r) == 2 for r in rows)
     assert Counter(ids) == Counter(expected)  # exactly one row per input id
@@ -221,9 +225,10 @@ def test_cs224n_format(tmp_path, tiny_encoder, data_dir):
             m = re.fullmatch(r"(\S+) , (\S+)", ln)
             assert m, f"{name}: bad row {ln!r}"
             float(m.group(2))
-        assert Counter(re.fullmatch(r"(\S+) , \S+", ln).group(1) for ln in lines[1:]) == Counter(
-            expected[:N] if is_dev else expected
-        )
+        if is_dev:  # the seeded dev sample (train.seed 0)
+            task = get_task(name.split("-")[0])
+            expected = task.read(data_dir / data_file, "dev").sample(N, seed=0, stratify=task.kind != "regression").ids
+        assert Counter(re.fullmatch(r"(\S+) , \S+", ln).group(1) for ln in lines[1:]) == Counter(expected)
 
 
 # ----------------------------------------------------------------------------------------------
