@@ -18,7 +18,8 @@ from minbert.data.readers import read_records
 from minbert.errors import ConfigError, DataError
 from minbert.inference.predictor import load
 from minbert.tasks.base import get_task
-from minbert.tasks.custom import build_custom_task, macro_f1, register_custom_tasks
+from minbert.tasks.custom import build_custom_task, register_custom_tasks
+from minbert.tasks.metrics import macro_f1
 from minbert.training.trainer import train
 from minbert_testkit import (
     NAMES,

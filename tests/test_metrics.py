@@ -52,6 +52,40 @@ def test_confusion_matrix_counts():
     assert M.confusion_matrix(np.array(pred), np.array(gold), 3) == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
 
 
+def test_macro_f1_values():
+    # label 0: tp 1, 2 predicted, 1 gold -> 2/3; label 1: tp 1, 1 predicted, 3 gold -> 1/2;
+    # label 2: predicted once, never gold -> 0; label 3: absent from both -> 0
+    pred, gold = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1])
+    assert M.macro_f1(pred, gold, 4) == pytest.approx((2 / 3 + 1 / 2) / 4)
+    assert M.macro_f1(gold, gold, 2) == 1.0
+    assert M.macro_f1(np.array([]), np.array([]), 3) is None
+
+
+def test_each_task_kind_reports_its_metric_set():
+    """The built-in tasks and the custom ones that share their kind report the same metrics
+    (a custom classification task adds macro F1), in this order."""
+    from minbert.config import from_dict
+    from minbert.tasks.custom import build_custom_task
+
+    def custom(kind: str, **extra):
+        d = {"kind": kind, "input": "single", "files": {"train": "a.csv", "dev": "a.csv"},
+             "columns": {"text": "t", "label": "y"}, **extra}
+        return build_custom_task("c", from_dict({"custom_tasks": {"c": d}}).custom_tasks["c"])
+
+    pred, gold = np.array([0, 2, 1, 1]), np.array([0, 1, 1, 2])
+    assert get_task("sst").metrics(pred, gold) == {"acc": 0.5, "confusion": [[1, 0, 0, 0, 0], [0, 1, 1, 0, 0],
+                                                                             [0, 1, 0, 0, 0], [0] * 5, [0] * 5]}
+    m = custom("classification", label_names=["a", "b", "c"]).metrics(pred, gold)
+    assert list(m) == ["acc", "macro_f1", "confusion"]
+    assert m["acc"] == 0.5 and m["confusion"] == [[1, 0, 0], [0, 1, 1], [0, 1, 0]]
+    assert m["macro_f1"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    assert list(get_task("qqp").metrics(np.array([1, 0]), np.array([1, 1]))) == ["acc", "f1"]
+    scores, labels = np.array([0.5, 1.0, 2.0]), np.array([0.0, 1.0, 3.0])
+    for task in (get_task("sts"), custom("regression", range=[0, 3])):
+        assert list(task.metrics(scores, labels)) == ["pearson", "spearman"]
+        assert task.metrics(scores, labels)["spearman"] == pytest.approx(1.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # degenerate cases
 

@@ -379,7 +379,8 @@ def test_a_run_from_before_a_new_config_key_still_counts_as_the_same_config():
     import copy
 
     from minbert.config import load_config, resolve, to_dict
-    from minbert.experiments.suite import _jsonable, _same_config
+    from minbert.experiments.rows import jsonable as _jsonable
+    from minbert.experiments.rows import same_config as _same_config
 
     want = _jsonable(to_dict(resolve(load_config(None, []))))
     older = copy.deepcopy(want)

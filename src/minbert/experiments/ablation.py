@@ -38,10 +38,9 @@ import yaml
 from ..config import Config, dump_yaml, load_config, resolve
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
+from .rows import METRICS, train_row
 
 log = logging.getLogger(__name__)
-
-METRICS = ("sst_acc", "qqp_acc", "sts_pearson", "overall")
 
 
 @dataclass(frozen=True)
@@ -194,8 +193,6 @@ def run_ablation(
             ``report_only`` with either, or with no finished run under ``runs_root``; an
             ``only`` row that is not in the file; ``report_dir`` is a file.
     """
-    from .suite import _train_row
-
     if report_only and (final or only):
         raise ConfigError("--report-only trains nothing; do not combine it with --final or --only")
     if final and only:
@@ -212,11 +209,11 @@ def run_ablation(
         name = final_row(ab, runs_root)
         for seed in seeds if seeds is not None else ab.seeds:
             log.info("final row %s, seed %d", name, seed)
-            _train_row(ab.config(name, list(extra), seed), runs_root / f"final-seed{seed}", data_dir, progress, False)
+            train_row(ab.config(name, list(extra), seed), runs_root / f"final-seed{seed}", data_dir, progress, False)
     elif not report_only:
         for name in only or list(ab.rows):
             log.info("row %s: %s", name, ab.rows[name].change)
-            _train_row(ab.config(name, list(extra)), runs_root / name, data_dir, progress, False)
+            train_row(ab.config(name, list(extra)), runs_root / name, data_dir, progress, False)
     report = build_report(ab, runs_root)
     if report_only and not any(r["dev"] for r in report["rows"]) and report["final"] is None:
         raise ConfigError(f"--report-only: no finished runs of {ab.path.name}'s rows under {runs_root}")

@@ -25,18 +25,17 @@ import json
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, from_dict, load_config, replace, resolve, to_dict
-from ..errors import ConfigError, DataChangedError
+from ..config import Config, load_config, replace, resolve
+from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
-from ..runs import CONFIG_FILE, last_checkpoint
+from ..runs import last_checkpoint
+from .rows import METRICS, train_row
 
 log = logging.getLogger(__name__)
 
-METRICS = ("sst_acc", "qqp_acc", "sts_pearson", "overall")
 LABELS = {"sst_acc": "SST acc", "qqp_acc": "QQP acc", "sts_pearson": "STS r", "overall": "overall"}
 JSON_NAME, MD_NAME, PNG_NAME = "paper_suite.json", "paper_suite.md", "paper_suite.png"
 
@@ -190,62 +189,6 @@ def _has_weights(run_dir: Path) -> bool:
 # running
 
 
-def _jsonable(obj):
-    return json.loads(json.dumps(obj))
-
-
-def _same_config(stored, want: dict) -> bool:
-    """Whether a finished run's stored config is ``want``. The stored one is read through the
-    current schema first, so a run made before a config key existed counts as that key's
-    default (new keys default to the old behaviour); a key the schema no longer has, or an
-    unreadable config, is a mismatch."""
-    if stored == want:
-        return True
-    if not isinstance(stored, dict):
-        return False
-    try:
-        return _jsonable(to_dict(resolve(from_dict(stored)))) == want
-    except (ConfigError, TypeError, ValueError, KeyError):
-        return False
-
-
-def _train_row(cfg: Config, run_dir: Path, data_dir, progress: bool, rerun: bool) -> tuple[dict, float]:
-    """Train one preset (or read back / resume a run of the same config and data). Returns (summary, wall_s)."""
-    from ..runs import resolve_run_data_dir
-    from ..training.trainer import train
-
-    want = _jsonable(to_dict(resolve(cfg)))
-    summary_path = run_dir / "summary.json"
-    if not rerun and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if _same_config(summary.get("config"), want):
-            log.info("%s: a finished run of this config is there; reading its results", run_dir)
-            return summary, float(summary.get("wall_s", 0.0))
-    resume = False
-    if not rerun and (run_dir / CONFIG_FILE).is_file():
-        try:
-            same = _jsonable(to_dict(load_config(run_dir / CONFIG_FILE))) == want
-            resume = same and last_checkpoint(run_dir) is not None
-        except Exception as e:  # an unreadable leftover folder is retrained
-            log.warning("%s: %s; retraining", run_dir, e)
-    if resume:
-        try:  # a checkpoint made on other data is not continued: the row is trained again
-            resolve_run_data_dir(run_dir, cfg, data_dir)
-        except DataChangedError as e:
-            log.warning("%s: data changed since the run was made (%s); training the row again",
-                        run_dir, ", ".join(e.files))
-            resume = False
-    if (run_dir / CONFIG_FILE).is_file() and not resume:
-        log.warning("%s: replacing the run there (another config, or unfinished without a checkpoint)", run_dir)
-    t0 = time.time()
-    if resume:
-        log.info("%s: resuming the unfinished run of this config", run_dir)
-        run = train(cfg, run_dir=run_dir, data_dir=data_dir, resume=True, progress=progress)
-    else:
-        run = train(cfg, run_dir=run_dir, data_dir=data_dir, overwrite=True, progress=progress, t_start=t0)
-    return run.summary, round(time.time() - t0, 2)
-
-
 def _batch_size(cfg: Config) -> int:
     sizes = {t.batch_size for t in cfg.tasks.values()}
     return sizes.pop() if len(sizes) == 1 else max(sizes)
@@ -377,7 +320,7 @@ def run_suite(
             cfg = replace(cfg, train=replace(cfg.train, init_from=str(runs_root / presets[d].stem)))
         paper = PAPER[exp]
         log.info("row %d (%s): %s -> %s", exp, paper.description, path, run_dir)
-        summary, wall_s = _train_row(cfg, run_dir, data_dir, progress, rerun)
+        summary, wall_s = train_row(cfg, run_dir, data_dir, progress, rerun)
         results[exp] = make_record(exp, path.stem, cfg, summary, wall_s, run_dir, overrides)
         write_reports(results, report_dir)
         log.info("row %d done: %s", exp, {k: results[exp]["dev"][k] for k in METRICS})

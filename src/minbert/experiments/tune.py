@@ -108,7 +108,7 @@ def tune(
     from ..data.batching import resolve_data_dir
     from ..model.bert import resolve_encoder_path
     from ..training.trainer import train
-    from .suite import _jsonable
+    from .rows import jsonable
 
     if n_trials < 1:
         raise ConfigError(f"tune: --trials must be >= 1, got {n_trials}")
@@ -143,7 +143,7 @@ def tune(
             time.sleep(0.5 * (attempt + 1))
     if others:
         raise ConfigError(f"tune: {study_dir} holds the study {others[0]!r}, not {cfg.name!r}; use another --study-dir")
-    base = _jsonable(to_dict(resolve(cfg)))  # JSON types, as the storage keeps them
+    base = jsonable(to_dict(resolve(cfg)))  # JSON types, as the storage keeps them
     stored = study.user_attrs.get("base_config")
     if stored is None:
         study.set_user_attr("base_config", base)

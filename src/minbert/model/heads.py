@@ -66,37 +66,44 @@ class ScaledOutput(nn.Module):
         return low + (high - low) * torch.sigmoid(x)
 
 
-class LinearHead(nn.Module):
-    """Single sentence: pool -> dropout -> Linear(H, C). The reference baseline SST head."""
+class OutputHead(nn.Module):
+    """Base of the heads whose last layer has ``num_outputs`` units: :meth:`output` gives
+    (B, C) logits as they are, a single output as (B,), scaled onto ``output_range`` when the
+    task has one (:class:`ScaledOutput`). It adds no parameters (state_dict keys are the
+    subclass's own)."""
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, **_):
+    def __init__(self, num_outputs: int, output_range: tuple[float, float] | None):
         super().__init__()
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, num_outputs)
         self.scale = ScaledOutput(output_range)
         self.num_outputs = num_outputs
 
-    def forward(self, enc: Encoded) -> torch.Tensor:
-        out = self.classifier(self.dropout(pool(enc, self.pooling)))  # (B, C)
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, C) last-layer outputs -> (B, C), or (B,) when C == 1, scaled (see the class)."""
         return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
 
 
-class AbsDiffHead(nn.Module):
-    """Bi-encoder pair: |u - v| -> dropout -> Linear(H, 1). The reference baseline QQP/STS head."""
+class LinearHead(OutputHead):
+    """Single sentence: pool -> dropout -> Linear(H, C). The reference baseline SST head."""
 
     def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, **_):
-        super().__init__()
+        super().__init__(num_outputs, output_range)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden, num_outputs)
-        self.scale = ScaledOutput(output_range)
-        self.num_outputs = num_outputs
+
+    def forward(self, enc: Encoded) -> torch.Tensor:
+        out = self.classifier(self.dropout(pool(enc, self.pooling)))  # (B, C)
+        return self.output(out)
+
+
+class AbsDiffHead(LinearHead):
+    """Bi-encoder pair: |u - v| -> dropout -> Linear(H, 1) (the layers of :class:`LinearHead`).
+    The reference baseline QQP/STS head."""
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = pool(a, self.pooling), pool(b, self.pooling)  # (B, H) each
         out = self.classifier(self.dropout((u - v).abs()))
-        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+        return self.output(out)
 
 
 # -- the heads of the reference paper's experiment table (configs/paper/, minbert.suite) --------
@@ -111,7 +118,7 @@ class MeanLinearHead(LinearHead):
         super().__init__(hidden, num_outputs, "mean", dropout, output_range, **kw)
 
 
-class ConvHead(nn.Module):
+class ConvHead(OutputHead):
     """Single sentence, n-gram features (Kim 2014, "Convolutional Neural Networks for Sentence
     Classification"): token states (B, T, H) -> Conv1d(H, hidden_size, kernel 3, zero padding 1)
     -> ReLU -> pooling of the feature map over the real tokens (``mean``: masked mean, ``cls``:
@@ -125,15 +132,13 @@ class ConvHead(nn.Module):
     kernel_size = 3
 
     def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
-        super().__init__()
+        super().__init__(num_outputs, output_range)
         if pooling not in ("mean", "cls"):
             raise ConfigError(f"head conv1d pools its own n-gram features: pooling must be 'mean' or 'cls', not {pooling!r}")
         self.pooling = pooling
         self.conv = nn.Conv1d(hidden, hidden_size, self.kernel_size, padding=self.kernel_size // 2)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_outputs)
-        self.scale = ScaledOutput(output_range)
-        self.num_outputs = num_outputs
 
     def forward(self, enc: Encoded) -> torch.Tensor:
         real = enc.attention_mask.unsqueeze(-1).bool()  # (B, T, 1)
@@ -141,62 +146,56 @@ class ConvHead(nn.Module):
         feats = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)  # (B, T, hidden_size)
         pooled = pool(Encoded(feats, enc.attention_mask, enc.pooler_output), self.pooling)
         out = self.classifier(self.dropout(pooled))
-        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+        return self.output(out)
 
 
-class PairMLPHead(nn.Module):
+class PairMLPHead(OutputHead):
     """Bi-encoder pair: the pair features [u; v; |u - v|] (SBERT's classification objective,
     Reimers & Gurevych 2019) -> Linear(3H, hidden_size) -> ReLU -> Dropout -> Linear(hidden_size, C).
     The reference paper's exp 5 QQP head ("MLP on the pair features"; it does not list the
     features, we use SBERT's)."""
 
     def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
-        super().__init__()
+        super().__init__(num_outputs, output_range)
         self.pooling = pooling
         self.mlp = nn.Sequential(
             nn.Linear(3 * hidden, hidden_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_outputs)
         )
-        self.scale = ScaledOutput(output_range)
-        self.num_outputs = num_outputs
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = pool(a, self.pooling), pool(b, self.pooling)
         out = self.mlp(torch.cat([u, v, (u - v).abs()], dim=-1))
-        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+        return self.output(out)
 
 
-class GeluAbsDiffHead(nn.Module):
+class GeluAbsDiffHead(OutputHead):
     """Bi-encoder pair: |u - v| -> dropout -> Linear(H, hidden_size) -> GELU -> Linear(hidden_size, C).
     The reference paper's final QQP head (exp 6 onwards). The dropout on |u - v| is the
     baseline head's (``dropout: 0`` gives the paper's three layers exactly)."""
 
     def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
-        super().__init__()
+        super().__init__(num_outputs, output_range)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs))
-        self.scale = ScaledOutput(output_range)
-        self.num_outputs = num_outputs
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = pool(a, self.pooling), pool(b, self.pooling)
         out = self.mlp(self.dropout((u - v).abs()))
-        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+        return self.output(out)
 
 
-class SbertHead(nn.Module):
+class SbertHead(OutputHead):
     """Bi-encoder pair with SBERT's pair features (Reimers & Gurevych 2019, Sec. 3, plus the
     element-wise product of InferSent, Conneau et al. 2017): [u; v; |u - v|; u * v] (B, 4H) ->
     dropout -> Linear(4H, hidden_size) -> GELU -> Linear(hidden_size, C), scaled onto the task's
     range for regression."""
 
     def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
-        super().__init__()
+        super().__init__(num_outputs, output_range)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.mlp = nn.Sequential(nn.Linear(4 * hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs))
-        self.scale = ScaledOutput(output_range)
-        self.num_outputs = num_outputs
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = pool(a, self.pooling), pool(b, self.pooling)  # (B, H) each
@@ -204,7 +203,7 @@ class SbertHead(nn.Module):
         # (real embeddings are orders of magnitude below; the clamp is then the identity)
         uv = (u * v).clamp(-1e18, 1e18)
         out = self.mlp(self.dropout(torch.cat([u, v, (u - v).abs(), uv], dim=-1)))  # (B, C)
-        return self.scale(out.squeeze(-1) if self.num_outputs == 1 else out)
+        return self.output(out)
 
 
 def cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -240,11 +239,11 @@ class CompressExpandHead(nn.Module):
         self.bottleneck = nn.Sequential(
             nn.Linear(hidden, hidden_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, hidden)
         )
+        self.scale = ScaledOutput(self.output_range)
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = self.bottleneck(pool(a, self.pooling)), self.bottleneck(pool(b, self.pooling))
-        low, high = self.output_range
-        return low + (high - low) * torch.sigmoid(cosine(u, v))
+        return self.scale(cosine(u, v))
 
 
 class CosineHead(nn.Module):

@@ -165,7 +165,11 @@ class Task:
 
 
 class ClassificationTask(Task):
+    """N-label classification: logits (B, N), cross-entropy, scored by accuracy and a confusion
+    matrix (and macro F1 when ``reports_macro_f1``)."""
+
     kind = "classification"
+    reports_macro_f1 = False
 
     def parse_label(self, raw: str) -> int:
         try:
@@ -185,7 +189,11 @@ class ClassificationTask(Task):
         return output.argmax(-1).cpu().numpy()
 
     def metrics(self, pred, gold):
-        return {"acc": M.accuracy(pred, gold), "confusion": M.confusion_matrix(pred, gold, self.num_outputs) if len(gold) else None}
+        m = {"acc": M.accuracy(pred, gold)}
+        if self.reports_macro_f1:
+            m["macro_f1"] = M.macro_f1(pred, gold, self.num_outputs)
+        m["confusion"] = M.confusion_matrix(pred, gold, self.num_outputs) if len(gold) else None
+        return m
 
     def primary(self, m):
         return m["acc"]
@@ -215,9 +223,11 @@ class BinaryPairTask(Task):
         return m["acc"]
 
 
-class RegressionPairTask(Task):
+class RegressionTask(Task):
+    """Regression onto ``output_range`` (low, high): a score (B,) that the head maps into the range,
+    MSE, scored by Pearson r (and Spearman rho)."""
+
     kind = "regression"
-    pair = True
 
     def parse_label(self, raw: str) -> float:
         try:
@@ -240,6 +250,10 @@ class RegressionPairTask(Task):
 
     def primary(self, m):
         return None if m["pearson"] is None else (m["pearson"] + 1.0) / 2.0
+
+
+class RegressionPairTask(RegressionTask):
+    pair = True
 
 
 # ----------------------------------------------------------------------------------------------

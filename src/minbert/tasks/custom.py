@@ -33,30 +33,16 @@ import re
 import threading
 
 import numpy as np
-import torch.nn.functional as F
 
 from ..config import Config, CustomTaskConfig
 from ..data.batching import RawSplit
 from ..data.readers import read_records
 from ..errors import ConfigError
-from . import metrics as M
-from .base import TASKS, Task, register_task
+from .base import TASKS, ClassificationTask, RegressionTask, Task, register_task
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _SPLITS = ("train", "dev", "test")
 _lock = threading.Lock()
-
-
-def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float | None:
-    """Unweighted mean over the labels of each label's F1 (a label absent from both predictions
-    and gold scores 0); in [0, 1], None if empty."""
-    if len(gold) == 0:
-        return None
-    m = np.asarray(M.confusion_matrix(pred, gold, num_labels), dtype=np.float64)  # m[gold][pred]
-    tp = np.diag(m)
-    denom = m.sum(0) + m.sum(1)
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
 
 
 class _CustomTask(Task):
@@ -88,10 +74,11 @@ class _CustomTask(Task):
         )
 
 
-class CustomClassificationTask(_CustomTask):
-    """N-label classification of one text or a pair: logits (B, N), cross-entropy, accuracy."""
+class CustomClassificationTask(_CustomTask, ClassificationTask):
+    """N-label classification of one text or a pair: logits (B, N), cross-entropy, accuracy
+    (also macro F1 and a confusion matrix); labels by name or index."""
 
-    kind = "classification"
+    reports_macro_f1 = True
 
     def __init__(self, name: str, definition: CustomTaskConfig):
         super().__init__(name, definition)
@@ -112,58 +99,16 @@ class CustomClassificationTask(_CustomTask):
             raise ValueError(f"expected {names}an integer 0..{self.num_outputs - 1}")
         return int(value)
 
-    def loss(self, output, labels):
-        return F.cross_entropy(output.float(), labels)
-
-    def predict(self, output):
-        return output.argmax(-1).cpu().numpy()
-
-    def metrics(self, pred, gold):
-        empty = len(gold) == 0
-        return {
-            "acc": M.accuracy(pred, gold),
-            "macro_f1": macro_f1(pred, gold, self.num_outputs),
-            "confusion": None if empty else M.confusion_matrix(pred, gold, self.num_outputs),
-        }
-
-    def primary(self, m):
-        return m["acc"]
-
     def format_value(self, v) -> str:
         return self.label_names[int(v)] if self.label_names else str(int(v))
 
 
-class CustomRegressionTask(_CustomTask):
+class CustomRegressionTask(_CustomTask, RegressionTask):
     """Regression of one text or a pair onto ``range``: a score (B,), MSE, Pearson r."""
-
-    kind = "regression"
-    num_outputs = 1
 
     def __init__(self, name: str, definition: CustomTaskConfig):
         super().__init__(name, definition)
         self.output_range = (float(definition.range[0]), float(definition.range[1]))
-
-    def parse_label(self, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError("not a number") from None
-        low, high = self.output_range
-        if not np.isfinite(value) or not low <= value <= high:
-            raise ValueError(f"outside [{low:g}, {high:g}]")
-        return value
-
-    def loss(self, output, labels):
-        return F.mse_loss(output.float(), labels.float())
-
-    def predict(self, output):
-        return output.float().cpu().numpy()
-
-    def metrics(self, pred, gold):
-        return {"pearson": M.pearson(pred, gold), "spearman": M.spearman(pred, gold)}
-
-    def primary(self, m):
-        return None if m["pearson"] is None else (m["pearson"] + 1.0) / 2.0
 
 
 def build_custom_task(name: str, d: CustomTaskConfig) -> _CustomTask:
@@ -251,6 +196,5 @@ __all__ = [
     "CustomRegressionTask",
     "build_custom_task",
     "headline_key",
-    "macro_f1",
     "register_custom_tasks",
 ]

@@ -41,6 +41,18 @@ def confusion_matrix(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> lis
     return m.tolist()
 
 
+def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float | None:
+    """Unweighted mean over the labels of each label's F1 (a label absent from both predictions
+    and gold scores 0); in [0, 1], None if empty."""
+    if len(gold) == 0:
+        return None
+    m = np.asarray(confusion_matrix(pred, gold, num_labels), dtype=np.float64)  # m[gold][pred]
+    tp = np.diag(m)
+    denom = m.sum(0) + m.sum(1)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1.mean())
+
+
 def _correlation(fn, pred: np.ndarray, gold: np.ndarray, name: str) -> float | None:
     if len(gold) == 0:
         return None
