@@ -242,7 +242,7 @@ def test_ensemble_follows_the_rule(env, capsys):
 
 
 def test_suite_resumes_a_row_on_its_data_and_retrains_it_on_changed_data(env):
-    from minbert.experiments.suite import _train_row
+    from minbert.experiments.rows import train_row as _train_row
 
     (env["run"] / "summary.json").unlink()  # an unfinished row with a checkpoint: resumed
     cfg = load_config(env["run"] / "config.yaml")

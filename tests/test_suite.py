@@ -266,7 +266,9 @@ def test_row_14_initialises_from_row_7_and_freezes_3_layers(two_parts):
     orig = load_file(str(encoder / "model.safetensors"))
     assert set(w7) == set(w14)
     frozen = [k for k in w14 if k.startswith(("encoder.embeddings.", *(f"encoder.encoder.layer.{i}." for i in range(3))))]
-    trained = [k for k in w14 if k.startswith("encoder.encoder.layer.3.")]
+    # (the attention key bias has no gradient: softmax ignores a shift shared by a query's scores,
+    # so only rounding moves it; it is left out)
+    trained = [k for k in w14 if k.startswith("encoder.encoder.layer.3.") and not k.endswith("key.bias")]
     assert frozen and trained
     for k in frozen:  # row 7's trained weights, unchanged by row 14
         assert torch.equal(w14[k], w7[k]), k
