@@ -191,16 +191,19 @@ def test_predict_text(run, tmp_path):
 
 def test_predict_input_file_reports_bad_rows(run, tmp_path):
     src = tmp_path / "in.csv"
-    src.write_text('id,sentence\nr1,a fine film\nr2,\nr3,"a dull, long film"\nr4,   \nr5,just ok\n')
+    src.write_text('id,sentence\nr1,a fine film\nr2,\nr3,"a dull, long film"\nr4,   \nr5,just ok\nr6,"a", b\n')
     dst = tmp_path / "out.csv"
     proc = ok(cli("predict", str(run), "--task=sst", f"--input={src}", f"--output={dst}", "--device=cpu", cwd=tmp_path))
     header, rows = read_predictions(dst)
     assert header == "id,Predicted_Sentiment"
-    assert [r[0] for r in rows] == ["r1", "r3", "r5"]
+    # empty and whitespace texts are predicted (from the empty input), not dropped
+    assert [r[0] for r in rows] == ["r1", "r2", "r3", "r4", "r5"]
     assert all(r[1] in {"0", "1", "2", "3", "4"} for r in rows)
-    # the bad rows are reported by physical line (the header is line 1)
-    assert f"{src}:3: missing or empty 'sentence'" in proc.stderr
-    assert f"{src}:5: missing or empty 'sentence'" in proc.stderr
+    assert rows[1][1] == rows[3][1]  # both are the empty input
+    assert f"{src}: 2 row(s) with an empty text are predicted from an empty input" in proc.stderr
+    # the bad row is reported by physical line (the header is line 1)
+    assert f"{src}:7: expected 2 fields, found 3" in proc.stderr
+    assert f"{src}: 6 data lines: 5 kept, 1 bad" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -113,13 +113,13 @@ def test_bad_rows_are_reported_with_file_line_and_reason(task_dir, caplog):
         raw = task.read(task_dir / "train.csv", "train")
     assert len(raw) == 49 and raw.labels[-1] == 1 and raw.ids[-1] == "ok-index"
     assert [str(b) for b in raw.bad_rows] == [
-        f"{task_dir / 'train.csv'}:50: missing or empty 'second'",
+        f"{task_dir / 'train.csv'}:50: empty text in column 'second'",
         f"{task_dir / 'train.csv'}:51: bad label 'maybe' in column 'verdict': expected one of ['different', 'same'] or an integer 0..1",
     ]
     assert f"{task_dir / 'train.csv'}:51: bad label 'maybe'" in caplog.text
     dev = task.read(task_dir / "dev.jsonl", "dev")
     assert len(dev) == 24 and [str(b) for b in dev.bad_rows] == [f"{task_dir / 'dev.jsonl'}:25: not valid JSON (Expecting property name enclosed in double quotes)"]
-    with pytest.raises(DataError, match=r"train.csv:50: missing or empty 'second' \(strict mode\)"):
+    with pytest.raises(DataError, match=r"train.csv:50: empty text in column 'second' \(strict mode\)"):
         task.read(task_dir / "train.csv", "train", strict=True)
     test = task.read(task_dir / "test.tsv", "test")
     assert test.labels is None and len(test) == 8 and test.texts[0][0] == pair_rows(8, 3)[0][1]
@@ -192,15 +192,19 @@ def test_cli_predict_input_with_the_custom_tasks_columns(joint_run, task_dir, tm
     from minbert.cli import main
 
     src = tmp_path / "in.tsv"
-    src.write_text("uid\tfirst\tsecond\nq1\tthe red car\tthe red car\nq2\tonly one\t\nq3\ta big tree\tthe slow dog\n")
+    src.write_text("uid\tfirst\tsecond\nq1\tthe red car\tthe red car\nq2\tonly one\t\nq3\ta big tree\tthe slow dog\nq4\tx\n")
     out = tmp_path / "out.csv"
     code = main(["predict", str(joint_run.run_dir), "--task=para", f"--input={src}", f"--output={out}", "--device=cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert f"skipped {src}:3: missing or empty 'second'" in caplog.text
+    assert f"skipped {src}:5: expected 3 fields, found 2" in caplog.text
+    assert f"{src}: 4 data lines: 3 kept, 1 bad" in caplog.text
     got = read_pred(out)
-    want = load(joint_run.run_dir, device="cpu").predict("para", [("the red car", "the red car"), ("a big tree", "the slow dog")])
-    assert got == {"q1": want[0]["name"], "q3": want[1]["name"]}
+    pred = load(joint_run.run_dir, device="cpu")
+    want = pred.predict("para", [("the red car", "the red car"), ("a big tree", "the slow dog")])
+    # an empty second text is predicted from the empty input, not dropped
+    empty = int(pred.outputs("para", ["only one"], [""]).argmax(-1)[0])
+    assert got == {"q1": want[0]["name"], "q2": NAMES[empty], "q3": want[1]["name"]}
 
 
 def test_a_custom_task_must_be_defined_in_the_config_that_trains_it(task_dir):

@@ -16,9 +16,9 @@ from minbert.data.batching import (
     TaskStream,
     epoch_batches,
     eval_batches,
-    read_table,
     verify_checksums,
 )
+from minbert.data.readers import read_records
 from minbert.errors import DataError, MinbertError
 from minbert.tasks.base import get_task
 
@@ -51,9 +51,11 @@ def quora_dev(data_dir):
 
 
 def test_real_quora_dev_reports_two_bad_rows(quora_dev, caplog):
-    caplog.set_level(logging.WARNING, logger="minbert.data.batching")
+    caplog.set_level(logging.WARNING, logger="minbert.data.readers")
     raw = get_task("qqp").read(quora_dev, "dev", strict=False)
     assert len(raw) == 20_212
+    assert (raw.data_lines, raw.blank_lines) == (20_214, 0)
+    assert f"{quora_dev}: 20214 data lines: 20212 kept, 2 bad\n" in caplog.text
     assert len(raw.ids) == len(raw.texts) == len(raw.labels) == 20_212
     assert [b.line for b in raw.bad_rows] == [2577, 14222]
     missing, empty = raw.bad_rows
@@ -176,7 +178,7 @@ def test_bad_row_reported_and_skipped(tmp_path, caplog, task_name, bad_line, rea
     task = get_task(task_name)
     good = GOOD[task_name]
     path = write_file(tmp_path / f"{task_name}-dev.csv", HEADERS[task_name], [good[0], bad_line, good[1]])
-    caplog.set_level(logging.WARNING, logger="minbert.data.batching")
+    caplog.set_level(logging.WARNING, logger="minbert.data.readers")
 
     raw = task.read(path, "dev")
     assert raw.ids == ["g1", "g2"]
@@ -199,28 +201,37 @@ def test_bad_row_reported_and_skipped(tmp_path, caplog, task_name, bad_line, rea
 
 
 def test_unterminated_quote_reported(tmp_path):
-    # an unterminated quote swallows the rest of the file: reported at the line it starts on
+    # an unterminated quote is a bad row on its own line; the next line is read normally
     path = write_file(tmp_path / "sst.csv", HEADERS["sst"], [SST_GOOD[0], SST_GOOD[1], '9\tb\t"never closed\t2', "10\tc\tMore .\t1"])
     raw = get_task("sst").read(path, "dev")
-    assert raw.ids == ["g1", "g2"]
+    assert raw.ids == ["g1", "g2", "c"]
+    assert raw.texts[2] == ("More .",) and raw.labels.tolist() == [3, 0, 1]
     assert [(b.line, b.reason.split(" (")[0]) for b in raw.bad_rows] == [(4, "bad quoting")]
 
 
-def test_physical_line_numbers_after_multiline_field(tmp_path):
-    # quoted fields may hold tabs and newlines: line numbers stay physical (header = line 1)
+def test_one_record_per_physical_line(tmp_path):
+    # quoted fields may hold tabs and quotes, not line breaks: a quote left open at the end of
+    # its line makes that line bad, and the next physical line is a record of its own
     rows = [
-        '0\tm1\t"Two\nlines\twith a tab and ""quotes"""\t1',  # lines 2-3
-        "1\tb\tGood .\t9",  # line 4: bad
-        "2\tg2\tFine .\t2",  # line 5
-        "3\tb2\t\t2",  # line 6: bad
+        '0\tm1\t"Two\nlines\twith a tab and ""quotes"""\t1',  # lines 2-3: both bad
+        '1\tq1\t"A tab\there and ""quotes"""\t4',  # line 4
+        "1\tb\tGood .\t9",  # line 5: bad
+        "2\tg2\tFine .\t2",  # line 6
+        "3\tb2\t\t2",  # line 7: bad
     ]
     path = write_file(tmp_path / "sst.csv", HEADERS["sst"], rows)
     raw = get_task("sst").read(path, "dev")
-    assert raw.ids == ["m1", "g2"]
-    assert raw.texts[0] == ('Two\nlines\twith a tab and "quotes"',)
-    assert raw.labels.tolist() == [1, 2]
-    assert [b.line for b in raw.bad_rows] == [4, 6]
-    with pytest.raises(DataError, match=r":4: bad label '9'"):
+    assert raw.ids == ["q1", "g2"]
+    assert raw.texts[0] == ('A tab\there and "quotes"',)
+    assert raw.labels.tolist() == [4, 2]
+    assert [(b.line, b.reason.split(" (")[0]) for b in raw.bad_rows] == [
+        (2, "bad quoting"),
+        (3, "expected 4 fields, found 3"),
+        (5, "bad label '9' in column 'sentiment': expected an integer 0..4"),
+        (7, "empty text in column 'sentence'"),
+    ]
+    assert (raw.data_lines, raw.blank_lines) == (6, 0)
+    with pytest.raises(DataError, match=r":2: bad quoting"):
         get_task("sst").read(path, "dev", strict=True)
 
 
@@ -459,9 +470,9 @@ def test_raw_split_subset():
     assert raw.subset(None) is raw and raw.subset(10) is raw
 
 
-def test_read_table_direct(tmp_path):
+def test_read_records_direct(tmp_path):
     path = write_file(tmp_path / "x.csv", ["", "id", "sentence", "score"], ["0\ta\tHi .\t1.5"])
-    raw = read_table(path, ["sentence"], "score", float, label_dtype=np.float64)
+    raw = read_records(path, ["sentence"], "score", float, id_column="id", label_dtype=np.float64, fmt="tsv")
     assert raw.labels.dtype == np.float64 and raw.labels.tolist() == [1.5]
 
 

@@ -161,9 +161,9 @@ def test_cli_batch_prediction_reports_and_skips_bad_rows(run, predictor, tmp_pat
     src.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out.csv"
     assert main(["predict", str(run.run_dir), "--task=sts", f"--input={src}", f"--output={out}", "--device=cpu", "--batch-size=1"]) == 0
-    for line, reason in ((2, "missing or empty 'sentence2'"), (3, "expected a JSON object, got list"), (4, "'sentence2' is not a string"), (5, "not valid JSON")):
+    for line, reason in ((2, "missing text in column 'sentence2'"), (3, "expected a JSON object, got list"), (4, "'sentence2' is not a string"), (5, "not valid JSON")):
         assert f"skipped {src}:{line}: {reason}" in caplog.text
-    assert f"{src}: skipped 4 bad row(s); kept 2" in caplog.text
+    assert f"{src}: 6 data lines: 2 kept, 4 bad" in caplog.text
     assert "predict sts: 100%" in capsys.readouterr().err  # the progress bar
     lines = out.read_text().splitlines()
     want = predictor.similarity([PAIRS[0], ("same", "same")])
@@ -176,7 +176,7 @@ def test_cli_batch_prediction_of_an_unreadable_file_is_one_line_exit_2(run, tmp_
     bad = tmp_path / "latin1.csv"
     bad.write_bytes("id,sentence\n1,caf\xe9\n".encode("latin-1"))
     assert main(["predict", str(run.run_dir), "--task=sst", f"--input={bad}", "--device=cpu"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"error: {bad}: line 2: not UTF-8 text (invalid continuation byte)"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {bad}: line 2: not UTF-8 text (unexpected end of data)"]
 
 
 def test_int8_quantisation_fuses_qkv_and_stays_close(tiny_encoder):

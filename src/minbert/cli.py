@@ -178,9 +178,11 @@ def cmd_ensemble(args, extra: list[str]) -> int:
 
 def _read_input(path: Path, pair: bool, task=None) -> tuple[list[str], list[str], list[str] | None, list[str]]:
     """Read a .csv/.tsv/.jsonl prediction input: ids, a-texts, b-texts, and bad-row messages
-    (``file:line: reason``; those rows are skipped). Text columns: ``sentence`` (or ``text``),
-    or ``sentence1`` and ``sentence2`` for pairs; a custom ``task`` uses its own columns (and
-    the generic names where those are absent). Ids: the ``id`` column, else the line number.
+    (``file:line: reason``; those rows are skipped and logged, see :mod:`minbert.data.readers`).
+    Text columns: ``sentence`` (or ``text``), or ``sentence1`` and ``sentence2`` for pairs; a
+    custom ``task`` uses its own columns (and the generic names where those are absent). Ids:
+    the ``id`` column, else the line number. An empty or whitespace text is kept as ``""``, so
+    that every id gets a prediction (from an empty input).
 
     Raises:
         DataError: missing or empty file, unknown suffix, a header without the text columns,
@@ -194,7 +196,7 @@ def _read_input(path: Path, pair: bool, task=None) -> tuple[list[str], list[str]
     if task is not None and getattr(task, "definition", None) is not None:  # a custom task
         fallbacks = {c: g for c, g in zip(task.text_columns, cols) if c != g}
         cols, id_column = task.text_columns, task.id_column or "id"
-    raw = read_records(path, cols, text_fallbacks=fallbacks, id_column=id_column, id_optional=True, log_bad=False)
+    raw = read_records(path, cols, text_fallbacks=fallbacks, id_column=id_column, id_optional=True, keep_empty_text=True)
     a = [t[0] for t in raw.texts]
     b = [t[1] for t in raw.texts] if pair else None
     return raw.ids, a, b, [str(x) for x in raw.bad_rows]
@@ -221,11 +223,7 @@ def cmd_predict(args, extra: list[str]) -> int:
         out = _predict_values(pred, task, [texts[0]], [texts[1]] if task.pair else None)
         print(json.dumps(out[0]))
         return 0
-    ids, a, b, bad = _read_input(Path(args.input), task.pair, task)
-    for msg in bad:
-        log.warning("skipped %s", msg)
-    if bad:
-        log.warning("%s: skipped %d bad row(s); kept %d", args.input, len(bad), len(ids))
+    ids, a, b, _ = _read_input(Path(args.input), task.pair, task)  # the reader logs its bad rows
     from tqdm.auto import tqdm
 
     values, chunk = [], max(1, args.batch_size) * 16  # one progress step per chunk of rows

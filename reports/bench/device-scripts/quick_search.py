@@ -44,6 +44,33 @@ ROWS = {
     "bi-3k-stsbaseline": {"tasks": tasks((3000, 3000, 3000), sts={"head": "baseline"})},
     "bi-3k-sampled": {"tasks": tasks((3000, 3000, 3000)), "train": {"routine": "sampled", "sampling": "proportional"}},
 }
+# second round: the sbert_cosine STS head, smaller pair batches (the CPU budget is ~5k sequences)
+SB = {"head": "sbert_cosine"}
+
+
+def small(n_sst, n_qqp, n_sts, pb=16, **over):
+    over["sts"] = {**SB, **over.get("sts", {})}
+    out = tasks((n_sst, n_qqp, n_sts), **over)
+    for t in ("qqp", "sts"):
+        out[t]["batch_size"] = pb
+    return out
+
+
+ROWS.update({
+    "q-1600-lr2e4": {"tasks": small(1600, 800, 800), "optim": {"lr": 2e-4}},
+    "q-1600-lr1e4": {"tasks": small(1600, 800, 800)},
+    "q-1600-lr3e4": {"tasks": small(1600, 800, 800), "optim": {"lr": 3e-4}},
+    "q-2400-lr2e4": {"tasks": small(2400, 1200, 1200), "optim": {"lr": 2e-4}},
+    "q-2400-lr1e4": {"tasks": small(2400, 1200, 1200)},
+    "q-1600-qqpcross-lr2e4": {"tasks": small(1600, 800, 800, qqp=CROSS), "optim": {"lr": 2e-4}},
+    "q-1600-stsw0.5-lr2e4": {"tasks": small(1600, 800, 800, sts={"weight": 0.5}), "optim": {"lr": 2e-4}},
+    "q-1600-headlr-lr1e4": {"tasks": small(1600, 800, 800), "optim": {"lr": 1e-4, "head_lr": 1e-3}},
+    "q-1600-phrases-lr2e4": {"tasks": small(1600, 800, 800, sst={"phrases_file": TREES + "/train.txt"}),
+                             "optim": {"lr": 2e-4}},
+    "q-3200-sst64-lr2e4": {"tasks": small(3200, 1600, 1600, sst={"batch_size": 64}), "optim": {"lr": 2e-4}},
+    "q-1600-len64-lr2e4": {"tasks": small(1600, 800, 800), "optim": {"lr": 2e-4}, "model": {"max_length": 64}},
+    "q-1600-seed1-lr2e4": {"tasks": small(1600, 800, 800), "optim": {"lr": 2e-4}, "train": {"seed": 1}},
+})
 only = sys.argv[5].split(",") if len(sys.argv) > 5 else list(ROWS)
 for name in only:
     row = ROWS[name]

@@ -1,24 +1,17 @@
-"""Reading the task files, tokenising once, and batching.
+"""Split types, the data folder and checksums, SST phrase trees, tokenising once, and batching.
 
-The cs224n files are tab-separated with a header row; the first column is an unnamed row index.
-Columns are found by header name, so the malformed SST test header (an extra leading column) is
-read correctly. Quoted fields may hold ``"`` and tabs.
-
-A bad row (bad quoting, wrong number of fields, missing field, empty text, bad label) is
-reported with file, physical line (1-based; the header is line 1) and reason, then skipped; with
-``strict=True`` the first bad row raises :class:`DataError`. File-level problems (missing or
-empty file, a missing column, SST labels in 1..5) always raise a one-line ``DataError``.
+The tabular task files are read by :func:`minbert.data.readers.read_records` (one record per
+physical line, every data line kept or reported as a :class:`BadRow`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,11 +20,12 @@ from ..errors import DataError
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "MINBERT_DATA_DIR"
-csv.field_size_limit(10_000_000)
 
 
 @dataclass(frozen=True)
 class BadRow:
+    """A data line that was not kept: file, 1-based physical line (a header is line 1), reason."""
+
     path: str
     line: int
     reason: str
@@ -42,13 +36,16 @@ class BadRow:
 
 @dataclass
 class RawSplit:
-    """One file's rows. ``labels`` is None for unlabelled (test) files."""
+    """One file's rows. ``labels`` is None for unlabelled (test) files. A split read from a table
+    file also counts the file's data lines (kept + bad rows) and its skipped blank lines."""
 
     path: str
     ids: list[str]
     texts: list[tuple[str, ...]]  # one tuple of 1 or 2 texts per row
     labels: np.ndarray | None
     bad_rows: list[BadRow] = field(default_factory=list)
+    data_lines: int | None = None  # None: not read from a table file (or since subset / changed)
+    blank_lines: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -147,126 +144,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _rows(path: Path) -> Iterator[tuple[int, list[str] | None, str | None]]:
-    """Yield (first physical line, fields, error) per record; fields is None on a parse error."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter="\t", strict=True)
-        prev = 0
-        while True:
-            start = prev + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                prev = reader.line_num
-                yield start, None, f"bad quoting ({e})"
-                continue
-            except UnicodeDecodeError as e:
-                # the text layer decodes ahead in chunks: find the line by scanning the bytes
-                line = _first_non_utf8_line(path) or prev + 1
-                raise DataError(f"{path}: line {line}: not UTF-8 text ({e.reason})") from None
-            prev = reader.line_num
-            yield start, row, None
-
-
-def _first_non_utf8_line(path: Path) -> int | None:
-    with open(path, "rb") as fh:
-        for n, line in enumerate(fh, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                return n
-    return None
-
-
-def read_table(
-    path: str | os.PathLike,
-    text_columns: Sequence[str],
-    label_column: str | None,
-    parse_label: Callable[[str], float | int] | None,
-    id_column: str = "id",
-    strict: bool = False,
-    label_dtype=np.int64,
-) -> RawSplit:
-    """Read a tab-separated task file.
-
-    Args:
-        text_columns: header names of the 1 or 2 text columns.
-        label_column: header name of the label, or None for an unlabelled file.
-        parse_label: maps the raw label string to a value; raises ``ValueError(reason)``.
-        strict: raise on the first bad row instead of skipping it.
-
-    Returns:
-        RawSplit with ``labels`` as a ``label_dtype`` array (None without a label column).
-
-    Raises:
-        DataError: missing/empty file, missing column, or (strict) any bad row.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
-    rows = _rows(path)
-    first = next(rows, None)
-    if first is None or first[1] is None:
-        raise DataError(f"{path}: line 1: cannot read the header row")
-    header = [h.strip() for h in first[1]]
-    wanted = [id_column, *text_columns] + ([label_column] if label_column else [])
-    missing = [c for c in wanted if c not in header]
-    if missing:
-        raise DataError(f"{path}: line 1: header has no column {missing[0]!r} (header: {header})")
-    col = {c: header.index(c) for c in wanted}
-    ids, texts, labels, bad = [], [], [], []
-
-    def reject(line: int, reason: str) -> None:
-        b = BadRow(str(path), line, reason)
-        if strict:
-            raise DataError(f"{b} (strict mode)")
-        bad.append(b)
-
-    for line, row, err in rows:
-        if err is not None:
-            reject(line, err)
-            continue
-        if len(row) != len(header):
-            reject(line, f"expected {len(header)} fields, found {len(row)}")
-            continue
-        rid = row[col[id_column]].strip()
-        if not rid:
-            reject(line, f"empty {id_column}")
-            continue
-        tx = tuple(row[col[c]].strip() for c in text_columns)
-        empty = [c for c, t in zip(text_columns, tx) if not t]
-        if empty:
-            reject(line, f"empty text in column {empty[0]!r}")
-            continue
-        if label_column:
-            raw = row[col[label_column]].strip()
-            if not raw:
-                reject(line, f"missing label in column {label_column!r}")
-                continue
-            try:
-                value = parse_label(raw)
-            except ValueError as e:
-                reject(line, f"bad label {raw!r} in column {label_column!r}: {e}")
-                continue
-            labels.append(value)
-        ids.append(rid)
-        texts.append(tx)
-    if bad:
-        log.warning("%s: skipped %d bad row(s); kept %d", path, len(bad), len(ids))
-        for b in bad[:20]:
-            log.warning("  %s", b)
-        if len(bad) > 20:
-            log.warning("  ... and %d more", len(bad) - 20)
-    if not ids:
-        raise DataError(f"{path}: no usable rows ({len(bad)} bad)")
-    arr = np.asarray(labels, dtype=label_dtype) if label_column else None
-    return RawSplit(str(path), ids, texts, arr, bad)
 
 
 def _parse_tree(line: str) -> list[tuple[int, str]]:

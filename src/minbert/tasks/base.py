@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.batching import RawSplit, TokenizedSplit, read_table
+from ..data.batching import RawSplit, TokenizedSplit
+from ..data.readers import read_records
 from ..data.tokenizer import pad_batch
 from ..errors import ConfigError, DataError
 from ..model.heads import build_head
@@ -81,9 +82,10 @@ class Task:
         return np.float32 if self.kind == "regression" else np.int64
 
     def read(self, path, split: str, strict: bool = False) -> RawSplit:
-        """Read one split file (the test split has no labels)."""
+        """Read one split file, tab-separated (the cs224n layout). The test split has no labels,
+        and a test row with an empty text is kept (predicted from an empty input)."""
         labelled = split != "test"
-        raw = read_table(
+        raw = read_records(
             path,
             self.text_columns,
             self.label_column if labelled else None,
@@ -91,6 +93,8 @@ class Task:
             id_column=self.id_column,
             strict=strict,
             label_dtype=self.label_dtype(),
+            fmt="tsv",
+            keep_empty_text=not labelled,
         )
         if raw.labels is not None:
             self.check_labels(raw.labels, raw.path)

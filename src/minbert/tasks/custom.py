@@ -60,7 +60,8 @@ class _CustomTask(Task):
         self.prediction_column = "Predicted"
 
     def read(self, path, split: str, strict: bool = False) -> RawSplit:
-        """Read one split file (the test split needs no label column)."""
+        """Read one split file (the test split needs no label column, and a test row with an
+        empty text is kept: predicted from an empty input)."""
         labelled = split != "test"
         return read_records(
             path,
@@ -71,6 +72,7 @@ class _CustomTask(Task):
             strict=strict,
             label_dtype=self.label_dtype(),
             fmt=self.definition.format,
+            keep_empty_text=not labelled,
         )
 
 
