@@ -280,7 +280,7 @@ def cmd_serve(args, extra: list[str]) -> int:
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_items=args.max_items, max_chars=args.max_chars,
-          access_log=not args.no_access_log)
+          access_log=not args.no_access_log, max_body_bytes=args.max_body_bytes, read_timeout=args.read_timeout)
     return 0
 
 
@@ -353,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default="auto")
     sv.add_argument("--max-items", type=int, default=256, help="items per request (more: 413)")
     sv.add_argument("--max-chars", type=int, default=10_000, help="characters per text (more: 413)")
+    sv.add_argument("--max-body-bytes", type=int, default=None,
+                    help="request body bytes, checked while it is read (more: 413); default: the largest valid "
+                    "request, max_items * (2 * max_chars * 12 + 64) + 1024 (61457408 for the defaults)")
+    sv.add_argument("--read-timeout", type=float, default=30.0,
+                    help="seconds a client has to send each request, headers and body; then its connection is closed")
     sv.add_argument("--no-access-log", action="store_true", help="no log line per request")
     sv.set_defaults(fn=cmd_serve)
 

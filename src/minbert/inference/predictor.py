@@ -21,7 +21,7 @@ from ..config import load_config
 from ..data.batching import RawSplit, tokenize_split
 from ..data.tokenizer import Tokenizer
 from ..distributed import resolve_device
-from ..errors import ConfigError, MinbertError
+from ..errors import ConfigError, DataError, MinbertError
 from ..model.heads import pool
 from ..model.multitask import build_model
 from ..runs import CONFIG_FILE, best_or_last_weights, check_file_weights, require_run_dir
@@ -48,6 +48,11 @@ def _check_texts(texts, what: str = "texts") -> list[str]:
             raise MinbertError(f"{what}[{i}]: expected a string, got {type(t).__name__}")
         if not t.strip():
             raise MinbertError(f"{what}[{i}]: empty or whitespace-only text")
+        try:  # a lone surrogate ("\ud800", e.g. from JSON or undecodable bytes) reaches no tokenizer
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            msg = f"not valid Unicode text: a lone surrogate at character {e.start} (pass UTF-8 encodable text)"
+            raise DataError(f"{what}[{i}]: {msg}") from None
         out.append(t.strip())
     return out
 

@@ -12,29 +12,39 @@ Endpoints (JSON; OpenAPI docs at ``/docs``):
 * ``GET /v1/stats``       the micro-batching statistics with a histogram of batch sizes
 * ``GET /``               a demo page (plain HTML/JS, no external assets)
 
-Malformed input (wrong types, empty text) gets 422; more than ``max_items`` items or a text
-longer than ``max_chars`` characters gets 413. Concurrent requests are micro-batched: a worker
-collects what arrives within ``max_wait_ms`` (up to ``max_batch`` items) and runs one forward
-pass per task in a thread.
+Malformed input (wrong types, empty text, text that is not valid Unicode) gets 422; more than
+``max_items`` items, a text longer than ``max_chars`` characters, or a body over ``max_body_bytes``
+bytes gets 413 (the body limit is enforced while the body is read). A request whose headers and body
+have not fully arrived ``read_timeout`` seconds after its first byte has its connection closed.
+Concurrent requests are micro-batched: a worker collects what arrives within ``max_wait_ms`` (up to
+``max_batch`` items) and runs one forward pass per task in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
+import h11
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, StringConstraints, model_validator
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..errors import MinbertError
+from ..errors import ConfigError, MinbertError
 
 log = logging.getLogger(__name__)
 
+
+# a text that is not valid Unicode (a lone surrogate, "\ud800" in JSON) fails pydantic's str check
+# (422 "string_unicode"); the 422 answer then leaves out the input it cannot encode
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
@@ -175,12 +185,75 @@ class MicroBatcher:
         return out
 
 
-def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_batch: int = 64, max_wait_ms: float = 5.0) -> FastAPI:
+def default_max_body_bytes(max_items: int, max_chars: int) -> int:
+    """Bytes of the largest valid request body: ``max_items`` pairs of two texts of ``max_chars``
+    characters, each character written as a 12-byte JSON escape (an astral character, e.g. an
+    emoji, as two ``\\uXXXX``; UTF-8 takes at most 4 bytes, a BMP escape 6), plus 64 bytes per item
+    for quotes, brackets, separators and indentation, plus 1 KiB for the rest:
+    ``max_items * (2 * max_chars * 12 + 64) + 1024`` (defaults 256 and 10000: 61,457,408 bytes)."""
+    return max_items * (2 * max_chars * 12 + 64) + 1024
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``max_bytes`` bytes, found while it is read.
+
+    A Content-Length over the limit is answered before the app runs (nothing of the body is read);
+    a body without one (chunked) is counted as its chunks arrive and refused at the first chunk
+    past the limit, so at most ``max_bytes`` plus one chunk (up to 64 KiB) is held. The server
+    then discards the rest of the body (bounded by the read timeout) and keeps the connection.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        detail = f"the request body is larger than {self.max_bytes} bytes (the server's --max-body-bytes)"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, detail)  # FastAPI's body reading passes HTTPExceptions on
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _utf8_safe(error: dict) -> dict:
+    """One pydantic error less the entries (e.g. ``input``) that cannot be written as UTF-8 JSON."""
+
+    def ok(value) -> bool:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, TypeError, ValueError):
+            return False
+        return True
+
+    return {k: v for k, v in error.items() if ok(v)}
+
+
+def create_app(
+    predictor,
+    max_items: int = 256,
+    max_chars: int = 10_000,
+    max_batch: int = 64,
+    max_wait_ms: float = 5.0,
+    max_body_bytes: int | None = None,
+) -> FastAPI:
     """The FastAPI app serving one :class:`minbert.inference.predictor.Predictor`.
 
     Args:
         max_items: items (texts or pairs) per request; more gives 413.
         max_chars: characters per text; a longer text gives 413.
+        max_body_bytes: request body bytes, checked while the body is read; more gives 413.
+            None: :func:`default_max_body_bytes` of ``max_items`` and ``max_chars``.
         max_batch: items the micro-batcher collects into one forward pass (a larger request
             runs alone, batched inside the predictor).
         max_wait_ms: how long the micro-batcher waits for more requests after the first.
@@ -188,7 +261,14 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
     Responses: 200 JSON as documented at ``/docs``; 422 for malformed input (pydantic's
     ``detail`` list, or a one-line ``detail`` for a user error the predictor raises); 413 over
     the limits; 404 for a task the model lacks.
+
+    Raises:
+        ConfigError: ``max_body_bytes`` below 1.
     """
+    if max_body_bytes is None:
+        max_body_bytes = default_max_body_bytes(max_items, max_chars)
+    if max_body_bytes < 1:
+        raise ConfigError(f"max body bytes {max_body_bytes}: must be >= 1")
 
     def run(kind: str, items: list):
         if kind == "sentiment":
@@ -211,10 +291,17 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
 
     app = FastAPI(title="minbert", description="Multi-task BERT: sentiment, paraphrase, similarity, embeddings.", lifespan=lifespan)
     app.state.batcher = batcher
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(MinbertError)
     async def _user_error(request: Request, exc: MinbertError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 answer, without the entries that cannot be encoded (a text with a lone
+        surrogate echoed as ``input`` would make writing the answer fail with a 500)."""
+        return JSONResponse({"detail": [_utf8_safe(e) for e in jsonable_encoder(exc.errors())]}, status_code=422)
 
     def check_limits(items: list) -> None:
         """413 for more than max_items items, or any text longer than max_chars characters."""
@@ -280,6 +367,61 @@ def create_app(predictor, max_items: int = 256, max_chars: int = 10_000, max_bat
     return app
 
 
+class ReadTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for reading each request: a connection whose request
+    (headers and body) has not fully arrived ``read_timeout`` seconds after its first byte, or after
+    the connection opened, is closed. uvicorn's own timeout covers only the idle time between
+    requests, so a client trickling or stalling its headers or body would hold a connection for
+    ever. The deadline is armed while the client's h11 state shows a request partly read (bytes of
+    one buffered, or its body under way) and cancelled once the request is complete; it does not
+    restart on each chunk, so trickling a byte at a time does not keep the connection. Headers are
+    further bounded by h11 (16 KiB, else 400). Use :meth:`with_timeout` for a class with a deadline.
+    """
+
+    read_timeout: float = 30.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_timeout(cls, seconds: float) -> type[ReadTimeoutH11Protocol]:
+        return type(cls.__name__, (cls,), {"read_timeout": seconds})
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(self.read_timeout, self._timed_out)  # the first request
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()  # a pipelined request may already be partly buffered
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        super().connection_lost(exc)
+
+    def _watch(self) -> None:
+        state = self.conn.their_state
+        if state is h11.SEND_BODY or (state is h11.IDLE and self.conn.trailing_data[0]):
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(self.read_timeout, self._timed_out)
+        elif state is not h11.IDLE:  # the request is complete (or the connection is ending)
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            host, port = self.client or ("?", 0)
+            self.logger.info("%s:%d - request not read within %s s: connection closed", host, port, self.read_timeout)
+            self.transport.close()
+
+
 def serve(
     run_dir: str,
     host: str = "127.0.0.1",
@@ -288,17 +430,33 @@ def serve(
     max_items: int = 256,
     max_chars: int = 10_000,
     access_log: bool = True,
+    max_body_bytes: int | None = None,
+    read_timeout: float = 30.0,
 ) -> None:
     """Load a run (or an export) and serve it until SIGINT/SIGTERM: uvicorn then stops
-    accepting connections and lets in-flight requests finish (up to 30 s)."""
+    accepting connections and lets in-flight requests finish (up to 30 s).
+
+    ``max_body_bytes``: request body limit (None: :func:`default_max_body_bytes`); ``read_timeout``:
+    seconds a client has to send each request, headers and body (see :class:`ReadTimeoutH11Protocol`).
+
+    Raises:
+        ConfigError: ``max_body_bytes`` below 1 or ``read_timeout`` not above 0.
+        CheckpointError: ``run_dir`` is neither a run nor an export.
+    """
     import uvicorn
 
     from .predictor import load
 
-    app = create_app(load(run_dir, device=device), max_items=max_items, max_chars=max_chars)
+    if not read_timeout > 0:
+        raise ConfigError(f"read timeout {read_timeout}: must be > 0 seconds")
+    if max_body_bytes is not None and max_body_bytes < 1:
+        raise ConfigError(f"max body bytes {max_body_bytes}: must be >= 1")
+    predictor = load(run_dir, device=device)
+    app = create_app(predictor, max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_bytes)
     log.info("serving %s on http://%s:%d (docs at /docs)", run_dir, host, port)
     # keep-alive 30 s (uvicorn's default is 5): a client reusing a connection the server is just
     # closing gets a read error on a POST, which it may not retry
     uvicorn.run(
-        app, host=host, port=port, log_level="info", access_log=access_log, timeout_keep_alive=30, timeout_graceful_shutdown=30
+        app, host=host, port=port, log_level="info", access_log=access_log, timeout_keep_alive=30,
+        timeout_graceful_shutdown=30, http=ReadTimeoutH11Protocol.with_timeout(read_timeout),
     )
