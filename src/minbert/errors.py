@@ -23,3 +23,20 @@ class CheckpointError(MinbertError):
 
 class NonFiniteLossError(MinbertError):
     """Training produced a non-finite loss or gradient (the message names step, task, batch ids)."""
+
+
+class NonFiniteOutputError(MinbertError):
+    """A model's outputs are NaN or infinite, so no prediction file is written (the message names
+    the task, the number of rows and an example id)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training. Not a mistake, so not a :class:`MinbertError`: like
+    ``KeyboardInterrupt`` it passes through ``except Exception``. ``str()`` is the one-line message
+    (what was saved, how to resume); the CLI prints it and exits with ``exit_code`` (128 + the
+    signal number: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
