@@ -16,12 +16,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from minbert_testkit import base_config, shared_run
 
 from minbert.cli import main
 from minbert.data.readers import physical_lines, read_records
 from minbert.errors import DataError
 from minbert.tasks.base import get_task
+from minbert_testkit import base_config, shared_run
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -304,7 +304,7 @@ def test_nonfinite_loss_skip_continues_and_logs(monkeypatch, tmp_path, tiny_enco
     run = tmp_path / "run"
     _nan_on_call(monkeypatch, "sts", 3)
     with caplog.at_level("WARNING", logger="minbert"):
-        code = main(_small_args(tiny_encoder, data_dir, run, "--train.nonfinite=skip"))
+        code = main(_small_args(tiny_encoder, data_dir, run, "--train.nonfinite=skip", "--train.max_nonfinite_fraction=0.25"))
     assert code == 0, capsys.readouterr().err
     warnings = [r.getMessage() for r in caplog.records if "skipping this batch" in r.getMessage()]
     assert len(warnings) == 1 and "non-finite loss at step 3 (epoch 1), task sts" in warnings[0]
@@ -351,3 +351,63 @@ def test_overwrite_replaces_the_run(run_a, tmp_path, tiny_encoder, data_dir):
     assert not (run / "checkpoints" / "step-00000099").exists()
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in records) == 4  # no lines of the old run
+
+
+# ----------------------------------------------------------------------------------------------
+# SIGINT / SIGTERM: a checkpoint at the current optimizer step, exit 128 + signal, resume exact
+
+
+def _run_signalled_at_step(tmp_path: Path, args: list[str], sig: int, step: int) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess that sends itself ``sig`` while training optimizer step
+    ``step`` (1-based): at the first batch draw of that step (one draw per task per step, the
+    parallel routine)."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from minbert.data.batching import TaskStream
+
+        real = TaskStream.next
+        draws = 0
+
+        def next_batch(self):
+            global draws
+            draws += 1
+            if draws == {len(TASKS) * (step - 1) + 1}:
+                os.kill(os.getpid(), {int(sig)})
+            return real(self)
+
+        TaskStream.next = next_batch
+        from minbert.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_writes_a_checkpoint_and_resume_is_identical(sig, code, run_a, tmp_path, tiny_encoder, data_dir):
+    # checkpoint_every 0: without the interrupt's checkpoint there would be none mid-epoch
+    args = train_args(tiny_encoder, data_dir, Path("b"), "--train.checkpoint_every=0")
+    proc = _run_signalled_at_step(tmp_path, args, sig, step=3)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    run = tmp_path / "b"
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"interrupted ({signal.Signals(sig).name}); saved checkpoint: {Path('b') / 'checkpoints' / 'step-00000003'}; "
+        "resume with: minbert train --resume b"
+    ), proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if "--resume" in ln] == [last_line]
+    # the step in progress finished, then the checkpoint was written at it
+    assert not (run / "summary.json").exists()
+    folder = last_checkpoint(run)
+    assert folder.name == "step-00000003"
+    loop = load_train_state(folder)["loop"]
+    assert (loop["epoch"], loop["micro"], loop["step"]) == (0, 3, 3)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.json", "step-00000003"]
+
+    # the hint's command finishes the run, identical to the uninterrupted one
+    cli("train", "--resume", "b", "--no-progress", cwd=tmp_path)
+    assert_identical_runs(run_a, run)

@@ -17,12 +17,12 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from minbert_testkit import shared_run
 
 from minbert.cli import main
 from minbert.errors import DataError
 from minbert.inference.predictor import load
 from minbert.inference.server import create_app, default_max_body_bytes
+from minbert_testkit import shared_run
 
 READ_TIMEOUT, BODY_LIMIT = 1.0, 1_000_000
 NOT_UTF8 = "not valid Unicode text: a lone surrogate at character {} (pass UTF-8 encodable text)"

@@ -10,13 +10,16 @@
     minbert tune --config configs/best.yaml --study-dir runs/tune [--trials 20]   (optuna, resumable)
     minbert ablate configs/beyond/ablation.yaml [--only a,b] [--final [--seeds 0,1,2]] [--report-only]
 
-Every user mistake ends with a one-line ``error: ...`` on stderr and exit code 2.
+Every user mistake ends with a one-line ``error: ...`` on stderr and exit code 2. SIGINT or
+SIGTERM during ``train`` writes a checkpoint, prints one line with the resume command and exits
+130 or 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import json
 import logging
@@ -24,7 +27,7 @@ import sys
 from pathlib import Path
 
 from . import STARTED_AT, __version__
-from .errors import ConfigError, MinbertError
+from .errors import ConfigError, MinbertError, TrainingInterrupted
 
 log = logging.getLogger("minbert")
 
@@ -229,7 +232,7 @@ def cmd_predict(args, extra: list[str]) -> int:
     values, chunk = [], max(1, args.batch_size) * 16  # one progress step per chunk of rows
     with tqdm(total=len(ids), desc=f"predict {task.name}", unit="row", disable=args.no_progress) as bar:
         for s in range(0, len(ids), chunk):
-            values += _predict_values(pred, task, a[s : s + chunk], None if b is None else b[s : s + chunk])
+            values += _predict_values(pred, task, a[s : s + chunk], None if b is None else b[s : s + chunk], ids[s : s + chunk])
             bar.update(min(chunk, len(ids) - s))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -244,11 +247,19 @@ def cmd_predict(args, extra: list[str]) -> int:
     return 0
 
 
-def _predict_values(pred, task, a, b) -> list[dict]:
+def _predict_values(pred, task, a, b, ids: list[str] | None = None) -> list[dict]:
+    """Predicted value (and probabilities) of each text or pair.
+
+    Raises:
+        NonFiniteOutputError: the model's outputs are NaN or infinite.
+    """
     import numpy as np
     import torch
 
+    from .inference.evaluate import check_finite
+
     raw = pred.outputs(task.name, a, b)
+    check_finite(task.name, raw, ids)
     values = task.predict(torch.from_numpy(raw))
     out = []
     for v, r in zip(values, raw):
@@ -275,8 +286,14 @@ def cmd_export(args, extra: list[str]) -> int:
 
 
 def cmd_serve(args, extra: list[str]) -> int:
-    from .inference.server import serve
+    try:
+        import uvicorn  # noqa: F401  (serve imports it; missing is reported before the model loads)
 
+        from .inference.server import serve
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("fastapi", "uvicorn", "pydantic", "starlette"):
+            raise
+        raise ConfigError(f"minbert serve needs the [serve] extra ({e.name} is not installed): pip install 'minbert[serve]'") from None
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_items=args.max_items, max_chars=args.max_chars,
@@ -418,7 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# OSErrors that the user's environment causes (permissions, a full disk, a path that is a file):
+# one line, not a traceback
+_USER_ERRNOS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR,
+    errno.EEXIST,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Returns the exit code: 0, 2 for a user mistake (one ``error:`` line on
+    stderr), 128 + the signal number for an interrupt (130 SIGINT, 143 SIGTERM)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _setup_logging(args.verbose)
@@ -427,8 +454,18 @@ def main(argv: list[str] | None = None) -> int:
     except MinbertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS:
+            raise
+        from .io import os_reason
+
+        print(f"error: {e.filename + ': ' if e.filename else ''}{os_reason(e)}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; resume with: minbert train --resume RUN_DIR", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -94,6 +94,9 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # epochs without overall-dev improvement
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: epoch ends only)
     nonfinite: Literal["stop", "skip"] = "stop"
+    # nonfinite=skip: more skipped steps than this fraction of all optimizer steps stops the run
+    # (NonFiniteLossError, as nonfinite=stop does)
+    max_nonfinite_fraction: float = 0.01
     max_steps: int | None = None  # stop after this many optimizer steps (debugging, smoke tests)
     eval_batch_size: int = 256
     compile: Literal["auto", "on", "off"] = "off"  # torch.compile the encoder (auto: on CUDA only)
@@ -275,7 +278,25 @@ def from_dict(raw: dict) -> Config:
     if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict) and "tasks" not in raw:
         # no `tasks` section: the built-in three and every custom task train
         raw = {**raw, "tasks": {**{k: {} for k in _default_tasks()}, **{str(k): {} for k in raw["custom_tasks"]}}}
-    return _build(Config, raw, "")
+    return validate(_build(Config, raw, ""))
+
+
+def validate(cfg: Config) -> Config:
+    """Check the ranges of values whose type alone does not make them valid; returns ``cfg``.
+
+    Raises:
+        ConfigError: ``tasks.<name>.train_limit`` or ``dev_limit`` below 1 (null means all rows),
+            ``train.max_nonfinite_fraction`` outside [0, 1].
+    """
+    for name, tcfg in cfg.tasks.items():
+        for key in ("train_limit", "dev_limit"):
+            value = getattr(tcfg, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"tasks.{name}.{key} must be >= 1 (or null for all rows), got {value}")
+    fraction = cfg.train.max_nonfinite_fraction
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"train.max_nonfinite_fraction must be in [0, 1] (a fraction of all optimizer steps), got {fraction}")
+    return cfg
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -32,3 +32,20 @@ class DataChangedError(DataError):
     def __init__(self, message: str, files: list[str] | tuple[str, ...] = ()):
         super().__init__(message)
         self.files = list(files)
+
+
+class NonFiniteOutputError(MinbertError):
+    """A model's outputs are NaN or infinite, so no prediction file is written (the message names
+    the task, the number of rows and an example id)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training. Not a mistake, so not a :class:`MinbertError`: like
+    ``KeyboardInterrupt`` it passes through ``except Exception``. ``str()`` is the one-line message
+    (what was saved, how to resume); the CLI prints it and exits with ``exit_code`` (128 + the
+    signal number: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)

@@ -7,6 +7,7 @@ Weights are safetensors (no pickle, nothing executes on load).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -81,3 +82,15 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     return tensors, meta
+
+
+def os_reason(e: OSError) -> str:
+    """What an OSError means for the user, with what to do about it (one line)."""
+    text = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{text} (the disk is full: free space first)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{text} (the folder must be writable by you)"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{text} (a file stands where a folder is needed)"
+    return text

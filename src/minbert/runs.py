@@ -35,23 +35,33 @@ from .io import atomic_write_bytes, load_weights
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+TRAIN_STATE = "train_state.pt"
+CHECKPOINT_FILES = ("model.safetensors", TRAIN_STATE)
 ENCODER_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The folder named by ``checkpoints/last.json``, or None if the run has none."""
+def last_checkpoint(run_dir: Path, check_files: bool = True) -> Path | None:
+    """The folder named by ``checkpoints/last.json``, or None if the run has none.
+
+    Raises:
+        CheckpointError: the pointer is unreadable, or (``check_files``) the folder lacks a file.
+    """
     pointer = Path(run_dir) / "checkpoints" / "last.json"
     if not pointer.is_file():
         return None
     try:
         name = json.loads(pointer.read_text())["dir"]
-    except (json.JSONDecodeError, KeyError):
+    except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"{pointer}: unreadable checkpoint pointer") from None
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise CheckpointError(f"{pointer}: unreadable checkpoint pointer (dir {name!r} is not a folder name)")
     folder = pointer.parent / name
-    for f in ("model.safetensors", "train_state.pt"):
+    for f in CHECKPOINT_FILES if check_files else ():
         if not (folder / f).is_file():
             raise CheckpointError(f"{folder}: incomplete checkpoint (no {f})")
     return folder
+
+
 
 
 def require_run_dir(run_dir: str | os.PathLike) -> Path:

@@ -17,6 +17,7 @@ import torch
 from ..config import Config
 from ..data.batching import TokenizedSplit, eval_batches
 from ..distributed import DistContext, all_gather_objects
+from ..errors import NonFiniteOutputError
 from ..io import atomic_write_text
 from ..tasks import metrics as M
 from ..tasks.base import Task
@@ -118,12 +119,36 @@ def evaluate(
     return score_predictions(tasks, splits, preds)
 
 
+def check_finite(task_name: str, outputs: np.ndarray, ids: list[str] | None = None) -> None:
+    """Check a model's raw outputs, (N,) or (N, C) floats, one row per example.
+
+    Raises:
+        NonFiniteOutputError: a row holds NaN or inf (the message names the count and the first
+            row's id, or its 1-based number when ``ids`` is None).
+    """
+    outputs = np.asarray(outputs)
+    if outputs.size == 0:
+        return
+    bad = np.flatnonzero(~np.isfinite(outputs.reshape(outputs.shape[0], -1)).all(axis=1))
+    if len(bad):
+        first = f"id {ids[bad[0]]}" if ids is not None else f"row {bad[0] + 1}"
+        raise NonFiniteOutputError(
+            f"task {task_name}: the model's outputs are NaN or infinite for {len(bad)} of {outputs.shape[0]} rows "
+            f"(first: {first}); its weights are broken (a diverged run?), so no predictions are written"
+        )
+
+
 def write_predictions(path: Path, task: Task, pred: TaskPredictions, fmt: str = "default") -> None:
     """Write one prediction file atomically.
 
     ``default``: CSV with header ``id,<prediction_column>``. ``cs224n``: the course leaderboard
     layout, header ``id \\t <column> `` and rows ``<id> , <value>``.
+
+    Raises:
+        NonFiniteOutputError: an output or a value is NaN or infinite (nothing is written).
     """
+    check_finite(task.name, pred.outputs, pred.ids)
+    check_finite(task.name, np.asarray(pred.values, dtype=np.float64), pred.ids)
     if fmt == "cs224n":
         lines = [f"id \t {task.cs224n_column or task.prediction_column} "]
         lines += [f"{i} , {task.format_value(v)}" for i, v in zip(pred.ids, pred.values)]

@@ -1,44 +1,161 @@
 """Writing and reading the training state of a run (``checkpoints/step-N/``).
 
 The run-folder layout and the readers that inference shares live in :mod:`minbert.runs`;
-atomic writes in :mod:`minbert.io`.
+atomic writes in :mod:`minbert.io`. Pruned step folders are renamed to ``checkpoints/.trash-*``
+first, then deleted.
+
+``train_state.pt`` holds only tensors and plain containers (dict, list, tuple, str, int, float,
+bool, None) and is read with ``torch.load(weights_only=True)``: reading it never runs code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import pickle
+import re
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_write_bytes, atomic_write_json, save_weights
+from ..io import atomic_write_bytes, atomic_write_json, os_reason, save_weights
+from ..runs import CHECKPOINT_FILES, TRAIN_STATE, last_checkpoint
+
+_STEP_DIR = re.compile(r"step-(\d+)")
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def check_plain(obj: Any, where: str = "train_state") -> None:
+    """Check that ``obj`` holds only tensors and plain containers (dict with str/int keys, list,
+    tuple, str, int, float, bool, None): what ``torch.load(weights_only=True)`` reads back.
+
+    Raises:
+        TypeError: naming the path of the first other object (a bug in the code that built it).
+    """
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN:
+        return
+    if type(obj) is dict:
+        for k, v in obj.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"{where}: key {k!r} of type {type(k).__name__} is not str or int")
+            check_plain(v, f"{where}.{k}")
+        return
+    if type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__qualname__} is not a tensor or plain container")
 
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:
     """Write ``checkpoints/step-N/`` (weights + training state), then point ``last.json`` at it,
     then delete older step folders beyond ``keep``. The pointer is written last, so an
-    interrupted save leaves the previous checkpoint as the one that resumes."""
+    interrupted save leaves the previous checkpoint as the one that resumes. A pruned folder is
+    first renamed to ``.trash-*`` (atomic), so a kill while deleting never leaves a half-deleted
+    ``step-N`` folder; :func:`clean_checkpoints` removes such leftovers.
+
+    Raises:
+        TypeError: ``train_state`` holds something other than tensors and plain containers.
+        CheckpointError: the files cannot be written (disk full, no permission, ...); the
+            previous checkpoint stays the one that resumes.
+    """
+    check_plain(train_state)
     ckpt_root = Path(run_dir) / "checkpoints"
     folder = ckpt_root / f"step-{step:08d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_weights(folder / "model.safetensors", model_state, {"step": step})
     buf = io.BytesIO()
     torch.save(train_state, buf)
-    atomic_write_bytes(folder / "train_state.pt", buf.getvalue())
-    atomic_write_json(ckpt_root / "last.json", {"dir": folder.name, "step": step})
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_weights(folder / "model.safetensors", model_state, {"step": step})
+        atomic_write_bytes(folder / TRAIN_STATE, buf.getvalue())
+        atomic_write_json(ckpt_root / "last.json", {"dir": folder.name, "step": step})
+    except OSError as e:
+        prev = last_checkpoint(run_dir, check_files=False)
+        keep_msg = (
+            f"the last checkpoint ({prev.name}) is intact; then resume with: minbert train --resume {run_dir}"
+            if prev is not None else "the run has no earlier checkpoint"
+        )
+        raise CheckpointError(f"{folder}: cannot write the checkpoint: {os_reason(e)}; {keep_msg}") from None
     steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
     for old in steps[:-keep]:
         if old != folder:
-            shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a folder that cannot be removed stays (as before)
+                _remove_dir(old)
     return folder
 
 
-def load_train_state(folder: Path) -> dict:
+def _remove_dir(folder: Path) -> None:
+    """Delete a folder without ever leaving it half-deleted under its own name: rename it to a
+    ``.trash-*`` folder beside it (atomic), then delete that."""
+    trash = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".trash-"))
     try:
-        return torch.load(folder / "train_state.pt", map_location="cpu", weights_only=False)
+        os.replace(folder, trash / folder.name)
+    except OSError:
+        trash.rmdir()
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_checkpoints(run_dir: Path) -> list[str]:
+    """Remove what a killed run can leave in ``checkpoints/``: ``.trash-*`` folders of an
+    interrupted prune, temporary files of interrupted writes (``.*.tmp``), step folders newer
+    than the one ``last.json`` names (written after it, never made the resume point), and older
+    step folders that lack a file. The folder ``last.json`` names is never touched. Returns the
+    names removed (paths relative to ``checkpoints/``).
+
+    Raises:
+        CheckpointError: ``last.json`` is unreadable.
+    """
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    last = last_checkpoint(run_dir, check_files=False)
+    last_step = int(_STEP_DIR.fullmatch(last.name).group(1)) if last and _STEP_DIR.fullmatch(last.name) else -1
+    removed = []
+    for p in sorted(root.iterdir()):
+        m = _STEP_DIR.fullmatch(p.name)
+        stale = p.is_dir() and (
+            p.name.startswith(".trash-")
+            or (m is not None and p != last
+                and (int(m.group(1)) > last_step or not all((p / f).is_file() for f in CHECKPOINT_FILES)))
+        )
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    for tmp in sorted(root.rglob(".*.tmp")):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(str(tmp.relative_to(root)))
+    return removed
+
+
+def load_train_state(folder: Path) -> dict:
+    """The training state of a checkpoint folder (optimizer, lr schedule, task streams, loop
+    counters, RNG states), read with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, so nothing in the file can run code.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, or it holds Python objects that only
+            pickle can rebuild (written by an older minbert, or planted: not resumable).
+    """
+    path = Path(folder) / TRAIN_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file not found") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: holds Python objects that only pickle can load (the run folder was written by an older "
+            "minbert, or is not trusted), so the run cannot be resumed; evaluate, predict and serve still work"
+        ) from None
     except Exception as e:  # torch.load raises many types for a corrupt file
-        raise CheckpointError(f"{folder / 'train_state.pt'}: unreadable ({type(e).__name__}: {e})") from None
-
-
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: unreadable (not a training state)")
+    return state

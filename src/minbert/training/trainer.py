@@ -22,8 +22,10 @@ import logging
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +55,7 @@ from ..distributed import (
     resolve_device,
     shard,
 )
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
 from ..inference.evaluate import (
     EvalResult,
     autocast_context,
@@ -68,7 +70,7 @@ from ..runs import CONFIG_FILE, check_file_weights, copy_encoder_files, last_che
 from ..tasks.base import Task
 from ..tasks.splits import load_splits
 from ..tasks.table import task_table
-from .checkpoint import load_train_state, save_checkpoint
+from .checkpoint import clean_checkpoints, load_train_state, save_checkpoint
 from .cudagraph import GraphedSteps
 from .optim import build_optimizer, build_scheduler, param_groups
 from .regularize import smart_loss, symmetric_divergence
@@ -96,15 +98,29 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state of this process as tensors and plain lists (what a checkpoint holds; it
+    loads with ``torch.load(weights_only=True)``): ``python`` [version, [625 ints], gauss or None],
+    ``numpy`` {name, keys (624,) int64 tensor of the uint32 key, pos, has_gauss, cached_gaussian},
+    ``torch`` uint8 tensor, ``cuda`` list of uint8 tensors (one per device, when CUDA is there)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore the states :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -137,11 +153,17 @@ def provenance(cfg: Config, data_dir: Path, tasks: dict[str, Task]) -> dict:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to overwrite an existing run without ``overwrite``; check a resume target."""
+    """Refuse to overwrite an existing run without ``overwrite``; check a resume target and
+    remove what a killed run left in its ``checkpoints/`` (see :func:`clean_checkpoints`)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: is a file, not a run folder")
     has_run = (run_dir / CONFIG_FILE).is_file()
     if resume:
         if not has_run:
             raise CheckpointError(f"{run_dir}: cannot resume, not a minbert run folder (no {CONFIG_FILE})")
+        removed = clean_checkpoints(run_dir)
+        if removed:
+            log.info("removed what an interrupted run left in %s: %s", run_dir / "checkpoints", ", ".join(removed))
         return
     if has_run and not overwrite:
         raise CheckpointError(f"{run_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it")
@@ -370,6 +392,56 @@ def _trim_metrics(path: Path, step: int, size: int | None = None) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in kept))
 
 
+class StopRequest:
+    """SIGINT/SIGTERM handler of the training loop: it only records the signal; the loop then
+    writes a checkpoint at the current optimizer step (between steps) and raises
+    :class:`TrainingInterrupted`. A second signal raises ``KeyboardInterrupt`` at once.
+
+    Installed only in a single process (``enabled``) and from the main thread. Under torchrun
+    it is not installed: a checkpoint is collective, and ranks that see a signal at different
+    steps would hang in it; there SIGINT ends the process at once and a resume continues from
+    the last checkpoint of ``train.checkpoint_every`` or of an epoch end."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool):
+        self.signum: int | None = None
+        self.previous: dict = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self) for s in self.SIGNALS}
+
+    def __call__(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: stopping after this optimizer step (again to stop at once)", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+
+def interrupted(run_dir: Path, signum: int, saved: bool, distributed: bool = False) -> TrainingInterrupted:
+    """The exception that ends an interrupted run, its one-line message naming the checkpoint a
+    resume continues from (``saved``: just written by the interrupt; ``distributed``: a torchrun
+    process, which writes none on an interrupt) and the resume command."""
+    name = signal.Signals(signum).name
+    if distributed:
+        name += ", torchrun: no checkpoint on interrupt, only every train.checkpoint_every steps and at epoch ends"
+    try:
+        folder = last_checkpoint(run_dir, check_files=False)
+    except CheckpointError:
+        folder = None
+    if folder is None:
+        return TrainingInterrupted(
+            f"interrupted ({name}) before the first checkpoint, nothing to resume; train again with --overwrite "
+            f"--run-dir {run_dir}", signum
+        )
+    what = "saved checkpoint" if saved else "last checkpoint"
+    return TrainingInterrupted(f"interrupted ({name}); {what}: {folder}; resume with: minbert train --resume {run_dir}", signum)
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -402,6 +474,8 @@ def train(
 
     Raises:
         MinbertError subclasses for every user mistake (config, data, checkpoint, non-finite loss).
+        TrainingInterrupted: SIGINT or SIGTERM (in one process, after writing a checkpoint at the
+            current optimizer step; see :class:`StopRequest`).
     """
     t_start = time.time() if t_start is None else t_start
     if not isinstance(cfg, Config):
@@ -423,6 +497,10 @@ def train(
 
             data_dir = resolve_run_data_dir(run_dir, cfg, data_dir, allow_data_change)
         return _train(cfg, run_dir, data_dir, resume, progress and ctx.is_main, t_start, ctx, on_epoch_end)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:  # outside the training loop, or under torchrun (see StopRequest)
+        raise interrupted(run_dir, signal.SIGINT, saved=False, distributed=ctx.enabled) from None
     finally:
         if file_log is not None:
             pkg_log.removeHandler(file_log)
@@ -499,7 +577,7 @@ def _train(
     scheduler = build_scheduler(cfg.optim, optimizer, total_steps)
 
     # -- resume --------------------------------------------------------------------------------
-    state = {"epoch": 0, "micro": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "micro": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [], "skipped": 0}
     state["world_size"] = ctx.world_size
     if resume:
         folder = last_checkpoint(run_dir)
@@ -621,6 +699,7 @@ def _train(
         pending.clear()
 
     # -- loop ----------------------------------------------------------------------------------
+    interrupt = StopRequest(enabled=not ctx.enabled)
     try:
         while state["epoch"] < tc.epochs and not stop:
             epoch = state["epoch"]
@@ -630,6 +709,10 @@ def _train(
             t_epoch = time.perf_counter()
             while state["micro"] < len(schedule):
                 i = state["micro"]
+                if interrupt.signum is not None and i % tc.grad_accum == 0:  # between optimizer steps
+                    flush()
+                    checkpoint()
+                    raise interrupted(run_dir, interrupt.signum, saved=True)
                 names = schedule[i]
                 last_in_group = (i + 1) % tc.grad_accum == 0 or i + 1 == len(schedule)
                 group_size = min(tc.grad_accum, len(schedule) - (i // tc.grad_accum) * tc.grad_accum)
@@ -676,6 +759,15 @@ def _train(
                     # all ranks see the same (mean) values, so all take the same branch
                     bad = _nonfinite(names, all_reduce_mean(values.clone(), ctx).tolist())
                     if bad is not None:
+                        state["skipped"] += 1
+                        if state["skipped"] > tc.max_nonfinite_fraction * total_steps:
+                            flush()
+                            raise NonFiniteLossError(
+                                f"non-finite loss at step {state['step'] + 1} (epoch {epoch + 1}), {bad[0]}, batch ids "
+                                f"{ids[bad[1]]}; {state['skipped']} of {total_steps} steps skipped, more than "
+                                f"train.max_nonfinite_fraction={tc.max_nonfinite_fraction}; last good checkpoint: "
+                                f"{last_checkpoint(run_dir) or 'none'}"
+                            )
                         log.warning(
                             "non-finite loss at step %d (epoch %d), %s, batch ids %s; skipping this batch",
                             state["step"] + 1, epoch + 1, bad[0], ids[bad[1]],
@@ -740,9 +832,12 @@ def _train(
                 log.info("early stopping: no overall-dev improvement for %d epoch(s)", state["bad_epochs"])
                 break
     finally:
+        interrupt.restore()
         metrics_fh.close()
         if writer is not None:
             writer.close()
+    if interrupt.signum is not None:  # during the last epoch's evaluation: its checkpoint is written
+        raise interrupted(run_dir, interrupt.signum, saved=True)
 
     # -- final predictions from the best checkpoint --------------------------------------------
     barrier(ctx)
