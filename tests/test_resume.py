@@ -189,9 +189,10 @@ def _run_dying_at_write(tmp_path: Path, args: list[str], file_name: str, nth: in
         f"""
         import os, signal, sys, tempfile
         from pathlib import Path
+        import minbert.io as mio
         import minbert.training.checkpoint as ck
 
-        real = ck.atomic_write_bytes
+        real = mio.atomic_write_bytes
         seen = 0
 
         def dying(path, data):
@@ -206,6 +207,7 @@ def _run_dying_at_write(tmp_path: Path, args: list[str], file_name: str, nth: in
                     os.kill(os.getpid(), signal.SIGKILL)
             return real(path, data)
 
+        mio.atomic_write_bytes = dying  # atomic_write_json/text write through it
         ck.atomic_write_bytes = dying
         from minbert.cli import main
         sys.exit(main(sys.argv[1:]))
@@ -289,7 +291,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(monkeypatch, tmp_pa
     msg = err[0]
     assert msg.startswith("error: non-finite loss at step 3 (epoch 1), task sts, batch ids ['"), msg
     ids = ast.literal_eval(msg.split("batch ids ", 1)[1].split("]", 1)[0] + "]")
-    sts_train = get_task("sts").read(data_dir / "sts-train.csv", "train").ids[:32]
+    # the seeded train sample of 32 rows (train.seed of train_args)
+    seed = int(next(a.split("=")[1] for a in _small_args(tiny_encoder, data_dir, run) if a.startswith("--train.seed=")))
+    sts_train = get_task("sts").read(data_dir / "sts-train.csv", "train").sample(32, seed=seed).ids
     assert ids and set(ids) <= set(sts_train)
     assert f"last good checkpoint: {run / 'checkpoints' / 'step-00000002'}" in msg
     folder = last_checkpoint(run)
