@@ -71,6 +71,51 @@ ROWS.update({
     "q-1600-len64-lr2e4": {"tasks": small(1600, 800, 800), "optim": {"lr": 2e-4}, "model": {"max_length": 64}},
     "q-1600-seed1-lr2e4": {"tasks": small(1600, 800, 800), "optim": {"lr": 2e-4}, "train": {"seed": 1}},
 })
+# third round: a CPU budget of ~50 steps; frozen embeddings and lower layers make a step cheaper
+
+
+def r3(n_sst, b_sst, n_qqp, b_qqp, n_sts, b_sts, lr, freeze, **extra):
+    out = tasks((n_sst, n_qqp, n_sts), sts=SB)
+    for t, b in (("sst", b_sst), ("qqp", b_qqp), ("sts", b_sts)):
+        out[t]["batch_size"] = b
+    row = {"tasks": out, "optim": {"lr": lr}, "train": {"freeze_layers": freeze}}
+    for k, v in extra.items():
+        row[k] = {**row.get(k, {}), **v}
+    return row
+
+
+ROWS.update({
+    "c-f3-6400-lr3e4": r3(6400, 128, 1600, 32, 800, 16, 3e-4, 3),
+    "c-f3-6400-lr5e4": r3(6400, 128, 1600, 32, 800, 16, 5e-4, 3),
+    "c-f4-6400-lr5e4": r3(6400, 128, 1600, 32, 800, 16, 5e-4, 4),
+    "c-f4-6400-lr1e3": r3(6400, 128, 1600, 32, 800, 16, 1e-3, 4),
+    "c-f2-6400-lr3e4": r3(6400, 128, 1600, 32, 800, 16, 3e-4, 2),
+    "c-fe-6400-lr3e4": r3(6400, 128, 1600, 32, 800, 16, 3e-4, -1),
+    "c-f3-3200-lr3e4": r3(3200, 64, 1600, 32, 800, 16, 3e-4, 3),
+    "c-f3-3200-lr5e4": r3(3200, 64, 1600, 32, 800, 16, 5e-4, 3),
+    "c-fe-3200-lr3e4": r3(3200, 64, 1600, 32, 800, 16, 3e-4, -1),
+    "c-f4-4800-lr5e4": r3(4800, 96, 1600, 32, 800, 16, 5e-4, 4),
+    "c-f3-4800-lr5e4-len48": r3(4800, 96, 1600, 32, 800, 16, 5e-4, 3, model={"max_length": 48}),
+    "c-f3-6400-lr5e4-hlr": r3(6400, 128, 1600, 32, 800, 16, 5e-4, 3, optim={"head_lr": 2e-3}),
+})
+# fourth round: the top two layers train (freeze_layers 4); seeds and neighbours of the best row
+ROWS.update({
+    "d-f4-6400-lr1e3-s1": r3(6400, 128, 1600, 32, 800, 16, 1e-3, 4, train={"seed": 1}),
+    "d-f4-6400-lr1e3-s2": r3(6400, 128, 1600, 32, 800, 16, 1e-3, 4, train={"seed": 2}),
+    "d-f4-6400-lr1e3-hlr": r3(6400, 128, 1600, 32, 800, 16, 1e-3, 4, optim={"head_lr": 3e-3}),
+    "d-f4-6400-lr7e4-hlr": r3(6400, 128, 1600, 32, 800, 16, 7e-4, 4, optim={"head_lr": 3e-3}),
+    "d-f5-6400-lr1e3": r3(6400, 128, 1600, 32, 800, 16, 1e-3, 5),
+    "d-f5-6400-lr2e3": r3(6400, 128, 1600, 32, 800, 16, 2e-3, 5),
+    "d-f4-4800-lr1e3": r3(4800, 96, 1600, 32, 800, 16, 1e-3, 4),
+    "d-f4-6400-lr1e3-wd0": r3(6400, 128, 1600, 32, 800, 16, 1e-3, 4, optim={"weight_decay": 0.0}),
+    "d-f4-6400-lr1e3-sts1600": r3(6400, 128, 1600, 32, 1600, 32, 1e-3, 4),
+    "d-f4-8000-lr1e3": r3(8000, 160, 1600, 32, 800, 16, 1e-3, 4),
+})
+# fifth round: the candidates over three seeds
+for s in (0, 1, 2):
+    ROWS[f"e-f4-4800-lr7e4-hlr-s{s}"] = r3(4800, 96, 1600, 32, 800, 16, 7e-4, 4, optim={"head_lr": 3e-3}, train={"seed": s})
+    ROWS[f"e-f4-6400-lr7e4-hlr-s{s}"] = r3(6400, 128, 1600, 32, 800, 16, 7e-4, 4, optim={"head_lr": 3e-3}, train={"seed": s})
+    ROWS[f"e-f4-4800-lr1e3-hlr-s{s}"] = r3(4800, 96, 1600, 32, 800, 16, 1e-3, 4, optim={"head_lr": 3e-3}, train={"seed": s})
 only = sys.argv[5].split(",") if len(sys.argv) > 5 else list(ROWS)
 for name in only:
     row = ROWS[name]
