@@ -226,7 +226,7 @@ def test_wrong_type_via_override(override, key):
         ("tasks.sst.pooling=max", "tasks.sst.pooling", "max"),
         ("tasks.sts.pair_input=both", "tasks.sts.pair_input", "both"),
         ("optim.name=sgd", "optim.name", "sgd"),
-        ("optim.schedule=cosine", "optim.schedule", "cosine"),
+        ("optim.schedule=polynomial", "optim.schedule", "polynomial"),
         ("output.format=csv", "output.format", "csv"),
         ("model.attn_implementation=flash", "model.attn_implementation", "flash"),
     ],

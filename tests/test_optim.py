@@ -252,30 +252,84 @@ def _lrs(cfg, total_steps, n, base_lr=2.0):
     return lrs
 
 
-def test_schedule_started_after_some_steps_equals_one_stepped_there():
-    cfg = OptimConfig(schedule="linear", warmup_ratio=0.1)
-    ref = _lrs(cfg, total_steps=100, n=60, base_lr=2.0)
+def _hf_lrs(schedule, warmup, total_steps, n, base_lr=2.0):
+    """The lr before each of ``n`` optimizer steps under transformers' schedule of that name."""
+    import transformers
+
+    make = {
+        "constant": lambda o: transformers.get_constant_schedule_with_warmup(o, warmup),
+        "linear": lambda o: transformers.get_linear_schedule_with_warmup(o, warmup, total_steps),
+        "cosine": lambda o: transformers.get_cosine_schedule_with_warmup(o, warmup, total_steps),
+    }[schedule]
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base_lr)
+    sched = make(opt)
+    lrs = []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def _hf_trainer_warmup_steps(ratio, total_steps):
+    """Warmup steps as the transformers Trainer computes them (TrainingArguments.get_warmup_steps,
+    called on a stand-in for the arguments: building real ones needs `accelerate`)."""
+    from types import SimpleNamespace
+
+    import transformers
+    from transformers import TrainingArguments
+
+    if int(transformers.__version__.split(".")[0]) >= 5:  # a float warmup_steps < 1 is a ratio
+        args = SimpleNamespace(warmup_steps=ratio, warmup_ratio=0.0)
+    else:
+        args = SimpleNamespace(warmup_steps=0, warmup_ratio=ratio)
+    return TrainingArguments.get_warmup_steps(args, total_steps)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+@pytest.mark.parametrize("ratio,warmup", [(0.0, 0), (0.1, 4), (0.5, 19)])  # ceil(3.7) = 4, ceil(18.5) = 19
+def test_schedules_equal_transformers_step_for_step(schedule, ratio, warmup):
+    total = 37
+    assert _hf_trainer_warmup_steps(ratio, total) == warmup
+    ours = _lrs(OptimConfig(schedule=schedule, warmup_ratio=ratio), total_steps=total, n=total + 3, base_lr=2.0)
+    ref = _hf_lrs(schedule, warmup, total, n=total + 3, base_lr=2.0)
+    assert ours == ref  # the same arithmetic: equal to the last bit
+    assert ours[0] == (0.0 if warmup else 2.0)  # the first step of a warmup trains at lr 0
+    if schedule != "constant":
+        assert ours[total] == 0.0 and max(ours) == 2.0
+
+
+@pytest.mark.parametrize("schedule,last_step", [("linear", 40), ("cosine", 40), ("linear", 3), ("cosine", 10)])
+def test_schedule_started_after_some_steps_equals_one_stepped_there(schedule, last_step):
+    """What a resume with another world size does: the schedule rebuilt to start at ``last_step``
+    (in the warmup, at its last step, or in the decay) continues the same lr sequence."""
+    cfg = OptimConfig(schedule=schedule, warmup_ratio=0.1)
+    ref = _lrs(cfg, total_steps=100, n=last_step + 20, base_lr=2.0)
     p = nn.Parameter(torch.zeros(1))
     opt = AdamW([p], lr=2.0)
     opt.param_groups[0]["initial_lr"] = 2.0  # what a loaded checkpoint's optimizer state holds
-    opt.param_groups[0]["lr"] = 123.0  # replaced by the schedule's value at step 40
-    sched = build_scheduler(cfg, opt, 100, last_step=40)
+    opt.param_groups[0]["lr"] = 123.0  # replaced by the schedule's value at last_step
+    sched = build_scheduler(cfg, opt, 100, last_step=last_step)
     got = []
     for _ in range(20):
         got.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert got == pytest.approx(ref[40:60], abs=0, rel=1e-12)
+    assert got == pytest.approx(ref[last_step:], abs=0, rel=1e-12)
+    assert got == pytest.approx(_hf_lrs(schedule, 10, 100, n=last_step + 20)[last_step:], abs=0, rel=1e-12)
+    assert min(got) < max(got)  # the lr changes there (warmup or decay)
 
 
 def test_linear_schedule_warmup_and_decay():
     cfg = OptimConfig(schedule="linear", warmup_ratio=0.1)
     lrs = _lrs(cfg, total_steps=100, n=103, base_lr=2.0)
-    # warmup = ceil(0.1 * 100) = 10 steps: factor (step + 1) / 10; then (100 - step) / 90
+    # warmup = ceil(0.1 * 100) = 10 steps: factor step / 10 (0 at the first step); then (100 - step) / 90
     expected = {
-        0: 2.0 * 1 / 10,
-        4: 2.0 * 5 / 10,
-        9: 2.0 * 10 / 10,
+        0: 0.0,
+        1: 2.0 * 1 / 10,
+        4: 2.0 * 4 / 10,
+        9: 2.0 * 9 / 10,
         10: 2.0 * 90 / 90,
         55: 2.0 * 45 / 90,
         99: 2.0 * 1 / 90,
@@ -285,16 +339,16 @@ def test_linear_schedule_warmup_and_decay():
     for step, lr in expected.items():
         assert lrs[step] == pytest.approx(lr, abs=1e-12), step
     # monotone up during warmup, monotone down after
-    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
-    assert all(a > b for a, b in zip(lrs[10:100], lrs[11:101]))
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))
+    assert all(a > b for a, b in zip(lrs[10:100], lrs[11:101], strict=True))
 
 
 def test_linear_schedule_warmup_rounds_up():
     cfg = OptimConfig(schedule="linear", warmup_ratio=0.05)
     lrs = _lrs(cfg, total_steps=30, n=31, base_lr=1.0)
     # warmup = ceil(1.5) = 2
-    assert lrs[0] == pytest.approx(0.5)
-    assert lrs[1] == pytest.approx(1.0)
+    assert lrs[0] == 0.0
+    assert lrs[1] == pytest.approx(0.5)
     assert lrs[2] == pytest.approx(28 / 28)
     assert lrs[16] == pytest.approx(14 / 28)
     assert lrs[30] == pytest.approx(0.0)
@@ -308,13 +362,38 @@ def test_linear_schedule_without_warmup():
     assert lrs[40] == pytest.approx(0.0)
 
 
+def test_cosine_schedule_values():
+    lrs = _lrs(OptimConfig(schedule="cosine", warmup_ratio=0.2), total_steps=50, n=51, base_lr=3.0)
+    # warmup = 10 steps, then 3 * (1 + cos(pi * (step - 10) / 40)) / 2
+    assert lrs[:10] == pytest.approx([3.0 * k / 10 for k in range(10)], abs=1e-12)
+    assert lrs[10] == 3.0
+    assert lrs[30] == pytest.approx(1.5, abs=1e-12)  # half way: cos(pi / 2) = 0
+    assert lrs[20] == pytest.approx(3.0 * (1 + math.sqrt(0.5)) / 2, abs=1e-12)  # a quarter: cos(pi / 4)
+    assert lrs[50] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_constant_schedule():
     lrs = _lrs(OptimConfig(schedule="constant", warmup_ratio=0.1), total_steps=50, n=50, base_lr=3.0)
-    # warmup = 5 steps, then the base lr
-    assert lrs[:5] == pytest.approx([3.0 * (k + 1) / 5 for k in range(5)])
+    # warmup = 5 steps (step / 5, from 0), then the base lr
+    assert lrs[:5] == pytest.approx([3.0 * k / 5 for k in range(5)])
     assert lrs[5:] == pytest.approx([3.0] * 45)
     assert _lrs(OptimConfig(schedule="constant"), total_steps=50, n=10, base_lr=3.0) == [3.0] * 10
     assert math.ceil(0.1 * 50) == 5
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan")])
+def test_warmup_ratio_outside_0_1_is_a_config_error(ratio):
+    from minbert.errors import ConfigError
+
+    opt = AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ConfigError, match=r"optim\.warmup_ratio must be in \[0, 1\]"):
+        build_scheduler(OptimConfig(schedule="linear", warmup_ratio=ratio), opt, 100)
+
+
+def test_cosine_is_a_schedule_of_the_config():
+    from minbert.config import load_config
+
+    assert load_config(None, ["optim.schedule=cosine"]).optim.schedule == "cosine"
 
 
 def test_layer_wise_lr_decay_and_head_lr(tiny_encoder):

@@ -9,6 +9,8 @@
     minbert suite configs/paper/ [--data-dir DIR] [--runs-root DIR] [--only 1,7,14] [--train.epochs=3 ...]
     minbert tune --config configs/best.yaml --study-dir runs/tune [--trials 20]   (optuna, resumable)
     minbert ablate configs/beyond/ablation.yaml [--only a,b] [--final [--seeds 0,1,2]] [--report-only]
+    minbert config show [--config F] [--optim.lr=2e-5 ...]   (the resolved config, every field explained)
+    minbert config schema [--output FILE]                     (JSON Schema of a config file, for editors)
 
 Every user mistake ends with a one-line ``error: ...`` on stderr and exit code 2. SIGINT or
 SIGTERM during ``train`` writes a checkpoint, prints one line with the resume command and exits
@@ -320,8 +322,61 @@ def cmd_suite(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace, extra: list[str]) -> int:
+    """Print the resolved config as YAML, each field with its help text as a comment."""
+    from .config import commented_yaml, load_config, resolve
+
+    sys.stdout.write(commented_yaml(resolve(load_config(args.config, _split_overrides(extra)))))
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace, extra: list[str]) -> int:
+    """Print (or write to --output, atomically) the JSON Schema of a config file."""
+    from .config import json_schema
+
+    if extra:
+        raise ConfigError(f"unrecognised argument {extra[0]!r}")
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    # minbert.io imports torch; this command must not: the same atomic write, standard library only
+    import os
+    import tempfile
+
+    path = Path(args.output)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"--output {path}: cannot write ({e.strerror or e})") from None
+    return 0
+
+
 _RUN_DATA_HELP = "data folder (default: the one the run recorded in its provenance.json)"
 _ALLOW_HELP = "go on when data files differ from the SHA-256 sums the run recorded (default: refuse)"
+
+
+def _train_description() -> str:
+    from .config import section_help  # yaml and the standard library only
+
+    width = max(len(name) for name, _ in section_help())
+    rows = "\n".join(f"  {name:<{width}}  {text}" for name, text in section_help())
+    return (
+        "Extra arguments --section.key=value override the config (e.g. --optim.lr=2e-5).\n\n"
+        f"Config sections:\n{rows}\n\n"
+        "`minbert config show [--config F] [--section.key=value ...]` prints every field with its value\n"
+        "and meaning; `minbert config schema` writes a JSON Schema of config files for editors."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,7 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"minbert {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train and evaluate a multi-task model", description="Extra arguments --section.key=value override the config.")
+    t = sub.add_parser(
+        "train", help="train and evaluate a multi-task model", description=_train_description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--config", help="YAML config (configs/default.yaml, configs/quick.yaml, ...)")
     t.add_argument("--data-dir", help="data folder (else data.dir, else $MINBERT_DATA_DIR; --resume: the run's)")
     t.add_argument("--run-dir", help="run folder (default: output.dir, else runs/<config name>)")
@@ -420,6 +478,18 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--report-only", action="store_true", help="train nothing; rewrite the report from the finished runs")
     ab.add_argument("--no-progress", action="store_true")
     ab.set_defaults(fn=cmd_ablate)
+
+    c = sub.add_parser("config", help="show the resolved config with every field explained, or its JSON Schema")
+    csub = c.add_subparsers(dest="config_command", metavar="{show,schema}", required=True)
+    cs = csub.add_parser(
+        "show", help="print the resolved config as YAML, each field with its meaning",
+        description="Extra arguments --section.key=value override the config, as for train.",
+    )
+    cs.add_argument("--config", help="YAML config (default: the built-in defaults)")
+    cs.set_defaults(fn=cmd_config_show)
+    cj = csub.add_parser("schema", help="print a JSON Schema (draft 2020-12) of config files, for YAML editors")
+    cj.add_argument("--output", help="write it to this file instead of stdout")
+    cj.set_defaults(fn=cmd_config_schema)
 
     q = sub.add_parser("predict", help="predict one text (pair) or a file of them")
     q.add_argument("run_dir")

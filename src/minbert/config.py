@@ -10,6 +10,10 @@ A config file mirrors :class:`Config`::
 Overrides use dotted keys, e.g. ``--optim.lr=2e-5`` or ``--tasks.sst.batch_size=8``; values are
 parsed as YAML scalars. An unknown key, a wrong type, or a value outside its allowed set raises
 :class:`ConfigError` naming the key. Code never mutates a config: use :func:`replace`.
+
+Each field documents itself in ``metadata["help"]`` (one line): :func:`commented_yaml` prints a
+config with those lines as comments (``minbert config show``), :func:`json_schema` derives a JSON
+Schema from the dataclasses (``minbert config schema``).
 """
 
 from __future__ import annotations
@@ -34,34 +38,62 @@ _EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    encoder: str = "default"  # "default" (packaged all-MiniLM-L6-v2) or a local HF BERT folder
-    max_length: int = 128  # tokens per sequence (pair: both sentences together)
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    hidden_dropout_prob: float | None = None  # None: keep the checkpoint's value
-    attention_probs_dropout_prob: float | None = None  # None: keep the checkpoint's value
+    """The encoder and its input."""
+
+    encoder: str = field(
+        default="default", metadata={"help": "default (the packaged all-MiniLM-L6-v2) or a local HF BERT folder"}
+    )
+    max_length: int = field(default=128, metadata={"help": "tokens per sequence (a pair: both sentences together)"})
+    attn_implementation: Literal["sdpa", "eager"] = field(
+        default="sdpa", metadata={"help": "attention: sdpa (torch scaled_dot_product_attention) or eager (written out)"}
+    )
+    hidden_dropout_prob: float | None = field(
+        default=None, metadata={"help": "dropout on the encoder's hidden states (null: keep the checkpoint's value)"}
+    )
+    attention_probs_dropout_prob: float | None = field(
+        default=None, metadata={"help": "dropout on the attention probabilities (null: keep the checkpoint's value)"}
+    )
 
 
 @dataclass(frozen=True)
 class TaskConfig:
     """One task's head and training options (the task itself is defined in :mod:`minbert.tasks`)."""
 
-    head: str = "baseline"
-    pooling: Pooling = "cls"
-    pair_input: Literal["bi", "cross"] = "bi"  # pair tasks: encode a and b apart, or together
-    dropout: float = 0.3
-    batch_size: int = 32
-    weight: float = 1.0  # multiplier of this task's loss in the total
+    head: str = field(
+        default="baseline",
+        metadata={"help": "head: baseline; single: conv1d, mean; bi pairs: mlp, gelu, compress_expand, cosine, sbert, "
+                  "sbert_cosine"},
+    )
+    pooling: Pooling = field(default="cls", metadata={"help": "sentence vector: [CLS], the pooler output or the mean"})
+    pair_input: Literal["bi", "cross"] = field(
+        default="bi", metadata={"help": "pair tasks: encode a and b apart (bi), or together as [CLS] a [SEP] b (cross)"}
+    )
+    dropout: float = field(default=0.3, metadata={"help": "dropout probability in the head"})
+    batch_size: int = field(default=32, metadata={"help": "training rows per batch (per process under torchrun)"})
+    weight: float = field(default=1.0, metadata={"help": "multiplier of this task's loss in the total"})
     # use a seeded random sample of N training rows (stratified by label for classification;
     # seed train.seed), and of N phrases with phrases_file
-    train_limit: int | None = None
-    dev_limit: int | None = None  # evaluate a seeded random sample of N dev rows (likewise)
-    hidden_size: int = 256  # hidden width of heads that have one (conv1d, mlp, gelu, compress_expand)
+    train_limit: int | None = field(
+        default=None, metadata={"help": "train on a seeded random sample of N rows (stratified by label; null: all)"}
+    )
+    dev_limit: int | None = field(
+        default=None, metadata={"help": "evaluate a seeded random sample of N dev rows (null: all)"}
+    )
+    hidden_size: int = field(
+        default=256, metadata={"help": "hidden width of heads that have one (conv1d, mlp, gelu, compress_expand)"}
+    )
     # head cosine: k extra Linear(H, H) + tanh layers on each embedding before the similarity
     # (the reference paper's "additional STS layers", its exp 9 and 12); 0 for every other head
-    head_layers: int = 0
-    augment_swap: bool = False  # pair tasks: also train on every pair as (b, a)
-    phrases_file: str | None = None  # sst: a PTB sentiment tree file whose phrases are extra train rows
-    symmetric_eval: bool = False  # pair tasks: average the outputs of (a, b) and (b, a) at prediction
+    head_layers: int = field(
+        default=0, metadata={"help": "head cosine: extra Linear + tanh layers on each embedding (0 for other heads)"}
+    )
+    augment_swap: bool = field(default=False, metadata={"help": "pair tasks: also train on every pair as (b, a)"})
+    phrases_file: str | None = field(
+        default=None, metadata={"help": "sst: a PTB sentiment tree file whose labelled phrases are extra train rows"}
+    )
+    symmetric_eval: bool = field(
+        default=False, metadata={"help": "pair tasks: average the outputs of (a, b) and (b, a) at prediction"}
+    )
 
 
 def _default_tasks() -> dict[str, TaskConfig]:
@@ -70,124 +102,220 @@ def _default_tasks() -> dict[str, TaskConfig]:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dir: str | None = None  # None: --data-dir, else $MINBERT_DATA_DIR
-    strict: bool = False  # any bad row is fatal
-    bucket_by_length: bool = True  # batches of similar length (shuffled order of buckets)
+    """Where the data is and how it is batched."""
+
+    dir: str | None = field(
+        default=None, metadata={"help": "data folder when --data-dir is not given (null: $MINBERT_DATA_DIR)"}
+    )
+    strict: bool = field(default=False, metadata={"help": "any bad data row is fatal (else reported and skipped)"})
+    bucket_by_length: bool = field(
+        default=True, metadata={"help": "batches of similar length (in a shuffled order of buckets)"}
+    )
     # training batches are padded to a multiple of this many tokens (None: 16 when CUDA graphs
     # are on, which keeps the number of batch shapes, hence of graphs, small; else 1)
-    pad_to_multiple_of: int | None = None
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={"help": "pad training batches to a multiple of N tokens (null: 16 with CUDA graphs, else 1)"},
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    routine: Literal["parallel", "sequential", "sampled"] = "parallel"
+    """The training loop."""
+
+    routine: Literal["parallel", "sequential", "sampled"] = field(
+        default="parallel",
+        metadata={"help": "each step: a batch of every task (parallel), one task after another (sequential), or one "
+                  "drawn task (sampled)"},
+    )
     # sampled routine: each step trains one task drawn by this schedule (Stickland & Murray 2019)
-    sampling: Literal["round_robin", "proportional", "sqrt", "annealed"] = "sqrt"
-    pcgrad: bool = False  # project conflicting task gradients (Yu et al. 2020); parallel routine only
-    mode: Literal["finetune", "frozen"] = "finetune"
-    epochs: int = 10
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    grad_accum: int = 1
-    max_grad_norm: float | None = None
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    early_stopping_patience: int | None = None  # epochs without overall-dev improvement
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: epoch ends only)
-    nonfinite: Literal["stop", "skip"] = "stop"
-    # nonfinite=skip: more skipped steps than this fraction of all optimizer steps stops the run
-    # (NonFiniteLossError, as nonfinite=stop does)
-    max_nonfinite_fraction: float = 0.01
-    max_steps: int | None = None  # stop after this many optimizer steps (debugging, smoke tests)
-    eval_batch_size: int = 256
-    compile: Literal["auto", "on", "off"] = "off"  # torch.compile the encoder (auto: on CUDA only)
+    sampling: Literal["round_robin", "proportional", "sqrt", "annealed"] = field(
+        default="sqrt", metadata={"help": "sampled routine: how each step's task is drawn (Stickland & Murray 2019)"}
+    )
+    pcgrad: bool = field(
+        default=False, metadata={"help": "project conflicting task gradients (Yu et al. 2020); parallel routine only"}
+    )
+    mode: Literal["finetune", "frozen"] = field(
+        default="finetune", metadata={"help": "train every parameter (finetune), or the heads only (frozen)"}
+    )
+    epochs: int = field(default=10, metadata={"help": "passes over the training data"})
+    seed: int = field(default=0, metadata={"help": "seed of the initialisation, data order, dropout and samples"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches whose gradients make one optimizer step"})
+    max_grad_norm: float | None = field(
+        default=None, metadata={"help": "clip the gradients' global L2 norm to this (null: no clipping)"}
+    )
+    amp: Literal["auto", "bf16", "off"] = field(
+        default="auto", metadata={"help": "mixed precision (auto: bf16 autocast on CUDA, fp32 on CPU)"}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "stop after N epochs without overall-dev improvement (null: never)"}
+    )
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "optimizer steps between checkpoints (0: epoch ends only)"}
+    )
+    nonfinite: Literal["stop", "skip"] = field(
+        default="stop", metadata={"help": "on a non-finite loss or gradient: stop the run, or skip the batch"}
+    )
+    max_nonfinite_fraction: float = field(
+        default=0.01,
+        metadata={"help": "nonfinite=skip: more skipped steps than this fraction of all optimizer steps stops the run"},
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "stop after this many optimizer steps (debugging, smoke tests; null: no limit)"}
+    )
+    eval_batch_size: int = field(default=256, metadata={"help": "rows per batch at evaluation and prediction"})
+    compile: Literal["auto", "on", "off"] = field(
+        default="off", metadata={"help": "torch.compile the encoder (auto: on CUDA only)"}
+    )
     # replay each recurring batch shape's forward+backward as a CUDA graph (minbert.cudagraph).
     # auto: on for CUDA training without compile and PCGrad; on: raise if unsupported
-    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    cuda_graphs: Literal["auto", "on", "off"] = field(
+        default="auto", metadata={"help": "replay each batch shape's forward+backward as a CUDA graph (on: raise if "
+                                          "unsupported)"}
+    )
     # how several processes (torchrun) average gradients: ddp (DistributedDataParallel: bucketed
     # all-reduces overlapped with backward), flat (one all_reduce of one flat gradient buffer
     # after the step's backward passes; what CUDA graphs need), auto (flat with graphs, else ddp)
-    grad_sync: Literal["auto", "ddp", "flat"] = "auto"
-    log_every: int = 50  # optimizer steps between host syncs that write the step losses
+    grad_sync: Literal["auto", "ddp", "flat"] = field(
+        default="auto",
+        metadata={"help": "torchrun gradient averaging: ddp, flat (one buffer) or auto (flat with graphs)"},
+    )
+    log_every: int = field(
+        default=50, metadata={"help": "optimizer steps between host syncs that write the step losses"}
+    )
     # task weighting: fixed (tasks.*.weight) or learned homoscedastic uncertainty (Kendall et
     # al. 2018): sum_t exp(-s_t) w_t L_t + s_t, one learned log-variance s_t per task
-    loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    loss_weighting: Literal["fixed", "uncertainty"] = field(
+        default="fixed", metadata={"help": "task loss weights: fixed (tasks.*.weight) or learned uncertainty"}
+    )
     # SMART adversarial smoothness (Jiang et al. 2020; minbert.regularize): lambda_s, noise std,
     # ascent step, l-inf radius on the word embeddings. 0 turns it off
-    smart_weight: float = 0.0
-    smart_sigma: float = 1.0e-5
-    smart_eta: float = 1.0e-3
-    smart_eps: float = 1.0e-5
-    rdrop_alpha: float = 0.0  # R-Drop (Liang et al. 2021): weight of the two-pass divergence; 0: off
+    smart_weight: float = field(
+        default=0.0, metadata={"help": "SMART adversarial smoothness weight lambda_s (Jiang et al. 2020); 0: off"}
+    )
+    smart_sigma: float = field(default=1.0e-5, metadata={"help": "SMART: std of the initial embedding noise"})
+    smart_eta: float = field(default=1.0e-3, metadata={"help": "SMART: step size of the noise's ascent"})
+    smart_eps: float = field(default=1.0e-5, metadata={"help": "SMART: l-inf radius of the noise"})
+    rdrop_alpha: float = field(
+        default=0.0, metadata={"help": "R-Drop (Liang et al. 2021): weight of the two-pass divergence; 0: off"}
+    )
     # checkpoint averaging: also evaluate the mean of the last k epochs' weights (0: off); the
     # final model is the average when its dev overall beats the best single epoch
-    average_last: int = 0
+    average_last: int = field(
+        default=0, metadata={"help": "also evaluate the mean of the last k epochs' weights (0: off)"}
+    )
     # surgical fine-tuning (Lee et al. 2023, "Surgical Fine-Tuning Improves Adaptation to
     # Distribution Shifts"): 0 trains everything; k >= 1 freezes the embeddings and encoder
     # layers 0..k-1; -1 freezes the embeddings only (see minbert.surgical)
-    freeze_layers: int = 0
+    freeze_layers: int = field(
+        default=0, metadata={"help": "k >= 1: freeze the embeddings and layers 0..k-1; -1: the embeddings; 0: none"}
+    )
     # a run folder whose best weights (else last checkpoint's) initialise the whole model before
     # training; its heads must match this config's exactly (checked key by key and shape by shape)
-    init_from: str | None = None
+    init_from: str | None = field(
+        default=None, metadata={"help": "a run folder whose best (else last) weights initialise the whole model"}
+    )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["adamw", "torch_adamw", "lion"] = "adamw"
-    lr: float | None = None  # None: 1e-5 for finetune, 1e-3 for frozen (the reference defaults)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
-    weight_decay: float = 0.0
-    schedule: Literal["constant", "linear"] = "constant"
-    warmup_ratio: float = 0.0  # fraction of all steps spent in linear warmup
-    layer_lr_decay: float = 1.0  # lr x decay^(L + 1 - depth) per encoder layer (1.0: off)
-    head_lr: float | None = None  # lr of the task heads (None: optim.lr)
+    """Optimizer and learning-rate schedule."""
+
+    name: Literal["adamw", "torch_adamw", "lion"] = field(
+        default="adamw", metadata={"help": "adamw (minbert's, from its equations), torch_adamw (fused on CUDA), lion"}
+    )
+    lr: float | None = field(
+        default=None, metadata={"help": "peak learning rate (null: 1e-5 for finetune, 1e-3 for frozen)"}
+    )
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam's / Lion's (beta1, beta2)"})
+    eps: float = field(default=1e-6, metadata={"help": "Adam's epsilon"})
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "decoupled weight decay (biases and LayerNorm: none)"}
+    )
+    # the lr multiplier per optimizer step, as transformers' get_{constant,linear,cosine}_schedule_with_warmup
+    schedule: Literal["constant", "linear", "cosine"] = field(
+        default="constant", metadata={"help": "after the warmup: constant, linear decay to 0, or cosine decay to 0"}
+    )
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": "fraction of all steps in linear warmup from 0 (ceil(ratio * steps) steps)"}
+    )
+    layer_lr_decay: float = field(
+        default=1.0, metadata={"help": "lr x decay^(L + 1 - depth) per encoder layer (1.0: off)"}
+    )
+    head_lr: float | None = field(default=None, metadata={"help": "lr of the task heads (null: optim.lr)"})
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: str | None = None  # run folder; None: runs/<config name>
-    format: Literal["default", "cs224n"] = "default"
-    test_predictions: bool = True
-    plot: bool = True
-    tensorboard: bool = True
+    """What a run writes."""
+
+    dir: str | None = field(
+        default=None, metadata={"help": "run folder when --run-dir is not given (null: runs/<name>)"}
+    )
+    format: Literal["default", "cs224n"] = field(
+        default="default", metadata={"help": "prediction files' layout (cs224n: the course leaderboard's)"}
+    )
+    test_predictions: bool = field(default=True, metadata={"help": "write predictions for the test splits"})
+    plot: bool = field(default=True, metadata={"help": "write curves.png (training curves)"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs"})
 
 
 @dataclass(frozen=True)
 class CustomColumnsConfig:
     """Column names of a custom task's data files (header names; keys for JSONL)."""
 
-    text: str = "sentence"  # the (first) text
-    text_b: str | None = None  # the second text of a pair task
-    label: str = "label"  # not needed in the test file
-    id: str | None = None  # None: rows are numbered (line numbers)
+    text: str = field(default="sentence", metadata={"help": "the (first) text"})
+    text_b: str | None = field(default=None, metadata={"help": "the second text of a pair task"})
+    label: str = field(default="label", metadata={"help": "the label (not needed in the test file)"})
+    id: str | None = field(default=None, metadata={"help": "the row id (null: rows are numbered by line)"})
 
 
 @dataclass(frozen=True)
 class CustomTaskConfig:
     """A task defined in the config, without code (see :mod:`minbert.custom`)."""
 
-    kind: Literal["classification", "regression"] | None = None  # required
-    input: Literal["single", "pair"] = "single"
-    num_labels: int | None = None  # classification: N labels 0..N-1 (or give label_names)
-    label_names: tuple[str, ...] | None = None  # classification: the labels' names, index order
-    range: tuple[float, float] | None = None  # regression: [low, high] of the scores
-    files: dict[str, str] = field(default_factory=dict)  # train, dev (and test): .csv/.tsv/.jsonl
-    columns: CustomColumnsConfig = field(default_factory=CustomColumnsConfig)
-    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"  # auto: from the file suffix
+    kind: Literal["classification", "regression"] | None = field(
+        default=None, metadata={"help": "required: classification or regression"}
+    )
+    input: Literal["single", "pair"] = field(default="single", metadata={"help": "one text (single) or two (pair)"})
+    num_labels: int | None = field(
+        default=None, metadata={"help": "classification: N labels 0..N-1 (or give label_names)"}
+    )
+    label_names: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "classification: the labels' names, in index order"}
+    )
+    range: tuple[float, float] | None = field(default=None, metadata={"help": "regression: [low, high] of the scores"})
+    files: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "train, dev (and test): .csv, .tsv or .jsonl files"}
+    )
+    columns: CustomColumnsConfig = field(
+        default_factory=CustomColumnsConfig, metadata={"help": "column names (header names; keys for JSONL)"}
+    )
+    format: Literal["auto", "csv", "tsv", "jsonl"] = field(
+        default="auto", metadata={"help": "file format (auto: from the file suffix)"}
+    )
 
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "run"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tasks: dict[str, TaskConfig] = field(default_factory=_default_tasks)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+    """A run's configuration: the sections below, each a mapping."""
+
+    name: str = field(default="run", metadata={"help": "run name (default: the config file's name without .yaml)"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the encoder and its input"})
+    tasks: dict[str, TaskConfig] = field(
+        default_factory=_default_tasks, metadata={"help": "the tasks to train, by name (sst, qqp, sts, custom tasks)"}
+    )
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "where the data is and how it is batched"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training loop"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and learning-rate schedule"})
+    output: OutputConfig = field(default_factory=OutputConfig, metadata={"help": "what a run writes"})
     # tasks defined in the config (minbert.custom); each one trains when listed under `tasks`
     # (a config with custom_tasks but no `tasks` section trains sst, qqp, sts and every custom task)
-    custom_tasks: dict[str, CustomTaskConfig] = field(default_factory=dict)
+    custom_tasks: dict[str, CustomTaskConfig] = field(
+        default_factory=dict,
+        metadata={"help": "tasks defined in the config, by name (each one trains when listed under tasks)"},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +367,7 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is float:
         if isinstance(value, str) and _EXP_NUMBER.fullmatch(value.strip()):
             value = float(value)
@@ -372,3 +500,142 @@ def resolve(cfg: Config) -> Config:
         lr = 1e-3 if cfg.train.mode == "frozen" else 1e-5
         cfg = replace(cfg, optim=replace(cfg.optim, lr=lr))
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# self-description: commented YAML (`minbert config show`) and a JSON Schema (`minbert config schema`)
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_WIDE = 2**31 - 1  # no line folding in PyYAML's emitter
+_LINE_BREAKS = ("\n", "\r", "\x85", "\u2028", "\u2029")
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """The one-line help text of a config field (its ``metadata["help"]``; "" if it has none)."""
+    return f.metadata.get("help", "")
+
+
+def _flow(value: Any) -> str:
+    """A plain value (scalar, list or mapping) as one line of flow YAML that ``yaml.safe_load`` reads back equal."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_flow(k)}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        # quoted as in a flow sequence, so that `,`, `[`, `#` etc. stay inside the string
+        text = yaml.safe_dump([value], default_flow_style=True, width=_WIDE, allow_unicode=True).strip()[1:-1]
+        if any(b in text for b in _LINE_BREAKS):  # line breaks: double-quoted with escapes instead
+            text = yaml.safe_dump(value, default_style='"', width=_WIDE, allow_unicode=True).strip()
+        return text
+    text = yaml.safe_dump(value, width=_WIDE)
+    return text[: -len("\n...\n")] if text.endswith("\n...\n") else text.strip()
+
+
+def _section_map_value(tp: Any) -> type | None:
+    """The dataclass V of a ``dict[str, V]`` annotation (tasks, custom_tasks), else None."""
+    if get_origin(tp) is dict:
+        vt = get_args(tp)[1]
+        if dataclasses.is_dataclass(vt):
+            return vt
+    return None
+
+
+def _commented(obj: Any, depth: int, lines: list[str], prefix: str = "") -> None:
+    """Append the fields of the dataclass ``obj`` as YAML lines, each with its help as a comment."""
+    hints = typing.get_type_hints(type(obj))
+    pad = prefix + "  " * depth
+    for f in dataclasses.fields(obj):
+        value, note = getattr(obj, f.name), f"  # {field_help(f)}" if field_help(f) else ""
+        entry_type = _section_map_value(hints[f.name])
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:{note}")
+            _commented(value, depth + 1, lines, prefix)
+        elif entry_type is not None and value:
+            lines.append(f"{pad}{f.name}:{note}")
+            for key, entry in value.items():
+                lines.append(f"{pad}  {_flow(key)}:")
+                _commented(entry, depth + 2, lines, prefix)
+        elif entry_type is not None:  # an empty map: its entries' fields, commented out
+            lines.append(f"{pad}{f.name}: {{}}{note}")
+            lines.append(f"{prefix or '# '}{'  ' * depth}  <name>:  # one entry, with these fields and defaults")
+            _commented(entry_type(), depth + 2, lines, prefix or "# ")
+        else:
+            lines.append(f"{pad}{f.name}: {_flow(to_dict(value))}{note}")
+
+
+def commented_yaml(cfg: Config) -> str:
+    """``cfg`` as YAML, every field on its own line with its help text as a trailing comment.
+
+    ``from_dict(yaml.safe_load(text)) == cfg``. An empty ``tasks`` or ``custom_tasks`` map is
+    followed by its entries' fields with their defaults, commented out.
+    """
+    lines = ["# minbert config: every key is optional (defaults shown); `minbert config schema` lists the types"]
+    _commented(cfg, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
+    """The JSON Schema of the values that :func:`_build` accepts for the annotation ``tp``."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if tp.__name__ not in defs:
+            defs[tp.__name__] = _dataclass_schema(tp, defs)
+        return {"$ref": f"#/$defs/{tp.__name__}"}
+    if origin in (typing.Union, types.UnionType):
+        alts: list[dict] = []
+        for a in get_args(tp):
+            s = _type_schema(a, defs) if a is not type(None) else {"type": "null"}
+            alts += s["anyOf"] if set(s) == {"anyOf"} else [s]  # float | None: one flat anyOf
+        return {"anyOf": alts}
+    if origin is Literal:
+        values = list(get_args(tp))
+        values += [b for b, word in ((True, "on"), (False, "off")) if word in values]  # YAML 1.1 on/off
+        return {"enum": values}
+    if origin is dict:
+        vt = get_args(tp)[1]
+        value = _type_schema(vt, defs)
+        if dataclasses.is_dataclass(vt):  # `sst:` with no value is an entry of defaults
+            value = {"anyOf": [value, {"type": "null"}]}
+        return {"type": "object", "additionalProperties": value}
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": _type_schema(args[0], defs)}
+        items = [_type_schema(a, defs) for a in args]
+        return {"type": "array", "prefixItems": items, "items": False, "minItems": len(items)}
+    if tp is float:  # PyYAML reads 1e-5 (no dot) as a string, which minbert accepts
+        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": rf"^\s*{_EXP_NUMBER.pattern}\s*$"}]}
+    simple = {int: "integer", bool: "boolean", str: "string"}
+    if tp in simple:
+        return {"type": simple[tp]}
+    raise TypeError(f"unsupported config annotation {tp}")  # a bug in this module
+
+
+def _dataclass_schema(tp: type, defs: dict[str, dict]) -> dict:
+    hints = typing.get_type_hints(tp)
+    props = {}
+    for f in dataclasses.fields(tp):
+        prop = {**_type_schema(hints[f.name], defs), "description": field_help(f)}
+        if not dataclasses.is_dataclass(hints[f.name]):  # a section's defaults are its fields'
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            prop["default"] = to_dict(default)
+        props[f.name] = prop
+    doc = (tp.__doc__ or "").strip().split("\n\n")[0]
+    return {"type": "object", "description": " ".join(doc.split()), "properties": props, "additionalProperties": False}
+
+
+def json_schema() -> dict:
+    """A JSON Schema (draft 2020-12) of a config file, generated from the dataclasses: types,
+    ``Literal`` choices as enums, defaults, the help texts as descriptions, no unknown keys."""
+    defs: dict[str, dict] = {}
+    root = _dataclass_schema(Config, defs)
+    return {"$schema": JSON_SCHEMA_DIALECT, "title": "minbert config", **root, "$defs": defs}
+
+
+def section_help() -> list[tuple[str, str]]:
+    """(name, help) of each top-level config key; a map of sections is named ``key.<name>``."""
+    hints = typing.get_type_hints(Config)
+    return [
+        (f"{f.name}.<name>" if _section_map_value(hints[f.name]) else f.name, field_help(f))
+        for f in dataclasses.fields(Config)
+    ]
