@@ -63,6 +63,7 @@ from ..inference.evaluate import (
     move,
     write_run_predictions,
 )
+from ..inference.model_card import write_model_card
 from ..io import atomic_write_json, atomic_write_text, save_weights
 from ..model.bert import resolve_encoder_path
 from ..model.multitask import MultitaskModel, build_model
@@ -879,6 +880,7 @@ def _train(
     if cfg.output.plot:
         plot_curves(run_dir)
     atomic_write_json(run_dir / "summary.json", summary)
+    write_model_card(run_dir)
     log.info("done in %.1f s; best epoch %s: %s", summary["wall_s"], state["best_epoch"], _fmt(summary["dev"]))
     return Run(run_dir, summary)
 
