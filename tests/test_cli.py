@@ -180,6 +180,28 @@ def test_evaluate_reproduces_summary(run, tmp_path):
     assert json.loads((run / "eval.json").read_text())["dev"] == flat
 
 
+def test_evaluate_full_scores_the_whole_dev_sets(run, tmp_path, data_dir):
+    """The run evaluated seeded samples of N dev rows; --full scores every dev row, and its dev
+    accuracy is recomputed here from the prediction file against the gold labels."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    proc = ok(cli("evaluate", str(copy), "--device=cpu", "--full", cwd=tmp_path))
+    flat = json.loads(proc.stdout.strip().splitlines()[-1])
+    sst = get_task("sst").read(data_dir / "ids-sst-dev.csv", "dev")
+    header, rows = read_predictions(copy / "predictions" / "sst-dev.csv")
+    assert len(rows) == len(sst) == 1101 and [r[0] for r in rows] == sst.ids
+    gold = dict(zip(sst.ids, sst.labels.tolist(), strict=True))
+    acc = sum(int(v) == gold[i] for i, v in rows) / len(rows)
+    assert flat["sst_acc"] == pytest.approx(acc, abs=1e-12)
+    assert len(read_predictions(copy / "predictions" / "qqp-dev.csv")[1]) == 20212
+    assert json.loads((copy / "eval.json").read_text())["dev_limits"] == {}
+    proc = ok(cli("evaluate", str(copy), "--device=cpu", cwd=tmp_path))  # without --full: the samples again
+    assert json.loads((copy / "eval.json").read_text())["dev_limits"] == {"sst": N, "qqp": N, "sts": N}
+    assert "dev scores on seeded samples" in proc.stderr
+
+
 def test_predict_text(run, tmp_path):
     proc = ok(cli("predict", str(run), "--task=sst", "--text", "a fine film", "--device=cpu", cwd=tmp_path))
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -113,6 +113,7 @@ def train_resume(args):
 def cmd_evaluate(args, extra: list[str]) -> int:
     import json as _json
 
+    from .config import full_dev
     from .inference.evaluate import write_run_predictions
     from .inference.predictor import load
     from .io import atomic_write_json
@@ -122,13 +123,16 @@ def cmd_evaluate(args, extra: list[str]) -> int:
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     pred = load(args.run_dir, device=args.device)
-    cfg = pred.config
+    cfg = full_dev(pred.config) if args.full else pred.config
+    limits = {n: t.dev_limit for n, t in cfg.tasks.items() if t.dev_limit is not None}
+    if limits:
+        log.info("dev scores on seeded samples of %s rows (--full: the whole dev sets)", limits)
     data_dir = resolve_run_data_dir(pred.run_dir, cfg, args.data_dir, args.allow_data_change)
     data = load_splits(cfg, data_dir, pred.tokenizer, pred.task_table)
     tasks = {n: pred.task(n) for n in cfg.tasks}
     result = write_run_predictions(pred.model, tasks, data, pred.run_dir, cfg, pred.device, pred.amp, pred.tokenizer.pad_token_id)
     flat = result.flat()
-    atomic_write_json(pred.run_dir / "eval.json", {"dev": flat, "dev_detail": result.metrics})
+    atomic_write_json(pred.run_dir / "eval.json", {"dev": flat, "dev_detail": result.metrics, "dev_limits": limits})
     print(_json.dumps(flat))
     return 0
 
@@ -404,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help=_RUN_DATA_HELP)
     e.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
     e.add_argument("--device", default="auto")
+    e.add_argument("--full", action="store_true", help="score the whole dev sets (the run's dev_limit samples otherwise)")
     e.set_defaults(fn=cmd_evaluate)
 
     en = sub.add_parser("ensemble", help="average several runs' predictions (e.g. seeds) on dev and test")

@@ -489,6 +489,13 @@ def replace(cfg: Any, **changes) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+def full_dev(cfg: Config) -> Config:
+    """The config with every task's ``dev_limit`` lifted (``minbert evaluate --full``): scores on
+    whole dev sets."""
+    tasks = {name: replace(tcfg, dev_limit=None) for name, tcfg in cfg.tasks.items()}
+    return replace(cfg, tasks=tasks)
+
+
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
