@@ -9,7 +9,11 @@ Implementations: ``minbert`` is what ``minbert train`` does on CUDA: batches pad
 multiple of 16 tokens (a few shapes), forward + backward replayed as one CUDA graph per shape
 (minbert.training.cudagraph.GraphedSteps), the optimizer outside the graph. ``minbert-eager`` is the same
 encoder run op by op on the peer's batches. ``transformers-sdpa``/``-eager`` get the batches
-padded to the longest, as a user would give them. The default warm-up (64 steps) is one pass
+padded to the longest, as a user would give them. ``transformers-sdpa-compile`` is the same model
+under ``torch.compile`` (default mode, inductor's fusions) and ``transformers-sdpa-ro`` under
+``torch.compile(mode="reduce-overhead")`` (inductor plus CUDA graphs): the strongest peer a user
+gets with one line. Both get the batches padded to a multiple of 16 tokens, as ours are, so that
+they see as few shapes as we do. The default warm-up (64 steps) is one pass
 over the 64 distinct batches, so every graph is captured before timing. Weights are random (speed does not depend on
 them). MFU = 6 * n_params * real_tokens_per_s / 989e12 (H100/H200 dense bf16 datasheet peak;
 all parameters counted, attention FLOPs excluded).
@@ -63,10 +67,13 @@ def build(impl: str, cfg: dict):
         return model
     import transformers
 
-    attn = impl.split("-", 1)[1]
+    attn = impl.split("-")[1]
     hf_cfg = transformers.BertConfig(**cfg)
     hf_cfg._attn_implementation = attn
     return transformers.BertModel(hf_cfg)
+
+
+COMPILE_MODES = {"transformers-sdpa-compile": "default", "transformers-sdpa-ro": "reduce-overhead"}
 
 
 def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int, repeats: int) -> dict:
@@ -74,8 +81,11 @@ def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int
     torch.manual_seed(0)
     model = build(impl, CONFIGS[cfg_name]).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    params = list(model.parameters())
+    if impl in COMPILE_MODES:
+        model = torch.compile(model, mode=COMPILE_MODES[impl])
     gpu_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in params)
 
     def loss_fn(b):
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
@@ -83,8 +93,8 @@ def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int
             loss = out.last_hidden_state.float().pow(2).mean() + out.pooler_output.float().mean()
         return loss, loss.detach()
 
-    graphs = GraphedSteps(list(model.parameters()), capture_after=0) if impl == "minbert" else None
-    if graphs is not None:  # our internals: pad T up to a multiple of 16 (the real tokens are the same)
+    graphs = GraphedSteps(params, capture_after=0) if impl == "minbert" else None
+    if graphs is not None or impl in COMPILE_MODES:  # pad T up to a multiple of 16 (the real tokens are the same)
         gpu_batches = [{k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16)) for k, v in b.items()} for b in gpu_batches]
 
     def step(b):
@@ -131,8 +141,6 @@ def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int
         "cuda_graphs": graphs.n_graphs if graphs is not None else 0,
         "repeats_s": [round(t, 4) for t in times],
     }
-    del model, opt
-    torch.cuda.empty_cache()
     return rec
 
 
@@ -142,7 +150,10 @@ def main() -> None:
     ap.add_argument("--encoder", default="default", help="folder with the tokenizer")
     ap.add_argument("--configs", default="minilm-l6,bert-base")
     ap.add_argument("--batches", default="32")
-    ap.add_argument("--impls", default="minbert,minbert-eager,transformers-sdpa,transformers-eager")
+    ap.add_argument(
+        "--impls",
+        default="minbert,minbert-eager,transformers-sdpa,transformers-eager,transformers-sdpa-compile,transformers-sdpa-ro",
+    )
     ap.add_argument("--warmup", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
@@ -155,6 +166,8 @@ def main() -> None:
             batches = make_batches(Path(args.data_dir), args.encoder, B, 64)
             for impl in args.impls.split(","):
                 rec = bench(impl, cfg_name, batches, args.warmup, args.steps, args.repeats)
+                torch._dynamo.reset()  # each compiled peer starts from a clean compile cache
+                torch.cuda.empty_cache()
                 print(json.dumps(rec), file=sys.stderr, flush=True)
                 records.append(rec)
     result = {
