@@ -164,7 +164,7 @@ def test_cli_batch_prediction_reports_and_skips_bad_rows(run, predictor, tmp_pat
     for line, reason in ((2, "missing text in column 'sentence2'"), (3, "expected a JSON object, got list"), (4, "'sentence2' is not a string"), (5, "not valid JSON")):
         assert f"skipped {src}:{line}: {reason}" in caplog.text
     assert f"{src}: 6 data lines: 2 kept, 4 bad" in caplog.text
-    assert "predict sts: 100%" in capsys.readouterr().err  # the progress bar
+    assert "predict sts:   0%|          | 0/2 [" in capsys.readouterr().err  # the progress bar, over the 2 rows
     lines = out.read_text().splitlines()
     want = predictor.similarity([PAIRS[0], ("same", "same")])
     assert lines == ["id,Predicted_Similarity", f"a,{want[0]:.4f}", f"6,{want[1]:.4f}"]  # no id column: the line number

@@ -430,7 +430,7 @@ def _nan_weights(run: Path) -> None:
 # case -> (arguments from (run, tmp), the exact message, the file that must not be written)
 NAN_OUTPUTS = {
     "evaluate": (
-        lambda run, tmp: ["evaluate", str(run)],
+        lambda run, tmp: ["evaluate", str(run), "--no-progress"],
         ("error: task sst: the model's outputs are NaN or infinite for 16 of 16 rows (first: id {sst_dev_id}); its "
          "weights are broken (a diverged run?), so no predictions are written"),
         "eval.json",

@@ -128,9 +128,12 @@ def cmd_evaluate(args, extra: list[str]) -> int:
     if limits:
         log.info("dev scores on seeded samples of %s rows (--full: the whole dev sets)", limits)
     data_dir = resolve_run_data_dir(pred.run_dir, cfg, args.data_dir, args.allow_data_change)
-    data = load_splits(cfg, data_dir, pred.tokenizer, pred.task_table)
+    progress = not args.no_progress
+    data = load_splits(cfg, data_dir, pred.tokenizer, pred.task_table, progress=progress)
     tasks = {n: pred.task(n) for n in cfg.tasks}
-    result = write_run_predictions(pred.model, tasks, data, pred.run_dir, cfg, pred.device, pred.amp, pred.tokenizer.pad_token_id)
+    log.info("predicting dev and test of %s", pred.run_dir)
+    model, pad = pred.model, pred.tokenizer.pad_token_id
+    result = write_run_predictions(model, tasks, data, pred.run_dir, cfg, pred.device, pred.amp, pad, None, progress)
     flat = result.flat()
     atomic_write_json(pred.run_dir / "eval.json", {"dev": flat, "dev_detail": result.metrics, "dev_limits": limits})
     print(_json.dumps(flat))
@@ -164,10 +167,15 @@ def cmd_ensemble(args, extra: list[str]) -> int:
             raise ConfigError(f"{run_dir}: tasks {names} differ from {task_names}; ensemble runs of the same tasks")
         task_names = names
         data_dir = resolve_run_data_dir(pred.run_dir, pred.config, args.data_dir, args.allow_data_change)
-        data = load_splits(pred.config, data_dir, pred.tokenizer, pred.task_table)
+        progress, bs, pad = not args.no_progress, pred.config.train.eval_batch_size, pred.tokenizer.pad_token_id
+        data = load_splits(pred.config, data_dir, pred.tokenizer, pred.task_table, progress=progress)
         tasks = {n: pred.task(n) for n in names}
-        out = {
-            split: {n: predict_split(pred.model, tasks[n], d, pred.device, pred.config.train.eval_batch_size, pred.amp, pred.tokenizer.pad_token_id) for n, d in data[split].items()}
+        out = {  # a bar per run, split and task: "<run folder name> dev sst"
+            split: {
+                n: predict_split(pred.model, tasks[n], d, pred.device, bs, pred.amp, pad, progress=progress,
+                                 desc=f"{Path(run_dir).name} {split} {n}")
+                for n, d in data[split].items()
+            }
             for split in ("dev", "test")
         }
         per_run[str(run_dir)] = score_predictions(tasks, data["dev"], out["dev"]).flat()
@@ -233,17 +241,17 @@ def cmd_predict(args, extra: list[str]) -> int:
         print(json.dumps(out[0]))
         return 0
     ids, a, b, _ = _read_input(Path(args.input), task.pair, task)  # the reader logs its bad rows
-    from tqdm.auto import tqdm
+    import torch
 
-    values, chunk = [], max(1, args.batch_size) * 16  # one progress step per chunk of rows
-    with tqdm(total=len(ids), desc=f"predict {task.name}", unit="row", disable=args.no_progress) as bar:
-        for s in range(0, len(ids), chunk):
-            values += _predict_values(pred, task, a[s : s + chunk], None if b is None else b[s : s + chunk], ids[s : s + chunk])
-            bar.update(min(chunk, len(ids) - s))
+    from .inference.evaluate import check_finite
+
+    raw = pred.outputs(task.name, a, b, progress=not args.no_progress)  # a bar over the rows
+    check_finite(task.name, raw, ids)  # NaN or inf outputs: one error line, no file
+    values = task.predict(torch.from_numpy(raw))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", task.prediction_column])
-    writer.writerows((i, task.format_value(v["value"])) for i, v in zip(ids, values))
+    writer.writerows((i, task.format_value(v)) for i, v in zip(ids, values))
     lines = buf.getvalue().rstrip("\n").split("\n")
     if args.output:
         atomic_write_text(args.output, "\n".join(lines) + "\n")
@@ -409,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
     e.add_argument("--device", default="auto")
     e.add_argument("--full", action="store_true", help="score the whole dev sets (the run's dev_limit samples otherwise)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_evaluate)
 
     en = sub.add_parser("ensemble", help="average several runs' predictions (e.g. seeds) on dev and test")
@@ -418,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
     en.add_argument("--device", default="auto")
     en.add_argument("--format", choices=["default", "cs224n"], default="default")
+    en.add_argument("--no-progress", action="store_true", help="no progress bars")
     en.set_defaults(fn=cmd_ensemble)
 
     ex = sub.add_parser("export", help="write a run as a Hugging Face BERT folder (+ minbert heads file)")

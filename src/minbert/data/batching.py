@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -249,24 +250,42 @@ class TokenizedSplit:
         return len(self.ids)
 
 
-def tokenize_split(raw: RawSplit, tokenizer, pair_input: str) -> TokenizedSplit:
+TOKENIZE_CHUNK = 1024  # rows per call of the tokenizer: one progress step
+
+
+def tokenize_split(
+    raw: RawSplit, tokenizer, pair_input: str, progress: bool = False, desc: str = "tokenise"
+) -> TokenizedSplit:
     """Tokenise a split for its input kind: ``single``, ``bi`` (a and b separately) or ``cross``
-    (``[CLS] a [SEP] b [SEP]``). Warns once with the number of truncated examples."""
-    a = [t[0] for t in raw.texts]
-    ids_b = None
-    if pair_input == "single":
-        ids, types, n_trunc = tokenizer.encode(a)
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    elif pair_input == "bi":
-        ids, types, n1 = tokenizer.encode(a)
-        ids_b, _, n2 = tokenizer.encode([t[1] for t in raw.texts])
-        n_trunc = n1 + n2
-        lengths = np.fromiter((max(len(x), len(y)) for x, y in zip(ids, ids_b)), dtype=np.int64, count=len(ids))
-    elif pair_input == "cross":
-        ids, types, n_trunc = tokenizer.encode(a, [t[1] for t in raw.texts])
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    else:
+    (``[CLS] a [SEP] b [SEP]``), :data:`TOKENIZE_CHUNK` rows at a time, with a progress bar
+    (``desc``, in rows) when ``progress``. Warns once with the number of truncated examples.
+
+    Raises:
+        ValueError: an unknown ``pair_input``.
+    """
+    if pair_input not in ("single", "bi", "cross"):
         raise ValueError(f"unknown pair_input {pair_input!r}")
+    ids, types, ids_b, n_trunc = [], [], [] if pair_input == "bi" else None, 0
+    with progress_bar(len(raw.texts), desc, progress, unit="row") as bar:
+        for s in range(0, len(raw.texts), TOKENIZE_CHUNK):
+            rows = raw.texts[s : s + TOKENIZE_CHUNK]
+            a = [t[0] for t in rows]
+            if pair_input == "cross":
+                part, part_types, n = tokenizer.encode(a, [t[1] for t in rows])
+            else:
+                part, part_types, n = tokenizer.encode(a)
+            if pair_input == "bi":
+                part_b, _, n2 = tokenizer.encode([t[1] for t in rows])
+                ids_b += part_b
+                n += n2
+            ids += part
+            types += part_types
+            n_trunc += n
+            bar.update(len(rows))
+    if pair_input == "bi":
+        lengths = np.fromiter((max(len(x), len(y)) for x, y in zip(ids, ids_b)), dtype=np.int64, count=len(ids))
+    else:
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     if n_trunc:
         log.warning("%s: %d text(s) truncated to max_length=%d tokens", raw.path, n_trunc, tokenizer.max_length)
     return TokenizedSplit(raw.ids, ids, types, ids_b, raw.labels, lengths, n_trunc)

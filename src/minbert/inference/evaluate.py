@@ -19,6 +19,7 @@ from ..data.batching import TokenizedSplit, eval_batches
 from ..distributed import DistContext, all_gather_objects
 from ..errors import NonFiniteOutputError
 from ..io import atomic_write_text
+from ..progress import progress_bar, tqdm
 from ..tasks import metrics as M
 from ..tasks.base import Task
 
@@ -70,26 +71,42 @@ def predict_split(
     amp: bool = False,
     pad_id: int = 0,
     ctx: DistContext = DistContext(),
+    progress: bool = False,
+    desc: str | None = None,
 ) -> TaskPredictions:
     """Model outputs for every row of a split, in the split's row order. Batches are sorted by
     length (least padding) and run under ``inference_mode``. Under data parallelism (``ctx``),
     rank r runs batches r, r + N, ... and the outputs of all ranks are gathered, so every rank
     returns every row exactly once. A split with a ``swapped`` twin (pairs as (b, a)) gets the
-    mean of both orders' raw outputs."""
-    if split.swapped is not None:
-        ab = predict_split(model, task, replace(split, swapped=None), device, batch_size, amp, pad_id, ctx)
-        ba = predict_split(model, task, split.swapped, device, batch_size, amp, pad_id, ctx)
-        raw = torch.from_numpy((ab.outputs + ba.outputs) / 2)
-        return TaskPredictions(list(split.ids), task.predict(raw), raw.numpy())
+    mean of both orders' raw outputs. ``progress``: a bar over this rank's batches (both orders),
+    labelled ``desc`` (default: the task's name), on the main process only."""
+    parts = [replace(split, swapped=None), split.swapped] if split.swapped is not None else [split]
+    batches = [eval_batches(p.lengths, batch_size)[ctx.rank :: ctx.world_size] for p in parts]
+    with progress_bar(sum(map(len, batches)), desc or task.name, progress and ctx.is_main) as bar:
+        raws = [
+            _predict_batches(model, task, p, b, device, amp, pad_id, ctx, bar)
+            for p, b in zip(parts, batches, strict=True)
+        ]
+    raw = raws[0] if len(raws) == 1 else (raws[0] + raws[1]) / 2
+    return TaskPredictions(list(split.ids), task.predict(raw), raw.numpy())
+
+
+def _predict_batches(
+    model: torch.nn.Module, task: Task, split: TokenizedSplit, batches: list[np.ndarray], device: torch.device,
+    amp: bool, pad_id: int, ctx: DistContext, bar: tqdm,
+) -> torch.Tensor:
+    """Raw outputs (N, C) or (N,) float32 on the host, in row order, of the rows in ``batches``
+    (this rank's), gathered over ranks; ``bar`` advances by one per batch."""
     was_training = model.training
     model.eval()
     order, chunks = [], []
-    for index in eval_batches(split.lengths, batch_size)[ctx.rank :: ctx.world_size]:
+    for index in batches:
         batch = move(task.collate(split, index, pad_id), device)
         with autocast_context(device, amp):
             out = model(task.name, batch)
         chunks.append(out.float())
         order.append(index)
+        bar.update(1)
     model.train(was_training)
     shape = (0, task.num_outputs) if task.num_outputs > 1 else (0,)
     raw = torch.cat(chunks).cpu() if chunks else torch.zeros(shape)
@@ -100,7 +117,7 @@ def predict_split(
         raw = torch.from_numpy(np.concatenate([p[1].reshape((-1, *shape[1:])) for p in parts]))
     if len(index):
         raw = raw[torch.from_numpy(np.argsort(index, kind="stable"))]
-    return TaskPredictions(list(split.ids), task.predict(raw), raw.numpy())
+    return raw
 
 
 def evaluate(
@@ -112,10 +129,18 @@ def evaluate(
     amp: bool = False,
     pad_id: int = 0,
     ctx: DistContext = DistContext(),
+    progress: bool = False,
+    split_name: str = "dev",
 ) -> EvalResult:
     """Predict every labelled split and compute each task's metrics and the overall score.
-    Writes nothing. With ``ctx`` the work is sharded over ranks and every rank gets the result."""
-    preds = {name: predict_split(model, tasks[name], split, device, batch_size, amp, pad_id, ctx) for name, split in splits.items()}
+    Writes nothing. With ``ctx`` the work is sharded over ranks and every rank gets the result.
+    ``progress``: a bar per task, ``<split_name> <task>`` (e.g. ``dev sst``)."""
+    preds = {
+        name: predict_split(
+            model, tasks[name], split, device, batch_size, amp, pad_id, ctx, progress, f"{split_name} {name}"
+        )
+        for name, split in splits.items()
+    }
     return score_predictions(tasks, splits, preds)
 
 
@@ -186,16 +211,19 @@ def score_predictions(tasks: dict[str, Task], splits: dict[str, TokenizedSplit],
 
 
 def write_run_predictions(
-    model, tasks, data, run_dir: Path, cfg: Config, device, amp: bool, pad_id: int, dev_result: EvalResult | None = None
+    model, tasks, data, run_dir: Path, cfg: Config, device, amp: bool, pad_id: int,
+    dev_result: EvalResult | None = None, progress: bool = False,
 ) -> EvalResult:
     """Dev metrics and dev + test prediction files of the current weights. ``dev_result``:
-    the dev evaluation of these same weights, if already computed (saves a pass over dev)."""
-    result = dev_result or evaluate(model, tasks, data["dev"], device, cfg.train.eval_batch_size, amp, pad_id)
+    the dev evaluation of these same weights, if already computed (saves a pass over dev).
+    ``progress``: a bar per task and split (``dev sst``, ``test sst``, ...)."""
+    bs = cfg.train.eval_batch_size
+    result = dev_result or evaluate(model, tasks, data["dev"], device, bs, amp, pad_id, progress=progress)
     pred_dir = run_dir / "predictions"
     pred_dir.mkdir(exist_ok=True)
     for name, p in result.predictions.items():
         write_predictions(pred_dir / f"{name}-dev.csv", tasks[name], p, cfg.output.format)
     for name, split in data["test"].items():
-        p = predict_split(model, tasks[name], split, device, cfg.train.eval_batch_size, amp, pad_id)
+        p = predict_split(model, tasks[name], split, device, bs, amp, pad_id, progress=progress, desc=f"test {name}")
         write_predictions(pred_dir / f"{name}-test.csv", tasks[name], p, cfg.output.format)
     return result

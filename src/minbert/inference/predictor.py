@@ -24,12 +24,15 @@ from ..distributed import resolve_device
 from ..errors import ConfigError, DataError, MinbertError
 from ..model.heads import pool
 from ..model.multitask import build_model
+from ..progress import progress_bar
 from ..runs import CONFIG_FILE, best_or_last_weights, check_file_weights, require_run_dir
 from ..tasks.base import Task
 from ..tasks.table import task_table
 from .evaluate import predict_split
 
 log = logging.getLogger(__name__)
+
+CHUNK_BATCHES = 16  # batches per tokenise-and-predict step of :meth:`Predictor.outputs`
 
 
 @dataclass(frozen=True)
@@ -154,25 +157,38 @@ class Predictor:
         rows = [(a,) for a in texts_a] if texts_b is None else list(zip(texts_a, texts_b))
         return RawSplit("input", [str(i) for i in range(len(rows))], rows, None)
 
-    def outputs(self, task: str, texts_a: Sequence[str], texts_b: Sequence[str] | None = None) -> np.ndarray:
-        """Raw outputs in input order: logits (N, C) / (N,) or scores (N,), float32."""
+    def outputs(
+        self, task: str, texts_a: Sequence[str], texts_b: Sequence[str] | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """Raw outputs in input order: logits (N, C) / (N,) or scores (N,), float32.
+
+        Rows are tokenised and run :data:`CHUNK_BATCHES` batches at a time (bounded memory for
+        a large file); ``progress``: a bar over the rows, ``predict <task>``.
+        """
         t = self.task(task)
         if t.pair and texts_b is None:
             raise MinbertError(f"task {task!r} takes sentence pairs")
         raw = self._raw(task, texts_a, texts_b if t.pair else None)
         if len(raw) == 0:
             return np.zeros((0, t.num_outputs) if t.num_outputs > 1 else (0,), dtype=np.float32)
-        split = tokenize_split(raw, self.tokenizer, t.input_kind(self.config.tasks[task].pair_input))
-        with self._lock:
-            p = predict_split(self.model, t, split, self.device, self.batch_size, self.amp, self.tokenizer.pad_token_id)
-        return p.outputs
+        kind, chunk, parts = t.input_kind(self.config.tasks[task].pair_input), self.batch_size * CHUNK_BATCHES, []
+        pad = self.tokenizer.pad_token_id
+        with progress_bar(len(raw), f"predict {task}", progress, unit="row") as bar:
+            for s in range(0, len(raw), chunk):
+                split = tokenize_split(raw.take(np.arange(s, min(s + chunk, len(raw)))), self.tokenizer, kind)
+                with self._lock:
+                    p = predict_split(self.model, t, split, self.device, self.batch_size, self.amp, pad)
+                parts.append(p.outputs)
+                bar.update(len(split))
+        return np.concatenate(parts)
 
-    def predict(self, task: str, inputs: Sequence) -> list[dict]:
+    def predict(self, task: str, inputs: Sequence, progress: bool = False) -> list[dict]:
         """Predictions of any task of the model (built-in or custom), in input order.
 
         ``inputs``: texts for a single-sentence task, (text, text) pairs for a pair task. Per
         item: classification ``{"label": int, "name": str | None, "probabilities": [C floats]}``;
         binary ``{"label": 0 | 1, "probability": float}``; regression ``{"score": float}``.
+        ``progress``: a progress bar over the inputs on stderr (for a large batch).
 
         Raises:
             MinbertError: unknown task, a task the model lacks, or malformed inputs.
@@ -180,9 +196,9 @@ class Predictor:
         t = self.task(task)
         if t.pair:
             a, b = _check_pairs(inputs)
-            raw = torch.from_numpy(self.outputs(task, a, b))
+            raw = torch.from_numpy(self.outputs(task, a, b, progress))
         else:
-            raw = torch.from_numpy(self.outputs(task, _check_texts(inputs)))
+            raw = torch.from_numpy(self.outputs(task, _check_texts(inputs), progress=progress))
         if t.kind == "classification":
             probs = torch.softmax(raw, -1).numpy()
             names = t.label_names

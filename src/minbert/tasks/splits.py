@@ -17,11 +17,12 @@ log = logging.getLogger(__name__)
 
 
 def load_splits(
-    cfg: Config, data_dir: Path, tokenizer: Tokenizer, tasks: Mapping[str, Task] | None = None
+    cfg: Config, data_dir: Path, tokenizer: Tokenizer, tasks: Mapping[str, Task] | None = None, progress: bool = False
 ) -> dict[str, dict[str, TokenizedSplit]]:
     """Read and tokenise (once) each task's train, dev and test files: ``{split: {task: data}}``.
 
-    ``tasks``: the run's task table (built from ``cfg`` when not given).
+    ``tasks``: the run's task table (built from ``cfg`` when not given). ``progress``: a progress
+    bar per file while it is tokenised (``tokenise <task> <split>``).
 
     Raises:
         DataError: a missing file, a checksum mismatch, or a bad row with ``data.strict``.
@@ -58,9 +59,10 @@ def load_splits(
                 extra = extra.sample(tcfg.train_limit, seed=cfg.train.seed, stratify=True)
                 log.info("%s: %d phrases from %s added to %d train rows", name, len(extra), tcfg.phrases_file, len(raw))
                 raw = concat_splits(raw, extra)
-            out[split][name] = tokenize_split(raw, tokenizer, kind)
+            desc = f"tokenise {name} {split}"
+            out[split][name] = tokenize_split(raw, tokenizer, kind, progress, desc)
             if task.pair and split != "train" and tcfg.symmetric_eval:
-                out[split][name].swapped = tokenize_split(raw.swapped(), tokenizer, kind)
+                out[split][name].swapped = tokenize_split(raw.swapped(), tokenizer, kind, progress, f"{desc} (b, a)")
         log.info(
             "%s: %d train / %d dev rows", name, len(out["train"].get(name, [])), len(out["dev"].get(name, []))
         )

@@ -74,6 +74,7 @@ from ..tasks.table import task_table
 from .checkpoint import clean_checkpoints, load_train_state, save_checkpoint
 from .cudagraph import GraphedSteps
 from .optim import build_optimizer, build_scheduler, param_groups
+from .plots import plot_curves
 from .regularize import smart_loss, symmetric_divergence
 from .surgical import freeze_layers, init_from_run
 
@@ -536,7 +537,7 @@ def _train(
     model = build_model(cfg, encoder_src, tasks=table).to(device)
     tokenizer = Tokenizer(encoder_src, cfg.model.max_length, model.encoder.config.max_position_embeddings)
     tasks = {name: table[name] for name in cfg.tasks}
-    data = load_splits(cfg, data_dir, tokenizer, table)
+    data = load_splits(cfg, data_dir, tokenizer, table, progress=progress)
     if tc.mode == "frozen":
         model.encoder.requires_grad_(False)
     if tc.init_from and not resume:  # on resume the checkpoint's weights replace these anyway
@@ -800,7 +801,7 @@ def _train(
             throughput["train_s"] += time.perf_counter() - t_epoch  # training only, dev evaluation excluded
 
             # -- end of epoch: evaluate, keep the best, checkpoint ---------------------------
-            result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id, ctx)
+            result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id, ctx, progress)
             flat = result.flat()
             log.info("epoch %d dev: %s", epoch + 1, _fmt(flat))
             _append_jsonl(metrics_fh, {"step": state["step"], "epoch": epoch + 1, "dev": flat, "dev_detail": result.metrics})
@@ -848,7 +849,7 @@ def _train(
         # checkpoint averaging: the mean of the last k epochs' weights (in this process's memory)
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         model.load_state_dict({k: sum(sd[k].double() for sd in recent).div(len(recent)).to(v.dtype) for k, v in best_state.items()})
-        avg_result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id, ctx)
+        avg_result = evaluate(model, tasks, data["dev"], device, tc.eval_batch_size, amp, pad_id, ctx, progress)
         average = {"epochs": len(recent), "dev": avg_result.flat()}
         log.info("average of the last %d epochs' weights, dev: %s", len(recent), _fmt(avg_result.flat()))
         best_score = state["best"] if state["best"] is not None else -math.inf
@@ -862,7 +863,7 @@ def _train(
             model.load_state_dict(best_state)
     if not ctx.is_main:
         return Run(run_dir, {})
-    final = write_run_predictions(model, tasks, data, run_dir, cfg, device, amp, pad_id, dev_result=best_result)
+    final = write_run_predictions(model, tasks, data, run_dir, cfg, device, amp, pad_id, best_result, progress)
     summary = {
         "dev": {k: final.flat().get(k) for k in ("sst_acc", "qqp_acc", "sts_pearson", *_custom_headlines(cfg, tasks))}
         | {"overall": final.overall},
@@ -882,6 +883,10 @@ def _train(
     atomic_write_json(run_dir / "summary.json", summary)
     write_model_card(run_dir)
     log.info("done in %.1f s; best epoch %s: %s", summary["wall_s"], state["best_epoch"], _fmt(summary["dev"]))
+    log.info("dev: %s", _scores_line(summary["dev"], cfg))
+    files = ("summary.json", "predictions/", "curves.png", "tensorboard/", "train.log")
+    files = [f for f in files if (run_dir / f).exists()]
+    log.info("run folder: %s (%s)", run_dir, ", ".join(files))
     return Run(run_dir, summary)
 
 
@@ -896,38 +901,15 @@ def _fmt(flat: dict) -> str:
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
 
 
-def plot_curves(run_dir: Path) -> None:
-    """``curves.png``: training loss per task (moving average) and dev metrics per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, dev = [], []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        (dev if "dev" in rec else steps).append(rec)
-    steps = [r for r in steps if "lr" in r]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_keys = sorted({k for r in steps for k in r if k.startswith("loss/")})
-    for k in loss_keys:
-        x = np.array([r["step"] for r in steps if k in r])
-        y = np.array([r[k] for r in steps if k in r])
-        w = max(1, len(y) // 50)
-        if len(y) >= w:
-            y = np.convolve(y, np.ones(w) / w, mode="valid")
-            x = x[w - 1 :]
-        ax1.plot(x, y, label=k[5:])
-    ax1.set(xlabel="optimizer step", ylabel="training loss (moving average)", title="Training loss")
-    ax1.legend()
-    for k in ("sst_acc", "qqp_acc", "sts_pearson", "overall"):
-        pts = [(r["epoch"], r["dev"][k]) for r in dev if r["dev"].get(k) is not None]
-        if pts:
-            ax2.plot(*zip(*pts), marker="o", label=k)
-    ax2.set(xlabel="epoch", ylabel="dev metric", title="Dev metrics")
-    ax2.legend()
-    fig.tight_layout()
-    tmp = run_dir / ".curves.png.tmp"
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    os.replace(tmp, run_dir / "curves.png")
+def _scores_line(dev: dict, cfg: Config) -> str:
+    """The headline scores of ``summary["dev"]`` for people: ``SST acc 0.412 · ... · overall 0.693``
+    (built-in tasks in capitals, custom ones by name, Pearson as r; n/a for a task without dev rows)."""
+    parts = []
+    for key, v in dev.items():
+        task, _, metric = key.rpartition("_")
+        if key != "overall" and task not in cfg.tasks:
+            continue  # a built-in task this run did not train
+        name = task if task in cfg.custom_tasks else task.upper()
+        name = "overall" if key == "overall" else f"{name} {'r' if metric == 'pearson' else metric}"
+        parts.append(f"{name} {v:.3f}" if isinstance(v, float) else f"{name} n/a")
+    return " · ".join(parts)
