@@ -16,10 +16,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from ..config import OptimConfig
 from ..errors import ConfigError
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
@@ -52,7 +54,9 @@ def param_groups(
     parameters outside the encoder (the heads, the log-variances) use ``head_lr`` when given.
     Asserts that every trainable parameter is in exactly one group.
     """
-    num_layers = sum(1 for n, _ in model.named_modules() if n.count("encoder.layer.") == 1 and n.split("encoder.layer.")[1].isdigit())
+    num_layers = sum(
+        1 for n, _ in model.named_modules() if n.count("encoder.layer.") == 1 and n.split("encoder.layer.")[1].isdigit()
+    )
     buckets: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -82,13 +86,20 @@ class AdamW(torch.optim.Optimizer):
     """AdamW from its update equations (see the module docstring). Per-parameter state:
     ``step`` (int), ``exp_avg`` and ``exp_avg_sq`` (same shape and dtype as the parameter)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
             raise ConfigError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """One update of every parameter with a gradient. The equations are applied to all
         parameters of a group at once with ``torch._foreach_*`` (multi-tensor) ops: the same
         arithmetic as a per-parameter loop, with far fewer kernel launches on a GPU."""
@@ -131,7 +142,7 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimConfig, params: Iterable, device: torch.device) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` (a :class:`minbert.config.OptimConfig`).
 
     Raises:
@@ -151,7 +162,7 @@ def build_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
 
 
 def build_scheduler(
-    cfg, optimizer: torch.optim.Optimizer, total_steps: int, last_step: int = 0
+    cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int, last_step: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """``constant``: lr stays; ``linear``: linear warmup over ``warmup_ratio * total_steps``
     optimizer steps, then linear decay to 0 at ``total_steps``. ``last_step`` > 0 starts the
