@@ -312,3 +312,110 @@ def test_on_off_values_survive_yaml_booleans():
 
     with pytest.raises(ConfigError, match="train.amp: True is not one of"):
         load_config(None, ["train.amp=on"])  # amp has no "on"
+
+
+# ----------------------------------------------------------------------------------------------
+# rules of a training run: checked when a config is loaded; settings resolved for a device
+
+
+TRAINING_RULES = {
+    "epochs": (["train.epochs=0"], "train.epochs and train.grad_accum must be >= 1"),
+    "grad_accum": (["train.grad_accum=0"], "train.epochs and train.grad_accum must be >= 1"),
+    "seed": (["train.seed=-1"], "train.seed must be >= 0, got -1"),
+    "max_steps": (["train.max_steps=0"], "train.max_steps must be >= 1 (or null), got 0"),
+    "eval_every": (
+        ["train.eval_every=-1"],
+        "train.eval_every must be >= 0 (optimizer steps between dev evaluations; 0: epoch ends only), got -1",
+    ),
+    "max_length": (["model.max_length=2"], "model.max_length 2 is too small (at least 3: [CLS] x [SEP])"),
+    "freeze_layers": (
+        ["train.freeze_layers=-2"],
+        "train.freeze_layers -2: must be -1 (embeddings only), 0 (nothing) or k >= 1 "
+        "(embeddings + the first k encoder layers)",
+    ),
+    "head_layers": (
+        ["tasks.sts.head_layers=-1"], "tasks.sts.head_layers -1: must be >= 0 (extra layers of the cosine head)"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAINING_RULES))
+def test_training_rules_are_checked_when_a_config_is_loaded(case):
+    overrides, message = TRAINING_RULES[case]
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, overrides)
+    assert str(ei.value) == message
+
+
+def test_training_rules_hold_for_configs_built_in_code():
+    from minbert.config import validate
+
+    with pytest.raises(ConfigError, match="^tasks: at least one task is needed$"):
+        from_dict({"tasks": {}})
+    with pytest.raises(ConfigError, match="^tasks: at least one task is needed$"):
+        validate(replace(Config(), tasks={}))
+    with pytest.raises(ConfigError, match=r"^train.seed must be >= 0, got -3$"):
+        validate(replace(Config(), train=replace(Config().train, seed=-3)))
+    edge = load_config(None, ["train.eval_every=1", "model.max_length=3", "train.freeze_layers=-1",
+                              "train.max_steps=1"])
+    assert (edge.train.eval_every, edge.model.max_length, edge.train.freeze_layers) == (1, 3, -1)
+
+
+@pytest.mark.parametrize(
+    "overrides, device, world, expect",
+    [
+        # (amp, compile, cuda_graphs, flat_sync, pad_multiple)
+        ([], "cpu", 1, (False, False, False, False, 1)),
+        ([], "cuda", 1, (True, False, True, False, 16)),  # auto: bf16 and CUDA graphs, batches padded to 16
+        (["train.compile=auto"], "cuda", 1, (True, True, False, False, 1)),  # compiled: no graphs
+        (["train.compile=auto"], "cpu", 1, (False, False, False, False, 1)),
+        (["train.amp=bf16"], "cpu", 1, (True, False, False, False, 1)),
+        (["train.amp=off", "data.pad_to_multiple_of=8"], "cuda", 1, (False, False, True, False, 8)),
+        (["train.pcgrad=true"], "cuda", 1, (True, False, False, False, 1)),  # PCGrad needs per-task gradients
+        ([], "cuda", 2, (True, False, True, True, 16)),  # torchrun: graphs with the flat all-reduce
+        (["train.grad_sync=ddp"], "cuda", 2, (True, False, False, False, 1)),
+        (["train.grad_sync=flat"], "cpu", 2, (False, False, False, True, 1)),
+    ],
+)
+def test_runtime_settings_resolve_auto_choices_for_the_device(overrides, device, world, expect):
+    from minbert.config import RuntimeSettings, runtime_settings
+
+    assert runtime_settings(load_config(None, overrides), device, world) == RuntimeSettings(*expect)
+
+
+def test_runtime_settings_refuse_what_cannot_run():
+    from minbert.config import runtime_settings
+
+    pcgrad = "train.pcgrad needs train.routine=parallel in a single process (it combines tasks' gradients of one step)"
+    with pytest.raises(ConfigError) as ei:
+        runtime_settings(load_config(None, ["train.pcgrad=true"]), "cpu", world_size=2)
+    assert str(ei.value) == pcgrad
+    with pytest.raises(ConfigError) as ei:
+        runtime_settings(load_config(None, ["train.pcgrad=true", "train.routine=sequential"]), "cpu", world_size=1)
+    assert str(ei.value) == pcgrad
+    with pytest.raises(ConfigError) as ei:
+        runtime_settings(load_config(None, ["train.cuda_graphs=on"]), "cpu", world_size=1)
+    assert str(ei.value) == "train.cuda_graphs=on needs a CUDA device; use auto or off"
+
+
+def test_cuda_graphs_option_resolution():
+    from minbert.config import use_cuda_graphs, use_flat_sync
+
+    tc = load_config(None, []).train
+    cpu, gpu = "cpu", "cuda"
+    single, ddp = 1, 2  # processes: one, or a torchrun job of two
+    assert use_cuda_graphs(tc, gpu, single, compiled=False) is True  # auto
+    assert use_cuda_graphs(tc, cpu, single, compiled=False) is False
+    assert use_cuda_graphs(tc, gpu, single, compiled=True) is False
+    assert use_cuda_graphs(tc, gpu, ddp, compiled=False) is True  # torchrun: flat gradient sync
+    assert use_flat_sync(tc, ddp, graphs=True) is True and use_flat_sync(tc, ddp, graphs=False) is False
+    assert use_flat_sync(tc, single, graphs=True) is False  # nothing to sync in one process
+    by_ddp = load_config(None, ["train.grad_sync=ddp"]).train
+    assert use_cuda_graphs(by_ddp, gpu, ddp, compiled=False) is False and use_flat_sync(by_ddp, ddp, graphs=False) is False
+    with pytest.raises(ConfigError, match="grad_sync"):
+        use_cuda_graphs(load_config(None, ["train.grad_sync=ddp", "train.cuda_graphs=on"]).train, gpu, ddp, compiled=False)
+    on = load_config(None, ["train.cuda_graphs=on", "train.pcgrad=true"]).train
+    with pytest.raises(ConfigError, match="a CUDA device.*pcgrad"):
+        use_cuda_graphs(on, cpu, single, compiled=False)
+    assert use_cuda_graphs(load_config(None, ["train.cuda_graphs=off"]).train, gpu, single, compiled=False) is False
+

@@ -10,21 +10,13 @@ import torch
 from minbert.config import load_config
 from minbert.data.batching import tokenize_split
 from minbert.data.tokenizer import Tokenizer, pad_batch
-from minbert.distributed import DistContext
-from minbert.errors import ConfigError
 from minbert.model.bert import BertModel
 from minbert.model.multitask import build_model
 from minbert.tasks.base import get_task
 from minbert.training.cudagraph import GraphedSteps
-from minbert.training.trainer import (
-    TrainStep,
-    _task_step,
-    use_cuda_graphs,
-    use_flat_sync,
-)
+from minbert.training.step import TrainStep, _task_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-SINGLE = DistContext()
 
 
 def sst_rows(data_dir, tiny_encoder, n=24):
@@ -48,26 +40,6 @@ def test_pad_to_multiple_of_rounds_up_and_leaves_real_tokens_unchanged(data_dir,
     m = longest["attention_mask"].bool()
     torch.testing.assert_close(b.last_hidden_state[:, :T][m], a.last_hidden_state[m], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b.pooler_output, a.pooler_output, atol=1e-5, rtol=1e-5)
-
-
-def test_cuda_graphs_option_resolution():
-    tc = load_config(None, []).train
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert use_cuda_graphs(tc, gpu, SINGLE, compiled=False) is True  # auto
-    assert use_cuda_graphs(tc, cpu, SINGLE, compiled=False) is False
-    assert use_cuda_graphs(tc, gpu, SINGLE, compiled=True) is False
-    ddp = DistContext(rank=0, world_size=2, local_rank=0)
-    assert use_cuda_graphs(tc, gpu, ddp, compiled=False) is True  # torchrun: flat gradient sync
-    assert use_flat_sync(tc, ddp, graphs=True) is True and use_flat_sync(tc, ddp, graphs=False) is False
-    assert use_flat_sync(tc, SINGLE, graphs=True) is False  # nothing to sync in one process
-    by_ddp = load_config(None, ["train.grad_sync=ddp"]).train
-    assert use_cuda_graphs(by_ddp, gpu, ddp, compiled=False) is False and use_flat_sync(by_ddp, ddp, graphs=False) is False
-    with pytest.raises(ConfigError, match="grad_sync"):
-        use_cuda_graphs(load_config(None, ["train.grad_sync=ddp", "train.cuda_graphs=on"]).train, gpu, ddp, compiled=False)
-    on = load_config(None, ["train.cuda_graphs=on", "train.pcgrad=true"]).train
-    with pytest.raises(ConfigError, match="a CUDA device.*pcgrad"):
-        use_cuda_graphs(on, cpu, SINGLE, compiled=False)
-    assert use_cuda_graphs(load_config(None, ["train.cuda_graphs=off"]).train, gpu, SINGLE, compiled=False) is False
 
 
 def test_graphs_need_cuda_parameters():

@@ -12,7 +12,7 @@ from minbert.config import load_config
 from minbert.model.multitask import build_model
 from minbert.tasks.base import get_task
 from minbert.training.regularize import smart_loss, symmetric_divergence
-from minbert.training.trainer import TrainStep
+from minbert.training.step import TrainStep
 
 
 def test_symmetric_divergence_by_hand():

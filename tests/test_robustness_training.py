@@ -29,9 +29,15 @@ from minbert.errors import ConfigError
 from minbert.io import load_weights, save_weights
 from minbert.runs import last_checkpoint
 from minbert.training import checkpoint as ck
-from minbert.training.checkpoint import check_plain, clean_checkpoints, load_train_state, save_checkpoint
+from minbert.training.checkpoint import (
+    check_plain,
+    clean_checkpoints,
+    load_train_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from minbert.training.optim import build_optimizer, build_scheduler
-from minbert.training.trainer import rng_state, set_rng_state
 
 TASKS = ("sst", "qqp", "sts")
 ROWS, DEV_ROWS, BATCH = 32, 16, 8  # 4 optimizer steps in the one epoch

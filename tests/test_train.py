@@ -1,107 +1,16 @@
-"""Training routines: schedules, the sampled routine's task proportions, PCGrad, grad accumulation."""
+"""Training runs: PCGrad's routine check, swap augmentation, the trainer's phases (resume,
+train.eval_every)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from minbert.config import load_config, replace
-from minbert.data.batching import TaskStream
 from minbert.errors import ConfigError
-from minbert.training.trainer import epoch_schedule, pcgrad_, task_probabilities
-
-SIZES = {"sst": 267, "qqp": 423, "sts": 189}  # batches per pass (batch 32 on the real sets)
-
-
-def streams(sizes=SIZES, batch=1):
-    return {n: TaskStream(np.ones(k * batch, dtype=np.int64), batch, seed=0) for n, k in sizes.items()}
-
-
-def cfg(**train):
-    return load_config(None, [f"train.{k}={v}" for k, v in train.items()])
-
-
-def test_parallel_and_sequential_schedules():
-    s = streams()
-    par = epoch_schedule(cfg(routine="parallel"), s)
-    assert len(par) == 423 and all(step == ("sst", "qqp", "sts") for step in par)
-    seq = epoch_schedule(cfg(routine="sequential"), s)
-    assert [t for (t,) in seq] == ["sst"] * 267 + ["qqp"] * 423 + ["sts"] * 189
-
-
-@pytest.mark.parametrize("schedule", ["proportional", "sqrt", "annealed", "round_robin"])
-def test_sampled_schedule_gives_the_stated_proportions(schedule):
-    n = np.array(list(SIZES.values()), dtype=float)
-    expected_first = {
-        "proportional": n / n.sum(),
-        "sqrt": np.sqrt(n) / np.sqrt(n).sum(),
-        "annealed": n / n.sum(),  # alpha = 1 in the first epoch
-        "round_robin": np.ones(3) / 3,
-    }[schedule]
-    c = cfg(routine="sampled", sampling=schedule, epochs=5)
-    counts = np.zeros(3)
-    steps = 0
-    big = streams({k: v * 20 for k, v in SIZES.items()})  # 20x longer epochs: ~17,580 draws
-    sched = epoch_schedule(c, big, epoch=0)
-    for (t,) in sched:
-        counts[list(SIZES).index(t)] += 1
-        steps += 1
-    assert steps == 20 * sum(SIZES.values())
-    # multinomial standard error at this size is < 0.004
-    np.testing.assert_allclose(counts / steps, expected_first, atol=0.012)
-    if schedule == "round_robin":
-        assert [t for (t,) in sched[:6]] == ["sst", "qqp", "sts"] * 2
-
-
-def test_annealed_moves_from_proportional_to_near_uniform():
-    n = np.array(list(SIZES.values()), dtype=float)
-    first = task_probabilities(SIZES, "annealed", 0, 5)
-    last = task_probabilities(SIZES, "annealed", 4, 5)
-    np.testing.assert_allclose(list(first.values()), n / n.sum())
-    w = n**0.2  # alpha = 1 - 0.8 in the last epoch
-    np.testing.assert_allclose(list(last.values()), w / w.sum())
-
-
-def test_sampled_schedule_is_a_function_of_seed_and_epoch():
-    c = cfg(routine="sampled", sampling="sqrt")
-    assert epoch_schedule(c, streams(), 3) == epoch_schedule(c, streams(), 3)
-    assert epoch_schedule(c, streams(), 3) != epoch_schedule(c, streams(), 4)
-
-
-def test_unknown_sampling_is_a_config_error():
-    with pytest.raises(ConfigError, match="train.sampling"):
-        load_config(None, ["train.sampling=uniformish"])
-
-
-def test_pcgrad_projects_conflicting_gradients():
-    # two tasks, one shared 2-d parameter: g1 = (1, 0), g2 = (-1, 1) conflict (dot = -1)
-    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
-    (total,) = pcgrad_([[g1], [g2]], seed=0)
-    # g1' = g1 - (g1.g2)/|g2|^2 g2 = (1,0) + 0.5(-1,1) = (0.5, 0.5)
-    # g2' = g2 - (g2.g1)/|g1|^2 g1 = (-1,1) + (1,0) = (0, 1)
-    torch.testing.assert_close(total, torch.tensor([0.5, 1.5]))
-    # each projected gradient no longer conflicts with the other task's original gradient
-    assert torch.dot(torch.tensor([0.5, 0.5]), g2) >= 0 and torch.dot(torch.tensor([0.0, 1.0]), g1) >= 0
-
-
-def test_pcgrad_leaves_agreeing_gradients_and_task_specific_parameters_alone():
-    shared1, shared2 = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.1])  # dot > 0
-    head1 = torch.tensor([3.0])
-    out = pcgrad_([[shared1, head1, None], [shared2, None, None]], seed=0)
-    torch.testing.assert_close(out[0], shared1 + shared2)
-    torch.testing.assert_close(out[1], head1)
-    assert out[2] is None
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_pcgrad_on_cuda_with_a_parameter_no_task_reaches():
-    # (a parameter without any gradient used to become a CPU tensor in the concatenation)
-    dev = torch.device("cuda")
-    g1, g2 = torch.tensor([1.0, 0.0], device=dev), torch.tensor([-1.0, 1.0], device=dev)
-    out = pcgrad_([[g1, None], [g2, None]], seed=0)
-    torch.testing.assert_close(out[0], torch.tensor([0.5, 1.5], device=dev))
-    assert out[1] is None
 
 
 def test_pcgrad_requires_the_parallel_routine(tiny_encoder, data_dir, tmp_path):
@@ -144,3 +53,99 @@ def test_swap_augmentation_and_symmetric_prediction(tiny_encoder, data_dir):
     ba = predict_split(model, task, dev.swapped, torch.device("cpu"))
     np.testing.assert_allclose(sym.outputs, (ab.outputs + ba.outputs) / 2, atol=1e-6)
     assert np.abs(ab.outputs - ba.outputs).max() > 1e-4  # the orders really differ for a cross-encoder
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer's phases, alone, on a tiny run: 32 SST rows in batches of 8 = 4 steps per epoch
+
+
+def sst_config(tiny_encoder, **train):
+    from minbert.config import from_dict
+
+    return from_dict({
+        "model": {"encoder": str(tiny_encoder)},
+        "tasks": {"sst": {"train_limit": 32, "dev_limit": 16, "batch_size": 8}},
+        "train": {"device": "cpu", "seed": 3, "epochs": 2, **train},
+        "optim": {"lr": 1e-3},
+        "output": {"tensorboard": False, "plot": False, "test_predictions": False},
+    })
+
+
+def records(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("every, expect", [
+    (0, [(4, 1), (8, 2)]),  # epoch ends only
+    (3, [(3, 0.75), (4, 1), (6, 1.5), (8, 2)]),  # and after steps 3 and 6
+    (2, [(2, 0.5), (4, 1), (6, 1.5), (8, 2)]),  # steps 4 and 8 end an epoch: evaluated once
+])
+def test_eval_every_adds_dev_records_between_steps(every, expect, tiny_encoder, data_dir, tmp_path):
+    from minbert.training.trainer import train
+
+    run = train(sst_config(tiny_encoder, eval_every=every), tmp_path / "r", data_dir, progress=False)
+    dev = [r for r in records(run.run_dir) if "dev" in r]
+    assert [(r["step"], r["epoch"]) for r in dev] == expect
+    assert all(set(r) == {"step", "epoch", "dev", "dev_detail"} and "sst_acc" in r["dev"] for r in dev)
+    # the best model is chosen at epoch ends only
+    assert run.summary["epochs_run"] == 2 and run.summary["best_epoch"] in (1, 2)
+    assert [r["step"] for r in records(run.run_dir) if "lr" in r] == list(range(1, 9))
+
+
+def test_resume_phase_restores_counters_optimizer_schedule_streams_and_rng(tiny_encoder, data_dir, tmp_path):
+    from minbert.training.trainer import Trainer
+
+    cfg, run_dir = sst_config(tiny_encoder), tmp_path / "r"
+    run_dir.mkdir()
+    a = Trainer(cfg, run_dir, data_dir)
+    a.setup()
+    schedule = [("sst",)] * a.counts.micro_per_epoch
+    assert (a.counts.micro_per_epoch, a.counts.opt_per_epoch, a.total_steps) == (4, 4, 8)
+    for _ in range(3):
+        assert a.train_step(schedule, 0) is True
+    rng_at_checkpoint = torch.get_rng_state()
+    a.save_checkpoint()
+    a.metrics.close()
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 4, "written after": "the checkpoint"}\n')
+    torch.rand(100)  # move the RNG on
+
+    b = Trainer(cfg, run_dir, data_dir, resume=True)
+    b.setup()
+    b.metrics.close()
+    st = b.state
+    assert (st.epoch, st.micro, st.step, st.skipped, st.world_size) == (0, 3, 3, 0, 1)
+    assert b.scheduler.last_epoch == 3 and b.optimizer.state_dict()["state"][0]["step"] == 3
+    for k, v in a.optimizer.state_dict()["state"].items():
+        assert torch.equal(b.optimizer.state_dict()["state"][k]["exp_avg"], v["exp_avg"])
+    assert b.streams["sst"].state_dict() == a.streams["sst"].state_dict()
+    weights_a, weights_b = a.model.state_dict(), b.model.state_dict()
+    assert list(weights_a) == list(weights_b) and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert torch.equal(torch.get_rng_state(), rng_at_checkpoint)
+    # metrics.jsonl is cut back to the checkpoint: the three step records
+    assert [r["step"] for r in records(run_dir)] == [1, 2, 3]
+
+
+def test_epoch_end_phase_keeps_the_best_and_stops_early(tiny_encoder, data_dir, tmp_path):
+    from minbert.io import load_weights
+    from minbert.training.checkpoint import load_train_state
+    from minbert.training.trainer import Trainer
+
+    calls = []
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    t = Trainer(sst_config(tiny_encoder, early_stopping_patience=1), run_dir, data_dir,
+                on_epoch_end=lambda epoch, dev: calls.append((epoch, dev)))
+    t.setup()
+    assert t.epoch_end(0) is False  # the first score is the best so far
+    assert (t.state.epoch, t.state.best_epoch, t.state.bad_epochs) == (1, 1, 0)
+    assert t.epoch_end(1) is True  # the same weights: no improvement, patience 1 is spent
+    assert (t.state.epoch, t.state.best_epoch, t.state.bad_epochs) == (2, 1, 1)
+    t.metrics.close()
+    assert [c[0] for c in calls] == [1, 2] and calls[0][1] == calls[1][1]
+    assert t.state.best == calls[0][1]["overall"]
+    _, meta = load_weights(run_dir / "checkpoints" / "best" / "model.safetensors")
+    assert meta["epoch"] == 1
+    loop = load_train_state(run_dir / "checkpoints" / "step-00000000")["loop"]
+    assert (loop["epoch"], loop["best_epoch"], loop["bad_epochs"], len(loop["history"])) == (2, 1, 1, 2)
+    assert [(r["epoch"], r["dev"]) for r in records(run_dir)] == [(1, calls[0][1]), (2, calls[1][1])]

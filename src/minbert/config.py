@@ -164,6 +164,11 @@ class TrainConfig:
     max_steps: int | None = field(
         default=None, metadata={"help": "stop after this many optimizer steps (debugging, smoke tests; null: no limit)"}
     )
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "optimizer steps between extra dev evaluations, logged only; the best model is chosen at "
+                          "epoch ends (0: epoch ends only)"},
+    )
     eval_batch_size: int = field(default=256, metadata={"help": "rows per batch at evaluation and prediction"})
     compile: Literal["auto", "on", "off"] = field(
         default="off", metadata={"help": "torch.compile the encoder (auto: on CUDA only)"}
@@ -414,7 +419,7 @@ def validate(cfg: Config) -> Config:
 
     Raises:
         ConfigError: ``tasks.<name>.train_limit`` or ``dev_limit`` below 1 (null means all rows),
-            ``train.max_nonfinite_fraction`` outside [0, 1].
+            ``train.max_nonfinite_fraction`` outside [0, 1], and what :func:`validate_training` refuses.
     """
     for name, tcfg in cfg.tasks.items():
         for key in ("train_limit", "dev_limit"):
@@ -424,6 +429,7 @@ def validate(cfg: Config) -> Config:
     fraction = cfg.train.max_nonfinite_fraction
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"train.max_nonfinite_fraction must be in [0, 1] (a fraction of all optimizer steps), got {fraction}")
+    validate_training(cfg)
     return cfg
 
 
@@ -646,3 +652,113 @@ def section_help() -> list[tuple[str, str]]:
         (f"{f.name}.<name>" if _section_map_value(hints[f.name]) else f.name, field_help(f))
         for f in dataclasses.fields(Config)
     ]
+
+
+# rules of a training run: plain checks, and the settings that follow from config + device
+
+
+def validate_training(cfg: Config) -> Config:
+    """Check the training values that only the config decides; returns ``cfg``. Checks that need
+    the encoder's own sizes stay where those sizes are known: ``model.max_length`` above the
+    encoder's ``max_position_embeddings`` (:class:`minbert.data.tokenizer.Tokenizer`),
+    ``train.freeze_layers`` above its number of layers (:func:`minbert.training.surgical.frozen_prefixes`),
+    ``head_layers`` of a head that takes none (:func:`minbert.model.heads.build_head`).
+
+    Raises:
+        ConfigError: no task; ``train.epochs`` or ``train.grad_accum`` below 1; ``train.seed``
+            below 0; ``train.max_steps`` below 1; ``train.eval_every`` below 0; ``model.max_length``
+            below 3; ``train.freeze_layers`` below -1; ``tasks.<name>.head_layers`` below 0.
+    """
+    tc = cfg.train
+    if not cfg.tasks:
+        raise ConfigError("tasks: at least one task is needed")
+    if tc.epochs < 1 or tc.grad_accum < 1:
+        raise ConfigError("train.epochs and train.grad_accum must be >= 1")
+    if tc.seed < 0:
+        raise ConfigError(f"train.seed must be >= 0, got {tc.seed}")
+    if tc.max_steps is not None and tc.max_steps < 1:
+        raise ConfigError(f"train.max_steps must be >= 1 (or null), got {tc.max_steps}")
+    if tc.eval_every < 0:
+        raise ConfigError(
+            f"train.eval_every must be >= 0 (optimizer steps between dev evaluations; 0: epoch ends only), "
+            f"got {tc.eval_every}"
+        )
+    if cfg.model.max_length < 3:
+        raise ConfigError(f"model.max_length {cfg.model.max_length} is too small (at least 3: [CLS] x [SEP])")
+    if tc.freeze_layers < -1:
+        raise ConfigError(
+            f"train.freeze_layers {tc.freeze_layers}: must be -1 (embeddings only), 0 (nothing) or k >= 1 "
+            "(embeddings + the first k encoder layers)"
+        )
+    for name, tcfg in cfg.tasks.items():
+        if tcfg.head_layers < 0:
+            raise ConfigError(
+                f"tasks.{name}.head_layers {tcfg.head_layers}: must be >= 0 (extra layers of the cosine head)"
+            )
+    return cfg
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What a training run does on its device, resolved from the config (:func:`runtime_settings`).
+
+    amp: bf16 autocast; compile: ``torch.compile`` the encoder; cuda_graphs: replay steps as CUDA
+    graphs; flat_sync: average gradients with one all-reduce of a flat buffer (torchrun, no DDP);
+    pad_multiple: training batches are padded to a multiple of this many tokens."""
+
+    amp: bool
+    compile: bool
+    cuda_graphs: bool
+    flat_sync: bool
+    pad_multiple: int
+
+
+def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> RuntimeSettings:
+    """Resolve the ``auto`` choices of ``cfg.train`` for a device type (``"cpu"``, ``"cuda"``, ...)
+    and a number of processes: ``amp`` auto is bf16 on CUDA; ``compile`` auto is on on CUDA;
+    ``cuda_graphs`` and ``grad_sync`` as :func:`use_cuda_graphs` and :func:`use_flat_sync` say;
+    ``data.pad_to_multiple_of`` null is 16 with CUDA graphs (few batch shapes, few graphs), else 1.
+
+    Raises:
+        ConfigError: ``train.pcgrad`` with several processes or without the parallel routine;
+            ``train.cuda_graphs=on`` where graphs cannot run.
+    """
+    tc = cfg.train
+    if tc.pcgrad and (tc.routine != "parallel" or world_size > 1):
+        raise ConfigError(
+            "train.pcgrad needs train.routine=parallel in a single process (it combines tasks' gradients of one step)"
+        )
+    amp = tc.amp == "bf16" or (tc.amp == "auto" and device_type == "cuda")
+    compiled = tc.compile == "on" or (tc.compile == "auto" and device_type == "cuda")
+    graphs = use_cuda_graphs(tc, device_type, world_size, compiled)
+    pad_multiple = cfg.data.pad_to_multiple_of or (16 if graphs else 1)
+    return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple)
+
+
+def use_cuda_graphs(tc: TrainConfig, device_type: str, world_size: int, compiled: bool) -> bool:
+    """Resolve ``train.cuda_graphs``: ``auto`` is on for CUDA training without ``compile``,
+    PCGrad and (under torchrun, ``world_size`` > 1) ``train.grad_sync=ddp``.
+
+    Raises:
+        ConfigError: ``on`` with CPU, compile, PCGrad or DDP gradient sync.
+    """
+    blockers = [
+        why
+        for why, hit in (
+            ("a CUDA device", device_type != "cuda"),
+            ("train.grad_sync=flat or auto under torchrun (DDP's hooks cannot run in a graph)",
+             world_size > 1 and tc.grad_sync == "ddp"),
+            ("train.compile=off", compiled),
+            ("train.pcgrad=false (it needs per-task gradients)", tc.pcgrad),
+        )
+        if hit
+    ]
+    if tc.cuda_graphs == "on" and blockers:
+        raise ConfigError(f"train.cuda_graphs=on needs {', '.join(blockers)}; use auto or off")
+    return tc.cuda_graphs == "on" or (tc.cuda_graphs == "auto" and not blockers)
+
+
+def use_flat_sync(tc: TrainConfig, world_size: int, graphs: bool) -> bool:
+    """Resolve ``train.grad_sync`` for a torchrun job (``world_size`` > 1): one all-reduce of the
+    flat gradient buffer (``flat``, and ``auto`` with CUDA graphs) instead of DDP. False in one process."""
+    return world_size > 1 and (tc.grad_sync == "flat" or (tc.grad_sync == "auto" and graphs))

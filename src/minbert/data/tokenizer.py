@@ -40,6 +40,8 @@ class Tokenizer:
     """
 
     def __init__(self, folder: str | Path = "default", max_length: int = 128, max_positions: int = 512):
+        # the bound needs the encoder's size, so it is checked here; a config's max_length >= 3 is
+        # checked when it is loaded (minbert.config.validate_training), this guards direct use
         if max_length > max_positions:
             raise ConfigError(f"model.max_length {max_length} exceeds the model's max_position_embeddings {max_positions}")
         if max_length < 3:

@@ -342,6 +342,8 @@ def build_head(
         raise ConfigError(f"head {name!r} does not exist for {input_kind} input (choose from {names})")
     if pooling not in ("cls", "pooler", "mean"):
         raise ConfigError(f"pooling {pooling!r} is not one of ['cls', 'pooler', 'mean']")
+    # which heads take extra layers is known here (a config's head_layers >= 0 and its pooling are
+    # checked when it is loaded, minbert.config; these checks guard direct use)
     if head_layers < 0 or (head_layers and not getattr(factory, "takes_head_layers", False)):
         takes = sorted(f"{k}/{n}" for (k, n), f in HEADS.items() if getattr(f, "takes_head_layers", False))
         raise ConfigError(f"head_layers {head_layers}: must be 0 for head {name!r} (extra layers: {takes}, k >= 0)")

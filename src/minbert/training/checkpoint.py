@@ -1,4 +1,5 @@
-"""Writing and reading the training state of a run (``checkpoints/step-N/``).
+"""Writing and reading the training state of a run (``checkpoints/step-N/``), and the RNG
+states it holds (:func:`rng_state`, :func:`set_rng_state`).
 
 The run-folder layout and the readers that inference shares live in :mod:`minbert.runs`;
 atomic writes in :mod:`minbert.io`. Pruned step folders are renamed to ``checkpoints/.trash-*``
@@ -14,12 +15,14 @@ import contextlib
 import io
 import os
 import pickle
+import random
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError
@@ -159,3 +162,33 @@ def load_train_state(folder: Path) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: unreadable (not a training state)")
     return state
+
+
+def rng_state() -> dict:
+    """Every RNG state of this process as tensors and plain lists (what a checkpoint holds; it
+    loads with ``torch.load(weights_only=True)``): ``python`` [version, [625 ints], gauss or None],
+    ``numpy`` {name, keys (624,) int64 tensor of the uint32 key, pos, has_gauss, cached_gaussian},
+    ``torch`` uint8 tensor, ``cuda`` list of uint8 tensors (one per device, when CUDA is there)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the states :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

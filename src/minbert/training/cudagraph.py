@@ -84,7 +84,7 @@ class GraphedSteps:
         # (P,) the flat gradient buffer; self.grads[i] is parameter i's slice, shaped like it
         self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype, device=self.device)
         offsets = torch.tensor([0] + [p.numel() for p in self.params]).cumsum(0).tolist()
-        self.grads = [self.flat[a:b].view_as(p) for a, b, p in zip(offsets, offsets[1:], self.params)]
+        self.grads = [self.flat[a:b].view_as(p) for a, b, p in zip(offsets, offsets[1:], self.params, strict=False)]
         self._graphs: dict[Hashable, _Graph] = {}
         self._seen: Counter = Counter()
         self._touched_by_key: dict[Hashable, frozenset[int]] = {}
@@ -93,7 +93,7 @@ class GraphedSteps:
         self._attach()
 
     def _attach(self) -> None:
-        for p, g in zip(self.params, self.grads):
+        for p, g in zip(self.params, self.grads, strict=True):
             p.grad = g
 
     @property
@@ -109,7 +109,7 @@ class GraphedSteps:
     def expose_grads(self) -> None:
         """Before the optimizer: ``p.grad`` is the buffer for parameters that this step's batches
         reached, ``None`` for the others (e.g. the heads of tasks not in the step)."""
-        for i, (p, g) in enumerate(zip(self.params, self.grads)):
+        for i, (p, g) in enumerate(zip(self.params, self.grads, strict=True)):
             p.grad = g if i in self._step_touched else None
 
     def run(self, key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
@@ -135,7 +135,7 @@ class GraphedSteps:
         self.n_replays += 1
         return graph.value.clone()
 
-    def _eager(self, full_key, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+    def _eager(self, full_key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
         for p in self.params:
             p.grad = None  # which parameters this fn reaches is read off the fresh gradients
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
@@ -152,7 +152,7 @@ class GraphedSteps:
         self.n_eager += 1
         return value.detach()
 
-    def _capture(self, full_key, fn: StepFn, inputs: dict[str, torch.Tensor]) -> _Graph | None:
+    def _capture(self, full_key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor]) -> _Graph | None:
         if full_key not in self._touched_by_key:  # capture_after=0: learn it from one eager run
             saved = self.flat.clone()
             step_touched = set(self._step_touched)

@@ -16,15 +16,13 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from ..config import OptimConfig
 from ..errors import ConfigError
-
-if TYPE_CHECKING:
-    from ..config import OptimConfig
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
@@ -56,7 +54,9 @@ def param_groups(
     parameters outside the encoder (the heads, the log-variances) use ``head_lr`` when given.
     Asserts that every trainable parameter is in exactly one group.
     """
-    num_layers = sum(1 for n, _ in model.named_modules() if n.count("encoder.layer.") == 1 and n.split("encoder.layer.")[1].isdigit())
+    num_layers = sum(
+        1 for n, _ in model.named_modules() if n.count("encoder.layer.") == 1 and n.split("encoder.layer.")[1].isdigit()
+    )
     buckets: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -86,13 +86,20 @@ class AdamW(torch.optim.Optimizer):
     """AdamW from its update equations (see the module docstring). Per-parameter state:
     ``step`` (int), ``exp_avg`` and ``exp_avg_sq`` (same shape and dtype as the parameter)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
             raise ConfigError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """One update of every parameter with a gradient. The equations are applied to all
         parameters of a group at once with ``torch._foreach_*`` (multi-tensor) ops: the same
         arithmetic as a per-parameter loop, with far fewer kernel launches on a GPU."""
@@ -135,7 +142,7 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(cfg, params, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimConfig, params: Iterable, device: torch.device) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` (a :class:`minbert.config.OptimConfig`).
 
     Raises:

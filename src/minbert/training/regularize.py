@@ -20,6 +20,7 @@ the sigmoid for a binary logit) and the squared error for regression.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +56,10 @@ class _EmbeddingNoise:
         self.module, self.delta, self.handle = module, None, None
 
     @contextlib.contextmanager
-    def adding(self, delta_fn):
+    def adding(self, delta_fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[_EmbeddingNoise]:
         """While active, the word embeddings e become e + delta_fn(e)."""
 
-        def hook(_mod, _inp, out):
+        def hook(_mod: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
             self.delta = delta_fn(out)
             return out + self.delta
 
@@ -80,7 +81,14 @@ def _eval_mode(module: nn.Module):
 
 
 def smart_loss(
-    model: nn.Module, task: str, kind: str, batch: dict, clean: torch.Tensor, sigma: float = 1e-5, eta: float = 1e-3, eps: float = 1e-5
+    model: nn.Module,
+    task: str,
+    kind: str,
+    batch: dict,
+    clean: torch.Tensor,
+    sigma: float = 1e-5,
+    eta: float = 1e-3,
+    eps: float = 1e-5,
 ) -> torch.Tensor:
     """SMART's regulariser for one batch (see the module docstring), without the lambda_s factor.
 

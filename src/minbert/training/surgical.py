@@ -31,6 +31,8 @@ def frozen_prefixes(num_layers: int, k: int) -> tuple[str, ...]:
     Raises:
         ConfigError: k < -1 or k > num_layers.
     """
+    # k > num_layers needs the encoder's size, so it is checked here; a config's k >= -1 is
+    # checked when it is loaded (minbert.config.validate_training), this guards direct use
     if k < -1 or k > num_layers:
         raise ConfigError(
             f"train.freeze_layers {k}: must be -1 (embeddings only), 0 (nothing) or 1..{num_layers} "

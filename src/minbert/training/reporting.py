@@ -1,0 +1,221 @@
+"""What a training run writes about itself: ``metrics.jsonl`` and tensorboard (:class:`MetricsLog`),
+trimming the metrics on resume, ``provenance.json``, the ``summary.json`` dict, log formatting.
+
+``metrics.jsonl`` holds one JSON record per line:
+
+* a training step: ``step``, ``epoch`` (1-based), ``lr``, ``grad_norm`` (before clipping) and
+  ``loss/<task>`` (unweighted) for the tasks of the step's last micro-step;
+* a skipped step (``train.nonfinite=skip``): ``step``, ``skipped`` (what was not finite), ``ids``;
+* a dev evaluation: ``step``, ``epoch``, ``dev`` (flat metrics), ``dev_detail`` (per task). At an
+  epoch end ``epoch`` is the epoch's number; for the evaluations of ``train.eval_every`` within an
+  epoch it is the epochs done so far as a fraction (e.g. 0.5 halfway through the first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import Config, to_dict
+from ..data.batching import sha256_file
+from ..distributed import DistContext, all_reduce_mean
+from ..errors import NonFiniteLossError
+from ..inference.evaluate import EvalResult
+from ..io import atomic_write_text
+from ..runs import last_checkpoint
+from ..tasks.base import Task
+from .step import find_nonfinite
+
+
+class MetricsLog:
+    """The run's ``metrics.jsonl`` (opened for appending) and tensorboard writer. Only the main
+    process writes: the others append to ``os.devnull`` and have no writer, but take part in
+    :meth:`flush_steps`'s all-reduce.
+
+    Step records wait, with their losses on the device, until :meth:`flush_steps` (one host sync
+    per ``train.log_every`` steps), which also raises on a non-finite loss.
+
+    Args:
+        run_dir: the run folder.
+        ctx: this process's place in a torchrun job.
+        weights: each task's loss weight w_t (records hold the unweighted losses L_t).
+        tensorboard: also write ``tensorboard/`` (``output.tensorboard``).
+    """
+
+    def __init__(self, run_dir: Path, ctx: DistContext, weights: dict[str, float], tensorboard: bool):
+        self.run_dir, self.ctx, self.weights = run_dir, ctx, weights
+        self.writer = None
+        if tensorboard and ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.fh = open(run_dir / "metrics.jsonl" if ctx.is_main else os.devnull, "a")  # closed by close()
+        # (record, task names, batch ids per task, (n_tasks + 1,) losses and gradient norm on the device)
+        self.pending: list[tuple[dict, list[str], list, torch.Tensor]] = []
+        self.progress: tqdm | None = None  # a progress bar whose postfix shows the latest losses
+
+    def append(self, record: dict) -> None:
+        """Write one record now."""
+        self.fh.write(json.dumps(record) + "\n")
+
+    def add_step(self, record: dict, names: list[str], ids: list, values: torch.Tensor) -> None:
+        """Queue a training step's record; ``values`` (n_tasks + 1,): the weighted losses w_t L_t
+        of ``names`` and the gradient norm (see :meth:`minbert.training.step.OptimizerStep.gradients`)."""
+        self.pending.append((record, names, ids, values))
+
+    def flush_steps(self) -> None:
+        """Write the queued step records (averaged over the processes: a collective call).
+
+        Raises:
+            NonFiniteLossError: a queued loss or gradient norm is not finite (``train.nonfinite=stop``).
+        """
+        if not self.pending:
+            return
+        rows = all_reduce_mean(torch.stack([p[3] for p in self.pending]), self.ctx).tolist()
+        for (record, names, ids, _), values in zip(self.pending, rows, strict=True):
+            bad = find_nonfinite(names, values)
+            if bad is not None:
+                self.pending.clear()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {record['step']} (epoch {record['epoch']}), {bad[0]}, batch ids "
+                    f"{ids[bad[1]]}; last good checkpoint: {last_checkpoint(self.run_dir) or 'none'}"
+                )
+            # logged unweighted: L_t = (w_t L_t) / w_t
+            w = self.weights
+            loss_vals = {n: v / w[n] if w[n] else v for n, v in zip(names, values[:-1], strict=True)}
+            record.update(grad_norm=values[-1], **{f"loss/{n}": v for n, v in loss_vals.items()})
+            self.append(record)
+            if self.writer is not None:
+                for n, v in loss_vals.items():
+                    self.writer.add_scalar(f"train/loss_{n}", v, record["step"])
+            if self.progress is not None:
+                self.progress.set_postfix({n: f"{v:.3f}" for n, v in loss_vals.items()}, refresh=False)
+        self.pending.clear()
+
+    def log_dev(self, record: dict, flat: dict, tag: str, x: int) -> None:
+        """Write a dev record now, and each metric of ``flat`` that is not None to tensorboard as
+        ``<tag>/<metric>`` at ``x``."""
+        self.append(record)
+        if self.writer is not None:
+            for k, v in flat.items():
+                if v is not None:
+                    self.writer.add_scalar(f"{tag}/{k}", v, x)
+
+    def sync(self) -> int:
+        """Flush the file to the OS; returns its size in bytes (what a resume keeps)."""
+        self.fh.flush()
+        return os.fstat(self.fh.fileno()).st_size
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def trim_metrics(path: Path, step: int, size: int | None = None) -> None:
+    """On resume: drop metric lines written after the checkpoint we resume from: cut the file to
+    ``size``, its length when the checkpoint was taken; for checkpoints that lack it, keep the
+    whole lines up to ``step`` (a torn last line is a process killed in a buffer flush)."""
+    if not path.is_file():
+        return
+    if size is not None:
+        atomic_write_text(path, path.read_bytes()[:size].decode("utf-8"))
+        return
+    kept = []
+    for ln in path.read_text().splitlines():
+        try:
+            rec = json.loads(ln) if ln.strip() else None
+        except json.JSONDecodeError:
+            continue  # written after the checkpoint (lines are flushed before each checkpoint)
+        if rec is not None and rec.get("step", 0) <= step:
+            kept.append(ln)
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def provenance(cfg: Config, data_dir: Path, tasks: dict[str, Task]) -> dict:
+    """``provenance.json``: versions (minbert, its git commit if any, Python, torch, tokenizers,
+    numpy), the CUDA device, the data folder and the SHA-256 of each data file the tasks read,
+    and the command line."""
+
+    def git_sha() -> str | None:
+        try:
+            return subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    import tokenizers
+
+    files = sorted({f for t in cfg.tasks for f in tasks[t].files.values()})
+    return {
+        "minbert": __version__,
+        "git_sha": git_sha(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": np.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "data_dir": str(data_dir.resolve()),
+        "data_sha256": {f: sha256_file(data_dir / f) for f in files if (data_dir / f).is_file()},
+        "command": sys.argv,
+    }
+
+
+def run_summary(
+    cfg: Config,
+    tasks: dict[str, Task],
+    final: EvalResult,
+    *,
+    best_epoch: int | None,
+    average: dict | None,
+    throughput: dict,
+    epochs_run: int,
+    steps: int,
+    wall_s: float,
+) -> dict:
+    """``summary.json``: the final model's dev metrics (``dev``: the headline numbers and
+    ``overall``; ``dev_all``: every flat metric), ``best_epoch``, ``checkpoint_average`` (None, or
+    ``epochs``, ``dev`` and ``chosen``), ``throughput`` (training examples, seconds, examples per
+    second, processes, CUDA graphs, gradient sync), ``epochs_run``, ``steps``, ``wall_s`` (seconds)
+    and the ``config``. ``throughput`` holds ``train_samples``, ``train_s``, ``processes``,
+    ``cuda_graphs`` and ``grad_sync``."""
+    flat = final.flat()
+    samples_per_s = round(throughput["train_samples"] / max(throughput["train_s"], 1e-9), 1)
+    return {
+        "dev": {k: flat.get(k) for k in ("sst_acc", "qqp_acc", "sts_pearson", *custom_headlines(cfg, tasks))}
+        | {"overall": final.overall},
+        "dev_all": flat,
+        "best_epoch": best_epoch,
+        "checkpoint_average": average,
+        "throughput": {
+            "train_samples": throughput["train_samples"],
+            "train_s": throughput["train_s"],
+            "samples_per_s": samples_per_s,
+            **{k: throughput[k] for k in ("processes", "cuda_graphs", "grad_sync")},
+        },
+        "epochs_run": epochs_run,
+        "steps": steps,
+        "wall_s": wall_s,
+        "config": to_dict(cfg),
+    }
+
+
+def custom_headlines(cfg: Config, tasks: dict[str, Task]) -> list[str]:
+    """The primary-metric keys (``<task>_acc`` / ``<task>_pearson``) of the custom tasks trained."""
+    from ..tasks.custom import headline_key
+
+    return [headline_key(tasks[n]) for n in cfg.tasks if n in cfg.custom_tasks]
+
+
+def format_metrics(flat: dict) -> str:
+    """``key=value`` pairs for the log, floats with 4 decimals."""
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())

@@ -1,0 +1,185 @@
+"""Setting up a training run, as plain functions that the setup phase of
+:class:`minbert.training.trainer.Trainer` calls: the run folder and its log file, seeds, the
+device, the model with its tokenizer, the task streams and step counts, the run's own files, and
+the step arithmetic of a resume with another number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ..config import Config, RuntimeSettings, TrainConfig, dump_yaml
+from ..data.batching import TaskStream
+from ..data.tokenizer import Tokenizer
+from ..distributed import DistContext, resolve_device
+from ..errors import CheckpointError
+from ..io import atomic_write_json, atomic_write_text
+from ..model.bert import resolve_encoder_path
+from ..model.multitask import MultitaskModel, build_model
+from ..runs import CONFIG_FILE, copy_encoder_files
+from ..tasks.base import Task
+from ..tasks.table import task_table
+from .checkpoint import clean_checkpoints
+from .reporting import provenance
+from .schedule import epoch_schedule
+from .surgical import freeze_layers, init_from_run
+
+log = logging.getLogger(__name__)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to overwrite an existing run without ``overwrite``; check a resume target and
+    remove what a killed run left in its ``checkpoints/`` (see :func:`clean_checkpoints`)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: is a file, not a run folder")
+    has_run = (run_dir / CONFIG_FILE).is_file()
+    if resume:
+        if not has_run:
+            raise CheckpointError(f"{run_dir}: cannot resume, not a minbert run folder (no {CONFIG_FILE})")
+        removed = clean_checkpoints(run_dir)
+        if removed:
+            log.info("removed what an interrupted run left in %s: %s", run_dir / "checkpoints", ", ".join(removed))
+        return
+    if has_run and not overwrite:
+        raise CheckpointError(
+            f"{run_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it"
+        )
+    if has_run and overwrite:
+        for sub in ("checkpoints", "predictions", "tensorboard"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        for f in ("metrics.jsonl", "summary.json", "curves.png", "train.log"):
+            (run_dir / f).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def add_file_logging(run_dir: Path) -> logging.Handler:
+    """Copy the package's log records to ``run_dir/train.log``; returns the handler to remove."""
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("minbert").addHandler(handler)
+    return handler
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_device(name: str, ctx: DistContext) -> torch.device:
+    """The device of ``train.device`` (``auto``: CUDA when there is one); under torchrun on CUDA,
+    this process's GPU (its local rank).
+
+    Raises:
+        ConfigError: an unknown device name, or CUDA where there is none.
+    """
+    device = resolve_device(name)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    return device
+
+
+class ModelSetup(NamedTuple):
+    model: MultitaskModel  # on the device, frozen and compiled as the config says
+    tokenizer: Tokenizer
+    encoder_src: Path  # the encoder folder
+    table: dict[str, Task]  # the run's task table: built-in tasks plus its custom tasks
+
+
+def setup_model(cfg: Config, device: torch.device, compile_encoder: bool, init_from: bool = True) -> ModelSetup:
+    """The multi-task model and tokenizer of ``cfg``: ``train.mode=frozen`` freezes the encoder,
+    ``train.init_from`` loads another run's weights (when ``init_from``; a resume loads its
+    checkpoint's instead), ``train.freeze_layers`` freezes the lower layers,
+    ``compile_encoder`` compiles the encoder in place (state_dict keys keep their names).
+
+    Raises:
+        ConfigError, CheckpointError: a bad head or task setting, an unreadable encoder or
+            ``init_from`` run, ``model.max_length`` above the encoder's positions.
+    """
+    tc = cfg.train
+    encoder_src = resolve_encoder_path(cfg.model.encoder)
+    table = task_table(cfg)
+    model = build_model(cfg, encoder_src, tasks=table).to(device)
+    tokenizer = Tokenizer(encoder_src, cfg.model.max_length, model.encoder.config.max_position_embeddings)
+    if tc.mode == "frozen":
+        model.encoder.requires_grad_(False)
+    if tc.init_from and init_from:
+        init_from_run(model, tc.init_from)
+    freeze_layers(model, tc.freeze_layers)  # surgical fine-tuning (0: nothing frozen)
+    if compile_encoder:
+        model.encoder.compile(dynamic=True)  # dynamic T: batches of several lengths (bucketing)
+    return ModelSetup(model, tokenizer, encoder_src, table)
+
+
+def task_streams(cfg: Config, lengths: dict[str, np.ndarray], world_size: int = 1) -> dict[str, TaskStream]:
+    """One batch stream per task of ``cfg.tasks`` over its training rows (``lengths``: tokens per
+    row), yielding global batches of ``world_size x tasks.<t>.batch_size`` rows, seeded
+    ``train.seed + i`` for the i-th task."""
+    return {
+        name: TaskStream(lengths[name], cfg.tasks[name].batch_size * world_size, cfg.train.seed + i,
+                         cfg.data.bucket_by_length)
+        for i, name in enumerate(cfg.tasks)
+    }
+
+
+class StepCounts(NamedTuple):
+    micro_per_epoch: int  # micro-steps (forward + backward calls) per epoch
+    opt_per_epoch: int  # optimizer steps per epoch: ceil(micro / train.grad_accum)
+    total_steps: int  # optimizer steps of the run (train.max_steps caps it)
+
+
+def step_counts(cfg: Config, streams: dict[str, TaskStream]) -> StepCounts:
+    """How many micro-steps and optimizer steps an epoch, and the run, have."""
+    tc = cfg.train
+    micro = len(epoch_schedule(cfg, streams))
+    per_epoch = math.ceil(micro / tc.grad_accum)
+    total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * per_epoch)
+    return StepCounts(micro, per_epoch, total)
+
+
+def log_plan(cfg: Config, counts: StepCounts, total_steps: int, device: torch.device, rt: RuntimeSettings,
+             ctx: DistContext) -> None:
+    """Log what the run will do: routine, steps, device, amp, processes, CUDA graphs."""
+    tc = cfg.train
+    sync = (" (gradient sync: flat all-reduce)" if rt.flat_sync else " (gradient sync: DDP)") if ctx.enabled else ""
+    log.info(
+        "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, %d optimizer steps in all, "
+        "device %s, amp %s, %d process(es)%s, CUDA graphs %s",
+        tc.routine, counts.micro_per_epoch, counts.opt_per_epoch, tc.epochs, total_steps, device,
+        "bf16" if rt.amp else "off", ctx.world_size, sync, "on" if rt.cuda_graphs else "off",
+    )
+
+
+def rescale_position(
+    tc: TrainConfig, epoch: int, micro: int, step: int, saved_world: int, world_size: int, counts: StepCounts
+) -> tuple[int, int]:
+    """Resuming a checkpoint of ``saved_world`` processes with ``world_size``: continue from
+    (about) the same global sample offset. Returns (micro-step in the epoch, total optimizer
+    steps): the epoch position in samples rounded down to a whole batch of the new global size
+    (as the task streams do), and the steps taken plus those left, counted at the new size
+    (``train.max_steps`` caps it)."""
+    micro = min(micro * saved_world // world_size, counts.micro_per_epoch)
+    left = (tc.epochs - epoch) * counts.opt_per_epoch - math.ceil(micro / tc.grad_accum)
+    total = step + max(0, left)
+    if tc.max_steps is not None:
+        total = min(total, tc.max_steps)
+    return micro, total
+
+
+def write_run_files(run_dir: Path, cfg: Config, data_dir: Path, tasks: dict[str, Task], model: MultitaskModel,
+                    encoder_src: Path) -> None:
+    """A new run's ``config.yaml``, ``provenance.json`` and ``encoder/`` (tokenizer files and
+    the encoder's ``config.json``)."""
+    atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+    atomic_write_json(run_dir / "provenance.json", provenance(cfg, data_dir, tasks))
+    encoder_config = model.encoder.config.to_hf_dict()
+    copy_encoder_files(encoder_src, run_dir / "encoder", lambda p: atomic_write_json(p, encoder_config))

@@ -1,0 +1,299 @@
+"""One optimizer step of multi-task training: the losses of a micro-step, and the gradient work.
+
+* :class:`TrainStep` -- every task's forward pass and loss of one micro-step in one call (the
+  unit that ``DistributedDataParallel`` wraps);
+* :class:`OptimizerStep` -- the micro-steps' forward + backward passes in one of three variants
+  (CUDA-graphed, eager with PCGrad, eager), the gradient sync, clipping and the update;
+* :func:`pcgrad_` -- gradient surgery between tasks (Yu et al. 2020).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import RuntimeSettings, TrainConfig
+from ..distributed import DistContext, all_reduce_mean, broadcast_tensors
+from ..inference.evaluate import autocast_context, move
+from ..model.multitask import MultitaskModel
+from ..tasks.base import Task
+from .cudagraph import GraphedSteps
+from .regularize import smart_loss, symmetric_divergence
+
+
+def pcgrad_(task_grads: list[list[torch.Tensor | None]], seed: int) -> list[torch.Tensor | None]:
+    """PCGrad (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning", Algorithm 1): for
+    each task i, for the other tasks j in random order, if g_i . g_j < 0 remove from g_i its
+    component along g_j: g_i -= (g_i . g_j) / |g_j|^2 g_j (with the original g_j). Returns the sum
+    of the projected gradients, per parameter. ``task_grads[i][k]`` is task i's gradient of
+    parameter k (None if it does not reach it)."""
+    n_tasks, n_params = len(task_grads), len(task_grads[0])
+    device = next((g.device for grads in task_grads for g in grads if g is not None), torch.device("cpu"))
+    flat = []
+    for grads in task_grads:
+        parts = []
+        for k in range(n_params):
+            g = grads[k]
+            ref = next((tg[k] for tg in task_grads if tg[k] is not None), None)
+            if ref is None:
+                parts.append(torch.zeros(0, device=device))
+            else:
+                parts.append((g if g is not None else torch.zeros_like(ref)).reshape(-1))
+        flat.append(torch.cat(parts))
+    rng = np.random.default_rng(seed)
+    projected = []
+    for i in range(n_tasks):
+        g = flat[i].clone()
+        for j in rng.permutation(n_tasks):
+            if j == i:
+                continue
+            dot = torch.dot(g, flat[j])
+            if dot < 0:
+                g -= dot / flat[j].pow(2).sum().clamp_min(1e-20) * flat[j]
+        projected.append(g)
+    total = torch.stack(projected).sum(0)
+    out, offset = [], 0
+    for k in range(n_params):
+        ref = next((tg[k] for tg in task_grads if tg[k] is not None), None)
+        if ref is None:
+            out.append(None)
+            continue
+        out.append(total[offset : offset + ref.numel()].view_as(ref))
+        offset += ref.numel()
+    return out
+
+
+class StepLosses(NamedTuple):
+    """total: () the weighted sum sum_t w_t L_t; per_task: (n_tasks,) the weighted losses w_t L_t
+    (both keep their autograd graph)."""
+
+    total: torch.Tensor
+    per_task: torch.Tensor
+
+
+class TrainStep(nn.Module):
+    """Every task's forward pass and loss of one micro-step, in one ``forward`` call: the unit
+    that ``DistributedDataParallel`` wraps, so one backward all-reduces the gradients of all
+    tasks of the step together.
+
+    Per task t: L_t is the task loss (with R-Drop, the mean over two dropout passes plus
+    ``rdrop_alpha`` x their divergence; with SMART, plus ``smart_weight`` x the adversarial
+    divergence; see :mod:`minbert.regularize`). The total is sum_t w_t L_t, or with uncertainty
+    weighting sum_t exp(-s_t) w_t L_t + s_t (Kendall et al. 2018, Eq. 7 in the form of their
+    code: s_t = log sigma_t^2)."""
+
+    def __init__(
+        self,
+        model: MultitaskModel,
+        tasks: dict[str, Task],
+        weights: dict[str, float],
+        device: torch.device,
+        amp: bool,
+        tc: TrainConfig | None = None,
+    ):
+        super().__init__()
+        self.model, self.tasks, self.weights, self.device, self.amp = model, tasks, weights, device, amp
+        self.tc = tc
+
+    def task_loss(self, name: str, batch: dict) -> torch.Tensor:
+        task, tc = self.tasks[name], self.tc
+        with autocast_context(self.device, self.amp):
+            out = self.model(name, batch)
+            loss = task.loss(out, batch["labels"])
+            if tc is not None and tc.rdrop_alpha:
+                out2 = self.model(name, batch)
+                loss = (loss + task.loss(out2, batch["labels"])) / 2
+                loss = loss + tc.rdrop_alpha * symmetric_divergence(task.kind, out, out2)
+            if tc is not None and tc.smart_weight:
+                reg = smart_loss(self.model, name, task.kind, batch, out, tc.smart_sigma, tc.smart_eta, tc.smart_eps)
+                loss = loss + tc.smart_weight * reg
+        return loss
+
+    def forward(self, batches: dict[str, dict]) -> StepLosses:
+        total, losses = 0.0, []
+        log_vars = self.model.loss_log_vars
+        for name, batch in batches.items():
+            loss = self.weights[name] * self.task_loss(name, batch)
+            losses.append(loss)
+            if log_vars is not None:
+                s = log_vars[name]
+                total = total + torch.exp(-s) * loss + s
+            else:
+                total = total + loss
+        return StepLosses(total, torch.stack(losses))
+
+
+def _task_step(step_fn: nn.Module, name: str):
+    """One task's micro-step as ``GraphedSteps`` wants it: batch -> (loss, per-task loss)."""
+
+    def fn(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = step_fn({name: batch})
+        return out.total, out.per_task.detach()
+
+    return fn
+
+
+def find_nonfinite(names: list[str], values: list[float]) -> tuple[str, int] | None:
+    """For one step's (per-task losses..., gradient norm): what is not finite, and the index of
+    the task whose batch ids to report; None when all values are finite."""
+    bad = [i for i, v in enumerate(values[:-1]) if not math.isfinite(v)]
+    if bad:
+        return f"task {names[bad[0]]}", bad[0]
+    if not math.isfinite(values[-1]):
+        return "gradient (all tasks' sum)", 0
+    return None
+
+
+@dataclass
+class OptimizerStep:
+    """The gradient work of one optimizer step over ``group_size`` micro-steps (gradient
+    accumulation): per micro-step :meth:`backward`, then :meth:`gradients` (sync, clip), then
+    :meth:`update` (or :meth:`discard` for a step skipped for a non-finite loss).
+
+    Variants of :meth:`backward`: with ``graphs``, each task's forward + backward runs through
+    :class:`GraphedSteps` (CUDA graphs, or eager into its flat gradient buffer for the flat
+    all-reduce); without, eagerly with PCGrad (``pcgrad``) or plainly. Under DDP the gradients
+    are all-reduced only by the last micro-step of a group; with ``flat_sync`` the flat buffer
+    is averaged once in :meth:`gradients`.
+
+    Args:
+        step_fn: a :class:`TrainStep` (or DDP wrapping it): ``{task: batch} -> StepLosses``.
+        params: the trainable parameters (what is clipped and what PCGrad projects).
+        optimizer, scheduler: stepped by :meth:`update`.
+        device: where the batches go.
+        ctx: this process's place in a torchrun job.
+        max_grad_norm: clip the gradients' global L2 norm to this (None: no clipping).
+        pcgrad: project conflicting task gradients (seeded ``seed + step``).
+        graphs: the fixed gradient buffers (CUDA graphs or flat sync), else None.
+        flat_sync: average ``graphs.flat`` over the processes (one all-reduce per step).
+    """
+
+    step_fn: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    ctx: DistContext = field(default_factory=DistContext)
+    max_grad_norm: float | None = None
+    pcgrad: bool = False
+    seed: int = 0
+    graphs: GraphedSteps | None = None
+    flat_sync: bool = False
+    task_steps: dict = field(default_factory=dict, repr=False)  # what the graphs capture, per task
+
+    def backward(
+        self, batches: dict[str, dict], *, first: bool, last: bool, group_size: int, step: int
+    ) -> torch.Tensor:
+        """Forward and backward of one micro-step: ``batches`` maps each task of the step to its
+        collated batch (host tensors); 1 / ``group_size`` x the gradient of the total loss is
+        added to the parameters' gradients. ``first``/``last``: the micro-step opens/closes its
+        accumulation group; ``step``: optimizer steps done (PCGrad's seed). Returns (n_tasks,)
+        the weighted task losses w_t L_t, detached, on the device."""
+        if self.graphs is not None:
+            return self._graphed_backward(batches, first, group_size)
+        # gradients are all-reduced only on the last micro-step of an accumulation group
+        sync = contextlib.nullcontext() if last or not self.ctx.enabled else self.step_fn.no_sync()
+        with sync:
+            out = self.step_fn({n: move(b, self.device) for n, b in batches.items()})
+            if self.pcgrad:
+                self._pcgrad_backward(out, group_size, step)
+            else:
+                (out.total / group_size).backward()
+        return out.per_task.detach()
+
+    def _graphed_backward(self, batches: dict[str, dict], first: bool, group_size: int) -> torch.Tensor:
+        if first:
+            self.graphs.zero_grad()
+        for n in batches:
+            if n not in self.task_steps:
+                self.task_steps[n] = _task_step(self.step_fn, n)
+        inputs = {n: {k: v for k, v in b.items() if isinstance(v, torch.Tensor)} for n, b in batches.items()}
+        return torch.cat([self.graphs.run(n, self.task_steps[n], x, 1.0 / group_size) for n, x in inputs.items()])
+
+    def _pcgrad_backward(self, out: StepLosses, group_size: int, step: int) -> None:
+        task_grads = [
+            torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True) for loss in out.per_task
+        ]
+        for p, g in zip(self.params, pcgrad_(task_grads, seed=self.seed + step), strict=True):
+            if g is not None:
+                p.grad = g / group_size if p.grad is None else p.grad + g / group_size
+
+    def gradients(self, per_task: torch.Tensor) -> torch.Tensor:
+        """After a group's micro-steps: average the flat gradient buffer over the processes
+        (``flat_sync``), hand the graphs' buffers to the optimizer, clip. Returns (n_tasks + 1,)
+        float32: ``per_task`` (the last micro-step's weighted losses) and the gradient norm
+        before clipping (0 without trainable parameters)."""
+        if self.flat_sync:
+            all_reduce_mean(self.graphs.flat, self.ctx)  # one collective: every task's gradients of the step
+        if self.graphs is not None:
+            self.graphs.expose_grads()
+        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
+        if self.params:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        else:
+            grad_norm = torch.zeros((), device=self.device)
+        return torch.cat([per_task.float(), grad_norm.float().reshape(1).to(per_task.device)])
+
+    def update(self) -> None:
+        """The optimizer and lr-schedule step; clears eager gradients (the graphs' buffers are
+        zeroed by the next group's first micro-step)."""
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.graphs is None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def discard(self) -> None:
+        """Drop this step's gradients without an update (a skipped non-finite step)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def build_optimizer_step(
+    model: MultitaskModel,
+    tasks: dict[str, Task],
+    weights: dict[str, float],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    tc: TrainConfig,
+    rt: RuntimeSettings,
+    ctx: DistContext,
+) -> OptimizerStep:
+    """The step of a run: a :class:`TrainStep` over ``model``'s trainable parameters; under
+    torchrun either wrapped by DDP or (``rt.flat_sync``) with rank 0's weights broadcast, as
+    DDP's constructor would, for the flat gradient sync; with the fixed gradient buffers of
+    :class:`GraphedSteps` for CUDA graphs or the flat sync."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    step_fn: nn.Module = TrainStep(model, tasks, weights, device, rt.amp, tc)
+    if rt.flat_sync:
+        broadcast_tensors(list(model.state_dict().values()), ctx)
+    elif ctx.enabled:
+        step_fn = _wrap_ddp(step_fn, tc, device)
+    graphs = GraphedSteps(params, capture=rt.cuda_graphs) if (rt.cuda_graphs or rt.flat_sync) and params else None
+    return OptimizerStep(
+        step_fn, params, optimizer, scheduler, device, ctx,
+        max_grad_norm=tc.max_grad_norm, pcgrad=tc.pcgrad, seed=tc.seed, graphs=graphs, flat_sync=rt.flat_sync,
+    )
+
+
+def _wrap_ddp(step_fn: nn.Module, tc: TrainConfig, device: torch.device) -> nn.Module:
+    """``step_fn`` in ``DistributedDataParallel``. Some parameters get no gradient in a step (the
+    pooler unless a head pools with it; in sequential and sampled steps, the other tasks' heads).
+    In the parallel routine the set is the same in every step: DDP's static-graph mode learns it
+    in the first step and then skips the per-step search of the autograd graph; otherwise DDP
+    must search. (Static-graph mode breaks with no_sync, hence not with gradient accumulation.)"""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    static = tc.routine == "parallel" and tc.grad_accum == 1
+    return DDP(
+        step_fn,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=not static,
+        static_graph=static,
+        gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
+    )
