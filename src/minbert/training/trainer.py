@@ -15,16 +15,13 @@ predictions, summary). The best model is chosen at epoch ends only.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
