@@ -138,6 +138,7 @@ def test_summary_metrics_are_finite_and_in_range(run):
     assert 0 <= dev["overall"] <= 1
     assert dev["overall"] == pytest.approx((dev["sst_acc"] + dev["qqp_acc"] + (dev["sts_pearson"] + 1) / 2) / 3)
     assert summary["epochs_run"] == 3 and 1 <= summary["best_epoch"] <= 3
+    assert summary["dev_limits"] == {"sst": N, "qqp": N, "sts": N}  # scored on dev samples, and it says so
     assert summary["steps"] == 3 * N // 8
 
 

@@ -185,8 +185,9 @@ def run_summary(
     """``summary.json``: the final model's dev metrics (``dev``: the headline numbers and
     ``overall``; ``dev_all``: every flat metric), ``best_epoch``, ``checkpoint_average`` (None, or
     ``epochs``, ``dev`` and ``chosen``), ``throughput`` (training examples, seconds, examples per
-    second, processes, CUDA graphs, gradient sync), ``epochs_run``, ``steps``, ``wall_s`` (seconds)
-    and the ``config``. ``throughput`` holds ``train_samples``, ``train_s``, ``processes``,
+    second, processes, CUDA graphs, gradient sync), ``epochs_run``, ``steps``, ``wall_s`` (seconds),
+    ``dev_limits`` (``{task: rows}`` for tasks scored on a seeded sample of their dev set; empty
+    when every dev set was scored whole) and the ``config``. ``throughput`` holds ``train_samples``, ``train_s``, ``processes``,
     ``cuda_graphs`` and ``grad_sync``."""
     flat = final.flat()
     samples_per_s = round(throughput["train_samples"] / max(throughput["train_s"], 1e-9), 1)
@@ -205,6 +206,7 @@ def run_summary(
         "epochs_run": epochs_run,
         "steps": steps,
         "wall_s": wall_s,
+        "dev_limits": {n: t.dev_limit for n, t in cfg.tasks.items() if t.dev_limit is not None},
         "config": to_dict(cfg),
     }
 
