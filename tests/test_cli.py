@@ -327,7 +327,7 @@ def test_user_mistake_through_the_real_entry_point(run, tmp_path, tiny_encoder, 
 
 
 def test_predict_input_without_the_text_columns_is_a_one_line_error(tmp_path, capsys):
-    from minbert.cli import _read_input
+    from minbert.cli_inference import _read_input
     from minbert.errors import DataError
 
     f = tmp_path / "pairs.csv"

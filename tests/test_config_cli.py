@@ -71,7 +71,7 @@ def show(capsys, *argv: str) -> str:
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    from minbert.config import json_schema
+    from minbert.config_doc import json_schema
 
     s = json_schema()
     jsonschema.Draft202012Validator.check_schema(s)

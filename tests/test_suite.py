@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from conftest import make_tiny_encoder
 from minbert.cli import main
 from minbert.config import load_config
-from minbert.experiments.suite import PAPER, analysis, overall_of, render_markdown
+from minbert.experiments.suite_report import PAPER, analysis, overall_of, render_markdown
 from minbert.model.multitask import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,16 +20,19 @@ SIGTERM during ``train`` writes a checkpoint, prints one line with the resume co
 from __future__ import annotations
 
 import argparse
-import csv
 import errno
-import io
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import STARTED_AT, __version__
+from .cli_inference import cmd_ensemble, cmd_evaluate, cmd_predict
 from .errors import ConfigError, MinbertError, TrainingInterrupted
+
+if TYPE_CHECKING:
+    from .training.trainer import Run
 
 log = logging.getLogger("minbert")
 
@@ -52,7 +55,9 @@ def _split_overrides(extra: list[str]) -> list[str]:
     return out
 
 
-def cmd_train(args, extra: list[str]) -> int:
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    """Train a new run (``--config`` and overrides) or resume one (``--resume``); print the run
+    folder and its dev scores as JSON."""
     from .config import load_config
     from .training.trainer import train
 
@@ -66,24 +71,30 @@ def cmd_train(args, extra: list[str]) -> int:
     else:
         cfg = load_config(args.config, overrides)
         run = train(
-            cfg, run_dir=args.run_dir, data_dir=args.data_dir, overwrite=args.overwrite, progress=not args.no_progress, t_start=STARTED_AT
+            cfg, run_dir=args.run_dir, data_dir=args.data_dir, overwrite=args.overwrite, progress=not args.no_progress,
+            t_start=STARTED_AT,
         )
     if run.summary:  # under torchrun only rank 0 has the summary
-        print(json.dumps({"run_dir": str(run.run_dir), "dev": run.summary["dev"], "best_epoch": run.summary["best_epoch"]}))
+        summary = run.summary
+        print(json.dumps({"run_dir": str(run.run_dir), "dev": summary["dev"], "best_epoch": summary["best_epoch"]}))
     return 0
 
 
-def cmd_tune(args, extra: list[str]) -> int:
+def cmd_tune(args: argparse.Namespace, extra: list[str]) -> int:
+    """Run (or continue) an optuna study; print its result as JSON."""
     from .config import load_config
     from .experiments.tune import tune
 
     cfg = load_config(args.config, _split_overrides(extra))
-    result = tune(cfg, args.study_dir, n_trials=args.trials, data_dir=args.data_dir, seed=args.seed, timeout=args.timeout)
+    result = tune(
+        cfg, args.study_dir, n_trials=args.trials, data_dir=args.data_dir, seed=args.seed, timeout=args.timeout
+    )
     print(json.dumps(result))
     return 0
 
 
-def cmd_ablate(args, extra: list[str]) -> int:
+def cmd_ablate(args: argparse.Namespace, extra: list[str]) -> int:
+    """Train an ablation chain and write its report; print the rows' dev scores as JSON."""
     from .experiments.ablation import run_ablation
 
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
@@ -99,7 +110,8 @@ def cmd_ablate(args, extra: list[str]) -> int:
     return 0
 
 
-def train_resume(args):
+def train_resume(args: argparse.Namespace) -> Run:
+    """Continue the run in ``args.resume`` from its last checkpoint, with its saved config."""
     from .config import load_config
     from .runs import require_run_dir
     from .training.trainer import train
@@ -110,185 +122,7 @@ def train_resume(args):
                  t_start=STARTED_AT, allow_data_change=args.allow_data_change)
 
 
-def cmd_evaluate(args, extra: list[str]) -> int:
-    import json as _json
-
-    from .config import full_dev
-    from .inference.evaluate import write_run_predictions
-    from .inference.predictor import load
-    from .io import atomic_write_json
-    from .runs import resolve_run_data_dir
-    from .tasks.splits import load_splits
-
-    if extra:
-        raise ConfigError(f"unrecognised argument {extra[0]!r}")
-    pred = load(args.run_dir, device=args.device)
-    cfg = full_dev(pred.config) if args.full else pred.config
-    limits = {n: t.dev_limit for n, t in cfg.tasks.items() if t.dev_limit is not None}
-    if limits:
-        log.info("dev scores on seeded samples of %s rows (--full: the whole dev sets)", limits)
-    data_dir = resolve_run_data_dir(pred.run_dir, cfg, args.data_dir, args.allow_data_change)
-    progress = not args.no_progress
-    data = load_splits(cfg, data_dir, pred.tokenizer, pred.task_table, progress=progress)
-    tasks = {n: pred.task(n) for n in cfg.tasks}
-    log.info("predicting dev and test of %s", pred.run_dir)
-    model, pad = pred.model, pred.tokenizer.pad_token_id
-    result = write_run_predictions(model, tasks, data, pred.run_dir, cfg, pred.device, pred.amp, pad, None, progress)
-    flat = result.flat()
-    atomic_write_json(pred.run_dir / "eval.json", {"dev": flat, "dev_detail": result.metrics, "dev_limits": limits})
-    print(_json.dumps(flat))
-    return 0
-
-
-def cmd_ensemble(args, extra: list[str]) -> int:
-    """Average the raw outputs of several runs (e.g. seeds) on dev and test; write metrics and
-    prediction files into --out."""
-    from .inference.evaluate import (
-        average_predictions,
-        predict_split,
-        score_predictions,
-        write_predictions,
-    )
-    from .inference.predictor import load
-    from .io import atomic_write_json
-    from .runs import resolve_run_data_dir
-    from .tasks.splits import load_splits
-
-    if extra:
-        raise ConfigError(f"unrecognised argument {extra[0]!r}")
-    if len(args.run_dirs) < 2:
-        raise ConfigError("ensemble needs at least two run folders")
-    members, per_run = [], {}
-    task_names = None
-    for run_dir in args.run_dirs:
-        pred = load(run_dir, device=args.device)
-        names = list(pred.config.tasks)
-        if task_names is not None and names != task_names:
-            raise ConfigError(f"{run_dir}: tasks {names} differ from {task_names}; ensemble runs of the same tasks")
-        task_names = names
-        data_dir = resolve_run_data_dir(pred.run_dir, pred.config, args.data_dir, args.allow_data_change)
-        progress, bs, pad = not args.no_progress, pred.config.train.eval_batch_size, pred.tokenizer.pad_token_id
-        data = load_splits(pred.config, data_dir, pred.tokenizer, pred.task_table, progress=progress)
-        tasks = {n: pred.task(n) for n in names}
-        out = {  # a bar per run, split and task: "<run folder name> dev sst"
-            split: {
-                n: predict_split(pred.model, tasks[n], d, pred.device, bs, pred.amp, pad, progress=progress,
-                                 desc=f"{Path(run_dir).name} {split} {n}")
-                for n, d in data[split].items()
-            }
-            for split in ("dev", "test")
-        }
-        per_run[str(run_dir)] = score_predictions(tasks, data["dev"], out["dev"]).flat()
-        members.append(out)
-        log.info("%s: %s", run_dir, per_run[str(run_dir)])
-    out_dir = Path(args.out)
-    for split in ("dev", "test"):
-        for n in members[0][split]:
-            avg = average_predictions(tasks[n], [m[split][n] for m in members])
-            write_predictions(out_dir / "predictions" / f"{n}-{split}.csv", tasks[n], avg, args.format)
-            members[0][split][n] = avg
-    result = score_predictions(tasks, data["dev"], members[0]["dev"]).flat()
-    atomic_write_json(out_dir / "eval.json", {"dev": result, "members": per_run})
-    print(json.dumps(result))
-    return 0
-
-
-def _read_input(path: Path, pair: bool, task=None) -> tuple[list[str], list[str], list[str] | None, list[str]]:
-    """Read a .csv/.tsv/.jsonl prediction input: ids, a-texts, b-texts, and bad-row messages
-    (``file:line: reason``; those rows are skipped and logged, see :mod:`minbert.data.readers`).
-    Text columns: ``sentence`` (or ``text``), or ``sentence1`` and ``sentence2`` for pairs; a
-    custom ``task`` uses its own columns (and the generic names where those are absent). Ids:
-    the ``id`` column, else the line number. An empty or whitespace text is kept as ``""``, so
-    that every id gets a prediction (from an empty input).
-
-    Raises:
-        DataError: missing or empty file, unknown suffix, a header without the text columns,
-            or no usable row.
-    """
-    from .data.readers import read_records
-
-    cols = ("sentence1", "sentence2") if pair else ("sentence",)
-    fallbacks = {} if pair else {"sentence": "text"}
-    id_column = "id"
-    if task is not None and getattr(task, "definition", None) is not None:  # a custom task
-        fallbacks = {c: g for c, g in zip(task.text_columns, cols) if c != g}
-        cols, id_column = task.text_columns, task.id_column or "id"
-    raw = read_records(path, cols, text_fallbacks=fallbacks, id_column=id_column, id_optional=True, keep_empty_text=True)
-    a = [t[0] for t in raw.texts]
-    b = [t[1] for t in raw.texts] if pair else None
-    return raw.ids, a, b, [str(x) for x in raw.bad_rows]
-
-
-def cmd_predict(args, extra: list[str]) -> int:
-    from .inference.predictor import load
-    from .io import atomic_write_text
-
-    if extra:
-        raise ConfigError(f"unrecognised argument {extra[0]!r}")
-    if (args.text is None) == (args.input is None):
-        raise ConfigError("give exactly one of --text or --input")
-    pred = load(args.run_dir, device=args.device, batch_size=args.batch_size, quantize=args.quantize)
-    task = pred.task(args.task)  # an unknown task, or one the model lacks: ConfigError
-    if args.text is not None:
-        texts = args.text
-        if task.pair and len(texts) != 2:
-            raise ConfigError(f"--task {args.task} takes a pair: --text \"first\" \"second\"")
-        if not task.pair and len(texts) != 1:
-            raise ConfigError(f"--task {args.task} takes one --text")
-        if any(not t.strip() for t in texts):
-            raise ConfigError("--text: empty or whitespace-only text")
-        out = _predict_values(pred, task, [texts[0]], [texts[1]] if task.pair else None)
-        print(json.dumps(out[0]))
-        return 0
-    ids, a, b, _ = _read_input(Path(args.input), task.pair, task)  # the reader logs its bad rows
-    import torch
-
-    from .inference.evaluate import check_finite
-
-    raw = pred.outputs(task.name, a, b, progress=not args.no_progress)  # a bar over the rows
-    check_finite(task.name, raw, ids)  # NaN or inf outputs: one error line, no file
-    values = task.predict(torch.from_numpy(raw))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", task.prediction_column])
-    writer.writerows((i, task.format_value(v)) for i, v in zip(ids, values))
-    lines = buf.getvalue().rstrip("\n").split("\n")
-    if args.output:
-        atomic_write_text(args.output, "\n".join(lines) + "\n")
-        log.info("wrote %d predictions to %s", len(ids), args.output)
-    else:
-        sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def _predict_values(pred, task, a, b, ids: list[str] | None = None) -> list[dict]:
-    """Predicted value (and probabilities) of each text or pair.
-
-    Raises:
-        NonFiniteOutputError: the model's outputs are NaN or infinite.
-    """
-    import numpy as np
-    import torch
-
-    from .inference.evaluate import check_finite
-
-    raw = pred.outputs(task.name, a, b)
-    check_finite(task.name, raw, ids)
-    values = task.predict(torch.from_numpy(raw))
-    out = []
-    for v, r in zip(values, raw):
-        rec = {"value": v.item() if hasattr(v, "item") else v}
-        if task.kind == "classification":
-            rec["probabilities"] = torch.softmax(torch.from_numpy(np.asarray(r)), -1).tolist()
-            if task.label_names:
-                rec["name"] = task.label_names[int(v)]
-        elif task.kind == "binary":
-            rec["probability"] = float(torch.sigmoid(torch.tensor(float(r))))
-        out.append(rec)
-    return out
-
-
-def cmd_export(args, extra: list[str]) -> int:
+def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     """Write a run as a Hugging Face BERT folder plus the minbert heads (see minbert.export)."""
     from .inference.export import export_run
 
@@ -299,7 +133,8 @@ def cmd_export(args, extra: list[str]) -> int:
     return 0
 
 
-def cmd_serve(args, extra: list[str]) -> int:
+def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    """Serve a run over HTTP (FastAPI + uvicorn) until interrupted."""
     try:
         import uvicorn  # noqa: F401  (serve imports it; missing is reported before the model loads)
 
@@ -307,15 +142,18 @@ def cmd_serve(args, extra: list[str]) -> int:
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in ("fastapi", "uvicorn", "pydantic", "starlette"):
             raise
-        raise ConfigError(f"minbert serve needs the [serve] extra ({e.name} is not installed): pip install 'minbert[serve]'") from None
+        raise ConfigError(
+            f"minbert serve needs the [serve] extra ({e.name} is not installed): pip install 'minbert[serve]'"
+        ) from None
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
-    serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_items=args.max_items, max_chars=args.max_chars,
-          access_log=not args.no_access_log, max_body_bytes=args.max_body_bytes, read_timeout=args.read_timeout)
+    serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_items=args.max_items,
+          max_chars=args.max_chars, access_log=not args.no_access_log, max_body_bytes=args.max_body_bytes,
+          read_timeout=args.read_timeout)
     return 0
 
 
-def cmd_suite(args, extra: list[str]) -> int:
+def cmd_suite(args: argparse.Namespace, extra: list[str]) -> int:
     """Run the paper's experiment table (the presets of a folder); see minbert.experiments.suite."""
     from .experiments.suite import JSON_NAME, MD_NAME, PNG_NAME, parse_only, run_suite
 
@@ -330,13 +168,15 @@ def cmd_suite(args, extra: list[str]) -> int:
         progress=not args.no_progress,
     )
     out = Path(args.report_dir)
-    print(json.dumps({"rows": [r["exp"] for r in rows], "json": str(out / JSON_NAME), "md": str(out / MD_NAME), "png": str(out / PNG_NAME)}))
+    files = {"json": str(out / JSON_NAME), "md": str(out / MD_NAME), "png": str(out / PNG_NAME)}
+    print(json.dumps({"rows": [r["exp"] for r in rows], **files}))
     return 0
 
 
 def cmd_config_show(args: argparse.Namespace, extra: list[str]) -> int:
     """Print the resolved config as YAML, each field with its help text as a comment."""
-    from .config import commented_yaml, load_config, resolve
+    from .config import load_config, resolve
+    from .config_doc import commented_yaml
 
     sys.stdout.write(commented_yaml(resolve(load_config(args.config, _split_overrides(extra)))))
     return 0
@@ -344,7 +184,7 @@ def cmd_config_show(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_config_schema(args: argparse.Namespace, extra: list[str]) -> int:
     """Print (or write to --output, atomically) the JSON Schema of a config file."""
-    from .config import json_schema
+    from .config_doc import json_schema
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
@@ -379,7 +219,7 @@ _ALLOW_HELP = "go on when data files differ from the SHA-256 sums the run record
 
 
 def _train_description() -> str:
-    from .config import section_help  # yaml and the standard library only
+    from .config_doc import section_help  # yaml and the standard library only
 
     width = max(len(name) for name, _ in section_help())
     rows = "\n".join(f"  {name:<{width}}  {text}" for name, text in section_help())
@@ -392,11 +232,21 @@ def _train_description() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``minbert`` argument parser: global options and one subcommand per command (each sets
+    ``fn``, the ``cmd_*`` function that runs it)."""
     p = argparse.ArgumentParser(prog="minbert", description="Multi-task fine-tuning of BERT encoders.")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"minbert {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_run_parsers(sub)
+    _add_experiment_parsers(sub)
+    _add_config_parser(sub)
+    _add_predict_parser(sub)
+    return p
 
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train", help="train and evaluate a multi-task model", description=_train_description(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -411,12 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--strict", action="store_true", help="any bad data row is fatal (same as --data.strict=true)")
     t.set_defaults(fn=cmd_train)
 
+
+def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
+    """evaluate, ensemble, export and serve: commands on finished run folders."""
     e = sub.add_parser("evaluate", help="dev metrics and prediction files again, from the best checkpoint")
     e.add_argument("run_dir")
     e.add_argument("--data-dir", help=_RUN_DATA_HELP)
     e.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
     e.add_argument("--device", default="auto")
-    e.add_argument("--full", action="store_true", help="score the whole dev sets (the run's dev_limit samples otherwise)")
+    e.add_argument(
+        "--full", action="store_true", help="score the whole dev sets (the run's dev_limit samples otherwise)"
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_evaluate)
 
@@ -447,18 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="request body bytes, checked while it is read (more: 413); default: the largest valid "
                     "request, max_items * (2 * max_chars * 12 + 64) + 1024 (61457408 for the defaults)")
     sv.add_argument("--read-timeout", type=float, default=30.0,
-                    help="seconds a client has to send each request, headers and body; then its connection is closed")
+                    help="seconds a client has to send each request, headers and body; then its connection is "
+                    "closed")
     sv.add_argument("--no-access-log", action="store_true", help="no log line per request")
     sv.set_defaults(fn=cmd_serve)
 
+
+def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:
+    """suite, tune and ablate: commands that train many runs."""
     st = sub.add_parser(
         "suite",
         help="run the paper's experiment table (configs/paper/) and write reports/paper_suite.{json,md,png}",
-        description="Extra arguments --section.key=value override every preset (e.g. --train.epochs=3 --model.encoder=PATH).",
+        description="Extra arguments --section.key=value override every preset (e.g. --train.epochs=3 "
+        "--model.encoder=PATH).",
     )
     st.add_argument("preset_dir", help="folder of expNN-<name>.yaml presets (configs/paper/)")
     st.add_argument("--data-dir", help="cs224n data folder (else data.dir, else $MINBERT_DATA_DIR)")
-    st.add_argument("--runs-root", default="runs/paper", help="run folders go to RUNS_ROOT/<preset name> (default: runs/paper)")
+    st.add_argument(
+        "--runs-root", default="runs/paper", help="run folders go to RUNS_ROOT/<preset name> (default: runs/paper)"
+    )
     st.add_argument("--report-dir", default="reports", help="where paper_suite.{json,md,png} go (default: reports)")
     st.add_argument("--only", help="rows to run, e.g. 1,7,14 (default: every preset)")
     st.add_argument("--rerun", action="store_true", help="train the rows again even if their results exist")
@@ -474,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--study-dir", required=True, help="study.db, trial-NNNN/ run folders, trials.json, best.yaml")
     tu.add_argument("--trials", type=int, default=20, help="finished + pruned trials the study should hold")
     tu.add_argument("--data-dir")
-    tu.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed (give parallel workers different seeds)")
+    tu.add_argument(
+        "--seed", type=int, default=0, help="the TPE sampler's seed (give parallel workers different seeds)"
+    )
     tu.add_argument("--timeout", type=float, help="start no new trial after this many seconds (running ones finish)")
     tu.set_defaults(fn=cmd_tune)
 
@@ -490,10 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--only", help="rows to train, by name (default: all)")
     ab.add_argument("--final", action="store_true", help="train the final row once per seed")
     ab.add_argument("--seeds", help="with --final: these seeds instead of the file's")
-    ab.add_argument("--report-only", action="store_true", help="train nothing; rewrite the report from the finished runs")
+    ab.add_argument(
+        "--report-only", action="store_true", help="train nothing; rewrite the report from the finished runs"
+    )
     ab.add_argument("--no-progress", action="store_true")
     ab.set_defaults(fn=cmd_ablate)
 
+
+def _add_config_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("config", help="show the resolved config with every field explained, or its JSON Schema")
     csub = c.add_subparsers(dest="config_command", metavar="{show,schema}", required=True)
     cs = csub.add_parser(
@@ -506,18 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
     cj.add_argument("--output", help="write it to this file instead of stdout")
     cj.set_defaults(fn=cmd_config_schema)
 
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("predict", help="predict one text (pair) or a file of them")
     q.add_argument("run_dir")
     q.add_argument("--task", required=True)
     q.add_argument("--text", nargs="+", help="one sentence, or two for a pair task")
-    q.add_argument("--input", help="a .csv/.tsv/.jsonl file with columns id (optional), sentence (or sentence1, sentence2; a custom task's own columns); bad rows are reported and skipped")
+    q.add_argument(
+        "--input",
+        help="a .csv/.tsv/.jsonl file with columns id (optional), sentence (or sentence1, sentence2; a custom "
+        "task's own columns); bad rows are reported and skipped",
+    )
     q.add_argument("--output", help="write a CSV here instead of stdout")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=int, default=64)
-    q.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the Linear layers (CPU only; changes outputs slightly)")
+    q.add_argument(
+        "--quantize", choices=["int8"],
+        help="dynamic int8 quantisation of the Linear layers (CPU only; changes outputs slightly)",
+    )
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(fn=cmd_predict)
-    return p
 
 
 # OSErrors that the user's environment causes (permissions, a full disk, a path that is a file):

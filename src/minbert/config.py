@@ -9,31 +9,30 @@ A config file mirrors :class:`Config`::
 
 Overrides use dotted keys, e.g. ``--optim.lr=2e-5`` or ``--tasks.sst.batch_size=8``; values are
 parsed as YAML scalars. An unknown key, a wrong type, or a value outside its allowed set raises
-:class:`ConfigError` naming the key. Code never mutates a config: use :func:`replace`.
+:class:`ConfigError` naming the key. Code never mutates a config: use :func:`replace`. The
+``custom_tasks`` sections are defined in :mod:`minbert.config_custom`.
 
-Each field documents itself in ``metadata["help"]`` (one line): :func:`commented_yaml` prints a
-config with those lines as comments (``minbert config show``), :func:`json_schema` derives a JSON
-Schema from the dataclasses (``minbert config schema``).
+Each field documents itself in ``metadata["help"]`` (one line): :mod:`minbert.config_doc` prints
+a config with those lines as comments (``minbert config show``) and derives a JSON Schema from the
+dataclasses (``minbert config schema``). :mod:`minbert.config_values` checks plain values against
+the dataclasses' annotations (:func:`from_dict`), turns a config back into plain values
+(:func:`to_dict`) and applies dotted overrides (:func:`apply_overrides`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 
+from .config_custom import CustomTaskConfig
+from .config_values import apply_overrides, build_value, to_dict
 from .errors import ConfigError
 
 Pooling = Literal["cls", "pooler", "mean"]
-
-# YAML 1.1 (PyYAML) reads 1e-5 (no dot) as a string; accept it where a number is expected
-_EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass(frozen=True)
@@ -267,42 +266,6 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
-class CustomColumnsConfig:
-    """Column names of a custom task's data files (header names; keys for JSONL)."""
-
-    text: str = field(default="sentence", metadata={"help": "the (first) text"})
-    text_b: str | None = field(default=None, metadata={"help": "the second text of a pair task"})
-    label: str = field(default="label", metadata={"help": "the label (not needed in the test file)"})
-    id: str | None = field(default=None, metadata={"help": "the row id (null: rows are numbered by line)"})
-
-
-@dataclass(frozen=True)
-class CustomTaskConfig:
-    """A task defined in the config, without code (see :mod:`minbert.custom`)."""
-
-    kind: Literal["classification", "regression"] | None = field(
-        default=None, metadata={"help": "required: classification or regression"}
-    )
-    input: Literal["single", "pair"] = field(default="single", metadata={"help": "one text (single) or two (pair)"})
-    num_labels: int | None = field(
-        default=None, metadata={"help": "classification: N labels 0..N-1 (or give label_names)"}
-    )
-    label_names: tuple[str, ...] | None = field(
-        default=None, metadata={"help": "classification: the labels' names, in index order"}
-    )
-    range: tuple[float, float] | None = field(default=None, metadata={"help": "regression: [low, high] of the scores"})
-    files: dict[str, str] = field(
-        default_factory=dict, metadata={"help": "train, dev (and test): .csv, .tsv or .jsonl files"}
-    )
-    columns: CustomColumnsConfig = field(
-        default_factory=CustomColumnsConfig, metadata={"help": "column names (header names; keys for JSONL)"}
-    )
-    format: Literal["auto", "csv", "tsv", "jsonl"] = field(
-        default="auto", metadata={"help": "file format (auto: from the file suffix)"}
-    )
-
-
-@dataclass(frozen=True)
 class Config:
     """A run's configuration: the sections below, each a mapping."""
 
@@ -326,92 +289,13 @@ class Config:
 # ----------------------------------------------------------------------------------------------
 
 
-def _build(tp: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against the type annotation ``tp`` and build dataclasses from dicts."""
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            prefix = f"{where}." if where else ""
-            raise ConfigError(f"unknown config key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})")
-        kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
-        return tp(**kwargs)
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _build(a, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
-    if origin is Literal:
-        if isinstance(value, bool) and ("on" if value else "off") in get_args(tp):
-            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
-        if value not in get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
-        return value
-    if origin is dict:
-        _, vt = get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return {str(k): _build(vt, v if v is not None else {}, f"{where}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{where}: expected a list, got {value!r}")
-            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if tp is float:
-        if isinstance(value, str) and _EXP_NUMBER.fullmatch(value.strip()):
-            value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config annotation {tp} at {where}")  # a bug in this module
-
-
-def to_dict(cfg: Any) -> Any:
-    """A plain (YAML-serialisable) dict of a config."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, dict):
-        return {k: to_dict(v) for k, v in cfg.items()}
-    if isinstance(cfg, tuple):
-        return [to_dict(v) for v in cfg]
-    return cfg
-
-
 def from_dict(raw: dict) -> Config:
     """Build a :class:`Config` from a plain dict. Raises :class:`ConfigError`."""
     raw = raw or {}
     if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict) and "tasks" not in raw:
         # no `tasks` section: the built-in three and every custom task train
         raw = {**raw, "tasks": {**{k: {} for k in _default_tasks()}, **{str(k): {} for k in raw["custom_tasks"]}}}
-    return validate(_build(Config, raw, ""))
+    return validate(build_value(Config, raw, ""))
 
 
 def validate(cfg: Config) -> Config:
@@ -428,40 +312,11 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"tasks.{name}.{key} must be >= 1 (or null for all rows), got {value}")
     fraction = cfg.train.max_nonfinite_fraction
     if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"train.max_nonfinite_fraction must be in [0, 1] (a fraction of all optimizer steps), got {fraction}")
+        raise ConfigError(
+            f"train.max_nonfinite_fraction must be in [0, 1] (a fraction of all optimizer steps), got {fraction}"
+        )
     validate_training(cfg)
     return cfg
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    item = item[2:] if item.startswith("--") else item
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected --key.sub=value")
-    key, text = item.split("=", 1)
-    try:
-        value = yaml.safe_load(text) if text != "" else None
-    except yaml.YAMLError:
-        value = text
-    return key.split("."), value
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``raw`` with dotted overrides (``optim.lr=2e-5``) applied."""
-    import copy
-
-    out = copy.deepcopy(raw) if raw else {}
-    for item in overrides:
-        path, value = _parse_override(item)
-        node = out
-        for p in path[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {'.'.join(path)}: {p} is not a section")
-            node = nxt
-        node[path[-1]] = value
-    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -513,145 +368,6 @@ def resolve(cfg: Config) -> Config:
         lr = 1e-3 if cfg.train.mode == "frozen" else 1e-5
         cfg = replace(cfg, optim=replace(cfg.optim, lr=lr))
     return cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# self-description: commented YAML (`minbert config show`) and a JSON Schema (`minbert config schema`)
-
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-_WIDE = 2**31 - 1  # no line folding in PyYAML's emitter
-_LINE_BREAKS = ("\n", "\r", "\x85", "\u2028", "\u2029")
-
-
-def field_help(f: dataclasses.Field) -> str:
-    """The one-line help text of a config field (its ``metadata["help"]``; "" if it has none)."""
-    return f.metadata.get("help", "")
-
-
-def _flow(value: Any) -> str:
-    """A plain value (scalar, list or mapping) as one line of flow YAML that ``yaml.safe_load`` reads back equal."""
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_flow(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_flow(k)}: {_flow(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str):
-        # quoted as in a flow sequence, so that `,`, `[`, `#` etc. stay inside the string
-        text = yaml.safe_dump([value], default_flow_style=True, width=_WIDE, allow_unicode=True).strip()[1:-1]
-        if any(b in text for b in _LINE_BREAKS):  # line breaks: double-quoted with escapes instead
-            text = yaml.safe_dump(value, default_style='"', width=_WIDE, allow_unicode=True).strip()
-        return text
-    text = yaml.safe_dump(value, width=_WIDE)
-    return text[: -len("\n...\n")] if text.endswith("\n...\n") else text.strip()
-
-
-def _section_map_value(tp: Any) -> type | None:
-    """The dataclass V of a ``dict[str, V]`` annotation (tasks, custom_tasks), else None."""
-    if get_origin(tp) is dict:
-        vt = get_args(tp)[1]
-        if dataclasses.is_dataclass(vt):
-            return vt
-    return None
-
-
-def _commented(obj: Any, depth: int, lines: list[str], prefix: str = "") -> None:
-    """Append the fields of the dataclass ``obj`` as YAML lines, each with its help as a comment."""
-    hints = typing.get_type_hints(type(obj))
-    pad = prefix + "  " * depth
-    for f in dataclasses.fields(obj):
-        value, note = getattr(obj, f.name), f"  # {field_help(f)}" if field_help(f) else ""
-        entry_type = _section_map_value(hints[f.name])
-        if dataclasses.is_dataclass(value):
-            lines.append(f"{pad}{f.name}:{note}")
-            _commented(value, depth + 1, lines, prefix)
-        elif entry_type is not None and value:
-            lines.append(f"{pad}{f.name}:{note}")
-            for key, entry in value.items():
-                lines.append(f"{pad}  {_flow(key)}:")
-                _commented(entry, depth + 2, lines, prefix)
-        elif entry_type is not None:  # an empty map: its entries' fields, commented out
-            lines.append(f"{pad}{f.name}: {{}}{note}")
-            lines.append(f"{prefix or '# '}{'  ' * depth}  <name>:  # one entry, with these fields and defaults")
-            _commented(entry_type(), depth + 2, lines, prefix or "# ")
-        else:
-            lines.append(f"{pad}{f.name}: {_flow(to_dict(value))}{note}")
-
-
-def commented_yaml(cfg: Config) -> str:
-    """``cfg`` as YAML, every field on its own line with its help text as a trailing comment.
-
-    ``from_dict(yaml.safe_load(text)) == cfg``. An empty ``tasks`` or ``custom_tasks`` map is
-    followed by its entries' fields with their defaults, commented out.
-    """
-    lines = ["# minbert config: every key is optional (defaults shown); `minbert config schema` lists the types"]
-    _commented(cfg, 0, lines)
-    return "\n".join(lines) + "\n"
-
-
-def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
-    """The JSON Schema of the values that :func:`_build` accepts for the annotation ``tp``."""
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if tp.__name__ not in defs:
-            defs[tp.__name__] = _dataclass_schema(tp, defs)
-        return {"$ref": f"#/$defs/{tp.__name__}"}
-    if origin in (typing.Union, types.UnionType):
-        alts: list[dict] = []
-        for a in get_args(tp):
-            s = _type_schema(a, defs) if a is not type(None) else {"type": "null"}
-            alts += s["anyOf"] if set(s) == {"anyOf"} else [s]  # float | None: one flat anyOf
-        return {"anyOf": alts}
-    if origin is Literal:
-        values = list(get_args(tp))
-        values += [b for b, word in ((True, "on"), (False, "off")) if word in values]  # YAML 1.1 on/off
-        return {"enum": values}
-    if origin is dict:
-        vt = get_args(tp)[1]
-        value = _type_schema(vt, defs)
-        if dataclasses.is_dataclass(vt):  # `sst:` with no value is an entry of defaults
-            value = {"anyOf": [value, {"type": "null"}]}
-        return {"type": "object", "additionalProperties": value}
-    if origin is tuple:
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return {"type": "array", "items": _type_schema(args[0], defs)}
-        items = [_type_schema(a, defs) for a in args]
-        return {"type": "array", "prefixItems": items, "items": False, "minItems": len(items)}
-    if tp is float:  # PyYAML reads 1e-5 (no dot) as a string, which minbert accepts
-        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": rf"^\s*{_EXP_NUMBER.pattern}\s*$"}]}
-    simple = {int: "integer", bool: "boolean", str: "string"}
-    if tp in simple:
-        return {"type": simple[tp]}
-    raise TypeError(f"unsupported config annotation {tp}")  # a bug in this module
-
-
-def _dataclass_schema(tp: type, defs: dict[str, dict]) -> dict:
-    hints = typing.get_type_hints(tp)
-    props = {}
-    for f in dataclasses.fields(tp):
-        prop = {**_type_schema(hints[f.name], defs), "description": field_help(f)}
-        if not dataclasses.is_dataclass(hints[f.name]):  # a section's defaults are its fields'
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            prop["default"] = to_dict(default)
-        props[f.name] = prop
-    doc = (tp.__doc__ or "").strip().split("\n\n")[0]
-    return {"type": "object", "description": " ".join(doc.split()), "properties": props, "additionalProperties": False}
-
-
-def json_schema() -> dict:
-    """A JSON Schema (draft 2020-12) of a config file, generated from the dataclasses: types,
-    ``Literal`` choices as enums, defaults, the help texts as descriptions, no unknown keys."""
-    defs: dict[str, dict] = {}
-    root = _dataclass_schema(Config, defs)
-    return {"$schema": JSON_SCHEMA_DIALECT, "title": "minbert config", **root, "$defs": defs}
-
-
-def section_help() -> list[tuple[str, str]]:
-    """(name, help) of each top-level config key; a map of sections is named ``key.<name>``."""
-    hints = typing.get_type_hints(Config)
-    return [
-        (f"{f.name}.<name>" if _section_map_value(hints[f.name]) else f.name, field_help(f))
-        for f in dataclasses.fields(Config)
-    ]
 
 
 # rules of a training run: plain checks, and the settings that follow from config + device

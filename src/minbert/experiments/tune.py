@@ -11,16 +11,21 @@ resolved config is written to ``STUDY_DIR/best.yaml`` and every trial to ``trial
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import Config, dump_yaml, from_dict, load_config, resolve, to_dict
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ def apply_params(cfg: Config, values: dict[str, float]) -> Config:
     for key, value in values.items():
         parts = key.split(".")
         targets = [raw]
-        for i, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             nxt = []
             for t in targets:
                 if part == "*":
@@ -102,13 +107,34 @@ def tune(
     """
     try:
         import optuna
-        import sqlalchemy.exc
+        import sqlalchemy.exc  # noqa: F401  (the study's storage, used by _open_study: missing is this error)
     except ImportError:
         raise ConfigError("minbert tune needs optuna: pip install 'minbert[tune]'") from None
+
+    study_dir = Path(study_dir)
+    _check_arguments(cfg, study_dir, n_trials, data_dir, space, seed, timeout)
+    study = _open_study(cfg, study_dir)
+    # distinct for each (seed, trials so far): neither a resumed worker nor a parallel one with
+    # another seed repeats a sequence
+    study.sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + len(study.trials)) % 2**32)
+    write_files = functools.partial(_write_files, cfg=cfg, study_dir=study_dir)
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = sum(t.state in counted for t in study.trials)
+    if done < n_trials:
+        # the callback stops this worker once the study (all workers) holds n_trials
+        enough = optuna.study.MaxTrialsCallback(n_trials, states=counted)
+        objective = functools.partial(_objective, cfg=cfg, space=space, study_dir=study_dir, data_dir=data_dir)
+        study.optimize(objective, n_trials=n_trials - done, timeout=timeout, catch=(), callbacks=[enough, write_files])
+    return write_files(study)
+
+
+def _check_arguments(
+    cfg: Config, study_dir: Path, n_trials: int, data_dir: str | Path | None, space: tuple[Param, ...], seed: int,
+    timeout: float | None,
+) -> None:
+    """Refuse what would fail in every trial, before the study is opened (see :func:`tune`)."""
     from ..data.batching import resolve_data_dir
     from ..model.bert import resolve_encoder_path
-    from ..training.trainer import train
-    from .rows import jsonable
 
     if n_trials < 1:
         raise ConfigError(f"tune: --trials must be >= 1, got {n_trials}")
@@ -116,12 +142,26 @@ def tune(
         raise ConfigError(f"tune: --timeout must be a positive number of seconds, got {timeout}")
     if seed < 0:
         raise ConfigError(f"tune: --seed must be >= 0, got {seed}")
-    study_dir = Path(study_dir)
     if study_dir.exists() and not study_dir.is_dir():
         raise ConfigError(f"tune: --study-dir {study_dir} is a file, not a folder")
     apply_params(cfg, {p.key: int(p.low) if p.integer else p.low for p in space})  # fail early on an unknown key
     resolve_encoder_path(cfg.model.encoder)  # a missing encoder or data folder fails here, not in a trial
     resolve_data_dir(str(data_dir) if data_dir else None, cfg.data.dir)
+
+
+def _open_study(cfg: Config, study_dir: Path) -> optuna.Study:
+    """Create or load the study ``cfg.name`` in ``study_dir/study.db`` and mark the trials of killed
+    workers failed.
+
+    Raises:
+        ConfigError: the database holds another study, or this study was started from another
+            base config.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    from .rows import jsonable
+
     study_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):  # workers starting together race to create the SQLite schema
         try:
@@ -154,60 +194,68 @@ def tune(
             "use another --study-dir"
         )
     optuna.storages.fail_stale_trials(study)  # trials of killed workers (no heartbeat): FAIL
-    # distinct for each (seed, trials so far): neither a resumed worker nor a parallel one with
-    # another seed repeats a sequence
-    study.sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + len(study.trials)) % 2**32)
-
-    def objective(trial: "optuna.Trial") -> float:
-        values = {
-            p.key: trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
-            if p.integer
-            else trial.suggest_float(p.key, p.low, p.high, log=p.log)
-            for p in space
-        }
-        trial_cfg = apply_params(cfg, values)
-
-        def report(epoch: int, dev: dict) -> None:
-            score = dev.get("overall")
-            trial.report(-math.inf if score is None else score, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {epoch}: overall {score}")
-
-        run = train(
-            trial_cfg, study_dir / f"trial-{trial.number:04d}", data_dir=data_dir, overwrite=True, progress=False,
-            on_epoch_end=report,
-        )
-        best = run.summary["dev"]["overall"]
-        trial.set_user_attr("dev", run.summary["dev"])
-        return best
-
-    def write_files(study: "optuna.Study", _trial=None) -> dict:
-        trials = [
-            {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "dev": t.user_attrs.get("dev"),
-             "epochs_reported": len(t.intermediate_values)}
-            for t in study.get_trials(deepcopy=False)
-        ]
-        atomic_write_json(study_dir / "trials.json", trials)
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-        if not complete:
-            return {"best_value": None, "best_params": None, "best_trial": None, "n_trials": len(trials)}
-        best = max(complete, key=lambda t: t.value)
-        trial_config = study_dir / f"trial-{best.number:04d}" / "config.yaml"  # what the trial trained
-        best_cfg = load_config(trial_config) if trial_config.is_file() else apply_params(cfg, best.params)
-        atomic_write_text(study_dir / "best.yaml", dump_yaml(resolve(best_cfg)))
-        return {"best_value": best.value, "best_params": best.params, "best_trial": best.number, "n_trials": len(trials)}
-
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = sum(t.state in counted for t in study.trials)
-    if done < n_trials:
-        # the callback stops this worker once the study (all workers) holds n_trials
-        enough = optuna.study.MaxTrialsCallback(n_trials, states=counted)
-        study.optimize(objective, n_trials=n_trials - done, timeout=timeout, catch=(), callbacks=[enough, write_files])
-    return write_files(study)
+    return study
 
 
-def _differing_keys(a, b, prefix: str = "") -> list[str]:
+def _objective(
+    trial: optuna.Trial, *, cfg: Config, space: tuple[Param, ...], study_dir: Path, data_dir: str | Path | None
+) -> float:
+    """Train one trial (``study_dir/trial-NNNN``) with values sampled from ``space``; its best
+    overall dev score. Reports every epoch's overall to the pruner (optuna.TrialPruned stops it)."""
+    import optuna
+
+    from ..training.trainer import train
+
+    values = {
+        p.key: trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+        if p.integer
+        else trial.suggest_float(p.key, p.low, p.high, log=p.log)
+        for p in space
+    }
+    trial_cfg = apply_params(cfg, values)
+
+    def report(epoch: int, dev: dict) -> None:
+        score = dev.get("overall")
+        trial.report(-math.inf if score is None else score, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {epoch}: overall {score}")
+
+    run = train(
+        trial_cfg, study_dir / f"trial-{trial.number:04d}", data_dir=data_dir, overwrite=True, progress=False,
+        on_epoch_end=report,
+    )
+    best = run.summary["dev"]["overall"]
+    trial.set_user_attr("dev", run.summary["dev"])
+    return best
+
+
+def _write_files(
+    study: optuna.Study, _trial: optuna.trial.FrozenTrial | None = None, *, cfg: Config, study_dir: Path
+) -> dict:
+    """Write ``trials.json`` (every trial) and ``best.yaml`` (the best complete trial's resolved
+    config); the study's summary (see :func:`tune`)."""
+    import optuna
+
+    trials = [
+        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+         "dev": t.user_attrs.get("dev"), "epochs_reported": len(t.intermediate_values)}
+        for t in study.get_trials(deepcopy=False)
+    ]
+    atomic_write_json(study_dir / "trials.json", trials)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return {"best_value": None, "best_params": None, "best_trial": None, "n_trials": len(trials)}
+    best = max(complete, key=lambda t: t.value)
+    trial_config = study_dir / f"trial-{best.number:04d}" / "config.yaml"  # what the trial trained
+    best_cfg = load_config(trial_config) if trial_config.is_file() else apply_params(cfg, best.params)
+    atomic_write_text(study_dir / "best.yaml", dump_yaml(resolve(best_cfg)))
+    return {"best_value": best.value, "best_params": best.params, "best_trial": best.number, "n_trials": len(trials)}
+
+
+def _differing_keys(a: object, b: object, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested dicts."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+        return [
+            k for key in sorted(set(a) | set(b)) for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        ]
     return [] if a == b else [prefix.rstrip(".")]

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import h11
 from fastapi import FastAPI, HTTPException, Request
@@ -36,9 +38,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, StringConstraints, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import ConfigError, MinbertError
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,7 @@ class MicroBatcher:
     hands each request its slice of the results. ``batch_sizes`` counts the batches formed.
     """
 
-    def __init__(self, run, max_batch: int = 64, max_wait_ms: float = 5.0):
+    def __init__(self, run: Callable[[str, list], list], max_batch: int = 64, max_wait_ms: float = 5.0):
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue = asyncio.Queue()
         self.batch_sizes: collections.Counter = collections.Counter()
@@ -120,7 +126,7 @@ class MicroBatcher:
         if self._task is not None:
             self._task.cancel()
 
-    async def submit(self, kind: str, items: list):
+    async def submit(self, kind: str, items: list) -> list:
         fut = asyncio.get_running_loop().create_future()
         self.in_flight += 1
         try:
@@ -142,7 +148,7 @@ class MicroBatcher:
                     break
                 try:
                     nxt = await asyncio.wait_for(self.queue.get(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 taken.append(nxt)
                 n += len(nxt[1])
@@ -169,7 +175,8 @@ class MicroBatcher:
 
     def stats(self, histogram: bool = False) -> dict:
         """``batches`` formed, ``items`` in them, ``mean_batch`` items per forward pass, the
-        largest batch, requests ``in_flight``; with ``histogram`` also ``{size: count}`` (sizes as strings, for JSON)."""
+        largest batch, requests ``in_flight``; with ``histogram`` also ``{size: count}`` (sizes as
+        strings, for JSON)."""
         sizes = dict(self.batch_sizes)  # a snapshot: the worker may add to the counter meanwhile
         total = sum(sizes.values())
         items = sum(k * v for k, v in sizes.items())
@@ -203,10 +210,10 @@ class BodyLimit:
     then discards the rest of the body (bounded by the read timeout) and keeps the connection.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         detail = f"the request body is larger than {self.max_bytes} bytes (the server's --max-body-bytes)"
@@ -215,7 +222,7 @@ class BodyLimit:
             return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
         seen = 0
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
@@ -229,7 +236,7 @@ class BodyLimit:
 def _utf8_safe(error: dict) -> dict:
     """One pydantic error less the entries (e.g. ``input``) that cannot be written as UTF-8 JSON."""
 
-    def ok(value) -> bool:
+    def ok(value: object) -> bool:
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except (UnicodeEncodeError, TypeError, ValueError):
@@ -240,7 +247,7 @@ def _utf8_safe(error: dict) -> dict:
 
 
 def create_app(
-    predictor,
+    predictor: Predictor,
     max_items: int = 256,
     max_chars: int = 10_000,
     max_batch: int = 64,
@@ -269,29 +276,44 @@ def create_app(
         max_body_bytes = default_max_body_bytes(max_items, max_chars)
     if max_body_bytes < 1:
         raise ConfigError(f"max body bytes {max_body_bytes}: must be >= 1")
-
-    def run(kind: str, items: list):
-        if kind == "sentiment":
-            return [SentimentResult(label=s.label, name=s.name, probabilities=list(s.probabilities)) for s in predictor.sentiment(items)]
-        if kind == "paraphrase":
-            return predictor.paraphrase(items).tolist()
-        if kind == "similarity":
-            return predictor.similarity(items).tolist()
-        if kind.startswith("task:"):
-            return predictor.predict(kind[5:], items)
-        return predictor.embed(items).tolist()
-
-    batcher = MicroBatcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    batcher = MicroBatcher(functools.partial(_run, predictor), max_batch=max_batch, max_wait_ms=max_wait_ms)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
         await batcher.stop()
 
-    app = FastAPI(title="minbert", description="Multi-task BERT: sentiment, paraphrase, similarity, embeddings.", lifespan=lifespan)
+    app = FastAPI(
+        title="minbert", description="Multi-task BERT: sentiment, paraphrase, similarity, embeddings.",
+        lifespan=lifespan,
+    )
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    _add_error_handlers(app)
+    _add_routes(app, predictor, batcher, max_items, max_chars)
+    return app
+
+
+def _run(predictor: Predictor, kind: str, items: list) -> list:
+    """The results of one micro-batch of ``kind`` (sentiment, paraphrase, similarity, task:NAME,
+    embed), one per item."""
+    if kind == "sentiment":
+        return [
+            SentimentResult(label=s.label, name=s.name, probabilities=list(s.probabilities))
+            for s in predictor.sentiment(items)
+        ]
+    if kind == "paraphrase":
+        return predictor.paraphrase(items).tolist()
+    if kind == "similarity":
+        return predictor.similarity(items).tolist()
+    if kind.startswith("task:"):
+        return predictor.predict(kind[5:], items)
+    return predictor.embed(items).tolist()
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """422 answers: a user error the predictor raises (one-line ``detail``), and malformed input."""
 
     @app.exception_handler(MinbertError)
     async def _user_error(request: Request, exc: MinbertError) -> JSONResponse:
@@ -302,6 +324,10 @@ def create_app(
         """FastAPI's 422 answer, without the entries that cannot be encoded (a text with a lone
         surrogate echoed as ``input`` would make writing the answer fail with a 500)."""
         return JSONResponse({"detail": [_utf8_safe(e) for e in jsonable_encoder(exc.errors())]}, status_code=422)
+
+
+def _add_routes(app: FastAPI, predictor: Predictor, batcher: MicroBatcher, max_items: int, max_chars: int) -> None:
+    """The endpoints of the module docstring; requests go through ``batcher``."""
 
     def check_limits(items: list) -> None:
         """413 for more than max_items items, or any text longer than max_chars characters."""
@@ -326,7 +352,7 @@ def create_app(
         return batcher.stats(histogram=True)
 
     @app.post("/v1/tasks/{task}", response_model=TaskResponse)
-    async def task_predict(task: str, req: TaskRequest):
+    async def task_predict(task: str, req: TaskRequest) -> TaskResponse:
         """Any task of the model, built-in or custom: ``texts`` for single-sentence tasks,
         ``pairs`` for pair tasks."""
         need(task)
@@ -338,33 +364,31 @@ def create_app(
         return TaskResponse(task=task, results=await batcher.submit(f"task:{task}", items))
 
     @app.post("/v1/sentiment", response_model=SentimentResponse)
-    async def sentiment(req: TextsRequest):
+    async def sentiment(req: TextsRequest) -> SentimentResponse:
         need("sst")
         check_limits(req.texts)
         return SentimentResponse(results=await batcher.submit("sentiment", req.texts))
 
     @app.post("/v1/paraphrase", response_model=ParaphraseResponse)
-    async def paraphrase(req: PairsRequest):
+    async def paraphrase(req: PairsRequest) -> ParaphraseResponse:
         need("qqp")
         check_limits(req.pairs)
         return ParaphraseResponse(probabilities=await batcher.submit("paraphrase", [tuple(p) for p in req.pairs]))
 
     @app.post("/v1/similarity", response_model=SimilarityResponse)
-    async def similarity(req: PairsRequest):
+    async def similarity(req: PairsRequest) -> SimilarityResponse:
         need("sts")
         check_limits(req.pairs)
         return SimilarityResponse(scores=await batcher.submit("similarity", [tuple(p) for p in req.pairs]))
 
     @app.post("/v1/embed", response_model=EmbedResponse)
-    async def embed(req: TextsRequest):
+    async def embed(req: TextsRequest) -> EmbedResponse:
         check_limits(req.texts)
         return EmbedResponse(embeddings=await batcher.submit("embed", req.texts))
 
     @app.get("/", response_class=HTMLResponse)
     async def demo() -> str:
         return (Path(__file__).parent / "demo.html").read_text(encoding="utf-8")
-
-    return app
 
 
 class ReadTimeoutH11Protocol(H11Protocol):
@@ -385,7 +409,7 @@ class ReadTimeoutH11Protocol(H11Protocol):
     def with_timeout(cls, seconds: float) -> type[ReadTimeoutH11Protocol]:
         return type(cls.__name__, (cls,), {"read_timeout": seconds})
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         self._deadline = self.loop.call_later(self.read_timeout, self._timed_out)  # the first request
 

@@ -67,6 +67,7 @@ class Task:
     text_columns: tuple[str, ...] = ("sentence",)
     label_column: str = "label"
     id_column: str = "id"
+    file_format: str = "tsv"  # of the split files: tsv (the cs224n layout), csv, jsonl or auto (by suffix)
     prediction_column: str = "Predicted"
     cs224n_column: str | None = None  # header spelling of the course leaderboard file
     label_names: tuple[str, ...] | None = None
@@ -82,8 +83,8 @@ class Task:
         return np.float32 if self.kind == "regression" else np.int64
 
     def read(self, path, split: str, strict: bool = False) -> RawSplit:
-        """Read one split file, tab-separated (the cs224n layout). The test split has no labels,
-        and a test row with an empty text is kept (predicted from an empty input)."""
+        """Read one split file in ``file_format``. The test split has no labels (none are read), and
+        a test row with an empty text is kept (predicted from an empty input)."""
         labelled = split != "test"
         raw = read_records(
             path,
@@ -93,7 +94,7 @@ class Task:
             id_column=self.id_column,
             strict=strict,
             label_dtype=self.label_dtype(),
-            fmt="tsv",
+            fmt=self.file_format,
             keep_empty_text=not labelled,
         )
         if raw.labels is not None:

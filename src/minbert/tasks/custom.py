@@ -35,8 +35,6 @@ import threading
 import numpy as np
 
 from ..config import Config, CustomTaskConfig
-from ..data.batching import RawSplit
-from ..data.readers import read_records
 from ..errors import ConfigError
 from .base import TASKS, ClassificationTask, RegressionTask, Task, register_task
 
@@ -57,23 +55,8 @@ class _CustomTask(Task):
         self.text_columns = (cols.text, cols.text_b) if self.pair else (cols.text,)
         self.label_column = cols.label
         self.id_column = cols.id
+        self.file_format = definition.format
         self.prediction_column = "Predicted"
-
-    def read(self, path, split: str, strict: bool = False) -> RawSplit:
-        """Read one split file (the test split needs no label column, and a test row with an
-        empty text is kept: predicted from an empty input)."""
-        labelled = split != "test"
-        return read_records(
-            path,
-            self.text_columns,
-            self.label_column if labelled else None,
-            self.parse_label if labelled else None,
-            id_column=self.id_column,
-            strict=strict,
-            label_dtype=self.label_dtype(),
-            fmt=self.definition.format,
-            keep_empty_text=not labelled,
-        )
 
 
 class CustomClassificationTask(_CustomTask, ClassificationTask):

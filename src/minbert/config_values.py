@@ -1,0 +1,134 @@
+"""Plain YAML values and typed frozen dataclasses: :func:`build_value` checks a value against a
+type annotation (dataclasses, ``X | None``, ``Literal``, ``dict[str, X]``, tuples, float, int,
+bool, str) and builds the dataclasses; :func:`to_dict` is its inverse; :func:`apply_overrides`
+applies dotted overrides (``optim.lr=2e-5``) to a plain dict. :mod:`minbert.config` builds its
+:class:`~minbert.config.Config` with them.
+
+Imports yaml and the standard library only.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from .errors import ConfigError
+
+# YAML 1.1 (PyYAML) reads 1e-5 (no dot) as a string; accept it where a number is expected
+EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def build_value(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the type annotation ``tp`` and build dataclasses from dicts."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"unknown config key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})")
+        kwargs = {k: build_value(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        return tp(**kwargs)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return build_value(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in get_args(tp):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if origin is dict:
+        _, vt = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {str(k): build_value(vt, v if v is not None else {}, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            return tuple(build_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(build_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is float:
+        if isinstance(value, str) and EXP_NUMBER.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp} at {where}")  # a bug in this module
+
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain (YAML-serialisable) dict of a config."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    item = item[2:] if item.startswith("--") else item
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected --key.sub=value")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        value = text
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with dotted overrides (``optim.lr=2e-5``) applied."""
+    out = copy.deepcopy(raw) if raw else {}
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {p} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
