@@ -184,10 +184,11 @@ class PairMLPHead(OutputHead):
         return self.output(out)
 
 
-class GeluAbsDiffHead(OutputHead):
-    """Bi-encoder pair: |u - v| -> dropout -> Linear(H, hidden_size) -> GELU -> Linear(hidden_size, C).
-    The reference paper's final QQP head (exp 6 onwards). The dropout on |u - v| is the
-    baseline head's (``dropout: 0`` gives the paper's three layers exactly)."""
+class _GeluMLPHead(OutputHead):
+    """Bi-encoder pair features of ``features`` blocks of H -> dropout -> Linear(features * H,
+    hidden_size) -> GELU -> Linear(hidden_size, C); subclasses build the features in ``forward``."""
+
+    features = 1
 
     def __init__(
         self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None,
@@ -196,7 +197,15 @@ class GeluAbsDiffHead(OutputHead):
         super().__init__(num_outputs, output_range)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.mlp = nn.Sequential(nn.Linear(hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs))
+        self.mlp = nn.Sequential(
+            nn.Linear(self.features * hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs)
+        )
+
+
+class GeluAbsDiffHead(_GeluMLPHead):
+    """Bi-encoder pair: |u - v| -> dropout -> Linear(H, hidden_size) -> GELU -> Linear(hidden_size, C).
+    The reference paper's final QQP head (exp 6 onwards). The dropout on |u - v| is the
+    baseline head's (``dropout: 0`` gives the paper's three layers exactly)."""
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = pool(a, self.pooling), pool(b, self.pooling)
@@ -204,20 +213,13 @@ class GeluAbsDiffHead(OutputHead):
         return self.output(out)
 
 
-class SbertHead(OutputHead):
+class SbertHead(_GeluMLPHead):
     """Bi-encoder pair with SBERT's pair features (Reimers & Gurevych 2019, Sec. 3, plus the
     element-wise product of InferSent, Conneau et al. 2017): [u; v; |u - v|; u * v] (B, 4H) ->
     dropout -> Linear(4H, hidden_size) -> GELU -> Linear(hidden_size, C), scaled onto the task's
     range for regression."""
 
-    def __init__(
-        self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None,
-        hidden_size: int = 256, **_,
-    ):
-        super().__init__(num_outputs, output_range)
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.mlp = nn.Sequential(nn.Linear(4 * hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs))
+    features = 4
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = pool(a, self.pooling), pool(b, self.pooling)  # (B, H) each
