@@ -61,7 +61,10 @@ def record(path: Path, version: str) -> dict:
         "gpus": gpus,
         "per_gpu_batch": cfg["tasks"]["sst"]["batch_size"],
         "samples_per_s": tp["samples_per_s"],
-        "dev": None if random_weights or not finished else {k: s["dev"][k] for k in ("sst_acc", "qqp_acc", "sts_pearson", "overall")},
+        "dev": (
+            None if random_weights or not finished
+            else {k: s["dev"][k] for k in ("sst_acc", "qqp_acc", "sts_pearson", "overall")}
+        ),
         "mode": mode,
         "cuda_graphs": graphs,
         "grad_sync": sync,
@@ -83,7 +86,8 @@ def main() -> None:
             if r1["gpus"] == 1 and same and r1["version"].split(" (")[0] == r2["version"].split(" (")[0]:
                 speedup = r2["samples_per_s"] / r1["samples_per_s"]
                 scaling.append({
-                    "config": r2["config"], "version": r2["version"], "cuda_graphs": r2["cuda_graphs"], "grad_sync": r2["grad_sync"],
+                    "config": r2["config"], "version": r2["version"], "cuda_graphs": r2["cuda_graphs"],
+                    "grad_sync": r2["grad_sync"],
                     "gpus": r2["gpus"], "speedup": round(speedup, 2), "efficiency": round(speedup / r2["gpus"], 2),
                 })
     have_current = any(r["version"] == "this version" and r["gpus"] > 1 for r in records)

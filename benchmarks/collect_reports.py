@@ -58,8 +58,10 @@ def main() -> None:
     speed["train_step"] = [{k: r[k] for k in KEYS} for r in records if r["impl"] != "minbert-eager"]
     speed["train_step_ratios"] = ratios(records)
     before = [
-        {"seed": 0, "wall_s": before0["wall_s"], "dev": before0["dev"], "source": "reports/main_run/summary.json (wall_s from the CLI start)"},
-        *({"seed": r["seed"], "wall_s": r["wall_s"], "dev": r["dev"], "source": "reports/bench/e2e-before-seed1.json"} for r in before1),
+        {"seed": 0, "wall_s": before0["wall_s"], "dev": before0["dev"],
+         "source": "reports/main_run/summary.json (wall_s from the CLI start)"},
+        *({"seed": r["seed"], "wall_s": r["wall_s"], "dev": r["dev"], "source": "reports/bench/e2e-before-seed1.json"}
+          for r in before1),
     ]
     after_runs = [{"seed": r["seed"], "wall_s": r["wall_s"], "dev": r["dev"]} for r in after["runs"]]
     speed["e2e"] = {
@@ -79,7 +81,8 @@ def main() -> None:
     enc = {
         "machine": {"gpu": step["machine"]["gpu"], "torch": step["machine"]["torch"]},
         "note": "batch 32 records of reports/bench/train_step-graphs.json. 'minbert': CUDA graphs per padded shape "
-        "(what minbert train does on CUDA); 'minbert-eager': our encoder op by op. bf16 autocast, fused torch AdamW, real SST batches.",
+        "(what minbert train does on CUDA); 'minbert-eager': our encoder op by op. bf16 autocast, fused torch AdamW, "
+        "real SST batches.",
         "records": [{k: r[k] for k in KEYS} for r in records if r["batch"] == 32],
     }
     (REPORTS / "encoder_throughput.json").write_text(json.dumps(enc, indent=2) + "\n")

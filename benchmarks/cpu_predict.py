@@ -46,7 +46,9 @@ def cpu_name() -> str:
 def peer_model(pred):
     import transformers
 
-    hf_cfg = transformers.BertConfig(**{k: v for k, v in pred.model.encoder.config.to_hf_dict().items() if k != "architectures"})
+    hf_cfg = transformers.BertConfig(
+        **{k: v for k, v in pred.model.encoder.config.to_hf_dict().items() if k != "architectures"}
+    )
     hf_cfg._attn_implementation = "sdpa"
     hf = transformers.BertModel(hf_cfg).eval()
     hf.load_state_dict(pred.model.encoder.state_dict(), strict=True)
@@ -78,7 +80,7 @@ def main() -> None:
     def run_peer() -> np.ndarray:
         out = np.zeros((len(texts), 5), dtype=np.float32)
         with torch.no_grad():
-            for ix, b in zip(order, batches):
+            for ix, b in zip(order, batches, strict=True):
                 h = hf(**b).last_hidden_state
                 logits = head.classifier(pool(Encoded(h, b["attention_mask"], None), head.pooling))
                 out[ix] = logits.numpy()

@@ -54,9 +54,12 @@ def main() -> None:
             raise SystemExit("server did not start")
         opts = webdriver.ChromeOptions()
         opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,900"):
+        for arg in (
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,900"
+        ):
             opts.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
+        service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
+        driver = webdriver.Chrome(service=service, options=opts)
         try:
             driver.get(base + "/")
             for field, text in (("a", args.a), ("b", args.b)):
@@ -64,7 +67,9 @@ def main() -> None:
                 box.clear()
                 box.send_keys(text)
             driver.find_element(By.ID, "go").click()
-            WebDriverWait(driver, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error")
+            )
             print({k: driver.find_element(By.ID, k).text for k in ("label", "paraphrase", "similarity", "error")})
             atomic_write_bytes(args.out, driver.get_screenshot_as_png())
         finally:

@@ -39,8 +39,8 @@ def main() -> None:
         name, src = spec.split("=", 1)
         for seed in map(int, args.seeds.split(",")):
             run_dir = base / f"{name}-seed{seed}"
-            cmd = [sys.executable, "-m", "minbert", "train", "--config", args.preset, "--run-dir", str(run_dir), "--overwrite", "--no-progress",
-                   f"--train.seed={seed}", *args.extra]
+            cmd = [sys.executable, "-m", "minbert", "train", "--config", args.preset, "--run-dir", str(run_dir),
+                   "--overwrite", "--no-progress", f"--train.seed={seed}", *args.extra]
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "PYTHONUNBUFFERED": "1"}
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -89,13 +89,17 @@ def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int
 
     def loss_fn(b):
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
+            out = model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]
+            )
             loss = out.last_hidden_state.float().pow(2).mean() + out.pooler_output.float().mean()
         return loss, loss.detach()
 
     graphs = GraphedSteps(params, capture_after=0) if impl == "minbert" else None
     if graphs is not None or impl in COMPILE_MODES:  # pad T up to a multiple of 16 (the real tokens are the same)
-        gpu_batches = [{k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16)) for k, v in b.items()} for b in gpu_batches]
+        gpu_batches = [
+            {k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16)) for k, v in b.items()} for b in gpu_batches
+        ]
 
     def step(b):
         if graphs is not None:

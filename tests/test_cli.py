@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -268,15 +269,22 @@ def _not_a_run(tmp_path: Path) -> Path:
     return folder
 
 
+def _new_run(*extra: str) -> Callable[[Path, Path, Path, Path], list[str]]:
+    """(run, tmp_path, tiny_encoder, data_dir) -> the arguments of a new run in tmp_path/r with ``extra``."""
+    return lambda run, tmp, enc, data: train_args(enc, data, tmp / "r", *extra)
+
+
 # case -> (arguments from (run, tmp_path, tiny_encoder, data_dir), a fragment of the message)
 MISTAKES = {
-    "unknown key": (lambda run, tmp, enc, data: train_args(enc, data, tmp / "r", "--optim.nope=1"), "unknown config key optim.nope"),
-    "wrong type": (lambda run, tmp, enc, data: train_args(enc, data, tmp / "r", "--train.epochs=many"), "train.epochs: expected an integer"),
-    "bad choice": (lambda run, tmp, enc, data: train_args(enc, data, tmp / "r", "--train.routine=random"), "train.routine"),
+    "unknown key": (_new_run("--optim.nope=1"), "unknown config key optim.nope"),
+    "wrong type": (_new_run("--train.epochs=many"), "train.epochs: expected an integer"),
+    "bad choice": (_new_run("--train.routine=random"), "train.routine"),
     "run exists": (lambda run, tmp, enc, data: train_args(enc, data, run, "--train.epochs=1"), "already holds a run"),
     "evaluate non-run": (lambda run, tmp, enc, data: ["evaluate", str(_not_a_run(tmp))], "not a minbert run folder"),
     "evaluate missing": (lambda run, tmp, enc, data: ["evaluate", str(tmp / "nowhere")], "no such run folder"),
-    "resume non-run": (lambda run, tmp, enc, data: ["train", "--resume", str(_not_a_run(tmp))], "not a minbert run folder"),
+    "resume non-run": (
+        lambda run, tmp, enc, data: ["train", "--resume", str(_not_a_run(tmp))], "not a minbert run folder"
+    ),
     "resume with overrides": (
         lambda run, tmp, enc, data: ["train", "--resume", str(run), "--optim.lr=0.1"],
         "--resume continues a run",
@@ -287,9 +295,11 @@ MISTAKES = {
         "unknown task 'nli'",
     ),
     "predict empty text": (lambda run, tmp, enc, data: ["predict", str(run), "--task=sst", "--text", "  "], "empty"),
-    "negative seed": (lambda run, tmp, enc, data: train_args(enc, data, tmp / "r", "--train.seed=-1"), "train.seed must be >= 0"),
-    "zero max_steps": (lambda run, tmp, enc, data: train_args(enc, data, tmp / "r", "--train.max_steps=0"), "train.max_steps must be >= 1"),
-    "tune no trials": (lambda run, tmp, enc, data: ["tune", "--study-dir", str(tmp / "s"), "--trials", "0"], "--trials must be >= 1"),
+    "negative seed": (_new_run("--train.seed=-1"), "train.seed must be >= 0"),
+    "zero max_steps": (_new_run("--train.max_steps=0"), "train.max_steps must be >= 1"),
+    "tune no trials": (
+        lambda run, tmp, enc, data: ["tune", "--study-dir", str(tmp / "s"), "--trials", "0"], "--trials must be >= 1"
+    ),
     "ablate report-only without runs": (
         lambda run, tmp, enc, data: ["ablate", str(REPO / "configs" / "beyond" / "ablation.yaml"), "--report-only",
                                      "--runs-root", str(tmp / "nowhere"), "--report-dir", str(tmp / "rep")],

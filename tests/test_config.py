@@ -411,9 +411,11 @@ def test_cuda_graphs_option_resolution():
     assert use_flat_sync(tc, ddp, graphs=True) is True and use_flat_sync(tc, ddp, graphs=False) is False
     assert use_flat_sync(tc, single, graphs=True) is False  # nothing to sync in one process
     by_ddp = load_config(None, ["train.grad_sync=ddp"]).train
-    assert use_cuda_graphs(by_ddp, gpu, ddp, compiled=False) is False and use_flat_sync(by_ddp, ddp, graphs=False) is False
+    assert use_cuda_graphs(by_ddp, gpu, ddp, compiled=False) is False
+    assert use_flat_sync(by_ddp, ddp, graphs=False) is False
+    ddp_graphs = load_config(None, ["train.grad_sync=ddp", "train.cuda_graphs=on"]).train
     with pytest.raises(ConfigError, match="grad_sync"):
-        use_cuda_graphs(load_config(None, ["train.grad_sync=ddp", "train.cuda_graphs=on"]).train, gpu, ddp, compiled=False)
+        use_cuda_graphs(ddp_graphs, gpu, ddp, compiled=False)
     on = load_config(None, ["train.cuda_graphs=on", "train.pcgrad=true"]).train
     with pytest.raises(ConfigError, match="a CUDA device.*pcgrad"):
         use_cuda_graphs(on, cpu, single, compiled=False)

@@ -46,7 +46,9 @@ def test_graphs_need_cuda_parameters():
     with pytest.raises(ValueError, match="CUDA"):
         GraphedSteps([torch.nn.Parameter(torch.zeros(2))])
     with pytest.raises(ValueError, match="one dtype"):
-        GraphedSteps([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))], capture=False)
+        GraphedSteps(
+            [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))], capture=False
+        )
 
 
 def test_gradient_buffers_are_views_of_one_flat_tensor():
@@ -101,7 +103,8 @@ def _eager_grads(model, step, batches, device):
     model.zero_grad(set_to_none=True)
     out = step({n: {k: v.to(device) for k, v in b.items()} for n, b in batches.items()})
     (out.total / 2).backward()
-    return {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}, out.per_task.detach()
+    grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}
+    return grads, out.per_task.detach()
 
 
 @cuda
@@ -112,7 +115,7 @@ def test_graph_replay_gives_eager_gradients(tiny_encoder, data_dir):
     model, step, batches = _model_and_batches(tiny_encoder, data_dir, device)
     named = list(model.named_parameters())
     graphs = GraphedSteps([p for _, p in named])
-    for k in range(2):  # k=0: each shape runs eagerly; k=1: captured, then replayed
+    for _ in range(2):  # first pass: each shape runs eagerly; second: captured, then replayed
         for which in range(2):  # two batches per shape: the second replay reads new inputs
             b = {n: v[which] for n, v in batches.items()}
             want, want_losses = _eager_grads(model, step, b, device)

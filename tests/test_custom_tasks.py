@@ -82,7 +82,7 @@ def test_predictor_reloads_the_custom_task(joint_run, task_dir):
     out = pred.predict("para", pairs)
     raw = pred.outputs("para", [a for a, _ in pairs], [b for _, b in pairs])
     probs = np.exp(raw) / np.exp(raw).sum(-1, keepdims=True)
-    for o, p in zip(out, probs):
+    for o, p in zip(out, probs, strict=True):
         assert o["label"] == int(p.argmax()) and o["name"] == NAMES[o["label"]]
         np.testing.assert_allclose(o["probabilities"], p, atol=1e-6)
 
@@ -90,7 +90,8 @@ def test_predictor_reloads_the_custom_task(joint_run, task_dir):
 def test_evaluate_in_a_new_process_reproduces_the_summary(joint_run, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "minbert", "evaluate", str(joint_run.run_dir), "--device=cpu"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     flat = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -99,7 +100,9 @@ def test_evaluate_in_a_new_process_reproduces_the_summary(joint_run, tmp_path):
 
 
 def test_custom_task_alone(task_dir, tiny_encoder, data_dir, tmp_path):
-    raw = base_config(tiny_encoder) | {"custom_tasks": {"para": definition(task_dir)}, "tasks": {"para": {"batch_size": 8, "train_limit": 16}}}
+    raw = base_config(tiny_encoder) | {
+        "custom_tasks": {"para": definition(task_dir)}, "tasks": {"para": {"batch_size": 8, "train_limit": 16}}
+    }
     run = train(from_dict(raw), run_dir=tmp_path / "alone", data_dir=data_dir, progress=False)
     assert set(run.summary["dev_all"]) == {"para_acc", "para_macro_f1", "overall"}
     assert run.summary["dev"]["overall"] == run.summary["dev"]["para_acc"] and run.summary["steps"] == 2
@@ -114,11 +117,14 @@ def test_bad_rows_are_reported_with_file_line_and_reason(task_dir, caplog):
     assert len(raw) == 49 and raw.labels[-1] == 1 and raw.ids[-1] == "ok-index"
     assert [str(b) for b in raw.bad_rows] == [
         f"{task_dir / 'train.csv'}:50: empty text in column 'second'",
-        f"{task_dir / 'train.csv'}:51: bad label 'maybe' in column 'verdict': expected one of ['different', 'same'] or an integer 0..1",
+        f"{task_dir / 'train.csv'}:51: bad label 'maybe' in column 'verdict': expected one of ['different', 'same'] "
+        "or an integer 0..1",
     ]
     assert f"{task_dir / 'train.csv'}:51: bad label 'maybe'" in caplog.text
     dev = task.read(task_dir / "dev.jsonl", "dev")
-    assert len(dev) == 24 and [str(b) for b in dev.bad_rows] == [f"{task_dir / 'dev.jsonl'}:25: not valid JSON (Expecting property name enclosed in double quotes)"]
+    assert len(dev) == 24 and [str(b) for b in dev.bad_rows] == [
+        f"{task_dir / 'dev.jsonl'}:25: not valid JSON (Expecting property name enclosed in double quotes)"
+    ]
     with pytest.raises(DataError, match=r"train.csv:50: empty text in column 'second' \(strict mode\)"):
         task.read(task_dir / "train.csv", "train", strict=True)
     test = task.read(task_dir / "test.tsv", "test")
@@ -126,13 +132,19 @@ def test_bad_rows_are_reported_with_file_line_and_reason(task_dir, caplog):
 
 
 def test_regression_task_reads_a_range(tmp_path):
-    (tmp_path / "r.jsonl").write_text('{"t": "a", "y": 0.5}\n{"t": "b", "y": 3}\n{"t": "c", "y": 1.5}\n{"t": 7, "y": 1}\n')
-    d = from_dict({"custom_tasks": {"rate": {"kind": "regression", "range": [0, 1], "files": {"train": "r.jsonl", "dev": "r.jsonl"},
-                                             "columns": {"text": "t", "label": "y"}}}}).custom_tasks["rate"]
+    (tmp_path / "r.jsonl").write_text(
+        '{"t": "a", "y": 0.5}\n{"t": "b", "y": 3}\n{"t": "c", "y": 1.5}\n{"t": 7, "y": 1}\n'
+    )
+    rate = {"kind": "regression", "range": [0, 1], "files": {"train": "r.jsonl", "dev": "r.jsonl"},
+            "columns": {"text": "t", "label": "y"}}
+    d = from_dict({"custom_tasks": {"rate": rate}}).custom_tasks["rate"]
     task = build_custom_task("rate", d)
     raw = task.read(tmp_path / "r.jsonl", "train")
     assert raw.ids == ["1"] and raw.labels.tolist() == [0.5] and raw.labels.dtype == np.float32
-    assert [b.reason for b in raw.bad_rows] == ["bad label '3' in column 'y': outside [0, 1]", "bad label '1.5' in column 'y': outside [0, 1]", "'t' is not a string"]
+    assert [b.reason for b in raw.bad_rows] == [
+        "bad label '3' in column 'y': outside [0, 1]", "bad label '1.5' in column 'y': outside [0, 1]",
+        "'t' is not a string",
+    ]
     assert task.output_range == (0.0, 1.0) and task.kind == "regression" and not task.pair
 
 
@@ -146,7 +158,8 @@ def test_regression_task_reads_a_range(tmp_path):
         ({"label_names": ["x"]}, "custom_tasks.para.label_names: at least 2 distinct names"),
         ({"range": [0, 1]}, "custom_tasks.para.range is for regression tasks"),
         ({"files": {"train": "a.csv"}}, "custom_tasks.para.files.dev is required"),
-        ({"files": {"train": "a.csv", "dev": "b.csv", "valid": "c.csv"}}, "custom_tasks.para.files.valid: splits are train, dev and test"),
+        ({"files": {"train": "a.csv", "dev": "b.csv", "valid": "c.csv"}},
+         "custom_tasks.para.files.valid: splits are train, dev and test"),
         ({"colour": "red"}, "unknown config key custom_tasks.para.colour"),
     ],
 )
@@ -192,9 +205,14 @@ def test_cli_predict_input_with_the_custom_tasks_columns(joint_run, task_dir, tm
     from minbert.cli import main
 
     src = tmp_path / "in.tsv"
-    src.write_text("uid\tfirst\tsecond\nq1\tthe red car\tthe red car\nq2\tonly one\t\nq3\ta big tree\tthe slow dog\nq4\tx\n")
+    src.write_text(
+        "uid\tfirst\tsecond\nq1\tthe red car\tthe red car\nq2\tonly one\t\nq3\ta big tree\tthe slow dog\nq4\tx\n"
+    )
     out = tmp_path / "out.csv"
-    code = main(["predict", str(joint_run.run_dir), "--task=para", f"--input={src}", f"--output={out}", "--device=cpu", "--no-progress"])
+    code = main([
+        "predict", str(joint_run.run_dir), "--task=para", f"--input={src}", f"--output={out}", "--device=cpu",
+        "--no-progress",
+    ])
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"skipped {src}:5: expected 3 fields, found 2" in caplog.text
@@ -218,7 +236,11 @@ def test_train_with_a_bad_definition_is_one_line_exit_2(task_dir, tiny_encoder, 
 
     cfg = tmp_path / "bad.yaml"
     d = {**definition(task_dir), "label_names": None, "num_labels": 1}
-    cfg.write_text(yaml.safe_dump({"custom_tasks": {"odd": d}, "tasks": {"odd": {}}, "model": {"encoder": str(tiny_encoder)}}))
-    code = main(["train", "--config", str(cfg), "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    cfg.write_text(
+        yaml.safe_dump({"custom_tasks": {"odd": d}, "tasks": {"odd": {}}, "model": {"encoder": str(tiny_encoder)}})
+    )
+    code = main(
+        ["train", "--config", str(cfg), "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "r"), "--no-progress"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: custom_tasks.odd.num_labels: at least 2, got 1"]

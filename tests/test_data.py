@@ -105,7 +105,7 @@ def test_real_sts_labels_stay_floats(data_dir):
     assert raw.labels.dtype == np.float32
     gold = {r[1]: float(r[4]) for r in plain_rows(path)[1:]}
     assert len(raw) == len(gold)
-    got = dict(zip(raw.ids, raw.labels.tolist()))
+    got = dict(zip(raw.ids, raw.labels.tolist(), strict=True))
     for rid, value in gold.items():
         assert got[rid] == pytest.approx(value, abs=1e-6)
     # fractional scores survive: 3.8 is not rounded to 4 (or truncated to 3)
@@ -202,7 +202,9 @@ def test_bad_row_reported_and_skipped(tmp_path, caplog, task_name, bad_line, rea
 
 def test_unterminated_quote_reported(tmp_path):
     # an unterminated quote is a bad row on its own line; the next line is read normally
-    path = write_file(tmp_path / "sst.csv", HEADERS["sst"], [SST_GOOD[0], SST_GOOD[1], '9\tb\t"never closed\t2', "10\tc\tMore .\t1"])
+    path = write_file(
+        tmp_path / "sst.csv", HEADERS["sst"], [SST_GOOD[0], SST_GOOD[1], '9\tb\t"never closed\t2', "10\tc\tMore .\t1"]
+    )
     raw = get_task("sst").read(path, "dev")
     assert raw.ids == ["g1", "g2", "c"]
     assert raw.texts[2] == ("More .",) and raw.labels.tolist() == [3, 0, 1]
@@ -497,9 +499,11 @@ def test_sst_phrases_from_trees(tmp_path):
         "(0 (2 It) (0 bad))\n"
     )
     r = read_sst_phrases(f, exclude={"bad"})
-    got = dict(zip((t[0] for t in r.texts), r.labels.tolist()))
+    got = dict(zip((t[0] for t in r.texts), r.labels.tolist(), strict=True))
     # every node once, with its own label; "It" keeps its first label; excluded text left out
-    assert got == {"It 's a lovely": 3, "'s a lovely": 4, "a lovely": 4, "lovely": 4, "a": 3, "'s": 2, "It": 2, "It bad": 0}
+    assert got == {
+        "It 's a lovely": 3, "'s a lovely": 4, "a lovely": 4, "lovely": 4, "a": 3, "'s": 2, "It": 2, "It bad": 0
+    }
     assert [(b.line, "malformed tree" in b.reason) for b in r.bad_rows] == [(2, True)]
     with pytest.raises(DataError, match=r"trees.txt:2: malformed tree"):
         read_sst_phrases(f, strict=True)

@@ -32,7 +32,8 @@ def common(tiny_encoder, data_dir, run_dir, batch, extra=()) -> list[str]:
         "--optim.lr=1e-3",
     ]
     for t in ("sst", "qqp", "sts"):
-        args += [f"--tasks.{t}.batch_size={batch}", f"--tasks.{t}.train_limit=32", f"--tasks.{t}.dev_limit=50", f"--tasks.{t}.dropout=0.0"]
+        args += [f"--tasks.{t}.batch_size={batch}", f"--tasks.{t}.train_limit=32", f"--tasks.{t}.dev_limit=50",
+                 f"--tasks.{t}.dropout=0.0"]
     return args + list(extra)
 
 
@@ -43,12 +44,16 @@ def env() -> dict:
 
 
 def run_single(args, cwd) -> None:
-    p = subprocess.run([sys.executable, "-m", "minbert", *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "minbert", *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
 
 
 def run_torchrun(args, cwd) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "minbert", *args]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "minbert", *args
+    ]
     p = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     return p
@@ -214,7 +219,8 @@ def test_resume_with_the_same_world_size_is_bit_identical(killed_run):
     w_ref, m_ref = load_weights(ref / "checkpoints" / "best" / "model.safetensors")
     w, m = load_weights(run / "checkpoints" / "best" / "model.safetensors")
     assert m == m_ref and all(torch.equal(w[k], w_ref[k]) for k in w_ref)
-    assert json.loads((run / "summary.json").read_text())["dev"] == json.loads((ref / "summary.json").read_text())["dev"]
+    dev, dev_ref = (json.loads((d / "summary.json").read_text())["dev"] for d in (run, ref))
+    assert dev == dev_ref
 
 
 @pytest.mark.parametrize(
@@ -236,7 +242,9 @@ def test_resume_with_another_world_size_continues_at_the_same_sample_offset(proc
     shutil.copytree(killed, run)
     resume = ["-m", "minbert", "train", "--resume", str(run), "--no-progress"]
     launcher = [] if procs == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
-    p = subprocess.run([sys.executable, *launcher, *resume], cwd=root, env=env(), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, *launcher, *resume], cwd=root, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"resuming a 2-process checkpoint with {procs} process(es)" in p.stderr
     summary = json.loads((run / "summary.json").read_text())

@@ -34,13 +34,17 @@ def test_ensemble_of_two_seeds(tiny_encoder, data_dir, tmp_path):
     runs = []
     for seed in (1, 2):
         run = tmp_path / f"seed{seed}"
-        p = subprocess.run([sys.executable, "-m", "minbert", "train", "--run-dir", str(run), f"--train.seed={seed}", *common],
-                           env=env, capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "minbert", "train", "--run-dir", str(run), f"--train.seed={seed}", *common],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
         assert p.returncode == 0, p.stderr[-2000:]
         runs.append(run)
     out = tmp_path / "ens"
-    p = subprocess.run([sys.executable, "-m", "minbert", "ensemble", *map(str, runs), "--out", str(out), "--device", "cpu"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "minbert", "ensemble", *map(str, runs), "--out", str(out), "--device", "cpu"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     ens = json.loads((out / "eval.json").read_text())
 

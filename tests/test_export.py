@@ -16,7 +16,9 @@ from minbert.inference.export import EXPORT_CONFIG, EXPORT_HEADS
 from minbert_testkit import shared_run
 
 TEXTS = ["a gorgeous, witty film", "dull and lifeless", "it is a movie, with a plot that goes on and on for ever"]
-PAIRS = [("A man is playing a guitar.", "A man plays the guitar."), ("How do I cook rice?", "What is the capital of France?")]
+PAIRS = [
+    ("A man is playing a guitar.", "A man plays the guitar."), ("How do I cook rice?", "What is the capital of France?")
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,8 @@ def test_export_folder_layout(export, run):
         assert "embeddings.word_embeddings.weight" in fh.keys() and not any(k.startswith("heads.") for k in fh.keys())
     with safe_open(str(export / EXPORT_HEADS), "pt") as fh:
         keys = set(fh.keys())
-    assert {k.split(".")[1] for k in keys} == {"sst", "qqp", "sts", "para"} and all(k.startswith("heads.") for k in keys)
+    assert {k.split(".")[1] for k in keys} == {"sst", "qqp", "sts", "para"}
+    assert all(k.startswith("heads.") for k in keys)
     assert not list(export.glob(".*.tmp"))
 
 
@@ -55,7 +58,8 @@ def test_transformers_loads_the_encoder_with_identical_outputs(export, run, tiny
     pred = minbert.load(run.run_dir, device="cpu")
     ours = pred.tokenizer(TEXTS)
     theirs = tok(TEXTS, padding=True, return_tensors="pt")
-    assert torch.equal(theirs["input_ids"], ours["input_ids"]) and torch.equal(theirs["attention_mask"], ours["attention_mask"])
+    assert torch.equal(theirs["input_ids"], ours["input_ids"])
+    assert torch.equal(theirs["attention_mask"], ours["attention_mask"])
     with torch.no_grad():
         h = hf(**theirs)
         m = pred.model.encoder(ours["input_ids"], ours["attention_mask"], ours["token_type_ids"])
@@ -72,7 +76,9 @@ def test_transformers_loads_the_encoder_with_identical_outputs(export, run, tiny
 def test_minbert_load_of_the_export_predicts_like_the_run(export, run):
     a, b = minbert.load(run.run_dir, device="cpu"), minbert.load(export, device="cpu")
     assert b.tasks == a.tasks and b.run_dir == export
-    np.testing.assert_allclose([s.probabilities for s in b.sentiment(TEXTS)], [s.probabilities for s in a.sentiment(TEXTS)], atol=1e-6)
+    np.testing.assert_allclose(
+        [s.probabilities for s in b.sentiment(TEXTS)], [s.probabilities for s in a.sentiment(TEXTS)], atol=1e-6
+    )
     np.testing.assert_allclose(b.paraphrase(PAIRS), a.paraphrase(PAIRS), atol=1e-6)
     np.testing.assert_allclose(b.similarity(PAIRS), a.similarity(PAIRS), atol=1e-6)
     np.testing.assert_allclose(b.embed(TEXTS), a.embed(TEXTS), atol=1e-6)
@@ -83,7 +89,7 @@ def test_export_mistakes_are_one_line_exit_2(export, run, tmp_path, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in export.iterdir()}
     assert main(["export", str(run.run_dir), str(export)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0] == f"error: {export}: folder exists and is not empty; pass --overwrite to replace the export there"
+    assert err == [f"error: {export}: folder exists and is not empty; pass --overwrite to replace the export there"]
     assert {p.name: p.stat().st_mtime_ns for p in export.iterdir()} == before
     (tmp_path / "not-a-run").mkdir()
     assert main(["export", str(tmp_path / "not-a-run"), str(tmp_path / "out")]) == 2

@@ -124,6 +124,11 @@ def test_unknown_head_and_bad_head_layers():
 # what each head computes
 
 
+def masked_mean(e: Encoded) -> torch.Tensor:
+    """(B, H): the mean of the hidden states over the real tokens."""
+    return (e.last_hidden_state * e.attention_mask.unsqueeze(-1)).sum(1) / e.attention_mask.sum(1, keepdim=True)
+
+
 def one(v: torch.Tensor) -> Encoded:
     """A batch of single-token sequences: mean (and cls) pooling returns ``v`` itself."""
     return enc(v.unsqueeze(1))
@@ -134,13 +139,14 @@ def test_cosine_head_maps_cos_linearly_onto_0_5():
     assert sum(p.numel() for p in head.parameters()) == 0  # no extra layers, no parameters
     u = torch.tensor([[1.0, 2.0, 0.0, -1.0] + [0.0] * (H - 4)])
     ortho = torch.tensor([[2.0, -1.0, 3.0, 0.0] + [0.0] * (H - 4)])  # u . ortho = 0
-    cases = {"same": (u, 3.0 * u, 5.0), "opposite": (u, -u, 0.0), "orthogonal": (u, ortho, 2.5), "zero": (u, 0 * u, 2.5)}
+    cases = {
+        "same": (u, 3.0 * u, 5.0), "opposite": (u, -u, 0.0), "orthogonal": (u, ortho, 2.5), "zero": (u, 0 * u, 2.5)
+    }
     for what, (x, y, expected) in cases.items():
         out = run_head(head, "bi", one(x), one(y))
         assert out.item() == pytest.approx(expected, abs=1e-5), what
     a, b = random_enc(seed=5), random_enc(seed=6)
-    m = lambda e: (e.last_hidden_state * e.attention_mask.unsqueeze(-1)).sum(1) / e.attention_mask.sum(1, keepdim=True)
-    expected = 5.0 * (F.cosine_similarity(m(a), m(b), dim=-1) + 1.0) / 2.0
+    expected = 5.0 * (F.cosine_similarity(masked_mean(a), masked_mean(b), dim=-1) + 1.0) / 2.0
     torch.testing.assert_close(run_head(head, "bi", a, b), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -158,8 +164,7 @@ def test_sbert_cosine_head_regresses_the_cosine_onto_0_5():
     for what, (x, y, expected) in cases.items():
         assert run_head(head, "bi", one(x), one(y)).item() == pytest.approx(expected, abs=1e-5), what
     a, b = random_enc(seed=5), random_enc(seed=6)
-    m = lambda e: (e.last_hidden_state * e.attention_mask.unsqueeze(-1)).sum(1) / e.attention_mask.sum(1, keepdim=True)
-    expected = 5.0 * F.cosine_similarity(m(a), m(b), dim=-1).clamp(min=0.0)
+    expected = 5.0 * F.cosine_similarity(masked_mean(a), masked_mean(b), dim=-1).clamp(min=0.0)
     torch.testing.assert_close(run_head(head, "bi", a, b), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -173,15 +178,18 @@ def test_cosine_is_overflow_safe():
 def test_cosine_head_with_extra_layers():
     head = make("bi", "cosine", 1, STS_RANGE, head_layers=2)
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    assert len(linears) == 2 and all(l.weight.shape == (H, H) for l in linears)
+    assert len(linears) == 2 and all(lin.weight.shape == (H, H) for lin in linears)
     assert sum(isinstance(m, nn.Tanh) for m in head.modules()) == 2
-    for l in linears:  # they start as the identity
-        assert torch.equal(l.weight, torch.eye(H)) and torch.equal(l.bias, torch.zeros(H))
+    for lin in linears:  # they start as the identity
+        assert torch.equal(lin.weight, torch.eye(H)) and torch.equal(lin.bias, torch.zeros(H))
     with torch.no_grad():
-        for l in linears:
-            l.weight.add_(0.3 * torch.randn(H, H))
+        for lin in linears:
+            lin.weight.add_(0.3 * torch.randn(H, H))
     u, v = torch.randn(4, H), torch.randn(4, H)
-    f = lambda x: torch.tanh(linears[1](torch.tanh(linears[0](x))))
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(linears[1](torch.tanh(linears[0](x))))
+
     expected = 5.0 * (F.cosine_similarity(f(u), f(v), dim=-1) + 1) / 2
     torch.testing.assert_close(run_head(head, "bi", one(u), one(v)), expected, rtol=1e-5, atol=1e-5)
     # the extra layers keep the sign, so the score still spans the range: u vs -u gives 0
@@ -275,13 +283,22 @@ def tiny_model(tiny_encoder, **task_heads):
 
 def fake_batch(task: str, B=4, T=6, seed=0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    ids = lambda: torch.randint(1000, 2000, (B, T), generator=g)
+
+    def ids() -> torch.Tensor:
+        return torch.randint(1000, 2000, (B, T), generator=g)
+
     mask = torch.ones(B, T, dtype=torch.long)
     mask[0, 4:] = 0
     batch = {"input_ids": ids(), "attention_mask": mask, "token_type_ids": torch.zeros(B, T, dtype=torch.long)}
     if task != "sst":
-        batch.update({"input_ids_b": ids(), "attention_mask_b": mask.clone(), "token_type_ids_b": torch.zeros(B, T, dtype=torch.long)})
-    batch["labels"] = {"sst": torch.tensor([0, 1, 4, 2]), "qqp": torch.tensor([0.0, 1.0, 1.0, 0.0]), "sts": torch.tensor([0.5, 4.0, 2.5, 1.0])}[task]
+        batch.update({
+            "input_ids_b": ids(), "attention_mask_b": mask.clone(),
+            "token_type_ids_b": torch.zeros(B, T, dtype=torch.long),
+        })
+    batch["labels"] = {
+        "sst": torch.tensor([0, 1, 4, 2]), "qqp": torch.tensor([0.0, 1.0, 1.0, 0.0]),
+        "sts": torch.tensor([0.5, 4.0, 2.5, 1.0]),
+    }[task]
     return batch
 
 

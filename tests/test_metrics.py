@@ -20,7 +20,9 @@ def warnings_log(caplog):
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "minbert.tasks.metrics"]
+    return [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "minbert.tasks.metrics"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -331,6 +331,6 @@ def test_fused_qkv_gives_the_same_outputs(tiny_encoder):
                 m.fuse_qkv()
         got = model(ids, mask)
     att = model.encoder.layer[0].attention
-    assert getattr(att, "self").qkv.weight.shape == (3 * 32, 32) and not hasattr(getattr(att, "self"), "query")
+    assert att.self.qkv.weight.shape == (3 * 32, 32) and not hasattr(att.self, "query")
     torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)

@@ -38,7 +38,7 @@ def make_small(seed: int = 0) -> Small:
 
 
 def max_param_diff(a: nn.Module, b: nn.Module) -> float:
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def test_adamw_matches_torch(lr, betas, eps, wd):
     skipped = ours_m.fc2.bias  # gets no gradient on two steps: its step count t lags behind
     for step in range(20):
         if step % 2 == 0:  # identical random gradients (scale varies per step)
-            for p, q in zip(ours_m.parameters(), ref_m.parameters()):
+            for p, q in zip(ours_m.parameters(), ref_m.parameters(), strict=True):
                 g = torch.randn(p.shape, generator=gen) * (0.1 + step)
                 p.grad, q.grad = g.clone(), g.clone()
                 if p is skipped and step in (2, 6):
@@ -74,7 +74,7 @@ def test_adamw_matches_torch(lr, betas, eps, wd):
         ref.step()
     assert max_param_diff(ours_m, ref_m) <= 1e-6
     assert max_param_diff(ours_m, start) > 10 * lr  # the parameters really moved
-    for p, q in zip(ours_m.parameters(), ref_m.parameters()):
+    for p, q in zip(ours_m.parameters(), ref_m.parameters(), strict=True):
         so, sr = ours.state[p], ref.state[q]
         assert int(so["step"]) == int(sr["step"]) == (18 if p is skipped else 20)
         assert (so["exp_avg"] - sr["exp_avg"]).abs().max().item() <= 1e-6
@@ -164,7 +164,7 @@ def test_optimizer_state_dict_roundtrip(name, tmp_path):
     _train(model, opt, torch.Generator().manual_seed(1), 5)
     _train(resumed, opt2, torch.Generator().manual_seed(1), 5)
     _train(fresh, opt3, torch.Generator().manual_seed(1), 5)
-    for p, q in zip(model.parameters(), resumed.parameters()):
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
     assert max_param_diff(model, fresh) > 1e-4  # the loaded state mattered
 
@@ -225,7 +225,9 @@ def test_uncertainty_log_variances_use_the_head_lr_without_decay():
 
     enc = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=32, max_position_embeddings=32))
-    model = MultitaskModel(enc, {"a": nn.Linear(16, 2), "b": nn.Linear(16, 1)}, {"a": "single", "b": "single"}, uncertainty=True)
+    model = MultitaskModel(
+        enc, {"a": nn.Linear(16, 2), "b": nn.Linear(16, 1)}, {"a": "single", "b": "single"}, uncertainty=True
+    )
     groups = param_groups(model, 0.01, lr=1e-5, head_lr=1e-3)
     log_vars = {id(p) for p in model.loss_log_vars.values()}
     for g in groups:

@@ -15,8 +15,15 @@ from minbert.inference.predictor import Predictor, Sentiment
 from minbert.tasks.base import get_task
 from minbert_testkit import NAMES, shared_run
 
-TEXTS = ["a gorgeous, witty film", "dull and lifeless", "it is a movie", "an utterly charming and hilarious film that reminded me why I love the movies"]
-PAIRS = [("A man is playing a guitar.", "A man plays the guitar."), ("How do I cook rice?", "What is the capital of France?"), ("same", "same")]
+TEXTS = [
+    "a gorgeous, witty film", "dull and lifeless", "it is a movie",
+    "an utterly charming and hilarious film that reminded me why I love the movies",
+]
+PAIRS = [
+    ("A man is playing a guitar.", "A man plays the guitar."),
+    ("How do I cook rice?", "What is the capital of France?"),
+    ("same", "same"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,7 @@ def test_sentiment(predictor):
     out = predictor.sentiment(TEXTS)
     logits = predictor.outputs("sst", TEXTS)
     assert logits.shape == (4, 5) and logits.dtype == np.float32
-    for s, p in zip(out, softmax(logits.astype(np.float64))):
+    for s, p in zip(out, softmax(logits.astype(np.float64)), strict=True):
         assert isinstance(s, Sentiment) and s.label == int(p.argmax()) and 0 <= s.label <= 4
         assert s.name == get_task("sst").label_names[s.label]
         assert len(s.probabilities) == 5 and sum(s.probabilities) == pytest.approx(1.0, abs=1e-6)
@@ -70,7 +77,8 @@ def test_embed_is_the_mean_of_the_encoder_states(predictor):
     for i, t in enumerate(TEXTS):  # one text alone: no padding at all
         batch = predictor.tokenizer([t])
         with torch.no_grad():
-            hidden = predictor.model.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).last_hidden_state
+            out = predictor.model.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            hidden = out.last_hidden_state
         np.testing.assert_allclose(emb[i], hidden[0].mean(0).numpy(), atol=1e-5)
     assert predictor.embed([]).shape == (0, H)
 
@@ -78,11 +86,13 @@ def test_embed_is_the_mean_of_the_encoder_states(predictor):
 def test_generic_predict_of_the_custom_task(predictor):
     out = predictor.predict("para", PAIRS)
     probs = softmax(predictor.outputs("para", [a for a, _ in PAIRS], [b for _, b in PAIRS]).astype(np.float64))
-    for o, p in zip(out, probs):
+    for o, p in zip(out, probs, strict=True):
         assert o["label"] == int(p.argmax()) and o["name"] == NAMES[o["label"]]
         np.testing.assert_allclose(o["probabilities"], p, atol=1e-6)
-    assert [o["score"] for o in predictor.predict("sts", PAIRS)] == pytest.approx(predictor.similarity(PAIRS).tolist(), abs=1e-6)
-    assert [o["probability"] for o in predictor.predict("qqp", PAIRS)] == pytest.approx(predictor.paraphrase(PAIRS).tolist(), abs=1e-6)
+    scores = [o["score"] for o in predictor.predict("sts", PAIRS)]
+    assert scores == pytest.approx(predictor.similarity(PAIRS).tolist(), abs=1e-6)
+    probabilities = [o["probability"] for o in predictor.predict("qqp", PAIRS)]
+    assert probabilities == pytest.approx(predictor.paraphrase(PAIRS).tolist(), abs=1e-6)
 
 
 def test_internal_batching_does_not_change_results(run, predictor):
@@ -90,7 +100,8 @@ def test_internal_batching_does_not_change_results(run, predictor):
     texts = TEXTS * 3
     np.testing.assert_allclose(small.embed(texts), predictor.embed(texts), atol=1e-5)
     np.testing.assert_allclose(
-        [s.probabilities for s in small.sentiment(texts)], [s.probabilities for s in predictor.sentiment(texts)], atol=1e-5
+        [s.probabilities for s in small.sentiment(texts)], [s.probabilities for s in predictor.sentiment(texts)],
+        atol=1e-5,
     )
     np.testing.assert_allclose(small.similarity(PAIRS * 3), predictor.similarity(PAIRS * 3), atol=1e-5)
 
@@ -114,7 +125,7 @@ def test_threads_give_the_sequential_results(predictor):
     sequential = [one(c) for c in calls]
     with ThreadPoolExecutor(8) as pool_:
         threaded = list(pool_.map(one, calls))
-    for s, t in zip(sequential, threaded):
+    for s, t in zip(sequential, threaded, strict=True):
         np.testing.assert_allclose(t, s, atol=1e-6)
 
 
@@ -160,8 +171,13 @@ def test_cli_batch_prediction_reports_and_skips_bad_rows(run, predictor, tmp_pat
     ]
     src.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out.csv"
-    assert main(["predict", str(run.run_dir), "--task=sts", f"--input={src}", f"--output={out}", "--device=cpu", "--batch-size=1"]) == 0
-    for line, reason in ((2, "missing text in column 'sentence2'"), (3, "expected a JSON object, got list"), (4, "'sentence2' is not a string"), (5, "not valid JSON")):
+    assert main([
+        "predict", str(run.run_dir), "--task=sts", f"--input={src}", f"--output={out}", "--device=cpu", "--batch-size=1"
+    ]) == 0
+    for line, reason in (
+        (2, "missing text in column 'sentence2'"), (3, "expected a JSON object, got list"),
+        (4, "'sentence2' is not a string"), (5, "not valid JSON"),
+    ):
         assert f"skipped {src}:{line}: {reason}" in caplog.text
     assert f"{src}: 6 data lines: 2 kept, 4 bad" in caplog.text
     assert "predict sts:   0%|          | 0/2 [" in capsys.readouterr().err  # the progress bar, over the 2 rows
@@ -176,7 +192,9 @@ def test_cli_batch_prediction_of_an_unreadable_file_is_one_line_exit_2(run, tmp_
     bad = tmp_path / "latin1.csv"
     bad.write_bytes("id,sentence\n1,caf\xe9\n".encode("latin-1"))
     assert main(["predict", str(run.run_dir), "--task=sst", f"--input={bad}", "--device=cpu"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"error: {bad}: line 2: not UTF-8 text (unexpected end of data)"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {bad}: line 2: not UTF-8 text (unexpected end of data)"
+    ]
 
 
 def test_int8_quantisation_fuses_qkv_and_stays_close(tiny_encoder):
@@ -198,7 +216,7 @@ def test_int8_quantisation_fuses_qkv_and_stays_close(tiny_encoder):
     linears = [m for m in q.modules() if type(m).__name__ == "Linear"]
     assert linears and all(type(m).__module__.startswith("torch.ao.nn.quantized") for m in linears)
     assert not any(isinstance(m, torch.nn.Linear) for m in q.modules())  # no float Linear left
-    qkv = getattr(q.encoder.layer[0].attention, "self").qkv
+    qkv = q.encoder.layer[0].attention.self.qkv
     assert qkv.weight().qscheme() == torch.per_channel_affine
     err = (got - want).abs().max().item()
     assert 0 < err < 0.1 * want.abs().max().item()  # changed (int8), but close

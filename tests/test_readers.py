@@ -23,7 +23,9 @@ from minbert.errors import DataError
 from minbert.tasks.base import get_task
 from minbert_testkit import base_config, shared_run
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 # characters of generated texts: quotes, both delimiters, and characters that other line
 # splitters (str.splitlines) take for line ends; never CR or LF (a field cannot hold a line break)
@@ -56,7 +58,9 @@ def table_line(draw, i: int, delim: str, labelled: bool, keep_empty: bool) -> Li
     rid = f"r{i}"
     texts = [draw(TEXT), draw(TEXT)]
     label = draw(st.sampled_from(["0", "1.5", " 4 ", "5.0", "", "x", "7"])) if labelled else None
-    kind = draw(st.sampled_from(["good", "good", "good", "unclosed", "after_quote", "inner_quote", "fields", "spaces", "no_id"]))
+    kind = draw(st.sampled_from(
+        ["good", "good", "good", "unclosed", "after_quote", "inner_quote", "fields", "spaces", "no_id"]
+    ))
     fields = [draw(st.sampled_from(["", str(i)])), draw(st.sampled_from([rid, f" {rid} "]))]
     fields += [quote(t, delim, draw(st.booleans())) for t in texts]
     if labelled:
@@ -150,7 +154,8 @@ def attempt(fn):
 def test_property_tsv_cs224n_layout_dev(tmp_path, data, bom, last_end):
     header, lines = data
     path = tmp_path / "sts-dev.csv"
-    write_lines(path, header.replace("\ty", "\tsimilarity").replace("\ta\tb", "\tsentence1\tsentence2"), lines, bom, last_end)
+    header = header.replace("\ty", "\tsimilarity").replace("\ta\tb", "\tsentence1\tsentence2")
+    write_lines(path, header, lines, bom, last_end)
     check(attempt(lambda: get_task("sts").read(path, "dev")), lines, 2, True)
 
 
@@ -169,7 +174,8 @@ def test_property_csv(tmp_path, data, bom, last_end):
     header, lines = data
     path = tmp_path / "f.csv"
     write_lines(path, header, lines, bom, last_end)
-    check(attempt(lambda: read_records(path, ["a", "b"], "y", _score, id_column="id", label_dtype=np.float64)), lines, 2, True)
+    check(attempt(lambda: read_records(path, ["a", "b"], "y", _score, id_column="id", label_dtype=np.float64)),
+          lines, 2, True)
 
 
 def _score(raw: str) -> float:
@@ -188,7 +194,9 @@ def jsonl_line(draw, i: int) -> Line:
     obj = {"id": draw(st.sampled_from([rid, f" {rid} "])), "a": a, "b": b}
     if label is not None:
         obj["y"] = label
-    kind = draw(st.sampled_from(["good", "good", "good", "stray_start", "stray_end", "cut", "list", "spaces", "b_missing", "b_number"]))
+    kind = draw(st.sampled_from(
+        ["good", "good", "good", "stray_start", "stray_end", "cut", "list", "spaces", "b_missing", "b_number"]
+    ))
     if kind == "b_missing":
         del obj["b"]
     elif kind == "b_number":
@@ -224,7 +232,8 @@ def jsonl_file(draw) -> list[Line]:
 def test_property_jsonl(tmp_path, lines, bom, last_end):
     path = tmp_path / "f.jsonl"
     write_lines(path, None, lines, bom, last_end)
-    check(attempt(lambda: read_records(path, ["a", "b"], "y", _score, id_column="id", label_dtype=np.float64)), lines, 1, True)
+    check(attempt(lambda: read_records(path, ["a", "b"], "y", _score, id_column="id", label_dtype=np.float64)),
+          lines, 1, True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,7 +316,9 @@ def run(tiny_encoder, data_dir, tmp_path_factory):
 
 
 def predict_file(run_dir: Path, task: str, src: Path, out: Path) -> list[list[str]]:
-    code = main(["predict", str(run_dir), f"--task={task}", f"--input={src}", f"--output={out}", "--device=cpu", "--no-progress"])
+    code = main([
+        "predict", str(run_dir), f"--task={task}", f"--input={src}", f"--output={out}", "--device=cpu", "--no-progress"
+    ])
     assert code == 0
     lines = out.read_text().splitlines()
     return [ln.split(",") for ln in lines]
@@ -321,10 +332,13 @@ def sentiment_values(run_dir: Path, texts: list[str]) -> list[str]:
 
 def test_predict_input_with_an_unclosed_quote_loses_no_other_row(run, tmp_path, caplog):
     src = tmp_path / "in.csv"
-    src.write_text('id,sentence\nr1,a fine film\nr2,"an unclosed quote\nr3,dull and long\nr4,"quoted, with a comma"\nr5,just ok\n')
+    src.write_text(
+        'id,sentence\nr1,a fine film\nr2,"an unclosed quote\nr3,dull and long\nr4,"quoted, with a comma"\nr5,just ok\n'
+    )
     rows = predict_file(run.run_dir, "sst", src, tmp_path / "out.csv")
     texts = ["a fine film", "dull and long", "quoted, with a comma", "just ok"]
-    assert rows == [["id", "Predicted_Sentiment"]] + [[i, v] for i, v in zip(["r1", "r3", "r4", "r5"], sentiment_values(run.run_dir, texts))]
+    want = [[i, v] for i, v in zip(["r1", "r3", "r4", "r5"], sentiment_values(run.run_dir, texts), strict=True)]
+    assert rows == [["id", "Predicted_Sentiment"]] + want
     assert f"skipped {src}:3: bad quoting" in caplog.text
     assert f"{src}: 5 data lines: 4 kept, 1 bad" in caplog.text
 
@@ -349,7 +363,8 @@ def test_predict_input_predicts_empty_texts(run, tmp_path, caplog):
     from minbert.inference.predictor import load
 
     raw = load(run.run_dir, device="cpu").outputs("qqp", ["A man sings.", "", ""], ["A man sings.", "A dog.", ""])
-    assert rows == [["id", "Predicted_Is_Paraphrase"]] + [[i, str(int(v > 0))] for i, v in zip(["p1", "p2", "p3"], raw)]
+    want = [[i, str(int(v > 0))] for i, v in zip(["p1", "p2", "p3"], raw, strict=True)]
+    assert rows == [["id", "Predicted_Is_Paraphrase"]] + want
     assert f"{src}: 2 row(s) with an empty text are predicted from an empty input" in caplog.text
 
 
@@ -368,14 +383,18 @@ def test_training_predicts_every_test_id_even_with_empty_text(tiny_encoder, data
     data.mkdir()
     for name in ("ids-sst-train.csv", "ids-sst-dev.csv"):
         (data / name).symlink_to(data_dir / name)
-    (data / "ids-sst-test-student.csv").write_text("0\t\tid\tsentence\n1\t0.0\tt1\tA fine film .\n2\t1.0\tt2\t\n3\t2.0\tt3\t  \n4\t3.0\tt4\tDull .\n")
+    (data / "ids-sst-test-student.csv").write_text(
+        "0\t\tid\tsentence\n1\t0.0\tt1\tA fine film .\n2\t1.0\tt2\t\n3\t2.0\tt3\t  \n4\t3.0\tt4\tDull .\n"
+    )
     cfg = base_config(tiny_encoder)
     cfg["output"] = {**cfg["output"], "test_predictions": True}
     cfg["tasks"] = {"sst": {"train_limit": 8, "dev_limit": 8, "batch_size": 8}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--data-dir", str(data), "--run-dir", str(tmp_path / "r"),
-                 "--no-progress", "--train.max_steps=1"])
+    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--data-dir", str(data),
+                 "--run-dir", str(tmp_path / "r"), "--no-progress", "--train.max_steps=1"])
     assert code == 0
     lines = (tmp_path / "r" / "predictions" / "sst-test.csv").read_text().splitlines()
     want = sentiment_values(tmp_path / "r", ["A fine film .", "", "", "Dull ."])
-    assert lines == ["id,Predicted_Sentiment"] + [f"{i},{v}" for i, v in zip(["t1", "t2", "t3", "t4"], want)]
+    assert lines == ["id,Predicted_Sentiment"] + [
+        f"{i},{v}" for i, v in zip(["t1", "t2", "t3", "t4"], want, strict=True)
+    ]

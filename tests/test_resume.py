@@ -36,7 +36,9 @@ EPOCHS = 2
 # checkpoints at steps 4 (mid-epoch 1), 8 (last step of epoch 1, then again after its dev evaluation),
 # 12 (mid-epoch 2), 16 (end)
 EVERY = 4
-SLICE = [f"--tasks.{t}.{k}={v}" for t in TASKS for k, v in (("train_limit", N), ("dev_limit", N), ("batch_size", BATCH))]
+SLICE = [
+    f"--tasks.{t}.{k}={v}" for t in TASKS for k, v in (("train_limit", N), ("dev_limit", N), ("batch_size", BATCH))
+]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
@@ -104,7 +106,7 @@ def assert_same_state(a, b, where: str = "") -> None:
             assert_same_state(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_state(x, y, f"{where}[{i}]")
     elif hasattr(a, "shape") and hasattr(a, "dtype"):  # numpy arrays of the RNG state
         assert (a == b).all(), where
@@ -117,7 +119,8 @@ def assert_identical_runs(a: Path, b: Path) -> None:
     assert sa["dev"] == sb["dev"]
     assert sa["dev_all"] == sb["dev_all"]
     assert (sa["best_epoch"], sa["epochs_run"], sa["steps"]) == (sb["best_epoch"], sb["epochs_run"], sb["steps"])
-    assert_same_weights(a / "checkpoints" / "best" / "model.safetensors", b / "checkpoints" / "best" / "model.safetensors")
+    best = Path("checkpoints") / "best" / "model.safetensors"
+    assert_same_weights(a / best, b / best)
     la, lb = last_checkpoint(a), last_checkpoint(b)
     assert la.name == lb.name
     assert_same_weights(la / "model.safetensors", lb / "model.safetensors")
@@ -154,7 +157,9 @@ def test_sigkill_mid_epoch_then_resume_is_identical(run_a, tmp_path, tiny_encode
             p = pointer(run_b)
             if p is not None and p["step"] % STEPS_PER_EPOCH:  # a mid-epoch checkpoint exists
                 break
-            assert proc.poll() is None, "the run ended before a mid-epoch checkpoint:\n" + (tmp_path / "b.log").read_text()
+            assert proc.poll() is None, (
+                "the run ended before a mid-epoch checkpoint:\n" + (tmp_path / "b.log").read_text()
+            )
             assert time.monotonic() < deadline, "no mid-epoch checkpoint in time"
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
@@ -308,7 +313,9 @@ def test_nonfinite_loss_skip_continues_and_logs(monkeypatch, tmp_path, tiny_enco
     run = tmp_path / "run"
     _nan_on_call(monkeypatch, "sts", 3)
     with caplog.at_level("WARNING", logger="minbert"):
-        code = main(_small_args(tiny_encoder, data_dir, run, "--train.nonfinite=skip", "--train.max_nonfinite_fraction=0.25"))
+        code = main(
+            _small_args(tiny_encoder, data_dir, run, "--train.nonfinite=skip", "--train.max_nonfinite_fraction=0.25")
+        )
     assert code == 0, capsys.readouterr().err
     warnings = [r.getMessage() for r in caplog.records if "skipping this batch" in r.getMessage()]
     assert len(warnings) == 1 and "non-finite loss at step 3 (epoch 1), task sts" in warnings[0]
@@ -386,7 +393,8 @@ def _run_signalled_at_step(tmp_path: Path, args: list[str], sig: int, step: int)
         """
     )
     return subprocess.run(
-        [sys.executable, "-c", script, *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", script, *args], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300,
+        check=False,
     )
 
 

@@ -49,7 +49,10 @@ def train_args(tiny_encoder: Path, data_dir: Path, run_dir: Path, *extra: str) -
         f"--data-dir={data_dir}",
         f"--run-dir={run_dir}",
         f"--model.encoder={tiny_encoder}",
-        *[f"--tasks.{t}.{k}={v}" for t in TASKS for k, v in (("train_limit", ROWS), ("dev_limit", DEV_ROWS), ("batch_size", BATCH))],
+        *[
+            f"--tasks.{t}.{k}={v}"
+            for t in TASKS for k, v in (("train_limit", ROWS), ("dev_limit", DEV_ROWS), ("batch_size", BATCH))
+        ],
         "--train.epochs=1",
         "--train.checkpoint_every=2",
         "--train.device=cpu",
@@ -144,13 +147,18 @@ def test_resume_never_unpickles_a_planted_train_state(case, run_copy, tmp_path, 
         assert marker.exists()
 
 
+def _decay_groups(model: torch.nn.Sequential) -> list[dict]:
+    """The two layers' parameters as two groups: weight decay 0.1 and 0."""
+    return [{"params": list(model[0].parameters()), "weight_decay": 0.1},
+            {"params": list(model[1].parameters()), "weight_decay": 0.0}]
+
+
 @pytest.mark.parametrize("name", ["adamw", "torch_adamw", "lion"])
 def test_train_state_round_trips_with_weights_only(name, tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
     cfg = OptimConfig(name=name, lr=1e-2, schedule="linear", warmup_ratio=0.5, weight_decay=0.1)
-    groups = [{"params": list(model[0].parameters()), "weight_decay": 0.1}, {"params": list(model[1].parameters()), "weight_decay": 0.0}]
-    opt = build_optimizer(cfg, groups, torch.device("cpu"))
+    opt = build_optimizer(cfg, _decay_groups(model), torch.device("cpu"))
     sched = build_scheduler(cfg, opt, total_steps=10)
     x = torch.randn(8, 4)
     for _ in range(2):
@@ -158,7 +166,10 @@ def test_train_state_round_trips_with_weights_only(name, tmp_path):
         opt.step()
         sched.step()
         opt.zero_grad()
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": [rng_state()], "loop": {"step": 2, "best": None}}
+    state = {
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": [rng_state()],
+        "loop": {"step": 2, "best": None},
+    }
     folder = save_checkpoint(tmp_path, 2, model.state_dict(), state)
     draws = (random.random(), float(np.random.rand()), torch.rand(3))  # the next draws after the saved RNG states
 
@@ -166,8 +177,7 @@ def test_train_state_round_trips_with_weights_only(name, tmp_path):
     loaded = load_train_state(folder)
     model2 = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
     model2.load_state_dict(model.state_dict())
-    groups2 = [{"params": list(model2[0].parameters()), "weight_decay": 0.1}, {"params": list(model2[1].parameters()), "weight_decay": 0.0}]
-    opt2 = build_optimizer(cfg, groups2, torch.device("cpu"))
+    opt2 = build_optimizer(cfg, _decay_groups(model2), torch.device("cpu"))
     sched2 = build_scheduler(cfg, opt2, total_steps=10)
     opt2.load_state_dict(loaded["optimizer"])
     sched2.load_state_dict(loaded["scheduler"])
@@ -175,7 +185,7 @@ def test_train_state_round_trips_with_weights_only(name, tmp_path):
         m(x).pow(2).mean().backward()
         o.step()
         s.step()
-    for p, q in zip(model.parameters(), model2.parameters()):
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(p, q)
     assert sched.get_last_lr() == sched2.get_last_lr()
 
@@ -215,17 +225,20 @@ FULL = ("model.safetensors", "train_state.pt")
 # case -> (files under checkpoints/, last.json's folder or None, files that remain)
 LEFTOVERS = {
     "half-deleted prune": (
-        [".trash-abc/step-00000002/model.safetensors", *[f"step-00000004/{f}" for f in FULL], *[f"step-00000006/{f}" for f in FULL]],
+        [".trash-abc/step-00000002/model.safetensors", *[f"step-00000004/{f}" for f in FULL],
+         *[f"step-00000006/{f}" for f in FULL]],
         "step-00000006",
         [*[f"step-00000004/{f}" for f in FULL], *[f"step-00000006/{f}" for f in FULL]],
     ),
     "older step folder without its files": (
-        ["step-00000002/model.safetensors", "step-00000003/.train_state.pt.x1.tmp", *[f"step-00000004/{f}" for f in FULL]],
+        ["step-00000002/model.safetensors", "step-00000003/.train_state.pt.x1.tmp",
+         *[f"step-00000004/{f}" for f in FULL]],
         "step-00000004",
         [f"step-00000004/{f}" for f in FULL],
     ),
     "newer step folders than last.json": (
-        [*[f"step-00000004/{f}" for f in FULL], *[f"step-00000006/{f}" for f in FULL], "step-00000008/model.safetensors"],
+        [*[f"step-00000004/{f}" for f in FULL], *[f"step-00000006/{f}" for f in FULL],
+         "step-00000008/model.safetensors"],
         "step-00000004",
         [f"step-00000004/{f}" for f in FULL],
     ),
@@ -332,7 +345,9 @@ def test_a_bad_last_json_is_one_line_and_removes_nothing(case, run_copy, capsys)
 # a full disk, folders that cannot be written
 
 
-def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path, tiny_encoder, data_dir, monkeypatch, capsys):
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
+    tmp_path, tiny_encoder, data_dir, monkeypatch, capsys
+):
     run = tmp_path / "run"
     real = ck.atomic_write_bytes
     writes = {"n": 0}
@@ -415,7 +430,9 @@ def test_os_errors_of_the_users_folders_are_one_line(case, small_run, tmp_path, 
                  r"weights are broken \(a diverged run\?\), so no predictions are written")),
     ],
 )
-def test_a_diverging_run_with_nonfinite_skip_fails_in_one_line(fraction, pattern, tmp_path, tiny_encoder, data_dir, capsys):
+def test_a_diverging_run_with_nonfinite_skip_fails_in_one_line(
+    fraction, pattern, tmp_path, tiny_encoder, data_dir, capsys
+):
     run = tmp_path / "run"
     args = train_args(tiny_encoder, data_dir, run, "--optim.lr=1e20", "--train.nonfinite=skip",
                       f"--train.max_nonfinite_fraction={fraction}", "--train.checkpoint_every=0")
@@ -448,8 +465,8 @@ NAN_OUTPUTS = {
         None,
     ),
     "predict --input": (
-        lambda run, tmp: ["predict", str(run), "--task", "sst", "--input", str(_sentences(tmp)), "--output", str(tmp / "out.csv"),
-                           "--no-progress"],
+        lambda run, tmp: ["predict", str(run), "--task", "sst", "--input", str(_sentences(tmp)),
+                          "--output", str(tmp / "out.csv"), "--no-progress"],
         ("error: task sst: the model's outputs are NaN or infinite for 2 of 2 rows (first: id 1); its "
          "weights are broken (a diverged run?), so no predictions are written"),
         "out.csv",
@@ -466,7 +483,8 @@ def test_nonfinite_outputs_never_reach_a_prediction_file(case, run_copy, tmp_pat
     before = {p.name: p.read_text() for p in (run_copy / "predictions").iterdir()}
     code = main(make_args(run_copy, tmp_path))
     # the first row of the seeded dev sample the run evaluates on (train.seed 0)
-    sst_dev_id = get_task("sst").read(data_dir / "ids-sst-dev.csv", "dev").sample(DEV_ROWS, seed=0, stratify=True).ids[0]
+    dev = get_task("sst").read(data_dir / "ids-sst-dev.csv", "dev")
+    sst_dev_id = dev.sample(DEV_ROWS, seed=0, stratify=True).ids[0]
     assert one_error_line(capsys) == expected.format(sst_dev_id=sst_dev_id)
     assert code == 2
     assert capsys.readouterr().out == ""

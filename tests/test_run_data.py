@@ -190,7 +190,9 @@ def test_an_unreadable_provenance_is_one_line(env, capsys):
 
 def test_allow_data_change_without_resume_is_refused(env, capsys):
     assert main(["train", "--config", str(env["run"] / "config.yaml"), "--allow-data-change"]) == 2
-    assert one_error_line(capsys) == "error: --allow-data-change goes with --resume (a new run records the data it is given)"
+    assert one_error_line(capsys) == (
+        "error: --allow-data-change goes with --resume (a new run records the data it is given)"
+    )
 
 
 def test_python_api_resume(env):

@@ -26,9 +26,12 @@ from minbert.inference.server import create_app
 from minbert_testkit import NAMES, shared_run
 
 REPO = Path(__file__).resolve().parents[1]
-PAIRS = [["A man is playing a guitar.", "A man plays the guitar."], ["How do I cook rice?", "What is the capital of France?"]]
+PAIRS = [
+    ["A man is playing a guitar.", "A man plays the guitar."], ["How do I cook rice?", "What is the capital of France?"]
+]
 TEXTS = ["a gorgeous, witty film", "dull and lifeless", "it is a movie"]
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def test_endpoints_equal_the_python_api(client, predictor):
     r = client.post("/v1/sentiment", json={"texts": TEXTS})
     assert r.status_code == 200
     want = predictor.sentiment(TEXTS)
-    for got, w in zip(r.json()["results"], want):
+    for got, w in zip(r.json()["results"], want, strict=True):
         assert got["label"] == w.label and got["name"] == w.name
         np.testing.assert_allclose(got["probabilities"], w.probabilities, atol=1e-5)
     r = client.post("/v1/paraphrase", json={"pairs": PAIRS})
@@ -74,7 +77,7 @@ def test_custom_task_endpoint(client, predictor):
     r = client.post("/v1/tasks/para", json={"pairs": PAIRS})
     assert r.status_code == 200 and r.json()["task"] == "para"
     want = predictor.predict("para", PAIRS)
-    for got, w in zip(r.json()["results"], want):
+    for got, w in zip(r.json()["results"], want, strict=True):
         assert got["label"] == w["label"] and got["name"] == w["name"] in NAMES
         np.testing.assert_allclose(got["probabilities"], w["probabilities"], atol=1e-5)
     r = client.post("/v1/tasks/sts", json={"pairs": PAIRS})
@@ -138,7 +141,10 @@ def test_concurrent_requests_are_micro_batched(client, predictor):
 
 def test_openapi_and_demo_page(client):
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/sentiment", "/v1/paraphrase", "/v1/similarity", "/v1/embed", "/v1/tasks/{task}", "/health", "/v1/stats"} <= set(paths)
+    endpoints = {
+        "/v1/sentiment", "/v1/paraphrase", "/v1/similarity", "/v1/embed", "/v1/tasks/{task}", "/health", "/v1/stats"
+    }
+    assert endpoints <= set(paths)
     assert client.get("/docs").status_code == 200
     page = client.get("/").text
     assert "/v1/sentiment" in page and "/v1/paraphrase" in page and "/v1/similarity" in page
@@ -162,7 +168,8 @@ def server(run_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "minbert", "serve", str(run_dir), "--port", str(port), "--device", "cpu", "--max-items", "300"],
+        [sys.executable, "-m", "minbert", "serve", str(run_dir), "--port", str(port), "--device", "cpu",
+         "--max-items", "300"],
         stdout=log, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     base = f"http://127.0.0.1:{port}"
@@ -191,7 +198,10 @@ def test_real_server_http(server, predictor):
     r = httpx.post(f"{base}/v1/similarity", json={"pairs": PAIRS}, timeout=10)
     np.testing.assert_allclose(r.json()["scores"], predictor.similarity(PAIRS), atol=1e-5)
     r = httpx.post(f"{base}/v1/sentiment", json={"texts": TEXTS}, timeout=10)
-    np.testing.assert_allclose([x["probabilities"] for x in r.json()["results"]], [s.probabilities for s in predictor.sentiment(TEXTS)], atol=1e-5)
+    np.testing.assert_allclose(
+        [x["probabilities"] for x in r.json()["results"]], [s.probabilities for s in predictor.sentiment(TEXTS)],
+        atol=1e-5,
+    )
     r = httpx.post(f"{base}/v1/embed", json={"texts": TEXTS}, timeout=10)
     np.testing.assert_allclose(r.json()["embeddings"], predictor.embed(TEXTS), atol=1e-5)
     r = httpx.post(f"{base}/v1/paraphrase", json={"pairs": PAIRS}, timeout=10)
@@ -208,7 +218,8 @@ def test_bounded_load_run_has_no_errors(server, tmp_path):
     base, _, _ = server
     out = tmp_path / "load.json"
     p = subprocess.run(
-        [sys.executable, "benchmarks/serve_load.py", "--url", base, "--clients", "10", "--duration", "5", "--out", str(out)],
+        [sys.executable, "benchmarks/serve_load.py", "--url", base, "--clients", "10", "--duration", "5",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert p.returncode == 0, p.stderr[-2000:]
@@ -221,12 +232,16 @@ def test_bounded_load_run_has_no_errors(server, tmp_path):
 
 
 @pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
-                    reason="chromium/chromedriver not installed (apt-get install -y chromium chromium-driver; see .ci/install-browser.sh)")
+                    reason="chromium/chromedriver not installed (apt-get install -y chromium chromium-driver; "
+                    "see .ci/install-browser.sh)")
 def test_demo_page_in_headless_chromium(server, predictor, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def page_state(d: webdriver.Chrome) -> str:
+        return d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
 
     base, _, _ = server
     opts = webdriver.ChromeOptions()
@@ -242,7 +257,7 @@ def test_demo_page_in_headless_chromium(server, predictor, tmp_path):
             box.clear()
             box.send_keys(text)
         driver.find_element(By.ID, "go").click()
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+        WebDriverWait(driver, 20).until(lambda d: page_state(d) in ("done", "error"))
         assert driver.find_element(By.ID, "error").text == ""
         want = predictor.sentiment([a])[0]
         assert driver.find_element(By.ID, "label").text == want.name
@@ -255,7 +270,7 @@ def test_demo_page_in_headless_chromium(server, predictor, tmp_path):
         # an empty sentence shows the error line instead of results
         driver.find_element(By.ID, "a").clear()
         driver.find_element(By.ID, "go").click()
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "error")
+        WebDriverWait(driver, 20).until(lambda d: page_state(d) == "error")
         assert driver.find_element(By.ID, "error").text == "type a sentence first"
     finally:
         driver.quit()

@@ -47,7 +47,9 @@ ISSUE_TABLE = {
     13: (0.714, 0.513, 0.862, 0.530, 8),
     14: (0.725, 0.481, 0.862, 0.660, 8),
 }
-OPTIMIZER = {**{r: "adamw" for r in range(1, 7)}, **{r: "torch_adamw" for r in (7, 8, 9, 10, 13, 14)}, 11: "lion", 12: "lion"}
+OPTIMIZER = {
+    **{r: "adamw" for r in range(1, 7)}, **{r: "torch_adamw" for r in (7, 8, 9, 10, 13, 14)}, 11: "lion", 12: "lion"
+}
 ROW7, ROW14 = "exp07-cosine-sts-torch-adamw", "exp14-surgical"
 
 
@@ -67,16 +69,22 @@ def test_one_preset_per_row_and_the_paper_table():
     assert sorted(PAPER) == list(range(1, 15))
     for exp, (overall, sst, qqp, sts, bs) in ISSUE_TABLE.items():
         p = PAPER[exp]
-        assert (p.overall, p.sst_acc, p.qqp_acc, p.sts_pearson, p.batch_size, p.optimizer) == (overall, sst, qqp, sts, bs, OPTIMIZER[exp])
+        published = (p.overall, p.sst_acc, p.qqp_acc, p.sts_pearson, p.batch_size, p.optimizer)
+        assert published == (overall, sst, qqp, sts, bs, OPTIMIZER[exp])
     assert PAPER[7].recomputed_overall() == pytest.approx(0.7295, abs=1e-4)
 
 
 HYPERPARAMETERS = {
     "model": {"encoder", "max_length"},
-    "train": {"routine", "mode", "epochs", "seed", "grad_accum", "max_grad_norm", "early_stopping_patience", "freeze_layers", "init_from"},
+    "train": {
+        "routine", "mode", "epochs", "seed", "grad_accum", "max_grad_norm", "early_stopping_patience", "freeze_layers",
+        "init_from",
+    },
     "optim": {"name", "lr", "betas", "eps", "weight_decay", "schedule", "warmup_ratio", "layer_lr_decay", "head_lr"},
 }
-TASK_HYPERPARAMETERS = {"head", "pooling", "pair_input", "dropout", "hidden_size", "head_layers", "batch_size", "weight"}
+TASK_HYPERPARAMETERS = {
+    "head", "pooling", "pair_input", "dropout", "hidden_size", "head_layers", "batch_size", "weight"
+}
 
 
 @pytest.mark.parametrize("exp", range(1, 15))
@@ -143,8 +151,10 @@ def test_preset_lists_every_hyperparameter_and_matches_the_row(exp, tiny_encoder
 
 def fake_row(exp: int, overall: float, sst: float, qqp: float) -> dict:
     sts = 2 * (3 * overall - sst - qqp) - 1  # so that overall is exact
-    return {"exp": exp, "description": PAPER[exp].description, "dev": {"sst_acc": sst, "qqp_acc": qqp, "sts_pearson": sts, "overall": overall},
-            "paper": PAPER[exp].metrics(), "epochs": 10, "batch_size": 8, "optimizer": "adamw", "lr": 1e-5, "wall_s": 90.0}
+    return {"exp": exp, "description": PAPER[exp].description,
+            "dev": {"sst_acc": sst, "qqp_acc": qqp, "sts_pearson": sts, "overall": overall},
+            "paper": PAPER[exp].metrics(), "epochs": 10, "batch_size": 8, "optimizer": "adamw", "lr": 1e-5,
+            "wall_s": 90.0}
 
 
 def test_analysis_is_computed_from_the_results():
@@ -178,7 +188,8 @@ def test_markdown_table_shape():
     assert "bert-base" in md and "13.5k" in md and "141k" in md and "## Row-by-row analysis" in md
     assert "## Discussion" not in md
     noted = render_markdown(rows, "Parallel beats sequential here too.")
-    assert noted.index("## Discussion") < noted.index("Parallel beats sequential here too.") < noted.index("## Row-by-row")
+    discussion = noted.index("Parallel beats sequential here too.")
+    assert noted.index("## Discussion") < discussion < noted.index("## Row-by-row")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +198,9 @@ def test_markdown_table_shape():
 
 def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "minbert", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "minbert", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def ok(proc):
@@ -241,7 +254,8 @@ def test_json_rows(two_parts):
         exp = r["exp"]
         assert r["name"] == (ROW7 if exp == 7 else ROW14)
         assert set(r["dev"]) == set(r["paper"]) == {"sst_acc", "qqp_acc", "sts_pearson", "overall"}
-        assert (r["paper"]["overall"], r["paper"]["sst_acc"], r["paper"]["qqp_acc"], r["paper"]["sts_pearson"]) == ISSUE_TABLE[exp][:4]
+        paper = r["paper"]
+        assert (paper["overall"], paper["sst_acc"], paper["qqp_acc"], paper["sts_pearson"]) == ISSUE_TABLE[exp][:4]
         assert r["epochs"] == 1  # the override reached every row
         assert r["batch_size"] == 8 and r["optimizer"] == "torch_adamw" and r["lr"] == 1e-5
         assert isinstance(r["wall_s"], float) and r["wall_s"] > 0
@@ -260,12 +274,14 @@ def test_row_14_initialises_from_row_7_and_freezes_3_layers(two_parts):
     run7, run14 = work / "runs" / ROW7, work / "runs" / ROW14
     cfg14 = load_config(run14 / "config.yaml")
     assert cfg14.train.init_from == str(run7) and cfg14.train.freeze_layers == 3
-    assert f"initialised the model from {run7 / 'checkpoints' / 'best' / 'model.safetensors'}" in (run14 / "train.log").read_text()
+    best7 = run7 / "checkpoints" / "best" / "model.safetensors"
+    assert f"initialised the model from {best7}" in (run14 / "train.log").read_text()
     w7 = load_file(str(run7 / "checkpoints" / "best" / "model.safetensors"))
     w14 = load_file(str(run14 / "checkpoints" / "best" / "model.safetensors"))
     orig = load_file(str(encoder / "model.safetensors"))
     assert set(w7) == set(w14)
-    frozen = [k for k in w14 if k.startswith(("encoder.embeddings.", *(f"encoder.encoder.layer.{i}." for i in range(3))))]
+    frozen_prefixes = ("encoder.embeddings.", *(f"encoder.encoder.layer.{i}." for i in range(3)))
+    frozen = [k for k in w14 if k.startswith(frozen_prefixes)]
     # (the attention key bias has no gradient: softmax ignores a shift shared by a query's scores,
     # so only rounding moves it; it is left out)
     trained = [k for k in w14 if k.startswith("encoder.encoder.layer.3.") and not k.endswith("key.bias")]
@@ -321,7 +337,9 @@ def test_skip_and_merge(two_parts, suite_env, caplog):
     path = reports / "paper_suite.json"
     rows = json.loads(path.read_text())
     # a row from an earlier part of the suite (not among these presets) must survive a merge
-    extra = dict(rows[0], exp=3, name="exp03-parallel-frozen", description=PAPER[3].description, paper=PAPER[3].metrics())
+    extra = dict(
+        rows[0], exp=3, name="exp03-parallel-frozen", description=PAPER[3].description, paper=PAPER[3].metrics()
+    )
     path.write_text(json.dumps([extra] + rows))
     stamps = {p: p.stat().st_mtime_ns for p in (work / "runs").rglob("*") if p.is_file()}
     log = run_in_process(args("runs"), caplog)
@@ -365,7 +383,10 @@ def test_only_14_runs_row_7_first(suite_env, caplog):
 
 @pytest.mark.parametrize(
     "extra,fragment",
-    [(["--only", "99"], "no preset for row(s) [99]"), (["--only", "x"], "--only 'x'"), (["--train.nope=1"], "unknown config key train.nope")],
+    [
+        (["--only", "99"], "no preset for row(s) [99]"), (["--only", "x"], "--only 'x'"),
+        (["--train.nope=1"], "unknown config key train.nope"),
+    ],
 )
 def test_suite_mistakes_are_one_line_errors(suite_env, extra, fragment, capsys, tmp_path):
     work, _, args = suite_env

@@ -58,7 +58,7 @@ def random_labels(task, n: int, rng) -> np.ndarray:
 
 def make_raw(task, n: int = len(SENTENCES), labelled: bool = True, seed: int = 0) -> RawSplit:
     rng = np.random.default_rng(seed)
-    texts = [(a, b) if task.pair else (a,) for a, b in zip(SENTENCES[:n], SECONDS[:n])]
+    texts = [(a, b) if task.pair else (a,) for a, b in zip(SENTENCES[:n], SECONDS[:n], strict=True)]
     labels = random_labels(task, n, rng) if labelled else None
     return RawSplit(f"<{task.name}>", [f"{task.name}{i}" for i in range(n)], texts, labels)
 
@@ -133,7 +133,8 @@ def test_head_output_shape_through_model(name, pair_input, tokenizer, encoder):
     index = np.array([4, 0, 2, 5])
     batch = task.collate(split, index, pad_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    model = MultitaskModel(encoder, {name: task.build_head(cfg, hidden=encoder.config.hidden_size)}, {name: kind}).eval()
+    head = task.build_head(cfg, hidden=encoder.config.hidden_size)
+    model = MultitaskModel(encoder, {name: head}, {name: kind}).eval()
     with torch.no_grad():
         out = model(name, batch)
     assert out.shape == expected_shape(task, len(index))
@@ -253,9 +254,9 @@ def test_predict(name):
 
 
 def hand_f1(pred, gold) -> float:
-    tp = sum(1 for p, g in zip(pred, gold) if p == 1 and g == 1)
-    fp = sum(1 for p, g in zip(pred, gold) if p == 1 and g == 0)
-    fn = sum(1 for p, g in zip(pred, gold) if p == 0 and g == 1)
+    tp = sum(1 for p, g in zip(pred, gold, strict=True) if p == 1 and g == 1)
+    fp = sum(1 for p, g in zip(pred, gold, strict=True) if p == 1 and g == 0)
+    fn = sum(1 for p, g in zip(pred, gold, strict=True) if p == 0 and g == 1)
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
@@ -280,7 +281,7 @@ def test_metrics_against_reference(name, seed):
     if task.kind == "classification":
         C = task.num_outputs
         counts = [[0] * C for _ in range(C)]
-        for p, g in zip(pred, gold):
+        for p, g in zip(pred, gold, strict=True):
             counts[g][p] += 1
         assert m["confusion"] == counts
         assert sum(map(sum, m["confusion"])) == n

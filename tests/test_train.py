@@ -28,8 +28,8 @@ def test_swap_augmentation_and_symmetric_prediction(tiny_encoder, data_dir):
     from minbert.tasks.base import get_task
     from minbert.tasks.splits import load_splits
 
-    over = [f"model.encoder={tiny_encoder}", "tasks.sts.pair_input=cross", "tasks.sts.train_limit=10", "tasks.sts.dev_limit=12",
-            "output.test_predictions=false"]
+    over = [f"model.encoder={tiny_encoder}", "tasks.sts.pair_input=cross", "tasks.sts.train_limit=10",
+            "tasks.sts.dev_limit=12", "output.test_predictions=false"]
     plain = load_config(None, over)
     plain = replace(plain, tasks={"sts": plain.tasks["sts"]})
     aug = load_config(None, over + ["tasks.sts.augment_swap=true", "tasks.sts.symmetric_eval=true"])

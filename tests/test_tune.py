@@ -23,7 +23,10 @@ def tiny_cfg(tiny_encoder, *extra):
     return load_config(None, [
         f"model.encoder={tiny_encoder}", "train.device=cpu", "train.epochs=2", "optim.lr=1e-3",
         "output.test_predictions=false", "output.plot=false", "output.tensorboard=false",
-        *[f"tasks.{t}.{k}={v}" for t in ("sst", "qqp", "sts") for k, v in (("train_limit", N), ("dev_limit", N), ("batch_size", 16))],
+        *[
+            f"tasks.{t}.{k}={v}"
+            for t in ("sst", "qqp", "sts") for k, v in (("train_limit", N), ("dev_limit", N), ("batch_size", 16))
+        ],
         *extra,
     ])
 
@@ -53,7 +56,10 @@ def test_epoch_hook_can_stop_training(tiny_encoder, data_dir, tmp_path):
 
 
 def test_tune_study_is_saved_and_resumes(tiny_encoder, data_dir, tmp_path):
-    space = (Param("optim.lr", 1e-4, 1e-2, log=True), Param("tasks.*.dropout", 0.0, 0.3), Param("train.epochs", 1, 2, integer=True))
+    space = (
+        Param("optim.lr", 1e-4, 1e-2, log=True), Param("tasks.*.dropout", 0.0, 0.3),
+        Param("train.epochs", 1, 2, integer=True),
+    )
     base = tiny_cfg(tiny_encoder, "train.epochs=1")
     first = tune(base, tmp_path / "study", n_trials=2, data_dir=data_dir, space=space)
     trials = json.loads((tmp_path / "study" / "trials.json").read_text())
@@ -120,7 +126,8 @@ def test_a_resumed_study_keeps_its_base_config_and_samples_new_values(tiny_encod
     assert len(trials) == 2 and trials[0]["params"] != trials[1]["params"]
     # best.yaml is what the best trial trained (its own config.yaml)
     best = min(trials, key=lambda t: -t["value"])
-    assert load_config(tmp_path / "study" / "best.yaml") == load_config(tmp_path / "study" / f"trial-{best['number']:04d}" / "config.yaml")
+    trial_config = tmp_path / "study" / f"trial-{best['number']:04d}" / "config.yaml"
+    assert load_config(tmp_path / "study" / "best.yaml") == load_config(trial_config)
     # another base config in the same study folder: refused, naming what differs
     with pytest.raises(ConfigError, match=r"another base config \(differs in optim.weight_decay\)"):
         tune(tiny_cfg(tiny_encoder, "train.epochs=1", "optim.weight_decay=0.5"), tmp_path / "study", n_trials=3,
@@ -141,8 +148,12 @@ def test_two_workers_started_together_share_one_study(tiny_encoder, data_dir, tm
             "--output.test_predictions=false", "--output.plot=false", "--output.tensorboard=false",
             *[f"--tasks.{t}.{k}={v}" for t in ("sst", "qqp", "sts") for k, v in (("train_limit", N), ("dev_limit", N))]]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([*args, "--seed", str(k)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for k in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [*args, "--seed", str(k)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for k in (1, 2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     trials = json.loads((tmp_path / "study" / "trials.json").read_text())

@@ -24,12 +24,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ def shard(index: np.ndarray, ctx: DistContext) -> np.ndarray:
     return np.array_split(index, ctx.world_size)[ctx.rank]
 
 
-def all_gather_objects(obj, ctx: DistContext) -> list:
+def all_gather_objects(obj: object, ctx: DistContext) -> list:
     """Every rank's ``obj`` (pickled through ``torch.distributed.all_gather_object``)."""
     if not ctx.enabled:
         return [obj]
@@ -110,7 +113,7 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def broadcast_object(obj, ctx: DistContext):
+def broadcast_object(obj: _T, ctx: DistContext) -> _T:
     """Rank 0's ``obj`` on every rank."""
     if not ctx.enabled:
         return obj

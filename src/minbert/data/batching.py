@@ -12,11 +12,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataError
 from ..progress import progress_bar
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +55,28 @@ class RawSplit:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def swapped(self) -> "RawSplit":
+    def swapped(self) -> RawSplit:
         """The same pairs as (b, a)."""
         return RawSplit(self.path, self.ids, [(t[1], t[0]) for t in self.texts], self.labels, self.bad_rows)
 
-    def plus_swapped(self) -> "RawSplit":
+    def plus_swapped(self) -> RawSplit:
         """Every pair twice, as (a, b) and (b, a): data augmentation for symmetric pair tasks."""
         s = self.swapped()
         labels = None if self.labels is None else np.concatenate([self.labels, self.labels])
         return RawSplit(self.path, self.ids + s.ids, self.texts + s.texts, labels, self.bad_rows)
 
-    def subset(self, n: int | None) -> "RawSplit":
+    def subset(self, n: int | None) -> RawSplit:
         """The first ``n`` rows (all of them for None or a larger ``n``)."""
         if n is None or n >= len(self.ids):
             return self
         return self.take(np.arange(n))
 
-    def take(self, index: np.ndarray) -> "RawSplit":
+    def take(self, index: np.ndarray) -> RawSplit:
         """The rows at ``index`` (int array), in that order."""
         labels = None if self.labels is None else self.labels[index]
         return RawSplit(self.path, [self.ids[i] for i in index], [self.texts[i] for i in index], labels, self.bad_rows)
 
-    def sample(self, n: int | None, seed: int, stratify: bool = False) -> "RawSplit":
+    def sample(self, n: int | None, seed: int, stratify: bool = False) -> RawSplit:
         """A seeded random sample of ``n`` rows, kept in file order (all rows for None or a
         larger ``n``). The files are not in random order, so the first ``n`` rows are no sample.
 
@@ -225,7 +229,8 @@ def read_sst_phrases(path: str | os.PathLike, strict: bool = False, exclude: set
 
 def concat_splits(a: RawSplit, b: RawSplit) -> RawSplit:
     """Rows of ``a`` then ``b`` (labelled splits)."""
-    return RawSplit(a.path, a.ids + b.ids, a.texts + b.texts, np.concatenate([a.labels, b.labels]), a.bad_rows + b.bad_rows)
+    labels = np.concatenate([a.labels, b.labels])
+    return RawSplit(a.path, a.ids + b.ids, a.texts + b.texts, labels, a.bad_rows + b.bad_rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +249,7 @@ class TokenizedSplit:
     labels: np.ndarray | None
     lengths: np.ndarray
     n_truncated: int = 0
-    swapped: "TokenizedSplit | None" = None  # the pairs as (b, a), for symmetric prediction
+    swapped: TokenizedSplit | None = None  # the pairs as (b, a), for symmetric prediction
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -254,7 +259,7 @@ TOKENIZE_CHUNK = 1024  # rows per call of the tokenizer: one progress step
 
 
 def tokenize_split(
-    raw: RawSplit, tokenizer, pair_input: str, progress: bool = False, desc: str = "tokenise"
+    raw: RawSplit, tokenizer: Tokenizer, pair_input: str, progress: bool = False, desc: str = "tokenise"
 ) -> TokenizedSplit:
     """Tokenise a split for its input kind: ``single``, ``bi`` (a and b separately) or ``cross``
     (``[CLS] a [SEP] b [SEP]``), :data:`TOKENIZE_CHUNK` rows at a time, with a progress bar
@@ -283,7 +288,8 @@ def tokenize_split(
             n_trunc += n
             bar.update(len(rows))
     if pair_input == "bi":
-        lengths = np.fromiter((max(len(x), len(y)) for x, y in zip(ids, ids_b)), dtype=np.int64, count=len(ids))
+        longer = (max(len(x), len(y)) for x, y in zip(ids, ids_b, strict=True))
+        lengths = np.fromiter(longer, dtype=np.int64, count=len(ids))
     else:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     if n_trunc:

@@ -74,7 +74,9 @@ def detect_format(path: str | os.PathLike, fmt: str = "auto") -> str:
         raise DataError(f"format {fmt!r} is not one of {['auto', *FORMATS]}")
     got = _SUFFIX.get(Path(path).suffix.lower())
     if got is None:
-        raise DataError(f"{path}: cannot tell the format from the suffix {Path(path).suffix!r} (use .csv, .tsv or .jsonl)")
+        raise DataError(
+            f"{path}: cannot tell the format from the suffix {Path(path).suffix!r} (use .csv, .tsv or .jsonl)"
+        )
     return got
 
 
@@ -122,7 +124,9 @@ def _delimited(path: Path, delimiter: str) -> Iterator[tuple[int, list[str] | No
             yield n, None, f"bad quoting ({e})"
 
 
-def _table_rows(path: Path, delimiter: str, wanted: list[str], optional: set[str], fallbacks: dict[str, str]) -> Iterator[_Item]:
+def _table_rows(
+    path: Path, delimiter: str, wanted: list[str], optional: set[str], fallbacks: dict[str, str]
+) -> Iterator[_Item]:
     """Rows of a CSV/TSV file as ``{column: field}`` for the ``wanted`` columns (a column absent
     from the header is read from its fallback; ``optional`` ones may be absent altogether).
 
@@ -172,7 +176,7 @@ def _jsonl_rows(path: Path) -> Iterator[_Item]:
         yield n, obj, None
 
 
-def _as_text(value) -> str | None:
+def _as_text(value: object) -> str | None:
     """A field as a string: strings as they are, JSON numbers as their text, else None."""
     if isinstance(value, str):
         return value
@@ -201,7 +205,7 @@ class _Spec:
 def _parse_row(row: dict, line: int, spec: _Spec) -> tuple[str, tuple[str, ...], object]:
     """(id, stripped texts, label value or None) of one row. Raises _Bad(reason)."""
 
-    def get(c):
+    def get(c: str) -> object:
         return row[c] if c in row else row.get(spec.fallbacks.get(c, c))
 
     id_column = spec.id_column
@@ -244,7 +248,9 @@ def _log_summary(path: Path, data_lines: int, kept: int, bad: list[BadRow], blan
     if len(bad) > _SHOW_BAD:
         log.warning("... and %d more bad rows", len(bad) - _SHOW_BAD)
     if empty_text:
-        log.warning("%s: %d row(s) with an empty text are predicted from an empty input ([CLS] [SEP])", path, empty_text)
+        log.warning(
+            "%s: %d row(s) with an empty text are predicted from an empty input ([CLS] [SEP])", path, empty_text
+        )
 
 
 def read_records(
@@ -254,7 +260,7 @@ def read_records(
     parse_label: Callable[[str], float | int] | None = None,
     id_column: str | None = None,
     strict: bool = False,
-    label_dtype=np.int64,
+    label_dtype: type[np.number] = np.int64,
     fmt: str = "auto",
     text_fallbacks: dict[str, str] | None = None,
     allow_empty: bool = False,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ class Tokenizer:
         # the bound needs the encoder's size, so it is checked here; a config's max_length >= 3 is
         # checked when it is loaded (minbert.config.validate_training), this guards direct use
         if max_length > max_positions:
-            raise ConfigError(f"model.max_length {max_length} exceeds the model's max_position_embeddings {max_positions}")
+            raise ConfigError(
+                f"model.max_length {max_length} exceeds the model's max_position_embeddings {max_positions}"
+            )
         if max_length < 3:
             raise ConfigError(f"model.max_length {max_length} is too small (at least 3: [CLS] x [SEP])")
         folder = resolve_encoder_path(folder)
@@ -81,7 +83,7 @@ class Tokenizer:
         if pairs is None:
             encs = self._tok.encode_batch(list(texts))
         else:
-            encs = self._tok.encode_batch(list(zip(texts, pairs)))
+            encs = self._tok.encode_batch(list(zip(texts, pairs, strict=True)))
         ids = [e.ids for e in encs]
         types = [e.type_ids for e in encs]
         n_trunc = sum(1 for e in encs if e.overflowing)
@@ -92,7 +94,10 @@ class Tokenizer:
         ``attention_mask`` as (B, T) int64 tensors. Warns once with the count of truncated texts."""
         ids, types, n_trunc = self.encode(texts, pairs)
         if n_trunc:
-            log.warning("%s: %d of %d texts were truncated to max_length=%d tokens", warn_source, n_trunc, len(ids), self.max_length)
+            log.warning(
+                "%s: %d of %d texts were truncated to max_length=%d tokens", warn_source, n_trunc, len(ids),
+                self.max_length,
+            )
         return pad_batch(ids, types, self.pad_token_id)
 
 

@@ -100,7 +100,7 @@ def load_ablation(path: str | Path) -> Ablation:
     base = (path.parent / raw["base"]).resolve()
     if not base.is_file():
         raise ConfigError(f"{path}: base preset {base} not found")
-    def str_list(value, where: str) -> tuple[str, ...]:
+    def str_list(value: object, where: str) -> tuple[str, ...]:
         if value is None:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -111,10 +111,14 @@ def load_ablation(path: str | Path) -> Ablation:
     for i, r in enumerate(raw["rows"]):
         where = f"row {i + 1}"
         if not isinstance(r, dict):
-            raise ConfigError(f"{path}: {where}: expected a mapping with 'name' (and change, parent, overrides, source), got {r!r}")
+            raise ConfigError(
+                f"{path}: {where}: expected a mapping with 'name' (and change, parent, overrides, source), got {r!r}"
+            )
         bad = sorted(map(str, set(r) - {"name", "change", "overrides", "parent", "source"}))
         if bad:
-            raise ConfigError(f"{path}: {where}: unknown key(s) {bad} (allowed: name, change, parent, overrides, source)")
+            raise ConfigError(
+                f"{path}: {where}: unknown key(s) {bad} (allowed: name, change, parent, overrides, source)"
+            )
         if not isinstance(r.get("name"), str) or not r["name"]:
             raise ConfigError(f"{path}: {where}: needs a 'name' (a string)")
         name = r["name"]
@@ -165,7 +169,9 @@ def final_row(ab: Ablation, runs_root: Path) -> str:
     """The named final row, or (``auto``) the finished row with the best dev overall."""
     if ab.final_row != "auto":
         return ab.final_row
-    scored = [(s["dev"]["overall"], n) for n in ab.rows if (s := _summary(runs_root / n)) and s["dev"]["overall"] is not None]
+    scored = [
+        (s["dev"]["overall"], n) for n in ab.rows if (s := _summary(runs_root / n)) and s["dev"]["overall"] is not None
+    ]
     if not scored:
         raise ConfigError("final row 'auto': no finished row to choose from; run the rows first")
     return max(scored)[1]
@@ -175,7 +181,7 @@ def run_ablation(
     path: str | Path,
     runs_root: str | Path,
     report_dir: str | Path,
-    data_dir=None,
+    data_dir: str | Path | None = None,
     only: list[str] | None = None,
     final: bool = False,
     extra: list[str] = (),
@@ -222,9 +228,11 @@ def run_ablation(
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(report_dir / f"{report_name}.json", report)
     notes = report_dir / f"{report_name}_notes.md"
-    atomic_write_text(report_dir / f"{report_name}.md", render_markdown(report, notes.read_text() if notes.is_file() else None))
+    markdown = render_markdown(report, notes.read_text() if notes.is_file() else None)
+    atomic_write_text(report_dir / f"{report_name}.md", markdown)
     if report["final"] is not None:
-        atomic_write_text(report_dir / f"{report_name}-best.yaml", dump_yaml(resolve(ab.config(report["final"]["row"], list(extra)))))
+        best_cfg = resolve(ab.config(report["final"]["row"], list(extra)))
+        atomic_write_text(report_dir / f"{report_name}-best.yaml", dump_yaml(best_cfg))
     return report
 
 
@@ -283,7 +291,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _f(v, nd=3, sign=False):
+def _f(v: float | None, nd: int = 3, sign: bool = False) -> str:
     if v is None:
         return "–"
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
@@ -296,7 +304,8 @@ def _cell(text: str) -> str:
 
 def render_markdown(report: dict, notes: str | None = None) -> str:
     lines = [
-        f"# Ablation: {report['ablation']} (base preset {report['base']}; every row: {' '.join(report['common']) or 'as the preset'})",
+        f"# Ablation: {report['ablation']} (base preset {report['base']}; every row: "
+        f"{' '.join(report['common']) or 'as the preset'})",
         "",
         "Dev scores of one run per row (seed 0). Each row is its parent plus one change; "
         "Δ is the overall score minus the parent's.",
@@ -308,8 +317,9 @@ def render_markdown(report: dict, notes: str | None = None) -> str:
         d = r["dev"] or {}
         spe = f"{r.get('steps_per_epoch', '–')} × {r['epochs']}" if r["dev"] else "not run"
         lines.append(
-            f"| {r['name']} | {r['parent'] or ''} | {_cell(r['change'])} | {_f(d.get('sst_acc'))} | {_f(d.get('qqp_acc'))} | "
-            f"{_f(d.get('sts_pearson'))} | {_f(d.get('overall'))} | {_f(r['delta_overall'], sign=True)} | {spe} |"
+            f"| {r['name']} | {r['parent'] or ''} | {_cell(r['change'])} | {_f(d.get('sst_acc'))} | "
+            f"{_f(d.get('qqp_acc'))} | {_f(d.get('sts_pearson'))} | {_f(d.get('overall'))} | "
+            f"{_f(r['delta_overall'], sign=True)} | {spe} |"
         )
     f = report["final"]
     if f:
@@ -321,7 +331,7 @@ def render_markdown(report: dict, notes: str | None = None) -> str:
             "|---|---|---|---|---|",
             "| mean ± std | " + " | ".join(f"{_f(f[k + '_mean'])} ± {_f(f[k + '_std'])}" for k in METRICS) + " |",
         ]
-        for sd, dev in zip(f["seeds"], f["per_seed"]):
+        for sd, dev in zip(f["seeds"], f["per_seed"], strict=True):
             lines.append(f"| seed {sd} | " + " | ".join(_f(dev.get(k)) for k in METRICS) + " |")
     if notes:
         lines += ["", "## Discussion", "", notes.strip()]

@@ -67,7 +67,9 @@ def train_row(
         try:  # a checkpoint made on other data is not continued: the row is trained again
             resolve_run_data_dir(run_dir, cfg, data_dir)
         except DataChangedError as e:
-            log.warning("%s: data changed since the run was made (%s); training the row again", run_dir, ", ".join(e.files))
+            log.warning(
+                "%s: data changed since the run was made (%s); training the row again", run_dir, ", ".join(e.files)
+            )
             resume = False
     if (run_dir / CONFIG_FILE).is_file() and not resume:
         log.warning("%s: replacing the run there (another config, or unfinished without a checkpoint)", run_dir)

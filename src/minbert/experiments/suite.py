@@ -140,7 +140,9 @@ def _encoder_info(run_dir: Path, cfg: Config) -> dict:
     return info
 
 
-def make_record(exp: int, name: str, cfg: Config, summary: dict, wall_s: float, run_dir: Path, overrides: list[str]) -> dict:
+def make_record(
+    exp: int, name: str, cfg: Config, summary: dict, wall_s: float, run_dir: Path, overrides: list[str]
+) -> dict:
     """One row of ``paper_suite.json``."""
     cfg = resolve(cfg)
     paper = PAPER[exp]
@@ -242,7 +244,9 @@ def run_suite(
         for r in list(todo):
             d = deps[r]
             if d is not None and d not in todo and not _has_weights(runs_root / presets[d].stem):
-                log.info("row %d initialises from row %d, whose run folder has no weights: running row %d first", r, d, d)
+                log.info(
+                    "row %d initialises from row %d, whose run folder has no weights: running row %d first", r, d, d
+                )
                 todo.append(d)
                 changed = True
     order = _order(todo, deps)

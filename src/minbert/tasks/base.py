@@ -16,6 +16,8 @@ sts    pair regression on [0, 5] (STS-B)           MSE                  Pearson 
 from __future__ import annotations
 
 import logging
+import os
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -29,12 +31,17 @@ from ..errors import ConfigError, DataError
 from ..model.heads import build_head
 from . import metrics as M
 
+if TYPE_CHECKING:
+    from ..config import TaskConfig
+
 log = logging.getLogger(__name__)
 
-TASKS: dict[str, "Task"] = {}
+TASKS: dict[str, Task] = {}
+
+_Registered = TypeVar("_Registered", bound="Task | type[Task]")
 
 
-def register_task(obj):
+def register_task(obj: _Registered) -> _Registered:
     """Class decorator (or plain call on an instance): add a task to :data:`TASKS`.
 
     Raises:
@@ -47,7 +54,7 @@ def register_task(obj):
     return obj
 
 
-def get_task(name: str) -> "Task":
+def get_task(name: str) -> Task:
     """Raises ConfigError for an unknown task name."""
     try:
         return TASKS[name]
@@ -73,16 +80,16 @@ class Task:
     label_names: tuple[str, ...] | None = None
 
     # -- data ----------------------------------------------------------------------------------
-    def parse_label(self, raw: str):
+    def parse_label(self, raw: str) -> int | float:
         raise NotImplementedError
 
     def check_labels(self, labels: np.ndarray, path: str) -> None:
         """File-level label checks; raise DataError with a one-line reason."""
 
-    def label_dtype(self):
+    def label_dtype(self) -> type[np.number]:
         return np.float32 if self.kind == "regression" else np.int64
 
-    def read(self, path, split: str, strict: bool = False) -> RawSplit:
+    def read(self, path: str | os.PathLike, split: str, strict: bool = False) -> RawSplit:
         """Read one split file in ``file_format``. The test split has no labels (none are read), and
         a test row with an empty text is kept (predicted from an empty input)."""
         labelled = split != "test"
@@ -110,7 +117,7 @@ class Task:
         return pair_input
 
     # -- model ---------------------------------------------------------------------------------
-    def build_head(self, cfg, hidden: int) -> nn.Module:
+    def build_head(self, cfg: TaskConfig, hidden: int) -> nn.Module:
         """The head for this task's config (a :class:`minbert.config.TaskConfig`)."""
         return build_head(
             self.input_kind(cfg.pair_input),
@@ -124,7 +131,9 @@ class Task:
             head_layers=cfg.head_layers,
         )
 
-    def collate(self, split: TokenizedSplit, index: np.ndarray, pad_id: int = 0, pad_to_multiple_of: int = 1) -> dict:
+    def collate(
+        self, split: TokenizedSplit, index: np.ndarray, pad_id: int = 0, pad_to_multiple_of: int = 1
+    ) -> dict:
         """A batch dict: ``ids`` (list of str), ``input_ids``/``token_type_ids``/
         ``attention_mask`` (B, T) int64, T the longest row rounded up to a multiple of
         ``pad_to_multiple_of``; for bi-encoder pairs also ``input_ids_b``/``attention_mask_b``/
@@ -134,7 +143,8 @@ class Task:
         types = [split.token_type_ids[i] for i in index]
         if split.input_ids_b is not None:
             b = [split.input_ids_b[i] for i in index]
-            both = pad_batch(a + b, None, pad_id, pad_to_multiple_of)  # each sentence alone: token types all 0
+            # each sentence alone: token types all 0
+            both = pad_batch(a + b, None, pad_id, pad_to_multiple_of)
             n = len(index)
             batch = {
                 "input_ids": both["input_ids"][:n],
@@ -165,7 +175,7 @@ class Task:
         """This task's contribution to the overall score, in [0, 1] (None when undefined)."""
         raise NotImplementedError
 
-    def format_value(self, v) -> str:
+    def format_value(self, v: float | np.number) -> str:
         return str(int(v)) if self.kind != "regression" else f"{float(v):.4f}"
 
 
@@ -187,20 +197,20 @@ class ClassificationTask(Task):
             raise ValueError(f"outside 0..{self.num_outputs - 1}")
         return int(value)
 
-    def loss(self, output, labels):
+    def loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output.float(), labels)
 
-    def predict(self, output):
+    def predict(self, output: torch.Tensor) -> np.ndarray:
         return output.argmax(-1).cpu().numpy()
 
-    def metrics(self, pred, gold):
+    def metrics(self, pred: np.ndarray, gold: np.ndarray) -> dict:
         m = {"acc": M.accuracy(pred, gold)}
         if self.reports_macro_f1:
             m["macro_f1"] = M.macro_f1(pred, gold, self.num_outputs)
         m["confusion"] = M.confusion_matrix(pred, gold, self.num_outputs) if len(gold) else None
         return m
 
-    def primary(self, m):
+    def primary(self, m: dict) -> float | None:
         return m["acc"]
 
 
@@ -215,16 +225,16 @@ class BinaryPairTask(Task):
             return 1
         raise ValueError("expected 0, 1, 0.0 or 1.0")
 
-    def loss(self, output, labels):
+    def loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(output.float(), labels.float())
 
-    def predict(self, output):
+    def predict(self, output: torch.Tensor) -> np.ndarray:
         return (output > 0).long().cpu().numpy()
 
-    def metrics(self, pred, gold):
+    def metrics(self, pred: np.ndarray, gold: np.ndarray) -> dict:
         return {"acc": M.accuracy(pred, gold), "f1": M.binary_f1(pred, gold)}
 
-    def primary(self, m):
+    def primary(self, m: dict) -> float | None:
         return m["acc"]
 
 
@@ -244,16 +254,16 @@ class RegressionTask(Task):
             raise ValueError(f"outside [{low:g}, {high:g}]")
         return value
 
-    def loss(self, output, labels):
+    def loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(output.float(), labels.float())
 
-    def predict(self, output):
+    def predict(self, output: torch.Tensor) -> np.ndarray:
         return output.float().cpu().numpy()
 
-    def metrics(self, pred, gold):
+    def metrics(self, pred: np.ndarray, gold: np.ndarray) -> dict:
         return {"pearson": M.pearson(pred, gold), "spearman": M.spearman(pred, gold)}
 
-    def primary(self, m):
+    def primary(self, m: dict) -> float | None:
         return None if m["pearson"] is None else (m["pearson"] + 1.0) / 2.0
 
 
@@ -288,7 +298,7 @@ class SST(ClassificationTask):
             raise ValueError("expected an integer 0..4")
         return int(value)
 
-    def check_labels(self, labels, path):
+    def check_labels(self, labels: np.ndarray, path: str) -> None:
         if len(labels) and labels.max() == 5:
             if labels.min() >= 1:
                 raise DataError(

@@ -84,7 +84,7 @@ class CustomClassificationTask(_CustomTask, ClassificationTask):
             raise ValueError(f"expected {names}an integer 0..{self.num_outputs - 1}")
         return int(value)
 
-    def format_value(self, v) -> str:
+    def format_value(self, v: float | np.number) -> str:
         return self.label_names[int(v)] if self.label_names else str(int(v))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -53,7 +55,9 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float | Non
     return float(f1.mean())
 
 
-def _correlation(fn, pred: np.ndarray, gold: np.ndarray, name: str) -> float | None:
+def _correlation(
+    fn: Callable[[np.ndarray, np.ndarray], Any], pred: np.ndarray, gold: np.ndarray, name: str
+) -> float | None:
     if len(gold) == 0:
         return None
     pred, gold = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
