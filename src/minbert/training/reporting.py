@@ -187,8 +187,8 @@ def run_summary(
     ``epochs``, ``dev`` and ``chosen``), ``throughput`` (training examples, seconds, examples per
     second, processes, CUDA graphs, gradient sync), ``epochs_run``, ``steps``, ``wall_s`` (seconds),
     ``dev_limits`` (``{task: rows}`` for tasks scored on a seeded sample of their dev set; empty
-    when every dev set was scored whole) and the ``config``. ``throughput`` holds ``train_samples``, ``train_s``, ``processes``,
-    ``cuda_graphs`` and ``grad_sync``."""
+    when every dev set was scored whole) and the ``config``. ``throughput`` holds ``train_samples``,
+    ``train_s``, ``processes``, ``cuda_graphs`` and ``grad_sync``."""
     flat = final.flat()
     samples_per_s = round(throughput["train_samples"] / max(throughput["train_s"], 1e-9), 1)
     return {
