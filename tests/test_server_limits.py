@@ -166,6 +166,35 @@ def test_surrogate_text_is_422_and_the_kept_alive_connection_serves_on(server):
     conn.close()
 
 
+NONFINITE_BODIES = [
+    ("/v1/sentiment", b'{"texts": [1e999]}'),
+    ("/v1/sentiment", b"NaN"),
+    ("/v1/embed", b'{"texts": NaN}'),
+    ("/v1/similarity", b'{"pairs": [["a", Infinity]]}'),
+    ("/v1/paraphrase", b'{"texts": ["a"], "x": 1e999}'),
+    ("/v1/tasks/sst", b'{"texts": [-Infinity]}'),
+]
+
+
+def test_nonfinite_numbers_in_a_bad_request_are_422_not_500(server):
+    """Python's JSON parser reads NaN, Infinity and 1e999; the 422 answer must not echo them (strict
+    JSON cannot write them), and the kept-alive connection serves on."""
+    port, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    for path, body in NONFINITE_BODIES:
+        conn.request("POST", path, body=body, headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        assert r.status == 422, (path, body, data)
+        detail = json.loads(data)["detail"]
+        assert detail and all("input" not in e for e in detail), data
+        conn.request("POST", "/v1/similarity", body=b'{"pairs": [["a b", "a c"]]}', headers=headers)
+        r = conn.getresponse()
+        assert r.status == 200 and len(json.loads(r.read())["scores"]) == 1
+    conn.close()
+
+
 def vm_bytes(pid: int, key: str) -> int:
     """VmRSS (resident now) or VmHWM (peak resident since the last reset) of a process, in bytes."""
     with open(f"/proc/{pid}/status") as f:

@@ -17,7 +17,7 @@ import torch
 from ..config import Config
 from ..data.batching import TokenizedSplit, eval_batches
 from ..distributed import DistContext, all_gather_objects
-from ..errors import NonFiniteOutputError
+from ..errors import DataError, NonFiniteOutputError
 from ..io import atomic_write_text
 from ..progress import progress_bar, tqdm
 from ..tasks import metrics as M
@@ -189,13 +189,18 @@ def average_predictions(task: Task, members: list[TaskPredictions]) -> TaskPredi
     (logits, or scores), then the task's prediction rule. Multi-seed averaging for ensembles.
 
     Raises:
-        ValueError: the members do not cover the same ids in the same order.
+        ValueError: no members.
+        DataError: the members do not cover the same ids in the same order (runs whose configs
+            sample other dev rows, e.g. another ``dev_limit``).
     """
     if not members:
         raise ValueError("no predictions to average")
     for m in members[1:]:
         if m.ids != members[0].ids:
-            raise ValueError("ensemble members predicted different rows")
+            raise DataError(
+                f"task {task.name}: the runs predicted different rows ({len(members[0].ids)} and {len(m.ids)}; "
+                "another dev_limit?); ensemble runs whose configs read the same rows"
+            )
     mean = np.mean([m.outputs for m in members], axis=0).astype(np.float32)
     return TaskPredictions(list(members[0].ids), task.predict(torch.from_numpy(mean)), mean)
 

@@ -234,11 +234,13 @@ class BodyLimit:
 
 
 def _utf8_safe(error: dict) -> dict:
-    """One pydantic error less the entries (e.g. ``input``) that cannot be written as UTF-8 JSON."""
+    """One pydantic error less the entries (e.g. ``input``) that cannot be written as UTF-8 JSON:
+    text with a lone surrogate, and NaN or infinite numbers (Python's JSON parser reads ``NaN``,
+    ``Infinity`` and ``1e999``; strict JSON cannot write them back)."""
 
     def ok(value: object) -> bool:
         try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
+            json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except (UnicodeEncodeError, TypeError, ValueError):
             return False
         return True

@@ -15,6 +15,8 @@ from .table import task_table
 
 log = logging.getLogger(__name__)
 
+DEV_SAMPLE_SEED = 0  # the seed of every dev_limit sample, whatever train.seed is
+
 
 def load_splits(
     cfg: Config, data_dir: Path, tokenizer: Tokenizer, tasks: Mapping[str, Task] | None = None, progress: bool = False
@@ -42,10 +44,13 @@ def load_splits(
             limit = {"train": tcfg.train_limit, "dev": tcfg.dev_limit}.get(split)
             if limit is not None and limit < len(raw):
                 stratify = task.kind != "regression"
-                raw = raw.sample(limit, seed=cfg.train.seed, stratify=stratify)
+                # train rows follow train.seed; the dev sample is the same for every seed, so that
+                # runs of several seeds score (and ensemble over) the same dev rows
+                seed = cfg.train.seed if split == "train" else DEV_SAMPLE_SEED
+                raw = raw.sample(limit, seed=seed, stratify=stratify)
                 log.info(
                     "%s: %s_limit %d: a random sample of the %s rows (seed %d%s)", name, split, limit, split,
-                    cfg.train.seed, ", stratified by label" if stratify else "",
+                    seed, ", stratified by label" if stratify else "",
                 )
             if task.pair and split == "train" and tcfg.augment_swap:
                 raw = raw.plus_swapped()
