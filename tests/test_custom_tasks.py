@@ -17,9 +17,10 @@ from minbert.config import from_dict, load_config
 from minbert.data.readers import read_records
 from minbert.errors import ConfigError, DataError
 from minbert.inference.predictor import load
-from minbert.tasks.base import get_task
-from minbert.tasks.custom import build_custom_task, register_custom_tasks
+from minbert.tasks.base import TASKS
+from minbert.tasks.custom import build_custom_task
 from minbert.tasks.metrics import macro_f1
+from minbert.tasks.table import task_table
 from minbert.training.trainer import train
 from minbert_testkit import (
     NAMES,
@@ -166,19 +167,21 @@ def test_regression_task_reads_a_range(tmp_path):
 def test_invalid_definitions_are_config_errors(task_dir, change, message):
     d = {**definition(task_dir), **change}
     with pytest.raises(ConfigError) as e:
-        register_custom_tasks(from_dict({"custom_tasks": {"para": d}}))
+        task_table(from_dict({"custom_tasks": {"para": d}}))
     assert message in str(e.value)
 
 
-def test_reregistration(task_dir):
+def test_each_run_has_its_own_task_table(task_dir):
+    """Custom tasks never enter the global registry: two configs that define 'para' differently
+    get their own definitions side by side in one process."""
     cfg = from_dict({"custom_tasks": {"para": definition(task_dir)}})
-    assert register_custom_tasks(cfg) == ["para"] and register_custom_tasks(cfg) == ["para"]
-    assert get_task("para").definition == cfg.custom_tasks["para"]
     other = from_dict({"custom_tasks": {"para": {**definition(task_dir), "label_names": ["no", "yes"]}}})
-    with pytest.raises(ConfigError, match="another definition of 'para' is already registered"):
-        register_custom_tasks(other)
+    first, second = task_table(cfg), task_table(other)
+    assert first["para"].definition == cfg.custom_tasks["para"] and first["para"].label_names == ("different", "same")
+    assert second["para"].label_names == ("no", "yes")
+    assert "para" not in TASKS and first["sst"] is TASKS["sst"] is second["sst"]
     with pytest.raises(ConfigError, match="'sst' is a built-in task"):
-        register_custom_tasks(from_dict({"custom_tasks": {"sst": definition(task_dir)}}))
+        task_table(from_dict({"custom_tasks": {"sst": definition(task_dir)}}))
 
 
 def test_config_file_round_trip(task_dir, tmp_path):
@@ -226,9 +229,9 @@ def test_cli_predict_input_with_the_custom_tasks_columns(joint_run, task_dir, tm
 
 
 def test_a_custom_task_must_be_defined_in_the_config_that_trains_it(task_dir):
-    register_custom_tasks(from_dict({"custom_tasks": {"para": definition(task_dir)}}))
-    with pytest.raises(ConfigError, match=r"tasks.para: a custom task; define it under custom_tasks in this config"):
-        register_custom_tasks(from_dict({"tasks": {"para": {}}}))
+    task_table(from_dict({"custom_tasks": {"para": definition(task_dir)}}))  # another run's definition
+    with pytest.raises(ConfigError, match=r"tasks.para: unknown task .*define your own under custom_tasks"):
+        task_table(from_dict({"tasks": {"para": {}}}))
 
 
 def test_train_with_a_bad_definition_is_one_line_exit_2(task_dir, tiny_encoder, data_dir, tmp_path, capsys):

@@ -120,8 +120,9 @@ def test_two_process_evaluation_equals_one_process(runs, data_dir):
 @pytest.mark.parametrize(
     "extra, atol",
     [
-        # static-graph DDP (the parallel routine) over several steps
-        (["--train.max_steps=3"], 1e-6),
+        # static-graph DDP (the parallel routine) over several steps; float32 sums in another order
+        # stay within a few ulps (~1e-6) of one process
+        (["--train.max_steps=3"], 2e-6),
         # gradient accumulation: all-reduce only on the last micro-step (no_sync), graph searched.
         # Summation order differs (2 halves of 2 micro-batches vs 2 micro-batches of 2B) and
         # Adam divides the gradient by its own running size, so rounding differences of
@@ -130,7 +131,7 @@ def test_two_process_evaluation_equals_one_process(runs, data_dir):
         # the sampled routine: a different task (and unused heads) each step, DDP searches the graph
         (["--train.max_steps=4", "--train.routine=sampled"], 1e-6),
         # no DDP: one all_reduce of the flat gradient buffer per step (what CUDA graphs use)
-        (["--train.max_steps=3", "--train.grad_sync=flat"], 1e-6),
+        (["--train.max_steps=3", "--train.grad_sync=flat"], 2e-6),
         (["--train.max_steps=2", "--train.grad_accum=2", "--train.grad_sync=flat"], 5e-6),
         (["--train.max_steps=4", "--train.routine=sampled", "--train.grad_sync=flat"], 1e-6),
     ],
@@ -171,9 +172,10 @@ def test_two_gpus_with_cuda_graphs_equal_one_gpu_double_batch(tiny_encoder, data
 KILLER = """
 import os, signal, sys
 from pathlib import Path
+import minbert.io as mio
 import minbert.training.checkpoint as ck
 
-real, seen = ck.atomic_write_bytes, [0]
+real, seen = mio.atomic_write_bytes, [0]
 
 def dying(path, data):
     # rank 0 dies while pointing last.json at the second checkpoint: the first one stays last
@@ -183,6 +185,7 @@ def dying(path, data):
             os.kill(os.getpid(), signal.SIGKILL)
     return real(path, data)
 
+mio.atomic_write_bytes = dying  # last.json is written through atomic_write_json
 ck.atomic_write_bytes = dying
 from minbert.cli import main
 sys.exit(main(sys.argv[1:]))

@@ -21,26 +21,23 @@ cross-entropy and is scored by accuracy (also macro F1 and a confusion matrix); 
 task trains with MSE on a head whose output is sigmoid-scaled onto ``range`` and is scored by
 Pearson r (also Spearman). Its primary score joins ``overall`` like the built-in tasks'.
 
-:func:`register_custom_tasks` registers a config's custom tasks in :data:`minbert.tasks.base.TASKS`
-through :func:`minbert.tasks.base.register_task`; registering the same definition again (e.g. when a
-run folder is loaded for prediction) is a no-op, a different definition under a registered
-name raises :class:`ConfigError`.
+:func:`build_custom_task` checks one definition and builds its task. A config's custom tasks never
+enter the registry of built-in tasks: :func:`minbert.tasks.table.task_table` gives each run (or
+loaded model) a task table of its own.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 
 import numpy as np
 
-from ..config import Config, CustomTaskConfig
+from ..config import CustomTaskConfig
 from ..errors import ConfigError
-from .base import TASKS, ClassificationTask, RegressionTask, Task, register_task
+from .base import ClassificationTask, RegressionTask, Task
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _SPLITS = ("train", "dev", "test")
-_lock = threading.Lock()
 
 
 class _CustomTask(Task):
@@ -143,34 +140,6 @@ def build_custom_task(name: str, d: CustomTaskConfig) -> _CustomTask:
     return CustomRegressionTask(name, d)
 
 
-def register_custom_tasks(cfg: Config) -> list[str]:
-    """Register every task of ``cfg.custom_tasks`` (a no-op for one already registered with the
-    same definition). Returns their names.
-
-    Raises:
-        ConfigError: a definition is invalid, takes a built-in task's name, differs from the
-            definition registered under its name in this process, or ``cfg.tasks`` trains a
-            custom task that ``cfg.custom_tasks`` does not define.
-    """
-    built = {name: build_custom_task(name, d) for name, d in cfg.custom_tasks.items()}
-    with _lock:
-        for name, task in built.items():
-            old = TASKS.get(name)
-            if old is None:
-                register_task(task)
-            elif not isinstance(old, _CustomTask):
-                raise ConfigError(f"custom_tasks.{name}: {name!r} is a built-in task; choose another name")
-            elif old.definition != task.definition:
-                raise ConfigError(
-                    f"custom_tasks.{name}: another definition of {name!r} is already registered in this process "
-                    "(rename the task, or use a new process)"
-                )
-        for name in cfg.tasks:
-            if isinstance(TASKS.get(name), _CustomTask) and name not in cfg.custom_tasks:
-                raise ConfigError(f"tasks.{name}: a custom task; define it under custom_tasks in this config")
-    return list(built)
-
-
 def headline_key(task: Task) -> str:
     """The ``<task>_<metric>`` key of a task's primary metric in :meth:`EvalResult.flat`."""
     return f"{task.name}_{'pearson' if task.kind == 'regression' else 'acc'}"
@@ -181,5 +150,4 @@ __all__ = [
     "CustomRegressionTask",
     "build_custom_task",
     "headline_key",
-    "register_custom_tasks",
 ]
