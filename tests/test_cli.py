@@ -366,3 +366,21 @@ def test_a_run_uses_its_recorded_data_folder_over_the_configs(tmp_path, data_dir
     assert resolve_run_data_dir(run, relative, str(tmp_path)) == tmp_path  # --data-dir always wins
     (run / "provenance.json").write_text(json.dumps({"data_dir": str(tmp_path / "gone")}))
     assert resolve_run_data_dir(run, relative) == Path("cs224n")  # the recorded one is gone: the config's
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bogus"], "error: minbert: argument command: invalid choice: 'bogus'"),
+        (["predict"], "error: minbert predict: the following arguments are required: run_dir, --task"),
+        (["serve", "run", "--port", "abc"], "error: minbert serve: argument --port: invalid int value: 'abc'"),
+        (["predict", "run", "--task", "sst", "--quantize", "int4"], "error: minbert predict: argument --quantize"),
+    ],
+)
+def test_argument_mistakes_are_one_line_exit_2(argv, message, capsys):
+    from minbert.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(message), err

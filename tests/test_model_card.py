@@ -55,7 +55,15 @@ def test_training_writes_a_model_card_into_the_run_folder(run, tiny_encoder):
         ("para", "dev accuracy"): summary["dev_all"]["para_acc"],
         ("para", "dev macro F1"): summary["dev_all"]["para_macro_f1"],
     }
+    # the built-in tasks were scored on seeded dev samples (dev_limit), the custom one on its whole dev file
+    names = {r["task"]["name"]: r["dataset"]["name"] for r in index["results"]}
+    assert summary["dev_limits"] == {"sst": 16, "qqp": 16, "sts": 16}
+    assert all(names[t].endswith("dev split, a seeded sample of 16 rows") for t in ("sst", "qqp", "sts"))
+    assert names["para"].endswith("dev split")
     lines = body.splitlines()
+    note = "- sst: scored on a seeded sample of 16 dev rows, not the whole dev split (`minbert evaluate RUN --full`)."
+    assert note in lines
+    assert not any(line.startswith("- para: scored on a seeded sample") for line in lines)
     assert (
         "- sst: no task folder (head 'baseline' with pooling 'cls': BertForSequenceClassification reads the "
         "pooler output; use minbert.load)" in lines

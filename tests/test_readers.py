@@ -398,3 +398,20 @@ def test_training_predicts_every_test_id_even_with_empty_text(tiny_encoder, data
     assert lines == ["id,Predicted_Sentiment"] + [
         f"{i},{v}" for i, v in zip(["t1", "t2", "t3", "t4"], want, strict=True)
     ]
+
+
+def test_a_lone_surrogate_in_a_jsonl_text_is_a_bad_row_not_a_crash(tmp_path):
+    """JSON may escape a lone surrogate ("\\ud800"): that line is a reported bad row, the others are
+    kept, and the tokenizer never sees it."""
+    from minbert.data.readers import read_records
+
+    path = tmp_path / "in.jsonl"
+    lines = [
+        '{"id": "a", "sentence": "fine"}',
+        '{"id": "b", "sentence": "\\ud800 hi"}',
+        '{"id": "c", "sentence": "ok"}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    raw = read_records(path, ["sentence"], id_column="id")
+    assert raw.ids == ["a", "c"] and [b.line for b in raw.bad_rows] == [2]
+    assert "not valid Unicode" in raw.bad_rows[0].reason

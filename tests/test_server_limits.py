@@ -97,12 +97,28 @@ def test_default_body_limit_admits_the_largest_valid_request(predictor):
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--read-timeout", "0", "error: read timeout 0.0: must be > 0 seconds"),
-    ("--max-body-bytes", "0", "error: max body bytes 0: must be >= 1"),
+    ("--read-timeout", "0", "error: --read-timeout 0.0: must be > 0 seconds"),
+    ("--max-body-bytes", "0", "error: --max-body-bytes 0: must be >= 1"),
+    ("--max-items", "0", "error: --max-items 0: must be >= 1"),
+    ("--max-chars", "-5", "error: --max-chars -5: must be >= 1"),
+    ("--port", "99999", "error: --port 99999: must be in 0..65535"),
+    ("--host", "256.1.1.1", "error: --host 256.1.1.1 --port 8000: cannot listen there"),
 ])
 def test_serve_rejects_bad_limits(run_dir, capsys, flag, value, message):
     assert main(["serve", str(run_dir), flag, value]) == 2
-    assert capsys.readouterr().err.splitlines() == [message]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(run_dir, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(run_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen there"), err
+    assert "in use" in err[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -182,3 +182,20 @@ def test_dynamic_padding_pairs(tok):
         assert batch["input_ids"][i, :n].tolist() == ids[i]
         assert batch["token_type_ids"][i, :n].tolist() == types[i]
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (T - n)
+
+
+@pytest.mark.parametrize("name, text", [("tokenizer.json", "{not json"), ("tokenizer_config.json", "{not json")])
+def test_a_corrupt_tokenizer_file_is_one_checkpoint_error(folder, tmp_path, name, text):
+    """A damaged tokenizer file in a run's encoder folder: a CheckpointError naming the file (one
+    `error:` line in the CLI), not the tokenizers library's bare exception."""
+    import shutil
+
+    from minbert.errors import CheckpointError
+
+    bad = tmp_path / "enc"
+    shutil.copytree(folder, bad)
+    if name == "tokenizer_config.json":  # read only when there is no tokenizer.json
+        (bad / "tokenizer.json").unlink()
+    (bad / name).write_text(text)
+    with pytest.raises(CheckpointError, match=rf"{name}: not"):
+        Tokenizer(bad, 64)

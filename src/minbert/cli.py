@@ -25,7 +25,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from . import STARTED_AT, __version__
 from .cli_inference import cmd_ensemble, cmd_evaluate, cmd_predict
@@ -231,10 +231,18 @@ def _train_description() -> str:
     )
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse, whose usage errors are one line too (``error: ...``, exit 2), like every other
+    user mistake; ``--help`` still prints the usage. Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``minbert`` argument parser: global options and one subcommand per command (each sets
     ``fn``, the ``cmd_*`` function that runs it)."""
-    p = argparse.ArgumentParser(prog="minbert", description="Multi-task fine-tuning of BERT encoders.")
+    p = _OneLineErrors(prog="minbert", description="Multi-task fine-tuning of BERT encoders.")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"minbert {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

@@ -159,6 +159,11 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
             raise ConfigError(f"--task {args.task} takes one --text")
         if any(not t.strip() for t in texts):
             raise ConfigError("--text: empty or whitespace-only text")
+        for t in texts:
+            try:  # bytes that are not UTF-8 reach argv as lone surrogates
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError("--text: not valid UTF-8 text (pass text in the terminal's UTF-8 encoding)") from None
         out = _predict_values(pred, task, [texts[0]], [texts[1]] if task.pair else None)
         print(json.dumps(out[0]))
         return 0

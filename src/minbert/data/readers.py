@@ -224,6 +224,10 @@ def _parse_row(row: dict, line: int, spec: _Spec) -> tuple[str, tuple[str, ...],
             raise _Bad(f"{c!r} is not a string")
         if not t.strip() and not spec.keep_empty_text:
             raise _Bad(f"empty text in column {c!r}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate, e.g. "\ud800" in JSON
+            raise _Bad(f"text in column {c!r} is not valid Unicode (a lone surrogate at character {e.start})") from None
         texts.append(t.strip())
     label = None
     c = spec.label_column

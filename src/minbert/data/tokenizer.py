@@ -52,12 +52,18 @@ class Tokenizer:
         self.max_length = max_length
         tj, vocab = folder / "tokenizer.json", folder / "vocab.txt"
         if tj.is_file():
-            self._tok = HFTokenizer.from_file(str(tj))
+            try:
+                self._tok = HFTokenizer.from_file(str(tj))
+            except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+                raise CheckpointError(f"{tj}: not a readable tokenizer file ({str(e).splitlines()[0]})") from None
         elif vocab.is_file():
             opts = {}
             cfg = folder / "tokenizer_config.json"
             if cfg.is_file():
-                opts = json.loads(cfg.read_text())
+                try:
+                    opts = json.loads(cfg.read_text())
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
             lowercase = opts.get("do_lower_case", True)
             strip = opts.get("strip_accents")
             self._tok = BertWordPieceTokenizer(

@@ -134,7 +134,9 @@ def _model_index(run: _Run, tasks: list[str]) -> list[dict]:
         task = run.table[t]
         kind = "sentence-similarity" if task.kind == "regression" and task.pair else "text-classification"
         hub, config = HUB_DATASETS.get(t, (t, None))
-        dataset = {"name": f"{DATASET_NAMES.get(t, t)}, dev split", "type": hub, "split": "dev"}
+        sample = (run.summary.get("dev_limits") or {}).get(t)
+        split = f"dev split, a seeded sample of {sample} rows" if sample else "dev split"
+        dataset = {"name": f"{DATASET_NAMES.get(t, t)}, {split}", "type": hub, "split": "dev"}
         if config:
             dataset["config"] = config
         metrics = [{"type": METRICS[m][0], "value": v, "name": f"dev {METRICS[m][1]}"} for m, v in scores]
@@ -332,6 +334,8 @@ def _limits(run: _Run, tasks: list[str]) -> list[str]:
         f"For research and teaching: {', '.join(tasks)} on English text like the training data, and the fine-tuned "
         "encoder as a starting point for further fine-tuning.", "",
         "- Scored on the dev splits only (the test labels are not public); other domains and languages are untested.",
+        *[f"- {t}: scored on a seeded sample of {n} dev rows, not the whole dev split (`minbert evaluate RUN --full`)."
+          for t, n in (run.summary.get("dev_limits") or {}).items() if t in tasks],
         f"- Inputs longer than {run.cfg.model.max_length} tokens (a cross-encoder pair: both texts together) "
         "are truncated.",
         "- Not evaluated for bias or robustness: do not base decisions about people on its outputs.",

@@ -23,11 +23,10 @@ Concurrent requests are micro-batched: a worker collects what arrives within ``m
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -42,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import ConfigError, MinbertError
+from .batcher import MicroBatcher
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -100,96 +100,6 @@ class SimilarityResponse(BaseModel):
 
 class EmbedResponse(BaseModel):
     embeddings: list[list[float]]
-
-
-class MicroBatcher:
-    """Collects concurrent requests of one kind into one forward pass.
-
-    ``submit(kind, items)`` waits for the results of its items. The worker takes the first
-    waiting request, then whatever else arrives within ``max_wait_ms`` up to ``max_batch``
-    items, groups the requests by kind, runs ``run(kind, items)`` once per kind in a thread, and
-    hands each request its slice of the results. ``batch_sizes`` counts the batches formed.
-    """
-
-    def __init__(self, run: Callable[[str, list], list], max_batch: int = 64, max_wait_ms: float = 5.0):
-        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.batch_sizes: collections.Counter = collections.Counter()
-        self.in_flight = 0  # requests submitted and not yet answered
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._worker())
-
-    async def stop(self) -> None:
-        await self.queue.join()  # let queued requests finish
-        if self._task is not None:
-            self._task.cancel()
-
-    async def submit(self, kind: str, items: list) -> list:
-        fut = asyncio.get_running_loop().create_future()
-        self.in_flight += 1
-        try:
-            await self.queue.put((kind, items, fut))
-            return await fut
-        finally:
-            self.in_flight -= 1
-
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            first = await self.queue.get()
-            taken = [first]
-            n = len(first[1])
-            deadline = loop.time() + self.max_wait
-            while n < self.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
-                    break
-                taken.append(nxt)
-                n += len(nxt[1])
-            by_kind: dict[str, list] = collections.defaultdict(list)
-            for req in taken:
-                by_kind[req[0]].append(req)
-            for kind, reqs in by_kind.items():
-                items = [x for _, its, _ in reqs for x in its]
-                self.batch_sizes[len(items)] += 1
-                try:
-                    results = await loop.run_in_executor(None, self.run, kind, items)
-                except Exception as e:  # handed to the waiting requests, which answer 500
-                    for _, _, fut in reqs:
-                        if not fut.done():
-                            fut.set_exception(e)
-                else:
-                    start = 0
-                    for _, its, fut in reqs:
-                        if not fut.done():
-                            fut.set_result(results[start : start + len(its)])
-                        start += len(its)
-            for _ in taken:
-                self.queue.task_done()
-
-    def stats(self, histogram: bool = False) -> dict:
-        """``batches`` formed, ``items`` in them, ``mean_batch`` items per forward pass, the
-        largest batch, requests ``in_flight``; with ``histogram`` also ``{size: count}`` (sizes as
-        strings, for JSON)."""
-        sizes = dict(self.batch_sizes)  # a snapshot: the worker may add to the counter meanwhile
-        total = sum(sizes.values())
-        items = sum(k * v for k, v in sizes.items())
-        out = {
-            "batches": total,
-            "items": items,
-            "mean_batch": items / total if total else 0.0,
-            "max_batch": max(sizes, default=0),
-            "in_flight": self.in_flight,
-        }
-        if histogram:
-            out["histogram"] = {str(k): sizes[k] for k in sorted(sizes)}
-        return out
 
 
 def default_max_body_bytes(max_items: int, max_chars: int) -> int:
@@ -466,17 +376,15 @@ def serve(
     seconds a client has to send each request, headers and body (see :class:`ReadTimeoutH11Protocol`).
 
     Raises:
-        ConfigError: ``max_body_bytes`` below 1 or ``read_timeout`` not above 0.
+        ConfigError: a limit below 1, ``read_timeout`` not above 0, a port outside 0..65535, or an
+            address this machine cannot listen on (checked before the model loads).
         CheckpointError: ``run_dir`` is neither a run nor an export.
     """
     import uvicorn
 
     from .predictor import load
 
-    if not read_timeout > 0:
-        raise ConfigError(f"read timeout {read_timeout}: must be > 0 seconds")
-    if max_body_bytes is not None and max_body_bytes < 1:
-        raise ConfigError(f"max body bytes {max_body_bytes}: must be >= 1")
+    _check_serve_options(host, port, max_items, max_chars, max_body_bytes, read_timeout)
     predictor = load(run_dir, device=device)
     app = create_app(predictor, max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_bytes)
     log.info("serving %s on http://%s:%d (docs at /docs)", run_dir, host, port)
@@ -486,3 +394,29 @@ def serve(
         app, host=host, port=port, log_level="info", access_log=access_log, timeout_keep_alive=30,
         timeout_graceful_shutdown=30, http=ReadTimeoutH11Protocol.with_timeout(read_timeout),
     )
+
+
+def _check_serve_options(
+    host: str, port: int, max_items: int, max_chars: int, max_body_bytes: int | None, read_timeout: float
+) -> None:
+    """The serve options, before anything loads; the address by binding it once (then released).
+
+    Raises:
+        ConfigError: naming the option (``--port``, ``--max-items``, ...) and the problem.
+    """
+    import socket
+
+    if not read_timeout > 0:
+        raise ConfigError(f"--read-timeout {read_timeout}: must be > 0 seconds")
+    for flag, value in (("--max-items", max_items), ("--max-chars", max_chars), ("--max-body-bytes", max_body_bytes)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be >= 1")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: must be in 0..65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
