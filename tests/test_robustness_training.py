@@ -399,6 +399,11 @@ OS_ERRORS = {
                                      "--output", str(_a_file(tmp) / "out.csv"), "--no-progress"],
         lambda tmp: f"error: {tmp / 'a-file'}: File exists (a file stands where a folder is needed)",
     ),
+    "predict output is a folder": (
+        lambda run, tmp, enc, data: ["predict", str(run), "--task", "sst", "--input", str(_sentences(tmp)),
+                                     "--output", str(tmp), "--no-progress"],
+        lambda tmp: f"error: --output {tmp}: is a folder; give a file name",
+    ),
 }
 
 

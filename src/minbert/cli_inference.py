@@ -149,6 +149,8 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     if (args.text is None) == (args.input is None):
         raise ConfigError("give exactly one of --text or --input")
+    if args.output and Path(args.output).is_dir():
+        raise ConfigError(f"--output {args.output}: is a folder; give a file name")
     pred = load(args.run_dir, device=args.device, batch_size=args.batch_size, quantize=args.quantize)
     task = pred.task(args.task)  # an unknown task, or one the model lacks: ConfigError
     if args.text is not None:
