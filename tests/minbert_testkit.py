@@ -92,3 +92,43 @@ def shared_run(tiny_encoder: Path, data_dir: Path, tmp_path_factory) -> Run:
         run_dir = tmp_path_factory.mktemp("shared-run") / "run"
         _cache["run"] = train(from_dict(raw), run_dir=run_dir, data_dir=data_dir, progress=False)
     return _cache["run"]
+
+
+def cli_train_args(tiny_encoder: Path, data_dir: Path, run_dir: Path, *options: str) -> list[str]:
+    """``minbert train`` arguments for a tiny run: data, run folder, the tiny encoder, then ``options``."""
+    return ["train", f"--data-dir={data_dir}", f"--run-dir={run_dir}", f"--model.encoder={tiny_encoder}", *options]
+
+
+def slice_args(train_rows: int, dev_rows: int, batch: int, tasks: tuple[str, ...] = ("sst", "qqp", "sts")) -> list[str]:
+    """Overrides that train each task on ``train_rows`` rows, score ``dev_rows`` and batch ``batch``."""
+    pairs = (("train_limit", train_rows), ("dev_limit", dev_rows), ("batch_size", batch))
+    return [f"--tasks.{t}.{k}={v}" for t in tasks for k, v in pairs]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(base: str, proc: object, log_path: Path, tries: int = 240) -> None:
+    """Poll ``base``/health every 0.25 s until it answers 200; fail with the server's log if the
+    process ``proc`` (a ``subprocess.Popen``) exits first or after ``tries`` polls."""
+    import time
+
+    import httpx
+    import pytest
+
+    for _ in range(tries):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {log_path.read_text()[-2000:]}")
+            time.sleep(0.25)
+    pytest.fail(f"server did not come up in {tries / 4:.0f} s")
+

@@ -38,31 +38,19 @@ from minbert.training.checkpoint import (
     set_rng_state,
 )
 from minbert.training.optim import build_optimizer, build_scheduler
+from minbert_testkit import cli_train_args, slice_args
 
 TASKS = ("sst", "qqp", "sts")
 ROWS, DEV_ROWS, BATCH = 32, 16, 8  # 4 optimizer steps in the one epoch
 
 
 def train_args(tiny_encoder: Path, data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        f"--data-dir={data_dir}",
-        f"--run-dir={run_dir}",
-        f"--model.encoder={tiny_encoder}",
-        *[
-            f"--tasks.{t}.{k}={v}"
-            for t in TASKS for k, v in (("train_limit", ROWS), ("dev_limit", DEV_ROWS), ("batch_size", BATCH))
-        ],
-        "--train.epochs=1",
-        "--train.checkpoint_every=2",
-        "--train.device=cpu",
-        "--optim.lr=1e-3",
-        "--output.tensorboard=false",
-        "--output.test_predictions=false",
-        "--output.plot=false",
-        "--no-progress",
+    return cli_train_args(
+        tiny_encoder, data_dir, run_dir, *slice_args(ROWS, DEV_ROWS, BATCH, TASKS),
+        "--train.epochs=1", "--train.checkpoint_every=2", "--train.device=cpu", "--optim.lr=1e-3",
+        "--output.tensorboard=false", "--output.test_predictions=false", "--output.plot=false", "--no-progress",
         *extra,
-    ]
+    )
 
 
 @pytest.fixture(scope="module")

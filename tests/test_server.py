@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from minbert.inference.predictor import load
 from minbert.inference.server import create_app
-from minbert_testkit import NAMES, shared_run
+from minbert_testkit import NAMES, free_port, shared_run, wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -155,12 +154,6 @@ def test_openapi_and_demo_page(client):
 # a real server process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
     """``python -m minbert serve`` on a free port; yields (base url, process, log file)."""
@@ -174,16 +167,7 @@ def server(run_dir, tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited: {log_path.read_text()[-2000:]}")
-                time.sleep(0.25)
-        else:
-            pytest.fail("server did not come up in 60 s")
+        wait_until_healthy(base, proc, log_path)
         yield base, proc, log_path
     finally:
         if proc.poll() is None:

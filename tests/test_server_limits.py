@@ -22,7 +22,7 @@ from minbert.cli import main
 from minbert.errors import DataError
 from minbert.inference.predictor import load
 from minbert.inference.server import create_app, default_max_body_bytes
-from minbert_testkit import shared_run
+from minbert_testkit import free_port, shared_run, wait_until_healthy
 
 READ_TIMEOUT, BODY_LIMIT = 1.0, 1_000_000
 NOT_UTF8 = "not valid Unicode text: a lone surrogate at character {} (pass UTF-8 encodable text)"
@@ -125,12 +125,6 @@ def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(run_dir, caps
 # a real server process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
     """``python -m minbert serve`` with a 1 s read timeout and a 1 MB body limit; yields (port, pid)."""
@@ -141,16 +135,7 @@ def server(run_dir, tmp_path_factory):
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited: {log_path.read_text()[-2000:]}")
-                time.sleep(0.25)
-        else:
-            pytest.fail("server did not come up in 60 s")
+        wait_until_healthy(f"http://127.0.0.1:{port}", proc, log_path)
         yield port, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
