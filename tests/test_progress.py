@@ -78,6 +78,8 @@ def test_train_ends_with_its_scores_and_its_files(progress_run):
     lines = err.splitlines()
     assert lines[-2].endswith(scores), lines[-2:]
     assert lines[-1].endswith(files), lines[-1:]
+    limits = "scored on seeded dev samples of {'sst': 64, 'qqp': 64, 'sts': 64} rows; "
+    assert limits in lines[-3] and lines[-3].endswith(f"`minbert evaluate {run_dir} --full` scores the whole dev sets")
     log = (run_dir / "train.log").read_text()
     assert scores in log and files in log
 

@@ -49,7 +49,7 @@ __all__ = [
 from .config_values import apply_overrides, build_value, to_dict
 from .errors import ConfigError
 
-MAX_LR = 10.0  # a learning rate above this is a typo (1e38 overflows the optimizers' float32 state)
+MAX_LR = 1e30  # the optimizers' float32 state overflows near 3.4e38
 
 
 
@@ -137,8 +137,8 @@ def _check_model_and_optim(cfg: Config) -> None:
             raise ConfigError(f"model.{key} must be in [0, 1) (or null: the encoder's own), got {value}")
     for key in ("lr", "head_lr"):
         value = getattr(cfg.optim, key)
-        if value is not None and not (math.isfinite(value) and 0.0 < value <= MAX_LR):
-            raise ConfigError(f"optim.{key} must be in (0, {MAX_LR:g}] (or null), got {value}")
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= MAX_LR):
+            raise ConfigError(f"optim.{key} must be a number in [0, {MAX_LR:g}] (or null), got {value}")
     if not 0.0 <= cfg.optim.warmup_ratio <= 1.0:  # NaN fails both
         raise ConfigError(f"optim.warmup_ratio must be in [0, 1], got {cfg.optim.warmup_ratio}")
 

@@ -458,10 +458,10 @@ class Trainer:
         atomic_write_json(self.run_dir / "summary.json", summary)
         write_model_card(self.run_dir)
         log.info("done in %.1f s; best epoch %s: %s", summary["wall_s"], st.best_epoch, format_metrics(summary["dev"]))
-        log.info("dev: %s", _scores_line(summary["dev"], self.cfg))
         if summary["dev_limits"]:
             log.info("scored on seeded dev samples of %s rows; `minbert evaluate %s --full` scores the whole dev sets",
                      summary["dev_limits"], self.run_dir)
+        log.info("dev: %s", _scores_line(summary["dev"], self.cfg))
         files = ("summary.json", "predictions/", "curves.png", "tensorboard/", "train.log", "README.md")
         files = [f for f in files if (self.run_dir / f).exists()]
         log.info("run folder: %s (%s)", self.run_dir, ", ".join(files))
