@@ -149,3 +149,31 @@ def test_epoch_end_phase_keeps_the_best_and_stops_early(tiny_encoder, data_dir, 
     loop = load_train_state(run_dir / "checkpoints" / "step-00000000")["loop"]
     assert (loop["epoch"], loop["best_epoch"], loop["bad_epochs"], len(loop["history"])) == (2, 1, 1, 2)
     assert [(r["epoch"], r["dev"]) for r in records(run_dir)] == [(1, calls[0][1]), (2, calls[1][1])]
+
+
+def test_tensorboard_holds_the_learning_rate_and_gradient_norm_of_every_step(tiny_encoder, data_dir, tmp_path):
+    """TensorBoard gets train/lr and train/grad_norm at each optimizer step, the values that
+    metrics.jsonl records (and train/loss_<task>)."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from minbert.config import load_config
+    from minbert.training.trainer import train
+
+    over = [f"model.encoder={tiny_encoder}", "train.epochs=1", "train.log_every=1", "optim.lr=1e-3",
+            "optim.schedule=linear", "optim.warmup_ratio=0.5", "output.plot=false", "output.test_predictions=false"]
+    over += [f"tasks.{t}.{k}={v}" for t in ("sst", "qqp", "sts") for k, v in (("train_limit", 24), ("dev_limit", 8),
+                                                                                ("batch_size", 8))]
+    run = train(load_config(None, over), run_dir=tmp_path / "run", data_dir=data_dir, progress=False)
+    steps = [json.loads(ln) for ln in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "lr" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    acc = EventAccumulator(str(run.run_dir / "tensorboard"))
+    acc.Reload()
+    for tag, key in (("train/lr", "lr"), ("train/grad_norm", "grad_norm"), ("train/loss_sst", "loss/sst")):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3], tag
+        assert [e.value for e in events] == pytest.approx([r[key] for r in steps], rel=1e-6), tag
+    # linear warmup over ceil(0.5 * 3) = 2 steps from 0, then decay: 0, 5e-4, 1e-3 before steps 1..3
+    assert [r["lr"] for r in steps] == pytest.approx([5e-4, 1e-3, 0.0], abs=1e-12)

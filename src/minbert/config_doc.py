@@ -82,7 +82,9 @@ def commented_yaml(cfg: Config) -> str:
     ``from_dict(yaml.safe_load(text)) == cfg``. An empty ``tasks`` or ``custom_tasks`` map is
     followed by its entries' fields with their defaults, commented out.
     """
-    lines = ["# minbert config: every key is optional (defaults shown); `minbert config schema` lists the types"]
+    lines = [
+        "# minbert config, resolved (file, overrides, defaults); every key is optional;"
+        " `minbert config schema` lists the types"]
     _commented(cfg, 0, lines)
     return "\n".join(lines) + "\n"
 

@@ -52,10 +52,11 @@ class TaskConfig:
     # use a seeded random sample of N training rows (stratified by label for classification;
     # seed train.seed), and of N phrases with phrases_file
     train_limit: int | None = field(
-        default=None, metadata={"help": "train on a seeded random sample of N rows (stratified by label; null: all)"}
+        default=None,
+        metadata={"help": "train on a seeded random sample of N rows (by label for classification; null: all)"},
     )
     dev_limit: int | None = field(
-        default=None, metadata={"help": "evaluate a seeded random sample of N dev rows (null: all)"}
+        default=None, metadata={"help": "evaluate a seeded random sample of N dev rows, the same for every seed (null: all)"}
     )
     hidden_size: int = field(
         default=256, metadata={"help": "hidden width of heads that have one (conv1d, mlp, gelu, compress_expand)"}

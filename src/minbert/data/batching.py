@@ -117,7 +117,10 @@ def resolve_data_dir(cli_dir: str | None = None, config_dir: str | None = None) 
         raise DataError(f"no data folder: pass --data-dir or set {DATA_DIR_ENV} (e.g. ../shared/data/cs224n)")
     path = Path(chosen).expanduser()
     if not path.is_dir():
-        raise DataError(f"data folder {path} does not exist")
+        raise DataError(
+            f"data folder {path} ({path.resolve()}) does not exist: put the CS224N data files there, or name their "
+            f"folder with --data-dir, data.dir or ${DATA_DIR_ENV} (README: The data)"
+        )
     return path
 
 

@@ -96,6 +96,9 @@ class MetricsLog:
             if self.writer is not None:
                 for n, v in loss_vals.items():
                     self.writer.add_scalar(f"train/loss_{n}", v, record["step"])
+                self.writer.add_scalar("train/grad_norm", values[-1], record["step"])
+                if "lr" in record:
+                    self.writer.add_scalar("train/lr", record["lr"], record["step"])
             if self.progress is not None:
                 self.progress.set_postfix({n: f"{v:.3f}" for n, v in loss_vals.items()}, refresh=False)
         self.pending.clear()
