@@ -56,7 +56,8 @@ class TaskConfig:
         metadata={"help": "train on a seeded random sample of N rows (by label for classification; null: all)"},
     )
     dev_limit: int | None = field(
-        default=None, metadata={"help": "evaluate a seeded random sample of N dev rows, the same for every seed (null: all)"}
+        default=None,
+        metadata={"help": "evaluate a seeded random sample of N dev rows, the same for every seed (null: all)"},
     )
     hidden_size: int = field(
         default=256, metadata={"help": "hidden width of heads that have one (conv1d, mlp, gelu, compress_expand)"}
