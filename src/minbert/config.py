@@ -67,7 +67,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training loop"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and learning-rate schedule"})
     output: OutputConfig = field(default_factory=OutputConfig, metadata={"help": "what a run writes"})
-    # tasks defined in the config (minbert.custom); each one trains when listed under `tasks`
+    # tasks defined in the config (minbert.tasks.custom); each one trains when listed under `tasks`
     # (a config with custom_tasks but no `tasks` section trains sst, qqp, sts and every custom task)
     custom_tasks: dict[str, CustomTaskConfig] = field(
         default_factory=dict,

@@ -20,7 +20,7 @@ class CustomColumnsConfig:
 
 @dataclass(frozen=True)
 class CustomTaskConfig:
-    """A task defined in the config, without code (see :mod:`minbert.custom`)."""
+    """A task defined in the config, without code (see :mod:`minbert.tasks.custom`)."""
 
     kind: Literal["classification", "regression"] | None = field(
         default=None, metadata={"help": "required: classification or regression"}
