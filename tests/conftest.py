@@ -65,3 +65,20 @@ def _deterministic():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     yield
+
+
+@pytest.fixture(scope="session")
+def shared_run_dir(tiny_encoder, data_dir, tmp_path_factory) -> Path:
+    """The session's one tiny training run (minbert_testkit.shared_run): sst, qqp, sts and "para"."""
+    from minbert_testkit import shared_run
+
+    return shared_run(tiny_encoder, data_dir, tmp_path_factory).run_dir
+
+
+@pytest.fixture(scope="session")
+def shared_predictor(shared_run_dir):
+    """``minbert.load`` of :func:`shared_run_dir` on the CPU."""
+    from minbert.inference.predictor import load
+
+    return load(shared_run_dir, device="cpu")
+

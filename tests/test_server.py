@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from minbert.inference.predictor import load
 from minbert.inference.server import create_app
-from minbert_testkit import NAMES, free_port, shared_run, wait_until_healthy
+from minbert_testkit import NAMES, free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -34,13 +33,13 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_encoder, data_dir, tmp_path_factory):
-    return shared_run(tiny_encoder, data_dir, tmp_path_factory).run_dir
+def run_dir(shared_run_dir):
+    return shared_run_dir
 
 
 @pytest.fixture(scope="module")
-def predictor(run_dir):
-    return load(run_dir, device="cpu")
+def predictor(shared_predictor):
+    return shared_predictor
 
 
 @pytest.fixture()

@@ -20,9 +20,8 @@ from fastapi.testclient import TestClient
 
 from minbert.cli import main
 from minbert.errors import DataError
-from minbert.inference.predictor import load
 from minbert.inference.server import create_app, default_max_body_bytes
-from minbert_testkit import free_port, shared_run, wait_until_healthy
+from minbert_testkit import free_port, wait_until_healthy
 
 READ_TIMEOUT, BODY_LIMIT = 1.0, 1_000_000
 NOT_UTF8 = "not valid Unicode text: a lone surrogate at character {} (pass UTF-8 encodable text)"
@@ -39,13 +38,13 @@ SURROGATE_BODIES = [
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_encoder, data_dir, tmp_path_factory):
-    return shared_run(tiny_encoder, data_dir, tmp_path_factory).run_dir
+def run_dir(shared_run_dir):
+    return shared_run_dir
 
 
 @pytest.fixture(scope="module")
-def predictor(run_dir):
-    return load(run_dir, device="cpu")
+def predictor(shared_predictor):
+    return shared_predictor
 
 
 # ----------------------------------------------------------------------------------------------
