@@ -37,26 +37,18 @@ SURROGATE_BODIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def run_dir(shared_run_dir):
-    return shared_run_dir
-
-
-@pytest.fixture(scope="module")
-def predictor(shared_predictor):
-    return shared_predictor
 
 
 # ----------------------------------------------------------------------------------------------
 # Python API and TestClient
 
 
-def test_python_api_rejects_lone_surrogates_naming_the_item(predictor):
+def test_python_api_rejects_lone_surrogates_naming_the_item(shared_predictor):
     cases = [
-        (lambda: predictor.sentiment(["ok", "a\ud800b"]), "texts[1]: " + NOT_UTF8.format(1)),
-        (lambda: predictor.embed(["\udc80"]), "texts[0]: " + NOT_UTF8.format(0)),
-        (lambda: predictor.similarity([("a", "b"), ("c", "x\ud800")]), "pairs[*][1][1]: " + NOT_UTF8.format(1)),
-        (lambda: predictor.predict("para", [("\ud800", "b")]), "pairs[*][0][0]: " + NOT_UTF8.format(0)),
+        (lambda: shared_predictor.sentiment(["ok", "a\ud800b"]), "texts[1]: " + NOT_UTF8.format(1)),
+        (lambda: shared_predictor.embed(["\udc80"]), "texts[0]: " + NOT_UTF8.format(0)),
+        (lambda: shared_predictor.similarity([("a", "b"), ("c", "x\ud800")]), "pairs[*][1][1]: " + NOT_UTF8.format(1)),
+        (lambda: shared_predictor.predict("para", [("\ud800", "b")]), "pairs[*][0][0]: " + NOT_UTF8.format(0)),
     ]
     for call, message in cases:
         with pytest.raises(DataError) as e:
@@ -64,12 +56,12 @@ def test_python_api_rejects_lone_surrogates_naming_the_item(predictor):
         assert str(e.value) == message
 
 
-def test_body_limit_counts_the_bytes_as_they_arrive(predictor):
+def test_body_limit_counts_the_bytes_as_they_arrive(shared_predictor):
     body = json.dumps({"texts": ["x" * 85]}).encode()
     assert len(body) == 100
     too_large = {"detail": "the request body is larger than 100 bytes (the server's --max-body-bytes)"}
     headers = {"content-type": "application/json"}
-    with TestClient(create_app(predictor, max_chars=1000, max_body_bytes=100)) as c:
+    with TestClient(create_app(shared_predictor, max_chars=1000, max_body_bytes=100)) as c:
         assert c.post("/v1/sentiment", content=body, headers=headers).status_code == 200
         r = c.post("/v1/sentiment", content=body[:-2] + b' ]}', headers=headers)  # Content-Length 101
         assert r.status_code == 413 and r.json() == too_large
@@ -80,13 +72,13 @@ def test_body_limit_counts_the_bytes_as_they_arrive(predictor):
         assert c.get("/health").status_code == 200
 
 
-def test_default_body_limit_admits_the_largest_valid_request(predictor):
+def test_default_body_limit_admits_the_largest_valid_request(shared_predictor):
     """The largest valid request: max_items pairs of max_chars-character texts, each character an
     astral one that json.dumps writes as a 12-byte surrogate-pair escape, even indented."""
     max_items, max_chars = 4, 50
     text = "\U0001f600" * max_chars
     pairs = [[text, text]] * max_items
-    with TestClient(create_app(predictor, max_items=max_items, max_chars=max_chars)) as c:
+    with TestClient(create_app(shared_predictor, max_items=max_items, max_chars=max_chars)) as c:
         for body in (json.dumps({"pairs": pairs}), json.dumps({"pairs": pairs}, indent=4)):
             assert len(body) > 2 * max_items * max_chars * 12
             r = c.post("/v1/similarity", content=body, headers={"content-type": "application/json"})
@@ -103,18 +95,18 @@ def test_default_body_limit_admits_the_largest_valid_request(predictor):
     ("--port", "99999", "error: --port 99999: must be in 0..65535"),
     ("--host", "256.1.1.1", "error: --host 256.1.1.1 --port 8000: cannot listen there"),
 ])
-def test_serve_rejects_bad_limits(run_dir, capsys, flag, value, message):
-    assert main(["serve", str(run_dir), flag, value]) == 2
+def test_serve_rejects_bad_limits(shared_run_dir, capsys, flag, value, message):
+    assert main(["serve", str(shared_run_dir), flag, value]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
 
 
-def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(run_dir, capsys):
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(shared_run_dir, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert main(["serve", str(run_dir), "--port", str(port)]) == 2
+        assert main(["serve", str(shared_run_dir), "--port", str(port)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen there"), err
     assert "in use" in err[0]
@@ -125,11 +117,11 @@ def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(run_dir, caps
 
 
 @pytest.fixture(scope="module")
-def server(run_dir, tmp_path_factory):
+def server(shared_run_dir, tmp_path_factory):
     """``python -m minbert serve`` with a 1 s read timeout and a 1 MB body limit; yields (port, pid)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("server-limits") / "server.log"
-    cmd = [sys.executable, "-m", "minbert", "serve", str(run_dir), "--port", str(port), "--device", "cpu",
+    cmd = [sys.executable, "-m", "minbert", "serve", str(shared_run_dir), "--port", str(port), "--device", "cpu",
            "--read-timeout", str(READ_TIMEOUT), "--max-body-bytes", str(BODY_LIMIT), "--no-access-log"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
