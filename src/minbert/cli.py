@@ -192,25 +192,12 @@ def cmd_config_schema(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.output:
         sys.stdout.write(text)
         return 0
-    # minbert.io imports torch; this command must not: the same atomic write, standard library only
-    import os
-    import tempfile
+    from .io import atomic_write_text, os_reason
 
-    path = Path(args.output)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write_text(args.output, text)
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"--output {path}: cannot write ({e.strerror or e})") from None
+        raise ConfigError(f"--output {args.output}: cannot write ({os_reason(e)})") from None
     return 0
 
 

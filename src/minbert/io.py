@@ -12,13 +12,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:  # torch and safetensors load on first use: the CLI's light commands write files too
+    import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -61,6 +60,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Save tensors as safetensors (atomically); ``metadata`` is stored as one JSON string
     under the key ``minbert``."""
+    from safetensors.torch import save as st_save
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {"minbert": json.dumps(metadata or {})}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
@@ -73,9 +74,11 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint file not found") from None
+    from safetensors import safe_open
+    from safetensors.torch import load as st_load
+
     try:
         tensors = st_load(data)
-        from safetensors import safe_open
 
         with safe_open(str(path), "pt") as fh:
             meta = json.loads((fh.metadata() or {}).get("minbert", "{}"))
