@@ -29,7 +29,7 @@ def write(tmp_path, rows, final=None):
 def test_the_shipped_ablation_loads_and_chains():
     ab = load_ablation(REPO / "configs" / "beyond" / "ablation.yaml")
     assert [r.name for r in ab.chain("llrd")] == ["exp07", "recipe", "cross", "cross-mean", "phrases", "swap", "llrd"]
-    assert ab.final_row == "rdrop" and ab.final_preset == "configs/best.yaml"
+    assert ab.final_row == "rdrop" and ab.final_preset is None
     c = ab.config("llrd")
     assert c.tasks["qqp"].pair_input == "cross" and c.tasks["sts"].pooling == "mean" and c.optim.layer_lr_decay == 0.9
     assert c.train.epochs == 3 and c.train.smart_weight == 0.0  # own override beats common; side rows not inherited
@@ -107,7 +107,7 @@ def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):
     md = (tmp_path / "rep" / "beyond.md").read_text()
     assert "| b | a | higher lr \\|x\\| |" in md and "mean ± std" in md  # a | in a cell is escaped
     assert (tmp_path / "rep" / "beyond-best.yaml").is_file()
-    # the issue's JSON schema: rows[i].{name, preset, seeds, dev}, best.{preset, seeds, dev_mean, dev_std}
+    # the report's JSON: rows[i].{name, preset, seeds, dev}, best.{preset, seeds, dev_mean, dev_std}
     saved = json.loads((tmp_path / "rep" / "beyond.json").read_text())
     assert [(r["name"], r["seeds"], r["preset"].endswith(f"ab.yaml#{r['name']}")) for r in saved["rows"]] == [
         ("a", 1, True), ("b", 1, True)]
@@ -126,13 +126,49 @@ def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):
         run_ablation(path, tmp_path / "runs", tmp_path / "rep", report_only=True, final=True)
 
 
-def test_best_preset_is_the_ablation_final_row():
-    """configs/best.yaml is the resolved final row of the shipped ablation (name and the
-    encoder folder aside), so `minbert train --config configs/best.yaml` reproduces it."""
+def test_best_preset_is_the_ablation_export_heads_row():
+    """configs/best.yaml is the resolved row export-heads of the shipped ablation (name and the
+    encoder folder aside), so `minbert train --config configs/best.yaml` reproduces it, and every
+    one of its tasks exports to a transformers / sentence-transformers folder."""
     from minbert.config import load_config, replace, resolve, to_dict
+    from minbert.inference.export import plan_exports
 
     ab = load_ablation(REPO / "configs" / "beyond" / "ablation.yaml")
-    want = resolve(ab.config(ab.final_row))
+    want = resolve(ab.config("export-heads"))
     got = load_config(REPO / "configs" / "best.yaml")
     want = replace(want, name="best", model=replace(want.model, encoder="default"))
     assert to_dict(got) == to_dict(want)
+    assert all(e.library is not None for e in plan_exports(got).values())
+
+
+def test_rows_without_a_run_keep_their_record_from_the_previous_report(tmp_path):
+    """Rows run elsewhere merge through the report: a row with no run under the runs root keeps
+    its earlier record when its parent and overrides are unchanged, and loses it otherwise."""
+    from minbert.experiments.ablation import build_report
+
+    rows = [
+        {"name": "a", "change": "base"},
+        {"name": "b", "parent": "a", "change": "lr", "overrides": ["optim.lr=1e-3"]},
+        {"name": "c", "parent": "a", "change": "wd", "overrides": ["optim.weight_decay=0.1"]},
+    ]
+    ab = load_ablation(write(tmp_path, rows, final={"row": "b", "seeds": [0, 1]}))
+
+    def rec(name, parent, overrides, overall):
+        return {"name": name, "parent": parent, "overrides": overrides, "seeds": 1, "dev": {"overall": overall},
+                "delta_overall": 9.0}
+
+    dev = [{"sst_acc": 0.5, "qqp_acc": 0.8, "sts_pearson": 0.6, "overall": 0.7},
+           {"sst_acc": 0.4, "qqp_acc": 0.7, "sts_pearson": 0.5, "overall": 0.6}]
+    previous = {
+        "rows": [rec("a", None, [], 0.5), rec("b", "a", ["optim.lr=1e-3"], 0.75), rec("c", "a", ["optim.lr=2"], 0.9)],
+        "final": {"row": "b", "seeds": [0, 1], "per_seed": dev},
+    }
+    report = build_report(ab, tmp_path / "no-runs", previous)
+    a, b, c = report["rows"]
+    assert a["dev"] == {"overall": 0.5} and b["dev"] == {"overall": 0.75}
+    assert b["delta_overall"] == 0.25  # recomputed, not copied
+    assert c["dev"] is None and c["overrides"] == ["optim.weight_decay=0.1"]  # its config changed: not kept
+    assert report["final"]["seeds"] == [0, 1] and report["final"]["overall_mean"] == pytest.approx(0.65)
+    assert report["best"]["dev_std"]["sst_acc"] == pytest.approx(statistics.stdev([0.5, 0.4]))
+    other = load_ablation(write(tmp_path, rows, final={"row": "c", "seeds": [0]}))
+    assert build_report(other, tmp_path / "no-runs", previous)["final"] is None  # another final row

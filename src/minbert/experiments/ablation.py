@@ -20,6 +20,9 @@ SST / QQP / STS / overall, its difference from its parent, and the final row's m
 standard deviation over seeds; ``NAME-best.yaml`` beside it is the final row's resolved config.
 ``final.preset`` is a label for the report (the path, as users type it, of the preset that holds
 the final row's config); it is not read.
+Rows run on other machines merge through the report: a row with no finished run under the runs
+root keeps its record from the report already in the report folder, when that record has the
+same parent and overrides (the same config); likewise the final row's seeds.
 The JSON has ``rows[i].{name, preset, seeds, dev}`` (``preset``: ``FILE#row``) and
 ``best.{preset, seeds, dev_mean, dev_std}``; ``NAME_notes.md`` in the report folder, written by
 hand, is included in the markdown as the discussion.
@@ -220,7 +223,7 @@ def run_ablation(
         for name in only or list(ab.rows):
             log.info("row %s: %s", name, ab.rows[name].change)
             train_row(ab.config(name, list(extra)), runs_root / name, data_dir, progress, False)
-    report = build_report(ab, runs_root)
+    report = build_report(ab, runs_root, _previous(report_dir / f"{report_name}.json"))
     if report_only and not any(r["dev"] for r in report["rows"]) and report["final"] is None:
         raise ConfigError(f"--report-only: no finished runs of {ab.path.name}'s rows under {runs_root}")
     if report_dir.exists() and not report_dir.is_dir():
@@ -236,10 +239,36 @@ def run_ablation(
     return report
 
 
-def build_report(ab: Ablation, runs_root: Path) -> dict:
+def _previous(path: Path) -> dict:
+    """The report already at ``path`` ({} when there is none or it is not a JSON object)."""
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return prev if isinstance(prev, dict) else {}
+
+
+def _kept_row(prev: dict, name: str, row: Row) -> dict | None:
+    """The previous report's finished record of row ``name`` when it ran the same config."""
+    for rec in prev.get("rows") or []:
+        if (
+            isinstance(rec, dict) and rec.get("name") == name and rec.get("dev")
+            and rec.get("parent") == row.parent and rec.get("overrides") == list(row.overrides)
+        ):
+            return rec
+    return None
+
+
+def build_report(ab: Ablation, runs_root: Path, previous: dict | None = None) -> dict:
+    """The report dict from the finished runs under ``runs_root``; rows and final seeds with no
+    run there keep their records from ``previous`` (an earlier report) when the config is the same."""
+    previous = previous or {}
     rows = []
     for name, row in ab.rows.items():
         s = _summary(runs_root / name)
+        if s is None and (kept := _kept_row(previous, name, row)) is not None:
+            rows.append({k: v for k, v in kept.items() if k != "delta_overall"})
+            continue
         rec = {
             "name": name, "preset": f"{_shown(ab.path)}#{name}", "seeds": 1 if s else 0,
             "parent": row.parent, "change": row.change, "source": row.source, "overrides": list(row.overrides),
@@ -261,8 +290,14 @@ def build_report(ab: Ablation, runs_root: Path) -> dict:
     seeds = sorted(runs_root.glob("final-seed*"))
     final = None
     per_seed = [(int(d.name.removeprefix("final-seed")), s) for d in seeds if (s := _summary(d))]
+    prev_final = previous.get("final")
+    name = None
     if per_seed:
         name = final_row(ab, runs_root)
+    elif isinstance(prev_final, dict) and ab.final_row in ("auto", prev_final.get("row")):
+        name = prev_final.get("row")
+        per_seed = [(sd, {"dev": dev}) for sd, dev in zip(prev_final["seeds"], prev_final["per_seed"], strict=True)]
+    if per_seed:
         final = {"row": name, "seeds": [sd for sd, _ in per_seed], "per_seed": [s["dev"] for _, s in per_seed]}
         for k in METRICS:
             vals = [s["dev"][k] for _, s in per_seed if s["dev"].get(k) is not None]
