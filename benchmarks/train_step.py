@@ -8,8 +8,14 @@ backward, fused ``torch.optim.AdamW`` step. After ``--warmup`` steps, ``--repeat
 Implementations: ``minbert`` is what ``minbert train`` does on CUDA: batches padded further to a
 multiple of 16 tokens (a few shapes), forward + backward replayed as one CUDA graph per shape
 (minbert.training.cudagraph.GraphedSteps), the optimizer outside the graph. ``minbert-eager`` is the same
-encoder run op by op on the peer's batches. ``transformers-sdpa``/``-eager`` get the batches
-padded to the longest, as a user would give them. ``transformers-sdpa-compile`` is the same model
+encoder run op by op on the peer's batches. ``minbert-packed`` packs each batch's real tokens into
+one row (no padding; minbert.model.packing) rounded up to a multiple of 64 tokens with a filler
+sequence, runs attention with FlashAttention's varlen kernel (BertModel.forward_packed) and
+replays forward + backward as CUDA graphs, one per token count; ``minbert-packed-compile`` is the
+same step compiled by inductor (fused elementwise kernels) inside our CUDA graphs, and
+``minbert-packed-ro`` the packed step under ``torch.compile(mode="reduce-overhead")``.
+``transformers-sdpa``/``-eager`` get the batches padded to the longest, as a user would give
+them. ``transformers-sdpa-compile`` is the same model
 under ``torch.compile`` (default mode, inductor's fusions) and ``transformers-sdpa-ro`` under
 ``torch.compile(mode="reduce-overhead")`` (inductor plus CUDA graphs): the strongest peer a user
 gets with one line. Both get the batches padded to a multiple of 16 tokens, as ours are, so that
@@ -38,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from bench_io import emit, machine  # noqa: E402
 from minbert.data.tokenizer import Tokenizer, pad_batch  # noqa: E402
 from minbert.model.bert import BertConfig, BertModel  # noqa: E402
+from minbert.model.packing import PackedBatch, pack  # noqa: E402
 from minbert.tasks.base import get_task  # noqa: E402
 from minbert.training.cudagraph import GraphedSteps  # noqa: E402
 
@@ -74,6 +81,24 @@ def build(impl: str, cfg: dict):
 
 
 COMPILE_MODES = {"transformers-sdpa-compile": "default", "transformers-sdpa-ro": "reduce-overhead"}
+PACK_MULTIPLE = 64
+
+
+def packed_inputs(b: dict, max_seqlen: int) -> dict:
+    p = pack(b["input_ids"], b["attention_mask"], b["token_type_ids"], PACK_MULTIPLE, max_seqlen)
+    return {"input_ids": p.input_ids, "token_type_ids": p.token_type_ids, "position_ids": p.position_ids,
+            "cu_seqlens": p.cu_seqlens, "real_tokens": b["attention_mask"].sum()}
+
+
+def packed_loss_fn(model, B: int, max_seqlen: int):
+    def loss_fn(b):
+        p = PackedBatch(b["input_ids"], b["token_type_ids"], b["position_ids"], b["cu_seqlens"], max_seqlen, B)
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            out = model.forward_packed(p)
+            loss = out.last_hidden_state.float().pow(2).mean() + out.pooler_output.float().mean()
+        return loss, loss.detach()
+
+    return loss_fn
 
 
 def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int, repeats: int) -> dict:
@@ -95,8 +120,19 @@ def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int
             loss = out.last_hidden_state.float().pow(2).mean() + out.pooler_output.float().mean()
         return loss, loss.detach()
 
-    graphs = GraphedSteps(params, capture_after=0) if impl == "minbert" else None
-    if graphs is not None or impl in COMPILE_MODES:  # pad T up to a multiple of 16 (the real tokens are the same)
+    B, T = batches[0]["input_ids"].shape
+    packed = impl.startswith("minbert-packed")
+    if packed:
+        max_seqlen = max(128, PACK_MULTIPLE)
+        gpu_batches = [{k: v.to(device) for k, v in packed_inputs(b, max_seqlen).items()} for b in batches]
+        loss_fn = packed_loss_fn(model, B, max_seqlen)
+        if impl == "minbert-packed-compile":
+            loss_fn = torch.compile(loss_fn, dynamic=False)
+        elif impl == "minbert-packed-ro":
+            loss_fn = torch.compile(loss_fn, mode="reduce-overhead", dynamic=False)
+    graphed = ("minbert", "minbert-packed", "minbert-packed-compile")
+    graphs = GraphedSteps(params, capture_after=0) if impl in graphed else None
+    if not packed and (graphs is not None or impl in COMPILE_MODES):  # pad T to a multiple of 16 (same real tokens)
         gpu_batches = [
             {k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16)) for k, v in b.items()} for b in gpu_batches
         ]
@@ -128,9 +164,8 @@ def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int
             step(b)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        tokens.append(sum(int(b["attention_mask"].sum()) for b in chunk))
+        tokens.append(sum(int(b["real_tokens"] if packed else b["attention_mask"].sum()) for b in chunk))
     i = sorted(range(repeats), key=lambda j: times[j])[repeats // 2]
-    B = batches[0]["input_ids"].shape[0]
     tok_s = tokens[i] / times[i]
     rec = {
         "config": cfg_name,

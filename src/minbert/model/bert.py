@@ -11,6 +11,13 @@ Attention is chosen with ``BertConfig.attn_implementation``:
 * ``"eager"`` -- the softmax(QK^T / sqrt(d) + mask) V formula written out (reference path).
 
 Any other value raises :class:`ConfigError`; there is no silent fallback.
+
+Two input layouts: padded, ``(B, T)`` with an attention mask (:meth:`BertModel.forward`), and
+packed, the real tokens of all sequences in one row of N with their offsets ``cu_seqlens``
+(:meth:`BertModel.forward_packed`, :mod:`minbert.model.packing`), where no FLOP is spent on
+padding. Packed attention (:func:`varlen_attention`) is FlashAttention-2's variable-length kernel
+for ``"sdpa"`` (CUDA, fp16/bf16: the kernel SDPA's flash backend runs; an error elsewhere) and the
+formula over a block-diagonal mask for ``"eager"`` (any device; the reference).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .packing import PackedBatch, segment_ids
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +136,15 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        B, T = input_ids.shape
-        position_ids = torch.arange(T, device=input_ids.device)
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids, token_type_ids: (B, T) padded or (N,) packed; position_ids: like them
+        (default: 0..T-1 for every row). Returns (..., H)."""
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)  # (T,) broadcast over B
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(position_ids)  # (T, H) broadcast over B
+        x = x + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(x))
 
 
@@ -198,15 +210,24 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query, key and value projections of x (..., C), each (..., C)."""
+        proj = self.attention.self
+        if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
+            return proj.qkv(x).split(x.shape[-1], dim=-1)
+        return proj.query(x), proj.key(x), proj.value(x)
+
+    def _ffn(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The rest of the layer after attention: y, x (..., H) -> (..., H)."""
+        x = self.attention.output(y, x)
+        h = F.gelu(self.intermediate.dense(x))  # exact (erf) GELU, (..., 4H)
+        return self.output(h, x)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H); mask: (B, 1, 1, T) additive float (0 = attend, dtype min = padding)."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        proj = self.attention.self
-        if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
-            q, k, v = proj.qkv(x).split(C, dim=-1)  # (B, T, C) each
-        else:
-            q, k, v = proj.query(x), proj.key(x), proj.value(x)  # (B, T, C) each
+        q, k, v = self._qkv(x)  # (B, T, C) each
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -218,9 +239,50 @@ class BertLayer(nn.Module):
             att = F.dropout(F.softmax(att, dim=-1), p=p_drop, training=self.training)
             y = att @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H)
-        x = self.attention.output(y, x)
-        h = F.gelu(self.intermediate.dense(x))  # exact (erf) GELU, (B, T, 4H)
-        return self.output(h, x)
+        return self._ffn(y, x)
+
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """x: (N, H) packed tokens; cu_seqlens: (S + 1,) int32 offsets (see :class:`PackedBatch`)."""
+        N, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = (t.view(N, nh, hs) for t in self._qkv(x))  # (N, nh, hs) each
+        p_drop = self.attn_dropout if self.training else 0.0
+        y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, p_drop, self.attn_implementation)  # (N, nh, hs)
+        return self._ffn(y.reshape(N, C), x)
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+    dropout_p: float, impl: str,
+) -> torch.Tensor:
+    """Softmax attention of each packed sequence over itself (Vaswani et al. 2017, Eq. 1).
+
+    Args:
+        q, k, v: (N, nh, hs) packed tokens; cu_seqlens: (S + 1,) int32 sequence offsets;
+        max_seqlen: >= the longest sequence; dropout_p: attention-probability dropout.
+        impl: ``"sdpa"``: FlashAttention-2's varlen kernel (Dao 2023), the one behind SDPA's
+            flash backend; ``"eager"``: softmax over an (nh, N, N) score matrix whose
+            cross-sequence entries are masked (the reference: O(N^2) memory).
+    Returns:
+        (N, nh, hs), in q's dtype.
+    Raises:
+        ConfigError: ``"sdpa"`` off CUDA or outside fp16/bf16, where the kernel does not run.
+    """
+    if impl == "sdpa":
+        if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+            raise ConfigError(
+                f"packed 'sdpa' attention runs FlashAttention's varlen kernel, on CUDA in fp16/bf16 only "
+                f"(got {q.device.type}, {q.dtype}); use attn_implementation 'eager' for the reference"
+            )
+        return torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
+        )[0]
+    N, nh, hs = q.shape
+    seg = segment_ids(cu_seqlens, N)  # (N,)
+    att = (q.transpose(0, 1) @ k.permute(1, 2, 0)) * (1.0 / math.sqrt(hs))  # (nh, N, N)
+    att = att.masked_fill(seg[:, None] != seg[None, :], float("-inf"))
+    att = F.dropout(F.softmax(att, dim=-1), p=dropout_p, training=dropout_p > 0)
+    return (att @ v.transpose(0, 1)).transpose(0, 1)  # (N, nh, hs)
 
 
 class BertEncoder(nn.Module):
@@ -291,6 +353,29 @@ class BertModel(nn.Module):
         for layer in self.encoder.layer:
             x = layer(x, mask)
         pooled = torch.tanh(self.pooler.dense(x[:, 0]))  # (B, H)
+        return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+    def forward_packed(self, packed: PackedBatch) -> BertOutput:
+        """The encoder on a packed batch (:mod:`minbert.model.packing`): no padding anywhere.
+
+        Returns :class:`BertOutput` with ``last_hidden_state`` (N, H), the packed tokens' states
+        (filler included), and ``pooler_output`` (num_real, H), tanh(W h + b) of each real
+        sequence's first token ([CLS]). Equal to :meth:`forward` on the same sequences padded,
+        token for token.
+
+        Raises:
+            ValueError: ``max_seqlen`` > ``max_position_embeddings``.
+            ConfigError: see :func:`varlen_attention`.
+        """
+        if packed.max_seqlen > self.config.max_position_embeddings:
+            raise ValueError(
+                f"max_seqlen {packed.max_seqlen} > max_position_embeddings {self.config.max_position_embeddings}"
+            )
+        x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
+        for layer in self.encoder.layer:
+            x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen)
+        first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]
+        pooled = torch.tanh(self.pooler.dense(x[first]))  # (S_real, H)
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
     # ------------------------------------------------------------------------------------------

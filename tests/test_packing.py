@@ -1,0 +1,128 @@
+"""The packed layout: pack/unpack keep every real token, and BertModel.forward_packed (eager
+varlen reference on CPU) equals the padded forward token for token, in outputs and gradients, in
+fp32; the flash varlen path refuses devices and dtypes it cannot run on. The CUDA kernel is
+compared with the padded forward in tests/test_packing_cuda.py (GPU only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minbert.errors import ConfigError
+from minbert.model.bert import BertModel, varlen_attention
+from minbert.model.packing import pack, segment_ids, unpack
+
+
+def padded_batch(lengths, T, vocab=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths)
+    ids = torch.randint(1, vocab, (B, T), generator=g)
+    types = torch.randint(0, 2, (B, T), generator=g)
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids * mask, types * mask, mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    extra=st.integers(0, 3),
+    multiple_of=st.integers(1, 8),
+)
+def test_pack_keeps_every_token_and_unpack_restores_it(lengths, extra, multiple_of):
+    T = max(lengths) + extra
+    ids, types, mask = padded_batch(lengths, T)
+    p = pack(ids, mask, types, multiple_of=multiple_of, max_seqlen=T + multiple_of)
+    n = sum(lengths)
+    N = p.input_ids.shape[0]
+    assert N % multiple_of == 0 and n <= N < n + multiple_of  # at most one filler, shorter than the bucket
+    assert p.num_real == len(lengths)
+    assert p.cu_seqlens.dtype == torch.int32 and p.cu_seqlens[-1].item() == N
+    assert p.cu_seqlens[: len(lengths) + 1].tolist() == [sum(lengths[:i]) for i in range(len(lengths) + 1)]
+    assert len(p.cu_seqlens) == len(lengths) + 1 + (N > n)
+    assert torch.equal(unpack(p.input_ids, p, T), ids) and torch.equal(unpack(p.token_type_ids, p, T), types)
+    # positions restart at 0 in every sequence, the filler's included
+    seg = segment_ids(p.cu_seqlens, N)
+    starts = p.cu_seqlens.long()[seg]
+    assert torch.equal(p.position_ids, torch.arange(N) - starts)
+    assert (p.input_ids[n:] == 0).all()
+
+
+def test_pack_rejects_left_padding_and_a_filler_longer_than_max_seqlen():
+    ids, types, mask = padded_batch([3, 2], 4)
+    with pytest.raises(ValueError, match="right-padded"):
+        pack(ids, mask.flip(1), types)
+    with pytest.raises(ValueError, match="does not fit max_seqlen"):
+        pack(ids, mask, types, multiple_of=64, max_seqlen=4)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_encoder):
+    torch.manual_seed(0)
+    return BertModel.from_pretrained(tiny_encoder, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("multiple_of", [1, 16])
+def test_forward_packed_equals_padded_forward(model, multiple_of):
+    lengths = [9, 3, 14, 1, 6]
+    ids, types, mask = padded_batch(lengths, 16, seed=1)
+    want = model(ids, mask, types)
+    p = pack(ids, mask, types, multiple_of=multiple_of)
+    got = model.forward_packed(p)
+    assert got.last_hidden_state.shape == (p.input_ids.shape[0], model.config.hidden_size)
+    real = mask.bool()
+    torch.testing.assert_close(unpack(got.last_hidden_state, p, 16)[real], want.last_hidden_state[real],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_packed_gradients_equal_padded_gradients(model):
+    lengths = [5, 11, 2]
+    ids, types, mask = padded_batch(lengths, 12, seed=2)
+    real = mask.bool()
+    grads = []
+    for packed in (False, True):
+        model.zero_grad(set_to_none=True)
+        if packed:
+            p = pack(ids, mask, types, multiple_of=8)
+            out = model.forward_packed(p)
+            h = out.last_hidden_state[: sum(lengths)]
+        else:
+            out = model(ids, mask, types)
+            h = out.last_hidden_state[real]
+        loss = h.pow(2).mean() + out.pooler_output.sum()
+        loss.backward()
+        grads.append({n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+    model.zero_grad(set_to_none=True)
+
+
+def test_eager_varlen_attention_is_per_sequence_softmax():
+    """Each sequence attends to itself only: equal to plain attention run sequence by sequence."""
+    torch.manual_seed(3)
+    lengths = [4, 1, 7]
+    N, nh, hs = sum(lengths), 2, 8
+    q, k, v = (torch.randn(N, nh, hs) for _ in range(3))
+    cu = torch.tensor([0, 4, 5, 12], dtype=torch.int32)
+    got = varlen_attention(q, k, v, cu, 7, 0.0, "eager")
+    for a, b in zip(cu.tolist(), cu.tolist()[1:], strict=False):
+        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))  # (nh, L, hs)
+        want = torch.softmax(qs @ ks.transpose(-1, -2) / hs**0.5, dim=-1) @ vs
+        torch.testing.assert_close(got[a:b], want.transpose(0, 1))
+
+
+def test_flash_varlen_refuses_cpu_and_fp32():
+    q = torch.randn(5, 2, 8)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    with pytest.raises(ConfigError, match="CUDA in fp16/bf16"):
+        varlen_attention(q, q, q, cu, 5, 0.0, "sdpa")
+
+
+def test_forward_packed_checks_max_seqlen(model):
+    ids, types, mask = padded_batch([3], 4)
+    p = pack(ids, mask, types)._replace(max_seqlen=model.config.max_position_embeddings + 1)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.forward_packed(p)
