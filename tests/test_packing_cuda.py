@@ -46,5 +46,7 @@ def test_flash_varlen_packed_equals_padded_sdpa():
     torch.testing.assert_close(h1, h0, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(p1, p0, atol=3e-2, rtol=3e-2)
     for n in g0:
+        if n.endswith("key.bias"):  # softmax ignores a shift shared by all keys: its true gradient is 0
+            continue
         cos = torch.nn.functional.cosine_similarity(g0[n].flatten(), g1[n].flatten(), dim=0)
         assert cos > 0.99, (n, cos.item())
