@@ -107,6 +107,7 @@ def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):
     md = (tmp_path / "rep" / "beyond.md").read_text()
     assert "| b | a | higher lr \\|x\\| |" in md and "mean ± std" in md  # a | in a cell is escaped
     assert (tmp_path / "rep" / "beyond-best.yaml").is_file()
+    assert (tmp_path / "rep" / "beyond.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the report's JSON: rows[i].{name, preset, seeds, dev}, best.{preset, seeds, dev_mean, dev_std}
     saved = json.loads((tmp_path / "rep" / "beyond.json").read_text())
     assert [(r["name"], r["seeds"], r["preset"].endswith(f"ab.yaml#{r['name']}")) for r in saved["rows"]] == [
@@ -172,3 +173,58 @@ def test_rows_without_a_run_keep_their_record_from_the_previous_report(tmp_path)
     assert report["best"]["dev_std"]["sst_acc"] == pytest.approx(statistics.stdev([0.5, 0.4]))
     other = load_ablation(write(tmp_path, rows, final={"row": "c", "seeds": [0]}))
     assert build_report(other, tmp_path / "no-runs", previous)["final"] is None  # another final row
+
+
+def test_chart_bars_are_the_deltas_against_the_parents():
+    from matplotlib.colors import to_hex
+
+    from minbert.experiments.ablation import plot_ablation
+
+    rows = [("a", None, None), ("b", "a", 0.0123), ("c", "b", -0.0341), ("d", "b", None), ("e", "a", 0.0)]
+    report = {"ablation": "ab.yaml", "rows": [{"name": n, "parent": p, "delta_overall": d} for n, p, d in rows]}
+    fig = plot_ablation(report)
+    (ax,) = fig.axes
+    bars = [p for p in ax.patches if (p.get_gid() or "").startswith("delta/")]
+    assert [b.get_gid() for b in bars] == ["delta/b", "delta/c", "delta/e"]  # rows without a delta left out
+    assert [b.get_width() for b in bars] == [0.0123, -0.0341, 0.0]
+    assert [b.get_x() for b in bars] == [0.0, 0.0, 0.0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "c", "e"]
+    centers = [b.get_y() + b.get_height() / 2 for b in bars]
+    assert [t.get_position()[1] for t in ax.get_yticklabels()] == centers
+    assert ax.yaxis_inverted()  # the report's first row on top
+    assert [to_hex(b.get_facecolor()) for b in bars] == ["#2ca02c", "#d62728", "#2ca02c"]  # gains / losses
+    assert [t.get_text() for t in ax.texts] == ["+0.012", "-0.034", "+0.000"]
+    empty = plot_ablation({"ablation": "ab.yaml", "rows": [{"name": "a", "parent": None, "delta_overall": None}]})
+    assert not [p for p in empty.axes[0].patches if p.get_gid()]
+
+
+def test_report_only_draws_the_chart_of_the_report(tmp_path, monkeypatch):
+    """Rows kept from an earlier report (nothing trains): NAME.png beside NAME.json, its bars the deltas."""
+    from minbert.experiments import ablation
+
+    rows = [
+        {"name": "a", "change": "base"},
+        {"name": "b", "parent": "a", "change": "lr", "overrides": ["optim.lr=1e-3"]},
+        {"name": "c", "parent": "b", "change": "wd", "overrides": ["optim.weight_decay=0.1"]},
+    ]
+    path = write(tmp_path, rows)
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    previous = [("a", None, [], 0.60), ("b", "a", ["optim.lr=1e-3"], 0.65),
+                ("c", "b", ["optim.weight_decay=0.1"], 0.62)]
+    (rep / "ab.json").write_text(json.dumps({"rows": [
+        {"name": n, "parent": p, "overrides": o, "seeds": 1, "dev": {"overall": v}, "change": "", "source": "",
+         "epochs": 1}
+        for n, p, o, v in previous]}))
+    figures, write_png = {}, ablation.atomic_write_png
+
+    def spy(p, fig, tight=False):
+        figures[p.name] = fig
+        write_png(p, fig, tight)
+
+    monkeypatch.setattr(ablation, "atomic_write_png", spy)
+    report = run_ablation(path, tmp_path / "no-runs", rep, report_only=True, report_name="ab")
+    assert [r["delta_overall"] for r in report["rows"]] == [None, 0.05, -0.03]
+    assert (rep / "ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bars = [p for p in figures["ab.png"].axes[0].patches if (p.get_gid() or "").startswith("delta/")]
+    assert [(b.get_gid(), b.get_width()) for b in bars] == [("delta/b", 0.05), ("delta/c", -0.03)]

@@ -74,7 +74,8 @@ def test_train_ends_with_its_scores_and_its_files(progress_run):
         f"dev: SST acc {dev['sst_acc']:.3f} · QQP acc {dev['qqp_acc']:.3f} · STS r {dev['sts_pearson']:.3f} "
         f"· overall {dev['overall']:.3f}"
     )
-    files = f"run folder: {run_dir} (summary.json, predictions/, curves.png, train.log, README.md)"
+    files = (f"run folder: {run_dir} (summary.json, predictions/, curves.png, sst-confusion.png, qqp-calibration.png, "
+             "sts-scatter.png, train.log, README.md)")
     lines = err.splitlines()
     assert lines[-2].endswith(scores), lines[-2:]
     assert lines[-1].endswith(files), lines[-1:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,3 +161,118 @@ def test_two_workers_started_together_share_one_study(tiny_encoder, data_dir, tm
     done = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
     # the study stops at 2; a worker may have started one more while the other finished
     assert 2 <= len(done) <= 3 and len({json.dumps(t["params"], sort_keys=True) for t in done}) == len(done)
+
+
+# ----------------------------------------------------------------------------------------------
+# the study's plots
+
+
+def study_of(values: list[float], n_params: int = 2, pruned: bool = True) -> optuna.Study:
+    """An in-memory study: one complete trial per value (params from a seeded generator), then a
+    pruned and a failed trial."""
+    import random
+
+    from optuna.distributions import FloatDistribution
+
+    rng = random.Random(0)
+    names = ["optim.lr", "tasks.*.dropout", "optim.warmup_ratio"][:n_params]
+    dist = {k: FloatDistribution(0.0, 1.0) for k in names}
+    study = optuna.create_study(direction="maximize")
+    for v in values:
+        study.add_trial(optuna.trial.create_trial(params={k: rng.random() for k in names}, distributions=dist, value=v))
+    if pruned:
+        study.add_trial(optuna.trial.create_trial(params={k: 0.5 for k in names}, distributions=dist,
+                                                  state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.1}))
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    return study
+
+
+def spy_figures(monkeypatch) -> dict:
+    from minbert.experiments import tune as tune_module
+
+    figures, write = {}, tune_module.atomic_write_png
+
+    def spy(path, fig, tight=False):
+        figures[path.name] = fig
+        write(path, fig, tight)
+
+    monkeypatch.setattr(tune_module, "atomic_write_png", spy)
+    return figures
+
+
+def test_study_plots_show_the_trials_values_and_importances(tmp_path, monkeypatch):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from minbert.experiments.tune import write_study_plots
+
+    values = [0.52, 0.61, 0.58, 0.70, 0.66, 0.69]
+    study = study_of(values)
+    figures = spy_figures(monkeypatch)
+    def style() -> dict:  # the settings but the backend (the plots choose Agg)
+        return {k: v for k, v in matplotlib.rcParams.items() if not k.startswith("backend")}
+
+    before = style()
+    open_before = plt.get_fignums()
+    assert write_study_plots(study, tmp_path) == ["history.png", "importances.png"]
+    for name in ("history.png", "importances.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # history: one point per complete trial (trial number, value); the best-so-far line
+    (ax,) = figures["history.png"].axes
+    (points,) = [c for c in ax.collections if len(c.get_offsets())]
+    assert np.asarray(points.get_offsets()).tolist() == [[i, v] for i, v in enumerate(values)]
+    best = [ln for ln in ax.get_lines() if ln.get_label() == "Best Value"][0]
+    assert best.get_ydata()[: len(values)].tolist() == [max(values[: i + 1]) for i in range(len(values))]
+    # importances: a bar per parameter, as long as fANOVA (seed 0) says
+    (ax,) = figures["importances.png"].axes
+    widths = {t.get_text(): p.get_width() for t, p in zip(ax.get_yticklabels(), ax.patches, strict=True)}
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert set(widths) == {"optim.lr", "tasks.*.dropout"}
+    assert widths == pytest.approx(expected)
+    assert style() == before  # optuna's ggplot style does not leak
+    assert plt.get_fignums() == open_before  # its pyplot figures are closed
+
+
+@pytest.mark.parametrize(
+    "values, n_params, written, lines",
+    [
+        ([0.5], 2, ["history.png"], ["importances.png not drawn: importances need 2 complete trials and 2 parameters "
+                                     "(have 1 and 2)"]),
+        ([0.5, 0.6, 0.7], 1, ["history.png"], ["importances.png not drawn: importances need 2 complete trials and "
+                                               "2 parameters (have 3 and 1)"]),
+        ([], 2, [], ["history.png not drawn: no complete trial yet",
+                     "importances.png not drawn: importances need 2 complete trials and 2 parameters (have 0 and 0)"]),
+    ],
+)
+def test_study_plots_skip_what_says_nothing(tmp_path, caplog, values, n_params, written, lines):
+    import logging
+
+    from minbert.experiments.tune import write_study_plots
+
+    with caplog.at_level(logging.INFO, logger="minbert.experiments.tune"):
+        assert write_study_plots(study_of(values, n_params), tmp_path) == written
+    assert [r.getMessage() for r in caplog.records if r.name == "minbert.experiments.tune"] == lines
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == written
+
+
+@pytest.mark.parametrize("plot", [True, False])
+def test_tune_draws_the_study_when_output_plot_is_on(tiny_encoder, data_dir, tmp_path, monkeypatch, plot):
+    """Trials scored without training (the objective replaced): the plots follow ``output.plot``."""
+    from minbert.experiments import tune as tune_module
+
+    def objective(trial, *, cfg, space, study_dir, data_dir):
+        x = [trial.suggest_float(p.key, p.low, p.high, log=p.log) for p in space]
+        return x[0] * 10 + x[1]
+
+    monkeypatch.setattr(tune_module, "_objective", objective)
+    space = (Param("optim.lr", 1e-4, 1e-2, log=True), Param("tasks.*.dropout", 0.0, 0.3))
+    figures = spy_figures(monkeypatch)
+    tune(tiny_cfg(tiny_encoder, f"output.plot={str(plot).lower()}"), tmp_path, n_trials=3, data_dir=data_dir,
+         space=space)
+    values = [t["value"] for t in json.loads((tmp_path / "trials.json").read_text())]
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == (["history.png", "importances.png"] if plot else [])
+    if plot:
+        (points,) = [c for c in figures["history.png"].axes[0].collections if len(c.get_offsets())]
+        assert np.asarray(points.get_offsets())[:, 1].tolist() == values

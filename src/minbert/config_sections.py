@@ -242,5 +242,7 @@ class OutputConfig:
         default="default", metadata={"help": "prediction files' layout (cs224n: the course leaderboard's)"}
     )
     test_predictions: bool = field(default=True, metadata={"help": "write predictions for the test splits"})
-    plot: bool = field(default=True, metadata={"help": "write curves.png (training curves)"})
+    plot: bool = field(
+        default=True, metadata={"help": "write curves.png (training curves) and a plot per task of its dev predictions"}
+    )
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs"})

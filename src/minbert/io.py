@@ -8,6 +8,7 @@ Weights are safetensors (no pickle, nothing executes on load).
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tempfile
@@ -18,6 +19,7 @@ from .errors import CheckpointError
 
 if TYPE_CHECKING:  # torch and safetensors load on first use: the CLI's light commands write files too
     import torch
+    from matplotlib.figure import Figure
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -55,6 +57,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_write_png(path: str | os.PathLike, figure: Figure, tight: bool = False) -> None:
+    """Render a matplotlib figure to PNG (Agg) and write it to ``path`` atomically; ``tight``: the
+    image is the figure's drawn area (``bbox_inches="tight"``: a legend outside the axes is kept)."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", bbox_inches="tight" if tight else None)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:

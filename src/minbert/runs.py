@@ -9,6 +9,9 @@ Layout of a run folder::
     checkpoints/step-N/    model.safetensors (all weights) + train_state.pt (optimizer, RNG, ...)
     checkpoints/best/      model.safetensors of the best epoch by overall dev score
     metrics.jsonl, train.log, tensorboard/, curves.png, predictions/, summary.json
+    <task>-confusion.png   dev confusion matrix of a task with more than 2 labels (SST)
+    <task>-calibration.png dev calibration curve of a binary or 2-label task (QQP)
+    <task>-scatter.png     dev predicted vs gold scores of a regression task (STS)
 
 The data folder of an existing run is the one it was trained on, checked against its record:
 ``provenance.json`` records the data folder (``data_dir``, an absolute path) and the SHA-256 of

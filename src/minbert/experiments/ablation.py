@@ -17,7 +17,8 @@ down, then its own. Rows are independent runs (``--only`` splits them over machi
 a finished run of the same config is read back, not retrained. ``--final`` trains the final
 row once per seed. The report (``beyond.json`` / ``beyond.md`` by default) gives each row's dev
 SST / QQP / STS / overall, its difference from its parent, and the final row's mean and
-standard deviation over seeds; ``NAME-best.yaml`` beside it is the final row's resolved config.
+standard deviation over seeds; ``NAME-best.yaml`` beside it is the final row's resolved config
+and ``NAME.png`` a bar chart of each row's difference from its parent (:func:`plot_ablation`).
 ``final.preset`` is a label for the report (the path, as users type it, of the preset that holds
 the final row's config); it is not read.
 Rows run on other machines merge through the report: a row with no finished run under the runs
@@ -35,13 +36,17 @@ import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..config import Config, dump_yaml, load_config, resolve
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_png, atomic_write_text
 from .rows import METRICS, train_row
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +238,10 @@ def run_ablation(
     notes = report_dir / f"{report_name}_notes.md"
     markdown = render_markdown(report, notes.read_text() if notes.is_file() else None)
     atomic_write_text(report_dir / f"{report_name}.md", markdown)
+    try:
+        atomic_write_png(report_dir / f"{report_name}.png", plot_ablation(report))
+    except Exception as e:  # a chart is never worth the report
+        log.warning("%s.png not drawn: %s: %s", report_name, type(e).__name__, " ".join(str(e).split()))
     if report["final"] is not None:
         best_cfg = resolve(ab.config(report["final"]["row"], list(extra)))
         atomic_write_text(report_dir / f"{report_name}-best.yaml", dump_yaml(best_cfg))
@@ -374,3 +383,35 @@ def render_markdown(report: dict, notes: str | None = None) -> str:
     if sources:
         lines += ["", "## Sources", ""] + [f"- **{r['name']}**: {r['source']}" for r in sources]
     return "\n".join(lines) + "\n"
+
+
+def plot_ablation(report: dict) -> Figure:
+    """Horizontal bars of each row's Δ dev overall against its parent (``delta_overall`` of
+    ``report["rows"]``; rows without one are left out), in the report's order from the top: gains
+    in green, losses in red, the value beside each bar, the row names on the y axis. Each bar's
+    gid is ``delta/<row name>``. Returns the figure (nothing global is touched)."""
+    from matplotlib.figure import Figure
+
+    rows = [(r["name"], float(r["delta_overall"])) for r in report["rows"] if r.get("delta_overall") is not None]
+    fig = Figure(figsize=(8.0, 1.6 + 0.34 * max(len(rows), 2)), dpi=110)
+    ax = fig.subplots()
+    if rows:
+        deltas = [d for _, d in rows]
+        bars = ax.barh(range(len(rows)), deltas, height=0.7, color=["#2ca02c" if d >= 0 else "#d62728" for d in deltas])
+        for bar, (name, _) in zip(bars, rows, strict=True):
+            bar.set_gid(f"delta/{name}")
+        ax.bar_label(bars, labels=[f"{d:+.3f}" for d in deltas], padding=3, fontsize=8)
+        ax.set_yticks(range(len(rows)), [name for name, _ in rows])
+        ax.invert_yaxis()  # the first row on top, as in the table
+        reach = max(abs(d) for d in deltas) or 0.01
+        ax.set_xlim(-1.3 * reach, 1.3 * reach)  # room for the values on both sides
+    else:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no row and its parent have both run yet", transform=ax.transAxes, ha="center",
+                va="center", color="0.4")
+    ax.axvline(0.0, color="0.3", lw=0.8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("Δ dev overall against the parent row (green: better, red: worse)")
+    ax.set_title(f"Ablation {report.get('ablation', '')}: each row against its parent", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -6,7 +6,9 @@ the median pruner (optuna ``MedianPruner``) stops trials that fall below the med
 trials at the same epoch. The study lives in ``STUDY_DIR/study.db`` (SQLite): running the same
 command again resumes it, and trials left running by a killed process are marked failed
 (optuna's heartbeat). Each trial's run folder is ``STUDY_DIR/trial-NNNN``; the best trial's
-resolved config is written to ``STUDY_DIR/best.yaml`` and every trial to ``trials.json``.
+resolved config is written to ``STUDY_DIR/best.yaml`` and every trial to ``trials.json``; at the
+end, with ``output.plot``, optuna's optimisation history (``history.png``) and parameter
+importances (``importances.png``) are drawn (:func:`write_study_plots`).
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from typing import TYPE_CHECKING
 
 from ..config import Config, dump_yaml, from_dict, load_config, resolve, to_dict
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_png, atomic_write_text
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
+
+HISTORY_PNG = "history.png"
+IMPORTANCES_PNG = "importances.png"
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,10 @@ def tune(
         enough = optuna.study.MaxTrialsCallback(n_trials, states=counted)
         objective = functools.partial(_objective, cfg=cfg, space=space, study_dir=study_dir, data_dir=data_dir)
         study.optimize(objective, n_trials=n_trials - done, timeout=timeout, catch=(), callbacks=[enough, write_files])
-    return write_files(study)
+    result = write_files(study)
+    if cfg.output.plot:
+        write_study_plots(study, study_dir)
+    return result
 
 
 def _check_arguments(
@@ -250,6 +258,54 @@ def _write_files(
     best_cfg = load_config(trial_config) if trial_config.is_file() else apply_params(cfg, best.params)
     atomic_write_text(study_dir / "best.yaml", dump_yaml(resolve(best_cfg)))
     return {"best_value": best.value, "best_params": best.params, "best_trial": best.number, "n_trials": len(trials)}
+
+
+def write_study_plots(study: optuna.Study, study_dir: str | Path) -> list[str]:
+    """Draw the study's optimisation history (``history.png``: each complete trial's value by
+    trial number and the best so far, optuna's ``plot_optimization_history``) and its parameter
+    importances (``importances.png``: fANOVA with seed 0, ``plot_param_importances``) in
+    ``study_dir`` with matplotlib (Agg); returns the names of the files written.
+
+    The history needs a complete trial, the importances 2 complete trials and 2 parameters;
+    otherwise that plot is skipped with one log line. A plot that raises is logged as one warning
+    and skipped; matplotlib's settings are restored afterwards (optuna's plots set a style).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as views
+
+    study_dir = Path(study_dir)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    n_params = len({k for t in complete for k in t.params})
+    jobs = []
+    if complete:
+        jobs.append((HISTORY_PNG, functools.partial(views.plot_optimization_history, target_name="dev overall")))
+    else:
+        log.info("%s not drawn: no complete trial yet", HISTORY_PNG)
+    if len(complete) >= 2 and n_params >= 2:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        draw = functools.partial(views.plot_param_importances, evaluator=evaluator, target_name="dev overall")
+        jobs.append((IMPORTANCES_PNG, draw))
+    else:
+        log.info("%s not drawn: importances need 2 complete trials and 2 parameters (have %d and %d)",
+                 IMPORTANCES_PNG, len(complete), n_params)
+    written = []
+    for name, draw in jobs:
+        before = set(plt.get_fignums())
+        try:
+            with warnings.catch_warnings(), matplotlib.rc_context():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                atomic_write_png(study_dir / name, draw(study).figure, tight=True)
+            written.append(name)
+        except Exception as e:  # a plot is never worth the study
+            log.warning("%s not drawn: %s: %s", name, type(e).__name__, " ".join(str(e).split()))
+        finally:
+            for num in set(plt.get_fignums()) - before:
+                plt.close(num)
+    return written
 
 
 def _differing_keys(a: object, b: object, prefix: str = "") -> list[str]:

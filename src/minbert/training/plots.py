@@ -15,7 +15,6 @@ run) is a labelled point. Lines carry gids (``loss-raw/<task>``, ``loss-avg/<tas
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..io import atomic_write_png
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -188,7 +187,5 @@ def plot_curves(run_dir: str | Path) -> Figure:
             ax.axvline(x, color="0.6", ls=":", lw=1)
     fig.suptitle(run_dir.name, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(run_dir / PNG_NAME, buf.getvalue())
+    atomic_write_png(run_dir / PNG_NAME, fig)
     return fig

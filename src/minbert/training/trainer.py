@@ -39,7 +39,6 @@ from .checkpoint import save_checkpoint as write_checkpoint
 from .evaluation import DevEvaluator
 from .interrupts import StopRequest, interrupted
 from .optim import build_optimizer, build_scheduler, param_groups
-from .plots import plot_curves
 from .reporting import MetricsLog, format_metrics, run_summary, trim_metrics
 from .schedule import epoch_schedule
 from .setup import (
@@ -56,6 +55,7 @@ from .setup import (
 )
 from .state import LoopState
 from .step import build_optimizer_step, find_nonfinite
+from .task_plots import plot_file, write_run_plots
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +437,8 @@ class Trainer:
 
     def finish(self) -> Run:
         """Load the best epoch's weights, try checkpoint averaging, write the final dev and test
-        predictions, ``curves.png`` and ``summary.json`` (rank 0); returns the :class:`Run`."""
+        predictions, the plots (``curves.png``, one per task) and ``summary.json`` (rank 0); returns
+        the :class:`Run`."""
         ctx, rt, st = self.ctx, self.rt, self.state
         barrier(ctx)
         check_file_weights(self.model, self.run_dir / "checkpoints" / "best" / "model.safetensors")
@@ -454,7 +455,7 @@ class Trainer:
             epochs_run=len(st.history), steps=st.step, wall_s=round(time.time() - self.t_start, 2),
         )
         if self.cfg.output.plot:
-            plot_curves(self.run_dir)
+            write_run_plots(self.run_dir, self.tasks, self.data["dev"], final)
         atomic_write_json(self.run_dir / "summary.json", summary)
         write_model_card(self.run_dir)
         log.info("done in %.1f s; best epoch %s: %s", summary["wall_s"], st.best_epoch, format_metrics(summary["dev"]))
@@ -462,7 +463,8 @@ class Trainer:
             log.info("scored on seeded dev samples of %s rows; `minbert evaluate %s --full` scores the whole dev sets",
                      summary["dev_limits"], self.run_dir)
         log.info("dev: %s", _scores_line(summary["dev"], self.cfg))
-        files = ("summary.json", "predictions/", "curves.png", "tensorboard/", "train.log", "README.md")
+        files = ("summary.json", "predictions/", "curves.png", *map(plot_file, self.tasks.values()), "tensorboard/",
+                 "train.log", "README.md")
         files = [f for f in files if (self.run_dir / f).exists()]
         log.info("run folder: %s (%s)", self.run_dir, ", ".join(files))
         return Run(self.run_dir, summary)

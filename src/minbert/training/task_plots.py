@@ -1,0 +1,237 @@
+"""A run's per-task plots of its final dev predictions, drawn at the end of training when
+``output.plot`` is true (beside ``curves.png``, see :mod:`minbert.training.plots`).
+
+The numbers are those of ``predictions/<task>-dev.csv`` (the same predictions of the same weights)
+against the dev split's gold labels; one PNG per task, by its kind (:func:`plot_kind`):
+
+* ``<task>-confusion.png``: classification with more than 2 labels (SST-5): counts of gold (rows)
+  × predicted (columns) label, from :func:`minbert.tasks.metrics.confusion_matrix`; image gid
+  ``confusion``, cell texts ``count/<gold>/<pred>``;
+* ``<task>-scatter.png``: regression (STS): predicted (y) vs gold (x) score, one point per row
+  (gid ``points``), the y = x line (gid ``identity``) and the Pearson r
+  (:func:`minbert.tasks.metrics.pearson`) in the title and the legend;
+* ``<task>-calibration.png``: binary tasks (QQP) and 2-label classification: the reliability
+  curve of the predicted probability of label 1 (sigmoid of the logit, or softmax of the two
+  logits) in :data:`N_BINS` equal-width bins (:func:`calibration_bins`): mean probability (x) vs
+  fraction of label 1 (y) of each non-empty bin (gid ``reliability``, axes gid ``reliability``),
+  the diagonal (gid ``diagonal``), and the rows per bin as bars below (gid ``bin-count``, axes gid
+  ``counts``).
+
+:func:`write_run_plots` draws ``curves.png`` and these; a plot that fails is logged as one warning
+line and the others are still drawn: drawing never fails a finished run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.special import expit, softmax
+
+from ..io import atomic_write_png
+from ..tasks import metrics as M
+from ..tasks.base import Task
+from .plots import PNG_NAME, plot_curves
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..data.batching import TokenizedSplit
+    from ..inference.evaluate import EvalResult
+
+log = logging.getLogger(__name__)
+
+N_BINS = 10
+
+
+def plot_kind(task: Task) -> str:
+    """``scatter`` (regression), ``calibration`` (binary, or classification with 2 labels) or
+    ``confusion`` (classification with more labels)."""
+    if task.kind == "regression":
+        return "scatter"
+    if task.kind == "binary" or task.num_outputs == 2:
+        return "calibration"
+    return "confusion"
+
+
+def plot_file(task: Task) -> str:
+    """The PNG's name in the run folder: ``<task>-<plot_kind>.png``."""
+    return f"{task.name}-{plot_kind(task)}.png"
+
+
+def positive_probability(task: Task, outputs: np.ndarray) -> np.ndarray:
+    """P(label 1), (N,) float64 in [0, 1], from a binary task's logits (N,) (sigmoid) or a 2-label
+    classification task's logits (N, 2) (softmax).
+
+    Raises:
+        ValueError: the outputs are not of that shape.
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if task.kind == "binary" and outputs.ndim == 1:
+        return expit(outputs)
+    if task.kind == "classification" and outputs.ndim == 2 and outputs.shape[1] == 2:
+        return softmax(outputs, axis=1)[:, 1]
+    raise ValueError(f"task {task.name}: no probability of label 1 in outputs of shape {outputs.shape}")
+
+
+@dataclass(frozen=True)
+class CalibrationBins:
+    """Per bin b of ``edges[b] <= p < edges[b + 1]`` (the last bin includes 1.0): ``counts`` (B,)
+    int64 rows, ``mean_prob`` (B,) their mean probability, ``frac_pos`` (B,) their fraction of
+    label 1 (both float64, NaN for an empty bin)."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    mean_prob: np.ndarray
+    frac_pos: np.ndarray
+
+
+def calibration_bins(prob: np.ndarray, gold: np.ndarray, n_bins: int = N_BINS) -> CalibrationBins:
+    """The reliability diagram's numbers of probabilities ``prob`` (N,) in [0, 1] of label 1 and
+    gold labels ``gold`` (N,) in {0, 1}, in ``n_bins`` equal-width bins of [0, 1] (numpy.histogram).
+
+    Raises:
+        ValueError: ``n_bins`` < 1, lengths differ, a probability outside [0, 1] (or NaN), or a
+            gold label other than 0 and 1.
+    """
+    prob, gold = np.asarray(prob, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if n_bins < 1:
+        raise ValueError(f"calibration: {n_bins} bins; need at least 1")
+    if prob.shape != gold.shape or prob.ndim != 1:
+        raise ValueError(f"calibration: {prob.shape} probabilities but {gold.shape} gold labels")
+    if not ((prob >= 0) & (prob <= 1)).all():
+        raise ValueError("calibration: probabilities must lie in [0, 1]")
+    if not np.isin(gold, (0, 1)).all():
+        raise ValueError("calibration: gold labels must be 0 or 1")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.histogram(prob, edges)[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.histogram(prob, edges, weights=prob)[0] / counts
+        frac_pos = np.histogram(prob, edges, weights=gold)[0] / counts
+    return CalibrationBins(edges, counts.astype(np.int64), mean_prob, frac_pos)
+
+
+def _label_names(task: Task) -> list[str]:
+    names = task.label_names or ()
+    return [str(names[i]) if i < len(names) else str(i) for i in range(task.num_outputs)]
+
+
+def plot_confusion(task: Task, pred: np.ndarray, gold: np.ndarray) -> Figure:
+    """Counts of gold (rows) × predicted (columns) labels of ``pred``, ``gold`` (N,) ints, with the
+    label names on the axes and the count in each cell."""
+    from matplotlib.figure import Figure
+
+    m = np.asarray(M.confusion_matrix(pred, gold, task.num_outputs))
+    names = _label_names(task)
+    size = 2.5 + 0.75 * task.num_outputs
+    fig = Figure(figsize=(size + 1.2, size), dpi=110)
+    ax = fig.subplots()
+    image = ax.imshow(m, cmap="Blues", vmin=0, gid="confusion")
+    for i, j in np.ndindex(m.shape):
+        color = "white" if m[i, j] > m.max() / 2 else "black"
+        ax.text(j, i, str(m[i, j]), ha="center", va="center", color=color, fontsize=9, gid=f"count/{i}/{j}")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="predicted", ylabel="gold")
+    acc = M.accuracy(pred, gold)
+    ax.set_title(f"{task.name} dev: {len(gold)} rows, accuracy {acc:.3f}", fontsize=10)
+    fig.colorbar(image, ax=ax, label="rows")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scatter(task: Task, pred: np.ndarray, gold: np.ndarray) -> Figure:
+    """Predicted (y) vs gold (x) scores, ``pred``, ``gold`` (N,) floats, with the y = x line over
+    the task's range and the Pearson r in the title and the legend."""
+    from matplotlib.figure import Figure
+
+    pred, gold = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    r = M.pearson(pred, gold)
+    r_text = "Pearson r = n/a" if r is None else f"Pearson r = {r:.3f}"
+    lo, hi = task.output_range or (float(min(pred.min(), gold.min())), float(max(pred.max(), gold.max())))
+    fig = Figure(figsize=(5.2, 5.2), dpi=110)
+    ax = fig.subplots()
+    ax.plot([lo, hi], [lo, hi], color="0.5", ls="--", lw=1, label="y = x", gid="identity")
+    alpha = 0.7 if len(gold) <= 200 else 0.35
+    ax.scatter(gold, pred, s=12, alpha=alpha, color="C0", edgecolors="none", label=f"rows ({r_text})", gid="points")
+    pad = 0.03 * (hi - lo)
+    ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), xlabel="gold score", ylabel="predicted score")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.25)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{task.name} dev: {len(gold)} rows, {r_text}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(task: Task, prob: np.ndarray, gold: np.ndarray) -> Figure:
+    """Reliability curve of ``prob`` (N,) = P(label 1) against ``gold`` (N,) in {0, 1}
+    (:func:`calibration_bins`), the diagonal, and the rows per bin below."""
+    from matplotlib.figure import Figure
+
+    bins = calibration_bins(prob, gold)
+    positive = _label_names(task)[1] if task.label_names else f"{task.label_column} = 1"
+    full = bins.counts > 0
+    fig = Figure(figsize=(5.4, 6.4), dpi=110)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="perfectly calibrated", gid="diagonal")
+    top.plot(bins.mean_prob[full], bins.frac_pos[full], marker="o", color="C0", lw=1.8,
+             label=f"{N_BINS} equal-width bins", gid="reliability")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel=f"observed fraction of {positive}", gid="reliability")
+    top.set_title(f"{task.name} dev: {len(gold)} rows, calibration of P({positive})", fontsize=10)
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.25)
+    centers = (bins.edges[:-1] + bins.edges[1:]) / 2
+    bars = bottom.bar(centers, bins.counts, width=np.diff(bins.edges) * 0.9, color="C0", alpha=0.6, gid="bin-count")
+    bottom.bar_label(bars, fontsize=7)
+    bottom.set(xlabel=f"mean predicted probability of {positive}", ylabel="rows", gid="counts")
+    bottom.set_ylim(0, max(1, int(bins.counts.max())) * 1.25)
+    fig.tight_layout()
+    return fig
+
+
+def draw_task_plot(task: Task, values: np.ndarray, outputs: np.ndarray, gold: np.ndarray) -> Figure:
+    """The figure of :func:`plot_kind` for one task's dev predictions: ``values`` (N,) as in the
+    prediction file (labels or scores), ``outputs`` the raw model outputs (logits (N,) or (N, C),
+    or scores (N,)), ``gold`` (N,) the gold labels."""
+    kind = plot_kind(task)
+    if kind == "scatter":
+        return plot_scatter(task, values, gold)
+    if kind == "calibration":
+        return plot_calibration(task, positive_probability(task, outputs), gold)
+    return plot_confusion(task, values, gold)
+
+
+def _draw_and_save(task: Task, values: np.ndarray, outputs: np.ndarray, gold: np.ndarray, path: Path) -> None:
+    atomic_write_png(path, draw_task_plot(task, values, outputs, gold))
+
+
+def write_run_plots(
+    run_dir: Path, tasks: dict[str, Task], dev: dict[str, TokenizedSplit], result: EvalResult
+) -> list[str]:
+    """Draw ``curves.png`` and each task's :func:`plot_file` in ``run_dir`` from ``result`` (the
+    final dev evaluation, whose predictions are ``predictions/<task>-dev.csv``) and the gold labels
+    of the ``dev`` splits; returns the names of the files written. A task without labelled dev rows
+    gets no plot; a plot that raises is logged as one warning and skipped."""
+    jobs: list[tuple[str, Callable[[], None]]] = [(PNG_NAME, lambda: plot_curves(run_dir))]
+    for name, p in result.predictions.items():
+        gold = dev[name].labels if name in dev else None
+        if gold is None or not len(gold):
+            continue
+        task = tasks[name]
+        path = run_dir / plot_file(task)
+        jobs.append((path.name, functools.partial(_draw_and_save, task, p.values, p.outputs, gold, path)))
+    written = []
+    for file_name, job in jobs:
+        try:
+            job()
+            written.append(file_name)
+        except Exception as e:  # a plot is never worth a finished run
+            reason = " ".join(str(e).split()) or "no message"
+            log.warning("%s not drawn: %s: %s", file_name, type(e).__name__, reason)
+    return written

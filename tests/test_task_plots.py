@@ -1,0 +1,339 @@
+"""Per-task plots of a run's dev predictions: the numbers drawn (calibration bins, confusion counts,
+scatter points and Pearson r) against hand computations, then a tiny run whose PNGs hold what its
+prediction files, the gold labels and the model's own probabilities say; a failing plot is one
+warning and the run still finishes; ``output.plot: false`` draws nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from minbert.config import from_dict
+from minbert.tasks.base import get_task
+from minbert.tasks.custom import build_custom_task
+from minbert.training import task_plots
+from minbert.training.task_plots import (
+    calibration_bins,
+    plot_calibration,
+    plot_confusion,
+    plot_file,
+    plot_kind,
+    plot_scatter,
+    positive_probability,
+)
+from minbert.training.trainer import train
+from minbert_testkit import NAMES, base_config, para_definition, para_dir
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DEV_ROWS = 48
+
+
+def reference_bins(prob, gold, n=10) -> tuple[list[int], list[float | None], list[float | None]]:
+    """Rows, mean probability and fraction of 1s per bin [k/n, (k+1)/n) (1.0 in the last), by a loop."""
+    rows, sum_p, sum_y = [0] * n, [0.0] * n, [0.0] * n
+    for p, y in zip(prob, gold, strict=True):
+        k = min(int(p * n), n - 1)
+        rows[k] += 1
+        sum_p[k] += p
+        sum_y[k] += y
+    mean_p = [s / c if c else None for s, c in zip(sum_p, rows, strict=True)]
+    return rows, mean_p, [s / c if c else None for s, c in zip(sum_y, rows, strict=True)]
+
+
+def axes_by_gid(fig) -> dict:
+    return {ax.get_gid(): ax for ax in fig.axes if ax.get_gid()}
+
+
+def line(ax, gid: str):
+    (found,) = [ln for ln in ax.get_lines() if ln.get_gid() == gid]
+    return found
+
+
+def check_calibration_figure(fig, prob, gold, tol: float = 1e-12) -> None:
+    """The reliability line (non-empty bins), the bars and their labels equal :func:`reference_bins`
+    (mean probabilities within ``tol``)."""
+    rows, mean_p, frac = reference_bins(prob, gold)
+    axes = axes_by_gid(fig)
+    full = [k for k in range(10) if rows[k]]
+    curve = line(axes["reliability"], "reliability")
+    assert curve.get_xdata().tolist() == pytest.approx([mean_p[k] for k in full], abs=tol)
+    assert curve.get_ydata().tolist() == pytest.approx([frac[k] for k in full], abs=1e-12)
+    assert line(axes["reliability"], "diagonal").get_xydata().tolist() == [[0, 0], [1, 1]]
+    bars = [p for p in axes["counts"].patches if p.get_gid() == "bin-count"]
+    assert [b.get_height() for b in bars] == rows
+    assert [b.get_x() + b.get_width() / 2 for b in bars] == pytest.approx([k / 10 + 0.05 for k in range(10)])
+    assert [t.get_text() for t in axes["counts"].texts] == [str(r) for r in rows]
+
+
+def custom(kind: str, **fields):
+    """A custom task "mine" of ``kind`` (``fields``: label_names, num_labels or range)."""
+    d = {"kind": kind, "files": {"train": "a.csv", "dev": "b.csv"}, "columns": {"text": "t", "label": "y"}, **fields}
+    return build_custom_task("mine", from_dict({"custom_tasks": {"mine": d}}).custom_tasks["mine"])
+
+
+# ----------------------------------------------------------------------------------------------
+# the numbers
+
+
+def test_calibration_bins_equal_a_count_by_hand():
+    rng = np.random.default_rng(0)
+    prob = rng.beta(0.6, 0.6, size=400)
+    prob = np.concatenate([prob[(prob < 0.6) | (prob >= 0.7)], [0.0, 1.0, 1.0]])  # bin 0.6..0.7 empty
+    gold = (rng.random(len(prob)) < prob).astype(int)
+    bins = calibration_bins(prob, gold)
+    rows, mean_p, frac = reference_bins(prob.tolist(), gold.tolist())
+    assert rows[6] == 0 and rows[9] >= 2  # an empty bin; 1.0 falls in the last one
+    assert bins.edges.tolist() == pytest.approx([k / 10 for k in range(11)])
+    assert bins.counts.tolist() == rows
+    assert [None if math.isnan(v) else v for v in bins.mean_prob] == pytest.approx(mean_p, abs=1e-12)
+    assert [None if math.isnan(v) else v for v in bins.frac_pos] == pytest.approx(frac, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "prob, gold, n_bins, message",
+    [
+        ([0.2, 0.5], [0], 10, "2,\\) probabilities but \\(1,\\) gold"),
+        ([0.2, 1.5], [0, 1], 10, "lie in \\[0, 1\\]"),
+        ([0.2, math.nan], [0, 1], 10, "lie in \\[0, 1\\]"),
+        ([0.2, 0.5], [0, 2], 10, "0 or 1"),
+        ([0.2, 0.5], [0, 1], 0, "0 bins"),
+    ],
+)
+def test_calibration_bins_refuse_bad_input(prob, gold, n_bins, message):
+    with pytest.raises(ValueError, match=message):
+        calibration_bins(np.array(prob), np.array(gold), n_bins)
+
+
+def test_positive_probability_of_logits():
+    logits = np.array([-2.0, 0.0, 3.5], dtype=np.float32)
+    assert positive_probability(get_task("qqp"), logits).tolist() == pytest.approx(
+        [1 / (1 + math.exp(2.0)), 0.5, 1 / (1 + math.exp(-3.5))], rel=1e-7)
+    pair = np.array([[1.0, 3.0], [0.5, -1.0]])
+    two = custom("classification", label_names=["no", "yes"])
+    assert positive_probability(two, pair).tolist() == pytest.approx(
+        [math.exp(3) / (math.exp(1) + math.exp(3)), math.exp(-1) / (math.exp(0.5) + math.exp(-1))], rel=1e-12)
+    with pytest.raises(ValueError, match="shape \\(2, 2\\)"):
+        positive_probability(get_task("qqp"), pair)
+
+
+def test_each_kind_of_task_gets_its_plot():
+    three = custom("classification", num_labels=3)
+    two = custom("classification", label_names=["no", "yes"])
+    score = custom("regression", range=[0.0, 1.0])
+    kinds = {t: plot_kind(t) for t in (get_task("sst"), get_task("qqp"), get_task("sts"), three, two, score)}
+    assert list(kinds.values()) == ["confusion", "calibration", "scatter", "confusion", "calibration", "scatter"]
+    assert [plot_file(t) for t in (get_task("sst"), two, score)] == [
+        "sst-confusion.png", "mine-calibration.png", "mine-scatter.png"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the figures, from hand-made predictions
+
+
+def test_confusion_figure_counts_gold_rows_by_predicted_columns():
+    task = custom("classification", label_names=["low", "mid", "high"])
+    gold = [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]
+    pred = [0, 1, 1, 1, 2, 2, 2, 0, 2, 1]
+    fig = plot_confusion(task, np.array(pred), np.array(gold))
+    (ax,) = [a for a in fig.axes if a.get_images()]
+    counts = Counter(zip(gold, pred, strict=True))
+    expected = [[counts[(g, p)] for p in range(3)] for g in range(3)]
+    assert expected == [[1, 2, 0], [0, 2, 1], [1, 0, 3]]
+    (image,) = ax.get_images()
+    assert image.get_gid() == "confusion" and np.asarray(image.get_array()).tolist() == expected
+    cells = {t.get_gid(): t.get_text() for t in ax.texts}
+    assert cells == {f"count/{g}/{p}": str(expected[g][p]) for g in range(3) for p in range(3)}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["low", "mid", "high"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["low", "mid", "high"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "gold")
+    assert "accuracy 0.600" in ax.get_title()
+
+
+def test_scatter_figure_points_identity_and_pearson():
+    gold = np.array([0.0, 1.2, 2.5, 3.1, 4.8, 5.0])
+    pred = np.array([0.4, 1.0, 2.9, 2.7, 4.1, 4.6])
+    fig = plot_scatter(get_task("sts"), pred, gold)
+    (ax,) = fig.axes
+    (points,) = [c for c in ax.collections if c.get_gid() == "points"]
+    assert np.asarray(points.get_offsets()).tolist() == np.column_stack([gold, pred]).tolist()  # x gold, y predicted
+    assert line(ax, "identity").get_xydata().tolist() == [[0, 0], [5, 5]]
+    r = stats.pearsonr(gold, pred)[0]
+    assert f"Pearson r = {r:.3f}" in ax.get_title()
+    assert f"Pearson r = {r:.3f}" in [t.get_text() for t in ax.get_legend().get_texts()][1]
+
+
+def test_calibration_figure_draws_the_bins():
+    rng = np.random.default_rng(1)
+    prob = rng.random(200) ** 2
+    gold = (rng.random(200) < prob).astype(int)
+    fig = plot_calibration(get_task("qqp"), prob, gold)
+    check_calibration_figure(fig, prob.tolist(), gold.tolist())
+    assert "P(is_duplicate = 1)" in axes_by_gid(fig)["reliability"].get_title()
+
+
+# ----------------------------------------------------------------------------------------------
+# a run
+
+
+class ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def tiny_config(tiny_encoder: Path, tmp_path_factory, tasks: tuple[str, ...]) -> dict:
+    raw = base_config(tiny_encoder) | {"custom_tasks": {"para": para_definition(para_dir(tmp_path_factory))}}
+    raw["output"] = {**raw["output"], "plot": True}
+    small = {"train_limit": 16, "dev_limit": DEV_ROWS, "batch_size": 8}
+    raw["tasks"] = {t: ({"batch_size": 8} if t == "para" else small) for t in tasks}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def plotted(tiny_encoder, data_dir, tmp_path_factory):
+    """A run of sst, qqp, sts and the 2-label custom "para" with plots on; the figures it saved."""
+    figures, write = {}, task_plots.atomic_write_png
+
+    def spy(path, fig):
+        figures[path.name] = fig
+        write(path, fig)
+
+    handler, logger = ListHandler(), logging.getLogger("minbert.training.trainer")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(task_plots, "atomic_write_png", spy)
+            cfg = from_dict(tiny_config(tiny_encoder, tmp_path_factory, ("sst", "qqp", "sts", "para")))
+            run = train(cfg, run_dir=tmp_path_factory.mktemp("plots") / "run", data_dir=data_dir, progress=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return run.run_dir, figures, handler.messages
+
+
+def prediction_file(path: Path) -> dict[str, str]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    return {r[0]: r[1] for r in rows[1:]}
+
+
+def gold_of(path: Path, column: str) -> dict[str, float]:
+    """id -> label of a cs224n data file, by the csv module (tab-separated, columns by header)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    header = [h.strip() for h in rows[0]]
+    i, j = header.index("id"), header.index(column)
+    return {r[i].strip(): float(r[j]) for r in rows[1:] if len(r) > j and r[j].strip()}  # a row may lack its label
+
+
+def texts_of(predictor, task: str, path: Path, ids: list[str]) -> list:
+    raw = predictor.task(task).read(path, "dev")
+    by_id = dict(zip(raw.ids, raw.texts, strict=True))
+    return [tuple(by_id[i]) for i in ids]
+
+
+def test_run_writes_a_png_per_task(plotted):
+    run_dir, figures, messages = plotted
+    names = ["sst-confusion.png", "qqp-calibration.png", "sts-scatter.png", "para-calibration.png"]
+    assert sorted(figures) == sorted(names)
+    assert sorted(p.name for p in run_dir.glob("*.png")) == sorted([*names, "curves.png"])
+    for name in [*names, "curves.png"]:
+        assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC
+    assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*png*"))
+    (listing,) = [m for m in messages if m.startswith("run folder: ")]
+    assert re.search(r"curves\.png, sst-confusion\.png, qqp-calibration\.png, sts-scatter\.png, "
+                     r"para-calibration\.png, train\.log", listing), listing
+
+
+def test_run_confusion_matrix_counts_the_prediction_file(plotted, data_dir):
+    run_dir, figures, _ = plotted
+    pred = prediction_file(run_dir / "predictions" / "sst-dev.csv")
+    gold = gold_of(data_dir / "ids-sst-dev.csv", "sentiment")
+    assert len(pred) == DEV_ROWS
+    counts = Counter((int(gold[i]), int(v)) for i, v in pred.items())
+    expected = [[counts[(g, p)] for p in range(5)] for g in range(5)]
+    (ax,) = [a for a in figures["sst-confusion.png"].axes if a.get_images()]
+    assert np.asarray(ax.get_images()[0].get_array()).tolist() == expected
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(get_task("sst").label_names)
+
+
+def test_run_scatter_is_the_model_scores_against_gold(plotted, data_dir):
+    from minbert.inference.predictor import load
+
+    run_dir, figures, _ = plotted
+    pred = prediction_file(run_dir / "predictions" / "sts-dev.csv")
+    ids = list(pred)
+    gold = gold_of(data_dir / "sts-dev.csv", "similarity")
+    predictor = load(run_dir, device="cpu")
+    scores = [o["score"] for o in predictor.predict("sts", texts_of(predictor, "sts", data_dir / "sts-dev.csv", ids))]
+    assert [float(pred[i]) for i in ids] == pytest.approx(scores, abs=5.1e-5)  # the file holds 4 decimals
+    (ax,) = figures["sts-scatter.png"].axes
+    (points,) = [c for c in ax.collections if c.get_gid() == "points"]
+    xy = np.asarray(points.get_offsets())
+    assert xy[:, 0].tolist() == pytest.approx([gold[i] for i in ids], abs=1e-6)  # float32 labels
+    assert xy[:, 1].tolist() == pytest.approx(scores, abs=1e-5)
+    r = stats.pearsonr([gold[i] for i in ids], scores)[0]
+    drawn = float(re.search(r"Pearson r = (-?[0-9.]+)", ax.get_title()).group(1))
+    assert drawn == pytest.approx(r, abs=0.0015)
+
+
+@pytest.mark.parametrize("task", ["qqp", "para"])
+def test_run_calibration_bins_the_model_probabilities(plotted, data_dir, task):
+    from minbert.inference.predictor import load
+
+    run_dir, figures, _ = plotted
+    pred = prediction_file(run_dir / "predictions" / f"{task}-dev.csv")
+    ids = list(pred)
+    predictor = load(run_dir, device="cpu")
+    if task == "qqp":
+        gold_by_id = gold_of(data_dir / "quora-dev.csv", "is_duplicate")
+        outputs = predictor.predict("qqp", texts_of(predictor, "qqp", data_dir / "quora-dev.csv", ids))
+        prob = [o["probability"] for o in outputs]
+        labels = [int(pred[i]) for i in ids]
+    else:
+        dev_file = Path(predictor.task("para").files["dev"])  # JSONL, its last line broken on purpose
+        records = [json.loads(ln) for ln in dev_file.read_text().splitlines() if ln.endswith("}")]
+        gold_by_id = {r["uid"]: NAMES.index(r["verdict"]) for r in records}
+        outputs = predictor.predict("para", texts_of(predictor, "para", dev_file, ids))
+        prob = [o["probabilities"][1] for o in outputs]
+        labels = [NAMES.index(pred[i]) for i in ids]
+    assert len(ids) == (DEV_ROWS if task == "qqp" else 24)
+    assert labels == [int(p > 0.5) for p in prob]  # the file's labels are these probabilities' side of 0.5
+    # the model's float32 probabilities against the run's, computed in float64 from the logits
+    check_calibration_figure(figures[f"{task}-calibration.png"], prob, [int(gold_by_id[i]) for i in ids], tol=1e-6)
+
+
+def test_a_failing_plot_is_one_warning_and_the_run_finishes(tiny_encoder, data_dir, tmp_path_factory, monkeypatch,
+                                                            caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no font\nfor this")
+
+    monkeypatch.setattr(task_plots, "plot_confusion", broken)
+    cfg = from_dict(tiny_config(tiny_encoder, tmp_path_factory, ("sst", "sts")))
+    run_dir = tmp_path_factory.mktemp("broken-plot") / "run"
+    with caplog.at_level(logging.WARNING, logger="minbert.training.task_plots"):
+        train(cfg, run_dir=run_dir, data_dir=data_dir, progress=False)
+    assert [r.getMessage() for r in caplog.records if r.name == "minbert.training.task_plots"] == [
+        "sst-confusion.png not drawn: RuntimeError: no font for this"]
+    assert json.loads((run_dir / "summary.json").read_text())["dev"]["sst_acc"] is not None
+    assert sorted(p.name for p in run_dir.glob("*.png")) == ["curves.png", "sts-scatter.png"]
+
+
+def test_no_plot_no_png(shared_run_dir):
+    """The shared run trains with ``output.plot: false``."""
+    assert (shared_run_dir / "summary.json").is_file()
+    assert not list(shared_run_dir.rglob("*.png"))
