@@ -243,4 +243,8 @@ class OutputConfig:
     )
     test_predictions: bool = field(default=True, metadata={"help": "write predictions for the test splits"})
     plot: bool = field(default=True, metadata={"help": "write curves.png (training curves)"})
-    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs"})
+    # as transformers' TrainingArguments.report_to; a string is one name or several, comma-separated
+    report_to: tuple[Literal["tensorboard", "mlflow", "none"], ...] = field(
+        default=("tensorboard",),
+        metadata={"help": "experiment trackers: tensorboard (tensorboard/), mlflow (minbert[mlflow]), or none"},
+    )
