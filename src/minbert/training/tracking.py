@@ -99,6 +99,7 @@ class MlflowRun:
     """
 
     def __init__(self, config: dict, run_dir: Path, resume: bool = False):
+        import mlflow
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -116,9 +117,10 @@ class MlflowRun:
         self.run_id = run.info.run_id
         params = [Param(_MLFLOW_KEY.sub("_", k), str(v)) for k, v in flat_params(config).items()]
         self.client.log_batch(self.run_id, params=params)
-        atomic_write_json(run_dir / MLFLOW_FILE, {"tracking_uri": self.client.tracking_uri,
-                                                  "experiment_id": experiment_id, "run_id": self.run_id})
-        log.info("mlflow: run %s in experiment %r at %s", self.run_id, name, self.client.tracking_uri)
+        uri = mlflow.get_tracking_uri()
+        atomic_write_json(run_dir / MLFLOW_FILE, {"tracking_uri": uri, "experiment_id": experiment_id,
+                                                  "run_id": self.run_id})
+        log.info("mlflow: run %s in experiment %r at %s", self.run_id, name, uri)
 
     def _previous_run(self) -> str | None:
         """The id of the run that ``mlflow.json`` names, if this tracking store has it."""
