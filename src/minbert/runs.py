@@ -9,6 +9,7 @@ Layout of a run folder::
     checkpoints/step-N/    model.safetensors (all weights) + train_state.pt (optimizer, RNG, ...)
     checkpoints/best/      model.safetensors of the best epoch by overall dev score
     metrics.jsonl, train.log, tensorboard/, curves.png, predictions/, summary.json
+    mlflow.json            the MLflow run of output.report_to: mlflow (a resume continues it)
 
 The data folder of an existing run is the one it was trained on, checked against its record:
 ``provenance.json`` records the data folder (``data_dir``, an absolute path) and the SHA-256 of
