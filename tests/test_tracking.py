@@ -106,7 +106,6 @@ def tiny_args(tiny_encoder, data_dir, run_dir, *extra: str) -> list[str]:
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """A SQLite tracking store in tmp_path (MLflow keeps artifacts under the working directory's ./mlruns)."""
-    pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
