@@ -70,7 +70,7 @@ def base_config(tiny_encoder: Path) -> dict:
         "model": {"encoder": str(tiny_encoder)},
         "train": {"epochs": 1, "device": "cpu", "seed": 0},
         "optim": {"lr": 1e-3},
-        "output": {"tensorboard": False, "plot": False, "test_predictions": False},
+        "output": {"report_to": "none", "plot": False, "test_predictions": False},
     }
 
 

@@ -87,7 +87,7 @@ def test_rows_run_report_and_final(tmp_path, tiny_encoder, data_dir):
     ]
     path = write(tmp_path, rows, final={"row": "auto", "seeds": [0, 1]})
     extra = [f"model.encoder={tiny_encoder}", "train.device=cpu", "output.test_predictions=false", "output.plot=false",
-             "output.tensorboard=false",
+             "output.report_to=none",
              *[f"tasks.{t}.{k}={v}"
                for t in ("sst", "qqp", "sts") for k, v in (("train_limit", 32), ("dev_limit", 32), ("batch_size", 16))]]
     report = run_ablation(path, tmp_path / "runs", tmp_path / "rep", data_dir=data_dir, extra=extra)

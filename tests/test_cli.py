@@ -62,7 +62,7 @@ def train_args(tiny_encoder: Path, data_dir: Path, run_dir: Path, *extra: str) -
         f"--model.encoder={tiny_encoder}",
         *SLICE,
         "--train.device=cpu",
-        "--output.tensorboard=false",
+        "--output.report_to=none",
         "--no-progress",
         *extra,
     ]

@@ -139,7 +139,7 @@ def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path)
     torch.backends.cuda.matmul.allow_tf32 = False
     common = [
         f"model.encoder={tiny_encoder}", "train.epochs=1", "train.max_steps=12", "train.amp=off", "train.device=cuda",
-        "data.pad_to_multiple_of=32", "output.test_predictions=false", "output.plot=false", "output.tensorboard=false",
+        "data.pad_to_multiple_of=32", "output.test_predictions=false", "output.plot=false", "output.report_to=none",
         "tasks.sst.batch_size=8", "tasks.qqp.batch_size=8", "tasks.sts.batch_size=8",
         "tasks.sst.dropout=0.0", "tasks.qqp.dropout=0.0", "tasks.sts.dropout=0.0",
         "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0",

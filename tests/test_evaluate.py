@@ -29,7 +29,7 @@ def test_average_predictions_means_raw_outputs_then_predicts():
 def test_ensemble_of_two_seeds(tiny_encoder, data_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     common = ["--data-dir", str(data_dir), "--no-progress", f"--model.encoder={tiny_encoder}", "--train.epochs=1",
-              "--output.tensorboard=false", "--output.plot=false", "--optim.lr=1e-3"]
+              "--output.report_to=none", "--output.plot=false", "--optim.lr=1e-3"]
     for t in ("sst", "qqp", "sts"):
         common += [f"--tasks.{t}.train_limit=32", f"--tasks.{t}.dev_limit=40", f"--tasks.{t}.batch_size=8"]
     runs = []

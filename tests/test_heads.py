@@ -394,7 +394,7 @@ def test_init_from_through_train(tiny_encoder, data_dir, tmp_path):
     run's best weights are exactly the old run's."""
     from minbert.training.trainer import train
 
-    base = [f"--model.encoder={tiny_encoder}", "--train.device=cpu", "--train.epochs=1", "--output.tensorboard=false",
+    base = [f"--model.encoder={tiny_encoder}", "--train.device=cpu", "--train.epochs=1", "--output.report_to=none",
             "--output.plot=false", "--output.test_predictions=false", "--optim.lr=1e-3"]
     base += [f"--tasks.{t}.{k}=8" for t in ("sst", "qqp", "sts") for k in ("train_limit", "dev_limit", "batch_size")]
     a = train(load_config(None, base), run_dir=tmp_path / "a", data_dir=data_dir, progress=False)

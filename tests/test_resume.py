@@ -56,7 +56,7 @@ def train_args(tiny_encoder: Path, data_dir: Path, run_dir: Path, *extra: str) -
         "--optim.lr=1e-3",
         "--optim.schedule=linear",
         "--optim.warmup_ratio=0.1",
-        "--output.tensorboard=false",
+        "--output.report_to=none",
         "--output.test_predictions=false",
         "--output.plot=false",
         "--no-progress",

@@ -48,7 +48,7 @@ def train_args(tiny_encoder: Path, data_dir: Path, run_dir: Path, *extra: str) -
     return cli_train_args(
         tiny_encoder, data_dir, run_dir, *slice_args(ROWS, DEV_ROWS, BATCH, TASKS),
         "--train.epochs=1", "--train.checkpoint_every=2", "--train.device=cpu", "--optim.lr=1e-3",
-        "--output.tensorboard=false", "--output.test_predictions=false", "--output.plot=false", "--no-progress",
+        "--output.report_to=none", "--output.test_predictions=false", "--output.plot=false", "--no-progress",
         *extra,
     )
 

@@ -71,7 +71,7 @@ def made(tmp_path_factory, tiny_encoder, data_dir) -> Path:
         "tasks": {"sst": {"batch_size": 8}},
         "train": {"epochs": 1, "device": "cpu", "seed": 0},
         "optim": {"lr": 1e-3},
-        "output": {"tensorboard": False, "plot": False, "test_predictions": False},
+        "output": {"report_to": "none", "plot": False, "test_predictions": False},
     }
     with contextlib.chdir(work):
         train(from_dict(raw), run_dir=work / "run", progress=False)

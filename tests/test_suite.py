@@ -216,7 +216,7 @@ def suite_env(tmp_path_factory, data_dir):
     presets.mkdir()
     for name in (ROW7, ROW14):
         shutil.copy(PRESETS / f"{name}.yaml", presets / f"{name}.yaml")  # verbatim copies
-    overrides = [f"--model.encoder={encoder}", "--train.epochs=1", "--train.device=cpu", "--output.tensorboard=false",
+    overrides = [f"--model.encoder={encoder}", "--train.epochs=1", "--train.device=cpu", "--output.report_to=none",
                  "--output.plot=false", "--output.test_predictions=false"]
     overrides += [f"--tasks.{t}.{k}=16" for t in TASKS for k in ("train_limit", "dev_limit")]
 

@@ -67,7 +67,7 @@ def sst_config(tiny_encoder, **train):
         "tasks": {"sst": {"train_limit": 32, "dev_limit": 16, "batch_size": 8}},
         "train": {"device": "cpu", "seed": 3, "epochs": 2, **train},
         "optim": {"lr": 1e-3},
-        "output": {"tensorboard": False, "plot": False, "test_predictions": False},
+        "output": {"report_to": "none", "plot": False, "test_predictions": False},
     })
 
 

@@ -23,7 +23,7 @@ N = 48
 def tiny_cfg(tiny_encoder, *extra):
     return load_config(None, [
         f"model.encoder={tiny_encoder}", "train.device=cpu", "train.epochs=2", "optim.lr=1e-3",
-        "output.test_predictions=false", "output.plot=false", "output.tensorboard=false",
+        "output.test_predictions=false", "output.plot=false", "output.report_to=none",
         *[
             f"tasks.{t}.{k}={v}"
             for t in ("sst", "qqp", "sts") for k, v in (("train_limit", N), ("dev_limit", N), ("batch_size", 16))
@@ -146,7 +146,7 @@ def test_two_workers_started_together_share_one_study(tiny_encoder, data_dir, tm
 
     args = [sys.executable, "-m", "minbert", "tune", "--study-dir", str(tmp_path / "study"), "--trials", "2",
             "--data-dir", str(data_dir), f"--model.encoder={tiny_encoder}", "--train.device=cpu", "--train.epochs=1",
-            "--output.test_predictions=false", "--output.plot=false", "--output.tensorboard=false",
+            "--output.test_predictions=false", "--output.plot=false", "--output.report_to=none",
             *[f"--tasks.{t}.{k}={v}" for t in ("sst", "qqp", "sts") for k, v in (("train_limit", N), ("dev_limit", N))]]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [

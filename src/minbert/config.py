@@ -79,12 +79,32 @@ class Config:
 
 
 def from_dict(raw: dict) -> Config:
-    """Build a :class:`Config` from a plain dict. Raises :class:`ConfigError`."""
-    raw = raw or {}
+    """Build a :class:`Config` from a plain dict. Raises :class:`ConfigError`.
+
+    Run folders and exports written before ``output.report_to`` existed hold ``output.tensorboard``
+    (a bool): it is read as ``report_to: [tensorboard]`` (true) or ``[none]`` (false).
+    """
+    raw = _legacy_tensorboard(raw or {})
     if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict) and "tasks" not in raw:
         # no `tasks` section: the built-in three and every custom task train
         raw = {**raw, "tasks": {**{k: {} for k in _default_tasks()}, **{str(k): {} for k in raw["custom_tasks"]}}}
     return validate(build_value(Config, raw, ""))
+
+
+def _legacy_tensorboard(raw: dict) -> dict:
+    """``output.tensorboard: bool`` (the key that ``output.report_to`` replaced) as ``report_to``.
+
+    Raises:
+        ConfigError: the old key beside ``report_to``, or not a bool.
+    """
+    out = raw.get("output") if isinstance(raw, dict) else None
+    if not isinstance(out, dict) or "tensorboard" not in out:
+        return raw
+    out = dict(out)
+    value = out.pop("tensorboard")
+    if "report_to" in out or not isinstance(value, bool):
+        raise ConfigError("output.tensorboard: replaced by output.report_to (e.g. [tensorboard] or none)")
+    return {**raw, "output": {**out, "report_to": ["tensorboard" if value else "none"]}}
 
 
 def validate(cfg: Config) -> Config:
@@ -92,7 +112,8 @@ def validate(cfg: Config) -> Config:
 
     Raises:
         ConfigError: ``tasks.<name>.train_limit`` or ``dev_limit`` below 1 (null means all rows),
-            ``train.max_nonfinite_fraction`` outside [0, 1], and what :func:`validate_training` refuses.
+            ``train.max_nonfinite_fraction`` outside [0, 1], an ``output.report_to`` list that is
+            empty, repeats a name or combines none with a tracker, and what :func:`validate_training` refuses.
     """
     for name, tcfg in cfg.tasks.items():
         for key in ("train_limit", "dev_limit"):
@@ -101,6 +122,7 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"tasks.{name}.{key} must be >= 1 (or null for all rows), got {value}")
         _check_task_numbers(name, tcfg)
     _check_model_and_optim(cfg)
+    _check_report_to(cfg.output.report_to)
     fraction = cfg.train.max_nonfinite_fraction
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(
@@ -141,6 +163,22 @@ def _check_model_and_optim(cfg: Config) -> None:
             raise ConfigError(f"optim.{key} must be a number in [0, {MAX_LR:g}] (or null), got {value}")
     if not 0.0 <= cfg.optim.warmup_ratio <= 1.0:  # NaN fails both
         raise ConfigError(f"optim.warmup_ratio must be in [0, 1], got {cfg.optim.warmup_ratio}")
+
+
+def _check_report_to(names: tuple[str, ...]) -> None:
+    """``output.report_to``: the trackers a run reports to (each name once; its type allows only
+    tensorboard, mlflow and none).
+
+    Raises:
+        ConfigError: an empty list, a name given twice, or none together with a tracker.
+    """
+    if not names:
+        raise ConfigError("output.report_to: empty; give none for no experiment tracking")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"output.report_to: {', '.join(twice)} given more than once")
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"output.report_to: none cannot be combined with other trackers, got {', '.join(names)}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

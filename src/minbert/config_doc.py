@@ -9,6 +9,7 @@ Imports yaml and the standard library only (never torch): ``minbert --help`` use
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
@@ -116,7 +117,12 @@ def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
     if origin is tuple:
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return {"type": "array", "items": _type_schema(args[0], defs)}
+            items = _type_schema(args[0], defs)
+            if get_origin(args[0]) is Literal:  # a list of choices, or one string "a" or "a,b"
+                one = "(" + "|".join(re.escape(str(v)) for v in get_args(args[0])) + ")"
+                text = {"type": "string", "pattern": rf"^\s*{one}\s*(,\s*{one}\s*)*$"}
+                return {"anyOf": [{"type": "array", "items": items}, text]}
+            return {"type": "array", "items": items}
         items = [_type_schema(a, defs) for a in args]
         return {"type": "array", "prefixItems": items, "items": False, "minItems": len(items)}
     if tp is float:  # PyYAML reads 1e-5 (no dot) as a string, which minbert accepts

@@ -245,4 +245,8 @@ class OutputConfig:
     plot: bool = field(
         default=True, metadata={"help": "write curves.png (training curves) and a plot per task of its dev predictions"}
     )
-    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs"})
+    # as transformers' TrainingArguments.report_to; a string is one name or several, comma-separated
+    report_to: tuple[Literal["tensorboard", "mlflow", "none"], ...] = field(
+        default=("tensorboard",),
+        metadata={"help": "experiment trackers: tensorboard (tensorboard/), mlflow (minbert[mlflow]), or none"},
+    )

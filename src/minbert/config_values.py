@@ -1,7 +1,8 @@
 """Plain YAML values and typed frozen dataclasses: :func:`build_value` checks a value against a
 type annotation (dataclasses, ``X | None``, ``Literal``, ``dict[str, X]``, tuples, float, int,
-bool, str) and builds the dataclasses; :func:`to_dict` is its inverse; :func:`apply_overrides`
-applies dotted overrides (``optim.lr=2e-5``) to a plain dict. :mod:`minbert.config` builds its
+bool, str; a list of ``Literal`` choices may also be one string of comma-separated items) and
+builds the dataclasses; :func:`to_dict` is its inverse; :func:`apply_overrides` applies dotted
+overrides (``optim.lr=2e-5``) to a plain dict. :mod:`minbert.config` builds its
 :class:`~minbert.config.Config` with them.
 
 Imports yaml and the standard library only.
@@ -65,8 +66,11 @@ def build_value(tp: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+            choices = list(get_args(args[0])) if get_origin(args[0]) is Literal else None
+            if isinstance(value, str) and choices:  # a list of choices: also "a" or "a,b"
+                value = [v.strip() for v in value.split(",")]
             if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{where}: expected a list, got {value!r}")
+                raise ConfigError(f"{where}: expected a list{f' of {choices}' if choices else ''}, got {value!r}")
             return tuple(build_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")

@@ -12,6 +12,7 @@ Layout of a run folder::
     <task>-confusion.png   dev confusion matrix of a task with more than 2 labels (SST)
     <task>-calibration.png dev calibration curve of a binary or 2-label task (QQP)
     <task>-scatter.png     dev predicted vs gold scores of a regression task (STS)
+    mlflow.json            the MLflow run of output.report_to: mlflow (a resume continues it)
 
 The data folder of an existing run is the one it was trained on, checked against its record:
 ``provenance.json`` records the data folder (``data_dir``, an absolute path) and the SHA-256 of

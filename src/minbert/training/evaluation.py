@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class DevEvaluator:
-    """Evaluates the dev set of a training run, logs the results (``metrics.jsonl``, tensorboard)
+    """Evaluates the dev set of a training run, logs the results (``metrics.jsonl``, the trackers)
     and keeps the weights that a run ends with.
 
     Args:

@@ -1,5 +1,7 @@
-"""What a training run writes about itself: ``metrics.jsonl`` and tensorboard (:class:`MetricsLog`),
-trimming the metrics on resume, ``provenance.json``, the ``summary.json`` dict, log formatting.
+"""What a training run writes about itself: ``metrics.jsonl`` and the experiment trackers of
+``output.report_to`` (:class:`MetricsLog`; TensorBoard here, MLflow in
+:mod:`minbert.training.tracking`), trimming the metrics on resume, ``provenance.json``, the
+``summary.json`` dict, log formatting.
 
 ``metrics.jsonl`` holds one JSON record per line:
 
@@ -33,12 +35,14 @@ from ..io import atomic_write_text
 from ..runs import last_checkpoint
 from ..tasks.base import Task
 from .step import find_nonfinite
+from .tracking import MlflowRun, write_hparams
 
 
 class MetricsLog:
-    """The run's ``metrics.jsonl`` (opened for appending) and tensorboard writer. Only the main
-    process writes: the others append to ``os.devnull`` and have no writer, but take part in
-    :meth:`flush_steps`'s all-reduce.
+    """The run's ``metrics.jsonl`` (opened for appending) and its trackers (``output.report_to``):
+    a tensorboard writer (``tensorboard/``), an MLflow run. Only the main process writes: the
+    others append to ``os.devnull`` and have no trackers, but take part in :meth:`flush_steps`'s
+    all-reduce. :meth:`close` closes ``metrics.jsonl``; :meth:`end` ends the trackers.
 
     Step records wait, with their losses on the device, until :meth:`flush_steps` (one host sync
     per ``train.log_every`` steps), which also raises on a non-finite loss.
@@ -47,16 +51,23 @@ class MetricsLog:
         run_dir: the run folder.
         ctx: this process's place in a torchrun job.
         weights: each task's loss weight w_t (records hold the unweighted losses L_t).
-        tensorboard: also write ``tensorboard/`` (``output.tensorboard``).
+        cfg: the run's resolved config (its ``output.report_to``; MLflow's params).
+        resume: a resumed run (its MLflow run continues, see :class:`MlflowRun`).
+
+    Raises:
+        mlflow.exceptions.MlflowException: the MLflow tracking store cannot be reached or written.
     """
 
-    def __init__(self, run_dir: Path, ctx: DistContext, weights: dict[str, float], tensorboard: bool):
+    def __init__(self, run_dir: Path, ctx: DistContext, weights: dict[str, float], cfg: Config, resume: bool = False):
         self.run_dir, self.ctx, self.weights = run_dir, ctx, weights
-        self.writer = None
-        if tensorboard and ctx.is_main:
+        self.writer, self.mlflow = None, None
+        report_to = cfg.output.report_to if ctx.is_main else ()
+        if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        if "mlflow" in report_to:
+            self.mlflow = MlflowRun(to_dict(cfg), run_dir, resume)
         self.fh = open(run_dir / "metrics.jsonl" if ctx.is_main else os.devnull, "a")  # closed by close()
         # (record, task names, batch ids per task, (n_tasks + 1,) losses and gradient norm on the device)
         self.pending: list[tuple[dict, list[str], list, torch.Tensor]] = []
@@ -79,6 +90,7 @@ class MetricsLog:
         """
         if not self.pending:
             return
+        tracked = []  # (metrics, step) for MLflow
         rows = all_reduce_mean(torch.stack([p[3] for p in self.pending]), self.ctx).tolist()
         for (record, names, ids, _), values in zip(self.pending, rows, strict=True):
             bad = find_nonfinite(names, values)
@@ -93,24 +105,28 @@ class MetricsLog:
             loss_vals = {n: v / w[n] if w[n] else v for n, v in zip(names, values[:-1], strict=True)}
             record.update(grad_norm=values[-1], **{f"loss/{n}": v for n, v in loss_vals.items()})
             self.append(record)
+            scalars = {f"train/loss_{n}": v for n, v in loss_vals.items()} | {"train/grad_norm": values[-1]}
+            scalars |= {"train/lr": record["lr"]} if "lr" in record else {}
             if self.writer is not None:
-                for n, v in loss_vals.items():
-                    self.writer.add_scalar(f"train/loss_{n}", v, record["step"])
-                self.writer.add_scalar("train/grad_norm", values[-1], record["step"])
-                if "lr" in record:
-                    self.writer.add_scalar("train/lr", record["lr"], record["step"])
+                for tag, v in scalars.items():
+                    self.writer.add_scalar(tag, v, record["step"])
+            tracked.append((scalars, record["step"]))
             if self.progress is not None:
                 self.progress.set_postfix({n: f"{v:.3f}" for n, v in loss_vals.items()}, refresh=False)
         self.pending.clear()
+        if self.mlflow is not None:
+            self.mlflow.log_metrics(tracked)
 
     def log_dev(self, record: dict, flat: dict, tag: str, x: int) -> None:
-        """Write a dev record now, and each metric of ``flat`` that is not None to tensorboard as
+        """Write a dev record now, and each metric of ``flat`` that is not None to the trackers as
         ``<tag>/<metric>`` at ``x``."""
         self.append(record)
         if self.writer is not None:
             for k, v in flat.items():
                 if v is not None:
                     self.writer.add_scalar(f"{tag}/{k}", v, x)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics([({f"{tag}/{k}": v for k, v in flat.items()}, x)])
 
     def sync(self) -> int:
         """Flush the file to the OS; returns its size in bytes (what a resume keeps)."""
@@ -118,9 +134,25 @@ class MetricsLog:
         return os.fstat(self.fh.fileno()).st_size
 
     def close(self) -> None:
+        """Close ``metrics.jsonl`` (the trackers stay open for :meth:`end`)."""
         self.fh.close()
         if self.writer is not None:
-            self.writer.close()
+            self.writer.flush()
+
+    def end(self, summary: dict | None) -> None:
+        """End the trackers (once; later calls do nothing). With the ``summary.json`` dict of a
+        finished run: tensorboard's hparams (:func:`write_hparams`), the MLflow run's final
+        metrics and artifacts, status FINISHED; with None (training raised or was interrupted):
+        the MLflow run's status FAILED."""
+        writer, run, self.writer, self.mlflow = self.writer, self.mlflow, None, None
+        try:
+            if writer is not None:
+                if summary is not None:
+                    write_hparams(writer, summary)
+                writer.close()
+        finally:
+            if run is not None:
+                run.end(summary)
 
 
 def trim_metrics(path: Path, step: int, size: int | None = None) -> None:

@@ -31,6 +31,7 @@ from .checkpoint import clean_checkpoints
 from .reporting import provenance
 from .schedule import epoch_schedule
 from .surgical import freeze_layers, init_from_run
+from .tracking import MLFLOW_FILE
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if has_run and overwrite:
         for sub in ("checkpoints", "predictions", "tensorboard"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)
-        for f in ("metrics.jsonl", "summary.json", "curves.png", "train.log"):
+        for f in ("metrics.jsonl", "summary.json", "curves.png", "train.log", MLFLOW_FILE):
             (run_dir / f).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -6,11 +6,12 @@ A run is resumable: checkpoints hold the model, optimizer, lr schedule, every RN
 task stream's position, so a resumed run sees exactly the batches an uninterrupted one would.
 
 :meth:`Trainer.fit`: :meth:`~Trainer.setup` (model, tokenizer, data, optimizer, lr schedule,
-:meth:`~Trainer.resume`, step function with CUDA graphs or DDP), then per epoch
-:meth:`~Trainer.train_step` (one optimizer step) with dev evaluations (``train.eval_every``) and
-checkpoints (``train.checkpoint_every``) between steps and :meth:`~Trainer.epoch_end` (evaluate,
+:meth:`~Trainer.resume`, step function with CUDA graphs or DDP), then :meth:`~Trainer.train_epochs`:
+per epoch :meth:`~Trainer.train_step` (one optimizer step) with dev evaluations (``train.eval_every``)
+and checkpoints (``train.checkpoint_every``) between steps and :meth:`~Trainer.epoch_end` (evaluate,
 keep the best, checkpoint); last :meth:`~Trainer.finish` (checkpoint averaging, final
-predictions, summary). The best model is chosen at epoch ends only.
+predictions, summary) and the end of the trackers' run (``output.report_to``). The best model is
+chosen at epoch ends only.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from .setup import (
 from .state import LoopState
 from .step import build_optimizer_step, find_nonfinite
 from .task_plots import plot_file, write_run_plots
+from .tracking import require_trackers
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ def train(
     t_start = time.time() if t_start is None else t_start
     cfg = validate(cfg) if isinstance(cfg, Config) else load_config(cfg)  # (a file's config: checked when loaded)
     run_dir = Path(run_dir or cfg.output.dir or Path("runs") / cfg.name)
+    require_trackers(cfg.output.report_to)  # before a run folder is made or replaced
     ctx = init_distributed(cfg.train.device)
     if ctx.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
@@ -153,6 +156,7 @@ class Trainer:
                  progress: bool = False, t_start: float | None = None, ctx: DistContext | None = None,
                  on_epoch_end: Callable[[int, dict], None] | None = None):
         self.cfg = resolve(validate(cfg))
+        require_trackers(self.cfg.output.report_to)
         self.tc = self.cfg.train
         self.run_dir, self.data_dir, self.resuming = Path(run_dir), data_dir, resume
         self.progress, self.on_epoch_end = progress, on_epoch_end
@@ -199,7 +203,7 @@ class Trainer:
             self.resume()
         self.stepper = build_optimizer_step(self.model, self.tasks, self.weights, self.optimizer, self.scheduler,
                                             self.device, tc, self.rt, ctx)
-        self.metrics = MetricsLog(self.run_dir, ctx, self.weights, cfg.output.tensorboard)
+        self.metrics = MetricsLog(self.run_dir, ctx, self.weights, cfg, resume=self.resuming)
         self.dev = DevEvaluator(self.model, self.tasks, self.data["dev"], self.device, self.rt.amp, self.pad_id,
                                 tc.eval_batch_size, ctx, self.metrics, self.run_dir, tc.average_last, self.progress)
 
@@ -241,8 +245,21 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
 
     def fit(self) -> Run:
-        """Set up, train epoch by epoch, finish; returns the :class:`Run`. Raises as :func:`train`."""
+        """Set up, train epoch by epoch, finish, end the trackers' run (as failed when anything
+        raised); returns the :class:`Run`. Raises as :func:`train`."""
         self.setup()
+        try:
+            self.train_epochs()
+            run = self.finish()
+        except BaseException:
+            self.metrics.end(None)
+            raise
+        self.metrics.end(run.summary)
+        return run
+
+    def train_epochs(self) -> None:
+        """The epochs from the current state on: optimizer steps, dev evaluations, checkpoints.
+        Raises TrainingInterrupted (SIGINT, SIGTERM), NonFiniteLossError, what ``on_epoch_end`` raises."""
         tc, st = self.tc, self.state  # (setup's resume has replaced the state)
         self.interrupt = StopRequest(enabled=not self.ctx.enabled)
         stop = st.step >= self.total_steps
@@ -271,7 +288,6 @@ class Trainer:
             self.metrics.close()
         if self.interrupt.signum is not None:  # during the last epoch's evaluation: its checkpoint is written
             raise interrupted(self.run_dir, self.interrupt.signum, saved=True)
-        return self.finish()
 
     def _start_epoch(self, epoch: int, n_micro: int) -> None:
         self.model.train()
