@@ -93,9 +93,9 @@ def test_the_summary_names_custom_tasks_by_their_headline_metric(tiny_encoder, d
         f"· para acc {dev['para_acc']:.3f} · overall {dev['overall']:.3f}"
     )
     from minbert.config import load_config
-    from minbert.training.trainer import _scores_line  # what train() logs (in-process the log is quiet)
+    from minbert.training.reporting import scores_line  # what train() logs (in-process the log is quiet)
 
-    assert "dev: " + _scores_line(dev, load_config(run.run_dir / "config.yaml")) == want
+    assert "dev: " + scores_line(dev, load_config(run.run_dir / "config.yaml")) == want
 
 
 def test_evaluate_and_predict_input_show_bars(progress_run, data_dir):

@@ -210,7 +210,7 @@ def plotted(tiny_encoder, data_dir, tmp_path_factory):
         figures[path.name] = fig
         write(path, fig)
 
-    handler, logger = ListHandler(), logging.getLogger("minbert.training.trainer")
+    handler, logger = ListHandler(), logging.getLogger("minbert.training.reporting")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)

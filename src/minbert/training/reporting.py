@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +37,8 @@ from ..runs import last_checkpoint
 from ..tasks.base import Task
 from .step import find_nonfinite
 from .tracking import MlflowRun, write_hparams
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -256,3 +259,32 @@ def custom_headlines(cfg: Config, tasks: dict[str, Task]) -> list[str]:
 def format_metrics(flat: dict) -> str:
     """``key=value`` pairs for the log, floats with 4 decimals."""
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
+
+
+def log_run_end(run_dir: Path, summary: dict, cfg: Config, tasks: dict[str, Task]) -> None:
+    """The end of a run in the log: time and best epoch, the headline dev scores, the run folder's files."""
+    from .task_plots import plot_file
+
+    log.info("done in %.1f s; best epoch %s: %s", summary["wall_s"], summary.get("best_epoch"),
+             format_metrics(summary["dev"]))
+    if summary["dev_limits"]:
+        log.info("scored on seeded dev samples of %s rows; `minbert evaluate %s --full` scores the whole dev sets",
+                 summary["dev_limits"], run_dir)
+    log.info("dev: %s", scores_line(summary["dev"], cfg))
+    files = ("summary.json", "predictions/", "curves.png", *map(plot_file, tasks.values()), "tensorboard/",
+             "train.log", "README.md")
+    log.info("run folder: %s (%s)", run_dir, ", ".join(f for f in files if (run_dir / f).exists()))
+
+
+def scores_line(dev: dict, cfg: Config) -> str:
+    """The headline scores of ``summary["dev"]`` for people: ``SST acc 0.412 · ... · overall 0.693``
+    (built-in tasks in capitals, custom ones by name, Pearson as r; n/a for a task without dev rows)."""
+    parts = []
+    for key, v in dev.items():
+        task, _, metric = key.rpartition("_")
+        if key != "overall" and task not in cfg.tasks:
+            continue  # a built-in task this run did not train
+        name = task if task in cfg.custom_tasks else task.upper()
+        name = "overall" if key == "overall" else f"{name} {'r' if metric == 'pearson' else metric}"
+        parts.append(f"{name} {v:.3f}" if isinstance(v, float) else f"{name} n/a")
+    return " · ".join(parts)

@@ -40,7 +40,7 @@ from .checkpoint import save_checkpoint as write_checkpoint
 from .evaluation import DevEvaluator
 from .interrupts import StopRequest, interrupted
 from .optim import build_optimizer, build_scheduler, param_groups
-from .reporting import MetricsLog, format_metrics, run_summary, trim_metrics
+from .reporting import MetricsLog, log_run_end, run_summary, trim_metrics
 from .schedule import epoch_schedule
 from .setup import (
     add_file_logging,
@@ -56,7 +56,7 @@ from .setup import (
 )
 from .state import LoopState
 from .step import build_optimizer_step, find_nonfinite
-from .task_plots import plot_file, write_run_plots
+from .task_plots import write_run_plots
 from .tracking import require_trackers
 
 log = logging.getLogger(__name__)
@@ -474,27 +474,6 @@ class Trainer:
             write_run_plots(self.run_dir, self.tasks, self.data["dev"], final)
         atomic_write_json(self.run_dir / "summary.json", summary)
         write_model_card(self.run_dir)
-        log.info("done in %.1f s; best epoch %s: %s", summary["wall_s"], st.best_epoch, format_metrics(summary["dev"]))
-        if summary["dev_limits"]:
-            log.info("scored on seeded dev samples of %s rows; `minbert evaluate %s --full` scores the whole dev sets",
-                     summary["dev_limits"], self.run_dir)
-        log.info("dev: %s", _scores_line(summary["dev"], self.cfg))
-        files = ("summary.json", "predictions/", "curves.png", *map(plot_file, self.tasks.values()), "tensorboard/",
-                 "train.log", "README.md")
-        files = [f for f in files if (self.run_dir / f).exists()]
-        log.info("run folder: %s (%s)", self.run_dir, ", ".join(files))
+        log_run_end(self.run_dir, summary, self.cfg, self.tasks)
         return Run(self.run_dir, summary)
 
-
-def _scores_line(dev: dict, cfg: Config) -> str:
-    """The headline scores of ``summary["dev"]`` for people: ``SST acc 0.412 · ... · overall 0.693``
-    (built-in tasks in capitals, custom ones by name, Pearson as r; n/a for a task without dev rows)."""
-    parts = []
-    for key, v in dev.items():
-        task, _, metric = key.rpartition("_")
-        if key != "overall" and task not in cfg.tasks:
-            continue  # a built-in task this run did not train
-        name = task if task in cfg.custom_tasks else task.upper()
-        name = "overall" if key == "overall" else f"{name} {'r' if metric == 'pearson' else metric}"
-        parts.append(f"{name} {v:.3f}" if isinstance(v, float) else f"{name} n/a")
-    return " · ".join(parts)
