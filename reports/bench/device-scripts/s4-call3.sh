@@ -7,7 +7,7 @@ START=$(date +%s); DEADLINE=$((START + ${BUDGET:-540}))
 left() { echo $((DEADLINE - $(date +%s))); }
 mark() { echo "$1 rc=$2 at $(($(date +%s)-START))s" >> $OUT/timeline.txt; }
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_packing_cuda.py > $OUT/pytest.log 2>&1; mark pytest $?
-for cb in minilm-l6:128 bert-base:32 bert-base:128 minilm-l6:32; do
+for cb in bert-base:32 minilm-l6:128 bert-base:128; do
   cfg=${cb%:*}; b=${cb#*:}
   timeout $(( $(left) - 5 )) python3 benchmarks/train_step.py --data-dir $DATA --encoder $ENC --configs $cfg \
     --batches $b --n-batches 32 --warmup 32 --impls minbert-packed-compile,transformers-sdpa-ro \
