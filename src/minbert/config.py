@@ -282,13 +282,17 @@ class RuntimeSettings:
 
     amp: bf16 autocast; compile: ``torch.compile`` the encoder; cuda_graphs: replay steps as CUDA
     graphs; flat_sync: average gradients with one all-reduce of a flat buffer (torchrun, no DDP);
-    pad_multiple: training batches are padded to a multiple of this many tokens."""
+    pad_multiple: training batches are padded to a multiple of this many tokens; pack_multiple:
+    with packing (``model.packing``), the packed token count is a multiple of this (0: no packing);
+    note: why ``model.packing=auto`` stayed off on a CUDA device (None otherwise)."""
 
     amp: bool
     compile: bool
     cuda_graphs: bool
     flat_sync: bool
     pad_multiple: int
+    pack_multiple: int = 0
+    note: str | None = None
 
 
 def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> RuntimeSettings:
@@ -310,7 +314,46 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
     compiled = tc.compile == "on" or (tc.compile == "auto" and device_type == "cuda")
     graphs = use_cuda_graphs(tc, device_type, world_size, compiled)
     pad_multiple = cfg.data.pad_to_multiple_of or (16 if graphs else 1)
-    return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple)
+    packed, note = use_packing(cfg, device_type, amp, compiled)
+    if packed:  # the encoder sees only the real tokens: rows are padded to one length, packs come in buckets
+        pad_multiple = cfg.model.max_length
+    return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple,
+                           PACK_MULTIPLE if packed else 0, note)
+
+
+PACK_MULTIPLE = 64  # tokens: a packed batch is rounded up to a multiple of this (few shapes)
+
+
+def use_packing(cfg: Config, device_type: str, amp: bool, compiled: bool) -> tuple[bool, str | None]:
+    """Resolve ``model.packing``: ``auto`` is on where nothing blocks it. With ``sdpa`` attention
+    the packed path runs FlashAttention's varlen kernel, which needs CUDA and bf16 autocast;
+    ``eager`` attention runs the block-diagonal reference anywhere. Returns (on, why auto is off
+    on a CUDA device, or None).
+
+    Raises:
+        ConfigError: ``on`` where something blocks it, or with ``max_length`` < the pack bucket.
+    """
+    sdpa = cfg.model.attn_implementation == "sdpa"
+    blockers = [
+        why
+        for why, hit in (
+            ("a CUDA device or model.attn_implementation=eager", sdpa and device_type != "cuda"),
+            ("train.amp=bf16 (FlashAttention runs in bf16)", sdpa and not amp),
+            ("train.compile=off", compiled),
+            ("train.smart_weight=0 (SMART perturbs the padded embeddings)", cfg.train.smart_weight > 0),
+        )
+        if hit
+    ]
+    mode = cfg.model.packing
+    if mode == "on" and blockers:
+        raise ConfigError(f"model.packing=on needs {', '.join(blockers)}; use auto or off")
+    if mode != "off" and cfg.model.max_length < PACK_MULTIPLE:
+        if mode == "on":
+            raise ConfigError(f"model.packing=on needs model.max_length >= {PACK_MULTIPLE} (the filler of a pack)")
+        return False, f"model.packing auto: off (model.max_length < {PACK_MULTIPLE})"
+    if mode == "auto" and blockers:
+        return False, (f"model.packing auto: off (needs {', '.join(blockers)})" if device_type == "cuda" else None)
+    return mode != "off", None
 
 
 def use_cuda_graphs(tc: TrainConfig, device_type: str, world_size: int, compiled: bool) -> bool:

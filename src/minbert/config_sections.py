@@ -31,6 +31,11 @@ class ModelConfig:
     attention_probs_dropout_prob: float | None = field(
         default=None, metadata={"help": "dropout on the attention probabilities (null: keep the checkpoint's value)"}
     )
+    packing: Literal["auto", "on", "off"] = field(
+        default="off",
+        metadata={"help": "training: run the encoder on the real tokens only, packed end to end (auto: where "
+                  "FlashAttention's varlen kernel runs; on: raise where it cannot)"},
+    )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch import nn
 
 from .bert import BertConfig, BertModel
 from .heads import Encoded
+from .packing import PackedBatch
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -38,15 +39,35 @@ class MultitaskModel(nn.Module):
         )
 
     def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+        packing: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Encoded:
         """The encoder's outputs for (B, T) int64 ``input_ids``, ``attention_mask`` (1 = token) and
-        ``token_type_ids``: hidden states (B, T, H), the mask, and the pooler output (B, H)."""
-        out = self.encoder(input_ids, attention_mask, token_type_ids)
-        return Encoded(out.last_hidden_state, attention_mask, out.pooler_output)
+        ``token_type_ids``: hidden states (B, T, H), the mask, and the pooler output (B, H).
+
+        ``packing``: (``pack_index``, ``cu_seqlens``) of :func:`minbert.model.packing.pack_plan`.
+        The encoder then runs on the real tokens only (:meth:`BertModel.forward_packed`): they are
+        gathered into one row, and their states scattered back to (B, T, H), zeros at padding (the
+        padded path leaves values there that every head masks out)."""
+        if packing is None:
+            out = self.encoder(input_ids, attention_mask, token_type_ids)
+            return Encoded(out.last_hidden_state, attention_mask, out.pooler_output)
+        pack_index, cu_seqlens = packing
+        B, T = input_ids.shape
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)
+
+        def gather(t: torch.Tensor) -> torch.Tensor:  # (B, T) -> (N,); the filler reads a spare 0
+            return torch.cat([t.reshape(-1), t.new_zeros(1)])[pack_index]
+
+        packed = PackedBatch(gather(input_ids), gather(token_type_ids), gather(positions), cu_seqlens, T, B)
+        out = self.encoder.forward_packed(packed)
+        x = out.last_hidden_state  # (N, H)
+        h = x.new_zeros(B * T + 1, x.shape[-1]).index_put((pack_index,), x)  # the filler lands in the spare row
+        return Encoded(h[:-1].view(B, T, -1), attention_mask, out.pooler_output)
 
     def forward(self, task: str, batch: dict) -> torch.Tensor:
         kind = self.input_kinds[task]
+        packing = (batch["pack_index"], batch["cu_seqlens"]) if "pack_index" in batch else None
         if kind == "bi":
             B = batch["input_ids"].shape[0]
             # a and b are padded to the same T by collate: one encoder call for both halves
@@ -54,11 +75,12 @@ class MultitaskModel(nn.Module):
                 torch.cat([batch["input_ids"], batch["input_ids_b"]]),  # (2B, T)
                 torch.cat([batch["attention_mask"], batch["attention_mask_b"]]),
                 torch.cat([batch["token_type_ids"], batch["token_type_ids_b"]]),
+                packing,
             )
             a = Encoded(*(t[:B] for t in enc))
             b = Encoded(*(t[B:] for t in enc))
             return self.heads[task](a, b)
-        enc = self.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        enc = self.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], packing)
         return self.heads[task](enc)
 
 

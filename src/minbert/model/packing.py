@@ -113,3 +113,35 @@ def unpack(x: torch.Tensor, packed: PackedBatch, T: int) -> torch.Tensor:
 def segment_ids(cu_seqlens: torch.Tensor, n: int) -> torch.Tensor:
     """(N,) int64: the index of the sequence each of the ``n`` packed tokens belongs to."""
     return torch.searchsorted(cu_seqlens[1:].to(torch.int64), torch.arange(n, device=cu_seqlens.device), right=True)
+
+
+def pack_plan(attention_mask: torch.Tensor, multiple_of: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each token of a right-padded batch goes in the packed layout, so that the device
+    packs with fixed shapes (a gather) and unpacks with a scatter (see
+    :meth:`minbert.model.multitask.MultitaskModel.encode`).
+
+    The B sequences are followed by a filler of 1..``multiple_of`` tokens, so that N, the packed
+    length, is the real token count plus one rounded up to a multiple of ``multiple_of``.
+
+    Args:
+        attention_mask: (B, T), 1 on real tokens, right-padded.
+        multiple_of: the bucket size, <= T (the filler is a sequence of at most T tokens).
+    Returns:
+        pack_index: (N,) int64, the flat position ``row * T + col`` of each packed token; the
+            filler's tokens point at B * T, one spare slot after the batch;
+        cu_seqlens: (B + 2,) int32, the offsets of the B sequences and the filler.
+    Raises:
+        ValueError: ``multiple_of`` outside 1..T, or a row that is not right-padded.
+    """
+    B, T = attention_mask.shape
+    if not 1 <= multiple_of <= T:
+        raise ValueError(f"multiple_of {multiple_of}: must be in 1..T ({T})")
+    keep = attention_mask.bool()
+    lengths = keep.sum(1)
+    if not torch.equal(keep, torch.arange(T)[None, :] < lengths[:, None]):
+        raise ValueError("pack_plan needs right-padded rows: each attention_mask row must be 1s then 0s")
+    n = int(lengths.sum())
+    N = -(-(n + 1) // multiple_of) * multiple_of
+    index = torch.cat([torch.nonzero(keep.reshape(-1)).squeeze(1), torch.full((N - n,), B * T)])
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0), torch.tensor([N])]).to(torch.int32)
+    return index, cu

@@ -154,10 +154,13 @@ def log_plan(cfg: Config, counts: StepCounts, total_steps: int, device: torch.de
     sync = (" (gradient sync: flat all-reduce)" if rt.flat_sync else " (gradient sync: DDP)") if ctx.enabled else ""
     log.info(
         "routine %s, %d micro-steps (%d optimizer steps) per epoch, %d epochs, %d optimizer steps in all, "
-        "device %s, amp %s, %d process(es)%s, CUDA graphs %s",
+        "device %s, amp %s, %d process(es)%s, CUDA graphs %s, packing %s",
         tc.routine, counts.micro_per_epoch, counts.opt_per_epoch, tc.epochs, total_steps, device,
         "bf16" if rt.amp else "off", ctx.world_size, sync, "on" if rt.cuda_graphs else "off",
+        f"on ({rt.pack_multiple}-token buckets)" if rt.pack_multiple else "off",
     )
+    if rt.note:
+        log.info("%s", rt.note)
 
 
 def rescale_position(

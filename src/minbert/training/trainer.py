@@ -355,7 +355,8 @@ class Trainer:
         """The next batch of each task in ``names``: this process's rows, collated (host tensors)."""
         batches = {
             n: self.tasks[n].collate(
-                self.data["train"][n], shard(self.streams[n].next(), self.ctx), self.pad_id, self.rt.pad_multiple
+                self.data["train"][n], shard(self.streams[n].next(), self.ctx), self.pad_id, self.rt.pad_multiple,
+                self.rt.pack_multiple,
             )
             for n in names
         }

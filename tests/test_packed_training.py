@@ -1,0 +1,129 @@
+"""model.packing in training: pack_plan's gather/scatter plan, how the option resolves per
+device, and a packed run (eager varlen reference on CPU) equal to the padded run: the same
+per-task outputs and gradients for every registered task, and the same dev scores after training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minbert.config import PACK_MULTIPLE, from_dict, load_config, runtime_settings
+from minbert.errors import ConfigError
+from minbert.model.multitask import build_model
+from minbert.model.packing import pack_plan
+from minbert.tasks.splits import load_splits
+from minbert.tasks.table import task_table
+from minbert.training.trainer import train
+from minbert_testkit import base_config
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=6), extra=st.integers(0, 3), mult=st.integers(1, 9))
+def test_pack_plan_gathers_every_real_token_once(lengths, extra, mult):
+    T = max(max(lengths), 1) + extra
+    if mult > T:
+        with pytest.raises(ValueError, match="multiple_of"):
+            pack_plan(torch.zeros(len(lengths), T), mult)
+        return
+    B = len(lengths)
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+    index, cu = pack_plan(mask, mult)
+    n = sum(lengths)
+    N = index.shape[0]
+    assert N % mult == 0 and n + 1 <= N <= n + mult  # a filler of 1..mult tokens
+    want = [r * T + c for r in range(B) for c in range(lengths[r])]
+    assert index[:n].tolist() == want and (index[n:] == B * T).all()
+    assert cu.dtype == torch.int32 and cu.tolist() == [sum(lengths[:i]) for i in range(B + 1)] + [N]
+
+
+@pytest.mark.parametrize(
+    "overrides, device, expect",
+    [
+        ([], "cuda", (0, None)),  # off by default
+        (["model.packing=auto"], "cuda", (PACK_MULTIPLE, None)),  # amp auto is bf16 on CUDA
+        (["model.packing=auto"], "cpu", (0, None)),  # no note on a CPU: nothing a user expects there
+        (["model.packing=auto", "train.amp=off"], "cuda", (0, "train.amp=bf16")),
+        (["model.packing=auto", "train.smart_weight=1"], "cuda", (0, "SMART")),
+        (["model.packing=auto", "model.max_length=32"], "cuda", (0, "max_length < 64")),
+        (["model.packing=on", "model.attn_implementation=eager"], "cpu", (PACK_MULTIPLE, None)),
+    ],
+)
+def test_packing_resolves_per_device(overrides, device, expect):
+    rt = runtime_settings(load_config(None, overrides), device)
+    assert rt.pack_multiple == expect[0]
+    assert (rt.note is None) if expect[1] is None else (expect[1] in rt.note)
+    if rt.pack_multiple:  # rows of one length: the packs alone set the shapes
+        assert rt.pad_multiple == load_config(None, overrides).model.max_length
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (["model.packing=on"], "a CUDA device or model.attn_implementation=eager"),
+        (["model.packing=on", "train.amp=off"], "train.amp=bf16"),
+        (["model.packing=on", "model.attn_implementation=eager", "model.max_length=32"], "max_length >= 64"),
+    ],
+)
+def test_packing_on_raises_where_it_cannot_run(overrides, why):
+    with pytest.raises(ConfigError, match=why):
+        runtime_settings(load_config(None, overrides), "cpu" if "train.amp=off" not in overrides else "cuda")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_encoder, data_dir):
+    raw = base_config(tiny_encoder)
+    raw["model"] = {**raw["model"], "attn_implementation": "eager", "hidden_dropout_prob": 0.0,
+                    "attention_probs_dropout_prob": 0.0}
+    raw["tasks"] = {t: {"train_limit": 24, "dev_limit": 8, "batch_size": 8, "dropout": 0.0}
+                    for t in ("sst", "qqp", "sts")}
+    raw["tasks"]["sts"]["pair_input"] = "cross"
+    cfg = from_dict(raw)
+    table = task_table(cfg)
+    from minbert.data.tokenizer import Tokenizer
+
+    tok = Tokenizer(str(tiny_encoder), cfg.model.max_length)
+    data = load_splits(cfg, data_dir, tok, table, progress=False)
+    return cfg, table, data, tok
+
+
+@pytest.mark.parametrize("task", ["sst", "qqp", "sts"])
+def test_packed_batches_give_the_padded_outputs_and_gradients(setup, tiny_encoder, task):
+    cfg, table, data, tok = setup
+    torch.manual_seed(0)
+    model = build_model(cfg, tiny_encoder, tasks=table).train()
+    split, index = data["train"][task], np.arange(8)
+    results = []
+    for pack in (0, PACK_MULTIPLE):
+        batch = table[task].collate(split, index, tok.pad_token_id, cfg.model.max_length if pack else 1, pack)
+        assert ("pack_index" in batch) == bool(pack)
+        model.zero_grad(set_to_none=True)
+        out = model(task, batch)
+        table[task].loss(out, batch["labels"]).backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (out0, g0), (out1, g1) = results
+    torch.testing.assert_close(out1, out0, atol=1e-5, rtol=1e-5)
+    assert g0.keys() == g1.keys() and any(n.startswith("encoder.") for n in g0)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_a_packed_run_scores_as_the_padded_run(setup, tiny_encoder, data_dir, tmp_path):
+    cfg, *_ = setup
+    dev = []
+    for packing in ("off", "on"):
+        raw = json.loads(json.dumps(base_config(tiny_encoder)))
+        run_cfg = from_dict({**raw, "model": {**raw["model"], "attn_implementation": "eager", "packing": packing,
+                                              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+                             "tasks": {t: {"train_limit": 24, "dev_limit": 8, "batch_size": 8, "dropout": 0.0}
+                                       for t in ("sst", "qqp", "sts")},
+                             "data": {"pad_to_multiple_of": 1}})
+        run = train(run_cfg, run_dir=tmp_path / packing, data_dir=data_dir, progress=False)
+        dev.append(run.summary["dev"])
+    assert dev[0].keys() == dev[1].keys()
+    for k in dev[0]:
+        assert dev[1][k] == pytest.approx(dev[0][k], abs=1e-4), k
