@@ -33,8 +33,7 @@ class ModelConfig:
     )
     packing: Literal["auto", "on", "off"] = field(
         default="off",
-        metadata={"help": "training: run the encoder on the real tokens only, packed end to end (auto: where "
-                  "FlashAttention's varlen kernel runs; on: raise where it cannot)"},
+        metadata={"help": "training: the encoder runs on the real tokens only, packed (auto: where it can)"},
     )
 
 
