@@ -222,3 +222,52 @@ def test_report_to_mlflow_without_mlflow_is_one_line_before_the_run_starts(tmp_p
     assert code == 2 and err.count("\n") == 1
     assert err == 'error: output.report_to: mlflow is not installed; pip install "minbert[mlflow]"\n'
     assert not run_dir.exists()  # refused before a run folder is made
+
+
+REPORT_TO_VALUES = [
+    "none", "mlflow", "tensorboard, mlflow", " mlflow ,tensorboard ", ["none"], ["mlflow", "tensorboard"],  # accepted
+    [], ["none", "none"], ["tensorboard", "tensorboard"], ["none", "mlflow"], ["mlflow", "none"],  # refused
+    "none,mlflow", "mlflow, none", "tensorboard,tensorboard", "mlflow , mlflow", "tensorboard,mlflow,tensorboard",
+    "none,none", "tensorboard,,mlflow", "mlflow,", "", "TensorBoard", 1, None, True, [["tensorboard"]],
+    ["mlflow", None],
+]
+
+
+@pytest.mark.parametrize("value", REPORT_TO_VALUES, ids=repr)
+def test_the_schema_accepts_exactly_the_report_to_values_that_load(value):
+    from minbert.config_doc import json_schema
+
+    raw = {"output": {"report_to": value}}
+    try:
+        from_dict(raw)
+        loads = True
+    except ConfigError:
+        loads = False
+    assert loads == (value in ("none", "mlflow", "tensorboard, mlflow", " mlflow ,tensorboard ", ["none"],
+                               ["mlflow", "tensorboard"]))
+    assert (list(jsonschema.Draft202012Validator(json_schema()).iter_errors(raw)) == []) == loads
+
+
+@pytest.mark.parametrize("output", [{"tensorboard": True}, {"tensorboard": False, "plot": False},
+                                    {"tensorboard": True, "report_to": "mlflow"}, {"tensorboard": "yes"}],
+                         ids=repr)
+def test_the_schema_accepts_the_old_tensorboard_key_as_load_does(output):
+    from minbert.config_doc import json_schema
+
+    loads = "report_to" not in output and isinstance(output["tensorboard"], bool)
+    if loads:
+        expect = ("tensorboard",) if output["tensorboard"] else ("none",)
+        assert from_dict({"output": output}).output.report_to == expect
+    else:
+        with pytest.raises(ConfigError, match="output.tensorboard: replaced by output.report_to"):
+            from_dict({"output": output})
+    errors = list(jsonschema.Draft202012Validator(json_schema()).iter_errors({"output": output}))
+    assert (errors == []) == loads
+
+
+def test_an_old_run_config_takes_a_report_to_override(tmp_path):
+    path = tmp_path / "config.yaml"  # a run folder written before report_to existed
+    path.write_text("output: {tensorboard: true, plot: false}\n")
+    cfg = load_config(path, ["output.report_to=mlflow"])
+    assert cfg.output.report_to == ("mlflow",) and cfg.output.plot is False
+    assert load_config(path, ["output.tensorboard=false"]).output.report_to == ("none",)
