@@ -271,3 +271,49 @@ def test_an_old_run_config_takes_a_report_to_override(tmp_path):
     cfg = load_config(path, ["output.report_to=mlflow"])
     assert cfg.output.report_to == ("mlflow",) and cfg.output.plot is False
     assert load_config(path, ["output.tensorboard=false"]).output.report_to == ("none",)
+
+
+@pytest.fixture(params=["a file as folder", "unknown scheme", "no server", "a password"])
+def broken_store(request, tmp_path, monkeypatch) -> str:
+    """An MLFLOW_TRACKING_URI that MLflow cannot use: a database under a file, a scheme MLflow
+    does not know, a server that is not there (asked once, without retries), a database server
+    with a password (no driver, or no server). Returns the URI as the error shows it."""
+    from minbert_testkit import free_port
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    port = free_port()
+    uri = {"a file as folder": f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "unknown scheme": "bogus://store",
+           "no server": f"http://127.0.0.1:{port}",
+           "a password": f"postgresql://minbert:hunter2@127.0.0.1:{port}/runs"}[request.param]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    return uri.replace(":hunter2@", ":***@")  # the password is never shown
+
+
+def test_an_unusable_mlflow_store_is_one_line_before_the_run_folder_is_touched(tmp_path, tiny_encoder, data_dir,
+                                                                            broken_store, capsys):
+    fresh, old = tmp_path / "fresh", tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("name: old\n")  # a finished run that --overwrite would replace
+    (old / "summary.json").write_text("{}")
+    for run_dir, extra in ((fresh, ()), (old, ("--overwrite",))):
+        code = main(tiny_args(tiny_encoder, data_dir, run_dir, "--output.report_to=tensorboard,mlflow", *extra))
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "hunter2" not in err, err
+        assert err.startswith(f"error: output.report_to: mlflow: the tracking store {broken_store} cannot be used: ")
+    assert not fresh.exists()  # nothing made
+    assert sorted(p.name for p in old.iterdir()) == ["config.yaml", "summary.json"]  # nothing replaced
+
+
+def test_a_resume_checks_the_mlflow_store_of_the_run_it_continues(tmp_path, broken_store, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("output: {report_to: mlflow}\n")
+    (run_dir / "encoder").mkdir()
+    (run_dir / "encoder" / "config.json").write_text("{}")  # a run folder as far as require_run_dir looks
+    code = main(["train", "--resume", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: output.report_to: mlflow: the tracking store {broken_store} cannot be used: ")
