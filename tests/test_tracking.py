@@ -317,3 +317,35 @@ def test_a_resume_checks_the_mlflow_store_of_the_run_it_continues(tmp_path, brok
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: output.report_to: mlflow: the tracking store {broken_store} cannot be used: ")
+
+
+def test_a_resume_after_a_crash_keeps_one_tensorboard_point_per_step(tmp_path, tiny_encoder, data_dir, monkeypatch):
+    """A crash after step 6 (checkpoint: the epoch end at step 4): the resumed run logs steps 5..8
+    again, and TensorBoard shows each step once, with the resumed run's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from minbert.training.trainer import Trainer, train
+
+    cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=tensorboard"])
+    step = Trainer.train_step
+
+    def crash_after_step_6(self, schedule, epoch):
+        done = step(self, schedule, epoch)
+        if self.state.step == 6:
+            self.metrics.flush_steps()  # steps 5 and 6 are in tensorboard/ and metrics.jsonl
+            raise RuntimeError("crash")
+        return done
+
+    monkeypatch.setattr(Trainer, "train_step", crash_after_step_6)
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, tmp_path / "run", data_dir, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    train(tmp_path / "run" / "config.yaml", tmp_path / "run", data_dir, resume=True, progress=False)
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    steps = [r for r in records(tmp_path / "run") if "lr" in r]  # metrics.jsonl: cut back to step 4 on resume
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    for tag, field in (("train/loss_sst", "loss/sst"), ("train/lr", "lr")):
+        events = acc.Scalars(tag)
+        assert [(e.step, e.value) for e in events] == [(r["step"], pytest.approx(r[field])) for r in steps], tag
+    assert [e.step for e in acc.Scalars("dev/sst_acc")] == [1, 2]

@@ -207,7 +207,7 @@ class Trainer:
             self.resume()
         self.stepper = build_optimizer_step(self.model, self.tasks, self.weights, self.optimizer, self.scheduler,
                                             self.device, tc, self.rt, ctx)
-        self.metrics = MetricsLog(self.run_dir, ctx, self.weights, cfg, resume=self.resuming)
+        self.metrics = MetricsLog(self.run_dir, ctx, self.weights, cfg, resume=self.resuming, step=self.state.step)
         self.dev = DevEvaluator(self.model, self.tasks, self.data["dev"], self.device, self.rt.amp, self.pad_id,
                                 tc.eval_batch_size, ctx, self.metrics, self.run_dir, tc.average_last, self.progress)
 
