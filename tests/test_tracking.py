@@ -349,3 +349,41 @@ def test_a_resume_after_a_crash_keeps_one_tensorboard_point_per_step(tmp_path, t
         events = acc.Scalars(tag)
         assert [(e.step, e.value) for e in events] == [(r["step"], pytest.approx(r[field])) for r in steps], tag
     assert [e.step for e in acc.Scalars("dev/sst_acc")] == [1, 2]
+
+
+def test_a_deleted_mlflow_experiment_is_one_line_before_the_run_starts(tmp_path, tiny_encoder, data_dir, mlflow_store,
+                                                                      capsys):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.delete_experiment(client.create_experiment("tiny"))
+    config, run_dir = tmp_path / "tiny.yaml", tmp_path / "run"  # the experiment: the config's name
+    config.write_text("output: {report_to: mlflow}\n")
+    capsys.readouterr()  # MLflow's log of making the database
+    code = main(tiny_args(tiny_encoder, data_dir, run_dir, f"--config={config}"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: output.report_to: mlflow: the experiment 'tiny' in {mlflow_store} is deleted; ")
+    assert not run_dir.exists()
+
+
+def test_a_resume_whose_mlflow_run_was_deleted_starts_a_new_one(tmp_path, tiny_encoder, data_dir, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from minbert.training.trainer import train
+
+    cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=mlflow"])
+
+    def stop(epoch, dev):
+        raise RuntimeError("stop after the first epoch")
+
+    with pytest.raises(RuntimeError, match="stop after"):
+        train(cfg, tmp_path / "run", data_dir, progress=False, on_epoch_end=stop)
+    client = MlflowClient()
+    (first,) = client.search_runs([client.get_experiment_by_name("run").experiment_id])
+    client.delete_run(first.info.run_id)
+    train(tmp_path / "run" / "config.yaml", tmp_path / "run", data_dir, resume=True, progress=False)
+    (again,) = client.search_runs([client.get_experiment_by_name("run").experiment_id])  # active runs only
+    assert again.info.run_id != first.info.run_id and again.info.status == "FINISHED"
+    assert json.loads((tmp_path / "run" / "mlflow.json").read_text())["run_id"] == again.info.run_id
+    assert [m.step for m in client.get_metric_history(again.info.run_id, "dev/sst_acc")] == [2]  # from the resume on

@@ -71,17 +71,29 @@ def check_mlflow_store(report_to: tuple[str, ...], config_name: str) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = "?"
+    uri, name = "?", experiment_name(config_name)
     try:
         uri = mlflow.get_tracking_uri()
         client = MlflowClient()
-        name = experiment_name(config_name)
-        if client.get_experiment_by_name(name) is None:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
             client.create_experiment(name)
     except Exception as e:  # whatever fails here is the store's: its URI, server, driver or permissions
-        reason = ([ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__])[0]
-        uri, reason = _URI_PASSWORD.sub(r"\1***@", uri), _URI_PASSWORD.sub(r"\1***@", reason)
-        raise ConfigError(f"output.report_to: mlflow: the tracking store {uri} cannot be used: {reason}") from None
+        reason = _hide_password(([ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__])[0])
+        raise ConfigError(
+            f"output.report_to: mlflow: the tracking store {_hide_password(uri)} cannot be used: {reason}"
+        ) from None
+    if experiment is not None and experiment.lifecycle_stage != "active":  # MLflow refuses runs in it
+        raise ConfigError(
+            f"output.report_to: mlflow: the experiment {name!r} in {_hide_password(uri)} is deleted; "
+            f"restore it (mlflow experiments restore --experiment-id {experiment.experiment_id}) or set "
+            "MLFLOW_EXPERIMENT_NAME to another name"
+        )
+
+
+def _hide_password(text: str) -> str:
+    """``text`` with the password of each URI in it (``scheme://user:PASSWORD@host``) as ``***``."""
+    return _URI_PASSWORD.sub(r"\1***@", text)
 
 
 def flat_params(config: dict) -> dict[str, int | float | bool | str]:
@@ -160,15 +172,15 @@ class MlflowRun:
         log.info("mlflow: run %s in experiment %r at %s", self.run_id, name, uri)
 
     def _previous_run(self) -> str | None:
-        """The id of the run that ``mlflow.json`` names, if this tracking store has it."""
+        """The id of the run that ``mlflow.json`` names, if this tracking store has it (not deleted)."""
         from mlflow.exceptions import MlflowException
 
         try:
             run_id = json.loads((self.run_dir / MLFLOW_FILE).read_text())["run_id"]
-            self.client.get_run(run_id)
+            active = self.client.get_run(run_id).info.lifecycle_stage == "active"  # a deleted run takes no metrics
         except (OSError, ValueError, KeyError, TypeError, MlflowException):
             return None
-        return run_id
+        return run_id if active else None
 
     def log_metrics(self, rows: list[tuple[dict, int]]) -> None:
         """Log ``(metrics, step)`` rows in one request; values that are not numbers are left out."""
