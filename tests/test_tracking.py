@@ -185,6 +185,19 @@ def test_mlflow_run_holds_params_dev_history_losses_and_the_summary(tracked_run,
     assert Path(got).read_text() == (tracked_run / "config.yaml").read_text()
 
 
+def fail_after_the_first_epoch(tiny_encoder, data_dir, run_dir: Path) -> None:
+    """A 2-epoch run reporting to MLflow that raises after its first epoch (and its checkpoint)."""
+    from minbert.training.trainer import train
+
+    cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=mlflow"])
+
+    def stop(epoch, dev):
+        raise RuntimeError("stop after the first epoch")
+
+    with pytest.raises(RuntimeError, match="stop after"):
+        train(cfg, run_dir, data_dir, progress=False, on_epoch_end=stop)
+
+
 def test_a_failed_run_is_marked_failed_and_its_resume_continues_it(tmp_path, tiny_encoder, data_dir, mlflow_store,
                                                                    monkeypatch):
     from mlflow.tracking import MlflowClient
@@ -192,13 +205,7 @@ def test_a_failed_run_is_marked_failed_and_its_resume_continues_it(tmp_path, tin
     from minbert.training.trainer import train
 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resumed")
-    cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=mlflow"])
-
-    def stop(epoch, dev):
-        raise RuntimeError("stop after the first epoch")
-
-    with pytest.raises(RuntimeError, match="stop after"):
-        train(cfg, tmp_path / "run", data_dir, progress=False, on_epoch_end=stop)
+    fail_after_the_first_epoch(tiny_encoder, data_dir, tmp_path / "run")
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
     assert run.info.status == "FAILED" and client.list_artifacts(run.info.run_id) == []
@@ -372,13 +379,7 @@ def test_a_resume_whose_mlflow_run_was_deleted_starts_a_new_one(tmp_path, tiny_e
 
     from minbert.training.trainer import train
 
-    cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=mlflow"])
-
-    def stop(epoch, dev):
-        raise RuntimeError("stop after the first epoch")
-
-    with pytest.raises(RuntimeError, match="stop after"):
-        train(cfg, tmp_path / "run", data_dir, progress=False, on_epoch_end=stop)
+    fail_after_the_first_epoch(tiny_encoder, data_dir, tmp_path / "run")
     client = MlflowClient()
     (first,) = client.search_runs([client.get_experiment_by_name("run").experiment_id])
     client.delete_run(first.info.run_id)
