@@ -185,27 +185,32 @@ def test_mlflow_run_holds_params_dev_history_losses_and_the_summary(tracked_run,
     assert Path(got).read_text() == (tracked_run / "config.yaml").read_text()
 
 
-def fail_after_the_first_epoch(tiny_encoder, data_dir, run_dir: Path) -> None:
-    """A 2-epoch run reporting to MLflow that raises after its first epoch (and its checkpoint)."""
+def fail_after_the_first_epoch(tiny_encoder, data_dir, run_dir: Path, error: type = RuntimeError) -> None:
+    """A 2-epoch run reporting to MLflow that raises ``error`` after its first epoch (and its
+    checkpoint); a KeyboardInterrupt (Ctrl-C outside the loop's handler) leaves train as
+    TrainingInterrupted."""
+    from minbert.errors import TrainingInterrupted
     from minbert.training.trainer import train
 
     cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=mlflow"])
 
     def stop(epoch, dev):
-        raise RuntimeError("stop after the first epoch")
+        raise error("stop after the first epoch")
 
-    with pytest.raises(RuntimeError, match="stop after"):
+    expected = TrainingInterrupted if error is KeyboardInterrupt else error
+    with pytest.raises(expected):
         train(cfg, run_dir, data_dir, progress=False, on_epoch_end=stop)
 
 
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_a_failed_run_is_marked_failed_and_its_resume_continues_it(tmp_path, tiny_encoder, data_dir, mlflow_store,
-                                                                   monkeypatch):
+                                                                   monkeypatch, error):
     from mlflow.tracking import MlflowClient
 
     from minbert.training.trainer import train
 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resumed")
-    fail_after_the_first_epoch(tiny_encoder, data_dir, tmp_path / "run")
+    fail_after_the_first_epoch(tiny_encoder, data_dir, tmp_path / "run", error)
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
     assert run.info.status == "FAILED" and client.list_artifacts(run.info.run_id) == []
