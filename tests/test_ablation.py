@@ -161,6 +161,7 @@ def test_rows_without_a_run_keep_their_record_from_the_previous_report(tmp_path)
     dev = [{"sst_acc": 0.5, "qqp_acc": 0.8, "sts_pearson": 0.6, "overall": 0.7},
            {"sst_acc": 0.4, "qqp_acc": 0.7, "sts_pearson": 0.5, "overall": 0.6}]
     previous = {
+        "base": "default.yaml", "common": ["train.epochs=1"],  # as every report names them
         "rows": [rec("a", None, [], 0.5), rec("b", "a", ["optim.lr=1e-3"], 0.75), rec("c", "a", ["optim.lr=2"], 0.9)],
         "final": {"row": "b", "seeds": [0, 1], "per_seed": dev},
     }
@@ -212,7 +213,7 @@ def test_report_only_draws_the_chart_of_the_report(tmp_path, monkeypatch):
     rep.mkdir()
     previous = [("a", None, [], 0.60), ("b", "a", ["optim.lr=1e-3"], 0.65),
                 ("c", "b", ["optim.weight_decay=0.1"], 0.62)]
-    (rep / "ab.json").write_text(json.dumps({"rows": [
+    (rep / "ab.json").write_text(json.dumps({"base": "default.yaml", "common": ["train.epochs=1"], "rows": [
         {"name": n, "parent": p, "overrides": o, "seeds": 1, "dev": {"overall": v}, "change": "", "source": "",
          "epochs": 1}
         for n, p, o, v in previous]}))
@@ -228,3 +229,166 @@ def test_report_only_draws_the_chart_of_the_report(tmp_path, monkeypatch):
     assert (rep / "ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bars = [p for p in figures["ab.png"].axes[0].patches if (p.get_gid() or "").startswith("delta/")]
     assert [(b.get_gid(), b.get_width()) for b in bars] == [("delta/b", 0.05), ("delta/c", -0.03)]
+
+
+# ----------------------------------------------------------------------------------------------
+# merging an earlier report: what it may hold, and what changed since
+
+
+CHAIN = [
+    {"name": "a", "change": "base"},
+    {"name": "b", "parent": "a", "change": "lr", "overrides": ["optim.lr=1e-3"]},
+    {"name": "c", "parent": "b", "change": "wd", "overrides": ["optim.weight_decay=0.1"]},
+]
+DEV = {"sst_acc": 0.5, "qqp_acc": 0.8, "sts_pearson": 0.6, "overall": 0.7}
+
+
+def earlier_report(ab, rows=CHAIN, **top) -> dict:
+    """The report that build_report would have written for ``rows`` all run (overall 0.6, 0.65, 0.62),
+    with the final row c over seeds 0 and 1; ``top`` replaces top-level keys."""
+    from minbert.experiments.ablation import build_report
+
+    report = build_report(ab, Path("/nonexistent"))
+    for rec, overall in zip(report["rows"], (0.6, 0.65, 0.62), strict=True):
+        rec.update(seeds=1, dev={**DEV, "overall": overall}, epochs=1, steps=10, best_epoch=1, wall_s=1.0)
+    report["rows"] = [{**rec, "parent": r.get("parent"), "overrides": r.get("overrides", [])}
+                      for rec, r in zip(report["rows"], rows, strict=True)]
+    report["final"] = {"row": "c", "seeds": [0, 1], "per_seed": [DEV, {**DEV, "overall": 0.5}]}
+    return {**report, **top}
+
+
+def merged(tmp_path, rows, previous, final=None) -> dict:
+    """``minbert ablate --report-only`` of ``rows`` with ``previous`` as the report on disk (no runs)."""
+    from minbert.experiments.ablation import run_ablation
+
+    path = write(tmp_path, rows, final=final)
+    rep = tmp_path / "rep"
+    rep.mkdir(exist_ok=True)
+    (rep / "beyond.json").write_text(previous if isinstance(previous, str) else json.dumps(previous))
+    try:
+        return run_ablation(path, tmp_path / "no-runs", rep, report_only=True)
+    except ConfigError as e:
+        assert "no finished runs" in str(e)  # nothing kept: the one refusal --report-only has
+        return {"rows": [], "final": None}
+
+
+def kept(report) -> dict:
+    return {r["name"]: r["dev"]["overall"] for r in report["rows"] if r["dev"]}
+
+
+def test_the_earlier_report_merges_whole(tmp_path):
+    ab = load_ablation(write(tmp_path, CHAIN, final={"row": "c"}))
+    report = merged(tmp_path, CHAIN, earlier_report(ab), final={"row": "c"})
+    assert kept(report) == {"a": 0.6, "b": 0.65, "c": 0.62}
+    assert [r["delta_overall"] for r in report["rows"]] == [None, 0.05, -0.03]
+    assert report["final"]["row"] == "c" and report["final"]["overall_mean"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"rows": [', "", "null", "[1, 2]", '"report"', '{"rows": 5}', '{"rows": "abc", "final": 3}',
+     '{"rows": [null, 3, "x", [], {"name": 5}, {"name": "a"}], "final": {"row": "c"}}',
+     '{"rows": [{"name": "a", "dev": [0.5]}], "final": {"row": "c", "seeds": [0, 1], "per_seed": [1]}}',
+     '{"rows": [{"name": "a", "dev": "0.5"}], "final": {"row": "c", "seeds": 2, "per_seed": {}}}',
+     '{"rows": [{"name": "a", "dev": {"overall": "high"}}], "final": {"row": ["c"], "seeds": [0], "per_seed": [{}]}}'],
+)
+def test_a_corrupt_or_foreign_earlier_report_keeps_nothing_and_never_crashes(tmp_path, text):
+    report = merged(tmp_path, CHAIN, text, final={"row": "c"})
+    assert kept(report) == {} and report["final"] is None
+
+
+def damaged(ab, where: str) -> dict:
+    """An earlier report with one record's values of the wrong types."""
+    prev = earlier_report(ab)
+    rows = {r["name"]: r for r in prev["rows"]}
+    if where == "dev list":
+        rows["b"]["dev"] = [0.1, 0.2]
+    elif where == "overall null":
+        rows["b"]["dev"] = {**DEV, "overall": None}
+    elif where == "overall text":
+        rows["b"]["dev"] = {**DEV, "overall": "0.65"}
+    elif where == "overall bool":
+        rows["b"]["dev"] = {**DEV, "overall": True}
+    elif where == "fields missing":
+        for k in set(rows["b"]) - {"name", "parent", "overrides", "dev"}:
+            del rows["b"][k]
+    elif where == "fields of other types":
+        rows["b"].update(epochs=[1], steps="10", change=None, source=5, seeds=None, steps_per_epoch={})
+    elif where == "overrides null":
+        rows["b"]["overrides"] = None
+    elif where == "per_seed short":
+        prev["final"]["per_seed"] = prev["final"]["per_seed"][:1]
+    elif where == "per_seed values":
+        prev["final"]["per_seed"] = [None, {"overall": "x"}]
+    return prev
+
+
+@pytest.mark.parametrize("where", ["dev list", "overall null", "overall text", "overall bool", "fields missing",
+                                   "fields of other types", "overrides null", "per_seed short", "per_seed values"])
+def test_records_of_the_wrong_types_are_dropped_or_mended_never_a_crash(tmp_path, where):
+    ab = load_ablation(write(tmp_path, CHAIN, final={"row": "c"}))
+    report = merged(tmp_path, CHAIN, damaged(ab, where), final={"row": "c"})
+    md = (tmp_path / "rep" / "beyond.md").read_text()
+    b = report["rows"][1]
+    assert (b["name"], b["change"], b["source"], b["parent"]) == ("b", "lr", "", "a")  # from the file, always
+    if where in ("dev list", "overall text", "overall bool"):  # b has no scores; c's chain is known
+        assert kept(report) == {"a": 0.6, "c": 0.62} and "| b | a | lr |" in md
+        assert b["delta_overall"] is None and report["rows"][2]["delta_overall"] is None
+    elif where == "overrides null":  # b's config is not known, nor is c's (b is its parent)
+        assert kept(report) == {"a": 0.6} and report["rows"][2]["delta_overall"] is None
+    elif where == "overall null":
+        assert b["dev"]["overall"] is None and b["delta_overall"] is None and report["rows"][2]["delta_overall"] is None
+    elif where in ("fields missing", "fields of other types"):
+        assert kept(report)["b"] == 0.65 and b["delta_overall"] == 0.05
+        assert b["seeds"] == 1 and b["epochs"] is None and b["steps"] is None  # mended, not copied
+    if where.startswith("per_seed"):
+        assert report["final"] is None and kept(report) == {"a": 0.6, "b": 0.65, "c": 0.62}
+    else:
+        assert (report["final"] is not None) == (where != "overrides null")  # the final row is c
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["parent's overrides", "common", "base preset", "parent renamed", "row renamed", "final row", "new row between"],
+)
+def test_a_record_whose_config_changed_is_never_kept(tmp_path, change):
+    """b's record depends on a; c's on b and a (the chain), all on the base preset and common."""
+    ab = load_ablation(write(tmp_path, CHAIN, final={"row": "c"}))
+    prev = earlier_report(ab)
+    rows, final, want = [dict(r) for r in CHAIN], {"row": "c"}, {}
+    if change == "parent's overrides":  # a now sets the lr: b and c ran on another a
+        rows[0]["overrides"] = ["optim.weight_decay=0.2"]
+    elif change == "common":
+        prev["common"] = ["train.epochs=2"]
+    elif change == "base preset":
+        prev["base"] = "quick.yaml"
+    elif change == "parent renamed":  # b -> b2: c's parent is b2, which never ran
+        rows[1]["name"], rows[2]["parent"] = "b2", "b2"
+        want = {"a": 0.6}
+    elif change == "row renamed":  # c -> c2 (the final row too)
+        rows[2]["name"], final = "c2", {"row": "c2"}
+        want = {"a": 0.6, "b": 0.65}
+    elif change == "final row":  # the final row is now b: c's final seeds are not b's
+        final = {"row": "b"}
+        want = {"a": 0.6, "b": 0.65, "c": 0.62}
+    elif change == "new row between":  # c's parent is now x (a child of b)
+        rows.insert(2, {"name": "x", "parent": "b", "change": "x", "overrides": ["optim.warmup_ratio=0.1"]})
+        rows[3]["parent"] = "x"
+        want = {"a": 0.6, "b": 0.65}
+    report = merged(tmp_path, rows, prev, final=final)
+    assert kept(report) == want
+    assert report["final"] is None
+
+
+def test_an_edited_base_preset_drops_every_record(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("train: {epochs: 2}\n")
+    doc = {"base": str(base), "rows": CHAIN}
+    (tmp_path / "ab.yaml").write_text(yaml.safe_dump(doc))
+    from minbert.experiments.ablation import build_report
+
+    ab = load_ablation(tmp_path / "ab.yaml")
+    prev = earlier_report(ab)
+    assert kept(build_report(ab, tmp_path / "no-runs", prev)) == {"a": 0.6, "b": 0.65, "c": 0.62}
+    base.write_text("train: {epochs: 3}\n")  # the same file name, another config
+    assert kept(build_report(load_ablation(tmp_path / "ab.yaml"), tmp_path / "no-runs", prev)) == {}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from minbert.errors import ConfigError
 from minbert.model.bert import BertModel, varlen_attention
-from minbert.model.packing import pack, segment_ids, unpack
+from minbert.model.packing import pack, pack_plan, segment_ids, unpack
 
 
 def padded_batch(lengths, T, vocab=1000, seed=0):
@@ -53,7 +53,7 @@ def test_pack_rejects_left_padding_and_a_filler_longer_than_max_seqlen():
     ids, types, mask = padded_batch([3, 2], 4)
     with pytest.raises(ValueError, match="right-padded"):
         pack(ids, mask.flip(1), types)
-    with pytest.raises(ValueError, match="does not fit max_seqlen"):
+    with pytest.raises(ValueError, match="more than max_seqlen 4"):
         pack(ids, mask, types, multiple_of=64, max_seqlen=4)
 
 
@@ -126,3 +126,75 @@ def test_forward_packed_checks_max_seqlen(model):
     p = pack(ids, mask, types)._replace(max_seqlen=model.config.max_position_embeddings + 1)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model.forward_packed(p)
+
+
+# ----------------------------------------------------------------------------------------------
+# edge cases: what pack refuses, and where forward_packed still equals the padded forward
+
+
+@pytest.mark.parametrize("lengths, row", [([3, 0, 2], 1), ([3, 2, 0], 2), ([0, 0], 0), ([0], 0)])
+def test_pack_refuses_an_empty_sequence(lengths, row):
+    """An empty row has no [CLS]: no pooled output can exist for it (and its offset would point at
+    the next sequence's first token, or past the end)."""
+    ids, types, mask = padded_batch(lengths, 4)
+    with pytest.raises(ValueError, match=rf"row {row} of attention_mask is empty"):
+        pack(ids, mask, types)
+    with pytest.raises(ValueError, match=rf"row {row} of attention_mask is empty"):
+        pack_plan(mask, 2)
+
+
+def test_pack_refuses_a_max_seqlen_below_the_longest_sequence():
+    """The flash kernel sizes its grid by max_seqlen: a longer sequence would be cut short."""
+    ids, types, mask = padded_batch([5, 2], 6)
+    with pytest.raises(ValueError, match="max_seqlen 3 < the longest sequence, 5 tokens"):
+        pack(ids, mask, types, max_seqlen=3)
+    assert pack(ids, mask, types, max_seqlen=5).max_seqlen == 5
+
+
+def test_pack_refuses_a_multiple_whose_filler_may_not_fit_whatever_the_batch():
+    """Whether a filler fits must not depend on the batch: [3, 1] needs 12 filler tokens with
+    multiple_of 16 and would pass with max_seqlen 12, but [3, 2] (11) and [2, 1] (13) decide otherwise."""
+    message = "multiple_of 16 needs fillers of up to 15 tokens, more than max_seqlen 12"
+    for lengths in ([3, 1], [3, 2], [2, 1]):
+        ids, types, mask = padded_batch(lengths, 6)
+        with pytest.raises(ValueError, match=message):
+            pack(ids, mask, types, multiple_of=16, max_seqlen=12)
+    assert pack(ids, mask, types, multiple_of=13, max_seqlen=12).input_ids.shape == (13,)
+
+
+@pytest.mark.parametrize(
+    "shapes, message",
+    [(((2, 5), (2, 4), (2, 5)), "attention_mask"), (((2, 5), (2, 5), (2, 4)), "token_type_ids"),
+     (((5,), (5,), (5,)), "input_ids")],
+)
+def test_pack_names_an_input_of_the_wrong_shape(shapes, message):
+    ids, mask, types = (torch.ones(s, dtype=torch.int64) for s in shapes)
+    with pytest.raises(ValueError, match=rf"{message} of shape"):
+        pack(ids, mask, types)
+
+
+@pytest.mark.parametrize(
+    "lengths, T, multiple_of, dtype, strided",
+    [
+        ([1, 1, 1], 3, 1, torch.int64, False),  # one token per row
+        ([1, 1], 1, 1, torch.int64, False),  # T = 1
+        ([1, 1, 1], 1, 2, torch.int64, False),  # T = 1 and a filler of 1
+        ([3, 5, 2], 6, 4, torch.int32, False),  # int32 in, int64 out
+        ([4, 6, 1, 2], 6, 4, torch.int64, True),  # non-contiguous inputs
+    ],
+)
+def test_forward_packed_equals_padded_forward_at_the_edges(model, lengths, T, multiple_of, dtype, strided):
+    ids, types, mask = padded_batch(lengths, T, seed=4)
+    inputs = [ids.to(dtype), mask.to(dtype), types.to(dtype)]
+    if strided:  # the same values, laid out column-major
+        inputs = [x.t().contiguous().t() for x in inputs]
+        assert not inputs[0].is_contiguous()
+    p = pack(*inputs, multiple_of=multiple_of)
+    assert all(t.dtype == torch.int64 for t in (p.input_ids, p.token_type_ids, p.position_ids))
+    assert p.input_ids.shape[0] % multiple_of == 0 and p.num_real == len(lengths)
+    with torch.no_grad():
+        got, want = model.forward_packed(p), model(ids, mask, types)
+    real = mask.bool()
+    torch.testing.assert_close(unpack(got.last_hidden_state, p, T)[real], want.last_hidden_state[real],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)

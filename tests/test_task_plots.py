@@ -171,6 +171,26 @@ def test_scatter_figure_points_identity_and_pearson():
     assert f"Pearson r = {r:.3f}" in [t.get_text() for t in ax.get_legend().get_texts()][1]
 
 
+@pytest.mark.parametrize(
+    "pred, gold, why",
+    [
+        ([2.5, 2.5, 2.5, 2.5], [0.0, 1.0, 4.0, 5.0], "constant predictions"),
+        ([0.5, 1.0, 3.0, 4.5], [2.0, 2.0, 2.0, 2.0], "constant gold labels"),
+        ([3.0, 3.0, 3.0], [3.0, 3.0, 3.0], "constant predictions"),  # all equal: predictions named first
+        ([1.5], [4.0], "one row"),
+    ],
+)
+def test_scatter_of_an_undefined_pearson_says_so_and_shows_no_number(pred, gold, why):
+    """The run's metric scores an undefined r 0.0; the plot must not print r = 0.000."""
+    fig = plot_scatter(get_task("sts"), np.array(pred), np.array(gold))
+    (ax,) = fig.axes
+    legend = [t.get_text() for t in ax.get_legend().get_texts()][1]
+    for text in (ax.get_title(), legend):
+        assert f"Pearson r undefined ({why})" in text and "0.000" not in text, text
+    (points,) = [c for c in ax.collections if c.get_gid() == "points"]
+    assert np.asarray(points.get_offsets()).tolist() == np.column_stack([gold, pred]).tolist()
+
+
 def test_calibration_figure_draws_the_bins():
     rng = np.random.default_rng(1)
     prob = rng.random(200) ** 2

@@ -185,20 +185,32 @@ def test_mlflow_run_holds_params_dev_history_losses_and_the_summary(tracked_run,
     assert Path(got).read_text() == (tracked_run / "config.yaml").read_text()
 
 
+def fail_after_the_first_epoch(tiny_encoder, data_dir, run_dir: Path, error: type = RuntimeError) -> None:
+    """A 2-epoch run reporting to MLflow that raises ``error`` after its first epoch (and its
+    checkpoint); a KeyboardInterrupt (Ctrl-C outside the loop's handler) leaves train as
+    TrainingInterrupted."""
+    from minbert.errors import TrainingInterrupted
+    from minbert.training.trainer import train
+
+    cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=mlflow"])
+
+    def stop(epoch, dev):
+        raise error("stop after the first epoch")
+
+    expected = TrainingInterrupted if error is KeyboardInterrupt else error
+    with pytest.raises(expected):
+        train(cfg, run_dir, data_dir, progress=False, on_epoch_end=stop)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_a_failed_run_is_marked_failed_and_its_resume_continues_it(tmp_path, tiny_encoder, data_dir, mlflow_store,
-                                                                   monkeypatch):
+                                                                   monkeypatch, error):
     from mlflow.tracking import MlflowClient
 
     from minbert.training.trainer import train
 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resumed")
-    cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=mlflow"])
-
-    def stop(epoch, dev):
-        raise RuntimeError("stop after the first epoch")
-
-    with pytest.raises(RuntimeError, match="stop after"):
-        train(cfg, tmp_path / "run", data_dir, progress=False, on_epoch_end=stop)
+    fail_after_the_first_epoch(tiny_encoder, data_dir, tmp_path / "run", error)
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
     assert run.info.status == "FAILED" and client.list_artifacts(run.info.run_id) == []
@@ -222,3 +234,162 @@ def test_report_to_mlflow_without_mlflow_is_one_line_before_the_run_starts(tmp_p
     assert code == 2 and err.count("\n") == 1
     assert err == 'error: output.report_to: mlflow is not installed; pip install "minbert[mlflow]"\n'
     assert not run_dir.exists()  # refused before a run folder is made
+
+
+REPORT_TO_VALUES = [
+    "none", "mlflow", "tensorboard, mlflow", " mlflow ,tensorboard ", ["none"], ["mlflow", "tensorboard"],  # accepted
+    [], ["none", "none"], ["tensorboard", "tensorboard"], ["none", "mlflow"], ["mlflow", "none"],  # refused
+    "none,mlflow", "mlflow, none", "tensorboard,tensorboard", "mlflow , mlflow", "tensorboard,mlflow,tensorboard",
+    "none,none", "tensorboard,,mlflow", "mlflow,", "", "TensorBoard", 1, None, True, [["tensorboard"]],
+    ["mlflow", None],
+]
+
+
+@pytest.mark.parametrize("value", REPORT_TO_VALUES, ids=repr)
+def test_the_schema_accepts_exactly_the_report_to_values_that_load(value):
+    from minbert.config_doc import json_schema
+
+    raw = {"output": {"report_to": value}}
+    try:
+        from_dict(raw)
+        loads = True
+    except ConfigError:
+        loads = False
+    assert loads == (value in ("none", "mlflow", "tensorboard, mlflow", " mlflow ,tensorboard ", ["none"],
+                               ["mlflow", "tensorboard"]))
+    assert (list(jsonschema.Draft202012Validator(json_schema()).iter_errors(raw)) == []) == loads
+
+
+@pytest.mark.parametrize("output", [{"tensorboard": True}, {"tensorboard": False, "plot": False},
+                                    {"tensorboard": True, "report_to": "mlflow"}, {"tensorboard": "yes"}],
+                         ids=repr)
+def test_the_schema_accepts_the_old_tensorboard_key_as_load_does(output):
+    from minbert.config_doc import json_schema
+
+    loads = "report_to" not in output and isinstance(output["tensorboard"], bool)
+    if loads:
+        expect = ("tensorboard",) if output["tensorboard"] else ("none",)
+        assert from_dict({"output": output}).output.report_to == expect
+    else:
+        with pytest.raises(ConfigError, match="output.tensorboard: replaced by output.report_to"):
+            from_dict({"output": output})
+    errors = list(jsonschema.Draft202012Validator(json_schema()).iter_errors({"output": output}))
+    assert (errors == []) == loads
+
+
+def test_an_old_run_config_takes_a_report_to_override(tmp_path):
+    path = tmp_path / "config.yaml"  # a run folder written before report_to existed
+    path.write_text("output: {tensorboard: true, plot: false}\n")
+    cfg = load_config(path, ["output.report_to=mlflow"])
+    assert cfg.output.report_to == ("mlflow",) and cfg.output.plot is False
+    assert load_config(path, ["output.tensorboard=false"]).output.report_to == ("none",)
+
+
+@pytest.fixture(params=["a file as folder", "unknown scheme", "no server", "a password"])
+def broken_store(request, tmp_path, monkeypatch) -> str:
+    """An MLFLOW_TRACKING_URI that MLflow cannot use: a database under a file, a scheme MLflow
+    does not know, a server that is not there (asked once, without retries), a database server
+    with a password (no driver, or no server). Returns the URI as the error shows it."""
+    from minbert_testkit import free_port
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    port = free_port()
+    uri = {"a file as folder": f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "unknown scheme": "bogus://store",
+           "no server": f"http://127.0.0.1:{port}",
+           "a password": f"postgresql://minbert:hunter2@127.0.0.1:{port}/runs"}[request.param]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    return uri.replace(":hunter2@", ":***@")  # the password is never shown
+
+
+def test_an_unusable_mlflow_store_is_one_line_before_the_run_folder_is_touched(tmp_path, tiny_encoder, data_dir,
+                                                                            broken_store, capsys):
+    fresh, old = tmp_path / "fresh", tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("name: old\n")  # a finished run that --overwrite would replace
+    (old / "summary.json").write_text("{}")
+    for run_dir, extra in ((fresh, ()), (old, ("--overwrite",))):
+        code = main(tiny_args(tiny_encoder, data_dir, run_dir, "--output.report_to=tensorboard,mlflow", *extra))
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "hunter2" not in err, err
+        assert err.startswith(f"error: output.report_to: mlflow: the tracking store {broken_store} cannot be used: ")
+    assert not fresh.exists()  # nothing made
+    assert sorted(p.name for p in old.iterdir()) == ["config.yaml", "summary.json"]  # nothing replaced
+
+
+def test_a_resume_checks_the_mlflow_store_of_the_run_it_continues(tmp_path, broken_store, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("output: {report_to: mlflow}\n")
+    (run_dir / "encoder").mkdir()
+    (run_dir / "encoder" / "config.json").write_text("{}")  # a run folder as far as require_run_dir looks
+    code = main(["train", "--resume", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: output.report_to: mlflow: the tracking store {broken_store} cannot be used: ")
+
+
+def test_a_resume_after_a_crash_keeps_one_tensorboard_point_per_step(tmp_path, tiny_encoder, data_dir, monkeypatch):
+    """A crash after step 6 (checkpoint: the epoch end at step 4): the resumed run logs steps 5..8
+    again, and TensorBoard shows each step once, with the resumed run's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from minbert.training.trainer import Trainer, train
+
+    cfg = load_config(None, [a[2:] for a in TINY] + [f"model.encoder={tiny_encoder}", "output.report_to=tensorboard"])
+    step = Trainer.train_step
+
+    def crash_after_step_6(self, schedule, epoch):
+        done = step(self, schedule, epoch)
+        if self.state.step == 6:
+            self.metrics.flush_steps()  # steps 5 and 6 are in tensorboard/ and metrics.jsonl
+            raise RuntimeError("crash")
+        return done
+
+    monkeypatch.setattr(Trainer, "train_step", crash_after_step_6)
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, tmp_path / "run", data_dir, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    train(tmp_path / "run" / "config.yaml", tmp_path / "run", data_dir, resume=True, progress=False)
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    steps = [r for r in records(tmp_path / "run") if "lr" in r]  # metrics.jsonl: cut back to step 4 on resume
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    for tag, field in (("train/loss_sst", "loss/sst"), ("train/lr", "lr")):
+        events = acc.Scalars(tag)
+        assert [(e.step, e.value) for e in events] == [(r["step"], pytest.approx(r[field])) for r in steps], tag
+    assert [e.step for e in acc.Scalars("dev/sst_acc")] == [1, 2]
+
+
+def test_a_deleted_mlflow_experiment_is_one_line_before_the_run_starts(tmp_path, tiny_encoder, data_dir, mlflow_store,
+                                                                      capsys):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.delete_experiment(client.create_experiment("tiny"))
+    config, run_dir = tmp_path / "tiny.yaml", tmp_path / "run"  # the experiment: the config's name
+    config.write_text("output: {report_to: mlflow}\n")
+    capsys.readouterr()  # MLflow's log of making the database
+    code = main(tiny_args(tiny_encoder, data_dir, run_dir, f"--config={config}"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: output.report_to: mlflow: the experiment 'tiny' in {mlflow_store} is deleted; ")
+    assert not run_dir.exists()
+
+
+def test_a_resume_whose_mlflow_run_was_deleted_starts_a_new_one(tmp_path, tiny_encoder, data_dir, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from minbert.training.trainer import train
+
+    fail_after_the_first_epoch(tiny_encoder, data_dir, tmp_path / "run")
+    client = MlflowClient()
+    (first,) = client.search_runs([client.get_experiment_by_name("run").experiment_id])
+    client.delete_run(first.info.run_id)
+    train(tmp_path / "run" / "config.yaml", tmp_path / "run", data_dir, resume=True, progress=False)
+    (again,) = client.search_runs([client.get_experiment_by_name("run").experiment_id])  # active runs only
+    assert again.info.run_id != first.info.run_id and again.info.status == "FINISHED"
+    assert json.loads((tmp_path / "run" / "mlflow.json").read_text())["run_id"] == again.info.run_id
+    assert [m.step for m in client.get_metric_history(again.info.run_id, "dev/sst_acc")] == [2]  # from the resume on

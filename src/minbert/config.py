@@ -91,18 +91,19 @@ def from_dict(raw: dict) -> Config:
     return validate(build_value(Config, raw, ""))
 
 
-def _legacy_tensorboard(raw: dict) -> dict:
-    """``output.tensorboard: bool`` (the key that ``output.report_to`` replaced) as ``report_to``.
+def _legacy_tensorboard(raw: dict, replaces: bool = False) -> dict:
+    """``output.tensorboard: bool`` (the key that ``output.report_to`` replaced) as ``report_to``;
+    with ``replaces`` (an override of the old key) it replaces a ``report_to`` already there.
 
     Raises:
-        ConfigError: the old key beside ``report_to``, or not a bool.
+        ConfigError: the old key beside ``report_to`` (unless ``replaces``), or not a bool.
     """
     out = raw.get("output") if isinstance(raw, dict) else None
     if not isinstance(out, dict) or "tensorboard" not in out:
         return raw
     out = dict(out)
     value = out.pop("tensorboard")
-    if "report_to" in out or not isinstance(value, bool):
+    if ("report_to" in out and not replaces) or not isinstance(value, bool):
         raise ConfigError("output.tensorboard: replaced by output.report_to (e.g. [tensorboard] or none)")
     return {**raw, "output": {**out, "report_to": ["tensorboard" if value else "none"]}}
 
@@ -202,7 +203,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{path}: a config file must be a mapping of sections")
         raw.setdefault("name", path.stem)
     try:
-        return from_dict(apply_overrides(raw, list(overrides)))
+        # an old file's output.tensorboard becomes report_to before the overrides, so that an
+        # override of either key applies on top of it (the later one wins)
+        raw = _legacy_tensorboard(raw)
+        for item in overrides:
+            raw = _legacy_tensorboard(apply_overrides(raw, [item]), replaces=True)
+        return from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 

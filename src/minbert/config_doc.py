@@ -117,12 +117,9 @@ def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
     if origin is tuple:
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            items = _type_schema(args[0], defs)
-            if get_origin(args[0]) is Literal:  # a list of choices, or one string "a" or "a,b"
-                one = "(" + "|".join(re.escape(str(v)) for v in get_args(args[0])) + ")"
-                text = {"type": "string", "pattern": rf"^\s*{one}\s*(,\s*{one}\s*)*$"}
-                return {"anyOf": [{"type": "array", "items": items}, text]}
-            return {"type": "array", "items": items}
+            if get_origin(args[0]) is Literal:
+                return _choice_list_schema([str(v) for v in get_args(args[0])])
+            return {"type": "array", "items": _type_schema(args[0], defs)}
         items = [_type_schema(a, defs) for a in args]
         return {"type": "array", "prefixItems": items, "items": False, "minItems": len(items)}
     if tp is float:  # PyYAML reads 1e-5 (no dot) as a string, which minbert accepts
@@ -131,6 +128,22 @@ def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
     if tp in simple:
         return {"type": simple[tp]}
     raise TypeError(f"unsupported config annotation {tp}")  # a bug in this module
+
+
+def _choice_list_schema(choices: list[str]) -> dict:
+    """A list of ``Literal`` choices (``output.report_to``) as :mod:`minbert.config` takes it: a
+    list, or one string of comma-separated names; at least one name, each name once, and
+    ``none`` (when it is a choice) only alone."""
+    names = [c for c in choices if c != "none"]
+    one = "(?:" + "|".join(re.escape(c) for c in names) + ")"
+    # no name twice: no item (at the start or after a comma) that comes again as a later item
+    twice = rf"(?!(?:.*,)?\s*({one})\s*,(?:.*,)?\s*\1\s*(?:,|$))"
+    alone = "none|" if "none" in choices else ""
+    text = {"type": "string", "pattern": rf"^\s*(?:{alone}{twice}{one}\s*(?:,\s*{one}\s*)*)\s*$"}
+    items = {"type": "array", "items": {"enum": choices}, "minItems": 1, "uniqueItems": True}
+    if "none" in choices:
+        items["anyOf"] = [{"maxItems": 1}, {"not": {"contains": {"const": "none"}}}]
+    return {"anyOf": [items, text]}
 
 
 def _dataclass_schema(tp: type, defs: dict[str, dict]) -> dict:
@@ -148,9 +161,17 @@ def _dataclass_schema(tp: type, defs: dict[str, dict]) -> dict:
 
 def json_schema() -> dict:
     """A JSON Schema (draft 2020-12) of a config file, generated from the dataclasses: types,
-    ``Literal`` choices as enums, defaults, the help texts as descriptions, no unknown keys."""
+    ``Literal`` choices as enums, defaults, the help texts as descriptions, no unknown keys (the
+    old ``output.tensorboard`` bool, which loads alone, is marked deprecated)."""
     defs: dict[str, dict] = {}
     root = _dataclass_schema(Config, defs)
+    # run folders written before output.report_to hold output.tensorboard, which loads alone
+    output = defs["OutputConfig"]
+    output["properties"]["tensorboard"] = {
+        "type": "boolean", "deprecated": True,
+        "description": "replaced by report_to (true: [tensorboard], false: [none]); not beside report_to",
+    }
+    output["not"] = {"required": ["tensorboard", "report_to"]}
     return {"$schema": JSON_SCHEMA_DIALECT, "title": "minbert config", **root, "$defs": defs}
 
 

@@ -22,8 +22,9 @@ and ``NAME.png`` a bar chart of each row's difference from its parent (:func:`pl
 ``final.preset`` is a label for the report (the path, as users type it, of the preset that holds
 the final row's config); it is not read.
 Rows run on other machines merge through the report: a row with no finished run under the runs
-root keeps its record from the report already in the report folder, when that record has the
-same parent and overrides (the same config); likewise the final row's seeds.
+root keeps its record from the report already in the report folder, when its config is the same
+(the same base preset, common overrides and chain of parents and overrides; see
+:mod:`minbert.experiments.ablation_merge`); likewise the final row's seeds.
 The JSON has ``rows[i].{name, preset, seeds, dev}`` (``preset``: ``FILE#row``) and
 ``best.{preset, seeds, dev_mean, dev_std}``; ``NAME_notes.md`` in the report folder, written by
 hand, is included in the markdown as the discussion.
@@ -43,6 +44,7 @@ import yaml
 from ..config import Config, dump_yaml, load_config, resolve
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_png, atomic_write_text
+from .ablation_merge import base_digest, is_number, kept_final, kept_row, previous_report
 from .rows import METRICS, train_row
 
 if TYPE_CHECKING:
@@ -228,7 +230,7 @@ def run_ablation(
         for name in only or list(ab.rows):
             log.info("row %s: %s", name, ab.rows[name].change)
             train_row(ab.config(name, list(extra)), runs_root / name, data_dir, progress, False)
-    report = build_report(ab, runs_root, _previous(report_dir / f"{report_name}.json"))
+    report = build_report(ab, runs_root, previous_report(report_dir / f"{report_name}.json"))
     if report_only and not any(r["dev"] for r in report["rows"]) and report["final"] is None:
         raise ConfigError(f"--report-only: no finished runs of {ab.path.name}'s rows under {runs_root}")
     if report_dir.exists() and not report_dir.is_dir():
@@ -248,70 +250,61 @@ def run_ablation(
     return report
 
 
-def _previous(path: Path) -> dict:
-    """The report already at ``path`` ({} when there is none or it is not a JSON object)."""
-    try:
-        prev = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return prev if isinstance(prev, dict) else {}
+def _row_record(ab: Ablation, name: str, s: dict | None) -> dict:
+    """Row ``name``'s record: what the ablation file says of it, and the numbers of its run's
+    ``summary.json`` ``s`` (None: not run)."""
+    row = ab.rows[name]
+    rec = {
+        "name": name, "preset": f"{_shown(ab.path)}#{name}", "seeds": 1 if s else 0,
+        "parent": row.parent, "change": row.change, "source": row.source, "overrides": list(row.overrides),
+        "dev": {k: s["dev"].get(k) for k in METRICS} if s else None,
+        "best_epoch": s.get("best_epoch") if s else None,
+        "steps": s.get("steps") if s else None,
+        "epochs": s["config"]["train"]["epochs"] if s else None,
+        "wall_s": s.get("wall_s") if s else None,
+    }
+    if s and s.get("epochs_run"):
+        rec["steps_per_epoch"] = round(s["steps"] / s["epochs_run"])
+    return rec
 
 
-def _kept_row(prev: dict, name: str, row: Row) -> dict | None:
-    """The previous report's finished record of row ``name`` when it ran the same config."""
-    for rec in prev.get("rows") or []:
-        if (
-            isinstance(rec, dict) and rec.get("name") == name and rec.get("dev")
-            and rec.get("parent") == row.parent and rec.get("overrides") == list(row.overrides)
-        ):
-            return rec
-    return None
+def _final(ab: Ablation, runs_root: Path, previous: dict, digest: str) -> dict | None:
+    """The final row's record: its seeds' runs under ``runs_root``, else the earlier report's
+    (:func:`~minbert.experiments.ablation_merge.kept_final`); None when neither has one."""
+    per_seed = [(int(d.name.removeprefix("final-seed")), s) for d in sorted(runs_root.glob("final-seed*"))
+                if (s := _summary(d))]
+    name = final_row(ab, runs_root) if per_seed else None
+    if not per_seed and (kept := kept_final(previous, ab, digest)) is not None:
+        name, per_seed = kept
+    if not per_seed:
+        return None
+    final = {"row": name, "seeds": [sd for sd, _ in per_seed], "per_seed": [s["dev"] for _, s in per_seed]}
+    for k in METRICS:
+        vals = [s["dev"][k] for _, s in per_seed if s["dev"].get(k) is not None]
+        final[f"{k}_mean"] = statistics.fmean(vals) if vals else None
+        final[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+    return final
 
 
 def build_report(ab: Ablation, runs_root: Path, previous: dict | None = None) -> dict:
     """The report dict from the finished runs under ``runs_root``; rows and final seeds with no
-    run there keep their records from ``previous`` (an earlier report) when the config is the same."""
-    previous = previous or {}
+    run there keep their records from ``previous`` (an earlier report) when their config is the
+    same (:mod:`minbert.experiments.ablation_merge`: never one whose config changed; an earlier
+    report of any shape or types is read without raising)."""
+    previous = previous if isinstance(previous, dict) else {}
+    digest = base_digest(ab.base)
     rows = []
-    for name, row in ab.rows.items():
+    for name in ab.rows:
         s = _summary(runs_root / name)
-        if s is None and (kept := _kept_row(previous, name, row)) is not None:
-            rows.append({k: v for k, v in kept.items() if k != "delta_overall"})
-            continue
-        rec = {
-            "name": name, "preset": f"{_shown(ab.path)}#{name}", "seeds": 1 if s else 0,
-            "parent": row.parent, "change": row.change, "source": row.source, "overrides": list(row.overrides),
-            "dev": {k: s["dev"].get(k) for k in METRICS} if s else None,
-            "best_epoch": s.get("best_epoch") if s else None,
-            "steps": s.get("steps") if s else None,
-            "epochs": s["config"]["train"]["epochs"] if s else None,
-            "wall_s": s.get("wall_s") if s else None,
-        }
-        if s and s.get("epochs_run"):
-            rec["steps_per_epoch"] = round(s["steps"] / s["epochs_run"])
+        rec = _row_record(ab, name, s)
+        if s is None and (kept := kept_row(previous, ab, name, digest)) is not None:
+            rec = {k: v for k, v in {**rec, **kept}.items() if k != "steps_per_epoch" or v is not None}
         rows.append(rec)
     by = {r["name"]: r for r in rows}
     for r in rows:
-        p = by.get(r["parent"]) if r["parent"] else None
-        r["delta_overall"] = (
-            round(r["dev"]["overall"] - p["dev"]["overall"], 4) if r["dev"] and p and p["dev"] else None
-        )
-    seeds = sorted(runs_root.glob("final-seed*"))
-    final = None
-    per_seed = [(int(d.name.removeprefix("final-seed")), s) for d in seeds if (s := _summary(d))]
-    prev_final = previous.get("final")
-    name = None
-    if per_seed:
-        name = final_row(ab, runs_root)
-    elif isinstance(prev_final, dict) and ab.final_row in ("auto", prev_final.get("row")):
-        name = prev_final.get("row")
-        per_seed = [(sd, {"dev": dev}) for sd, dev in zip(prev_final["seeds"], prev_final["per_seed"], strict=True)]
-    if per_seed:
-        final = {"row": name, "seeds": [sd for sd, _ in per_seed], "per_seed": [s["dev"] for _, s in per_seed]}
-        for k in METRICS:
-            vals = [s["dev"][k] for _, s in per_seed if s["dev"].get(k) is not None]
-            final[f"{k}_mean"] = statistics.fmean(vals) if vals else None
-            final[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+        mine, theirs = (r["dev"] or {}).get("overall"), ((by.get(r["parent"]) or {}).get("dev") or {}).get("overall")
+        r["delta_overall"] = round(mine - theirs, 4) if is_number(mine) and is_number(theirs) else None
+    final = _final(ab, runs_root, previous, digest)
     best = None
     if final:
         best = {
@@ -322,8 +315,8 @@ def build_report(ab: Ablation, runs_root: Path, previous: dict | None = None) ->
             "dev_std": {k: final[f"{k}_std"] for k in METRICS},
         }
     return {
-        "ablation": str(ab.path.name), "base": ab.base.name, "common": list(ab.common), "rows": rows, "final": final,
-        "best": best,
+        "ablation": str(ab.path.name), "base": ab.base.name, "base_sha256": digest, "common": list(ab.common),
+        "rows": rows, "final": final, "best": best,
     }
 
 

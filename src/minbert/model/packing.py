@@ -44,6 +44,24 @@ class PackedBatch(NamedTuple):
         return PackedBatch(*t, self.max_seqlen, self.num_real)
 
 
+def _real_lengths(attention_mask: torch.Tensor, caller: str) -> torch.Tensor:
+    """(B,) int64 real tokens per row of a right-padded (B, T) ``attention_mask``.
+
+    Raises:
+        ValueError: a row that is not 1s then 0s, or an empty row (no [CLS]: no pooled output).
+    """
+    keep = attention_mask.bool()
+    lengths = keep.sum(1)
+    if not torch.equal(keep, torch.arange(keep.shape[1], device=keep.device)[None, :] < lengths[:, None]):
+        raise ValueError(f"{caller} needs right-padded rows: each attention_mask row must be 1s then 0s")
+    empty = torch.nonzero(lengths == 0).flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"row {empty[0]} of attention_mask is empty: a sequence needs at least one token ([CLS]) to be packed"
+        )
+    return lengths
+
+
 def pack(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -55,34 +73,47 @@ def pack(
     """Pack a right-padded batch: the tokens where ``attention_mask`` is 1, sequence by sequence.
 
     Args:
-        input_ids, token_type_ids: (B, T) int64 (token types default to zeros).
-        attention_mask: (B, T), 1 on real tokens; each row's real tokens come first (right padding).
+        input_ids, token_type_ids: (B, T) of any integer dtype, any strides (token types default
+            to zeros); packed as int64.
+        attention_mask: (B, T), 1 on real tokens; each row's real tokens come first (right
+            padding), at least one per row.
         multiple_of: N is rounded up to a multiple of this with one filler sequence of
-            ``pad_token_id`` (none when it already is a multiple).
-        max_seqlen: the longest sequence the kernels should expect (default: T); the filler
-            must fit it.
+            ``pad_token_id`` (none when it already is a multiple), of up to ``multiple_of - 1``
+            tokens.
+        max_seqlen: the longest sequence the kernels should expect (default: T), at least the
+            longest real sequence and ``multiple_of - 1`` (the longest filler).
     Returns:
         the :class:`PackedBatch`, on the inputs' device (this reads the lengths on the host).
     Raises:
-        ValueError: a row whose mask is not 1s then 0s; ``multiple_of`` < 1; a filler longer
-            than ``max_seqlen``.
+        ValueError: an input that is not (B, T); a row whose mask is not 1s then 0s, or is
+            empty; ``multiple_of`` < 1; a ``max_seqlen`` below the longest sequence or the
+            longest filler (whatever the batch, so that the bucket sizes fail at once).
     """
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"pack: input_ids of shape {tuple(input_ids.shape)}; expected (B, T)")
+    for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if t.shape != input_ids.shape:
+            raise ValueError(f"pack: {name} of shape {tuple(t.shape)}, input_ids of {tuple(input_ids.shape)}")
     B, T = input_ids.shape
     if multiple_of < 1:
         raise ValueError(f"multiple_of {multiple_of}: must be >= 1")
-    if token_type_ids is None:
-        token_type_ids = torch.zeros_like(input_ids)
-    keep = attention_mask.bool()
-    lengths = keep.sum(1)  # (B,)
-    if not torch.equal(keep, torch.arange(T, device=keep.device)[None, :] < lengths[:, None]):
-        raise ValueError("pack needs right-padded rows: each attention_mask row must be 1s then 0s")
+    lengths = _real_lengths(attention_mask, "pack")
     max_seqlen = T if max_seqlen is None else max_seqlen
+    longest = int(lengths.max()) if B else 0
+    if max_seqlen < longest:
+        raise ValueError(f"max_seqlen {max_seqlen} < the longest sequence, {longest} tokens")
+    if multiple_of - 1 > max_seqlen:
+        raise ValueError(
+            f"multiple_of {multiple_of} needs fillers of up to {multiple_of - 1} tokens, more than max_seqlen "
+            f"{max_seqlen}: lower multiple_of"
+        )
     n = int(lengths.sum())
     fill = -n % multiple_of
-    if fill > max_seqlen:
-        raise ValueError(f"a filler of {fill} tokens does not fit max_seqlen {max_seqlen}: lower multiple_of")
+    keep = attention_mask.bool()
     positions = torch.arange(T, device=input_ids.device).expand(B, T)
-    parts = [input_ids[keep], token_type_ids[keep], positions[keep]]
+    parts = [input_ids[keep].long(), token_type_ids[keep].long(), positions[keep]]
     seqlens = lengths.tolist() + ([fill] if fill else [])
     if fill:
         parts = [
@@ -124,22 +155,20 @@ def pack_plan(attention_mask: torch.Tensor, multiple_of: int) -> tuple[torch.Ten
     length, is the real token count plus one rounded up to a multiple of ``multiple_of``.
 
     Args:
-        attention_mask: (B, T), 1 on real tokens, right-padded.
+        attention_mask: (B, T), 1 on real tokens, right-padded, at least one per row.
         multiple_of: the bucket size, <= T (the filler is a sequence of at most T tokens).
     Returns:
         pack_index: (N,) int64, the flat position ``row * T + col`` of each packed token; the
             filler's tokens point at B * T, one spare slot after the batch;
         cu_seqlens: (B + 2,) int32, the offsets of the B sequences and the filler.
     Raises:
-        ValueError: ``multiple_of`` outside 1..T, or a row that is not right-padded.
+        ValueError: ``multiple_of`` outside 1..T, or a row that is not right-padded or is empty.
     """
     B, T = attention_mask.shape
     if not 1 <= multiple_of <= T:
         raise ValueError(f"multiple_of {multiple_of}: must be in 1..T ({T})")
+    lengths = _real_lengths(attention_mask, "pack_plan")
     keep = attention_mask.bool()
-    lengths = keep.sum(1)
-    if not torch.equal(keep, torch.arange(T)[None, :] < lengths[:, None]):
-        raise ValueError("pack_plan needs right-padded rows: each attention_mask row must be 1s then 0s")
     n = int(lengths.sum())
     N = -(-(n + 1) // multiple_of) * multiple_of
     index = torch.cat([torch.nonzero(keep.reshape(-1)).squeeze(1), torch.full((N - n,), B * T)])

@@ -55,14 +55,26 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float | Non
     return float(f1.mean())
 
 
+def correlation_undefined(pred: np.ndarray, gold: np.ndarray) -> str | None:
+    """Why a correlation of ``pred`` and ``gold`` (N,) is undefined: "no rows", "one row",
+    "constant predictions" or "constant gold labels" (checked in this order); None when it is defined."""
+    pred, gold = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if len(gold) < 2:
+        return "one row" if len(gold) else "no rows"
+    if np.ptp(pred) == 0:
+        return "constant predictions"
+    return "constant gold labels" if np.ptp(gold) == 0 else None
+
+
 def _correlation(
     fn: Callable[[np.ndarray, np.ndarray], Any], pred: np.ndarray, gold: np.ndarray, name: str
 ) -> float | None:
     if len(gold) == 0:
         return None
     pred, gold = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
-    if len(gold) < 2 or np.ptp(pred) == 0 or np.ptp(gold) == 0:
-        log.warning("%s is undefined (constant predictions or labels, n=%d); scoring it 0.0", name, len(gold))
+    why = correlation_undefined(pred, gold)
+    if why is not None:
+        log.warning("%s is undefined (%s, n=%d); scoring it 0.0", name, why, len(gold))
         return 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

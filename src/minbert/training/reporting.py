@@ -56,19 +56,23 @@ class MetricsLog:
         weights: each task's loss weight w_t (records hold the unweighted losses L_t).
         cfg: the run's resolved config (its ``output.report_to``; MLflow's params).
         resume: a resumed run (its MLflow run continues, see :class:`MlflowRun`).
+        step: the optimizer step training continues from (a resume's checkpoint): TensorBoard
+            hides the events that a crashed run logged after it (``purge_step``); MLflow keeps
+            them (its metric history is append-only), so those steps have two points there.
 
     Raises:
         mlflow.exceptions.MlflowException: the MLflow tracking store cannot be reached or written.
     """
 
-    def __init__(self, run_dir: Path, ctx: DistContext, weights: dict[str, float], cfg: Config, resume: bool = False):
+    def __init__(self, run_dir: Path, ctx: DistContext, weights: dict[str, float], cfg: Config, resume: bool = False,
+                 step: int = 0):
         self.run_dir, self.ctx, self.weights = run_dir, ctx, weights
         self.writer, self.mlflow = None, None
         report_to = cfg.output.report_to if ctx.is_main else ()
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1 if resume else None)
         if "mlflow" in report_to:
             self.mlflow = MlflowRun(to_dict(cfg), run_dir, resume)
         self.fh = open(run_dir / "metrics.jsonl" if ctx.is_main else os.devnull, "a")  # closed by close()

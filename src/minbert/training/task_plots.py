@@ -9,7 +9,8 @@ against the dev split's gold labels; one PNG per task, by its kind (:func:`plot_
   ``confusion``, cell texts ``count/<gold>/<pred>``;
 * ``<task>-scatter.png``: regression (STS): predicted (y) vs gold (x) score, one point per row
   (gid ``points``), the y = x line (gid ``identity``) and the Pearson r
-  (:func:`minbert.tasks.metrics.pearson`) in the title and the legend;
+  (:func:`minbert.tasks.metrics.pearson`) in the title and the legend, or why it is undefined
+  (one row, constant predictions or gold labels: :func:`minbert.tasks.metrics.correlation_undefined`);
 * ``<task>-calibration.png``: binary tasks (QQP) and 2-label classification: the reliability
   curve of the predicted probability of label 1 (sigmoid of the logit, or softmax of the two
   logits) in :data:`N_BINS` equal-width bins (:func:`calibration_bins`): mean probability (x) vs
@@ -147,12 +148,12 @@ def plot_confusion(task: Task, pred: np.ndarray, gold: np.ndarray) -> Figure:
 
 def plot_scatter(task: Task, pred: np.ndarray, gold: np.ndarray) -> Figure:
     """Predicted (y) vs gold (x) scores, ``pred``, ``gold`` (N,) floats, with the y = x line over
-    the task's range and the Pearson r in the title and the legend."""
+    the task's range and the Pearson r (or why it is undefined) in the title and the legend."""
     from matplotlib.figure import Figure
 
     pred, gold = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
-    r = M.pearson(pred, gold)
-    r_text = "Pearson r = n/a" if r is None else f"Pearson r = {r:.3f}"
+    why = M.correlation_undefined(pred, gold)  # (the metric scores it 0.0, which is no correlation to show)
+    r_text = f"Pearson r undefined ({why})" if why else f"Pearson r = {M.pearson(pred, gold):.3f}"
     lo, hi = task.output_range or (float(min(pred.min(), gold.min())), float(max(pred.max(), gold.max())))
     fig = Figure(figsize=(5.2, 5.2), dpi=110)
     ax = fig.subplots()

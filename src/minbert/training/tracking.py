@@ -9,7 +9,9 @@ config as params; the tensorboard tags as metrics (``train/lr``, ``train/grad_no
 ``train/loss_<task>`` at optimizer steps, ``dev/<metric>`` with the epoch as step,
 ``dev_steps/<metric>`` for ``train.eval_every``) and ``final/<metric>`` (``summary.json``'s
 ``dev_all``); ``summary.json``, ``config.yaml`` and ``curves.png`` as artifacts. ``mlflow.json``
-in the run folder names the MLflow run, so that a resumed run continues it. Sources: MLflow's
+in the run folder names the MLflow run, so that a resumed run continues it.
+:func:`check_mlflow_store` opens the store before a run folder is made, replaced or continued,
+so that a store that cannot be used is one ``ConfigError`` line. Sources: MLflow's
 ``MlflowClient`` API; TensorBoard's hparams plugin through ``torch.utils.tensorboard.summary.hparams``.
 """
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 MLFLOW_FILE = "mlflow.json"  # in the run folder: {"tracking_uri", "experiment_id", "run_id"}
 ARTIFACTS = ("summary.json", "config.yaml", "curves.png")  # logged to an MLflow run when they exist
 _MLFLOW_KEY = re.compile(r"[^\w\-. /]")  # what MLflow refuses in a param or metric name
+_URI_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^/\s]*@")  # scheme://user:PASSWORD@host
 
 
 def require_trackers(report_to: tuple[str, ...]) -> None:
@@ -45,6 +48,52 @@ def require_trackers(report_to: tuple[str, ...]) -> None:
     """
     if "mlflow" in report_to and importlib.util.find_spec("mlflow") is None:
         raise ConfigError('output.report_to: mlflow is not installed; pip install "minbert[mlflow]"')
+
+
+def experiment_name(config_name: str) -> str:
+    """The MLflow experiment of a run: ``MLFLOW_EXPERIMENT_NAME``, else the config's ``name``."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or config_name
+
+
+def check_mlflow_store(report_to: tuple[str, ...], config_name: str) -> None:
+    """Check, before a run folder is made, replaced or continued, that the MLflow tracking store
+    (``MLFLOW_TRACKING_URI``, else MLflow's default) can be used: it opens, and it has (or
+    takes) the run's experiment. Does nothing unless ``report_to`` lists mlflow.
+
+    Raises:
+        ConfigError: one line naming the tracking URI and MLflow's reason (a malformed or
+            unknown URI, a database that cannot be opened or written, a server that does not
+            answer, a missing database driver).
+    """
+    if "mlflow" not in report_to:
+        return
+    require_trackers(report_to)
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri, name = "?", experiment_name(config_name)
+    try:
+        uri = mlflow.get_tracking_uri()
+        client = MlflowClient()
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            client.create_experiment(name)
+    except Exception as e:  # whatever fails here is the store's: its URI, server, driver or permissions
+        reason = _hide_password(([ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__])[0])
+        raise ConfigError(
+            f"output.report_to: mlflow: the tracking store {_hide_password(uri)} cannot be used: {reason}"
+        ) from None
+    if experiment is not None and experiment.lifecycle_stage != "active":  # MLflow refuses runs in it
+        raise ConfigError(
+            f"output.report_to: mlflow: the experiment {name!r} in {_hide_password(uri)} is deleted; "
+            f"restore it (mlflow experiments restore --experiment-id {experiment.experiment_id}) or set "
+            "MLFLOW_EXPERIMENT_NAME to another name"
+        )
+
+
+def _hide_password(text: str) -> str:
+    """``text`` with the password of each URI in it (``scheme://user:PASSWORD@host``) as ``***``."""
+    return _URI_PASSWORD.sub(r"\1***@", text)
 
 
 def flat_params(config: dict) -> dict[str, int | float | bool | str]:
@@ -109,7 +158,7 @@ class MlflowRun:
             self.client.update_run(self.run_id, status="RUNNING")
             log.info("mlflow: continuing run %s", self.run_id)
             return
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or config["name"]
+        name = experiment_name(config["name"])
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         run = self.client.create_run(experiment_id, run_name=run_dir.name,
@@ -123,15 +172,15 @@ class MlflowRun:
         log.info("mlflow: run %s in experiment %r at %s", self.run_id, name, uri)
 
     def _previous_run(self) -> str | None:
-        """The id of the run that ``mlflow.json`` names, if this tracking store has it."""
+        """The id of the run that ``mlflow.json`` names, if this tracking store has it (not deleted)."""
         from mlflow.exceptions import MlflowException
 
         try:
             run_id = json.loads((self.run_dir / MLFLOW_FILE).read_text())["run_id"]
-            self.client.get_run(run_id)
+            active = self.client.get_run(run_id).info.lifecycle_stage == "active"  # a deleted run takes no metrics
         except (OSError, ValueError, KeyError, TypeError, MlflowException):
             return None
-        return run_id
+        return run_id if active else None
 
     def log_metrics(self, rows: list[tuple[dict, int]]) -> None:
         """Log ``(metrics, step)`` rows in one request; values that are not numbers are left out."""

@@ -57,7 +57,7 @@ from .setup import (
 from .state import LoopState
 from .step import build_optimizer_step, find_nonfinite
 from .task_plots import write_run_plots
-from .tracking import require_trackers
+from .tracking import check_mlflow_store, require_trackers
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,14 @@ def train(
     require_trackers(cfg.output.report_to)  # before a run folder is made or replaced
     ctx = init_distributed(cfg.train.device)
     if ctx.is_main:
+        if not resume:
+            check_mlflow_store(cfg.output.report_to, cfg.name)  # before a run folder is made or replaced
         prepare_run_dir(run_dir, resume, overwrite)
     barrier(ctx)
     if resume:
         cfg = load_config(run_dir / CONFIG_FILE)
+        if ctx.is_main:
+            check_mlflow_store(cfg.output.report_to, cfg.name)  # the store of the run it continues
     pkg_log = logging.getLogger("minbert")
     file_log = add_file_logging(run_dir) if ctx.is_main else None
     if not ctx.is_main:
@@ -203,7 +207,7 @@ class Trainer:
             self.resume()
         self.stepper = build_optimizer_step(self.model, self.tasks, self.weights, self.optimizer, self.scheduler,
                                             self.device, tc, self.rt, ctx)
-        self.metrics = MetricsLog(self.run_dir, ctx, self.weights, cfg, resume=self.resuming)
+        self.metrics = MetricsLog(self.run_dir, ctx, self.weights, cfg, resume=self.resuming, step=self.state.step)
         self.dev = DevEvaluator(self.model, self.tasks, self.data["dev"], self.device, self.rt.amp, self.pad_id,
                                 tc.eval_batch_size, ctx, self.metrics, self.run_dir, tc.average_last, self.progress)
 
