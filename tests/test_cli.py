@@ -350,6 +350,24 @@ def test_predict_input_without_the_text_columns_is_a_one_line_error(tmp_path, ca
     assert (ids, a, b, bad) == (["1"], ["a fine film"], None, [])
 
 
+def test_predict_reads_the_course_files_as_tsv(data_dir):
+    """The course's test files are tab-separated but named .csv: --input-format tsv reads every
+    row (ids and sentences as the file holds them); by suffix, the error says what to do."""
+    import csv
+
+    from minbert.cli_inference import _read_input
+    from minbert.errors import DataError
+
+    f = data_dir / "ids-sst-test-student.csv"
+    with pytest.raises(DataError, match=r"looks tab-separated.*--input-format tsv"):
+        _read_input(f, pair=False)
+    ids, a, b, bad = _read_input(f, pair=False, fmt="tsv")
+    with f.open(newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert bad == [] and b is None and len(ids) == len(rows) > 2000
+    assert ids == [r["id"].strip() for r in rows] and a == [r["sentence"].strip() for r in rows]
+
+
 def test_a_run_uses_its_recorded_data_folder_over_the_configs(tmp_path, data_dir, monkeypatch):
     from minbert.config import load_config
     from minbert.runs import resolve_run_data_dir

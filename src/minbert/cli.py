@@ -380,12 +380,16 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="a .csv/.tsv/.jsonl file with columns id (optional), sentence (or sentence1, sentence2; a custom "
         "task's own columns); bad rows are reported and skipped",
     )
+    q.add_argument(
+        "--input-format", choices=["auto", "csv", "tsv", "jsonl"], default="auto",
+        help="how to read --input (auto: by its suffix; tsv for tab-separated files named .csv, as the course's)",
+    )
     q.add_argument("--output", help="write a CSV here instead of stdout")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument(
         "--quantize", choices=["int8"],
-        help="dynamic int8 quantisation of the Linear layers (CPU only; changes outputs slightly)",
+        help="dynamic int8 quantisation of the Linear layers (CPU only; outputs change: see docs/performance.md)",
     )
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(fn=cmd_predict)

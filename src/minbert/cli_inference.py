@@ -110,9 +110,10 @@ def cmd_ensemble(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _read_input(
-    path: Path, pair: bool, task: Task | None = None
+    path: Path, pair: bool, task: Task | None = None, fmt: str = "auto"
 ) -> tuple[list[str], list[str], list[str] | None, list[str]]:
-    """Read a .csv/.tsv/.jsonl prediction input: ids, a-texts, b-texts, and bad-row messages
+    """Read a .csv/.tsv/.jsonl prediction input (``fmt``: ``auto`` by suffix, or ``csv``,
+    ``tsv``, ``jsonl``): ids, a-texts, b-texts, and bad-row messages
     (``file:line: reason``; those rows are skipped and logged, see :mod:`minbert.data.readers`).
     Text columns: ``sentence`` (or ``text``), or ``sentence1`` and ``sentence2`` for pairs; a
     custom ``task`` uses its own columns (and the generic names where those are absent). Ids:
@@ -132,7 +133,7 @@ def _read_input(
         fallbacks = {c: g for c, g in zip(task.text_columns, cols, strict=True) if c != g}
         cols, id_column = task.text_columns, task.id_column or "id"
     raw = read_records(
-        path, cols, text_fallbacks=fallbacks, id_column=id_column, id_optional=True, keep_empty_text=True
+        path, cols, text_fallbacks=fallbacks, id_column=id_column, id_optional=True, keep_empty_text=True, fmt=fmt
     )
     a = [t[0] for t in raw.texts]
     b = [t[1] for t in raw.texts] if pair else None
@@ -169,7 +170,7 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         out = _predict_values(pred, task, [texts[0]], [texts[1]] if task.pair else None)
         print(json.dumps(out[0]))
         return 0
-    ids, a, b, _ = _read_input(Path(args.input), task.pair, task)  # the reader logs its bad rows
+    ids, a, b, _ = _read_input(Path(args.input), task.pair, task, args.input_format)  # bad rows are logged
     import torch
 
     from .inference.evaluate import check_finite

@@ -144,7 +144,10 @@ def _table_rows(
         if name in header:
             col[c] = header.index(name)
         elif c not in optional:
-            raise DataError(f"{path}: line 1: header has no column {c!r} (header: {header})")
+            hint = ""
+            if delimiter == "," and len(header) == 1 and "\t" in header[0]:
+                hint = "; the file looks tab-separated: read it as TSV (minbert predict --input-format tsv)"
+            raise DataError(f"{path}: line 1: header has no column {c!r} (header: {header}){hint}")
     for n, fields, reason in lines:
         if fields is None:
             yield n, None, reason
