@@ -7,6 +7,9 @@ Inputs (see reports/bench/README.md for the commands that made them):
   bench/e2e-after.json              benchmarks/e2e.py, this version, seeds 0 and 1
   bench/e2e-before-seed1.json       benchmarks/e2e.py, the version before (git e07e6ed), seed 1
   main_run/summary.json             the version before, seed 0 (reports/main_run)
+  bench/train_step_peers.json       benchmarks/train_step.py with the two compiled peers
+  bench/packed/                     benchmarks/train_step.py, packed implementations against the
+                                    reduce-overhead peer (device-scripts/s4-call2.sh, s4-call4.sh)
 
     python benchmarks/collect_reports.py
 """
@@ -14,12 +17,14 @@ Inputs (see reports/bench/README.md for the commands that made them):
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 BENCH = REPORTS / "bench"
 KEYS = ("config", "batch", "impl", "samples_per_s", "real_tokens_per_s", "mfu", "peak_mem_gib")
+COMPILED_PEERS = ("transformers-sdpa-compile", "transformers-sdpa-ro")
 
 
 def ratios(records: list[dict]) -> list[dict]:
@@ -38,6 +43,33 @@ def ratios(records: list[dict]) -> list[dict]:
     return out
 
 
+def packed_records() -> list[dict]:
+    """The packed train-step records and their peers, the later run first where both measured
+    one: the call-4 JSON files, the call-4 command output (its lines are cut at 160 characters:
+    the complete fields before the cut are read), then the JSON lines of the call-2 logs."""
+    out, seen = [], set()
+
+    def add(rec: dict, source: str) -> None:
+        key = (rec["config"], rec["batch"], rec["impl"])
+        if key not in seen:
+            seen.add(key)
+            out.append({**{k: rec[k] for k in KEYS if k in rec}, "source": f"reports/bench/packed/{source}"})
+
+    packed = BENCH / "packed"
+    for f in sorted(packed.glob("call4-ts-*.json")):
+        for rec in json.loads(f.read_text())["records"]:
+            add(rec, f.name)
+    for line in (packed / "call4-output-tail.txt").read_text().splitlines():
+        if line.startswith('{"config"'):
+            fields = dict(re.findall(r'"(\w+)": ("[^"]*"|[-\d.]+),', line))  # complete fields only
+            add({k: json.loads(v) for k, v in fields.items()}, "call4-output-tail.txt")
+    for f in sorted(packed.glob("call2-*.log")):
+        for line in f.read_text().splitlines():
+            if line.startswith("{"):
+                add(json.loads(line), f.name)
+    return out
+
+
 def main() -> None:
     step = json.loads((BENCH / "train_step-graphs.json").read_text())
     records = step["records"]
@@ -53,10 +85,13 @@ def main() -> None:
         "cpu": speed.get("machine", {}).get("cpu", "AMD EPYC (2 threads)"),
         "gpu_host": "2x H200 machine (nvidia-h200-x2), one GPU per job; the peers ran in the same process as ours",
     }
-    # the issue's three implementations; "minbert-eager" (our encoder op by op) stays in the raw
+    # the three implementations compared; "minbert-eager" (our encoder op by op) stays in the raw
     # file, in encoder_throughput.json and in the ratios below
     speed["train_step"] = [{k: r[k] for k in KEYS} for r in records if r["impl"] != "minbert-eager"]
     speed["train_step_ratios"] = ratios(records)
+    peers = json.loads((BENCH / "train_step_peers.json").read_text())["records"]
+    speed["train_step"] += [{k: r[k] for k in KEYS} for r in peers if r["impl"] in COMPILED_PEERS]
+    speed["train_step_packed"] = packed_records()
     before = [
         {"seed": 0, "wall_s": before0["wall_s"], "dev": before0["dev"],
          "source": "reports/main_run/summary.json (wall_s from the CLI start)"},
