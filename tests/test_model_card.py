@@ -107,3 +107,23 @@ def test_a_card_parses_whatever_the_run_name_and_without_its_records(run, tmp_pa
     )
     assert "| sst | classification | baseline | cls | single | not recorded |" in body
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"{d / 'summary.json'}: cannot read it"]
+
+
+@pytest.mark.parametrize(
+    "argv, shown",
+    [
+        (["/tmp/venv/bin/minbert", "train", "--config", "c.yaml"], "minbert train --config c.yaml"),
+        (["/x/src/minbert/__main__.py", "train", "--optim.lr=2e-5"], "minbert train --optim.lr=2e-5"),
+        (["/usr/bin/pytest", "-q", "a b"], "/usr/bin/pytest -q 'a b'"),
+        (["/x/site-packages/pytest/__main__.py", "-q"], "/x/site-packages/pytest/__main__.py -q"),
+    ],
+)
+def test_the_card_shows_the_command_as_typed(run, tmp_path, argv, shown):
+    from minbert.inference.model_card import write_model_card
+
+    d = tmp_path / "run"
+    shutil.copytree(run.run_dir, d)
+    prov = json.loads((d / "provenance.json").read_text())
+    (d / "provenance.json").write_text(json.dumps({**prov, "command": argv}))
+    meta, body = front_matter(write_model_card(d))
+    assert meta["minbert"]["command"] == shown and shown in body

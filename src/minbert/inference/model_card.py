@@ -153,9 +153,15 @@ def _data_sums(run: _Run, tasks: list[str]) -> dict[str, str]:
 
 
 def _command(run: _Run) -> str | None:
+    """The training command as a user types it: the recorded argv, with minbert's own entry point
+    (``.../bin/minbert`` or ``python -m minbert``'s ``__main__.py``) shown as ``minbert``."""
     cmd = run.prov.get("command")
     if isinstance(cmd, list) and cmd:
-        return shlex.join(str(c) for c in cmd)
+        words = [str(c) for c in cmd]
+        entry = Path(words[0])
+        if entry.name == "minbert" or (entry.name == "__main__.py" and entry.parent.name == "minbert"):
+            words[0] = "minbert"
+        return shlex.join(words)
     return cmd if isinstance(cmd, str) and cmd else None
 
 
