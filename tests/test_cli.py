@@ -207,10 +207,26 @@ def test_evaluate_full_scores_the_whole_dev_sets(run, tmp_path, data_dir):
 def test_predict_text(run, tmp_path):
     proc = ok(cli("predict", str(run), "--task=sst", "--text", "a fine film", "--device=cpu", cwd=tmp_path))
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert isinstance(out["value"], int) and 0 <= out["value"] <= 4
+    assert isinstance(out["label"], int) and 0 <= out["label"] <= 4
     assert len(out["probabilities"]) == 5 and sum(out["probabilities"]) == pytest.approx(1.0, abs=1e-5)
-    assert out["probabilities"].index(max(out["probabilities"])) == out["value"]
+    assert out["probabilities"].index(max(out["probabilities"])) == out["label"]
     assert isinstance(out["name"], str)
+
+
+def test_predict_text_pairs_use_the_servers_names(run):
+    """A pair's label (binary: with P(1), the label its threshold gives) or score (regression),
+    equal to what minbert.load returns for the same pair."""
+    import minbert
+    from minbert.cli_inference import _predict_values
+
+    model = minbert.load(run, device="cpu")
+    a, b = ["How do I learn Python?"], ["What is the best way to learn Python?"]
+    pairs = list(zip(a, b, strict=True))
+    (qqp,) = _predict_values(model, model.task("qqp"), a, b)
+    assert set(qqp) == {"label", "probability"} and qqp["label"] == int(qqp["probability"] > 0.5)
+    assert qqp["probability"] == pytest.approx(float(model.paraphrase(pairs)[0]), abs=1e-6)
+    (sts,) = _predict_values(model, model.task("sts"), a, b)
+    assert set(sts) == {"score"} and sts["score"] == pytest.approx(float(model.similarity(pairs)[0]), abs=1e-5)
 
 
 def test_predict_input_file_reports_bad_rows(run, tmp_path):

@@ -194,7 +194,8 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 def _predict_values(
     pred: Predictor, task: Task, a: list[str], b: list[str] | None, ids: list[str] | None = None
 ) -> list[dict]:
-    """Predicted value (and probabilities) of each text or pair.
+    """Predicted label (classification: with its probabilities and name; binary: with P(1)) or
+    score (regression) of each text or pair.
 
     Raises:
         NonFiniteOutputError: the model's outputs are NaN or infinite.
@@ -209,7 +210,8 @@ def _predict_values(
     values = task.predict(torch.from_numpy(raw))
     out = []
     for v, r in zip(values, raw, strict=True):
-        rec = {"value": v.item() if hasattr(v, "item") else v}
+        key = "score" if task.kind == "regression" else "label"  # the server's and minbert.load's names
+        rec = {key: v.item() if hasattr(v, "item") else v}
         if task.kind == "classification":
             rec["probabilities"] = torch.softmax(torch.from_numpy(np.asarray(r)), -1).tolist()
             if task.label_names:
