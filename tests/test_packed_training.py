@@ -127,3 +127,25 @@ def test_a_packed_run_scores_as_the_padded_run(setup, tiny_encoder, data_dir, tm
     assert dev[0].keys() == dev[1].keys()
     for k in dev[0]:
         assert dev[1][k] == pytest.approx(dev[0][k], abs=1e-4), k
+
+
+def test_packed_evaluation_predicts_as_padded_evaluation(setup, tiny_encoder):
+    """With pack_eval the model packs each evaluation batch itself: the same dev outputs."""
+    from minbert.inference.evaluate import predict_split
+
+    cfg, table, data, tok = setup
+    torch.manual_seed(0)
+    model = build_model(cfg, tiny_encoder, tasks=table)
+    calls, packed = [], model.encoder.forward_packed
+    model.encoder.forward_packed = lambda p: calls.append(p.num_real) or packed(p)
+    for name in ("sst", "qqp", "sts"):
+        split = data["dev"][name]
+        model.pack_eval = False
+        want = predict_split(model, table[name], split, torch.device("cpu"), 4, pad_id=tok.pad_token_id)
+        model.pack_eval = True
+        got = predict_split(model, table[name], split, torch.device("cpu"), 4, pad_id=tok.pad_token_id)
+        assert got.ids == want.ids and len(got.ids) == len(split)
+        assert sum(calls) == len(split) * (2 if name == "qqp" else 1)  # every row went through the packed path
+        calls.clear()
+        np.testing.assert_allclose(got.outputs, want.outputs, atol=1e-5, rtol=1e-5)
+    model.pack_eval = False

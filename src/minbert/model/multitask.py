@@ -11,7 +11,7 @@ from torch import nn
 
 from .bert import BertConfig, BertModel
 from .heads import Encoded
-from .packing import PackedBatch
+from .packing import PackedBatch, pack_plan
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -33,6 +33,8 @@ class MultitaskModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
         self.input_kinds = dict(input_kinds)
+        # evaluation packs each batch on the device (model.packing in training; see encode)
+        self.pack_eval = False
         # learned per-task log-variances s_t for uncertainty weighting (Kendall et al. 2018)
         self.loss_log_vars = (
             nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in heads}) if uncertainty else None
@@ -48,7 +50,11 @@ class MultitaskModel(nn.Module):
         ``packing``: (``pack_index``, ``cu_seqlens``) of :func:`minbert.model.packing.pack_plan`.
         The encoder then runs on the real tokens only (:meth:`BertModel.forward_packed`): they are
         gathered into one row, and their states scattered back to (B, T, H), zeros at padding (the
-        padded path leaves values there that every head masks out)."""
+        padded path leaves values there that every head masks out). With ``pack_eval`` set, a
+        batch without a plan is packed here in eval mode (the plan read off the mask on the device:
+        one sync per batch, shapes vary, which evaluation does not mind)."""
+        if packing is None and self.pack_eval and not self.training:
+            packing = pack_plan(attention_mask, 1)
         if packing is None:
             out = self.encoder(input_ids, attention_mask, token_type_ids)
             return Encoded(out.last_hidden_state, attention_mask, out.pooler_output)

@@ -157,7 +157,7 @@ def pack_plan(attention_mask: torch.Tensor, multiple_of: int) -> tuple[torch.Ten
     Args:
         attention_mask: (B, T), 1 on real tokens, right-padded, at least one per row.
         multiple_of: the bucket size, <= T (the filler is a sequence of at most T tokens).
-    Returns:
+    Returns (on ``attention_mask``'s device; reading the lengths syncs with it):
         pack_index: (N,) int64, the flat position ``row * T + col`` of each packed token; the
             filler's tokens point at B * T, one spare slot after the batch;
         cu_seqlens: (B + 2,) int32, the offsets of the B sequences and the filler.
@@ -171,6 +171,7 @@ def pack_plan(attention_mask: torch.Tensor, multiple_of: int) -> tuple[torch.Ten
     keep = attention_mask.bool()
     n = int(lengths.sum())
     N = -(-(n + 1) // multiple_of) * multiple_of
-    index = torch.cat([torch.nonzero(keep.reshape(-1)).squeeze(1), torch.full((N - n,), B * T)])
-    cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0), torch.tensor([N])]).to(torch.int32)
-    return index, cu
+    dev = attention_mask.device
+    index = torch.cat([torch.nonzero(keep.reshape(-1)).squeeze(1), torch.full((N - n,), B * T, device=dev)])
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), lengths.cumsum(0), torch.tensor([N], device=dev)])
+    return index, cu.to(torch.int32)

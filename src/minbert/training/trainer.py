@@ -190,6 +190,7 @@ class Trainer:
         # on resume the checkpoint's weights replace those of train.init_from anyway
         self.model, self.tokenizer, encoder_src, table = setup_model(cfg, self.device, self.rt.compile,
                                                                      init_from=not self.resuming)
+        self.model.pack_eval = bool(self.rt.pack_multiple)  # dev evaluation packs as training does
         self.tasks = {name: table[name] for name in cfg.tasks}
         self.data = load_splits(cfg, self.data_dir, self.tokenizer, table, progress=self.progress)
         self.pad_id, self.weights = self.tokenizer.pad_token_id, {n: cfg.tasks[n].weight for n in cfg.tasks}
