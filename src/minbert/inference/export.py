@@ -13,7 +13,8 @@ self-contained folder per task whose head has an exact equivalent in the ecosyst
     OUT/tasks/<task>/                encoder + head as a transformers or sentence-transformers model
     OUT/minbert_config.yaml          the run's config (tasks, heads, custom task definitions)
 
-A task folder is written only where the head maps exactly (:func:`plan_exports`):
+A task folder is written only where the head maps exactly
+(:func:`minbert.inference.export_plan.plan_exports`):
 
 * head ``baseline`` with ``pooling: pooler`` on one sentence or a cross-encoder pair (dropout,
   then Linear on BERT's pooler output) is ``BertForSequenceClassification`` (keys ``bert.*`` and
@@ -39,15 +40,14 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
-from ..config import Config, TaskConfig, dump_yaml, load_config
+from ..config import Config, dump_yaml, load_config
 from ..errors import CheckpointError
 from ..io import atomic_write_bytes, load_weights
 from ..model.bert import check_state_dict, load_hf_state_dict
@@ -55,70 +55,26 @@ from ..model.multitask import MultitaskModel, build_model
 from ..runs import CONFIG_FILE, ENCODER_FILES, best_or_last_weights, check_file_weights, require_run_dir
 from ..tasks.base import Task
 from ..tasks.table import task_table
+from .export_plan import (  # noqa: F401  (plan_task, TaskExport: part of this module's interface)
+    EXPORT_TASKS,
+    SENTENCE_TRANSFORMERS,
+    ST_POOLING,
+    TRANSFORMERS,
+    TaskExport,
+    label_names,
+    plan_exports,
+    plan_task,
+)
+from .model_card import render_model_card
 
 log = logging.getLogger(__name__)
 
 EXPORT_HEADS = "minbert_heads.safetensors"
 EXPORT_CONFIG = "minbert_config.yaml"
-EXPORT_TASKS = "tasks"
-TRANSFORMERS = "transformers"
-SENTENCE_TRANSFORMERS = "sentence-transformers"
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
-_ST_POOLING = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
-_ST_POOLING_MODES = (*_ST_POOLING.values(), "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
+_ST_POOLING_MODES = (*ST_POOLING.values(), "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
 
 Files = dict[str, Callable[[], bytes]]  # path in a folder -> its contents, made when written
-
-
-@dataclass(frozen=True)
-class TaskExport:
-    """How one task of a run is exported. ``library``: ``"transformers"`` (a
-    ``BertForSequenceClassification`` folder), ``"sentence-transformers"`` (a
-    ``SentenceTransformer`` folder), or None with ``reason`` saying why the task gets no folder."""
-
-    name: str
-    library: str | None
-    reason: str | None = None
-
-    @property
-    def line(self) -> str:
-        """One line for the log and the model card."""
-        if self.library is None:
-            return f"{self.name}: no task folder ({self.reason}; use minbert.load)"
-        return f"{self.name}: {EXPORT_TASKS}/{self.name} ({self.library})"
-
-
-def plan_task(name: str, tcfg: TaskConfig, task: Task) -> TaskExport:
-    """Whether a task's head has an exact transformers / sentence-transformers equivalent."""
-    kind, head = task.input_kind(tcfg.pair_input), tcfg.head
-    if kind == "bi":
-        if head not in ("cosine", "sbert_cosine"):
-            return TaskExport(name, None, f"bi-encoder head {head!r} has no exact transformers equivalent")
-        if tcfg.head_layers:
-            why = f"head {head!r} with head_layers {tcfg.head_layers} has no exact sentence-transformers equivalent"
-            return TaskExport(name, None, why)
-        if tcfg.pooling not in _ST_POOLING:
-            return TaskExport(name, None, f"pooling {tcfg.pooling!r} has no sentence-transformers Pooling mode")
-        return TaskExport(name, SENTENCE_TRANSFORMERS)  # the cosine is symmetric: symmetric_eval changes nothing
-    if head != "baseline":
-        return TaskExport(name, None, f"head {head!r} has no exact transformers equivalent")
-    if tcfg.pooling != "pooler":
-        why = f"head 'baseline' with pooling {tcfg.pooling!r}: BertForSequenceClassification reads the pooler output"
-        return TaskExport(name, None, why)
-    if kind == "cross" and tcfg.symmetric_eval:
-        why = "symmetric_eval averages the outputs of (a, b) and (b, a); BertForSequenceClassification scores one order"
-        return TaskExport(name, None, why)
-    return TaskExport(name, TRANSFORMERS)
-
-
-def plan_exports(cfg: Config, table: Mapping[str, Task] | None = None) -> dict[str, TaskExport]:
-    """:func:`plan_task` for every task of ``cfg`` (in training order).
-
-    Raises:
-        ConfigError: an unknown task or a bad custom task definition.
-    """
-    table = task_table(cfg) if table is None else table
-    return {name: plan_task(name, tcfg, table[name]) for name, tcfg in cfg.tasks.items()}
 
 
 def is_export(path: str | os.PathLike) -> bool:
@@ -135,15 +91,6 @@ def _hf_safetensors(tensors: dict[str, torch.Tensor], extra: dict | None = None)
 
 def _json(obj: object) -> Callable[[], bytes]:
     return lambda: (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def label_names(task: Task) -> list[str]:
-    """The names of a task's outputs as ``id2label`` gives them: the label names of a
-    classification task (``LABEL_i`` without names), else the task's label column (the one
-    output of a binary or regression task)."""
-    if task.num_outputs == 1:
-        return [task.label_column]
-    return list(task.label_names) if task.label_names else [f"LABEL_{i}" for i in range(task.num_outputs)]
 
 
 def problem_type(task: Task) -> str:
@@ -210,7 +157,7 @@ def _sentence_transformer_files(model: MultitaskModel, cfg: Config, name: str) -
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ]
     pool_cfg = {"word_embedding_dimension": model.encoder.config.hidden_size}
-    pool_cfg |= {mode: mode == _ST_POOLING[pooling] for mode in _ST_POOLING_MODES}
+    pool_cfg |= {mode: mode == ST_POOLING[pooling] for mode in _ST_POOLING_MODES}
     st_cfg = {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine",
               "model_type": "SentenceTransformer"}
     return {
@@ -276,7 +223,6 @@ def export_run(
             is not empty and ``overwrite`` is False; ``out`` is a file; the run's tokenizer
             config is not JSON.
     """
-    from .model_card import render_model_card
 
     run_dir = require_run_dir(run_dir)
     out = Path(out)

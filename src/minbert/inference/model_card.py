@@ -33,7 +33,7 @@ from ..model.bert import DEFAULT_ENCODER, resolve_encoder_path
 from ..runs import CONFIG_FILE, PROVENANCE_FILE, best_or_last_weights
 from ..tasks.base import Task
 from ..tasks.table import task_table
-from .export import EXPORT_TASKS, SENTENCE_TRANSFORMERS, TRANSFORMERS, TaskExport, label_names, plan_exports
+from .export_plan import EXPORT_TASKS, SENTENCE_TRANSFORMERS, TRANSFORMERS, TaskExport, label_names, plan_exports
 
 log = logging.getLogger(__name__)
 
