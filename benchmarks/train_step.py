@@ -66,17 +66,16 @@ def make_batches(data_dir: Path, encoder: str, batch: int, n: int) -> list[dict]
     return out
 
 
-def build(impl: str, cfg: dict):
+def build(impl: str, cfg: dict, attn: str = "sdpa"):
     if impl.startswith("minbert"):
-        model = BertModel(BertConfig(**cfg, attn_implementation="sdpa"))
+        model = BertModel(BertConfig(**cfg, attn_implementation=attn))
         if impl == "minbert-compile":  # not in the default list: compile was no win end to end
             model.compile(dynamic=True)
         return model
     import transformers
 
-    attn = impl.split("-")[1]
     hf_cfg = transformers.BertConfig(**cfg)
-    hf_cfg._attn_implementation = attn
+    hf_cfg._attn_implementation = impl.split("-")[1]
     return transformers.BertModel(hf_cfg)
 
 
@@ -90,10 +89,10 @@ def packed_inputs(b: dict, max_seqlen: int) -> dict:
             "cu_seqlens": p.cu_seqlens, "real_tokens": b["attention_mask"].sum()}
 
 
-def packed_loss_fn(model, B: int, max_seqlen: int):
+def packed_loss_fn(model, B: int, max_seqlen: int, device_type: str = "cuda"):
     def loss_fn(b):
         p = PackedBatch(b["input_ids"], b["token_type_ids"], b["position_ids"], b["cu_seqlens"], max_seqlen, B)
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        with torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False):
             out = model.forward_packed(p)
             loss = out.last_hidden_state.float().pow(2).mean() + out.pooler_output.float().mean()
         return loss, loss.detach()
@@ -101,38 +100,40 @@ def packed_loss_fn(model, B: int, max_seqlen: int):
     return loss_fn
 
 
-def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int, repeats: int) -> dict:
-    device = torch.device("cuda")
+def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device):
+    """The implementation's train step on ``device``: (step(batch), the batches as it reads them,
+    real_tokens(batch), n_params, graphs or None). On a CPU (a smoke run of the scripts) our
+    encoder uses eager attention and nothing is captured."""
+    cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = build(impl, CONFIGS[cfg_name]).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    model = build(impl, CONFIGS[cfg_name], "sdpa" if cuda else "eager").to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     params = list(model.parameters())
     if impl in COMPILE_MODES:
         model = torch.compile(model, mode=COMPILE_MODES[impl])
     gpu_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    n_params = sum(p.numel() for p in params)
 
     def loss_fn(b):
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False):
             out = model(
                 input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]
             )
             loss = out.last_hidden_state.float().pow(2).mean() + out.pooler_output.float().mean()
         return loss, loss.detach()
 
-    B, T = batches[0]["input_ids"].shape
+    B = batches[0]["input_ids"].shape[0]
     packed = impl.startswith("minbert-packed")
     if packed:
         max_seqlen = max(128, PACK_MULTIPLE)
         gpu_batches = [{k: v.to(device) for k, v in packed_inputs(b, max_seqlen).items()} for b in batches]
-        loss_fn = packed_loss_fn(model, B, max_seqlen)
+        loss_fn = packed_loss_fn(model, B, max_seqlen, device.type)
         if impl == "minbert-packed-compile":  # one compile for every token count (symbolic N)
             loss_fn = torch.compile(loss_fn, dynamic=True)
         elif impl == "minbert-packed-ro":
             loss_fn = torch.compile(loss_fn, mode="reduce-overhead", dynamic=True)
     graphed = ("minbert", "minbert-packed", "minbert-packed-compile")
-    graphs = GraphedSteps(params, capture_after=0) if impl in graphed else None
-    if not packed and (graphs is not None or impl in COMPILE_MODES):  # pad T to a multiple of 16 (same real tokens)
+    graphs = GraphedSteps(params, capture_after=0) if impl in graphed and cuda else None
+    if not packed and (impl in graphed or impl in COMPILE_MODES):  # pad T to a multiple of 16 (same real tokens)
         gpu_batches = [
             {k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16)) for k, v in b.items()} for b in gpu_batches
         ]
@@ -149,6 +150,15 @@ def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def real_tokens(b) -> int:
+        return int(b["real_tokens"] if packed else b["attention_mask"].sum())
+
+    return step, gpu_batches, real_tokens, sum(p.numel() for p in params), graphs
+
+
+def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int, repeats: int) -> dict:
+    step, gpu_batches, real_tokens, n_params, graphs = prepare(impl, cfg_name, batches, torch.device("cuda"))
+    B = batches[0]["input_ids"].shape[0]
     for i in range(warmup):
         step(gpu_batches[i % len(gpu_batches)])
     torch.cuda.synchronize()
@@ -164,7 +174,7 @@ def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int
             step(b)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        tokens.append(sum(int(b["real_tokens"] if packed else b["attention_mask"].sum()) for b in chunk))
+        tokens.append(sum(real_tokens(b) for b in chunk))
     i = sorted(range(repeats), key=lambda j: times[j])[repeats // 2]
     tok_s = tokens[i] / times[i]
     rec = {

@@ -1,0 +1,107 @@
+"""A profile of one train-step implementation of ``benchmarks/train_step.py`` with
+``torch.profiler``: kernels per step, the time share of the top kernels, how busy the GPU is, and
+how much of the wall time the host spends launching.
+
+After ``--warmup`` steps (graphs captured, kernels compiled), ``--steps`` steps run under the
+profiler. From its events:
+
+* ``kernels_per_step``: device kernels (CUDA) or operators (CPU) per step;
+* ``top_kernels``: the ``--top`` kernels by total device time, each with its share of all kernel time;
+* ``device_busy_fraction``: the union of the kernels' intervals over the profiled wall time (1 - idle);
+* ``host_busy_fraction``: the union of the top-level host operators' intervals over that time
+  (launches, graph replays and Python-visible work; the rest is the host waiting or idle);
+* ``achieved_tokens_per_s`` and, with ``--bytes-per-token``, an estimate of the achieved memory
+  bandwidth (bytes moved per token x tokens/s; an estimate from a byte count, not a counter).
+
+    python benchmarks/profile_step.py --data-dir DIR --encoder ENC --config bert-base --batch 32 \\
+        --impl minbert-packed-compile --out reports/bench/profile-bert-base-b32.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_io import emit, machine  # noqa: E402
+from train_step import CONFIGS, make_batches, prepare  # noqa: E402
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by (start, end) intervals (overlaps counted once), in their unit."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def summarize(events: list, steps: int, wall_us: float, top: int, device: str) -> dict:
+    """The profile's figures from ``prof.events()`` (times in microseconds)."""
+    kernels = [e for e in events if e.device_type.name == ("CUDA" if device == "cuda" else "CPU")]
+    by_name: dict[str, float] = {}
+    for e in kernels:
+        by_name[e.name] = by_name.get(e.name, 0.0) + e.time_range.elapsed_us()
+    all_kernel_us = sum(by_name.values()) or 1.0
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
+    host = [e for e in events if e.device_type.name == "CPU" and e.cpu_parent is None]
+    return {
+        "kernels_per_step": round(len(kernels) / steps, 1),
+        "top_kernels": [{"name": n[:120], "share": round(t / all_kernel_us, 4), "us_per_step": round(t / steps, 1)}
+                        for n, t in ranked],
+        "device_busy_fraction": round(union_length([(e.time_range.start, e.time_range.end) for e in kernels])
+                                      / wall_us, 4) if device == "cuda" else None,
+        "host_busy_fraction": round(union_length([(e.time_range.start, e.time_range.end) for e in host]) / wall_us, 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--encoder", default="default")
+    ap.add_argument("--config", default="bert-base", choices=sorted(CONFIGS))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--impl", default="minbert-packed-compile")
+    ap.add_argument("--warmup", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--n-batches", type=int, default=32)
+    ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--bytes-per-token", type=float, help="bytes one token's step moves (for the bandwidth estimate)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run of the script")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    batches = make_batches(Path(args.data_dir), args.encoder, args.batch, args.n_batches)
+    step, gpu_batches, real_tokens, _, _ = prepare(args.impl, args.config, batches, torch.device(args.device))
+    for i in range(args.warmup):
+        step(gpu_batches[i % len(gpu_batches)])
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    chunk = [gpu_batches[(args.warmup + j) % len(gpu_batches)] for j in range(args.steps)]
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for b in chunk:
+            step(b)
+        sync()
+        wall_s = time.perf_counter() - t0
+    tokens = sum(real_tokens(b) for b in chunk)
+    rec = {
+        "config": args.config, "batch": args.batch, "impl": args.impl, "steps": args.steps, "wall_s": round(wall_s, 4),
+        "achieved_tokens_per_s": round(tokens / wall_s, 1),
+        **summarize(list(prof.events()), args.steps, wall_s * 1e6, args.top, args.device),
+    }
+    if args.bytes_per_token:
+        rec["achieved_bytes_per_s_estimate"] = round(args.bytes_per_token * tokens / wall_s, 1)
+    emit({"machine": machine(), "profile": rec}, args.out)
+
+
+if __name__ == "__main__":
+    main()
