@@ -112,21 +112,46 @@ def test_packed_batches_give_the_padded_outputs_and_gradients(setup, tiny_encode
         torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-def test_a_packed_run_scores_as_the_padded_run(setup, tiny_encoder, data_dir, tmp_path):
-    cfg, *_ = setup
-    dev = []
-    for packing in ("off", "on"):
-        raw = json.loads(json.dumps(base_config(tiny_encoder)))
-        run_cfg = from_dict({**raw, "model": {**raw["model"], "attn_implementation": "eager", "packing": packing,
-                                              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-                             "tasks": {t: {"train_limit": 24, "dev_limit": 8, "batch_size": 8, "dropout": 0.0}
-                                       for t in ("sst", "qqp", "sts")},
-                             "data": {"pad_to_multiple_of": 1}})
-        run = train(run_cfg, run_dir=tmp_path / packing, data_dir=data_dir, progress=False)
-        dev.append(run.summary["dev"])
-    assert dev[0].keys() == dev[1].keys()
-    for k in dev[0]:
-        assert dev[1][k] == pytest.approx(dev[0][k], abs=1e-4), k
+def _tiny_run(tiny_encoder, data_dir, run_dir, packing: str, options: dict, tmp_path_factory):
+    """A tiny deterministic run (no dropout): its dev scores and its logged per-step task losses
+    and gradient norms."""
+    from minbert_testkit import para_definition, para_dir
+
+    raw = json.loads(json.dumps(base_config(tiny_encoder)))
+    tasks = {t: {"train_limit": 24, "dev_limit": 8, "batch_size": 8, "dropout": 0.0} for t in ("sst", "qqp", "sts")}
+    doc = {**raw, "model": {**raw["model"], "attn_implementation": "eager", "packing": packing,
+                            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+           "tasks": tasks, "data": {"pad_to_multiple_of": 1},
+           "train": {**raw["train"], "log_every": 1, **options.get("train", {})}}
+    if options.get("custom"):
+        doc["custom_tasks"] = {"para": para_definition(para_dir(tmp_path_factory))}
+        tasks["para"] = {"batch_size": 8, "dropout": 0.0}
+    run = train(from_dict(doc), run_dir=run_dir, data_dir=data_dir, progress=False)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [{k: v for k, v in r.items() if k.startswith("loss/") or k == "grad_norm"} for r in records if "lr" in r]
+    return run.summary["dev"], steps
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"train": {"rdrop_alpha": 1.0}}, {"train": {"pcgrad": True}}, {"train": {"routine": "sampled"}},
+     {"custom": True}],
+    ids=["plain", "rdrop", "pcgrad", "sampled", "custom-task"],
+)
+def test_a_packed_run_trains_as_the_padded_run(tiny_encoder, data_dir, tmp_path, tmp_path_factory, options):
+    """Step for step the same losses and the same dev scores, with the features a run may use."""
+    (dev0, loss0), (dev1, loss1) = (
+        _tiny_run(tiny_encoder, data_dir, tmp_path / packing, packing, options, tmp_path_factory)
+        for packing in ("off", "on")
+    )
+    assert len(loss0) == len(loss1) >= 3
+    for a, b in zip(loss0, loss1, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], abs=1e-4, rel=1e-4), k
+    assert dev0.keys() == dev1.keys()
+    for k in dev0:
+        assert dev1[k] == pytest.approx(dev0[k], abs=1e-4), k
 
 
 def test_packed_evaluation_predicts_as_padded_evaluation(setup, tiny_encoder):
