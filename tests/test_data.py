@@ -537,6 +537,35 @@ def test_phrases_join_sst_train_and_respect_train_limit(data_dir, tiny_encoder):
     assert len(train) - len(phrase_ids) == 40 and len(phrase_ids) == 40
 
 
+def test_evaluation_loads_no_train_file(data_dir, tiny_encoder, monkeypatch):
+    """load_splits(splits=("dev", "test")) reads only those files, and the dev rows are the
+    same as a full load's."""
+    from minbert.config import load_config
+    from minbert.data.tokenizer import Tokenizer
+    from minbert.tasks.splits import load_splits
+    from minbert.tasks.table import task_table
+
+    cfg = load_config(None, [f"tasks.{t}.dev_limit=20" for t in ("sst", "qqp", "sts")])
+    table = task_table(cfg)
+    tok = Tokenizer(tiny_encoder, 64)
+    full = load_splits(cfg, data_dir, tok, table)
+    read = []
+    def spy(original):
+        def read_split(path, split, *args, **kwargs):
+            read.append(split)
+            return original(path, split, *args, **kwargs)
+
+        return read_split
+
+    for task in table.values():
+        monkeypatch.setattr(task, "read", spy(task.read))
+    part = load_splits(cfg, data_dir, tok, table, splits=("dev", "test"))
+    assert sorted(set(read)) == ["dev", "test"] and part["train"] == {}
+    for name in ("sst", "qqp", "sts"):
+        assert part["dev"][name].ids == full["dev"][name].ids
+    assert part["test"].keys() == full["test"].keys()
+
+
 def test_train_limit_is_a_seeded_stratified_sample(data_dir, tiny_encoder, caplog):
     """The cs224n files are not in random order (the first 1,600 SST rows are about half class
     3): a limited slice keeps each label's share of the whole file within 2 points."""

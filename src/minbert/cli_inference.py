@@ -45,7 +45,7 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         log.info("dev scores on seeded samples of %s rows (--full: the whole dev sets)", limits)
     data_dir = resolve_run_data_dir(pred.run_dir, cfg, args.data_dir, args.allow_data_change)
     progress = not args.no_progress
-    data = load_splits(cfg, data_dir, pred.tokenizer, pred.task_table, progress=progress)
+    data = load_splits(cfg, data_dir, pred.tokenizer, pred.task_table, progress=progress, splits=("dev", "test"))
     tasks = {n: pred.task(n) for n in cfg.tasks}
     log.info("predicting dev and test of %s", pred.run_dir)
     model, pad = pred.model, pred.tokenizer.pad_token_id
@@ -84,7 +84,7 @@ def cmd_ensemble(args: argparse.Namespace, extra: list[str]) -> int:
         task_names = names
         data_dir = resolve_run_data_dir(pred.run_dir, pred.config, args.data_dir, args.allow_data_change)
         progress, bs, pad = not args.no_progress, pred.config.train.eval_batch_size, pred.tokenizer.pad_token_id
-        data = load_splits(pred.config, data_dir, pred.tokenizer, pred.task_table, progress=progress)
+        data = load_splits(pred.config, data_dir, pred.tokenizer, pred.task_table, progress, ("dev", "test"))
         tasks = {n: pred.task(n) for n in names}
         out = {  # a bar per run, split and task: "<run folder name> dev sst"
             split: {

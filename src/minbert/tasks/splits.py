@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from ..config import Config
@@ -19,12 +19,14 @@ DEV_SAMPLE_SEED = 0  # the seed of every dev_limit sample, whatever train.seed i
 
 
 def load_splits(
-    cfg: Config, data_dir: Path, tokenizer: Tokenizer, tasks: Mapping[str, Task] | None = None, progress: bool = False
+    cfg: Config, data_dir: Path, tokenizer: Tokenizer, tasks: Mapping[str, Task] | None = None, progress: bool = False,
+    splits: Collection[str] = ("train", "dev", "test"),
 ) -> dict[str, dict[str, TokenizedSplit]]:
     """Read and tokenise (once) each task's train, dev and test files: ``{split: {task: data}}``.
 
     ``tasks``: the run's task table (built from ``cfg`` when not given). ``progress``: a progress
-    bar per file while it is tokenised (``tokenise <task> <split>``).
+    bar per file while it is tokenised (``tokenise <task> <split>``). ``splits``: the splits to
+    read (evaluation needs no train files); the others stay empty.
 
     Raises:
         DataError: a missing file, a checksum mismatch, or a bad row with ``data.strict``.
@@ -38,7 +40,7 @@ def load_splits(
         task = tasks[name]
         kind = task.input_kind(tcfg.pair_input)
         for split, fname in task.files.items():
-            if split == "test" and not cfg.output.test_predictions:
+            if split not in splits or (split == "test" and not cfg.output.test_predictions):
                 continue
             raw = task.read(data_dir / fname, split, strict=cfg.data.strict)
             limit = {"train": tcfg.train_limit, "dev": tcfg.dev_limit}.get(split)
@@ -68,7 +70,6 @@ def load_splits(
             out[split][name] = tokenize_split(raw, tokenizer, kind, progress, desc)
             if task.pair and split != "train" and tcfg.symmetric_eval:
                 out[split][name].swapped = tokenize_split(raw.swapped(), tokenizer, kind, progress, f"{desc} (b, a)")
-        log.info(
-            "%s: %d train / %d dev rows", name, len(out["train"].get(name, [])), len(out["dev"].get(name, []))
-        )
+        counts = [f"{len(out[sp][name])} {sp}" for sp in ("train", "dev") if name in out[sp]]
+        log.info("%s: %s rows", name, " / ".join(counts) or "no")
     return out
