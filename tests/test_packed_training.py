@@ -61,6 +61,15 @@ def test_packing_resolves_per_device(overrides, device, expect):
         assert rt.pad_multiple == load_config(None, overrides).model.max_length
 
 
+def test_a_compiled_packed_step_keeps_its_cuda_graphs():
+    """Compiled, the padded encoder runs without graphs (a new T per batch); the packed one compiles
+    once for every token count and its kernels replay inside the graphs."""
+    padded = runtime_settings(load_config(None, ["train.compile=on"]), "cuda")
+    packed = runtime_settings(load_config(None, ["train.compile=on", "model.packing=on"]), "cuda")
+    assert (padded.compile, padded.cuda_graphs, padded.pack_multiple) == (True, False, 0)
+    assert (packed.compile, packed.cuda_graphs, packed.pack_multiple) == (True, True, PACK_MULTIPLE)
+
+
 @pytest.mark.parametrize(
     "overrides, why",
     [
@@ -135,8 +144,8 @@ def _tiny_run(tiny_encoder, data_dir, run_dir, packing: str, options: dict, tmp_
 @pytest.mark.parametrize(
     "options",
     [{}, {"train": {"rdrop_alpha": 1.0}}, {"train": {"pcgrad": True}}, {"train": {"routine": "sampled"}},
-     {"custom": True}],
-    ids=["plain", "rdrop", "pcgrad", "sampled", "custom-task"],
+     {"custom": True}, {"train": {"compile": "on"}}],
+    ids=["plain", "rdrop", "pcgrad", "sampled", "custom-task", "compiled"],
 )
 def test_a_packed_run_trains_as_the_padded_run(tiny_encoder, data_dir, tmp_path, tmp_path_factory, options):
     """Step for step the same losses and the same dev scores, with the features a run may use."""

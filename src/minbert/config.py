@@ -318,9 +318,11 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
         )
     amp = tc.amp == "bf16" or (tc.amp == "auto" and device_type == "cuda")
     compiled = tc.compile == "on" or (tc.compile == "auto" and device_type == "cuda")
-    graphs = use_cuda_graphs(tc, device_type, world_size, compiled)
+    packed, note = use_packing(cfg, device_type, amp)
+    # a compiled padded encoder sees a new T per batch; the packed one compiles once for every
+    # token count (a symbolic N) and its kernels replay inside the graphs
+    graphs = use_cuda_graphs(tc, device_type, world_size, compiled and not packed)
     pad_multiple = cfg.data.pad_to_multiple_of or (16 if graphs else 1)
-    packed, note = use_packing(cfg, device_type, amp, compiled)
     if packed:  # the encoder sees only the real tokens: rows are padded to one length, packs come in buckets
         pad_multiple = cfg.model.max_length
     return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple,
@@ -330,7 +332,7 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
 PACK_MULTIPLE = 64  # tokens: a packed batch is rounded up to a multiple of this (few shapes)
 
 
-def use_packing(cfg: Config, device_type: str, amp: bool, compiled: bool) -> tuple[bool, str | None]:
+def use_packing(cfg: Config, device_type: str, amp: bool) -> tuple[bool, str | None]:
     """Resolve ``model.packing``: ``auto`` is on where nothing blocks it. With ``sdpa`` attention
     the packed path runs FlashAttention's varlen kernel, which needs CUDA and bf16 autocast;
     ``eager`` attention runs the block-diagonal reference anywhere. Returns (on, why auto is off
@@ -345,7 +347,6 @@ def use_packing(cfg: Config, device_type: str, amp: bool, compiled: bool) -> tup
         for why, hit in (
             ("a CUDA device or model.attn_implementation=eager", sdpa and device_type != "cuda"),
             ("train.amp=bf16 (FlashAttention runs in bf16)", sdpa and not amp),
-            ("train.compile=off", compiled),
             ("train.smart_weight=0 (SMART perturbs the padded embeddings)", cfg.train.smart_weight > 0),
         )
         if hit

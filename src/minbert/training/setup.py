@@ -96,11 +96,15 @@ class ModelSetup(NamedTuple):
     table: dict[str, Task]  # the run's task table: built-in tasks plus its custom tasks
 
 
-def setup_model(cfg: Config, device: torch.device, compile_encoder: bool, init_from: bool = True) -> ModelSetup:
+def setup_model(
+    cfg: Config, device: torch.device, compile_encoder: bool, init_from: bool = True, packed: bool = False
+) -> ModelSetup:
     """The multi-task model and tokenizer of ``cfg``: ``train.mode=frozen`` freezes the encoder,
     ``train.init_from`` loads another run's weights (when ``init_from``; a resume loads its
     checkpoint's instead), ``train.freeze_layers`` freezes the lower layers,
-    ``compile_encoder`` compiles the encoder in place (state_dict keys keep their names).
+    ``compile_encoder`` compiles the encoder in place (state_dict keys keep their names): its
+    padded forward, or with ``packed`` (``model.packing``) its packed forward, with a symbolic
+    token count.
 
     Raises:
         ConfigError, CheckpointError: a bad head or task setting, an unreadable encoder or
@@ -116,7 +120,9 @@ def setup_model(cfg: Config, device: torch.device, compile_encoder: bool, init_f
     if tc.init_from and init_from:
         init_from_run(model, tc.init_from)
     freeze_layers(model, tc.freeze_layers)  # surgical fine-tuning (0: nothing frozen)
-    if compile_encoder:
+    if compile_encoder and packed:
+        model.encoder.forward_packed = torch.compile(model.encoder.forward_packed, dynamic=True)
+    elif compile_encoder:
         model.encoder.compile(dynamic=True)  # dynamic T: batches of several lengths (bucketing)
     return ModelSetup(model, tokenizer, encoder_src, table)
 

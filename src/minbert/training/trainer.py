@@ -188,8 +188,8 @@ class Trainer:
         seed_everything(tc.seed)
         self.data_dir = resolve_data_dir(str(self.data_dir) if self.data_dir else None, cfg.data.dir)
         # on resume the checkpoint's weights replace those of train.init_from anyway
-        self.model, self.tokenizer, encoder_src, table = setup_model(cfg, self.device, self.rt.compile,
-                                                                     init_from=not self.resuming)
+        self.model, self.tokenizer, encoder_src, table = setup_model(
+            cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
         self.model.pack_eval = bool(self.rt.pack_multiple)  # dev evaluation packs as training does
         self.tasks = {name: table[name] for name in cfg.tasks}
         self.data = load_splits(cfg, self.data_dir, self.tokenizer, table, progress=self.progress)
