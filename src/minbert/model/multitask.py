@@ -51,10 +51,10 @@ class MultitaskModel(nn.Module):
         The encoder then runs on the real tokens only (:meth:`BertModel.forward_packed`): they are
         gathered into one row, and their states scattered back to (B, T, H), zeros at padding (the
         padded path leaves values there that every head masks out). With ``pack_eval`` set, a
-        batch without a plan is packed here in eval mode (the plan read off the mask on the device:
-        one sync per batch, shapes vary, which evaluation does not mind)."""
+        batch without a plan is packed here in eval mode (the plan made from a host copy of the
+        mask: one sync per batch; shapes vary, which evaluation does not mind)."""
         if packing is None and self.pack_eval and not self.training:
-            packing = pack_plan(attention_mask, 1)
+            packing = tuple(t.to(attention_mask.device) for t in pack_plan(attention_mask.cpu(), 1))
         if packing is None:
             out = self.encoder(input_ids, attention_mask, token_type_ids)
             return Encoded(out.last_hidden_state, attention_mask, out.pooler_output)

@@ -38,11 +38,6 @@ class PackedBatch(NamedTuple):
     max_seqlen: int
     num_real: int
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedBatch:
-        """The same batch with its tensors on ``device``."""
-        t = [x.to(device, non_blocking=non_blocking) for x in self[:4]]
-        return PackedBatch(*t, self.max_seqlen, self.num_real)
-
 
 def _real_lengths(attention_mask: torch.Tensor, caller: str) -> torch.Tensor:
     """(B,) int64 real tokens per row of a right-padded (B, T) ``attention_mask``.

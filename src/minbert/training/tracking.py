@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,19 +101,18 @@ def flat_params(config: dict) -> dict[str, int | float | bool | str]:
     """The plain config dict (:func:`minbert.config.to_dict`) as one level of dotted keys
     (``optim.lr``, ``tasks.sst.batch_size``); numbers, bools and strings as they are, lists as
     JSON text, None as ``"null"``, an empty mapping as ``"{}"``."""
-    out: dict[str, int | float | bool | str] = {}
+    return dict(_flat_items(config, ""))
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        elif isinstance(node, (dict, list, tuple)) or node is None:
-            out[prefix] = json.dumps(node)
-        else:
-            out[prefix] = node
 
-    walk(config, "")
-    return out
+def _flat_items(node: Any, prefix: str) -> Iterator[tuple[str, int | float | bool | str]]:
+    """The (dotted key, value) pairs of :func:`flat_params` under ``prefix``."""
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            yield from _flat_items(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, (dict, list, tuple)) or node is None:
+        yield prefix, json.dumps(node)
+    else:
+        yield prefix, node
 
 
 def numeric(metrics: dict) -> dict[str, float]:
