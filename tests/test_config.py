@@ -378,9 +378,11 @@ def test_training_rules_hold_for_configs_built_in_code():
     ],
 )
 def test_runtime_settings_resolve_auto_choices_for_the_device(overrides, device, world, expect):
+    """The padded path (model.packing=off); how packing resolves: tests/test_packed_training.py."""
     from minbert.config import RuntimeSettings, runtime_settings
 
-    assert runtime_settings(load_config(None, overrides), device, world) == RuntimeSettings(*expect)
+    cfg = load_config(None, ["model.packing=off", *overrides])
+    assert runtime_settings(cfg, device, world) == RuntimeSettings(*expect)
 
 
 def test_runtime_settings_refuse_what_cannot_run():

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from minbert.config import PACK_MULTIPLE, from_dict, load_config, runtime_settings
 from minbert.errors import ConfigError
-from minbert.model.multitask import build_model
-from minbert.model.packing import pack_plan
+from minbert.model.multitask import build_model, step_pack_plan
+from minbert.model.packing import pack_plan, token_bucket
 from minbert.tasks.splits import load_splits
 from minbert.tasks.table import task_table
 from minbert.training.trainer import train
@@ -26,10 +26,6 @@ from minbert_testkit import base_config
 @given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6), extra=st.integers(0, 3), mult=st.integers(1, 9))
 def test_pack_plan_gathers_every_real_token_once(lengths, extra, mult):
     T = max(lengths) + extra  # (an empty row: test_packing.py's test_pack_refuses_an_empty_sequence)
-    if mult > T:
-        with pytest.raises(ValueError, match="multiple_of"):
-            pack_plan(torch.zeros(len(lengths), T), mult)
-        return
     B = len(lengths)
     mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
     index, cu = pack_plan(mask, mult)
@@ -39,13 +35,30 @@ def test_pack_plan_gathers_every_real_token_once(lengths, extra, mult):
     want = [r * T + c for r in range(B) for c in range(lengths[r])]
     assert index[:n].tolist() == want and (index[n:] == B * T).all()
     assert cu.dtype == torch.int32 and cu.tolist() == [sum(lengths[:i]) for i in range(B + 1)] + [N]
+    with pytest.raises(ValueError, match="multiple_of 0"):
+        pack_plan(mask, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 100_000), smallest=st.sampled_from([1, 16, 64]), largest=st.sampled_from([128, 512]))
+def test_token_buckets_are_few_and_waste_at_most_an_eighth(n, smallest, largest):
+    m = token_bucket(n, smallest, largest)
+    assert smallest <= m <= largest and token_bucket(n + 1, smallest, largest) >= m  # clamped, monotone
+    padded = -(-n // m) * m
+    if smallest * 8 <= n <= largest * 8:  # the filler is under 1/8 of the real tokens
+        assert padded - n < m <= n / 8
+    # packs of n..2n tokens land in at most 8 + 1 sizes (above 8 x smallest, below 8 x largest)
+    if smallest * 8 <= n and 2 * n <= largest * 8:
+        sizes = {-(-k // token_bucket(k, smallest, largest)) * token_bucket(k, smallest, largest)
+                 for k in range(n, 2 * n + 1, max(1, n // 512))}
+        assert len(sizes) <= 9
 
 
 @pytest.mark.parametrize(
     "overrides, device, expect",
     [
-        ([], "cuda", (0, None)),  # off by default
-        (["model.packing=auto"], "cuda", (PACK_MULTIPLE, None)),  # amp auto is bf16 on CUDA
+        ([], "cuda", (PACK_MULTIPLE, None)),  # auto by default; amp auto is bf16 on CUDA
+        (["model.packing=off"], "cuda", (0, None)),
         (["model.packing=auto"], "cpu", (0, None)),  # no note on a CPU: nothing a user expects there
         (["model.packing=auto", "train.amp=off"], "cuda", (0, "train.amp=bf16")),
         (["model.packing=auto", "train.smart_weight=1"], "cuda", (0, "SMART")),
@@ -64,7 +77,7 @@ def test_packing_resolves_per_device(overrides, device, expect):
 def test_a_compiled_packed_step_keeps_its_cuda_graphs():
     """Compiled, the padded encoder runs without graphs (a new T per batch); the packed one compiles
     once for every token count and its kernels replay inside the graphs."""
-    padded = runtime_settings(load_config(None, ["train.compile=on"]), "cuda")
+    padded = runtime_settings(load_config(None, ["train.compile=on", "model.packing=off"]), "cuda")
     packed = runtime_settings(load_config(None, ["train.compile=on", "model.packing=on"]), "cuda")
     assert (padded.compile, padded.cuda_graphs, padded.pack_multiple) == (True, False, 0)
     assert (packed.compile, packed.cuda_graphs, packed.pack_multiple) == (True, True, PACK_MULTIPLE)
@@ -100,23 +113,34 @@ def setup(tiny_encoder, data_dir):
     return cfg, table, data, tok
 
 
-@pytest.mark.parametrize("task", ["sst", "qqp", "sts"])
-def test_packed_batches_give_the_padded_outputs_and_gradients(setup, tiny_encoder, task):
+@pytest.mark.parametrize("tasks", [("sst",), ("qqp",), ("sts",), ("sst", "qqp", "sts")])
+def test_one_packed_pass_gives_the_padded_outputs_and_gradients(setup, tiny_encoder, tasks):
+    """A step's tasks packed into one encoder pass (step_pack_plan + forward_step) against each
+    task's own padded pass: the same outputs, and the same gradients of the summed loss."""
     cfg, table, data, tok = setup
     torch.manual_seed(0)
     model = build_model(cfg, tiny_encoder, tasks=table).train()
-    split, index = data["train"][task], np.arange(8)
     results = []
     for pack in (0, PACK_MULTIPLE):
-        batch = table[task].collate(split, index, tok.pad_token_id, cfg.model.max_length if pack else 1, pack)
-        assert ("pack_index" in batch) == bool(pack)
+        pad = cfg.model.max_length if pack else 1
+        batches = {t: table[t].collate(data["train"][t], np.arange(8) + i, tok.pad_token_id, pad)
+                   for i, t in enumerate(tasks)}
         model.zero_grad(set_to_none=True)
-        out = model(task, batch)
-        table[task].loss(out, batch["labels"]).backward()
-        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        if pack:
+            plan = step_pack_plan(batches, pack, 512)
+            rows = sum(b["input_ids"].shape[0] * (2 if "input_ids_b" in b else 1) for b in batches.values())
+            assert plan[1].shape == (rows + 2,) and plan[0].shape[0] % pack == 0
+            outs = model.forward_step(batches, plan)
+        else:
+            outs = {t: model(t, b) for t, b in batches.items()}
+        sum(table[t].loss(outs[t], batches[t]["labels"]) for t in tasks).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append(({t: o.detach() for t, o in outs.items()}, grads))
     (out0, g0), (out1, g1) = results
-    torch.testing.assert_close(out1, out0, atol=1e-5, rtol=1e-5)
+    for t in tasks:
+        torch.testing.assert_close(out1[t], out0[t], atol=1e-5, rtol=1e-5)
     assert g0.keys() == g1.keys() and any(n.startswith("encoder.") for n in g0)
+    assert {n.split(".")[1] for n in g0 if n.startswith("heads.")} == set(tasks)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)
 

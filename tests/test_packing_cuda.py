@@ -22,11 +22,11 @@ def batch(lengths, T, seed=0):
     return ids * mask, torch.zeros_like(ids), mask
 
 
-def run(model, packed, ids, types, mask):
+def run(model, packed, ids, types, mask, multiple_of=64):
     model.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        if packed:
-            p = pack(ids, mask, types, multiple_of=64)
+        if packed:  # a filler of up to multiple_of - 1 tokens, longer than a row when > T
+            p = pack(ids, mask, types, multiple_of=multiple_of, max_seqlen=max(ids.shape[1], multiple_of))
             out = model.forward_packed(p)
             h = unpack(out.last_hidden_state.float(), p, ids.shape[1])[mask.bool()]
         else:
@@ -37,12 +37,14 @@ def run(model, packed, ids, types, mask):
     return h.detach(), out.pooler_output.float().detach(), {n: p.grad.float() for n, p in model.named_parameters()}
 
 
-def test_flash_varlen_packed_equals_padded_sdpa():
+@pytest.mark.parametrize("multiple_of", [64, 512])
+def test_flash_varlen_packed_equals_padded_sdpa(multiple_of):
     torch.manual_seed(0)
     model = BertModel(BertConfig(**CFG, attn_implementation="sdpa")).cuda().train()
     ids, types, mask = (t.cuda() for t in batch([37, 5, 120, 64, 1, 90], 128))
     h0, p0, g0 = run(model, False, ids, types, mask)
-    h1, p1, g1 = run(model, True, ids, types, mask)
+    h1, p1, g1 = run(model, True, ids, types, mask, multiple_of)
+    assert h1.isfinite().all()
     torch.testing.assert_close(h1, h0, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(p1, p0, atol=3e-2, rtol=3e-2)
     for n in g0:
@@ -50,3 +52,32 @@ def test_flash_varlen_packed_equals_padded_sdpa():
             continue
         cos = torch.nn.functional.cosine_similarity(g0[n].flatten(), g1[n].flatten(), dim=0)
         assert cos > 0.99, (n, cos.item())
+
+
+def test_a_packed_run_with_one_graph_per_step_trains_as_the_padded_eager_run(tiny_encoder, data_dir, tmp_path):
+    """Whole runs in fp32 with dropout off: every step's tasks packed into one encoder pass and
+    replayed as one CUDA graph per token bucket (eager varlen attention, the reference kernel)
+    against the padded run without graphs: the same weights and dev scores."""
+    from minbert.config import load_config
+    from minbert.io import load_weights
+    from minbert.training.trainer import train
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    common = [
+        f"model.encoder={tiny_encoder}", "train.epochs=2", "train.amp=off", "train.device=cuda",
+        "model.attn_implementation=eager", "output.test_predictions=false", "output.plot=false",
+        "output.report_to=none", "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0",
+        *(f"tasks.{t}.{k}" for t in ("sst", "qqp", "sts") for k in ("batch_size=8", "dropout=0.0", "train_limit=64")),
+    ]
+    packed = train(load_config(None, [*common, "model.packing=on", "train.cuda_graphs=on"]), tmp_path / "p",
+                   data_dir=data_dir, progress=False)
+    padded = train(load_config(None, [*common, "model.packing=off", "train.cuda_graphs=off"]), tmp_path / "e",
+                   data_dir=data_dir, progress=False)
+    graphs = packed.summary["throughput"]["graphs"]
+    assert graphs["captured"] >= 1 and graphs["replays"] >= 1
+    assert graphs["replays"] + graphs["eager"] == packed.summary["steps"]  # one graph (or eager pass) per step
+    a, _ = load_weights(tmp_path / "p" / "checkpoints" / "best" / "model.safetensors")
+    b, _ = load_weights(tmp_path / "e" / "checkpoints" / "best" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=5e-5, rtol=1e-4, msg=k)
+    assert packed.summary["dev"] == pytest.approx(padded.summary["dev"], abs=1e-4)

@@ -423,3 +423,38 @@ def test_signal_writes_a_checkpoint_and_resume_is_identical(sig, code, run_a, tm
     # the hint's command finishes the run, identical to the uninterrupted one
     cli("train", "--resume", "b", "--no-progress", cwd=tmp_path)
     assert_identical_runs(run_a, run)
+
+
+def test_background_writer_keeps_order_bounds_its_queue_and_reraises_in_the_caller():
+    import threading
+
+    from minbert.training.checkpoint import BackgroundWriter, host_snapshot
+
+    done, gate = [], threading.Event()
+    writer = BackgroundWriter(max_pending=2)
+    writer.submit(lambda: (gate.wait(5), done.append(1)))
+    writer.submit(done.append, 2)
+    assert done == []  # both queued behind the gate
+    threading.Timer(0.2, gate.set).start()
+    writer.submit(done.append, 3)  # a third waits for the oldest
+    assert done[:1] == [1]
+    writer.wait()
+    assert done == [1, 2, 3]
+
+    def fail():
+        raise CheckpointError("disk full")
+
+    writer.submit(fail)
+    with pytest.raises(CheckpointError, match="disk full"):
+        writer.wait()
+    writer.submit(fail)
+    time.sleep(0.2)
+    with pytest.raises(CheckpointError, match="disk full"):  # reported by the next submit
+        writer.submit(done.append, 4)
+
+    state = {"w": torch.ones(2), "opt": [torch.zeros(1), {"step": 3}]}
+    snap = host_snapshot(state)
+    state["w"].add_(1)
+    state["opt"][0].add_(1)
+    state["opt"][1]["step"] = 4
+    assert snap["w"].tolist() == [1.0, 1.0] and snap["opt"][0].item() == 0 and snap["opt"][1]["step"] == 3

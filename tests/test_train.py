@@ -89,6 +89,10 @@ def test_eval_every_adds_dev_records_between_steps(every, expect, tiny_encoder, 
     assert all(set(r) == {"step", "epoch", "dev", "dev_detail"} and "sst_acc" in r["dev"] for r in dev)
     # the best model is chosen at epoch ends only
     assert run.summary["epochs_run"] == 2 and run.summary["best_epoch"] in (1, 2)
+    seconds = run.summary["throughput"]
+    assert len(seconds["epoch_train_s"]) == 2
+    assert sum(seconds["epoch_train_s"]) == pytest.approx(seconds["train_s"], abs=0.02)
+    assert seconds["graphs"] is None  # no CUDA graphs, no flat sync on a CPU
     assert [r["step"] for r in records(run.run_dir) if "lr" in r] == list(range(1, 9))
 
 
@@ -106,6 +110,7 @@ def test_resume_phase_restores_counters_optimizer_schedule_streams_and_rng(tiny_
     rng_at_checkpoint = torch.get_rng_state()
     a.save_checkpoint()
     a.metrics.close()
+    a.writer.wait()  # written in the background
     with open(run_dir / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 4, "written after": "the checkpoint"}\n')
     torch.rand(100)  # move the RNG on
@@ -142,6 +147,7 @@ def test_epoch_end_phase_keeps_the_best_and_stops_early(tiny_encoder, data_dir, 
     assert t.epoch_end(1) is True  # the same weights: no improvement, patience 1 is spent
     assert (t.state.epoch, t.state.best_epoch, t.state.bad_epochs) == (2, 1, 1)
     t.metrics.close()
+    t.writer.wait()  # the checkpoints are written in the background
     assert [c[0] for c in calls] == [1, 2] and calls[0][1] == calls[1][1]
     assert t.state.best == calls[0][1]["overall"]
     _, meta = load_weights(run_dir / "checkpoints" / "best" / "model.safetensors")

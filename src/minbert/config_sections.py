@@ -32,8 +32,8 @@ class ModelConfig:
         default=None, metadata={"help": "dropout on the attention probabilities (null: keep the checkpoint's value)"}
     )
     packing: Literal["auto", "on", "off"] = field(
-        default="off",
-        metadata={"help": "training: the encoder runs on the real tokens only, packed (auto: where it can)"},
+        default="auto",
+        metadata={"help": "one encoder pass over the real tokens of all tasks of a step (auto: on with CUDA + bf16)"},
     )
 
 

@@ -131,3 +131,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device`` without blocking the host. A copy from pageable host memory to a CUDA
+    device first waits for the device's stream (CUDA Runtime API, "API synchronization
+    behavior"), so that the host could not prepare the next batch while the GPU runs this one; a
+    host tensor bound for CUDA is therefore staged in pinned memory (PyTorch's caching host
+    allocator keeps it alive until the copy is done)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)

@@ -16,9 +16,10 @@ import torch
 
 from ..config import Config
 from ..data.batching import TokenizedSplit, eval_batches
-from ..distributed import DistContext, all_gather_objects
+from ..distributed import DistContext, all_gather_objects, to_device
 from ..errors import DataError, NonFiniteOutputError
 from ..io import atomic_write_text
+from ..model.multitask import step_pack_plan
 from ..progress import progress_bar, tqdm
 from ..tasks import metrics as M
 from ..tasks.base import Task
@@ -59,7 +60,8 @@ def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractCont
 
 
 def move(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    """A collated batch with its tensors on ``device`` (copies that do not block the host)."""
+    return {k: (to_device(v, device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 @torch.inference_mode()
@@ -101,10 +103,16 @@ def _predict_batches(
     was_training = model.training
     model.eval()
     order, chunks = [], []
+    pack = getattr(model, "pack_eval", False)  # packed as in training (model.packing), plan made on the host
     for index in batches:
-        batch = move(task.collate(split, index, pad_id), device)
+        host = task.collate(split, index, pad_id)
+        batch = move(host, device)
         with autocast_context(device, amp):
-            out = model(task.name, batch)
+            if pack:
+                plan = tuple(to_device(t, device) for t in step_pack_plan({task.name: host}, 1, 1))
+                out = model.forward_step({task.name: batch}, plan)[task.name]
+            else:
+                out = model(task.name, batch)
         chunks.append(out.float())
         order.append(index)
         bar.update(1)

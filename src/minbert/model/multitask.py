@@ -11,7 +11,7 @@ from torch import nn
 
 from .bert import BertConfig, BertModel
 from .heads import Encoded
-from .packing import PackedBatch, pack_plan
+from .packing import PackedBatch, pack_plan, token_bucket
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -33,7 +33,7 @@ class MultitaskModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
         self.input_kinds = dict(input_kinds)
-        # evaluation packs each batch on the device (model.packing in training; see encode)
+        # evaluation (predict_split) packs each batch as training does (model.packing)
         self.pack_eval = False
         # learned per-task log-variances s_t for uncertainty weighting (Kendall et al. 2018)
         self.loss_log_vars = (
@@ -50,11 +50,7 @@ class MultitaskModel(nn.Module):
         ``packing``: (``pack_index``, ``cu_seqlens``) of :func:`minbert.model.packing.pack_plan`.
         The encoder then runs on the real tokens only (:meth:`BertModel.forward_packed`): they are
         gathered into one row, and their states scattered back to (B, T, H), zeros at padding (the
-        padded path leaves values there that every head masks out). With ``pack_eval`` set, a
-        batch without a plan is packed here in eval mode (the plan made from a host copy of the
-        mask: one sync per batch; shapes vary, which evaluation does not mind)."""
-        if packing is None and self.pack_eval and not self.training:
-            packing = tuple(t.to(attention_mask.device) for t in pack_plan(attention_mask.cpu(), 1))
+        padded path leaves values there that every head masks out)."""
         if packing is None:
             out = self.encoder(input_ids, attention_mask, token_type_ids)
             return Encoded(out.last_hidden_state, attention_mask, out.pooler_output)
@@ -65,29 +61,71 @@ class MultitaskModel(nn.Module):
         def gather(t: torch.Tensor) -> torch.Tensor:  # (B, T) -> (N,); the filler reads a spare 0
             return torch.cat([t.reshape(-1), t.new_zeros(1)])[pack_index]
 
-        packed = PackedBatch(gather(input_ids), gather(token_type_ids), gather(positions), cu_seqlens, T, B)
+        # the longest sequence: a row (T) or the filler, at most the bucket of N (step_pack_plan)
+        max_seqlen = max(T, token_bucket(pack_index.shape[0], 1, self.encoder.config.max_position_embeddings))
+        packed = PackedBatch(gather(input_ids), gather(token_type_ids), gather(positions), cu_seqlens, max_seqlen, B)
         out = self.encoder.forward_packed(packed)
         x = out.last_hidden_state  # (N, H)
         h = x.new_zeros(B * T + 1, x.shape[-1]).index_put((pack_index,), x)  # the filler lands in the spare row
         return Encoded(h[:-1].view(B, T, -1), attention_mask, out.pooler_output)
 
     def forward(self, task: str, batch: dict) -> torch.Tensor:
-        kind = self.input_kinds[task]
-        packing = (batch["pack_index"], batch["cu_seqlens"]) if "pack_index" in batch else None
-        if kind == "bi":
-            B = batch["input_ids"].shape[0]
-            # a and b are padded to the same T by collate: one encoder call for both halves
-            enc = self.encode(
-                torch.cat([batch["input_ids"], batch["input_ids_b"]]),  # (2B, T)
-                torch.cat([batch["attention_mask"], batch["attention_mask_b"]]),
-                torch.cat([batch["token_type_ids"], batch["token_type_ids_b"]]),
-                packing,
-            )
-            a = Encoded(*(t[:B] for t in enc))
-            b = Encoded(*(t[B:] for t in enc))
-            return self.heads[task](a, b)
-        enc = self.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], packing)
-        return self.heads[task](enc)
+        """One task's output for its collated ``batch`` (padded layout)."""
+        return self.forward_step({task: batch})[task]
+
+    def forward_step(
+        self, batches: Mapping[str, dict], packing: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every task's output of one step from ONE encoder pass over all their rows: the rows of
+        each task (:func:`encoder_rows`) are stacked in ``batches``' order, encoded together, and
+        split back to the heads. All batches must share one padded length T (with packing, rows
+        are padded to ``model.max_length``).
+
+        ``packing``: the step's plan (:func:`step_pack_plan`) over the stacked rows; the encoder
+        then runs on their real tokens only, as one packed row (see :meth:`encode`).
+
+        Raises:
+            RuntimeError: batches of different T (from ``torch.cat``).
+        """
+        rows = [encoder_rows(b) for b in batches.values()]
+        ids, mask, types = (torch.cat(t) if len(rows) > 1 else t[0] for t in zip(*rows, strict=True))
+        enc = self.encode(ids, mask, types, packing)  # (sum of rows, T, H)
+        outs, start = {}, 0
+        for (task, batch), (task_ids, _, _) in zip(batches.items(), rows, strict=True):
+            e = Encoded(*(t[start : start + task_ids.shape[0]] for t in enc))
+            start += task_ids.shape[0]
+            if self.input_kinds[task] == "bi":  # the a rows, then the b rows
+                B = batch["input_ids"].shape[0]
+                outs[task] = self.heads[task](Encoded(*(t[:B] for t in e)), Encoded(*(t[B:] for t in e)))
+            else:
+                outs[task] = self.heads[task](e)
+        return outs
+
+
+def encoder_rows(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The encoder's input rows of one collated batch: ``input_ids``, ``attention_mask`` and
+    ``token_type_ids``, each (B', T) int64: the batch's B rows, or for bi-encoder pairs (a batch
+    with ``input_ids_b``; collate pads both halves to one T) the a rows then the b rows, B' = 2B."""
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    if "input_ids_b" in batch:
+        return tuple(torch.cat([batch[k], batch[k + "_b"]]) for k in keys)
+    return tuple(batch[k] for k in keys)
+
+
+def step_pack_plan(batches: Mapping[str, dict], smallest: int, largest: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed layout of one step (``model.packing``): :func:`minbert.model.packing.pack_plan`
+    of every task's encoder rows stacked in ``batches``' order, as :meth:`MultitaskModel.forward_step`
+    stacks them. Returns ``pack_index`` (N,) int64 and ``cu_seqlens`` (rows + 2,) int32, N the
+    step's n real tokens plus a filler, rounded up to a multiple of
+    ``token_bucket(n + 1, smallest, largest)``: the step's shape is one of a few buckets, whatever
+    the mix of its tasks' lengths. ``smallest`` <= T and ``largest`` = the encoder's
+    ``max_position_embeddings``, as :meth:`MultitaskModel.encode` assumes.
+
+    Raises:
+        ValueError: see ``pack_plan`` (rows not right-padded or empty).
+    """
+    mask = torch.cat([encoder_rows(b)[1] for b in batches.values()])
+    return pack_plan(mask, token_bucket(int(mask.sum()) + 1, smallest, largest))
 
 
 def build_model(

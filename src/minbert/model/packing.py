@@ -141,27 +141,37 @@ def segment_ids(cu_seqlens: torch.Tensor, n: int) -> torch.Tensor:
     return torch.searchsorted(cu_seqlens[1:].to(torch.int64), torch.arange(n, device=cu_seqlens.device), right=True)
 
 
+def token_bucket(n: int, smallest: int, largest: int) -> int:
+    """The bucket size for a pack of ``n`` tokens: an eighth of the largest power of two <= ``n``,
+    clamped to ``smallest``..``largest``. A pack rounded up to a multiple of it comes in one of
+    eight sizes per doubling of ``n``, with a filler of at most ~1/8 of its tokens (above
+    8 x ``smallest``): a run whose steps hold very different token counts (length-bucketed
+    batches) sees few shapes, so few CUDA graphs. Monotone in ``n``."""
+    return min(largest, max(smallest, (1 << (max(n, 1).bit_length() - 1)) // 8))
+
+
 def pack_plan(attention_mask: torch.Tensor, multiple_of: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each token of a right-padded batch goes in the packed layout, so that the device
     packs with fixed shapes (a gather) and unpacks with a scatter (see
     :meth:`minbert.model.multitask.MultitaskModel.encode`).
 
     The B sequences are followed by a filler of 1..``multiple_of`` tokens, so that N, the packed
-    length, is the real token count plus one rounded up to a multiple of ``multiple_of``.
+    length, is the real token count plus one rounded up to a multiple of ``multiple_of``. The
+    filler may be longer than T: the kernels' ``max_seqlen`` must then cover it.
 
     Args:
         attention_mask: (B, T), 1 on real tokens, right-padded, at least one per row.
-        multiple_of: the bucket size, <= T (the filler is a sequence of at most T tokens).
+        multiple_of: the bucket size, >= 1.
     Returns (on ``attention_mask``'s device; reading the lengths syncs with it):
         pack_index: (N,) int64, the flat position ``row * T + col`` of each packed token; the
             filler's tokens point at B * T, one spare slot after the batch;
         cu_seqlens: (B + 2,) int32, the offsets of the B sequences and the filler.
     Raises:
-        ValueError: ``multiple_of`` outside 1..T, or a row that is not right-padded or is empty.
+        ValueError: ``multiple_of`` < 1, or a row that is not right-padded or is empty.
     """
     B, T = attention_mask.shape
-    if not 1 <= multiple_of <= T:
-        raise ValueError(f"multiple_of {multiple_of}: must be in 1..T ({T})")
+    if multiple_of < 1:
+        raise ValueError(f"multiple_of {multiple_of}: must be >= 1")
     lengths = _real_lengths(attention_mask, "pack_plan")
     keep = attention_mask.bool()
     n = int(lengths.sum())

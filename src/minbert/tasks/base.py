@@ -29,7 +29,6 @@ from ..data.readers import read_records
 from ..data.tokenizer import pad_batch
 from ..errors import ConfigError, DataError
 from ..model.heads import build_head
-from ..model.packing import pack_plan
 from . import metrics as M
 
 if TYPE_CHECKING:
@@ -133,16 +132,14 @@ class Task:
         )
 
     def collate(
-        self, split: TokenizedSplit, index: np.ndarray, pad_id: int = 0, pad_to_multiple_of: int = 1,
-        pack_to_multiple_of: int = 0,
+        self, split: TokenizedSplit, index: np.ndarray, pad_id: int = 0, pad_to_multiple_of: int = 1
     ) -> dict:
         """A batch dict: ``ids`` (list of str), ``input_ids``/``token_type_ids``/
         ``attention_mask`` (B, T) int64, T the longest row rounded up to a multiple of
         ``pad_to_multiple_of``; for bi-encoder pairs also ``input_ids_b``/``attention_mask_b``/
         ``token_type_ids_b`` padded to the same T; ``labels`` (B,) if labelled (int64 for
-        classification, float32 otherwise). With ``pack_to_multiple_of`` > 0 also the packed
-        layout of the encoder's input (:func:`minbert.model.packing.pack_plan`; for bi-encoder
-        pairs, of the a rows then the b rows): ``pack_index`` (N,) and ``cu_seqlens``."""
+        classification, float32 otherwise). (With ``model.packing`` the trainer packs a whole
+        step's batches together: :func:`minbert.model.multitask.step_pack_plan`.)"""
         a = [split.input_ids[i] for i in index]
         types = [split.token_type_ids[i] for i in index]
         if split.input_ids_b is not None:
@@ -160,11 +157,6 @@ class Task:
             }
         else:
             batch = pad_batch(a, types, pad_id, pad_to_multiple_of)
-        if pack_to_multiple_of:
-            mask = batch["attention_mask"]
-            if "attention_mask_b" in batch:
-                mask = torch.cat([mask, batch["attention_mask_b"]])
-            batch["pack_index"], batch["cu_seqlens"] = pack_plan(mask, pack_to_multiple_of)
         batch["ids"] = [split.ids[i] for i in index]
         if split.labels is not None:
             batch["labels"] = torch.from_numpy(split.labels[index])

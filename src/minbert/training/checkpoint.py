@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,51 @@ def check_plain(obj: Any, where: str = "train_state") -> None:
             check_plain(v, f"{where}[{i}]")
         return
     raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__qualname__} is not a tensor or plain container")
+
+
+def host_snapshot(obj: Any) -> Any:
+    """A copy of a tree of tensors and plain containers whose tensors are detached host copies:
+    what a background write may serialise while training goes on changing the originals in place
+    (the copy from a GPU waits for the device's queued work)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if type(obj) is dict:
+        return {k: host_snapshot(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(host_snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Checkpoint files written on one background thread, in the order they were submitted, so
+    that the next epoch trains while they reach the disk (each write is atomic, as before: a kill
+    mid-write leaves the previous checkpoint as the one that resumes). At most ``max_pending``
+    writes are queued: a submit beyond that waits for the oldest. The arguments must not change
+    after submission: pass :func:`host_snapshot` copies.
+
+    A failed write raises its error (e.g. :class:`CheckpointError`) in the training thread, at
+    the next :meth:`submit` or :meth:`wait`."""
+
+    def __init__(self, max_pending: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minbert-writer")
+        self._pending: list = []
+        self.max_pending = max_pending
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)``; first re-raise the error of a finished write, if any."""
+        for f in [f for f in self._pending if f.done()]:
+            self._pending.remove(f)
+            f.result()
+        while len(self._pending) >= self.max_pending:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        """Block until every queued write is on disk; raises the first failed write's error."""
+        while self._pending:
+            self._pending.pop(0).result()
 
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:

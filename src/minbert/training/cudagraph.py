@@ -30,12 +30,15 @@ bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from ..distributed import to_device
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class GraphedSteps:
         self._touched_by_key: dict[Hashable, frozenset[int]] = {}
         self._step_touched: set[int] = set()
         self.n_replays = self.n_eager = 0
+        self.capture_s = 0.0  # host seconds spent in warm-up + capture
         self._attach()
 
     def _attach(self) -> None:
@@ -99,6 +103,12 @@ class GraphedSteps:
     @property
     def n_graphs(self) -> int:
         return len(self._graphs)
+
+    def stats(self) -> dict:
+        """``{"captured", "capture_s", "replays", "eager"}``: graphs captured, seconds spent
+        capturing them (warm-up included), batches replayed and batches run eagerly."""
+        return {"captured": self.n_graphs, "capture_s": round(self.capture_s, 2), "replays": self.n_replays,
+                "eager": self.n_eager}
 
     def zero_grad(self) -> None:
         """Zero every gradient buffer (one kernel on the flat buffer) and attach them as ``p.grad``."""
@@ -127,8 +137,8 @@ class GraphedSteps:
             if graph is None:
                 self._seen[full_key] += 1
                 return self._eager(full_key, fn, inputs, scale)
-        for name, t in inputs.items():
-            graph.inputs[name].copy_(t, non_blocking=True)
+        for name, t in inputs.items():  # via pinned memory: the host does not wait for the GPU
+            graph.inputs[name].copy_(t.pin_memory() if t.device.type == "cpu" else t, non_blocking=True)
         graph.scale.fill_(scale)
         graph.graph.replay()
         self._step_touched |= graph.touched
@@ -138,7 +148,7 @@ class GraphedSteps:
     def _eager(self, full_key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
         for p in self.params:
             p.grad = None  # which parameters this fn reaches is read off the fresh gradients
-        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
         loss, value = fn(inputs)
         if loss.requires_grad:  # False when no trainable parameter is reached (e.g. a frozen
             (loss * scale).backward()  # encoder under a parameter-free cosine head)
@@ -153,6 +163,13 @@ class GraphedSteps:
         return value.detach()
 
     def _capture(self, full_key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor]) -> _Graph | None:
+        t0 = time.perf_counter()
+        try:
+            return self._warm_up_and_capture(full_key, fn, inputs)
+        finally:
+            self.capture_s += time.perf_counter() - t0
+
+    def _warm_up_and_capture(self, full_key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor]) -> _Graph | None:
         if full_key not in self._touched_by_key:  # capture_after=0: learn it from one eager run
             saved = self.flat.clone()
             step_touched = set(self._step_touched)

@@ -15,6 +15,7 @@ from ..inference.evaluate import EvalResult, evaluate
 from ..io import save_weights
 from ..model.multitask import MultitaskModel
 from ..tasks.base import Task
+from .checkpoint import BackgroundWriter
 from .reporting import MetricsLog, format_metrics
 from .state import LoopState, track_best
 
@@ -32,15 +33,17 @@ class DevEvaluator:
         metrics: the run's metrics log.
         run_dir: the run folder.
         average_last: how many epochs' weights checkpoint averaging keeps (0: off).
+        writer: writes ``checkpoints/best`` in the background (the caller waits for it).
     """
 
     def __init__(self, model: MultitaskModel, tasks: dict[str, Task], dev: dict, device: torch.device, amp: bool,
                  pad_id: int, batch_size: int, ctx: DistContext, metrics: MetricsLog, run_dir: Path,
-                 average_last: int = 0, progress: bool = False):
+                 average_last: int = 0, progress: bool = False, writer: BackgroundWriter | None = None):
         self.model, self.tasks, self.dev, self.device, self.amp = model, tasks, dev, device, amp
         self.progress = progress  # a progress bar per task at each evaluation
         self.pad_id, self.batch_size, self.ctx, self.metrics = pad_id, batch_size, ctx, metrics
         self.run_dir, self.average_last = run_dir, average_last
+        self.writer = writer  # writes the best weights in the background (None: at once)
         self.best_result: EvalResult | None = None  # dev predictions of the best epoch, if seen in this process
         self.recent: list[dict] = []  # the last average_last epochs' weights, on the host
 
@@ -78,8 +81,13 @@ class DevEvaluator:
         if track_best(state, flat["overall"], epoch):
             self.best_result = result
             if self.ctx.is_main:
-                save_weights(self.run_dir / "checkpoints" / "best" / "model.safetensors", self.model.state_dict(),
-                             {"epoch": epoch, "step": state.step, "dev": flat})
+                path = self.run_dir / "checkpoints" / "best" / "model.safetensors"
+                meta = {"epoch": epoch, "step": state.step, "dev": dict(flat)}
+                args = (path, _host_copy(self.model.state_dict()), meta)
+                if self.writer is not None:
+                    self.writer.submit(save_weights, *args)
+                else:
+                    save_weights(*args)
         return flat
 
     def average(self, best: float | None) -> dict | None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..config import RuntimeSettings, TrainConfig
-from ..distributed import DistContext, all_reduce_mean, broadcast_tensors
+from ..distributed import DistContext, all_reduce_mean, broadcast_tensors, to_device
 from ..inference.evaluate import autocast_context, move
 from ..model.multitask import MultitaskModel
 from ..tasks.base import Task
@@ -101,26 +101,40 @@ class TrainStep(nn.Module):
         self.model, self.tasks, self.weights, self.device, self.amp = model, tasks, weights, device, amp
         self.tc = tc
 
-    def task_loss(self, name: str, batch: dict) -> torch.Tensor:
+    def task_loss(self, name: str, batch: dict, out: torch.Tensor, out2: torch.Tensor | None) -> torch.Tensor:
+        """L_t of one task from its output ``out`` (and with R-Drop ``out2``, a second dropout
+        pass); call under autocast."""
         task, tc = self.tasks[name], self.tc
-        with autocast_context(self.device, self.amp):
-            out = self.model(name, batch)
-            loss = task.loss(out, batch["labels"])
-            if tc is not None and tc.rdrop_alpha:
-                out2 = self.model(name, batch)
-                loss = (loss + task.loss(out2, batch["labels"])) / 2
-                loss = loss + tc.rdrop_alpha * symmetric_divergence(task.kind, out, out2)
-            if tc is not None and tc.smart_weight:
-                reg = smart_loss(self.model, name, task.kind, batch, out, tc.smart_sigma, tc.smart_eta, tc.smart_eps)
-                loss = loss + tc.smart_weight * reg
+        loss = task.loss(out, batch["labels"])
+        if out2 is not None:
+            loss = (loss + task.loss(out2, batch["labels"])) / 2
+            loss = loss + tc.rdrop_alpha * symmetric_divergence(task.kind, out, out2)
+        if tc is not None and tc.smart_weight:
+            reg = smart_loss(self.model, name, task.kind, batch, out, tc.smart_sigma, tc.smart_eta, tc.smart_eps)
+            loss = loss + tc.smart_weight * reg
         return loss
 
-    def forward(self, batches: dict[str, dict]) -> StepLosses:
-        total, losses = 0.0, []
-        log_vars = self.model.loss_log_vars
-        for name, batch in batches.items():
-            loss = self.weights[name] * self.task_loss(name, batch)
-            losses.append(loss)
+    def forward(
+        self, batches: dict[str, dict], packing: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> StepLosses:
+        """The step's losses. Padded (``packing`` None): one encoder pass per task. Packed (the
+        step's plan, :func:`minbert.model.multitask.step_pack_plan`): one encoder pass over the
+        real tokens of every task of the step (two with R-Drop)."""
+        rdrop = self.tc is not None and bool(self.tc.rdrop_alpha)
+        losses = []
+        with autocast_context(self.device, self.amp):
+            if packing is not None:
+                outs = self.model.forward_step(batches, packing)
+                outs2 = self.model.forward_step(batches, packing) if rdrop else {}
+            for name, batch in batches.items():
+                if packing is None:
+                    out = self.model(name, batch)
+                    out2 = self.model(name, batch) if rdrop else None
+                else:
+                    out, out2 = outs[name], outs2.get(name)
+                losses.append(self.weights[name] * self.task_loss(name, batch, out, out2))
+        total, log_vars = 0.0, self.model.loss_log_vars
+        for name, loss in zip(batches, losses, strict=True):
             if log_vars is not None:
                 s = log_vars[name]
                 total = total + torch.exp(-s) * loss + s
@@ -134,6 +148,18 @@ def _task_step(step_fn: nn.Module, name: str):
 
     def fn(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         out = step_fn({name: batch})
+        return out.total, out.per_task.detach()
+
+    return fn
+
+
+def _packed_step(step_fn: nn.Module, names: tuple[str, ...]):
+    """A packed micro-step of all ``names`` as ``GraphedSteps`` wants it: the flat inputs
+    ``{"task/key": tensor, "pack_index", "cu_seqlens"}`` -> (loss, per-task losses)."""
+
+    def fn(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = {n: {k[len(n) + 1 :]: v for k, v in inputs.items() if k.startswith(n + "/")} for n in names}
+        out = step_fn(batches, (inputs["pack_index"], inputs["cu_seqlens"]))
         return out.total, out.per_task.detach()
 
     return fn
@@ -188,32 +214,47 @@ class OptimizerStep:
     task_steps: dict = field(default_factory=dict, repr=False)  # what the graphs capture, per task
 
     def backward(
-        self, batches: dict[str, dict], *, first: bool, last: bool, group_size: int, step: int
+        self, batches: dict[str, dict], *, first: bool, last: bool, group_size: int, step: int,
+        packing: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Forward and backward of one micro-step: ``batches`` maps each task of the step to its
         collated batch (host tensors); 1 / ``group_size`` x the gradient of the total loss is
         added to the parameters' gradients. ``first``/``last``: the micro-step opens/closes its
-        accumulation group; ``step``: optimizer steps done (PCGrad's seed). Returns (n_tasks,)
-        the weighted task losses w_t L_t, detached, on the device."""
+        accumulation group; ``step``: optimizer steps done (PCGrad's seed); ``packing``: the
+        step's pack plan (host tensors; one encoder pass for all tasks, one graph per step).
+        Returns (n_tasks,) the weighted task losses w_t L_t, detached, on the device."""
         if self.graphs is not None:
-            return self._graphed_backward(batches, first, group_size)
+            return self._graphed_backward(batches, first, group_size, packing)
         # gradients are all-reduced only on the last micro-step of an accumulation group
         sync = contextlib.nullcontext() if last or not self.ctx.enabled else self.step_fn.no_sync()
         with sync:
-            out = self.step_fn({n: move(b, self.device) for n, b in batches.items()})
+            moved = {n: move(b, self.device) for n, b in batches.items()}
+            if packing is None:
+                out = self.step_fn(moved)
+            else:
+                out = self.step_fn(moved, tuple(to_device(t, self.device) for t in packing))
             if self.pcgrad:
                 self._pcgrad_backward(out, group_size, step)
             else:
                 (out.total / group_size).backward()
         return out.per_task.detach()
 
-    def _graphed_backward(self, batches: dict[str, dict], first: bool, group_size: int) -> torch.Tensor:
+    def _graphed_backward(
+        self, batches: dict[str, dict], first: bool, group_size: int, packing: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
         if first:
             self.graphs.zero_grad()
+        inputs = {n: {k: v for k, v in b.items() if isinstance(v, torch.Tensor)} for n, b in batches.items()}
+        if packing is not None:  # the whole step: one graph per token bucket
+            key = tuple(batches)
+            if key not in self.task_steps:
+                self.task_steps[key] = _packed_step(self.step_fn, key)
+            flat = {f"{n}/{k}": v for n, x in inputs.items() for k, v in x.items()}
+            flat["pack_index"], flat["cu_seqlens"] = packing
+            return self.graphs.run(key, self.task_steps[key], flat, 1.0 / group_size)
         for n in batches:
             if n not in self.task_steps:
                 self.task_steps[n] = _task_step(self.step_fn, n)
-        inputs = {n: {k: v for k, v in b.items() if isinstance(v, torch.Tensor)} for n, b in batches.items()}
         return torch.cat([self.graphs.run(n, self.task_steps[n], x, 1.0 / group_size) for n, x in inputs.items()])
 
     def _pcgrad_backward(self, out: StepLosses, group_size: int, step: int) -> None:

@@ -33,9 +33,10 @@ from ..errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
 from ..inference.evaluate import write_run_predictions
 from ..inference.model_card import write_model_card
 from ..io import atomic_write_json
+from ..model.multitask import step_pack_plan
 from ..runs import CONFIG_FILE, check_file_weights, last_checkpoint
 from ..tasks.splits import load_splits
-from .checkpoint import load_train_state, rng_state, set_rng_state
+from .checkpoint import BackgroundWriter, host_snapshot, load_train_state, rng_state, set_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
 from .evaluation import DevEvaluator
 from .interrupts import StopRequest, interrupted
@@ -168,8 +169,9 @@ class Trainer:
         self.ctx = ctx or DistContext()
         self.state = LoopState(world_size=self.ctx.world_size)
         # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process
-        self.throughput = {"train_samples": 0, "train_s": 0.0}
+        self.throughput = {"train_samples": 0, "train_s": 0.0, "epoch_train_s": []}
         self.interrupt: StopRequest | None = None
+        self.writer = BackgroundWriter()  # checkpoints and best weights reach the disk while training goes on
         self.bar: tqdm | None = None
         self.t_epoch = 0.0  # perf_counter() at the start of the epoch's training
 
@@ -210,7 +212,8 @@ class Trainer:
                                             self.device, tc, self.rt, ctx)
         self.metrics = MetricsLog(self.run_dir, ctx, self.weights, cfg, resume=self.resuming, step=self.state.step)
         self.dev = DevEvaluator(self.model, self.tasks, self.data["dev"], self.device, self.rt.amp, self.pad_id,
-                                tc.eval_batch_size, ctx, self.metrics, self.run_dir, tc.average_last, self.progress)
+                                tc.eval_batch_size, ctx, self.metrics, self.run_dir, tc.average_last, self.progress,
+                                self.writer)
 
     def resume(self) -> None:
         """Continue from the run folder's last checkpoint: weights, optimizer, lr schedule, task
@@ -276,6 +279,7 @@ class Trainer:
                 while st.micro < len(schedule):
                     if self.interrupt.signum is not None and st.micro % tc.grad_accum == 0:  # between optimizer steps
                         self.save_checkpoint()
+                        self.writer.wait()  # on disk before the message names it
                         raise interrupted(self.run_dir, self.interrupt.signum, saved=True)
                     if not self.train_step(schedule, epoch):
                         continue  # skipped for a non-finite loss (train.nonfinite=skip)
@@ -291,6 +295,7 @@ class Trainer:
         finally:
             self.interrupt.restore()
             self.metrics.close()
+            self.writer.wait()  # every checkpoint on disk
         if self.interrupt.signum is not None:  # during the last epoch's evaluation: its checkpoint is written
             raise interrupted(self.run_dir, self.interrupt.signum, saved=True)
 
@@ -306,7 +311,9 @@ class Trainer:
         self.bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.throughput["train_s"] += time.perf_counter() - self.t_epoch  # training only, dev evaluation excluded
+        seconds = time.perf_counter() - self.t_epoch  # training only, dev evaluation excluded
+        self.throughput["train_s"] += seconds
+        self.throughput["epoch_train_s"].append(round(seconds, 2))
 
     def _between_steps(self, epoch: int, n_micro: int) -> None:
         """Within an epoch, after an optimizer step: a dev evaluation every ``train.eval_every``
@@ -339,7 +346,7 @@ class Trainer:
             batches = self._next_batches(names)
             per_task = self.stepper.backward(
                 batches, first=i % tc.grad_accum == 0, last=i + 1 == group_end, group_size=group_end - group_start,
-                step=st.step,
+                step=st.step, packing=self._pack(batches),
             )
             st.micro += 1
             if self.bar is not None:
@@ -360,13 +367,18 @@ class Trainer:
         """The next batch of each task in ``names``: this process's rows, collated (host tensors)."""
         batches = {
             n: self.tasks[n].collate(
-                self.data["train"][n], shard(self.streams[n].next(), self.ctx), self.pad_id, self.rt.pad_multiple,
-                self.rt.pack_multiple,
+                self.data["train"][n], shard(self.streams[n].next(), self.ctx), self.pad_id, self.rt.pad_multiple
             )
             for n in names
         }
         self.throughput["train_samples"] += self.ctx.world_size * sum(len(b["ids"]) for b in batches.values())
         return batches
+
+    def _pack(self, batches: dict[str, dict]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The step's pack plan (``model.packing``), else None."""
+        if not self.rt.pack_multiple:
+            return None
+        return step_pack_plan(batches, self.rt.pack_multiple, self.model.encoder.config.max_position_embeddings)
 
     def _skip_nonfinite(self, names: tuple[str, ...], ids: list, values: torch.Tensor, epoch: int) -> bool:
         """``train.nonfinite=skip``: whether this step's (n_tasks + 1,) ``values`` hold a non-finite
@@ -442,18 +454,15 @@ class Trainer:
         if not self.ctx.is_main:
             return
         self.state.metrics_bytes = self.metrics.sync()  # what a resume keeps
-        write_checkpoint(
-            self.run_dir,
-            self.state.step,
-            self.model.state_dict(),
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "streams": {n: s.state_dict() for n, s in self.streams.items()},
-                "loop": self.state.to_dict(),
-                "rng": rngs,
-            },
-        )
+        train_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "streams": {n: s.state_dict() for n, s in self.streams.items()},
+            "loop": self.state.to_dict(),
+            "rng": rngs,
+        }  # written in the background from host copies (train_epochs waits for it on its way out)
+        self.writer.submit(write_checkpoint, self.run_dir, self.state.step,
+                           *host_snapshot((self.model.state_dict(), train_state)))
 
     # -- finish ------------------------------------------------------------------------------------
 
@@ -470,8 +479,9 @@ class Trainer:
         final = write_run_predictions(self.model, self.tasks, self.data, self.run_dir, self.cfg, self.device, rt.amp,
                                       self.pad_id, self.dev.best_result, self.progress)
         grad_sync = ("flat" if rt.flat_sync else "ddp") if ctx.enabled else None
+        graphs = self.stepper.graphs
         throughput = {**self.throughput, "processes": ctx.world_size, "cuda_graphs": rt.cuda_graphs,
-                      "grad_sync": grad_sync}
+                      "grad_sync": grad_sync, "graphs": graphs.stats() if graphs is not None else None}
         summary = run_summary(
             self.cfg, self.tasks, final, best_epoch=st.best_epoch, average=average, throughput=throughput,
             epochs_run=len(st.history), steps=st.step, wall_s=round(time.time() - self.t_start, 2),

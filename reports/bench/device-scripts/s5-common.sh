@@ -1,0 +1,29 @@
+#!/bin/bash
+# The common start of the s5-call*.sh scripts (sourced): the environment, the result folder, the
+# deadline and the timeline. $1: the call's name (its tarball in $OUT).
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src MINBERT_TEST_TOKENIZER_DIR=$PWD/.device/all-MiniLM-L6-v2-fp16
+export MINBERT_DATA_DIR=$PWD/.device/data
+ENC=$PWD/.device/all-MiniLM-L6-v2-fp16; DATA=$PWD/.device/data
+R=/tmp/res; mkdir -p $R
+START=$(date +%s); DEADLINE=$((START + ${BUDGET:-570}))
+left() { echo $((DEADLINE - $(date +%s))); }
+mark() { echo "$1 rc=$2 at $(($(date +%s)-START))s" >> $R/timeline.txt; }
+finish() { cd $R && tar czf $OUT/$CALL.tar.gz . ; cat $R/timeline.txt; tail -1 $R/pytest.log 2>/dev/null; grep -h '"wall_s"' $R/e2e-*.log 2>/dev/null | cut -c1-220; }
+CALL=$1
+trap finish EXIT
+# e2e RUN PRESET ARGS...: benchmarks/e2e.py on configs/PRESET.yaml, seeds 0 and 1, as run RUN;
+# keeps its JSON, log, both summary.json files and seed 0's train.log
+e2e() {
+  local run=$1 preset=$2; shift 2
+  timeout $(( $(left) - 5 )) python3 benchmarks/e2e.py --preset configs/$preset.yaml --seeds 0,1 --run $run=src \
+    --keep /tmp/e2e-$preset --out $R/e2e-$preset$SUFFIX.json -- --data-dir $DATA --model.encoder=$ENC "$@" \
+    2> $R/e2e-$preset$SUFFIX.log >/dev/null
+  mark e2e-$preset$SUFFIX $?
+  for s in 0 1; do cp /tmp/e2e-$preset/$run-seed$s/summary.json $R/$preset-seed$s-summary.json 2>/dev/null; done
+  cp /tmp/e2e-$preset/$run-seed0/train.log $R/$preset-seed0-train.log 2>/dev/null
+}
+# eval_tp: benchmarks/eval_throughput.py with configs/default.yaml's heads
+eval_tp() {
+  timeout $(( $(left) - 5 )) python3 benchmarks/eval_throughput.py --data-dir $DATA --encoder $ENC \
+    --config configs/default.yaml --out $R/eval_throughput.json > $R/eval_throughput.log 2>&1; mark eval $?
+}
