@@ -1,6 +1,7 @@
 """Merge the raw benchmark outputs in reports/bench/ into reports/speed.json (``machine``,
-``train_step``, ``e2e``; the ``cpu_predict`` part is written by benchmarks/cpu_predict.py) and
-reports/encoder_throughput.json (the batch-32 records). Prints the ratios ours / faster peer.
+``train_step``, ``train_step_packed``, ``e2e`` and ``e2e_history``, ``profile``, ``eval``; the
+``cpu_predict`` part is written by benchmarks/cpu_predict.py) and reports/encoder_throughput.json
+(the batch-32 records). Prints the ratios ours / faster peer.
 
 Inputs (see reports/bench/README.md for the commands that made them):
   bench/train_step-graphs.json      benchmarks/train_step.py, both configs, batches 8/32/128
@@ -9,7 +10,9 @@ Inputs (see reports/bench/README.md for the commands that made them):
   main_run/summary.json             the version before, seed 0 (reports/main_run)
   bench/train_step_peers.json       benchmarks/train_step.py with the two compiled peers
   bench/packed/                     benchmarks/train_step.py, packed implementations against the
-                                    reduce-overhead peer (device-scripts/s4-call2.sh, s4-call4.sh)
+                                    reduce-overhead peer (device-scripts/s4-call2.sh, s4-call4.sh);
+                                    s5-call*: benchmarks/e2e.py, eval_throughput.py, profile_step.py
+                                    (device-scripts/s5-call1.sh .. s5-call3.sh)
 
     python benchmarks/collect_reports.py
 """
@@ -70,6 +73,37 @@ def packed_records() -> list[dict]:
     return out
 
 
+def e2e_runs(name: str) -> dict:
+    """``{"wall_s": [per seed], "dev_overall": [per seed], ...}`` of one benchmarks/e2e.py output
+    in bench/packed/ (wall_s: process start to the final predictions), with each run's summary
+    (train seconds per epoch, CUDA graphs captured and their capture time) when it came back."""
+    d = json.loads((BENCH / "packed" / name).read_text())
+    runs = sorted(d["runs"], key=lambda r: r["seed"])
+    out = {"wall_s": [r["wall_s"] for r in runs], "dev_overall": [r["dev"]["overall"] for r in runs],
+           "seeds": [r["seed"] for r in runs], "preset": d["preset"], "source": f"reports/bench/packed/{name}"}
+    preset = Path(d["preset"]).stem
+    prefix = name.split("e2e-")[0]  # the call's files: s5-callN-
+    summaries = [BENCH / "packed" / f"{prefix}{preset}-seed{r['seed']}-summary.json" for r in runs]
+    if all(f.is_file() for f in summaries):
+        out["throughput"] = [json.loads(f.read_text())["throughput"] for f in summaries]
+    return out
+
+
+def packed_e2e_history() -> list[dict]:
+    """Earlier packed runs of configs/default.yaml on the way to the shipped step."""
+    return [
+        {**e2e_runs("s5-call1-e2e-default-packed.json"), "what": "one encoder pass per step, CUDA graphs per "
+         "64-token bucket, checkpoints written in the training loop"},
+        {**e2e_runs("s5-call1-e2e-default-compiled-cold-0.json"), "what": "the same with train.compile=on, "
+         "empty inductor cache"},
+        {**e2e_runs("s5-call1-e2e-default-compiled-cold-1.json"), "what": "the same with train.compile=on, "
+         "empty inductor cache"},
+        {**e2e_runs("s5-call1-e2e-default-compiled-warm-0.json"), "what": "train.compile=on, warm inductor cache"},
+        {**e2e_runs("s5-call2-e2e-default-packed.json"), "what": "plus host copies through pinned memory and "
+         "evaluation plans made on the host"},
+    ]
+
+
 def main() -> None:
     step = json.loads((BENCH / "train_step-graphs.json").read_text())
     records = step["records"]
@@ -99,7 +133,8 @@ def main() -> None:
           for r in before1),
     ]
     after_runs = [{"seed": r["seed"], "wall_s": r["wall_s"], "dev": r["dev"]} for r in after["runs"]]
-    speed["e2e"] = {
+    speed.pop("e2e", None)
+    speed["e2e_history"] = {
         "preset": "configs/default.yaml",
         "wall_s_before": round(statistics.fmean(r["wall_s"] for r in before), 2),
         "wall_s_after": round(statistics.fmean(r["wall_s"] for r in after_runs), 2),
@@ -110,7 +145,17 @@ def main() -> None:
         "before_is": "git e07e6ed: eager step, one host sync per step, batches padded to the longest",
         "after_is": "CUDA graphs per recurring batch shape (train.cuda_graphs=auto), batches padded to a multiple "
         "of 16, step losses synced every 50 steps; wall time of the whole command, process start to final predictions",
+        "packed": packed_e2e_history(),
     }
+    speed["e2e"] = {preset: e2e_runs(f"s5-call3-e2e-{preset}.json") for preset in ("default", "best")}
+    speed["profile"] = {
+        f"bert-base-b{b}": {**json.loads((BENCH / "packed" / f"s5-call1-profile-bert-base-b{b}.json").read_text())[
+            "profile"], "source": f"reports/bench/packed/s5-call1-profile-bert-base-b{b}.json"}
+        for b in (32, 128)
+    }
+    ev = json.loads((BENCH / "packed" / "s5-call3-eval_throughput.json").read_text())
+    speed["eval"] = {**{k: ev["eval"][k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
+                     "inputs": ev["inputs"], "source": "reports/bench/packed/s5-call3-eval_throughput.json"}
     speed_path.write_text(json.dumps(speed, indent=2) + "\n")
 
     enc = {
@@ -123,7 +168,9 @@ def main() -> None:
     (REPORTS / "encoder_throughput.json").write_text(json.dumps(enc, indent=2) + "\n")
     for r in speed["train_step_ratios"]:
         print(json.dumps(r))
-    print(json.dumps({k: speed["e2e"][k] for k in ("wall_s_before", "wall_s_after")}))
+    print(json.dumps({k: speed["e2e_history"][k] for k in ("wall_s_before", "wall_s_after")}))
+    print(json.dumps(speed["e2e"]))
+    print(json.dumps(speed["eval"]))
 
 
 if __name__ == "__main__":
