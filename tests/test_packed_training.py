@@ -64,6 +64,9 @@ def test_token_buckets_are_few_and_waste_at_most_an_eighth(n, smallest, largest)
         (["model.packing=auto", "train.smart_weight=1"], "cuda", (0, "SMART")),
         (["model.packing=auto", "model.max_length=32"], "cuda", (0, "max_length < 64")),
         (["model.packing=on", "model.attn_implementation=eager"], "cpu", (PACK_MULTIPLE, None)),
+        (["model.attn_implementation=eager"], "cpu", (0, None)),  # the eager reference packs only when asked
+        (["model.attn_implementation=eager", "train.amp=off"], "cuda", (0, "train.amp=bf16")),
+        (["model.attn_implementation=eager"], "cuda", (0, "model.attn_implementation=sdpa")),
     ],
 )
 def test_packing_resolves_per_device(overrides, device, expect):

@@ -452,6 +452,11 @@ def test_background_writer_keeps_order_bounds_its_queue_and_reraises_in_the_call
     with pytest.raises(CheckpointError, match="disk full"):  # reported by the next submit
         writer.submit(done.append, 4)
 
+    lin = torch.nn.Linear(2, 1)
+    weights = host_snapshot(lin.state_dict())  # an OrderedDict of the live parameters
+    with torch.no_grad():
+        lin.weight.add_(1)
+    assert not torch.equal(weights["weight"], lin.weight)
     state = {"w": torch.ones(2), "opt": [torch.zeros(1), {"step": 3}]}
     snap = host_snapshot(state)
     state["w"].add_(1)

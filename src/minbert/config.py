@@ -333,9 +333,10 @@ PACK_MULTIPLE = 64  # tokens: a packed batch is rounded up to a multiple of this
 
 
 def use_packing(cfg: Config, device_type: str, amp: bool) -> tuple[bool, str | None]:
-    """Resolve ``model.packing``: ``auto`` is on where nothing blocks it. With ``sdpa`` attention
-    the packed path runs FlashAttention's varlen kernel, which needs CUDA and bf16 autocast;
-    ``eager`` attention runs the block-diagonal reference anywhere. Returns (on, why auto is off
+    """Resolve ``model.packing``: ``auto`` is on with CUDA, bf16 autocast and ``sdpa`` attention
+    where nothing blocks it. With ``sdpa`` attention the packed path runs FlashAttention's varlen kernel, which needs
+    CUDA and bf16; ``eager`` attention runs the block-diagonal reference anywhere, but only with
+    ``on`` (its (N, N) scores over a whole step are the reference, not a fast path). Returns (on, why auto is off
     on a CUDA device, or None).
 
     Raises:
@@ -358,7 +359,10 @@ def use_packing(cfg: Config, device_type: str, amp: bool) -> tuple[bool, str | N
         if mode == "on":
             raise ConfigError(f"model.packing=on needs model.max_length >= {PACK_MULTIPLE} (the filler of a pack)")
         return False, f"model.packing auto: off (model.max_length < {PACK_MULTIPLE})"
-    if mode == "auto" and blockers:
+    if mode == "auto" and (blockers or device_type != "cuda" or not amp or not sdpa):  # eager: only when asked
+        if not blockers:
+            blockers = ["a CUDA device" if device_type != "cuda" else "train.amp=bf16" if not amp
+                        else "model.attn_implementation=sdpa"]
         return False, (f"model.packing auto: off (needs {', '.join(blockers)})" if device_type == "cuda" else None)
     return mode != "off", None
 

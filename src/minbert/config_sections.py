@@ -33,7 +33,7 @@ class ModelConfig:
     )
     packing: Literal["auto", "on", "off"] = field(
         default="auto",
-        metadata={"help": "one encoder pass over the real tokens of all tasks of a step (auto: on with CUDA + bf16)"},
+        metadata={"help": "one encoder pass over the real tokens of all tasks of a step (auto: CUDA + bf16 + sdpa)"},
     )
 
 

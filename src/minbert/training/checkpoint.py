@@ -62,7 +62,7 @@ def host_snapshot(obj: Any) -> Any:
     (the copy from a GPU waits for the device's queued work)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
-    if type(obj) is dict:
+    if isinstance(obj, dict):  # a state_dict is an OrderedDict: a plain dict copy
         return {k: host_snapshot(v) for k, v in obj.items()}
     if type(obj) in (list, tuple):
         return type(obj)(host_snapshot(v) for v in obj)
