@@ -1,5 +1,6 @@
 """Merge the raw benchmark outputs in reports/bench/ into reports/speed.json (``machine``,
-``train_step``, ``train_step_packed``, ``e2e`` and ``e2e_history``, ``profile``, ``eval``; the
+``train_step``, ``train_step_packed``, ``e2e`` and ``e2e_history``, ``profile``,
+``profile_trainer``, ``eval``; the
 ``cpu_predict`` part is written by benchmarks/cpu_predict.py) and reports/encoder_throughput.json
 (the batch-32 records). Prints the ratios ours / faster peer.
 
@@ -12,7 +13,7 @@ Inputs (see reports/bench/README.md for the commands that made them):
   bench/packed/                     benchmarks/train_step.py, packed implementations against the
                                     reduce-overhead peer (device-scripts/s4-call2.sh, s4-call4.sh);
                                     s5-call*: benchmarks/e2e.py, eval_throughput.py, profile_step.py
-                                    (device-scripts/s5-call1.sh .. s5-call3.sh)
+                                    profile_train.py (device-scripts/s5-call1.sh .. s5-call4.sh)
 
     python benchmarks/collect_reports.py
 """
@@ -101,6 +102,8 @@ def packed_e2e_history() -> list[dict]:
         {**e2e_runs("s5-call1-e2e-default-compiled-warm-0.json"), "what": "train.compile=on, warm inductor cache"},
         {**e2e_runs("s5-call2-e2e-default-packed.json"), "what": "plus host copies through pinned memory and "
          "evaluation plans made on the host"},
+        {**e2e_runs("s5-call3-e2e-default.json"), "what": "plus token buckets by size and checkpoints written "
+         "in the background"},
     ]
 
 
@@ -147,12 +150,16 @@ def main() -> None:
         "of 16, step losses synced every 50 steps; wall time of the whole command, process start to final predictions",
         "packed": packed_e2e_history(),
     }
-    speed["e2e"] = {preset: e2e_runs(f"s5-call3-e2e-{preset}.json") for preset in ("default", "best")}
+    # the latest run of each preset: default after the last changes to the step (call 4), best in call 3
+    speed["e2e"] = {"default": e2e_runs("s5-call4-e2e-default.json"), "best": e2e_runs("s5-call3-e2e-best.json")}
     speed["profile"] = {
         f"bert-base-b{b}": {**json.loads((BENCH / "packed" / f"s5-call1-profile-bert-base-b{b}.json").read_text())[
             "profile"], "source": f"reports/bench/packed/s5-call1-profile-bert-base-b{b}.json"}
         for b in (32, 128)
     }
+    trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
+    speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
+                                "source": "reports/bench/packed/s5-call4-profile-train-default.json"}
     ev = json.loads((BENCH / "packed" / "s5-call3-eval_throughput.json").read_text())
     speed["eval"] = {**{k: ev["eval"][k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
                      "inputs": ev["inputs"], "source": "reports/bench/packed/s5-call3-eval_throughput.json"}
