@@ -289,7 +289,7 @@ class RuntimeSettings:
     amp: bf16 autocast; compile: ``torch.compile`` the encoder; cuda_graphs: replay steps as CUDA
     graphs; flat_sync: average gradients with one all-reduce of a flat buffer (torchrun, no DDP);
     pad_multiple: training batches are padded to a multiple of this many tokens; pack_multiple:
-    with packing (``model.packing``), the packed token count is a multiple of this (0: no packing);
+    with packing (``model.packing``), the smallest pack bucket in tokens (0: no packing);
     note: why ``model.packing=auto`` stayed off on a CUDA device (None otherwise)."""
 
     amp: bool
@@ -329,40 +329,35 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
                            PACK_MULTIPLE if packed else 0, note)
 
 
-PACK_MULTIPLE = 64  # tokens: a packed batch is rounded up to a multiple of this (few shapes)
+PACK_MULTIPLE = 64  # tokens: the smallest pack bucket (model.packing.token_bucket sizes the others)
 
 
 def use_packing(cfg: Config, device_type: str, amp: bool) -> tuple[bool, str | None]:
-    """Resolve ``model.packing``: ``auto`` is on with CUDA, bf16 autocast and ``sdpa`` attention
-    where nothing blocks it. With ``sdpa`` attention the packed path runs FlashAttention's varlen kernel, which needs
-    CUDA and bf16; ``eager`` attention runs the block-diagonal reference anywhere, but only with
-    ``on`` (its (N, N) scores over a whole step are the reference, not a fast path). Returns (on, why auto is off
-    on a CUDA device, or None).
+    """Resolve ``model.packing``. ``auto`` is on with CUDA, bf16 autocast and ``sdpa`` attention
+    (FlashAttention's varlen kernel) where nothing blocks it. ``on`` also runs ``eager`` attention,
+    the block-diagonal reference, on any device (its (N, N) scores over a whole step make it the
+    reference, not a fast path). Returns (on, why auto is off on a CUDA device, or None).
 
     Raises:
-        ConfigError: ``on`` where something blocks it, or with ``max_length`` < the pack bucket.
+        ConfigError: ``on`` where something blocks it, or with ``max_length`` < the smallest pack bucket.
     """
-    sdpa = cfg.model.attn_implementation == "sdpa"
-    blockers = [
-        why
-        for why, hit in (
-            ("a CUDA device or model.attn_implementation=eager", sdpa and device_type != "cuda"),
-            ("train.amp=bf16 (FlashAttention runs in bf16)", sdpa and not amp),
-            ("train.smart_weight=0 (SMART perturbs the padded embeddings)", cfg.train.smart_weight > 0),
-        )
-        if hit
-    ]
-    mode = cfg.model.packing
+    sdpa, mode = cfg.model.attn_implementation == "sdpa", cfg.model.packing
+    smart = ("train.smart_weight=0 (SMART perturbs the padded embeddings)", cfg.train.smart_weight > 0)
+    bf16 = "train.amp=bf16 (FlashAttention runs in bf16)"
+    if mode == "on":  # eager attention packs anywhere
+        needs = [("a CUDA device or model.attn_implementation=eager", sdpa and device_type != "cuda"),
+                 (bf16, sdpa and not amp)]
+    else:
+        needs = [("a CUDA device", device_type != "cuda"), (bf16, not amp),
+                 ("model.attn_implementation=sdpa", not sdpa)]
+    blockers = [why for why, hit in (*needs, smart) if hit]
     if mode == "on" and blockers:
         raise ConfigError(f"model.packing=on needs {', '.join(blockers)}; use auto or off")
     if mode != "off" and cfg.model.max_length < PACK_MULTIPLE:
         if mode == "on":
             raise ConfigError(f"model.packing=on needs model.max_length >= {PACK_MULTIPLE} (the filler of a pack)")
         return False, f"model.packing auto: off (model.max_length < {PACK_MULTIPLE})"
-    if mode == "auto" and (blockers or device_type != "cuda" or not amp or not sdpa):  # eager: only when asked
-        if not blockers:
-            blockers = ["a CUDA device" if device_type != "cuda" else "train.amp=bf16" if not amp
-                        else "model.attn_implementation=sdpa"]
+    if mode == "auto" and blockers:
         return False, (f"model.packing auto: off (needs {', '.join(blockers)})" if device_type == "cuda" else None)
     return mode != "off", None
 

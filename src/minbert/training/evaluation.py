@@ -15,7 +15,7 @@ from ..inference.evaluate import EvalResult, evaluate
 from ..io import save_weights
 from ..model.multitask import MultitaskModel
 from ..tasks.base import Task
-from .checkpoint import BackgroundWriter
+from .checkpoint import BackgroundWriter, host_snapshot
 from .reporting import MetricsLog, format_metrics
 from .state import LoopState, track_best
 
@@ -76,14 +76,14 @@ class DevEvaluator:
                              flat, "dev", epoch)
         state.history.append({"epoch": epoch, "step": state.step, **flat})
         if self.average_last:
-            self.recent.append(_host_copy(self.model.state_dict()))
+            self.recent.append(host_snapshot(self.model.state_dict()))
             del self.recent[: -self.average_last]
         if track_best(state, flat["overall"], epoch):
             self.best_result = result
             if self.ctx.is_main:
                 path = self.run_dir / "checkpoints" / "best" / "model.safetensors"
                 meta = {"epoch": epoch, "step": state.step, "dev": dict(flat)}
-                args = (path, _host_copy(self.model.state_dict()), meta)
+                args = (path, host_snapshot(self.model.state_dict()), meta)
                 if self.writer is not None:
                     self.writer.submit(save_weights, *args)
                 else:
@@ -98,7 +98,7 @@ class DevEvaluator:
         if not self.average_last or not self.recent:
             return None
         n = len(self.recent)
-        best_state = _host_copy(self.model.state_dict())
+        best_state = host_snapshot(self.model.state_dict())
         self.model.load_state_dict(
             {k: sum(sd[k].double() for sd in self.recent).div(n).to(v.dtype) for k, v in best_state.items()}
         )
@@ -116,8 +116,3 @@ class DevEvaluator:
             average["chosen"] = False
             self.model.load_state_dict(best_state)
         return average
-
-
-def _host_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A detached copy of a state dict on the host."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

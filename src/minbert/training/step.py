@@ -211,7 +211,7 @@ class OptimizerStep:
     seed: int = 0
     graphs: GraphedSteps | None = None
     flat_sync: bool = False
-    task_steps: dict = field(default_factory=dict, repr=False)  # what the graphs capture, per task
+    task_steps: dict = field(default_factory=dict, repr=False)  # what the graphs capture: per task, or per step's tasks
 
     def backward(
         self, batches: dict[str, dict], *, first: bool, last: bool, group_size: int, step: int,
