@@ -26,6 +26,7 @@ from minbert.errors import CheckpointError
 from minbert.io import load_weights
 from minbert.runs import last_checkpoint
 from minbert.tasks.base import get_task
+from minbert.training import trainer as trainer_module
 from minbert.training.checkpoint import load_train_state
 
 TASKS = ("sst", "qqp", "sts")
@@ -289,6 +290,13 @@ def _small_args(tiny_encoder, data_dir, run_dir, *extra):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(monkeypatch, tmp_path, tiny_encoder, data_dir, capsys):
     run = tmp_path / "run"
     _nan_on_call(monkeypatch, "sts", 3)  # step 3; checkpoint at step 2
+    slow = trainer_module.write_checkpoint
+
+    def write_slowly(*args, **kwargs):  # the background write of step 2 ends after step 3 failed
+        time.sleep(1.0)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "write_checkpoint", write_slowly)
     code = main(_small_args(tiny_encoder, data_dir, run))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

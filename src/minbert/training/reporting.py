@@ -33,7 +33,6 @@ from ..distributed import DistContext, all_reduce_mean
 from ..errors import NonFiniteLossError
 from ..inference.evaluate import EvalResult
 from ..io import atomic_write_text
-from ..runs import last_checkpoint
 from ..tasks.base import Task
 from .step import find_nonfinite
 from .tracking import MlflowRun, write_hparams
@@ -105,7 +104,7 @@ class MetricsLog:
                 self.pending.clear()
                 raise NonFiniteLossError(
                     f"non-finite loss at step {record['step']} (epoch {record['epoch']}), {bad[0]}, batch ids "
-                    f"{ids[bad[1]]}; last good checkpoint: {last_checkpoint(self.run_dir) or 'none'}"
+                    f"{ids[bad[1]]}"
                 )
             # logged unweighted: L_t = (w_t L_t) / w_t
             w = self.weights

@@ -267,7 +267,8 @@ class Trainer:
 
     def train_epochs(self) -> None:
         """The epochs from the current state on: optimizer steps, dev evaluations, checkpoints.
-        Raises TrainingInterrupted (SIGINT, SIGTERM), NonFiniteLossError, what ``on_epoch_end`` raises."""
+        Raises TrainingInterrupted (SIGINT, SIGTERM), NonFiniteLossError (its message ends with the
+        last checkpoint on disk), what ``on_epoch_end`` raises."""
         tc, st = self.tc, self.state  # (setup's resume has replaced the state)
         self.interrupt = StopRequest(enabled=not self.ctx.enabled)
         stop = st.step >= self.total_steps
@@ -292,6 +293,9 @@ class Trainer:
                 self._end_epoch_training()
                 if self.epoch_end(epoch):
                     break  # early stopping
+        except NonFiniteLossError as e:  # name the last good checkpoint once the earlier ones are on disk
+            self.writer.wait()
+            raise NonFiniteLossError(f"{e}; last good checkpoint: {last_checkpoint(self.run_dir) or 'none'}") from None
         finally:
             self.interrupt.restore()
             self.metrics.close()
@@ -399,8 +403,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"non-finite loss at step {st.step + 1} (epoch {epoch + 1}), {bad[0]}, batch ids "
                 f"{ids[bad[1]]}; {st.skipped} of {self.total_steps} steps skipped, more than "
-                f"train.max_nonfinite_fraction={tc.max_nonfinite_fraction}; last good checkpoint: "
-                f"{last_checkpoint(self.run_dir) or 'none'}"
+                f"train.max_nonfinite_fraction={tc.max_nonfinite_fraction}"
             )
         log.warning(
             "non-finite loss at step %d (epoch %d), %s, batch ids %s; skipping this batch",
