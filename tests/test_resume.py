@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -34,8 +35,7 @@ N = 64  # train and dev rows per task
 BATCH = 8
 STEPS_PER_EPOCH = N // BATCH
 EPOCHS = 2
-# checkpoints at steps 4 (mid-epoch 1), 8 (last step of epoch 1, then again after its dev evaluation),
-# 12 (mid-epoch 2), 16 (end)
+# checkpoints at steps 4 (mid-epoch 1), 8 (epoch 1's end, after its dev evaluation), 12 (mid-epoch 2), 16 (end)
 EVERY = 4
 SLICE = [
     f"--tasks.{t}.{k}={v}" for t in TASKS for k, v in (("train_limit", N), ("dev_limit", N), ("batch_size", BATCH))
@@ -317,6 +317,27 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(monkeypatch, tmp_pa
     assert not (run / "summary.json").exists()
 
 
+def test_a_failed_best_write_drops_the_checkpoint_queued_behind_it(
+    monkeypatch, tmp_path, tiny_encoder, data_dir, capsys
+):
+    import minbert.training.evaluation as evaluation_module
+
+    def full_disk(path, *args, **kwargs):  # the epoch-end best weights fail, after a while
+        time.sleep(0.5)
+        raise CheckpointError(f"{path}: No space left on device")
+
+    monkeypatch.setattr(evaluation_module, "save_weights", full_disk)
+    run = tmp_path / "run"
+    assert main(_small_args(tiny_encoder, data_dir, run)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {run / 'checkpoints' / 'best' / 'model.safetensors'}: No space left on device"]
+    time.sleep(1.0)  # nothing is still being written after main returned
+    folder = last_checkpoint(run)  # step 2's (checkpoint_every=2), not the epoch end's, which names best weights
+    assert folder.name == "step-00000002"
+    assert load_train_state(folder)["loop"]["best_epoch"] is None
+    assert not (run / "checkpoints" / "best").exists()
+
+
 def test_nonfinite_loss_skip_continues_and_logs(monkeypatch, tmp_path, tiny_encoder, data_dir, capsys, caplog):
     run = tmp_path / "run"
     _nan_on_call(monkeypatch, "sts", 3)
@@ -433,7 +454,7 @@ def test_signal_writes_a_checkpoint_and_resume_is_identical(sig, code, run_a, tm
     assert_identical_runs(run_a, run)
 
 
-def test_background_writer_keeps_order_bounds_its_queue_and_reraises_in_the_caller():
+def test_background_writer_keeps_order_bounds_its_queue_and_reraises_in_the_caller(caplog):
     import threading
 
     from minbert.training.checkpoint import BackgroundWriter, host_snapshot
@@ -449,16 +470,45 @@ def test_background_writer_keeps_order_bounds_its_queue_and_reraises_in_the_call
     writer.wait()
     assert done == [1, 2, 3]
 
+    # a Ctrl-C while waiting leaves the write queued: the next wait still waits for it
+    gate.clear()
+    writer.submit(lambda: (gate.wait(5), done.append(4)))
+    threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        writer.wait()
+    assert done == [1, 2, 3]
+    gate.set()
+    writer.wait()
+    assert done == [1, 2, 3, 4]
+
     def fail():
+        gate.wait(5)
         raise CheckpointError("disk full")
 
+    gate.clear()
     writer.submit(fail)
+    writer.submit(done.append, 5)  # queued behind the failing write: dropped, never run
+    gate.set()
     with pytest.raises(CheckpointError, match="disk full"):
         writer.wait()
-    writer.submit(fail)
-    time.sleep(0.2)
+    assert done == [1, 2, 3, 4]
+    with pytest.raises(CheckpointError, match="disk full"):  # a failed writer stays failed
+        writer.submit(done.append, 6)
+    writer.wait(raise_error=False)  # already reported: no second log line
+    assert done == [1, 2, 3, 4]
+
+    late = BackgroundWriter()
+    late.submit(fail)
+    while not late._pending[-1].done():  # the failure, unreported yet
+        time.sleep(0.01)
     with pytest.raises(CheckpointError, match="disk full"):  # reported by the next submit
-        writer.submit(done.append, 4)
+        late.submit(done.append, 7)
+    late2 = BackgroundWriter()
+    late2.submit(fail)
+    with caplog.at_level(logging.WARNING, logger="minbert"):
+        late2.wait(raise_error=False)  # on the way out of another error: logged, not raised
+    assert [r.getMessage() for r in caplog.records] == ["a checkpoint write failed: disk full"]
+    assert done == [1, 2, 3, 4]
 
     lin = torch.nn.Linear(2, 1)
     weights = host_snapshot(lin.state_dict())  # an OrderedDict of the live parameters

@@ -4,6 +4,7 @@ train.eval_every)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -131,16 +132,24 @@ def test_resume_phase_restores_counters_optimizer_schedule_streams_and_rng(tiny_
     assert [r["step"] for r in records(run_dir)] == [1, 2, 3]
 
 
-def test_epoch_end_phase_keeps_the_best_and_stops_early(tiny_encoder, data_dir, tmp_path):
+def test_epoch_end_phase_keeps_the_best_and_stops_early(tiny_encoder, data_dir, tmp_path, monkeypatch):
+    import minbert.training.trainer as trainer_module
     from minbert.io import load_weights
+    from minbert.runs import last_checkpoint
     from minbert.training.checkpoint import load_train_state
     from minbert.training.trainer import Trainer
 
-    calls = []
+    write = trainer_module.write_checkpoint
+    monkeypatch.setattr(trainer_module, "write_checkpoint", lambda *a, **k: (time.sleep(0.5), write(*a, **k))[1])
+    calls, on_disk = [], []
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    t = Trainer(sst_config(tiny_encoder, early_stopping_patience=1), run_dir, data_dir,
-                on_epoch_end=lambda epoch, dev: calls.append((epoch, dev)))
+
+    def hook(epoch, dev):  # the epoch's checkpoint and best weights are on disk when the hook runs
+        calls.append((epoch, dev))
+        on_disk.append((last_checkpoint(run_dir), (run_dir / "checkpoints" / "best" / "model.safetensors").exists()))
+
+    t = Trainer(sst_config(tiny_encoder, early_stopping_patience=1), run_dir, data_dir, on_epoch_end=hook)
     t.setup()
     assert t.epoch_end(0) is False  # the first score is the best so far
     assert (t.state.epoch, t.state.best_epoch, t.state.bad_epochs) == (1, 1, 0)
@@ -149,6 +158,7 @@ def test_epoch_end_phase_keeps_the_best_and_stops_early(tiny_encoder, data_dir, 
     t.metrics.close()
     t.writer.wait()  # the checkpoints are written in the background
     assert [c[0] for c in calls] == [1, 2] and calls[0][1] == calls[1][1]
+    assert on_disk == [(run_dir / "checkpoints" / "step-00000000", True)] * 2
     assert t.state.best == calls[0][1]["overall"]
     _, meta = load_weights(run_dir / "checkpoints" / "best" / "model.safetensors")
     assert meta["epoch"] == 1

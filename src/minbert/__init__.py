@@ -31,7 +31,7 @@ _LAZY = {
     "BertModel": ("minbert.model.bert", "BertModel"),
     "Predictor": ("minbert.inference.predictor", "Predictor"),
     "load": ("minbert.inference.predictor", "load"),
-    "Run": ("minbert.training.trainer", "Run"),
+    "Run": ("minbert.runs", "Run"),
     "train": ("minbert.training.trainer", "train"),
 }
 
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from .errors import MinbertError
     from .inference.predictor import Predictor, load
     from .model.bert import BertConfig, BertModel
-    from .training.trainer import Run, train
+    from .runs import Run
+    from .training.trainer import train
 
 
 def __getattr__(name: str) -> Any:

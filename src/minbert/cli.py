@@ -32,7 +32,7 @@ from .cli_inference import cmd_ensemble, cmd_evaluate, cmd_predict
 from .errors import ConfigError, MinbertError, TrainingInterrupted
 
 if TYPE_CHECKING:
-    from .training.trainer import Run
+    from .runs import Run
 
 log = logging.getLogger("minbert")
 

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +43,15 @@ CONFIG_FILE = "config.yaml"
 TRAIN_STATE = "train_state.pt"
 CHECKPOINT_FILES = ("model.safetensors", TRAIN_STATE)
 ENCODER_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class Run:
+    """What :func:`minbert.training.trainer.train` returns: the run folder and its summary (also
+    in ``summary.json``)."""
+
+    run_dir: Path
+    summary: dict
 
 
 def last_checkpoint(run_dir: Path, check_files: bool = True) -> Path | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import pickle
 import random
@@ -29,6 +30,8 @@ import torch
 from ..errors import CheckpointError
 from ..io import atomic_write_bytes, atomic_write_json, os_reason, save_weights
 from ..runs import CHECKPOINT_FILES, TRAIN_STATE, last_checkpoint
+
+log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"step-(\d+)")
 _PLAIN = (str, int, float, bool, type(None))
@@ -77,7 +80,9 @@ class BackgroundWriter:
     after submission: pass :func:`host_snapshot` copies.
 
     A failed write raises its error (e.g. :class:`CheckpointError`) in the training thread, at
-    the next :meth:`submit` or :meth:`wait`."""
+    the next :meth:`submit` or :meth:`wait`, and every later write is dropped unrun: a checkpoint
+    queued behind failed best weights would otherwise name a best epoch whose weights are not on
+    disk. A writer that failed stays failed (each later call raises the same error)."""
 
     def __init__(self, max_pending: int = 2):
         from concurrent.futures import ThreadPoolExecutor
@@ -85,20 +90,46 @@ class BackgroundWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minbert-writer")
         self._pending: list = []
         self.max_pending = max_pending
+        self.error: BaseException | None = None  # the first failed write's error (set by the thread)
+        self._reported = False  # the error was raised in the caller
+
+    def _run(self, fn: Callable[..., Any], args: tuple) -> None:
+        if self.error is not None:
+            return  # behind a failed write: dropped
+        try:
+            fn(*args)
+        except BaseException as e:
+            self.error = e
+            raise
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)``; first re-raise the error of a finished write, if any."""
-        for f in [f for f in self._pending if f.done()]:
-            self._pending.remove(f)
-            f.result()
-        while len(self._pending) >= self.max_pending:
-            self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(fn, *args))
+        """Queue ``fn(*args)``; first re-raise the error of a failed write, if any."""
+        self._settle(lambda: len(self._pending) >= self.max_pending)
+        self._pending.append(self._pool.submit(self._run, fn, args))
 
-    def wait(self) -> None:
-        """Block until every queued write is on disk; raises the first failed write's error."""
-        while self._pending:
-            self._pending.pop(0).result()
+    def wait(self, raise_error: bool = True) -> None:
+        """Block until every queued write is on disk (or dropped behind a failed one). Raises the
+        first failed write's error, unless ``raise_error`` is False (on the way out of another
+        error, which then stays the one the caller sees; the write error is logged)."""
+        reported = self._reported
+        try:
+            self._settle(lambda: bool(self._pending))
+        except Exception as e:
+            if raise_error:
+                raise
+            if not reported:
+                log.warning("a checkpoint write failed: %s", e)
+
+    def _settle(self, blocked: Callable[[], bool]) -> None:
+        """Wait for the oldest write while ``blocked()``, drop finished ones, raise a failure. A
+        job leaves the queue only once it is done, so an interrupted wait loses none."""
+        while blocked():
+            self._pending[0].exception()  # blocks; KeyboardInterrupt leaves the job queued
+            self._pending.pop(0)
+        self._pending = [f for f in self._pending if not f.done()]
+        if self.error is not None:
+            self._reported = True
+            raise self.error
 
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:

@@ -20,7 +20,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from ..inference.evaluate import write_run_predictions
 from ..inference.model_card import write_model_card
 from ..io import atomic_write_json
 from ..model.multitask import step_pack_plan
-from ..runs import CONFIG_FILE, check_file_weights, last_checkpoint
+from ..runs import CONFIG_FILE, Run, check_file_weights, last_checkpoint
 from ..tasks.splits import load_splits
 from .checkpoint import BackgroundWriter, host_snapshot, load_train_state, rng_state, set_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
@@ -63,14 +62,6 @@ from .tracking import check_mlflow_store, require_trackers
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Run:
-    """What :func:`train` returns: the run folder and its summary (also in ``summary.json``)."""
-
-    run_dir: Path
-    summary: dict
-
-
 def train(
     cfg: Config | str | Path,
     run_dir: str | Path | None = None,
@@ -94,7 +85,8 @@ def train(
         overwrite: replace an existing run in ``run_dir``.
         t_start: wall-clock start for ``summary.json``'s ``wall_s`` (default: now).
         on_epoch_end: called as ``f(epoch, dev)`` after each epoch's dev evaluation (``dev`` the
-            flat metrics); an exception it raises ends training (``minbert tune`` prunes so).
+            flat metrics), once its checkpoint and best weights are on disk; an exception it raises
+            ends training (``minbert tune`` prunes so).
         allow_data_change: with ``resume``, continue on data files whose SHA-256 differs from the
             run's record (else :class:`minbert.errors.DataChangedError`).
 
@@ -151,7 +143,7 @@ class Trainer:
         progress: show a progress bar.
         t_start: wall-clock start (``time.time()``) for ``summary.json``'s ``wall_s``.
         ctx: this process's place in a torchrun job (default: one process).
-        on_epoch_end: called as ``f(epoch, dev)`` after each epoch end's checkpoint.
+        on_epoch_end: called as ``f(epoch, dev)`` once each epoch end's checkpoint is on disk.
 
     Raises:
         ConfigError: an invalid config.
@@ -293,13 +285,16 @@ class Trainer:
                 self._end_epoch_training()
                 if self.epoch_end(epoch):
                     break  # early stopping
-        except NonFiniteLossError as e:  # name the last good checkpoint once the earlier ones are on disk
-            self.writer.wait()
-            raise NonFiniteLossError(f"{e}; last good checkpoint: {last_checkpoint(self.run_dir) or 'none'}") from None
+        except BaseException as e:  # the earlier checkpoints on disk; this error stays the one raised
+            self.writer.wait(raise_error=False)
+            if isinstance(e, NonFiniteLossError):
+                last = last_checkpoint(self.run_dir) or "none"
+                raise NonFiniteLossError(f"{e}; last good checkpoint: {last}") from None
+            raise
         finally:
             self.interrupt.restore()
             self.metrics.close()
-            self.writer.wait()  # every checkpoint on disk
+        self.writer.wait()  # every checkpoint on disk
         if self.interrupt.signum is not None:  # during the last epoch's evaluation: its checkpoint is written
             raise interrupted(self.run_dir, self.interrupt.signum, saved=True)
 
@@ -439,6 +434,7 @@ class Trainer:
         st.epoch, st.micro = epoch + 1, 0
         self.save_checkpoint()
         if self.on_epoch_end is not None:
+            self.writer.wait()  # the hook may read this epoch's checkpoint and best weights
             self.on_epoch_end(epoch + 1, flat)
         if tc.early_stopping_patience is not None and st.bad_epochs >= tc.early_stopping_patience:
             log.info("early stopping: no overall-dev improvement for %d epoch(s)", st.bad_epochs)
