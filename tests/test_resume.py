@@ -320,22 +320,31 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(monkeypatch, tmp_pa
 def test_a_failed_best_write_drops_the_checkpoint_queued_behind_it(
     monkeypatch, tmp_path, tiny_encoder, data_dir, capsys
 ):
-    import minbert.training.evaluation as evaluation_module
+    import errno
+
+    import minbert.training.checkpoint as checkpoint_module
+
+    write = checkpoint_module.save_weights
 
     def full_disk(path, *args, **kwargs):  # the epoch-end best weights fail, after a while
+        if Path(path).parent.name != "best":
+            return write(path, *args, **kwargs)
         time.sleep(0.5)
-        raise CheckpointError(f"{path}: No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(evaluation_module, "save_weights", full_disk)
+    monkeypatch.setattr(checkpoint_module, "save_weights", full_disk)
     run = tmp_path / "run"
     assert main(_small_args(tiny_encoder, data_dir, run)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {run / 'checkpoints' / 'best' / 'model.safetensors'}: No space left on device"]
+    best = run / "checkpoints" / "best" / "model.safetensors"
+    assert len(err) == 1 and err[0].startswith(f"error: {best}: cannot write the best weights: No space left"), err
+    assert err[0].endswith(f"the last checkpoint (step-00000002) is intact; then resume with: "
+                           f"minbert train --resume {run}")
     time.sleep(1.0)  # nothing is still being written after main returned
     folder = last_checkpoint(run)  # step 2's (checkpoint_every=2), not the epoch end's, which names best weights
     assert folder.name == "step-00000002"
     assert load_train_state(folder)["loop"]["best_epoch"] is None
-    assert not (run / "checkpoints" / "best").exists()
+    assert not best.exists()
 
 
 def test_nonfinite_loss_skip_continues_and_logs(monkeypatch, tmp_path, tiny_encoder, data_dir, capsys, caplog):

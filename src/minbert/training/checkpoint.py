@@ -114,8 +114,8 @@ class BackgroundWriter:
         reported = self._reported
         try:
             self._settle(lambda: bool(self._pending))
-        except Exception as e:
-            if raise_error:
+        except BaseException as e:
+            if raise_error or e is not self.error:  # (a KeyboardInterrupt while waiting goes on)
                 raise
             if not reported:
                 log.warning("a checkpoint write failed: %s", e)
@@ -128,8 +128,31 @@ class BackgroundWriter:
             self._pending.pop(0)
         self._pending = [f for f in self._pending if not f.done()]
         if self.error is not None:
+            if self._reported:  # raised again: without the earlier raises' frames
+                raise self.error.with_traceback(None)
             self._reported = True
             raise self.error
+
+
+def _kept(run_dir: Path) -> str:
+    """What a failed write leaves to resume from, for its error message."""
+    prev = last_checkpoint(run_dir, check_files=False)
+    if prev is None:
+        return "the run has no earlier checkpoint"
+    return f"the last checkpoint ({prev.name}) is intact; then resume with: minbert train --resume {run_dir}"
+
+
+def save_best_weights(run_dir: Path, model_state: dict, metadata: dict) -> None:
+    """Write ``checkpoints/best/model.safetensors`` atomically (the previous best stays on failure).
+
+    Raises:
+        CheckpointError: the file cannot be written (disk full, no permission, ...), naming it.
+    """
+    path = Path(run_dir) / "checkpoints" / "best" / "model.safetensors"
+    try:
+        save_weights(path, model_state, metadata)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write the best weights: {os_reason(e)}; {_kept(run_dir)}") from None
 
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:
@@ -155,12 +178,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, train_state: di
         atomic_write_bytes(folder / TRAIN_STATE, buf.getvalue())
         atomic_write_json(ckpt_root / "last.json", {"dir": folder.name, "step": step})
     except OSError as e:
-        prev = last_checkpoint(run_dir, check_files=False)
-        keep_msg = (
-            f"the last checkpoint ({prev.name}) is intact; then resume with: minbert train --resume {run_dir}"
-            if prev is not None else "the run has no earlier checkpoint"
-        )
-        raise CheckpointError(f"{folder}: cannot write the checkpoint: {os_reason(e)}; {keep_msg}") from None
+        raise CheckpointError(f"{folder}: cannot write the checkpoint: {os_reason(e)}; {_kept(run_dir)}") from None
     steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
     for old in steps[:-keep]:
         if old != folder:

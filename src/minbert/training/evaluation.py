@@ -15,7 +15,7 @@ from ..inference.evaluate import EvalResult, evaluate
 from ..io import save_weights
 from ..model.multitask import MultitaskModel
 from ..tasks.base import Task
-from .checkpoint import BackgroundWriter, host_snapshot
+from .checkpoint import BackgroundWriter, host_snapshot, save_best_weights
 from .reporting import MetricsLog, format_metrics
 from .state import LoopState, track_best
 
@@ -81,13 +81,12 @@ class DevEvaluator:
         if track_best(state, flat["overall"], epoch):
             self.best_result = result
             if self.ctx.is_main:
-                path = self.run_dir / "checkpoints" / "best" / "model.safetensors"
                 meta = {"epoch": epoch, "step": state.step, "dev": dict(flat)}
-                args = (path, host_snapshot(self.model.state_dict()), meta)
+                args = (self.run_dir, host_snapshot(self.model.state_dict()), meta)
                 if self.writer is not None:
-                    self.writer.submit(save_weights, *args)
+                    self.writer.submit(save_best_weights, *args)
                 else:
-                    save_weights(*args)
+                    save_best_weights(*args)
         return flat
 
     def average(self, best: float | None) -> dict | None:

@@ -285,7 +285,9 @@ class Trainer:
                 self._end_epoch_training()
                 if self.epoch_end(epoch):
                     break  # early stopping
+            self.writer.wait()  # every checkpoint on disk (a signal meanwhile is handled below)
         except BaseException as e:  # the earlier checkpoints on disk; this error stays the one raised
+            self.interrupt.restore()  # a further signal stops at once, even while the disk is slow
             self.writer.wait(raise_error=False)
             if isinstance(e, NonFiniteLossError):
                 last = last_checkpoint(self.run_dir) or "none"
@@ -294,7 +296,6 @@ class Trainer:
         finally:
             self.interrupt.restore()
             self.metrics.close()
-        self.writer.wait()  # every checkpoint on disk
         if self.interrupt.signum is not None:  # during the last epoch's evaluation: its checkpoint is written
             raise interrupted(self.run_dir, self.interrupt.signum, saved=True)
 
