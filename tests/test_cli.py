@@ -311,7 +311,7 @@ MISTAKES = {
         "unknown task 'nli'",
     ),
     "predict empty text": (lambda run, tmp, enc, data: ["predict", str(run), "--task=sst", "--text", "  "], "empty"),
-    "negative seed": (_new_run("--train.seed=-1"), "train.seed must be >= 0"),
+    "negative seed": (_new_run("--train.seed=-1"), "train.seed must be in 0..2**32 - 1"),
     "zero max_steps": (_new_run("--train.max_steps=0"), "train.max_steps must be >= 1"),
     "tune no trials": (
         lambda run, tmp, enc, data: ["tune", "--study-dir", str(tmp / "s"), "--trials", "0"], "--trials must be >= 1"

@@ -260,6 +260,28 @@ def test_invalid_yaml_names_line(tmp_path):
     assert str(path) in str(ei.value) and "line" in str(ei.value) and "YAML" in str(ei.value)
 
 
+def test_a_task_override_without_a_tasks_section_keeps_the_built_in_three(tmp_path):
+    got = load_config(None, ["tasks.sst.batch_size=8"])
+    assert {n: t.batch_size for n, t in got.tasks.items()} == {"sst": 8, "qqp": 32, "sts": 32}
+    path = write(tmp_path, "optim:\n  lr: 2.0e-5\n")
+    got = load_config(path, ["tasks.qqp.weight=0.5"])
+    assert list(got.tasks) == ["sst", "qqp", "sts"] and got.tasks["qqp"].weight == 0.5
+    # a tasks section in the file is what the run trains: an override changes one of its tasks
+    path = write(tmp_path, "tasks:\n  sst: {batch_size: 4}\n")
+    assert {n: t.batch_size for n, t in load_config(path, ["tasks.sst.batch_size=8"]).tasks.items()} == {"sst": 8}
+
+
+def test_unreadable_config_files_give_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: \xff\xfe bad\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8 text \(byte 6: invalid start byte\)$"):
+        load_config(bad)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: not a config: nested too deeply$"):
+        load_config(deep)
+
+
 def test_non_mapping_file(tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
@@ -321,7 +343,10 @@ def test_on_off_values_survive_yaml_booleans():
 TRAINING_RULES = {
     "epochs": (["train.epochs=0"], "train.epochs and train.grad_accum must be >= 1"),
     "grad_accum": (["train.grad_accum=0"], "train.epochs and train.grad_accum must be >= 1"),
-    "seed": (["train.seed=-1"], "train.seed must be >= 0, got -1"),
+    "seed": (["train.seed=-1"], "train.seed must be in 0..2**32 - 1 (numpy's seed range), got -1"),
+    "seed range": (
+        ["train.seed=4294967296"], "train.seed must be in 0..2**32 - 1 (numpy's seed range), got 4294967296"
+    ),
     "max_steps": (["train.max_steps=0"], "train.max_steps must be >= 1 (or null), got 0"),
     "eval_every": (
         ["train.eval_every=-1"],
@@ -354,7 +379,7 @@ def test_training_rules_hold_for_configs_built_in_code():
         from_dict({"tasks": {}})
     with pytest.raises(ConfigError, match="^tasks: at least one task is needed$"):
         validate(replace(Config(), tasks={}))
-    with pytest.raises(ConfigError, match=r"^train.seed must be >= 0, got -3$"):
+    with pytest.raises(ConfigError, match=r"^train.seed must be in 0\.\.2\*\*32 - 1 \(numpy's seed range\), got -3$"):
         validate(replace(Config(), train=replace(Config().train, seed=-3)))
     edge = load_config(None, ["train.eval_every=1", "model.max_length=3", "train.freeze_layers=-1",
                               "train.max_steps=1"])

@@ -316,6 +316,38 @@ def test_config_rejects_hidden_not_divisible_by_heads():
     assert BertConfig(hidden_size=32, num_attention_heads=4).hidden_size == 32
 
 
+@pytest.mark.parametrize("key, value, reason", [
+    ("hidden_size", -12, "hidden_size must be an integer >= 1, got -12"),
+    ("vocab_size", 0, "vocab_size must be an integer >= 1, got 0"),
+    ("num_attention_heads", 0, "num_attention_heads must be an integer >= 1, got 0"),
+    ("num_hidden_layers", True, "num_hidden_layers must be an integer >= 1, got True"),
+    ("intermediate_size", 37.5, "intermediate_size must be an integer >= 1, got 37.5"),
+    ("layer_norm_eps", "x", "layer_norm_eps must be a number > 0, got 'x'"),
+    ("layer_norm_eps", 0, "layer_norm_eps must be a number > 0, got 0"),
+    ("hidden_dropout_prob", 1.0, "hidden_dropout_prob must be a number in [0, 1), got 1.0"),
+    ("attention_probs_dropout_prob", None, "attention_probs_dropout_prob must be a number in [0, 1), got None"),
+    ("pad_token_id", 99999, "pad_token_id 99999 is not below vocab_size"),
+    ("hidden_act", "relu", "hidden_act 'relu' is not supported"),
+])
+def test_an_encoder_config_json_the_encoder_cannot_build_is_one_error_naming_the_file(
+    tiny_encoder, tmp_path, key, value, reason
+):
+    import json
+    import shutil
+
+    folder = tmp_path / "enc"
+    shutil.copytree(tiny_encoder, folder)
+    raw = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**raw, key: value}))
+    with pytest.raises(CheckpointError) as e:
+        BertModel.from_pretrained(folder)
+    assert str(e.value).startswith(f"{folder / 'config.json'}: {reason}")
+    nan = {**raw, "initializer_range": float("nan")}
+    (folder / "config.json").write_text(json.dumps(nan))
+    with pytest.raises(CheckpointError, match="initializer_range must be a number >= 0, got nan"):
+        BertConfig.from_json_file(folder / "config.json")
+
+
 def test_fused_qkv_gives_the_same_outputs(tiny_encoder):
     """BertSelfAttention.fuse_qkv (inference): one Linear(H, 3H) instead of q, k, v."""
     from minbert.model.bert import BertSelfAttention

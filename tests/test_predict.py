@@ -168,6 +168,7 @@ def test_cli_batch_prediction_reports_and_skips_bad_rows(run, predictor, tmp_pat
         '{"id": "c", "sentence1": "How do I cook rice?", "sentence2": 7}',
         "{broken",
         '{"sentence1": "same", "sentence2": "same"}',
+        '{"id": "d", "sentence1": "x", "sentence2": ' + "[" * 100_000 + "]" * 100_000 + "}",
     ]
     src.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out.csv"
@@ -176,10 +177,10 @@ def test_cli_batch_prediction_reports_and_skips_bad_rows(run, predictor, tmp_pat
     ]) == 0
     for line, reason in (
         (2, "missing text in column 'sentence2'"), (3, "expected a JSON object, got list"),
-        (4, "'sentence2' is not a string"), (5, "not valid JSON"),
+        (4, "'sentence2' is not a string"), (5, "not valid JSON"), (7, "JSON nested too deeply"),
     ):
         assert f"skipped {src}:{line}: {reason}" in caplog.text
-    assert f"{src}: 6 data lines: 2 kept, 4 bad" in caplog.text
+    assert f"{src}: 7 data lines: 2 kept, 5 bad" in caplog.text
     assert "predict sts:   0%|          | 0/2 [" in capsys.readouterr().err  # the progress bar, over the 2 rows
     lines = out.read_text().splitlines()
     want = predictor.similarity([PAIRS[0], ("same", "same")])

@@ -392,6 +392,11 @@ OS_ERRORS = {
                                      "--output", str(tmp), "--no-progress"],
         lambda tmp: f"error: --output {tmp}: is a folder; give a file name",
     ),
+    "predict output is the input": (
+        lambda run, tmp, enc, data: ["predict", str(run), "--task", "sst", "--input", str(_sentences(tmp)),
+                                     "--output", f"{tmp}/./in.csv", "--no-progress"],
+        lambda tmp: f"error: --output {tmp}/./in.csv: is the --input file; give another file name",
+    ),
 }
 
 

@@ -108,6 +108,16 @@ def test_malformed_input_is_422_with_a_message(client, path, body, where):
     assert isinstance(detail, list) and detail[0]["loc"] == where and detail[0]["msg"]
 
 
+def test_a_422_answer_echoes_a_small_input_but_not_a_large_one(predictor):
+    with TestClient(create_app(predictor)) as client:  # the default limits
+        small = client.post("/v1/similarity", json={"texts": ["a", "b"]})
+        assert small.status_code == 422 and small.json()["detail"][0]["input"] == {"texts": ["a", "b"]}
+        big = client.post("/v1/similarity", json={"texts": ["x" * 1000] * 200})  # 200 kB under the wrong key
+        detail = big.json()["detail"]
+    assert big.status_code == 422 and detail[0]["loc"] == ["body", "pairs"] and "input" not in detail[0]
+    assert len(big.content) < 1000
+
+
 def test_non_json_body_is_422(client):
     r = client.post("/v1/sentiment", content=b"not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"

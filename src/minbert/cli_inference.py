@@ -152,6 +152,8 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError("give exactly one of --text or --input")
     if args.output and Path(args.output).is_dir():
         raise ConfigError(f"--output {args.output}: is a folder; give a file name")
+    if args.output and args.input and Path(args.output).resolve() == Path(args.input).resolve():
+        raise ConfigError(f"--output {args.output}: is the --input file; give another file name")
     pred = load(args.run_dir, device=args.device, batch_size=args.batch_size, quantize=args.quantize)
     task = pred.task(args.task)  # an unknown task, or one the model lacks: ConfigError
     if args.text is not None:

@@ -85,10 +85,18 @@ def from_dict(raw: dict) -> Config:
     (a bool): it is read as ``report_to: [tensorboard]`` (true) or ``[none]`` (false).
     """
     raw = _legacy_tensorboard(raw or {})
-    if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict) and "tasks" not in raw:
-        # no `tasks` section: the built-in three and every custom task train
-        raw = {**raw, "tasks": {**{k: {} for k in _default_tasks()}, **{str(k): {} for k in raw["custom_tasks"]}}}
+    if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict):
+        raw = _with_task_section(raw)
     return validate(build_value(Config, raw, ""))
+
+
+def _with_task_section(raw: dict) -> dict:
+    """``raw`` with its ``tasks`` section, or, with none, the built-in three and every custom task."""
+    if "tasks" in raw:
+        return raw
+    custom = raw.get("custom_tasks")
+    return {**raw, "tasks": {**{k: {} for k in _default_tasks()},
+                             **({str(k): {} for k in custom} if isinstance(custom, dict) else {})}}
 
 
 def _legacy_tensorboard(raw: dict, replaces: bool = False) -> dict:
@@ -192,9 +200,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if path is not None:
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a config: nested too deeply") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f"line {mark.line + 1}: " if mark else ""
@@ -207,6 +219,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         # override of either key applies on top of it (the later one wins)
         raw = _legacy_tensorboard(raw)
         for item in overrides:
+            if item.startswith("tasks."):  # --tasks.sst.x=1 changes one task of the section, default or not
+                raw = _with_task_section(raw)
             raw = _legacy_tensorboard(apply_overrides(raw, [item]), replaces=True)
         return from_dict(raw)
     except ConfigError as e:
@@ -258,8 +272,8 @@ def validate_training(cfg: Config) -> Config:
         raise ConfigError("tasks: at least one task is needed")
     if tc.epochs < 1 or tc.grad_accum < 1:
         raise ConfigError("train.epochs and train.grad_accum must be >= 1")
-    if tc.seed < 0:
-        raise ConfigError(f"train.seed must be >= 0, got {tc.seed}")
+    if not 0 <= tc.seed < 2**32:
+        raise ConfigError(f"train.seed must be in 0..2**32 - 1 (numpy's seed range), got {tc.seed}")
     if tc.max_steps is not None and tc.max_steps < 1:
         raise ConfigError(f"train.max_steps must be >= 1 (or null), got {tc.max_steps}")
     if tc.eval_every < 0:
@@ -389,3 +403,44 @@ def use_flat_sync(tc: TrainConfig, world_size: int, graphs: bool) -> bool:
     """Resolve ``train.grad_sync`` for a torchrun job (``world_size`` > 1): one all-reduce of the
     flat gradient buffer (``flat``, and ``auto`` with CUDA graphs) instead of DDP. False in one process."""
     return world_size > 1 and (tc.grad_sync == "flat" or (tc.grad_sync == "auto" and graphs))
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# an encoder's config.json (model.bert.BertConfig): (what a value must be, the test it passes)
+_ENCODER_NUMBERS = {
+    **{k: ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1) for k in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "max_position_embeddings", "type_vocab_size")},
+    "pad_token_id": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
+    "hidden_dropout_prob": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "attention_probs_dropout_prob": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "initializer_range": ("a number >= 0", lambda v: v >= 0),
+    "layer_norm_eps": ("a number > 0", lambda v: v > 0),
+}
+
+
+def check_encoder_config(c: Any) -> None:
+    """The values of a :class:`minbert.model.bert.BertConfig` (a Hugging Face ``config.json``)
+    that this encoder can build. NaN fails every range.
+
+    Raises:
+        ConfigError: a value of the wrong type or out of range, ``hidden_size`` not a multiple of
+            ``num_attention_heads``, ``pad_token_id`` >= ``vocab_size``, an unsupported
+            ``hidden_act``, ``position_embedding_type`` or ``attn_implementation``.
+    """
+    for name, (what, ok) in _ENCODER_NUMBERS.items():
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not ok(v):
+            raise ConfigError(f"{name} must be {what}, got {v!r}")
+    if c.hidden_size % c.num_attention_heads:
+        raise ConfigError(
+            f"hidden_size {c.hidden_size} is not a multiple of num_attention_heads {c.num_attention_heads}"
+        )
+    if c.pad_token_id >= c.vocab_size:
+        raise ConfigError(f"pad_token_id {c.pad_token_id} is not below vocab_size {c.vocab_size}")
+    if c.hidden_act != "gelu":
+        raise ConfigError(f"hidden_act {c.hidden_act!r} is not supported (only 'gelu', exact erf)")
+    if c.position_embedding_type != "absolute":
+        raise ConfigError(f"position_embedding_type {c.position_embedding_type!r} is not supported (only 'absolute')")
+    if c.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"attn_implementation {c.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}")

@@ -173,6 +173,9 @@ def _jsonl_rows(path: Path) -> Iterator[_Item]:
         except json.JSONDecodeError as e:
             yield n, None, f"not valid JSON ({e.msg})"
             continue
+        except RecursionError:
+            yield n, None, "JSON nested too deeply"
+            continue
         if not isinstance(obj, dict):
             yield n, None, f"expected a JSON object, got {type(obj).__name__}"
             continue

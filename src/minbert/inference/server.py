@@ -143,17 +143,20 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+MAX_ECHO_BYTES = 1000  # the most of a bad request's input a 422 answer echoes, per entry
+
+
 def _utf8_safe(error: dict) -> dict:
     """One pydantic error less the entries (e.g. ``input``) that cannot be written as UTF-8 JSON:
     text with a lone surrogate, and NaN or infinite numbers (Python's JSON parser reads ``NaN``,
-    ``Infinity`` and ``1e999``; strict JSON cannot write them back)."""
+    ``Infinity`` and ``1e999``; strict JSON cannot write them back), and those longer than
+    ``MAX_ECHO_BYTES`` (a large bad body would otherwise come back whole, held twice in memory)."""
 
     def ok(value: object) -> bool:
         try:
-            json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            return len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")) <= MAX_ECHO_BYTES
         except (UnicodeEncodeError, TypeError, ValueError):
             return False
-        return True
 
     return {k: v for k, v in error.items() if ok(v)}
 

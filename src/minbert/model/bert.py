@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .packing import PackedBatch, segment_ids
 
 log = logging.getLogger(__name__)
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 DEFAULT_ENCODER = "default"
 
 
@@ -66,28 +66,16 @@ class BertConfig:
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"hidden_size {self.hidden_size} is not a multiple of "
-                f"num_attention_heads {self.num_attention_heads}"
-            )
-        if self.hidden_act != "gelu":
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported (only 'gelu', exact erf)")
-        if self.position_embedding_type != "absolute":
-            raise ConfigError(
-                f"position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')"
-            )
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ConfigError(
-                f"attn_implementation {self.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}"
-            )
+        check_encoder_config(self)  # raises ConfigError
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides) -> BertConfig:
         """Read a Hugging Face ``config.json``; keys this encoder does not use are ignored.
 
         Raises:
-            CheckpointError: the file is missing or not JSON, or is not a BERT config.
+            CheckpointError: the file is missing or not JSON, is not a BERT config, or holds a value
+                this encoder cannot build (see :func:`minbert.config.check_encoder_config`).
+            ConfigError: ``overrides`` this encoder cannot build.
         """
         path = Path(path)
         try:
@@ -101,8 +89,11 @@ class BertConfig:
             raise CheckpointError(f"{path}: model_type is {model_type!r}, only 'bert' is supported")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in names and k != "attn_implementation"}
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        try:
+            cls(**kwargs)  # the file's own values
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        return cls(**{**kwargs, **overrides})  # the run's overrides: ConfigError
 
     def to_hf_dict(self) -> dict:
         """The config as Hugging Face writes it in ``config.json``."""
