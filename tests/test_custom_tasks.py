@@ -132,6 +132,26 @@ def test_bad_rows_are_reported_with_file_line_and_reason(task_dir, caplog):
     assert test.labels is None and len(test) == 8 and test.texts[0][0] == pair_rows(8, 3)[0][1]
 
 
+def test_json_values_of_the_wrong_kind_are_named_in_the_bad_row_reason(task_dir, tmp_path):
+    task = build_custom_task("para", from_dict({"custom_tasks": {"para": definition(task_dir)}}).custom_tasks["para"])
+    path = tmp_path / "kinds.jsonl"
+    rows = [
+        {"uid": "a", "first": "x", "second": "y", "verdict": "same"},
+        {"uid": "b", "first": "x", "second": "y", "verdict": True},
+        {"uid": ["c"], "first": "x", "second": "y", "verdict": "same"},
+        {"uid": "d", "first": "x", "second": "y", "verdict": {"v": 1}},
+        {"uid": "e", "first": "x", "second": "y"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = task.read(path, "dev")
+    assert got.ids == ["a"] and [str(b) for b in got.bad_rows] == [
+        f"{path}:2: label in column 'verdict' is a JSON boolean, not a string or number",
+        f"{path}:3: id in column 'uid' is a JSON array, not a string or number",
+        f"{path}:4: label in column 'verdict' is a JSON object, not a string or number",
+        f"{path}:5: missing label in column 'verdict'",
+    ]
+
+
 def test_regression_task_reads_a_range(tmp_path):
     (tmp_path / "r.jsonl").write_text(
         '{"t": "a", "y": 0.5}\n{"t": "b", "y": 3}\n{"t": "c", "y": 1.5}\n{"t": 7, "y": 1}\n'

@@ -378,6 +378,29 @@ def test_predict_input_without_a_usable_row_is_one_line_exit_2(run, tmp_path, ca
     ]
 
 
+def test_predict_input_that_is_a_folder_is_one_line_exit_2(run, tmp_path, capsys):
+    folder = tmp_path / "dd.csv"
+    folder.mkdir()
+    code = main(["predict", str(run.run_dir), "--task=sst", f"--input={folder}", "--device=cpu", "--no-progress"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {folder}: is a folder, not a file"]
+
+
+def test_a_run_without_best_weights_predicts_from_its_last_checkpoint_and_says_so(run, tmp_path, caplog):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir, copy)
+    shutil.rmtree(copy / "checkpoints" / "best")
+    src = tmp_path / "in.csv"
+    src.write_text("id,sentence\nr1,a fine film\n")
+    with caplog.at_level(logging.WARNING, logger="minbert"):
+        rows = predict_file(copy, "sst", src, tmp_path / "out.csv")
+    assert [r[0] for r in rows[1:]] == ["r1"]
+    last = json.loads((copy / "checkpoints" / "last.json").read_text())["dir"]
+    assert f"{copy}: no best weights (checkpoints/best); using the last checkpoint, {last}" in caplog.text
+
+
 def test_training_predicts_every_test_id_even_with_empty_text(tiny_encoder, data_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -85,18 +85,10 @@ def from_dict(raw: dict) -> Config:
     (a bool): it is read as ``report_to: [tensorboard]`` (true) or ``[none]`` (false).
     """
     raw = _legacy_tensorboard(raw or {})
-    if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict):
-        raw = _with_task_section(raw)
+    if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict) and "tasks" not in raw:
+        # no `tasks` section: the built-in three and every custom task train
+        raw = {**raw, "tasks": {**{k: {} for k in _default_tasks()}, **{str(k): {} for k in raw["custom_tasks"]}}}
     return validate(build_value(Config, raw, ""))
-
-
-def _with_task_section(raw: dict) -> dict:
-    """``raw`` with its ``tasks`` section, or, with none, the built-in three and every custom task."""
-    if "tasks" in raw:
-        return raw
-    custom = raw.get("custom_tasks")
-    return {**raw, "tasks": {**{k: {} for k in _default_tasks()},
-                             **({str(k): {} for k in custom} if isinstance(custom, dict) else {})}}
 
 
 def _legacy_tensorboard(raw: dict, replaces: bool = False) -> dict:
@@ -219,8 +211,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         # override of either key applies on top of it (the later one wins)
         raw = _legacy_tensorboard(raw)
         for item in overrides:
-            if item.startswith("tasks."):  # --tasks.sst.x=1 changes one task of the section, default or not
-                raw = _with_task_section(raw)
             raw = _legacy_tensorboard(apply_overrides(raw, [item]), replaces=True)
         return from_dict(raw)
     except ConfigError as e:

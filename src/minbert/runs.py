@@ -104,6 +104,7 @@ def best_or_last_weights(run_dir: Path) -> Path:
     last = last_checkpoint(run_dir)
     if last is None:
         raise CheckpointError(f"{run_dir}: the run has no checkpoint yet")
+    log.warning("%s: no best weights (checkpoints/best); using the last checkpoint, %s", run_dir, last.name)
     return last / "model.safetensors"
 
 

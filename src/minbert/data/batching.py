@@ -200,7 +200,7 @@ def read_sst_phrases(path: str | os.PathLike, strict: bool = False, exclude: set
     skipped (``strict``: raise DataError)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
     seen: set[str] = set(exclude)
     ids, texts, labels, bad = [], [], [], []
     with open(path, encoding="utf-8") as fh:

@@ -218,6 +218,8 @@ def _parse_row(row: dict, line: int, spec: _Spec) -> tuple[str, tuple[str, ...],
     rid = str(line)
     if id_column and not (spec.id_optional and get(id_column) is None):
         rid = _as_text(get(id_column))
+        if rid is None and get(id_column) is not None:
+            raise _Bad(f"id in column {id_column!r} is a JSON {_json_kind(get(id_column))}, not a string or number")
         if rid is None or not rid.strip():
             raise _Bad(f"{'missing' if get(id_column) is None else 'empty'} id in column {id_column!r}")
         rid = rid.strip()
@@ -239,6 +241,8 @@ def _parse_row(row: dict, line: int, spec: _Spec) -> tuple[str, tuple[str, ...],
     c = spec.label_column
     if c:
         raw = _as_text(get(c))
+        if raw is None and get(c) is not None:
+            raise _Bad(f"label in column {c!r} is a JSON {_json_kind(get(c))}, not a string or number")
         if raw is None or not raw.strip():
             raise _Bad(f"missing label in column {c!r}")
         raw = raw.strip()
@@ -247,6 +251,12 @@ def _parse_row(row: dict, line: int, spec: _Spec) -> tuple[str, tuple[str, ...],
         except ValueError as e:
             raise _Bad(f"bad label {raw!r} in column {c!r}: {e}") from None
     return rid, tuple(texts), label
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of a parsed value's type (true/false: boolean)."""
+    kinds = ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string"), (int | float, "number"))
+    return next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
 
 
 def _log_summary(path: Path, data_lines: int, kept: int, bad: list[BadRow], blank: int, empty_text: int) -> None:
@@ -302,7 +312,7 @@ def read_records(
     path = Path(path)
     kind = detect_format(path, fmt)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     fallbacks = dict(text_fallbacks or {})
