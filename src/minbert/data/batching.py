@@ -192,6 +192,12 @@ def _parse_tree(line: str) -> list[tuple[int, str]]:
     return found
 
 
+def require_file(path: Path) -> None:
+    """Raises DataError: ``path`` is not a file (``file not found``, or ``is a folder, not a file``)."""
+    if not path.is_file():
+        raise DataError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+
+
 def read_sst_phrases(path: str | os.PathLike, strict: bool = False, exclude: set[str] = frozenset()) -> RawSplit:
     """Every labelled phrase of a Stanford Sentiment Treebank tree file (one tree per line;
     Socher et al. 2013) as extra SST training rows: distinct phrases, each with the label of its
@@ -199,8 +205,7 @@ def read_sst_phrases(path: str | os.PathLike, strict: bool = False, exclude: set
     left out. Ids are ``phrase-<line>-<n>``. Malformed trees are reported with file and line and
     skipped (``strict``: raise DataError)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+    require_file(path)
     seen: set[str] = set(exclude)
     ids, texts, labels, bad = [], [], [], []
     with open(path, encoding="utf-8") as fh:

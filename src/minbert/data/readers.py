@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .batching import BadRow, RawSplit
+from .batching import BadRow, RawSplit, require_file
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +217,7 @@ def _parse_row(row: dict, line: int, spec: _Spec) -> tuple[str, tuple[str, ...],
     id_column = spec.id_column
     rid = str(line)
     if id_column and not (spec.id_optional and get(id_column) is None):
-        rid = _as_text(get(id_column))
-        if rid is None and get(id_column) is not None:
-            raise _Bad(f"id in column {id_column!r} is a JSON {_json_kind(get(id_column))}, not a string or number")
-        if rid is None or not rid.strip():
-            raise _Bad(f"{'missing' if get(id_column) is None else 'empty'} id in column {id_column!r}")
-        rid = rid.strip()
+        rid = _field_text(get(id_column), "id", id_column, empty="empty")
     texts = []
     for c in spec.text_columns:
         t = get(c)
@@ -240,17 +235,27 @@ def _parse_row(row: dict, line: int, spec: _Spec) -> tuple[str, tuple[str, ...],
     label = None
     c = spec.label_column
     if c:
-        raw = _as_text(get(c))
-        if raw is None and get(c) is not None:
-            raise _Bad(f"label in column {c!r} is a JSON {_json_kind(get(c))}, not a string or number")
-        if raw is None or not raw.strip():
-            raise _Bad(f"missing label in column {c!r}")
-        raw = raw.strip()
+        raw = _field_text(get(c), "label", c, empty="missing")
         try:
             label = spec.parse_label(raw)
         except ValueError as e:
             raise _Bad(f"bad label {raw!r} in column {c!r}: {e}") from None
     return rid, tuple(texts), label
+
+
+def _field_text(value: object, what: str, column: str, empty: str) -> str:
+    """A row's id or label (``what``) as stripped text.
+
+    Raises:
+        _Bad: ``missing <what>`` (absent or null), ``<empty> <what>`` (blank), or a JSON value
+            that is neither a string nor a number.
+    """
+    text = _as_text(value)
+    if text is None and value is not None:
+        raise _Bad(f"{what} in column {column!r} is a JSON {_json_kind(value)}, not a string or number")
+    if text is None or not text.strip():
+        raise _Bad(f"{'missing' if value is None else empty} {what} in column {column!r}")
+    return text.strip()
 
 
 def _json_kind(value: object) -> str:
@@ -311,8 +316,7 @@ def read_records(
     """
     path = Path(path)
     kind = detect_format(path, fmt)
-    if not path.is_file():
-        raise DataError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+    require_file(path)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     fallbacks = dict(text_fallbacks or {})

@@ -146,7 +146,7 @@ class BodyLimit:
 MAX_ECHO_BYTES = 1000  # the most of a bad request's input a 422 answer echoes, per entry
 
 
-def _utf8_safe(error: dict) -> dict:
+def _echo_safe(error: dict) -> dict:
     """One pydantic error less the entries (e.g. ``input``) that cannot be written as UTF-8 JSON:
     text with a lone surrogate, and NaN or infinite numbers (Python's JSON parser reads ``NaN``,
     ``Infinity`` and ``1e999``; strict JSON cannot write them back), and those longer than
@@ -238,7 +238,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's 422 answer, without the entries that cannot be encoded (a text with a lone
         surrogate echoed as ``input`` would make writing the answer fail with a 500)."""
-        return JSONResponse({"detail": [_utf8_safe(e) for e in jsonable_encoder(exc.errors())]}, status_code=422)
+        return JSONResponse({"detail": [_echo_safe(e) for e in jsonable_encoder(exc.errors())]}, status_code=422)
 
 
 def _add_routes(app: FastAPI, predictor: Predictor, batcher: MicroBatcher, max_items: int, max_chars: int) -> None:
