@@ -132,6 +132,39 @@ def test_graph_replay_gives_eager_gradients(tiny_encoder, data_dir):
 
 
 @cuda
+def test_direct_graphs_leave_eager_gradients_where_they_write_them(tiny_encoder, data_dir):
+    """direct=True: one batch per optimizer step; the graphs share one memory pool and the
+    optimizer reads each replay's own gradients. Shapes alternate (sst, sts, sst, ...), so a
+    replay runs over memory that the other graph's gradients use: each step's gradients must still
+    be its own, equal to eager backward's, with unreached parameters None."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    device = torch.device("cuda")
+    model, step, batches = _model_and_batches(tiny_encoder, data_dir, device)
+    named = list(model.named_parameters())
+    graphs = GraphedSteps([p for _, p in named], direct=True)
+    for rnd in range(3):  # round 0: each shape runs eagerly; then captured and replayed
+        for which in range(2):
+            for name in ("sst", "sts"):
+                b = {name: batches[name][which]}
+                want, want_losses = _eager_grads(model, step, b, device)
+                graphs.zero_grad()
+                losses = graphs.run(name, _task_step(step, name), b[name], 0.5)
+                graphs.expose_grads()
+                torch.testing.assert_close(losses, want_losses, atol=1e-5, rtol=1e-5)
+                for n, p in named:
+                    if want[n] is None:
+                        assert p.grad is None, n
+                    else:
+                        torch.testing.assert_close(p.grad, want[n], atol=1e-5, rtol=1e-4, msg=(rnd, name, n))
+                        if rnd:  # a replay: the gradient is the graph's own, not the flat buffer
+                            assert p.grad.data_ptr() != graphs.grads[[q for _, q in named].index(p)].data_ptr()
+                with pytest.raises(RuntimeError, match="one batch per optimizer step"):
+                    graphs.run(name, _task_step(step, name), b[name], 0.5)
+    assert graphs.n_graphs == 2 and graphs.n_replays == 10  # round 0 replays its second batches
+
+
+@cuda
 def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path):
     """Whole runs: same data, dropout off, fp32: graphs on and off reach the same weights."""
     from minbert.training.trainer import train

@@ -164,6 +164,8 @@ def _check_model_and_optim(cfg: Config) -> None:
             raise ConfigError(f"optim.{key} must be a number in [0, {MAX_LR:g}] (or null), got {value}")
     if not 0.0 <= cfg.optim.warmup_ratio <= 1.0:  # NaN fails both
         raise ConfigError(f"optim.warmup_ratio must be in [0, 1], got {cfg.optim.warmup_ratio}")
+    if cfg.optim.fused == "on" and cfg.optim.name == "lion":
+        raise ConfigError("optim.fused=on: lion has no fused kernel (use optim.fused=auto or off)")
 
 
 def _check_report_to(names: tuple[str, ...]) -> None:
@@ -364,6 +366,12 @@ def use_packing(cfg: Config, device_type: str, amp: bool) -> tuple[bool, str | N
     if mode == "auto" and blockers:
         return False, (f"model.packing auto: off (needs {', '.join(blockers)})" if device_type == "cuda" else None)
     return mode != "off", None
+
+
+def use_fused_optimizer(oc: OptimConfig, device_type: str) -> bool:
+    """Whether the AdamW update runs as torch's fused kernel: ``optim.fused`` on, or auto on a CUDA
+    device; never for lion (which has none)."""
+    return oc.name != "lion" and (oc.fused == "on" or (oc.fused == "auto" and device_type == "cuda"))
 
 
 def use_cuda_graphs(tc: TrainConfig, device_type: str, world_size: int, compiled: bool) -> bool:

@@ -233,6 +233,10 @@ class OptimConfig:
         default=1.0, metadata={"help": "lr x decay^(L + 1 - depth) per encoder layer (1.0: off)"}
     )
     head_lr: float | None = field(default=None, metadata={"help": "lr of the task heads (null: optim.lr)"})
+    fused: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={"help": "adamw, torch_adamw: each update as torch's fused AdamW kernel (auto: on CUDA)"},
+    )
 
 
 @dataclass(frozen=True)

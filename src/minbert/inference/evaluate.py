@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from ..model.multitask import step_pack_plan
 from ..progress import progress_bar, tqdm
 from ..tasks import metrics as M
 from ..tasks.base import Task
+from .graphs import EVAL_PAD_MULTIPLE, EVAL_SMALLEST_BUCKET
 
 
 @dataclass
@@ -104,15 +106,23 @@ def _predict_batches(
     model.eval()
     order, chunks = [], []
     pack = getattr(model, "pack_eval", False)  # packed as in training (model.packing), plan made on the host
+    graphs = getattr(model, "eval_graphs", None) if pack and device.type == "cuda" else None
     for index in batches:
-        host = task.collate(split, index, pad_id)
-        batch = move(host, device)
-        with autocast_context(device, amp):
-            if pack:
-                plan = tuple(to_device(t, device) for t in step_pack_plan({task.name: host}, 1, 1))
-                out = model.forward_step({task.name: batch}, plan)[task.name]
-            else:
-                out = model(task.name, batch)
+        if graphs is not None:  # few shapes: rows padded to a multiple, packs rounded to a bucket
+            host = task.collate(split, index, pad_id, EVAL_PAD_MULTIPLE)
+            buckets = (EVAL_SMALLEST_BUCKET, model.encoder.config.max_position_embeddings)
+            inputs = {k: v for k, v in host.items() if isinstance(v, torch.Tensor) and k != "labels"}
+            inputs["pack_index"], inputs["cu_seqlens"] = step_pack_plan({task.name: host}, *buckets)
+            out = graphs(task.name, partial(_packed_forward, model, task.name, device, amp), inputs)
+        else:
+            host = task.collate(split, index, pad_id)
+            batch = move(host, device)
+            with autocast_context(device, amp):
+                if pack:
+                    plan = tuple(to_device(t, device) for t in step_pack_plan({task.name: host}, 1, 1))
+                    out = model.forward_step({task.name: batch}, plan)[task.name]
+                else:
+                    out = model(task.name, batch)
         chunks.append(out.float())
         order.append(index)
         bar.update(1)
@@ -127,6 +137,17 @@ def _predict_batches(
     if len(index):
         raw = raw[torch.from_numpy(np.argsort(index, kind="stable"))]
     return raw
+
+
+def _packed_forward(
+    model: torch.nn.Module, name: str, device: torch.device, amp: bool, inputs: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Task ``name``'s packed forward on device ``inputs``: the batch's tensors plus its plan
+    (``pack_index``, ``cu_seqlens``). Returns its raw output, float32 (what a graph replays)."""
+    batch = {k: v for k, v in inputs.items() if k not in ("pack_index", "cu_seqlens")}
+    with autocast_context(device, amp):
+        out = model.forward_step({name: batch}, (inputs["pack_index"], inputs["cu_seqlens"]))[name]
+    return out.float()
 
 
 def evaluate(

@@ -35,6 +35,8 @@ class MultitaskModel(nn.Module):
         self.input_kinds = dict(input_kinds)
         # evaluation (predict_split) packs each batch as training does (model.packing)
         self.pack_eval = False
+        # with pack_eval on CUDA: a minbert.inference.graphs.GraphedForward that replays it (None: op by op)
+        self.eval_graphs = None
         # learned per-task log-variances s_t for uncertainty weighting (Kendall et al. 2018)
         self.loss_log_vars = (
             nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in heads}) if uncertainty else None

@@ -21,6 +21,13 @@ Graphs replay fixed shapes into fixed memory, so:
   the step reached get ``p.grad = None`` for the optimizer, as in eager training, so their
   optimizer state does not move (:meth:`GraphedSteps.expose_grads`).
 
+With ``direct`` (one graph per optimizer step: packed steps without gradient accumulation or the
+flat all-reduce) nothing accumulates: a graph's backward writes fresh gradients into its own
+memory, and the optimizer reads them there. That saves zeroing the flat buffer and adding into
+it, two passes over every gradient per step. The graphs then share one memory pool, which is
+safe because a replay's gradients and value are used up (optimizer step, copy) before the next
+replay, and the inputs live outside the pool.
+
 Dropout inside a graph draws fresh random numbers at every replay (PyTorch registers the CUDA
 generator with the graph). Capturing consumes random numbers, so a run with graphs is
 reproducible run to run but not bit-identical to one without, and a resumed run is not
@@ -52,6 +59,7 @@ class _Graph(NamedTuple):
     scale: torch.Tensor  # () float32: the loss multiplier (1 / accumulation steps)
     value: torch.Tensor  # the static output the graph writes
     touched: frozenset[int]  # indices of the parameters that get a gradient
+    grads: list[torch.Tensor | None] | None  # direct: where the graph writes each gradient
 
 
 class GraphedSteps:
@@ -67,13 +75,18 @@ class GraphedSteps:
         warmup: eager iterations on a side stream before a capture (PyTorch's rule for capture).
         capture: False never captures: every batch runs eagerly into the flat buffers (any
             device; the flat gradient all-reduce without graphs, ``train.grad_sync=flat``).
+        direct: a graph's gradients stay where its backward writes them (see the module
+            docstring); then :meth:`run` may be called once per optimizer step.
 
     Raises:
         ValueError: no parameters; parameters on several devices or of several dtypes; with
             ``capture``, a parameter not on a CUDA device.
     """
 
-    def __init__(self, params: list[nn.Parameter], capture_after: int = 1, warmup: int = 2, capture: bool = True):
+    def __init__(
+        self, params: list[nn.Parameter], capture_after: int = 1, warmup: int = 2, capture: bool = True,
+        direct: bool = False,
+    ):
         if not params:
             raise ValueError("GraphedSteps needs trainable parameters")
         if capture and any(p.device.type != "cuda" for p in params):
@@ -83,7 +96,10 @@ class GraphedSteps:
         self.params = list(params)
         self.device = self.params[0].device
         self.capture_after, self.warmup = capture_after, warmup
-        self.capture = capture
+        self.capture, self.direct = capture, direct
+        self.pool = torch.cuda.graph_pool_handle() if capture and direct else None
+        self._step_grads: list[torch.Tensor | None] | None = None  # direct: the replayed graph's gradients
+        self._step_runs = 0
         # (P,) the flat gradient buffer; self.grads[i] is parameter i's slice, shaped like it
         self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype, device=self.device)
         offsets = torch.tensor([0] + [p.numel() for p in self.params]).cumsum(0).tolist()
@@ -111,15 +127,20 @@ class GraphedSteps:
                 "eager": self.n_eager}
 
     def zero_grad(self) -> None:
-        """Zero every gradient buffer (one kernel on the flat buffer) and attach them as ``p.grad``."""
-        self.flat.zero_()
+        """Zero every gradient buffer (one kernel on the flat buffer; direct: when a step runs
+        eagerly) and attach them as ``p.grad``."""
+        if not self.direct:
+            self.flat.zero_()
         self._attach()
         self._step_touched = set()
+        self._step_grads, self._step_runs = None, 0
 
     def expose_grads(self) -> None:
-        """Before the optimizer: ``p.grad`` is the buffer for parameters that this step's batches
-        reached, ``None`` for the others (e.g. the heads of tasks not in the step)."""
-        for i, (p, g) in enumerate(zip(self.params, self.grads, strict=True)):
+        """Before the optimizer: ``p.grad`` is the gradient for parameters that this step's
+        batches reached (its buffer, or direct, where the replayed graph wrote it), ``None`` for
+        the others (e.g. the heads of tasks not in the step)."""
+        grads = self._step_grads if self._step_grads is not None else self.grads
+        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
             p.grad = g if i in self._step_touched else None
 
     def run(self, key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
@@ -127,6 +148,10 @@ class GraphedSteps:
         ``scale`` x the gradient of its loss into the buffers. Returns ``fn``'s value (a new
         tensor on the device). ``key`` names ``fn``: batches with the same key, input names,
         shapes and dtypes share a graph."""
+        if self.direct:
+            if self._step_runs:
+                raise RuntimeError("GraphedSteps(direct=True) runs one batch per optimizer step")
+            self._step_runs = 1
         full_key = (key, tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items()))
         graph = self._graphs.get(full_key)
         if graph is None:
@@ -142,10 +167,13 @@ class GraphedSteps:
         graph.scale.fill_(scale)
         graph.graph.replay()
         self._step_touched |= graph.touched
+        self._step_grads = graph.grads
         self.n_replays += 1
         return graph.value.clone()
 
     def _eager(self, full_key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        if self.direct:  # the step's only batch: it alone fills the buffers
+            self.flat.zero_()
         for p in self.params:
             p.grad = None  # which parameters this fn reaches is read off the fresh gradients
         inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
@@ -190,13 +218,17 @@ class GraphedSteps:
                 (loss * scale).backward()
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._attach()
+        if self.direct:  # the backward in the graph writes fresh gradients, in the shared pool
+            for p in self.params:
+                p.grad = None
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self.pool):
             loss, value = fn(static)
             (loss * scale).backward()
+        grads = [p.grad for p in self.params] if self.direct else None
         self.flat.copy_(saved)
         self._attach()
-        g = _Graph(graph, static, scale, value.detach(), self._touched_by_key[full_key])
+        g = _Graph(graph, static, scale, value.detach(), self._touched_by_key[full_key], grads)
         self._graphs[full_key] = g
         log.debug("captured CUDA graph %d for %s", len(self._graphs), full_key)
         return g

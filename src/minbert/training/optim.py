@@ -7,7 +7,13 @@
       m^_t = m_t / (1 - b1^t)                    v^_t = v_t / (1 - b2^t)
       theta_t = theta_{t-1} - lr * wd * theta_{t-1} - lr * m^_t / (sqrt(v^_t) + eps)
 
-* ``torch.optim.AdamW`` (fused on CUDA), name ``torch_adamw``.
+  With ``fused`` (``optim.fused``) each group's update is one call of torch's fused
+  multi-tensor AdamW kernel (``torch._fused_adamw_``, the kernel behind
+  ``torch.optim.AdamW(fused=True)``): the same equations in one pass over parameter, gradient and
+  moments instead of eight, with v^ written as v / (sqrt(1 - b2^t))^2, so the results agree up
+  to float rounding (tests/test_optim.py).
+
+* ``torch.optim.AdamW`` (fused per ``optim.fused``), name ``torch_adamw``.
 * Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms") from the
   ``lion-pytorch`` package. Lion's update has unit size per coordinate, so the paper advises an
   lr 3-10x smaller than AdamW's and a weight decay 3-10x larger (same lr * wd product).
@@ -21,7 +27,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ..config import OptimConfig
+from ..config import OptimConfig, use_fused_optimizer
 from ..errors import ConfigError
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
@@ -84,7 +90,9 @@ def param_groups(
 
 class AdamW(torch.optim.Optimizer):
     """AdamW from its update equations (see the module docstring). Per-parameter state:
-    ``step`` (int), ``exp_avg`` and ``exp_avg_sq`` (same shape and dtype as the parameter)."""
+    ``step`` (int), ``exp_avg`` and ``exp_avg_sq`` (same shape and dtype as the parameter).
+    ``fused``: each update through torch's fused AdamW kernel (float parameters, on a device that
+    has the kernel: CUDA or CPU); the state is the same, so a checkpoint resumes either way."""
 
     def __init__(
         self,
@@ -93,10 +101,12 @@ class AdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.0,
+        fused: bool = False,
     ):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
             raise ConfigError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.fused = fused
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -122,6 +132,9 @@ class AdamW(torch.optim.Optimizer):
                 state["step"] += 1
             m = [self.state[p]["exp_avg"] for p in params]
             v = [self.state[p]["exp_avg_sq"] for p in params]
+            if self.fused:
+                _fused_update(params, grads, m, v, [self.state[p]["step"] for p in params], group)
+                continue
             torch._foreach_lerp_(m, grads, 1 - b1)  # m = b1 m + (1 - b1) g
             torch._foreach_mul_(v, b2)
             torch._foreach_addcmul_(v, grads, grads, value=1 - b2)  # v = b2 v + (1 - b2) g^2
@@ -142,17 +155,38 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
 
+def _fused_update(
+    params: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
+    steps: list[int], group: dict,
+) -> None:
+    """One AdamW update of a group's ``params`` (their step counts ``steps`` already advanced) by
+    torch's fused kernel, one call per distinct step count t: it reads t from a 0-d float32
+    tensor on the parameters' device and applies decoupled weight decay, as our equations do."""
+    (b1, b2), by_t = group["betas"], {}
+    for i, t in enumerate(steps):
+        by_t.setdefault(t, []).append(i)
+    for t, idx in by_t.items():
+        step = torch.full((), float(t), dtype=torch.float32, device=params[idx[0]].device)
+        torch._fused_adamw_(
+            [params[i] for i in idx], [grads[i] for i in idx], [m[i] for i in idx], [v[i] for i in idx], [],
+            [step] * len(idx), lr=group["lr"], beta1=b1, beta2=b2, weight_decay=group["weight_decay"],
+            eps=group["eps"], amsgrad=False, maximize=False,
+        )
+
+
 def build_optimizer(cfg: OptimConfig, params: Iterable, device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.name`` (a :class:`minbert.config.OptimConfig`).
+    """The optimizer named by ``cfg.name`` (a :class:`minbert.config.OptimConfig`) for parameters
+    on ``device``; the AdamWs fused as :func:`minbert.config.use_fused_optimizer` says.
 
     Raises:
         ConfigError: an unknown name or invalid hyperparameters.
     """
+    fused = use_fused_optimizer(cfg, device.type)
     if cfg.name == "adamw":
-        return AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "torch_adamw":
         return torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused
         )
     if cfg.name == "lion":
         from lion_pytorch import Lion

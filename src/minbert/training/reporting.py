@@ -230,7 +230,8 @@ def run_summary(
     ``dev_limits`` (``{task: rows}`` for tasks scored on a seeded sample of their dev set; empty
     when every dev set was scored whole) and the ``config``. ``throughput`` holds ``train_samples``,
     ``train_s``, ``epoch_train_s`` (seconds per epoch, a resumed run's from the resume on),
-    ``processes``, ``cuda_graphs``, ``grad_sync`` and ``graphs`` (:meth:`GraphedSteps.stats`, or None)."""
+    ``processes``, ``cuda_graphs``, ``grad_sync``, ``graphs`` (:meth:`GraphedSteps.stats`, or None)
+    and ``eval_graphs`` (the dev evaluation's :meth:`GraphedForward.stats`, or None)."""
     flat = final.flat()
     samples_per_s = round(throughput["train_samples"] / max(throughput["train_s"], 1e-9), 1)
     return {
@@ -243,7 +244,8 @@ def run_summary(
             "train_samples": throughput["train_samples"],
             "train_s": throughput["train_s"],
             "samples_per_s": samples_per_s,
-            **{k: throughput.get(k) for k in ("epoch_train_s", "processes", "cuda_graphs", "grad_sync", "graphs")},
+            **{k: throughput.get(k) for k in ("epoch_train_s", "processes", "cuda_graphs", "grad_sync", "graphs",
+                                            "eval_graphs")},
         },
         "epochs_run": epochs_run,
         "steps": steps,

@@ -308,14 +308,19 @@ def build_optimizer_step(
     """The step of a run: a :class:`TrainStep` over ``model``'s trainable parameters; under
     torchrun either wrapped by DDP or (``rt.flat_sync``) with rank 0's weights broadcast, as
     DDP's constructor would, for the flat gradient sync; with the fixed gradient buffers of
-    :class:`GraphedSteps` for CUDA graphs or the flat sync."""
+    :class:`GraphedSteps` for CUDA graphs or the flat sync (``direct`` when each optimizer step is
+    one packed graph)."""
     params = [p for p in model.parameters() if p.requires_grad]
     step_fn: nn.Module = TrainStep(model, tasks, weights, device, rt.amp, tc)
     if rt.flat_sync:
         broadcast_tensors(list(model.state_dict().values()), ctx)
     elif ctx.enabled:
         step_fn = _wrap_ddp(step_fn, tc, device)
-    graphs = GraphedSteps(params, capture=rt.cuda_graphs) if (rt.cuda_graphs or rt.flat_sync) and params else None
+    # one graph per optimizer step (packed, no accumulation, no flat sync): gradients stay where it writes them
+    direct = rt.cuda_graphs and bool(rt.pack_multiple) and tc.grad_accum == 1 and not rt.flat_sync
+    graphs = None
+    if (rt.cuda_graphs or rt.flat_sync) and params:
+        graphs = GraphedSteps(params, capture=rt.cuda_graphs, direct=direct)
     return OptimizerStep(
         step_fn, params, optimizer, scheduler, device, ctx,
         max_grad_norm=tc.max_grad_norm, pcgrad=tc.pcgrad, seed=tc.seed, graphs=graphs, flat_sync=rt.flat_sync,

@@ -30,6 +30,7 @@ from ..data.batching import resolve_data_dir
 from ..distributed import DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, shard
 from ..errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
 from ..inference.evaluate import write_run_predictions
+from ..inference.graphs import GraphedForward
 from ..inference.model_card import write_model_card
 from ..io import atomic_write_json
 from ..model.multitask import step_pack_plan
@@ -185,6 +186,7 @@ class Trainer:
         self.model, self.tokenizer, encoder_src, table = setup_model(
             cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
         self.model.pack_eval = bool(self.rt.pack_multiple)  # dev evaluation packs as training does
+        self.model.eval_graphs = GraphedForward(self.device) if self.rt.cuda_graphs and self.rt.pack_multiple else None
         self.tasks = {name: table[name] for name in cfg.tasks}
         self.data = load_splits(cfg, self.data_dir, self.tokenizer, table, progress=self.progress)
         self.pad_id, self.weights = self.tokenizer.pad_token_id, {n: cfg.tasks[n].weight for n in cfg.tasks}
@@ -481,7 +483,8 @@ class Trainer:
         grad_sync = ("flat" if rt.flat_sync else "ddp") if ctx.enabled else None
         graphs = self.stepper.graphs
         throughput = {**self.throughput, "processes": ctx.world_size, "cuda_graphs": rt.cuda_graphs,
-                      "grad_sync": grad_sync, "graphs": graphs.stats() if graphs is not None else None}
+                      "grad_sync": grad_sync, "graphs": graphs.stats() if graphs is not None else None,
+                      "eval_graphs": self.model.eval_graphs and self.model.eval_graphs.stats()}
         summary = run_summary(
             self.cfg, self.tasks, final, best_epoch=st.best_epoch, average=average, throughput=throughput,
             epochs_run=len(st.history), steps=st.step, wall_s=round(time.time() - self.t_start, 2),

@@ -1,0 +1,59 @@
+"""On a GPU: dev evaluation replayed as CUDA graphs (minbert.inference.graphs) gives the outputs
+of the same packed evaluation run op by op, and follows in-place weight updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minbert.config import load_config
+from minbert.data.tokenizer import Tokenizer
+from minbert.inference.evaluate import predict_split
+from minbert.inference.graphs import GraphedForward
+from minbert.model.multitask import build_model
+from minbert.tasks.splits import load_splits
+from minbert.tasks.table import task_table
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("attn,amp", [("eager", False), ("sdpa", True)])
+def test_graphed_evaluation_equals_op_by_op(tiny_encoder, data_dir, attn, amp):
+    limits = [f"tasks.{t}.{k}" for t in ("sst", "qqp", "sts") for k in ("train_limit=8", "dev_limit=300")]
+    cfg = load_config(None, [f"model.encoder={tiny_encoder}", f"model.attn_implementation={attn}", *limits])
+    tasks = task_table(cfg)
+    tok = Tokenizer(str(tiny_encoder), cfg.model.max_length)
+    dev = load_splits(cfg, data_dir, tok, tasks)["dev"]
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(cfg, str(tiny_encoder), tasks=tasks).to(device).eval()
+    model.pack_eval = True
+    graphs = GraphedForward(device)
+
+    def outputs(with_graphs: bool) -> dict:
+        model.eval_graphs = graphs if with_graphs else None
+        return {n: predict_split(model, tasks[n], s, device, 64, amp, tok.pad_token_id).outputs for n, s in dev.items()}
+
+    tol = dict(atol=3e-2, rtol=3e-2) if amp else dict(atol=1e-5, rtol=1e-5)
+    ref = outputs(False)
+    for i in range(3):  # each shape: seen once op by op, then captured and replayed
+        got = outputs(True)
+        for n in ref:
+            torch.testing.assert_close(torch.from_numpy(got[n]), torch.from_numpy(ref[n]), **tol, msg=n)
+        if i == 0:
+            first = graphs.stats()
+            n_batches = first["eager"] + first["replays"]
+    stats = graphs.stats()
+    assert stats["eager"] == first["eager"] >= 1  # no shape runs op by op after its first pass
+    assert stats["replays"] == first["replays"] + 2 * n_batches  # every batch of the later passes replays
+    assert 1 <= stats["captured"] <= first["eager"]
+
+    with torch.no_grad():  # the graphs read the weights where they are
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ref2 = outputs(False)
+    got2 = outputs(True)
+    for n in ref2:
+        assert not torch.allclose(torch.from_numpy(ref2[n]), torch.from_numpy(ref[n]), atol=1e-3)
+        torch.testing.assert_close(torch.from_numpy(got2[n]), torch.from_numpy(ref2[n]), **tol, msg=n)
+    assert graphs.stats()["eager"] == first["eager"]
