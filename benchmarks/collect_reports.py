@@ -14,6 +14,7 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     reduce-overhead peer (device-scripts/s4-call2.sh, s4-call4.sh);
                                     s5-call*: benchmarks/e2e.py, eval_throughput.py, profile_step.py
                                     profile_train.py (device-scripts/s5-call1.sh .. s5-call4.sh)
+  bench/s6/                         s6-call2: benchmarks/e2e.py (both presets), eval_throughput.py
 
     python benchmarks/collect_reports.py
 """
@@ -74,17 +75,17 @@ def packed_records() -> list[dict]:
     return out
 
 
-def e2e_runs(name: str) -> dict:
+def e2e_runs(name: str, folder: str = "packed") -> dict:
     """``{"wall_s": [per seed], "dev_overall": [per seed], ...}`` of one benchmarks/e2e.py output
-    in bench/packed/ (wall_s: process start to the final predictions), with each run's summary
+    in bench/<folder>/ (wall_s: process start to the final predictions), with each run's summary
     (train seconds per epoch, CUDA graphs captured and their capture time) when it came back."""
-    d = json.loads((BENCH / "packed" / name).read_text())
+    d = json.loads((BENCH / folder / name).read_text())
     runs = sorted(d["runs"], key=lambda r: r["seed"])
     out = {"wall_s": [r["wall_s"] for r in runs], "dev_overall": [r["dev"]["overall"] for r in runs],
-           "seeds": [r["seed"] for r in runs], "preset": d["preset"], "source": f"reports/bench/packed/{name}"}
+           "seeds": [r["seed"] for r in runs], "preset": d["preset"], "source": f"reports/bench/{folder}/{name}"}
     preset = Path(d["preset"]).stem
     prefix = name.split("e2e-")[0]  # the call's files: s5-callN-
-    summaries = [BENCH / "packed" / f"{prefix}{preset}-seed{r['seed']}-summary.json" for r in runs]
+    summaries = [BENCH / folder / f"{prefix}{preset}-seed{r['seed']}-summary.json" for r in runs]
     if all(f.is_file() for f in summaries):
         out["throughput"] = [json.loads(f.read_text())["throughput"] for f in summaries]
     return out
@@ -104,6 +105,8 @@ def packed_e2e_history() -> list[dict]:
          "evaluation plans made on the host"},
         {**e2e_runs("s5-call3-e2e-default.json"), "what": "plus token buckets by size and checkpoints written "
          "in the background"},
+        {**e2e_runs("s5-call4-e2e-default.json"), "what": "plus full weight snapshots for the background writes"},
+        {**e2e_runs("s5-call3-e2e-best.json"), "what": "configs/best.yaml at the s5-call3 step"},
     ]
 
 
@@ -150,8 +153,9 @@ def main() -> None:
         "of 16, step losses synced every 50 steps; wall time of the whole command, process start to final predictions",
         "packed": packed_e2e_history(),
     }
-    # the latest run of each preset: default after the last changes to the step (call 4), best in call 3
-    speed["e2e"] = {"default": e2e_runs("s5-call4-e2e-default.json"), "best": e2e_runs("s5-call3-e2e-best.json")}
+    # the latest run of each preset: dev evaluation as CUDA graphs, fused AdamW, one-graph steps (s6-call2)
+    speed["e2e"] = {"default": e2e_runs("s6-call2-e2e-default.json", "s6"),
+                    "best": e2e_runs("s6-call2-e2e-best.json", "s6")}
     speed["profile"] = {
         f"bert-base-b{b}": {**json.loads((BENCH / "packed" / f"s5-call1-profile-bert-base-b{b}.json").read_text())[
             "profile"], "source": f"reports/bench/packed/s5-call1-profile-bert-base-b{b}.json"}
@@ -160,9 +164,14 @@ def main() -> None:
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
                                 "source": "reports/bench/packed/s5-call4-profile-train-default.json"}
-    ev = json.loads((BENCH / "packed" / "s5-call3-eval_throughput.json").read_text())
+    ev = json.loads((BENCH / "s6" / "s6-call2-eval_throughput.json").read_text())
     speed["eval"] = {**{k: ev["eval"][k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
-                     "inputs": ev["inputs"], "source": "reports/bench/packed/s5-call3-eval_throughput.json"}
+                     "inputs": ev["inputs"], "graphs": ev["eval"]["minbert_graphs"],
+                     "source": "reports/bench/s6/s6-call2-eval_throughput.json"}
+    old = json.loads((BENCH / "packed" / "s5-call3-eval_throughput.json").read_text())["eval"]
+    speed["eval_history"] = [{**{k: old[k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
+                              "what": "packed, op by op",
+                              "source": "reports/bench/packed/s5-call3-eval_throughput.json"}]
     speed_path.write_text(json.dumps(speed, indent=2) + "\n")
 
     enc = {
