@@ -72,6 +72,24 @@ def timed(model, tasks, dev, device, amp: bool, pad_id: int, batch_size: int, re
     return times
 
 
+def profiled_pass(model, tasks, dev, device, amp: bool, pad_id: int, batch_size: int) -> dict:
+    """One pass over every dev set under ``torch.profiler``: wall ms, kernels, the top kernels and
+    the device and host busy fractions (benchmarks/profile_step.py's ``summarize``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from profile_step import summarize  # noqa: PLC0415 (a benchmark module beside this one)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for name, split in dev.items():
+            predict_split(model, tasks[name], split, device, batch_size, amp, pad_id)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - t0) * 1e6
+    return {"wall_ms": round(wall_us / 1e3, 1), **summarize(prof.events(), 1, wall_us, 12, device.type)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", required=True)
@@ -82,6 +100,7 @@ def main() -> None:
     ap.add_argument("--dev-limit", type=int, help="rows per dev set (a smoke run)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--no-graphs", action="store_true", help="minbert's evaluation op by op, without CUDA graphs")
+    ap.add_argument("--profile", action="store_true", help="then one more pass of each side under torch.profiler")
     ap.add_argument("--out")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -118,6 +137,10 @@ def main() -> None:
     result["max_abs_output_diff"] = round(max(diffs), 5)
     if ours.eval_graphs is not None:
         result["minbert_graphs"] = ours.eval_graphs.stats()
+    if args.profile:
+        for name, model in (("minbert", ours), ("peer", peer)):
+            prof = profiled_pass(model, tasks, dev, device, cuda, tok.pad_token_id, args.batch_size)
+            result[f"{name}_profile"] = prof
     emit({"machine": machine(), "inputs": n_inputs, "config": args.config, "eval": result}, args.out)
 
 
