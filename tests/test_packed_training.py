@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from minbert.config import PACK_MULTIPLE, from_dict, load_config, runtime_settings
 from minbert.errors import ConfigError
 from minbert.model.multitask import build_model, step_pack_plan
-from minbert.model.packing import pack_plan, token_bucket
+from minbert.model.packing import filler_pieces, pack_plan, plan_max_seqlen, token_bucket
 from minbert.tasks.splits import load_splits
 from minbert.tasks.table import task_table
 from minbert.training.trainer import train
@@ -31,10 +31,18 @@ def test_pack_plan_gathers_every_real_token_once(lengths, extra, mult):
     index, cu = pack_plan(mask, mult)
     n = sum(lengths)
     N = index.shape[0]
-    assert N % mult == 0 and n + 1 <= N <= n + mult  # a filler of 1..mult tokens
+    k = cu.shape[0] - B - 1  # the filler's pieces
+    assert k == filler_pieces(mult, T) >= 1
+    assert N % mult == 0 and n + k <= N <= n + k + mult - 1  # a filler of k..k + mult - 1 tokens
     want = [r * T + c for r in range(B) for c in range(lengths[r])]
     assert index[:n].tolist() == want and (index[n:] == B * T).all()
-    assert cu.dtype == torch.int32 and cu.tolist() == [sum(lengths[:i]) for i in range(B + 1)] + [N]
+    assert cu.dtype == torch.int32 and cu.tolist()[: B + 1] == [sum(lengths[:i]) for i in range(B + 1)]
+    pieces = torch.diff(cu[B:]).tolist()
+    assert sum(pieces) == N - n and min(pieces) >= 1
+    # no sequence is longer than the kernels' max_seqlen, and the filler gets the fewest pieces
+    # for that: with k - 1 pieces, the longest filler (mult + k - 2 tokens) would not fit
+    assert max(lengths + pieces) <= plan_max_seqlen(T) == max(T, 2)
+    assert k == 1 or -(-(mult + k - 2) // (k - 1)) > plan_max_seqlen(T)
     with pytest.raises(ValueError, match="multiple_of 0"):
         pack_plan(mask, 0)
 
@@ -132,7 +140,10 @@ def test_one_packed_pass_gives_the_padded_outputs_and_gradients(setup, tiny_enco
         if pack:
             plan = step_pack_plan(batches, pack, 512)
             rows = sum(b["input_ids"].shape[0] * (2 if "input_ids_b" in b else 1) for b in batches.values())
-            assert plan[1].shape == (rows + 2,) and plan[0].shape[0] % pack == 0
+            T = batches[tasks[0]]["input_ids"].shape[1]
+            pieces = plan[1][rows + 1 :] - plan[1][rows:-1]  # the filler's, none longer than a row
+            assert pieces.numel() >= 1 and 1 <= int(pieces.min()) and int(pieces.max()) <= T
+            assert plan[0].shape[0] % pack == 0
             outs = model.forward_step(batches, plan)
         else:
             outs = {t: model(t, b) for t, b in batches.items()}

@@ -530,3 +530,20 @@ def test_background_writer_keeps_order_bounds_its_queue_and_reraises_in_the_call
     state["opt"][0].add_(1)
     state["opt"][1]["step"] = 4
     assert snap["w"].tolist() == [1.0, 1.0] and snap["opt"][0].item() == 0 and snap["opt"][1]["step"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_host_snapshot_of_gpu_tensors_is_a_finished_pinned_copy():
+    """GPU tensors are copied without blocking into pinned memory and the snapshot waits once:
+    every copy holds the values the tensors had when it was taken, including a non-contiguous
+    view, however the originals change afterwards on the GPU."""
+    from minbert.training.checkpoint import host_snapshot
+
+    big = torch.arange(4_000_000, dtype=torch.float32, device="cuda")
+    state = {"big": big, "t": big[:6].view(2, 3).t(), "step": torch.tensor(7, device="cuda"), "n": 3}
+    want = {k: v.cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    snap = host_snapshot(state)
+    big.mul_(-1)  # queued after the copies: must not reach them
+    for k, v in want.items():
+        assert snap[k].device.type == "cpu" and snap[k].is_pinned() and torch.equal(snap[k], v), k
+    assert snap["n"] == 3

@@ -19,8 +19,8 @@ e2e() {
     --keep /tmp/e2e-$preset --out $R/e2e-$preset$SUFFIX.json -- --data-dir $DATA --model.encoder=$ENC "$@" \
     2> $R/e2e-$preset$SUFFIX.log >/dev/null
   mark e2e-$preset$SUFFIX $?
-  for s in 0 1; do cp /tmp/e2e-$preset/$run-seed$s/summary.json $R/$preset-seed$s-summary.json 2>/dev/null; done
-  cp /tmp/e2e-$preset/$run-seed0/train.log $R/$preset-seed0-train.log 2>/dev/null
+  for s in 0 1; do cp /tmp/e2e-$preset/$run-seed$s/summary.json $R/$preset$SUFFIX-seed$s-summary.json 2>/dev/null; done
+  cp /tmp/e2e-$preset/$run-seed0/train.log $R/$preset$SUFFIX-seed0-train.log 2>/dev/null
 }
 # eval_tp: benchmarks/eval_throughput.py with configs/default.yaml's heads
 eval_tp() {

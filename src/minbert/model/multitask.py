@@ -11,7 +11,7 @@ from torch import nn
 
 from .bert import BertConfig, BertModel
 from .heads import Encoded
-from .packing import PackedBatch, pack_plan, token_bucket
+from .packing import PackedBatch, pack_plan, plan_max_seqlen, token_bucket
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -63,9 +63,9 @@ class MultitaskModel(nn.Module):
         def gather(t: torch.Tensor) -> torch.Tensor:  # (B, T) -> (N,); the filler reads a spare 0
             return torch.cat([t.reshape(-1), t.new_zeros(1)])[pack_index]
 
-        # the longest sequence: a row (T) or the filler, at most the bucket of N (step_pack_plan)
-        max_seqlen = max(T, token_bucket(pack_index.shape[0], 1, self.encoder.config.max_position_embeddings))
-        packed = PackedBatch(gather(input_ids), gather(token_type_ids), gather(positions), cu_seqlens, max_seqlen, B)
+        # the longest sequence: a row (T) or a piece of the filler, no longer (pack_plan)
+        packed = PackedBatch(gather(input_ids), gather(token_type_ids), gather(positions), cu_seqlens,
+                             plan_max_seqlen(T), B)
         out = self.encoder.forward_packed(packed)
         x = out.last_hidden_state  # (N, H)
         h = x.new_zeros(B * T + 1, x.shape[-1]).index_put((pack_index,), x)  # the filler lands in the spare row
@@ -117,11 +117,12 @@ def encoder_rows(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 def step_pack_plan(batches: Mapping[str, dict], smallest: int, largest: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The packed layout of one step (``model.packing``): :func:`minbert.model.packing.pack_plan`
     of every task's encoder rows stacked in ``batches``' order, as :meth:`MultitaskModel.forward_step`
-    stacks them. Returns ``pack_index`` (N,) int64 and ``cu_seqlens`` (rows + 2,) int32, N the
-    step's n real tokens plus a filler, rounded up to a multiple of
+    stacks them. Returns ``pack_index`` (N,) int64 and ``cu_seqlens`` (rows + 1 + k,) int32 (k the
+    filler's pieces, :func:`minbert.model.packing.filler_pieces`), N the step's n real tokens plus
+    the filler, rounded up to a multiple of
     ``token_bucket(n + 1, smallest, largest)``: the step's shape is one of a few buckets, whatever
-    the mix of its tasks' lengths. ``smallest`` <= T and ``largest`` = the encoder's
-    ``max_position_embeddings``, as :meth:`MultitaskModel.encode` assumes.
+    the mix of its tasks' lengths (``smallest`` and ``largest`` bound the bucket; callers pass the
+    encoder's ``max_position_embeddings`` as ``largest``).
 
     Raises:
         ValueError: see ``pack_plan`` (rows not right-padded or empty).

@@ -6,10 +6,10 @@ Sec. 3; ``cu_seqlens`` as in its ``flash_attn_varlen_func``): every matmul of th
 the N real tokens instead of B x T padded ones, and attention keeps each sequence to itself
 through the offsets ``cu_seqlens``. :meth:`minbert.model.bert.BertModel.forward_packed` reads it.
 
-A packed batch may end with one filler sequence of padding tokens, so that N is a multiple of a
-bucket size: batches then come in a few shapes, which CUDA graphs and compiled kernels need.
-The filler is a sequence of its own (it attends only to itself) and ``num_real`` says where the
-real sequences end.
+A packed batch may end with filler tokens (padding), so that N is a multiple of a bucket size:
+batches then come in a few shapes, which CUDA graphs and compiled kernels need. The filler is one
+sequence of its own (:func:`pack`) or a few (:func:`pack_plan`, which keeps each piece no longer
+than a row); it attends only to itself, and ``num_real`` says where the real sequences end.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 
 class PackedBatch(NamedTuple):
-    """S sequences (the real ones, then at most one filler) packed into N tokens.
+    """S sequences (the real ones, then the filler's) packed into N tokens.
 
     input_ids:      (N,) int64, the tokens of sequence i at ``cu_seqlens[i]:cu_seqlens[i + 1]``.
     token_type_ids: (N,) int64.
@@ -150,14 +150,31 @@ def token_bucket(n: int, smallest: int, largest: int) -> int:
     return min(largest, max(smallest, (1 << (max(n, 1).bit_length() - 1)) // 8))
 
 
+def plan_max_seqlen(T: int) -> int:
+    """The longest sequence of a :func:`pack_plan` over rows of T tokens: a row, or a piece of
+    the filler (at most ``max(T, 2)`` tokens). The kernels' ``max_seqlen``: FlashAttention sizes
+    its grid by it, one block of queries (128 rows) per started 128 tokens, per sequence and head."""
+    return max(T, 2)
+
+
+def filler_pieces(multiple_of: int, T: int) -> int:
+    """How many sequences :func:`pack_plan`'s filler is cut into: the fewest k for which a filler
+    of k..``multiple_of + k - 1`` tokens, cut into k near-equal pieces, has none longer than
+    :func:`plan_max_seqlen` (k >= (multiple_of - 1) / (cap - 1)). One long filler would set
+    ``max_seqlen`` for every sequence of the pack, and with it the kernels' grid."""
+    cap = plan_max_seqlen(T)
+    return max(1, -(-(multiple_of - 1) // (cap - 1)))
+
+
 def pack_plan(attention_mask: torch.Tensor, multiple_of: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each token of a right-padded batch goes in the packed layout, so that the device
     packs with fixed shapes (a gather) and unpacks with a scatter (see
     :meth:`minbert.model.multitask.MultitaskModel.encode`).
 
-    The B sequences are followed by a filler of 1..``multiple_of`` tokens, so that N, the packed
-    length, is the real token count plus one rounded up to a multiple of ``multiple_of``. The
-    filler may be longer than T: the kernels' ``max_seqlen`` must then cover it.
+    The B sequences are followed by a filler cut into k = :func:`filler_pieces` sequences of at
+    least one token each, so that N, the packed length, is the real token count plus k rounded up
+    to a multiple of ``multiple_of``. No sequence is longer than :func:`plan_max_seqlen` (T, or 2
+    for T = 1), whatever ``multiple_of``.
 
     Args:
         attention_mask: (B, T), 1 on real tokens, right-padded, at least one per row.
@@ -165,7 +182,7 @@ def pack_plan(attention_mask: torch.Tensor, multiple_of: int) -> tuple[torch.Ten
     Returns (on ``attention_mask``'s device; reading the lengths syncs with it):
         pack_index: (N,) int64, the flat position ``row * T + col`` of each packed token; the
             filler's tokens point at B * T, one spare slot after the batch;
-        cu_seqlens: (B + 2,) int32, the offsets of the B sequences and the filler.
+        cu_seqlens: (B + 1 + k,) int32, the offsets of the B sequences and the filler's pieces.
     Raises:
         ValueError: ``multiple_of`` < 1, or a row that is not right-padded or is empty.
     """
@@ -175,8 +192,10 @@ def pack_plan(attention_mask: torch.Tensor, multiple_of: int) -> tuple[torch.Ten
     lengths = _real_lengths(attention_mask, "pack_plan")
     keep = attention_mask.bool()
     n = int(lengths.sum())
-    N = -(-(n + 1) // multiple_of) * multiple_of
+    k = filler_pieces(multiple_of, T)
+    N = -(-(n + k) // multiple_of) * multiple_of
     dev = attention_mask.device
     index = torch.cat([torch.nonzero(keep.reshape(-1)).squeeze(1), torch.full((N - n,), B * T, device=dev)])
-    cu = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), lengths.cumsum(0), torch.tensor([N], device=dev)])
+    pieces = (N - n) // k + (torch.arange(k, device=dev) < (N - n) % k)  # (k,) each >= 1, sum N - n
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), lengths.cumsum(0), n + pieces.cumsum(0)])
     return index, cu.to(torch.int32)

@@ -35,7 +35,7 @@ from ..inference.evaluate import EvalResult
 from ..io import atomic_write_text
 from ..tasks.base import Task
 from .step import find_nonfinite
-from .tracking import MlflowRun, write_hparams
+from .tracking import MlflowRun, write_hparams, write_scalars
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class MetricsLog:
             scalars = {f"train/loss_{n}": v for n, v in loss_vals.items()} | {"train/grad_norm": values[-1]}
             scalars |= {"train/lr": record["lr"]} if "lr" in record else {}
             if self.writer is not None:
-                for tag, v in scalars.items():
-                    self.writer.add_scalar(tag, v, record["step"])
+                write_scalars(self.writer, scalars, record["step"])
             tracked.append((scalars, record["step"]))
             if self.progress is not None:
                 self.progress.set_postfix({n: f"{v:.3f}" for n, v in loss_vals.items()}, refresh=False)
@@ -128,9 +127,7 @@ class MetricsLog:
         ``<tag>/<metric>`` at ``x``."""
         self.append(record)
         if self.writer is not None:
-            for k, v in flat.items():
-                if v is not None:
-                    self.writer.add_scalar(f"{tag}/{k}", v, x)
+            write_scalars(self.writer, {f"{tag}/{k}": v for k, v in flat.items() if v is not None}, x)
         if self.mlflow is not None:
             self.mlflow.log_metrics([({f"{tag}/{k}": v for k, v in flat.items()}, x)])
 

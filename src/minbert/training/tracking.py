@@ -120,6 +120,16 @@ def numeric(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def write_scalars(writer: SummaryWriter, scalars: dict[str, float], step: int) -> None:
+    """Several scalars at one step as ONE TensorBoard event (a ``Summary`` with one
+    ``simple_value`` per tag, as ``SummaryWriter.add_scalar`` writes each): TensorBoard reads the
+    same points, and a training step's five scalars cost one event instead of five."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
+    writer.file_writer.add_summary(Summary(value=values), step)
+
+
 def write_hparams(writer: SummaryWriter, summary: dict) -> None:
     """TensorBoard's hparams record of a finished run, in the writer's own event file: the
     hyperparameters (:func:`flat_params` of ``summary["config"]``) and the final dev metrics
