@@ -11,7 +11,7 @@ unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX=/tmp/pyc MPLCONFIGDIR=/tmp/mpl
 TIMEFORMAT="%R s"
 { echo "first import (fills the caches):"; time python3 -c "import minbert.training.trainer, minbert.training.plots, \
-minbert.training.task_plots, minbert.inference.model_card, minbert.cli_train, matplotlib.figure, matplotlib.font_manager, \
+minbert.training.task_plots, minbert.inference.model_card, minbert.cli, matplotlib.figure, matplotlib.font_manager, \
 torch.utils.tensorboard, scipy.stats"; echo "second import of the trainer:"; time python3 -c "import minbert.training.trainer"; } > $R/env.txt 2>&1
 e2e main default
 [ $(left) -gt 150 ] && e2e main best --tasks.sst.phrases_file=$PWD/.device/sst-trees/train.txt
