@@ -14,7 +14,7 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     reduce-overhead peer (device-scripts/s4-call2.sh, s4-call4.sh);
                                     s5-call*: benchmarks/e2e.py, eval_throughput.py, profile_step.py
                                     profile_train.py (device-scripts/s5-call1.sh .. s5-call4.sh)
-  bench/s6/                         s6-call2: benchmarks/e2e.py (both presets), eval_throughput.py
+  bench/s6/, bench/s7/              s6-call2, s7-call*: benchmarks/e2e.py (both presets), eval_throughput.py
 
     python benchmarks/collect_reports.py
 """
@@ -107,6 +107,9 @@ def packed_e2e_history() -> list[dict]:
          "in the background"},
         {**e2e_runs("s5-call4-e2e-default.json"), "what": "plus full weight snapshots for the background writes"},
         {**e2e_runs("s5-call3-e2e-best.json"), "what": "configs/best.yaml at the s5-call3 step"},
+        {**e2e_runs("s6-call2-e2e-default.json", "s6"), "what": "plus graphed dev evaluation, fused AdamW and "
+         "gradients left where the one-step graph writes them"},
+        {**e2e_runs("s6-call2-e2e-best.json", "s6"), "what": "configs/best.yaml at the s6-call2 step"},
     ]
 
 
@@ -153,9 +156,10 @@ def main() -> None:
         "of 16, step losses synced every 50 steps; wall time of the whole command, process start to final predictions",
         "packed": packed_e2e_history(),
     }
-    # the latest run of each preset: dev evaluation as CUDA graphs, fused AdamW, one-graph steps (s6-call2)
-    speed["e2e"] = {"default": e2e_runs("s6-call2-e2e-default.json", "s6"),
-                    "best": e2e_runs("s6-call2-e2e-best.json", "s6")}
+    # the latest run of each preset (s7-call2): the filler cut into pieces no longer than a row,
+    # pinned checkpoint snapshots, one TensorBoard event per step
+    speed["e2e"] = {"default": e2e_runs("s7-call2-e2e-default.json", "s7"),
+                    "best": e2e_runs("s7-call2-e2e-best.json", "s7")}
     speed["profile"] = {
         f"bert-base-b{b}": {**json.loads((BENCH / "packed" / f"s5-call1-profile-bert-base-b{b}.json").read_text())[
             "profile"], "source": f"reports/bench/packed/s5-call1-profile-bert-base-b{b}.json"}
@@ -164,14 +168,18 @@ def main() -> None:
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
                                 "source": "reports/bench/packed/s5-call4-profile-train-default.json"}
-    ev = json.loads((BENCH / "s6" / "s6-call2-eval_throughput.json").read_text())
+    ev = json.loads((BENCH / "s7" / "s7-call2-eval_throughput.json").read_text())
     speed["eval"] = {**{k: ev["eval"][k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
                      "inputs": ev["inputs"], "graphs": ev["eval"]["minbert_graphs"],
-                     "source": "reports/bench/s6/s6-call2-eval_throughput.json"}
-    old = json.loads((BENCH / "packed" / "s5-call3-eval_throughput.json").read_text())["eval"]
-    speed["eval_history"] = [{**{k: old[k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
-                              "what": "packed, op by op",
-                              "source": "reports/bench/packed/s5-call3-eval_throughput.json"}]
+                     "profile": {s: ev["eval"][f"{s}_profile"] for s in ("minbert", "peer")},
+                     "source": "reports/bench/s7/s7-call2-eval_throughput.json"}
+    speed["eval_history"] = []
+    for src, what in (("packed/s5-call3-eval_throughput.json", "packed, op by op"),
+                      ("s6/s6-call2-eval_throughput.json", "packed, CUDA graphs"),
+                      ("s7/s7-call1-eval_throughput.json", "packed, CUDA graphs (with a profile)")):
+        old = json.loads((BENCH / src).read_text())["eval"]
+        speed["eval_history"].append({**{k: old[k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
+                                      "what": what, "source": f"reports/bench/{src}"})
     speed_path.write_text(json.dumps(speed, indent=2) + "\n")
 
     enc = {
