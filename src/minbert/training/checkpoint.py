@@ -74,7 +74,7 @@ def host_snapshot(obj: Any) -> Any:
 def _host_copies(obj: Any, devices: set[torch.device]) -> Any:
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
-        if t.device.type != "cuda":
+        if t.device.type != "cuda" or t.layout != torch.strided:  # (a sparse tensor: the plain copy)
             return t.to("cpu", copy=True)
         devices.add(t.device)
         return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)

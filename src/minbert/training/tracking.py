@@ -123,7 +123,10 @@ def numeric(metrics: dict) -> dict[str, float]:
 def write_scalars(writer: SummaryWriter, scalars: dict[str, float], step: int) -> None:
     """Several scalars at one step as ONE TensorBoard event (a ``Summary`` with one
     ``simple_value`` per tag, as ``SummaryWriter.add_scalar`` writes each): TensorBoard reads the
-    same points, and a training step's five scalars cost one event instead of five."""
+    same points, and a training step's five scalars cost one event instead of five. Nothing is
+    written for an empty ``scalars``. ``writer`` must be open (``file_writer`` is None once closed)."""
+    if not scalars:
+        return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
