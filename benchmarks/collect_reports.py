@@ -15,6 +15,9 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     s5-call*: benchmarks/e2e.py, eval_throughput.py, profile_step.py
                                     profile_train.py (device-scripts/s5-call1.sh .. s5-call4.sh)
   bench/s6/, bench/s7/              s6-call2, s7-call*: benchmarks/e2e.py (both presets), eval_throughput.py
+  bench/s8/                         s8-call1: e2e.py (both presets), eval_throughput.py (bf16-weight
+                                    evaluation); s8-call2: train_step.py, packed + inductor against
+                                    the reduce-overhead peer (device-scripts/s8-call*.sh)
 
     python benchmarks/collect_reports.py
 """
@@ -49,30 +52,34 @@ def ratios(records: list[dict]) -> list[dict]:
 
 
 def packed_records() -> list[dict]:
-    """The packed train-step records and their peers, the later run first where both measured
-    one: the call-4 JSON files, the call-4 command output (its lines are cut at 160 characters:
-    the complete fields before the cut are read), then the JSON lines of the call-2 logs."""
-    out, seen = [], set()
+    """The packed train-step records and their peers, the latest run first where several measured
+    one (the others go to ``earlier``): s8-call2's JSON files, the call-4 JSON files, the call-4
+    command output (its lines are cut at 160 characters: the complete fields before the cut are
+    read), then the JSON lines of the call-2 logs."""
+    out, earlier, seen = [], [], set()
 
     def add(rec: dict, source: str) -> None:
         key = (rec["config"], rec["batch"], rec["impl"])
-        if key not in seen:
-            seen.add(key)
-            out.append({**{k: rec[k] for k in KEYS if k in rec}, "source": f"reports/bench/packed/{source}"})
+        (earlier if key in seen else out).append(
+            {**{k: rec[k] for k in KEYS if k in rec}, "source": f"reports/bench/{source}"})
+        seen.add(key)
 
+    for f in sorted((BENCH / "s8").glob("s8-call2-ts-*.json")):
+        for rec in json.loads(f.read_text())["records"]:
+            add(rec, f"s8/{f.name}")
     packed = BENCH / "packed"
     for f in sorted(packed.glob("call4-ts-*.json")):
         for rec in json.loads(f.read_text())["records"]:
-            add(rec, f.name)
+            add(rec, f"packed/{f.name}")
     for line in (packed / "call4-output-tail.txt").read_text().splitlines():
         if line.startswith('{"config"'):
             fields = dict(re.findall(r'"(\w+)": ("[^"]*"|[-\d.]+),', line))  # complete fields only
-            add({k: json.loads(v) for k, v in fields.items()}, "call4-output-tail.txt")
+            add({k: json.loads(v) for k, v in fields.items()}, "packed/call4-output-tail.txt")
     for f in sorted(packed.glob("call2-*.log")):
         for line in f.read_text().splitlines():
             if line.startswith("{"):
-                add(json.loads(line), f.name)
-    return out
+                add(json.loads(line), f"packed/{f.name}")
+    return out, earlier
 
 
 def e2e_runs(name: str, folder: str = "packed") -> dict:
@@ -110,6 +117,10 @@ def packed_e2e_history() -> list[dict]:
         {**e2e_runs("s6-call2-e2e-default.json", "s6"), "what": "plus graphed dev evaluation, fused AdamW and "
          "gradients left where the one-step graph writes them"},
         {**e2e_runs("s6-call2-e2e-best.json", "s6"), "what": "configs/best.yaml at the s6-call2 step"},
+        {**e2e_runs("s7-call2-e2e-default.json", "s7"), "what": "plus the filler cut into pieces no longer "
+         "than a row, pinned checkpoint snapshots, one TensorBoard event per step (a machine without "
+         "bytecode caches)"},
+        {**e2e_runs("s7-call2-e2e-best.json", "s7"), "what": "configs/best.yaml at the s7-call2 step"},
     ]
 
 
@@ -134,7 +145,7 @@ def main() -> None:
     speed["train_step_ratios"] = ratios(records)
     peers = json.loads((BENCH / "train_step_peers.json").read_text())["records"]
     speed["train_step"] += [{k: r[k] for k in KEYS} for r in peers if r["impl"] in COMPILED_PEERS]
-    speed["train_step_packed"] = packed_records()
+    speed["train_step_packed"], speed["train_step_packed_earlier"] = packed_records()
     before = [
         {"seed": 0, "wall_s": before0["wall_s"], "dev": before0["dev"],
          "source": "reports/main_run/summary.json (wall_s from the CLI start)"},
@@ -156,10 +167,10 @@ def main() -> None:
         "of 16, step losses synced every 50 steps; wall time of the whole command, process start to final predictions",
         "packed": packed_e2e_history(),
     }
-    # the latest run of each preset (s7-call2): the filler cut into pieces no longer than a row,
-    # pinned checkpoint snapshots, one TensorBoard event per step
-    speed["e2e"] = {"default": e2e_runs("s7-call2-e2e-default.json", "s7"),
-                    "best": e2e_runs("s7-call2-e2e-best.json", "s7")}
+    # the latest run of each preset (s8-call1): graphed dev evaluation on a bf16-weight copy, with
+    # Python's bytecode and matplotlib's font cache filled beforehand
+    speed["e2e"] = {"default": e2e_runs("s8-call1-e2e-default.json", "s8"),
+                    "best": e2e_runs("s8-call1-e2e-best.json", "s8")}
     speed["profile"] = {
         f"bert-base-b{b}": {**json.loads((BENCH / "packed" / f"s5-call1-profile-bert-base-b{b}.json").read_text())[
             "profile"], "source": f"reports/bench/packed/s5-call1-profile-bert-base-b{b}.json"}
@@ -168,15 +179,18 @@ def main() -> None:
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
                                 "source": "reports/bench/packed/s5-call4-profile-train-default.json"}
-    ev = json.loads((BENCH / "s7" / "s7-call2-eval_throughput.json").read_text())
+    ev = json.loads((BENCH / "s8" / "s8-call1-eval_throughput.json").read_text())
+    sides = ("minbert", "peer", "minbert_autocast")
     speed["eval"] = {**{k: ev["eval"][k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
+                     "minbert_autocast_pairs_per_s": ev["eval"]["minbert_autocast_pairs_per_s"],
                      "inputs": ev["inputs"], "graphs": ev["eval"]["minbert_graphs"],
-                     "profile": {s: ev["eval"][f"{s}_profile"] for s in ("minbert", "peer")},
-                     "source": "reports/bench/s7/s7-call2-eval_throughput.json"}
+                     "profile": {s: ev["eval"][f"{s}_profile"] for s in sides},
+                     "source": "reports/bench/s8/s8-call1-eval_throughput.json"}
     speed["eval_history"] = []
     for src, what in (("packed/s5-call3-eval_throughput.json", "packed, op by op"),
                       ("s6/s6-call2-eval_throughput.json", "packed, CUDA graphs"),
-                      ("s7/s7-call1-eval_throughput.json", "packed, CUDA graphs (with a profile)")):
+                      ("s7/s7-call1-eval_throughput.json", "packed, CUDA graphs (with a profile)"),
+                      ("s7/s7-call2-eval_throughput.json", "packed, CUDA graphs, the filler in pieces")):
         old = json.loads((BENCH / src).read_text())["eval"]
         speed["eval_history"].append({**{k: old[k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
                                       "what": what, "source": f"reports/bench/{src}"})

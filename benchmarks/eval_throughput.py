@@ -5,9 +5,11 @@ minbert: ``MultitaskModel`` in eval mode with ``pack_eval`` (each batch packed o
 FlashAttention's varlen kernel, no padding), bf16 autocast, ``predict_split`` as ``minbert
 evaluate`` runs it. The peer: ``transformers.BertModel`` (sdpa) under ``torch.compile`` (default
 mode) with the same weights and the same heads (our head modules on its outputs), fed the same
-batches padded to the longest row. On CUDA minbert's evaluation replays CUDA graphs, as in
-training (``--no-graphs``: op by op). Each side runs the dev sets twice to warm up (compile,
-capture), then ``--repeats`` timed passes; the figure is the median. A bi-encoder pair counts as one input.
+batches padded to the longest row. On CUDA minbert's evaluation replays CUDA graphs of a
+bf16-weight copy of the model, as in training (``--no-graphs``: op by op under autocast);
+``--also-autocast`` adds ``minbert_autocast``, the graphs of the fp32 model under autocast.
+Each side runs the dev sets twice to warm up (compile, capture), then ``--repeats`` timed
+passes; the figure is the median. A bi-encoder pair counts as one input.
 
     python benchmarks/eval_throughput.py --data-dir DIR --encoder ENC --config configs/default.yaml \\
         --out reports/bench/eval_throughput.json
@@ -100,6 +102,8 @@ def main() -> None:
     ap.add_argument("--dev-limit", type=int, help="rows per dev set (a smoke run)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--no-graphs", action="store_true", help="minbert's evaluation op by op, without CUDA graphs")
+    ap.add_argument("--also-autocast", action="store_true",
+                    help="also minbert's graphs of the fp32-weight model under autocast (minbert_autocast)")
     ap.add_argument("--profile", action="store_true", help="then one more pass of each side under torch.profiler")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -121,10 +125,15 @@ def main() -> None:
     peer.pack_eval = False
     peer.encoder = HFEncoder(args.encoder).to(device).eval()
     peer.encoder = torch.compile(peer.encoder)
+    sides = [("minbert", ours), ("peer", peer)]
     if cuda and not args.no_graphs:  # as dev evaluation in training runs (train.cuda_graphs)
-        ours.eval_graphs = GraphedForward(device)
+        ours.eval_graphs = GraphedForward(device, bf16_weights=True)
+        if args.also_autocast:
+            autocast_side = copy.copy(ours)  # the same modules and weights; its own graphs
+            autocast_side.eval_graphs = GraphedForward(device)
+            sides.append(("minbert_autocast", autocast_side))
     result = {}
-    for name, model in (("minbert", ours), ("peer", peer)):
+    for name, model in sides:
         times = timed(model, tasks, dev, device, cuda, tok.pad_token_id, args.batch_size, args.repeats)
         result[f"{name}_pairs_per_s"] = round(n_inputs / statistics.median(times), 1)
         result[f"{name}_repeats_s"] = [round(t, 3) for t in times]
@@ -138,7 +147,7 @@ def main() -> None:
     if ours.eval_graphs is not None:
         result["minbert_graphs"] = ours.eval_graphs.stats()
     if args.profile:
-        for name, model in (("minbert", ours), ("peer", peer)):
+        for name, model in sides:
             prof = profiled_pass(model, tasks, dev, device, cuda, tok.pad_token_id, args.batch_size)
             result[f"{name}_profile"] = prof
     emit({"machine": machine(), "inputs": n_inputs, "config": args.config, "eval": result}, args.out)

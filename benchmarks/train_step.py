@@ -11,7 +11,8 @@ multiple of 16 tokens (a few shapes), forward + backward replayed as one CUDA gr
 encoder run op by op on the peer's batches. ``minbert-packed`` packs each batch's real tokens into
 one row (no padding; minbert.model.packing) rounded up to a multiple of 64 tokens with a filler
 sequence, runs attention with FlashAttention's varlen kernel (BertModel.forward_packed) and
-replays forward + backward as CUDA graphs, one per token count; ``minbert-packed-compile`` is the
+replays forward + backward as CUDA graphs, one per token count, whose gradients the optimizer reads
+where the graph writes them (``GraphedSteps(direct=True)``, as in training); ``minbert-packed-compile`` is the
 same step compiled by inductor (fused elementwise kernels) inside our CUDA graphs, and
 ``minbert-packed-ro`` the packed step under ``torch.compile(mode="reduce-overhead")``.
 ``transformers-sdpa``/``-eager`` get the batches padded to the longest, as a user would give
@@ -132,7 +133,8 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
         elif impl == "minbert-packed-ro":
             loss_fn = torch.compile(loss_fn, mode="reduce-overhead", dynamic=True)
     graphed = ("minbert", "minbert-packed", "minbert-packed-compile")
-    graphs = GraphedSteps(params, capture_after=0) if impl in graphed and cuda else None
+    # packed: one graph per step, its gradients read where it writes them (as minbert train does)
+    graphs = GraphedSteps(params, capture_after=0, direct=packed) if impl in graphed and cuda else None
     if not packed and (impl in graphed or impl in COMPILE_MODES):  # pad T to a multiple of 16 (same real tokens)
         gpu_batches = [
             {k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16)) for k, v in b.items()} for b in gpu_batches

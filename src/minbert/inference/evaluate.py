@@ -107,13 +107,14 @@ def _predict_batches(
     order, chunks = [], []
     pack = getattr(model, "pack_eval", False)  # packed as in training (model.packing), plan made on the host
     graphs = getattr(model, "eval_graphs", None) if pack and device.type == "cuda" else None
+    runner = graphs.runner(model) if graphs is not None else model  # the model, or its bf16-weight copy
     for index in batches:
         if graphs is not None:  # few shapes: rows padded to a multiple, packs rounded to a bucket
             host = task.collate(split, index, pad_id, EVAL_PAD_MULTIPLE)
             buckets = (EVAL_SMALLEST_BUCKET, model.encoder.config.max_position_embeddings)
             inputs = {k: v for k, v in host.items() if isinstance(v, torch.Tensor) and k != "labels"}
             inputs["pack_index"], inputs["cu_seqlens"] = step_pack_plan({task.name: host}, *buckets)
-            out = graphs(task.name, partial(_packed_forward, model, task.name, device, amp), inputs)
+            out = graphs(task.name, partial(_packed_forward, runner, task.name, device, amp), inputs)
         else:
             host = task.collate(split, index, pad_id)
             batch = move(host, device)

@@ -186,7 +186,8 @@ class Trainer:
         self.model, self.tokenizer, encoder_src, table = setup_model(
             cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
         self.model.pack_eval = bool(self.rt.pack_multiple)  # dev evaluation packs as training does
-        self.model.eval_graphs = GraphedForward(self.device) if self.rt.cuda_graphs and self.rt.pack_multiple else None
+        self.model.eval_graphs = (GraphedForward(self.device, bf16_weights=self.rt.amp and not self.rt.compile)
+                                  if self.rt.cuda_graphs and self.rt.pack_multiple else None)
         self.tasks = {name: table[name] for name in cfg.tasks}
         self.data = load_splits(cfg, self.data_dir, self.tokenizer, table, progress=self.progress)
         self.pad_id, self.weights = self.tokenizer.pad_token_id, {n: cfg.tasks[n].weight for n in cfg.tasks}
