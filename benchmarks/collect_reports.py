@@ -1,6 +1,6 @@
 """Merge the raw benchmark outputs in reports/bench/ into reports/speed.json (``machine``,
-``train_step``, ``train_step_packed``, ``e2e`` and ``e2e_history``, ``profile``,
-``profile_trainer``, ``eval``; the
+``train_step``, ``train_step_packed``, ``e2e`` and ``e2e_history``, ``profile`` (and
+``profile_peer``, ``profile_history``), ``profile_trainer``, ``eval``; the
 ``cpu_predict`` part is written by benchmarks/cpu_predict.py) and reports/encoder_throughput.json
 (the batch-32 records). Prints the ratios ours / faster peer.
 
@@ -17,7 +17,8 @@ Inputs (see reports/bench/README.md for the commands that made them):
   bench/s6/, bench/s7/              s6-call2, s7-call*: benchmarks/e2e.py (both presets), eval_throughput.py
   bench/s8/                         s8-call1: e2e.py (both presets), eval_throughput.py (bf16-weight
                                     evaluation); s8-call2: train_step.py, packed + inductor against
-                                    the reduce-overhead peer (device-scripts/s8-call*.sh)
+                                    the reduce-overhead peer; s8-call3: profile_step.py, both sides
+                                    (device-scripts/s8-call*.sh)
 
     python benchmarks/collect_reports.py
 """
@@ -124,6 +125,22 @@ def packed_e2e_history() -> list[dict]:
     ]
 
 
+def profile(folder: str, name: str) -> dict:
+    """The ``profile`` of one benchmarks/profile_step.py output in bench/<folder>/, with its source."""
+    return {**json.loads((BENCH / folder / name).read_text())["profile"], "source": f"reports/bench/{folder}/{name}"}
+
+
+def profiles() -> dict:
+    """The shipped bert-base step's profiles (s8-call3), the reduce-overhead peer's beside them,
+    and the earlier step's (s5-call1, before the gradients stayed in place)."""
+    def both(folder: str, name: str) -> dict:
+        return {f"bert-base-b{b}": profile(folder, name.format(b=b)) for b in (32, 128)}
+
+    return {"profile": both("s8", "s8-call3-profile-minbert-packed-compile-bert-base-b{b}.json"),
+            "profile_peer": both("s8", "s8-call3-profile-transformers-sdpa-ro-bert-base-b{b}.json"),
+            "profile_history": both("packed", "s5-call1-profile-bert-base-b{b}.json")}
+
+
 def main() -> None:
     step = json.loads((BENCH / "train_step-graphs.json").read_text())
     records = step["records"]
@@ -171,11 +188,7 @@ def main() -> None:
     # Python's bytecode and matplotlib's font cache filled beforehand
     speed["e2e"] = {"default": e2e_runs("s8-call1-e2e-default.json", "s8"),
                     "best": e2e_runs("s8-call1-e2e-best.json", "s8")}
-    speed["profile"] = {
-        f"bert-base-b{b}": {**json.loads((BENCH / "packed" / f"s5-call1-profile-bert-base-b{b}.json").read_text())[
-            "profile"], "source": f"reports/bench/packed/s5-call1-profile-bert-base-b{b}.json"}
-        for b in (32, 128)
-    }
+    speed.update(profiles())
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
                                 "source": "reports/bench/packed/s5-call4-profile-train-default.json"}
