@@ -23,25 +23,25 @@ from bench_io import emit  # noqa: E402
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 RUNS = REPORTS / "bench" / "distributed"
 
-# (summary file, what the run was); the session-2 runs stay for the record
+# (summary file, what the run was); the earlier version's runs (s2) stay for the record
 MANIFEST = [
     ("minilm-1gpu-graphs-s3-summary.json", "this version"),
     ("minilm-2gpu-graphs-s3-summary.json", "this version"),
     ("bert-1gpu-graphs-s3-summary.json", "this version"),
     ("bert-2gpu-graphs-s3-summary.json", "this version"),
     ("bert-2gpu-ddp-s3-summary.json", "this version"),
-    ("minilm-1gpu-graphs-summary.json", "session 2"),
-    ("bert-1gpu-eager-summary.json", "session 2"),
-    ("bert-1gpu-graphs-summary.json", "session 2"),
-    ("bert-2gpu-summary.json", "session 2 (DDP before static-graph mode)"),
+    ("minilm-1gpu-graphs-summary.json", "earlier version, s2"),
+    ("bert-1gpu-eager-summary.json", "earlier version, s2"),
+    ("bert-1gpu-graphs-summary.json", "earlier version, s2"),
+    ("bert-2gpu-summary.json", "earlier version, s2 (DDP before static-graph mode)"),
 ]
 
 
 STATUS_PARTIAL = (
-    "partial: only session 2's runs (DDP op by op without static-graph mode; the MiniLM 2-GPU full run was cut by "
-    "its time limit at epoch 6, dev overall 0.642 then, so it is not listed). This version's 2-GPU runs (CUDA graphs "
-    "with the flat gradient all-reduce, reports/bench/device-scripts/s3-call4.sh) have not run: no 2-GPU machine was "
-    "lent in session 3"
+    "partial: only the earlier version's runs (s2) (DDP op by op without static-graph mode; the MiniLM 2-GPU "
+    "full run was cut by its time limit at epoch 6, dev overall 0.642 then, so it is not listed). This version's "
+    "2-GPU runs (CUDA graphs with the flat gradient all-reduce, reports/bench/device-scripts/s3-call4.sh) have not "
+    "run: no 2-GPU machine was available for the s3 calls"
 )
 
 

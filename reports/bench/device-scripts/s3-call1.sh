@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 3, call 1 (2 GPUs): CUDA tests; remaining ablation rows (GPU 0); PCGrad row then an optuna worker (GPU 1)
+# s3-call1 (2 GPUs): CUDA tests; remaining ablation rows (GPU 0); PCGrad row then an optuna worker (GPU 1)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export MINBERT_TEST_TOKENIZER_DIR=$PWD/.device/all-MiniLM-L6-v2-fp16 MINBERT_DATA_DIR=$PWD/.device/data
 ENC=.device/all-MiniLM-L6-v2-fp16

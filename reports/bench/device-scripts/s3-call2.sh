@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 3, call 2 (1 or 2 GPUs): optuna workers (3 per GPU) on the sampled-sqrt row; the PCGrad row
+# s3-call2 (1 or 2 GPUs): optuna workers (3 per GPU) on the sampled-sqrt row; the PCGrad row
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export MINBERT_TEST_TOKENIZER_DIR=$PWD/.device/all-MiniLM-L6-v2-fp16 MINBERT_DATA_DIR=$PWD/.device/data
 ENC=.device/all-MiniLM-L6-v2-fp16

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 3, call 3 (1 GPU): the final row (rdrop) x 3 seeds + ensemble + test predictions; row rdrop-sampled
+# s3-call3 (1 GPU): the final row (rdrop) x 3 seeds + ensemble + test predictions; row rdrop-sampled
 export PYTHONUNBUFFERED=1 MINBERT_TEST_TOKENIZER_DIR=$PWD/.device/all-MiniLM-L6-v2-fp16 MINBERT_DATA_DIR=$PWD/.device/data
 ENC=.device/all-MiniLM-L6-v2-fp16
 START=$(date +%s); DEADLINE=$((START + ${BUDGET:-450}))

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 3, call 4 (2 GPUs): the 2-GPU CUDA-graph test; 1 vs 2 GPUs with CUDA graphs + flat all-reduce
+# s3-call4 (2 GPUs): the 2-GPU CUDA-graph test; 1 vs 2 GPUs with CUDA graphs + flat all-reduce
 # (bert-base-sized throughput, 400 steps; minilm full default preset with dev)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export MINBERT_TEST_TOKENIZER_DIR=$PWD/.device/all-MiniLM-L6-v2-fp16 MINBERT_DATA_DIR=$PWD/.device/data

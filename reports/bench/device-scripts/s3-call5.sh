@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 3, call 5 (1 GPU): the CUDA tests after the flat gradient buffer change
+# s3-call5 (1 GPU): the CUDA tests after the flat gradient buffer change
 export PYTHONUNBUFFERED=1 MINBERT_TEST_TOKENIZER_DIR=$PWD/.device/all-MiniLM-L6-v2-fp16 MINBERT_DATA_DIR=$PWD/.device/data
 export PYTHONPATH=$PWD/src
 mkdir -p $OUT

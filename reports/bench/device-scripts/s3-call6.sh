@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 3, call 6 (1 GPU): four more side rows of the ablation, sharing the GPU
+# s3-call6 (1 GPU): four more side rows of the ablation, sharing the GPU
 export PYTHONUNBUFFERED=1 MINBERT_DATA_DIR=$PWD/.device/data
 ENC=.device/all-MiniLM-L6-v2-fp16
 START=$(date +%s)

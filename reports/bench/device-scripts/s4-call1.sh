@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 4, call 1 (1 GPU): ablation rows export-heads and export-heads-seed1 (configs/beyond/ablation.yaml),
+# s4-call1 (1 GPU): ablation rows export-heads and export-heads-seed1 (configs/beyond/ablation.yaml),
 # two processes sharing the GPU, then the report merged with the committed reports/beyond.json
 export PYTHONUNBUFFERED=1 MINBERT_DATA_DIR=$PWD/.device/data
 ENC=.device/all-MiniLM-L6-v2-fp16

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 4, call 2 (1 GPU): packed-path CUDA tests, then the train-step benchmark with the packed
+# s4-call2 (1 GPU): packed-path CUDA tests, then the train-step benchmark with the packed
 # implementations against the strongest peer (transformers + torch.compile reduce-overhead)
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src MINBERT_TEST_TOKENIZER_DIR=$PWD/.device/all-MiniLM-L6-v2-fp16
 ENC=.device/all-MiniLM-L6-v2-fp16; DATA=.device/data

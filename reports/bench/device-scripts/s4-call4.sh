@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 4, call 4 (1 GPU): CUDA tests of the packed path; configs/default.yaml trained with
+# s4-call4 (1 GPU): CUDA tests of the packed path; configs/default.yaml trained with
 # model.packing=on (seed 0); then the packed, compiled train step against the strongest peer
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src MINBERT_TEST_TOKENIZER_DIR=$PWD/.device/all-MiniLM-L6-v2-fp16
 export MINBERT_DATA_DIR=$PWD/.device/data

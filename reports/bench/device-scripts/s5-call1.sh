@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 5, call 1 (1 GPU): CUDA tests of the packed step; configs/default.yaml end to end with
+# s5-call1 (1 GPU): CUDA tests of the packed step; configs/default.yaml end to end with
 # model.packing=on (one encoder pass per step, graphs), 2 seeds; the same with train.compile=on
 # (cold inductor cache per seed, then warm); evaluation throughput; bert-base profiles.
 source reports/bench/device-scripts/s5-common.sh s5-call1

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 5, call 2 (1 GPU): CUDA tests (one graph per packed step); configs/default.yaml and
+# s5-call2 (1 GPU): CUDA tests (one graph per packed step); configs/default.yaml and
 # configs/best.yaml end to end with model.packing=on, 2 seeds each (host copies via pinned
 # memory, evaluation plans made on the host); evaluation throughput against compiled transformers.
 # (best.yaml stopped at once here: its phrases file was not on the GPU machine; call 3 ran it.)

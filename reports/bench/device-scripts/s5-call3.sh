@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 5, call 3 (1 GPU): CUDA tests; configs/default.yaml and configs/best.yaml end to end as
+# s5-call3 (1 GPU): CUDA tests; configs/default.yaml and configs/best.yaml end to end as
 # shipped (model.packing auto: on here), 2 seeds each, fresh inductor cache (cold); evaluation
 # throughput against compiled transformers.
 source reports/bench/device-scripts/s5-common.sh s5-call3

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 5, call 4 (1 GPU): the trainer's own steps profiled on configs/default.yaml
+# s5-call4 (1 GPU): the trainer's own steps profiled on configs/default.yaml
 # (benchmarks/profile_train.py): as shipped (packed, one graph per step), with the fused torch
 # AdamW, and padded (model.packing=off); then configs/default.yaml end to end, 2 seeds, if time is left.
 source reports/bench/device-scripts/s5-common.sh s5-call4

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 6, call 1 (1 GPU): the reference paper's 14 rows at their presets' own 10 epochs, as four
+# s6-call1 (1 GPU): the reference paper's 14 rows at their presets' own 10 epochs, as four
 # `minbert suite` processes side by side on the one GPU (each row is a small, latency-bound model,
 # so the GPU has room for several). Row 14 starts from row 7's run, so they share a process. Each
 # process writes its own paper_suite.json; their records are merged into one JSON afterwards and `minbert suite --report-dir` redraws the report.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 6, call 2 (1 GPU): first, side by side, the CUDA tests of the new paths (graphed dev
+# s6-call2 (1 GPU): first, side by side, the CUDA tests of the new paths (graphed dev
 # evaluation, direct gradients, fused AdamW) and the paper suite's last three rows at 10 epochs
 # (4, 11, 12: one process each; s6-call1 ran out of time on them). Then, alone on the GPU:
 # configs/default.yaml and configs/best.yaml end to end as shipped, 2 seeds each (the presets do not

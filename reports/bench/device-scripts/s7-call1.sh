@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 7, call 1 (1 GPU): diagnostics before more speed work. The CUDA tests that failed in
+# s7-call1 (1 GPU): diagnostics before more speed work. The CUDA tests that failed in
 # s6-call2 (fixed test; lion-pytorch now on the path); configs/default.yaml once under cProfile
 # (where the host's time goes: start-up, the first epoch, evaluation, the end); one evaluation
 # pass of each side under torch.profiler (benchmarks/eval_throughput.py --profile).

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 7, call 2 (1 GPU): the step after three changes: the pack's filler cut into pieces no
+# s7-call2 (1 GPU): the step after three changes: the pack's filler cut into pieces no
 # longer than a row (FlashAttention's grid sized by max_seqlen = T instead of the bucket), host
 # snapshots of checkpoints through pinned memory with one sync, one TensorBoard event per step.
 # First what this machine's Python does at start-up (bytecode and matplotlib caches), then the

@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 8, call 1 (1 GPU): graphed dev evaluation now runs a bf16-weight copy of the model
+# s8-call1 (1 GPU): graphed dev evaluation now runs a bf16-weight copy of the model
 # (inference/graphs.py bf16_copy) instead of the fp32 model under autocast. The CUDA tests of the
 # evaluation graphs; evaluation throughput with both minbert variants and the peer in one process,
 # with a profile; then both presets end to end (2 seeds each). Python's bytecode and matplotlib's

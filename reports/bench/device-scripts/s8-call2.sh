@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 8, call 2 (1 GPU): the packed, compiled train step against the strongest peer
+# s8-call2 (1 GPU): the packed, compiled train step against the strongest peer
 # (transformers under torch.compile(mode="reduce-overhead")), in one process per size, now that the
 # packed graphs leave their gradients where they write them (GraphedSteps(direct=True), as training
 # does) and the optimizer reads them there. 32 distinct batches, 32 warm-up steps, median of 5.

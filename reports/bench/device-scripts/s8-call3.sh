@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 8, call 3 (1 GPU): torch.profiler profiles of the bert-base train step as s8-call2 measured
+# s8-call3 (1 GPU): torch.profiler profiles of the bert-base train step as s8-call2 measured
 # it (packed, inductor, our CUDA graphs, gradients left where the graph writes them), at batch 32
 # and 128, and of the strongest peer (transformers under torch.compile(mode="reduce-overhead")) at
 # the same sizes, to say where the remaining time goes on each side.
