@@ -71,16 +71,37 @@ def test_copy_outputs_are_float32_within_bf16_rounding(tiny_encoder, packed):
         torch.testing.assert_close(got[task], ref[task], atol=5e-2, rtol=5e-2, msg=task)
 
 
-def test_copy_encoder_runs_without_the_outer_autocast(tiny_encoder):
+@pytest.mark.parametrize("packed", [False, True])
+def test_copy_encoder_runs_without_the_outer_autocast(tiny_encoder, packed):
     shadow = bf16_copy(_model(tiny_encoder))
     b = _batch()
     args = (b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    plan = step_pack_plan({"sst": b}, 1, 1) if packed else None  # packed: Bf16Encoder.forward_packed
     with torch.no_grad():
-        plain = shadow.encoder(*args)
+        plain = shadow.encode(*args, plan)
         with torch.autocast("cpu", dtype=torch.float16):
-            inside = shadow.encoder(*args)
+            inside = shadow.encode(*args, plan)
     for x, y in zip(plain, inside, strict=True):
-        assert x.dtype == torch.float32 and torch.equal(x, y)
+        assert torch.equal(x, y)
+    assert plain.last_hidden_state.dtype == plain.pooler_output.dtype == torch.float32
+
+
+def test_copy_made_in_inference_mode_refreshes_outside_it(tiny_encoder):
+    model = _model(tiny_encoder)
+    with torch.inference_mode():
+        shadow = bf16_copy(model)
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(1.0)
+    refresh_copy(shadow, model)  # raises for inference tensors outside inference mode
+    assert torch.equal(next(shadow.encoder.parameters()), next(model.encoder.parameters()).detach().bfloat16())
+
+
+def test_copy_refuses_heads_that_share_an_encoder_parameter(tiny_encoder):
+    model = _model(tiny_encoder)
+    head = next(m for m in model.heads["sst"].modules() if isinstance(m, torch.nn.Linear))
+    head.bias = model.encoder.pooler.dense.bias  # shared: it would turn bf16 inside the head too
+    with pytest.raises(ValueError, match="share no parameter"):
+        bf16_copy(model)
 
 
 def test_copy_refuses_an_encoder_compiled_in_place(tiny_encoder):

@@ -37,6 +37,11 @@ def test_graphed_evaluation_equals_op_by_op(tiny_encoder, data_dir, attn, amp, b
 
     tol = dict(atol=5e-2, rtol=5e-2) if bf16 else dict(atol=3e-2, rtol=3e-2) if amp else dict(atol=1e-5, rtol=1e-5)
     ref = outputs(False)
+    if bf16:  # the graphs ran the bf16 copy: other roundings than autocast's
+        got = outputs(True)
+        assert graphs._copy is not None and graphs._copy[0] is model
+        assert any(not torch.equal(torch.from_numpy(got[n]), torch.from_numpy(ref[n])) for n in ref)
+        graphs = GraphedForward(device, bf16_weights=bf16)  # the loop below counts from a fresh one
     for i in range(3):  # each shape: seen once op by op, then captured and replayed
         got = outputs(True)
         for n in ref:
@@ -58,6 +63,21 @@ def test_graphed_evaluation_equals_op_by_op(tiny_encoder, data_dir, attn, amp, b
         assert not torch.allclose(torch.from_numpy(ref2[n]), torch.from_numpy(ref[n]), atol=1e-3)
         torch.testing.assert_close(torch.from_numpy(got2[n]), torch.from_numpy(ref2[n]), **tol, msg=n)
     assert graphs.stats()["eager"] == first["eager"]
+    if bf16:  # the copy was refreshed from the perturbed weights
+        shadow = graphs._copy[1]
+        assert torch.equal(shadow.encoder.inner.embeddings.word_embeddings.weight,
+                           model.encoder.embeddings.word_embeddings.weight.detach().bfloat16())
     if bf16:
         with pytest.raises(ValueError, match="one model"):
             graphs.runner(build_model(cfg, str(tiny_encoder), tasks=tasks).to(device))
+
+
+def test_bf16_graphs_fall_back_to_the_model_for_a_shared_parameter(tiny_encoder, caplog):
+    cfg = load_config(None, [f"model.encoder={tiny_encoder}", "model.attn_implementation=sdpa"])
+    model = build_model(cfg, str(tiny_encoder), tasks=task_table(cfg)).to("cuda").eval()
+    head = next(m for m in model.heads["sst"].modules() if isinstance(m, torch.nn.Linear))
+    head.bias = model.encoder.pooler.dense.bias
+    graphs = GraphedForward(torch.device("cuda"), bf16_weights=True)
+    with caplog.at_level("INFO", logger="minbert.inference.graphs"):
+        assert graphs.runner(model) is model
+    assert "share no parameter" in caplog.text and not graphs.bf16_weights

@@ -85,16 +85,22 @@ class GraphedForward:
         """The module the graphs' functions should run for ``model``: ``model`` itself, or with
         ``bf16_weights`` its bf16 copy, made at the first call and refreshed from ``model``'s
         current weights at every call (one cast-and-copy pass; the graphs read the copy's
-        weights where they are). Call once per split, before running its batches.
+        weights where they are). Call once per split, before running its batches. A model that
+        :func:`bf16_copy` cannot copy is run itself, with one log line saying why.
 
         Raises:
             ValueError: with ``bf16_weights``, a different model than at the first call (the
-                graphs were captured on the first model's copy), or see :func:`bf16_copy`.
+                graphs were captured on the first model's copy).
         """
         if not self.bf16_weights:
             return model
         if self._copy is None:
-            self._copy = (model, bf16_copy(model))
+            try:
+                self._copy = (model, bf16_copy(model))
+            except ValueError as e:
+                log.info("graphed evaluation runs the model under autocast, not a bf16 copy: %s", e)
+                self.bf16_weights = False
+                return model
         source, shadow = self._copy
         if source is not model:
             raise ValueError("GraphedForward(bf16_weights=True) serves the one model it was first given")
@@ -163,24 +169,36 @@ def bf16_copy(model: nn.Module) -> nn.Module:
     ``encoder`` is a :class:`Bf16Encoder` (bf16 weights, no autocast inside); the heads keep
     fp32 weights. No gradients are tracked. Its ``eval_graphs`` is None.
 
+    The copy is made outside inference mode (even when called inside it), so that
+    :func:`refresh_copy` can update it anywhere.
+
     Raises:
         ValueError: the encoder was compiled in place (``train.compile``): the copy would keep
-            calling the compiled original.
+            calling the compiled original; or a head shares a parameter with the encoder (it
+            would turn bf16 in the head too).
     """
     encoder = model.encoder
     if "forward_packed" in vars(encoder) or "forward" in vars(encoder) or hasattr(encoder, "_orig_mod"):
         raise ValueError("bf16_copy needs an encoder that was not compiled in place")
+    in_encoder = {id(p) for p in encoder.parameters()}
+    outside = (p for n, p in model.named_parameters(remove_duplicate=False) if not n.startswith("encoder."))
+    if any(id(p) in in_encoder for p in outside):
+        raise ValueError("bf16_copy needs heads that share no parameter with the encoder")
     memo = {id(getattr(model, "eval_graphs", None)): None}
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():
         shadow = copy.deepcopy(model, memo)
-    shadow.encoder = Bf16Encoder(shadow.encoder)
-    shadow.eval().requires_grad_(False)
-    refresh_copy(shadow, model)
+        shadow.encoder = Bf16Encoder(shadow.encoder)
+        shadow.eval().requires_grad_(False)
+        refresh_copy(shadow, model)
     return shadow
 
 
-def _float_tensors(module: nn.Module) -> list[torch.Tensor]:
-    return [t for t in chain(module.parameters(), module.buffers()) if t.is_floating_point()]
+def _float_tensors(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+    """Names (a :class:`Bf16Encoder`'s ``encoder.inner.`` read as ``encoder.``) and tensors of
+    ``module``'s floating-point parameters and buffers, in registration order."""
+    named = [(n, t) for n, t in chain(module.named_parameters(), module.named_buffers()) if t.is_floating_point()]
+    names = ["encoder." + n[len("encoder.inner."):] if n.startswith("encoder.inner.") else n for n, _ in named]
+    return names, [t for _, t in named]
 
 
 @torch.no_grad()
@@ -189,9 +207,9 @@ def refresh_copy(shadow: nn.Module, model: nn.Module) -> None:
     the same order, as :func:`bf16_copy` makes them), cast to each of ``shadow``'s dtypes.
 
     Raises:
-        ValueError: the two hold different numbers or shapes of tensors.
+        ValueError: the two hold different names or shapes of tensors.
     """
-    dst, src = _float_tensors(shadow), _float_tensors(model)
-    if len(dst) != len(src) or any(d.shape != s.shape for d, s in zip(dst, src, strict=True)):
+    (dst_names, dst), (src_names, src) = _float_tensors(shadow), _float_tensors(model)
+    if dst_names != src_names or any(d.shape != s.shape for d, s in zip(dst, src, strict=True)):
         raise ValueError("the copy's tensors do not match the model's")
     torch._foreach_copy_(dst, [s.detach() for s in src])
