@@ -154,13 +154,14 @@ class Bf16Encoder(nn.Module):
         self.config = encoder.config
 
     def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201  (BertModel.forward's)
-        with torch.autocast(self.inner.embeddings.word_embeddings.weight.device.type, enabled=False):
-            out = self.inner(*args, **kwargs)
-        return type(out)(*(t.float() for t in out))
+        return self._float_outputs(self.inner, *args, **kwargs)
 
     def forward_packed(self, packed):  # noqa: ANN001, ANN201  (BertModel.forward_packed's)
-        with torch.autocast(packed.input_ids.device.type, enabled=False):
-            out = self.inner.forward_packed(packed)
+        return self._float_outputs(self.inner.forward_packed, packed)
+
+    def _float_outputs(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        with torch.autocast(self.inner.embeddings.word_embeddings.weight.device.type, enabled=False):
+            out = fn(*args, **kwargs)
         return type(out)(*(t.float() for t in out))
 
 
@@ -169,8 +170,8 @@ def bf16_copy(model: nn.Module) -> nn.Module:
     ``encoder`` is a :class:`Bf16Encoder` (bf16 weights, no autocast inside); the heads keep
     fp32 weights. No gradients are tracked. Its ``eval_graphs`` is None.
 
-    The copy is made outside inference mode (even when called inside it), so that
-    :func:`refresh_copy` can update it anywhere.
+    The copy holds the model's current weights (the encoder's cast to bf16); it is made outside
+    inference mode (even when called inside it), so that :func:`refresh_copy` can update it anywhere.
 
     Raises:
         ValueError: the encoder was compiled in place (``train.compile``): the copy would keep
@@ -189,7 +190,6 @@ def bf16_copy(model: nn.Module) -> nn.Module:
         shadow = copy.deepcopy(model, memo)
         shadow.encoder = Bf16Encoder(shadow.encoder)
         shadow.eval().requires_grad_(False)
-        refresh_copy(shadow, model)
     return shadow
 
 

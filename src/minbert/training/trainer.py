@@ -186,7 +186,7 @@ class Trainer:
         self.model, self.tokenizer, encoder_src, table = setup_model(
             cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
         self.model.pack_eval = bool(self.rt.pack_multiple)  # dev evaluation packs as training does
-        self.model.eval_graphs = (GraphedForward(self.device, bf16_weights=self.rt.amp and not self.rt.compile)
+        self.model.eval_graphs = (GraphedForward(self.device, bf16_weights=self.rt.amp)  # compiled: autocast
                                   if self.rt.cuda_graphs and self.rt.pack_multiple else None)
         self.tasks = {name: table[name] for name in cfg.tasks}
         self.data = load_splits(cfg, self.data_dir, self.tokenizer, table, progress=self.progress)
