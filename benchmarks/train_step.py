@@ -10,7 +10,8 @@ multiple of 16 tokens (a few shapes), forward + backward replayed as one CUDA gr
 (minbert.training.cudagraph.GraphedSteps), the optimizer outside the graph. ``minbert-eager`` is the same
 encoder run op by op on the peer's batches. ``minbert-packed`` packs each batch's real tokens into
 one row (no padding; minbert.model.packing) rounded up to a multiple of 64 tokens with a filler
-sequence, runs attention with FlashAttention's varlen kernel (BertModel.forward_packed) and
+sequence, runs attention with the memory-efficient varlen kernel (BertModel.forward_packed; a
+``-flash`` suffix, e.g. ``minbert-packed-compile-flash``, runs FlashAttention-2's instead) and
 replays forward + backward as CUDA graphs, one per token count, whose gradients the optimizer reads
 where the graph writes them (``GraphedSteps(direct=True)``, as in training); ``minbert-packed-compile`` is the
 same step compiled by inductor (fused elementwise kernels) inside our CUDA graphs, and
@@ -69,7 +70,8 @@ def make_batches(data_dir: Path, encoder: str, batch: int, n: int) -> list[dict]
 
 def build(impl: str, cfg: dict, attn: str = "sdpa"):
     if impl.startswith("minbert"):
-        model = BertModel(BertConfig(**cfg, attn_implementation=attn))
+        kernel = "flash" if impl.endswith("-flash") else "efficient"  # packed attention's varlen kernel
+        model = BertModel(BertConfig(**cfg, attn_implementation=attn, varlen_kernel=kernel))
         if impl == "minbert-compile":  # not in the default list: compile was no win end to end
             model.compile(dynamic=True)
         return model
@@ -108,6 +110,7 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     model = build(impl, CONFIGS[cfg_name], "sdpa" if cuda else "eager").to(device).train()
+    impl = impl.removesuffix("-flash")  # the same step, FlashAttention's varlen kernel
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     params = list(model.parameters())
     if impl in COMPILE_MODES:

@@ -304,6 +304,22 @@ def test_config_rejects_unknown_attn_implementation(impl):
         BertConfig(attn_implementation=impl)
 
 
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "EFFICIENT", "", "math"])
+def test_config_rejects_unknown_varlen_kernel(kernel):
+    with pytest.raises(ConfigError, match="varlen_kernel"):
+        BertConfig(varlen_kernel=kernel)
+
+
+def test_varlen_kernel_is_ours_not_the_config_json(tmp_path):
+    """varlen_kernel is a run-time choice like attn_implementation: not written to config.json,
+    and a config.json that carries one does not set it."""
+    cfg = BertConfig(varlen_kernel="flash")
+    assert "varlen_kernel" not in cfg.to_hf_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**cfg.to_hf_dict(), "varlen_kernel": "flash"}))
+    assert BertConfig.from_json_file(tmp_path / "config.json").varlen_kernel == "efficient"
+    assert BertConfig.from_json_file(tmp_path / "config.json", varlen_kernel="flash").varlen_kernel == "flash"
+
+
 def test_from_pretrained_rejects_unknown_attn_implementation(tiny_encoder):
     with pytest.raises(ConfigError, match="attn_implementation"):
         BertModel.from_pretrained(tiny_encoder, attn_implementation="flash_attention_2")

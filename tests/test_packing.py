@@ -1,6 +1,6 @@
 """The packed layout: pack/unpack keep every real token, and BertModel.forward_packed (eager
 varlen reference on CPU) equals the padded forward token for token, in outputs and gradients, in
-fp32; the flash varlen path refuses devices and dtypes it cannot run on. The CUDA kernel is
+fp32; the CUDA varlen kernels refuse devices and dtypes they cannot run on. The CUDA kernel is
 compared with the padded forward in tests/test_packing_cuda.py (GPU only)."""
 
 from __future__ import annotations
@@ -114,11 +114,12 @@ def test_eager_varlen_attention_is_per_sequence_softmax():
         torch.testing.assert_close(got[a:b], want.transpose(0, 1))
 
 
-def test_flash_varlen_refuses_cpu_and_fp32():
+@pytest.mark.parametrize("kernel", ["efficient", "flash"])
+def test_sdpa_varlen_refuses_cpu_and_fp32(kernel):
     q = torch.randn(5, 2, 8)
     cu = torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ConfigError, match="CUDA in fp16/bf16"):
-        varlen_attention(q, q, q, cu, 5, 0.0, "sdpa")
+        varlen_attention(q, q, q, cu, 5, 0.0, "sdpa", kernel)
 
 
 def test_forward_packed_checks_max_seqlen(model):
@@ -144,7 +145,7 @@ def test_pack_refuses_an_empty_sequence(lengths, row):
 
 
 def test_pack_refuses_a_max_seqlen_below_the_longest_sequence():
-    """The flash kernel sizes its grid by max_seqlen: a longer sequence would be cut short."""
+    """The varlen kernels size their grids by max_seqlen: a longer sequence would be cut short."""
     ids, types, mask = padded_batch([5, 2], 6)
     with pytest.raises(ValueError, match="max_seqlen 3 < the longest sequence, 5 tokens"):
         pack(ids, mask, types, max_seqlen=3)

@@ -1,5 +1,6 @@
-"""On a GPU: the packed encoder with FlashAttention's varlen kernel equals the padded encoder
-with SDPA within bf16 tolerance, in outputs and gradients, and replays as a CUDA graph."""
+"""On a GPU: the packed encoder with either varlen kernel (memory-efficient, FlashAttention-2)
+equals the padded encoder with SDPA within bf16 tolerance, in outputs and gradients, and replays as
+a CUDA graph."""
 
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ def run(model, packed, ids, types, mask, multiple_of=64):
     return h.detach(), out.pooler_output.float().detach(), {n: p.grad.float() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("kernel", ["efficient", "flash"])
 @pytest.mark.parametrize("multiple_of", [64, 512])
-def test_flash_varlen_packed_equals_padded_sdpa(multiple_of):
+def test_varlen_packed_equals_padded_sdpa(multiple_of, kernel):
     torch.manual_seed(0)
-    model = BertModel(BertConfig(**CFG, attn_implementation="sdpa")).cuda().train()
+    model = BertModel(BertConfig(**CFG, attn_implementation="sdpa", varlen_kernel=kernel)).cuda().train()
     ids, types, mask = (t.cuda() for t in batch([37, 5, 120, 64, 1, 90], 128))
     h0, p0, g0 = run(model, False, ids, types, mask)
     h1, p1, g1 = run(model, True, ids, types, mask, multiple_of)
@@ -81,3 +83,32 @@ def test_a_packed_run_with_one_graph_per_step_trains_as_the_padded_eager_run(tin
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=5e-5, rtol=1e-4, msg=k)
     assert packed.summary["dev"] == pytest.approx(padded.summary["dev"], abs=1e-4)
+
+
+def test_the_two_varlen_kernels_agree_and_dropout_changes_at_every_graph_replay():
+    """At dropout 0 the memory-efficient and flash kernels give the same attention (bf16 rounding);
+    with dropout, a CUDA graph of the efficient kernel draws a new mask at every replay."""
+    from minbert.model.bert import varlen_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    lengths = [37, 5, 120, 64, 1, 90]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(sum(lengths), 4, 32, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    eff, fl = (varlen_attention(q, k, v, cu, 128, 0.0, "sdpa", kern).float() for kern in ("efficient", "flash"))
+    torch.testing.assert_close(eff, fl, atol=1e-2, rtol=1e-2)
+    ref = varlen_attention(q.float(), k.float(), v.float(), cu, 128, 0.0, "eager")
+    torch.testing.assert_close(eff, ref, atol=2e-2, rtol=2e-2)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        varlen_attention(q, k, v, cu, 128, 0.5, "sdpa")
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = varlen_attention(q, k, v, cu, 128, 0.5, "sdpa")
+    graph.replay()
+    first = out.clone()
+    graph.replay()
+    assert not torch.equal(first, out)
+    assert (first - eff).abs().max() > 0.1  # dropout at 0.5 moves the output far from the undropped one

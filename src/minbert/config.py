@@ -340,7 +340,7 @@ PACK_MULTIPLE = 64  # tokens: the smallest pack bucket (model.packing.token_buck
 
 def use_packing(cfg: Config, device_type: str, amp: bool) -> tuple[bool, str | None]:
     """Resolve ``model.packing``. ``auto`` is on with CUDA, bf16 autocast and ``sdpa`` attention
-    (FlashAttention's varlen kernel) where nothing blocks it. ``on`` also runs ``eager`` attention,
+    (a varlen CUDA kernel, see ``minbert.model.bert.varlen_attention``) where nothing blocks it. ``on`` also runs ``eager`` attention,
     the block-diagonal reference, on any device (its (N, N) scores over a whole step make it the
     reference, not a fast path). Returns (on, why auto is off on a CUDA device, or None).
 
@@ -349,7 +349,7 @@ def use_packing(cfg: Config, device_type: str, amp: bool) -> tuple[bool, str | N
     """
     sdpa, mode = cfg.model.attn_implementation == "sdpa", cfg.model.packing
     smart = ("train.smart_weight=0 (SMART perturbs the padded embeddings)", cfg.train.smart_weight > 0)
-    bf16 = "train.amp=bf16 (FlashAttention runs in bf16)"
+    bf16 = "train.amp=bf16 (the varlen kernels run in bf16)"
     if mode == "on":  # eager attention packs anywhere
         needs = [("a CUDA device or model.attn_implementation=eager", sdpa and device_type != "cuda"),
                  (bf16, sdpa and not amp)]
@@ -404,6 +404,7 @@ def use_flat_sync(tc: TrainConfig, world_size: int, graphs: bool) -> bool:
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+VARLEN_KERNELS = ("efficient", "flash")  # packed "sdpa" attention (minbert.model.bert.varlen_attention)
 # an encoder's config.json (model.bert.BertConfig): (what a value must be, the test it passes)
 _ENCODER_NUMBERS = {
     **{k: ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1) for k in (
@@ -424,7 +425,7 @@ def check_encoder_config(c: Any) -> None:
     Raises:
         ConfigError: a value of the wrong type or out of range, ``hidden_size`` not a multiple of
             ``num_attention_heads``, ``pad_token_id`` >= ``vocab_size``, an unsupported
-            ``hidden_act``, ``position_embedding_type`` or ``attn_implementation``.
+            ``hidden_act``, ``position_embedding_type``, ``attn_implementation`` or ``varlen_kernel``.
     """
     for name, (what, ok) in _ENCODER_NUMBERS.items():
         v = getattr(c, name)
@@ -442,3 +443,5 @@ def check_encoder_config(c: Any) -> None:
         raise ConfigError(f"position_embedding_type {c.position_embedding_type!r} is not supported (only 'absolute')")
     if c.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ConfigError(f"attn_implementation {c.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}")
+    if c.varlen_kernel not in VARLEN_KERNELS:
+        raise ConfigError(f"varlen_kernel {c.varlen_kernel!r} is not one of {VARLEN_KERNELS}")

@@ -15,9 +15,11 @@ Any other value raises :class:`ConfigError`; there is no silent fallback.
 Two input layouts: padded, ``(B, T)`` with an attention mask (:meth:`BertModel.forward`), and
 packed, the real tokens of all sequences in one row of N with their offsets ``cu_seqlens``
 (:meth:`BertModel.forward_packed`, :mod:`minbert.model.packing`), where no FLOP is spent on
-padding. Packed attention (:func:`varlen_attention`) is FlashAttention-2's variable-length kernel
-for ``"sdpa"`` (CUDA, fp16/bf16: the kernel SDPA's flash backend runs; an error elsewhere) and the
-formula over a block-diagonal mask for ``"eager"`` (any device; the reference).
+padding. Packed attention (:func:`varlen_attention`) is, for ``"sdpa"``, a variable-length kernel of
+SDPA's CUDA backends chosen by ``BertConfig.varlen_kernel`` (fp16/bf16 on CUDA; an error elsewhere):
+``"efficient"``, the memory-efficient kernel (the default: on sentences of about 15 to 30 tokens its
+64-row tiles waste less than FlashAttention's 128-row ones), or ``"flash"``, FlashAttention-2's;
+and for ``"eager"`` the formula over a block-diagonal mask (any device; the reference).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class BertConfig:
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
     attn_implementation: str = "sdpa"
+    varlen_kernel: str = "efficient"  # packed "sdpa" attention: "efficient" or "flash" (not in config.json)
 
     def __post_init__(self) -> None:
         check_encoder_config(self)  # raises ConfigError
@@ -88,7 +91,7 @@ class BertConfig:
         if model_type != "bert":
             raise CheckpointError(f"{path}: model_type is {model_type!r}, only 'bert' is supported")
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in raw.items() if k in names and k != "attn_implementation"}
+        kwargs = {k: v for k, v in raw.items() if k in names and k not in ("attn_implementation", "varlen_kernel")}
         try:
             cls(**kwargs)  # the file's own values
         except ConfigError as e:
@@ -99,6 +102,7 @@ class BertConfig:
         """The config as Hugging Face writes it in ``config.json``."""
         d = dataclasses.asdict(self)
         d.pop("attn_implementation")
+        d.pop("varlen_kernel")
         d.update(model_type="bert", architectures=["BertModel"])
         return d
 
@@ -196,6 +200,7 @@ class BertLayer(nn.Module):
         super().__init__()
         self.n_head = config.num_attention_heads
         self.attn_implementation = config.attn_implementation
+        self.varlen_kernel = config.varlen_kernel
         self.attn_dropout = config.attention_probs_dropout_prob
         self.attention = BertAttention(config)
         self.intermediate = BertIntermediate(config)
@@ -238,36 +243,47 @@ class BertLayer(nn.Module):
         nh, hs = self.n_head, C // self.n_head
         q, k, v = (t.view(N, nh, hs) for t in self._qkv(x))  # (N, nh, hs) each
         p_drop = self.attn_dropout if self.training else 0.0
-        y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, p_drop, self.attn_implementation)  # (N, nh, hs)
+        impl = self.attn_implementation
+        y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, p_drop, impl, self.varlen_kernel)  # (N, nh, hs)
         return self._ffn(y.reshape(N, C), x)
 
 
 def varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-    dropout_p: float, impl: str,
+    dropout_p: float, impl: str, kernel: str = "efficient",
 ) -> torch.Tensor:
     """Softmax attention of each packed sequence over itself (Vaswani et al. 2017, Eq. 1).
 
     Args:
         q, k, v: (N, nh, hs) packed tokens; cu_seqlens: (S + 1,) int32 sequence offsets;
-        max_seqlen: >= the longest sequence; dropout_p: attention-probability dropout.
-        impl: ``"sdpa"``: FlashAttention-2's varlen kernel (Dao 2023), the one behind SDPA's
-            flash backend; ``"eager"``: softmax over an (nh, N, N) score matrix whose
-            cross-sequence entries are masked (the reference: O(N^2) memory).
+        max_seqlen: >= the longest sequence (the kernels size their grids by it); dropout_p:
+            attention-probability dropout.
+        impl: ``"sdpa"``: a variable-length CUDA kernel of SDPA's backends, by ``kernel``;
+            ``"eager"``: softmax over an (nh, N, N) score matrix whose cross-sequence entries are
+            masked (the reference: O(N^2) memory; ``kernel`` is not used).
+        kernel: ``"efficient"``: the memory-efficient kernel (Rabe & Staats 2021, "Self-attention
+            does not need O(n^2) memory"; xFormers' CUTLASS kernel, SDPA's efficient backend),
+            64-row tiles; ``"flash"``: FlashAttention-2's (Dao 2023), 128-row tiles. Either gives
+            every sequence its own tiles, so short sequences waste less with ``"efficient"``
+            (``benchmarks/attention_varlen.py``).
     Returns:
         (N, nh, hs), in q's dtype.
     Raises:
-        ConfigError: ``"sdpa"`` off CUDA or outside fp16/bf16, where the kernel does not run.
+        ConfigError: ``"sdpa"`` off CUDA or outside fp16/bf16, where these kernels are not used.
     """
     if impl == "sdpa":
         if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
             raise ConfigError(
-                f"packed 'sdpa' attention runs FlashAttention's varlen kernel, on CUDA in fp16/bf16 only "
+                f"packed 'sdpa' attention runs a varlen CUDA kernel, on CUDA in fp16/bf16 only "
                 f"(got {q.device.type}, {q.dtype}); use attn_implementation 'eager' for the reference"
             )
-        return torch.ops.aten._flash_attention_forward(
-            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
-        )[0]
+        if kernel == "flash":
+            return torch.ops.aten._flash_attention_forward(
+                q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
+            )[0]
+        lse = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)  # for backward
+        args = (q[None], k[None], v[None], None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, 0, lse)
+        return torch.ops.aten._efficient_attention_forward(*args)[0][0]  # (1, N, nh, hs) -> (N, nh, hs)
     N, nh, hs = q.shape
     seg = segment_ids(cu_seqlens, N)  # (N,)
     att = (q.transpose(0, 1) @ k.permute(1, 2, 0)) * (1.0 / math.sqrt(hs))  # (nh, N, N)

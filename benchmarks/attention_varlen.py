@@ -1,0 +1,249 @@
+"""Packed (variable-length) attention kernels on real sentence lengths: forward and forward +
+backward time of one layer's attention, in one process, on the same packed q, k, v.
+
+The packed encoder (``BertModel.forward_packed``) runs attention over N tokens laid end to end,
+each sequence attending to itself (offsets ``cu_seqlens``). SST and QQP sentences are short (about
+15 to 30 tokens), so the kernel's tiling decides how much of its work is masked out. Candidates,
+all bf16 on CUDA:
+
+* ``flash``: FlashAttention-2's varlen kernel (``aten._flash_attention_forward``; what
+  ``attn_implementation="sdpa"`` runs today), one 128-row tile per sequence and head;
+* ``efficient``: the memory-efficient (xFormers / CUTLASS) kernel with ``cu_seqlens``
+  (``aten._efficient_attention_forward``), 64-row tiles;
+* ``cudnn``: cuDNN's attention with ragged offsets (``aten._cudnn_attention_forward``), where the
+  installed cuDNN supports it (not in the default list: on torch 2.11 each eager call took tens
+  of milliseconds);
+* ``binned-K``: whole sequences laid greedily, in order, into bins of K tokens (where no sequence
+  is longer than K); one dense
+  ``scaled_dot_product_attention`` over (bins, nh, K, hs) with a block-diagonal boolean mask (the
+  memory-efficient kernel), the gather into bins and the scatter back included;
+* ``flex``: ``torch.nn.attention.flex_attention`` (compiled) with a document mask. It has no
+  attention-probability dropout, so it is timed at dropout 0 only.
+
+``binned-K-attn`` times the masked attention of ``binned-K`` alone, as if the packed layout were
+already laid out in bins (its output is not in packed order, so it has no difference from flash).
+
+Each record: GPU microseconds per call (each call captured as a CUDA graph and replayed: median of
+``--repeats`` timings of ``--iters`` replays, CUDA events), for the forward alone and for forward +
+backward, at dropout 0 and at ``--dropout``; and the largest absolute difference of the output
+from ``flash`` at dropout 0.
+
+    python benchmarks/attention_varlen.py --data-dir DIR --encoder ENC --out attention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from bench_io import emit, machine  # noqa: E402
+from minbert.data.tokenizer import Tokenizer  # noqa: E402
+from minbert.tasks.base import get_task  # noqa: E402
+
+SHAPES = {"minilm-l6": (12, 32), "bert-base": (12, 64)}  # (heads, head size)
+
+
+def sentence_lengths(data_dir: Path, encoder: str) -> dict[str, list[int]]:
+    """Token counts (with [CLS] and [SEP]) of SST's sentences and QQP's first questions, in file order."""
+    tok = Tokenizer(encoder, 128)
+    sst = get_task("sst").read(data_dir / "ids-sst-train.csv", "train")
+    qqp = get_task("qqp").read(data_dir / "quora-train.csv", "train")
+    return {
+        "sst": [len(x) for x in tok.encode([t[0] for t in sst.texts])[0]],
+        "qqp": [len(x) for x in tok.encode([t[0] for t in qqp.texts])[0]],
+    }
+
+
+def bins(lengths: list[int], K: int) -> list[list[int]]:
+    """Greedy in-order bin packing: the sequence indices of each bin of at most K tokens."""
+    out, cur, used = [], [], 0
+    for i, n in enumerate(lengths):
+        if cur and used + n > K:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += n
+    out.append(cur)
+    return out
+
+
+def binned_layout(lengths: list[int], K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(slot_of_token (N,), token_of_slot (nb*K,) with N for empty slots, mask (nb, 1, K, K) bool)."""
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    groups = bins(lengths, K)
+    slot_of_token = torch.empty(starts[-1], dtype=torch.long)
+    token_of_slot = torch.full((len(groups) * K,), starts[-1], dtype=torch.long)
+    seg = torch.full((len(groups), K), -1, dtype=torch.long)
+    for b, g in enumerate(groups):
+        pos = 0
+        for i in g:
+            n = lengths[i]
+            slots = torch.arange(b * K + pos, b * K + pos + n)
+            slot_of_token[starts[i] : starts[i] + n] = slots
+            token_of_slot[slots] = torch.arange(starts[i], starts[i] + n)
+            seg[b, pos : pos + n] = i
+            pos += n
+    eye = torch.eye(K, dtype=torch.bool)[None]
+    mask = ((seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)) | eye  # empty slots see themselves
+    return slot_of_token.to(device), token_of_slot.to(device), mask[:, None].to(device)
+
+
+def candidates(lengths: list[int], device: torch.device, nh: int, hs: int, with_flex: bool) -> dict:
+    """name -> f(q, k, v, dropout_p) over packed (N, nh, hs) tensors (``flex`` compiles, so only on request)."""
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=device)
+    mx = max(lengths)
+    N = int(cu[-1])
+
+    def flash(q, k, v, p):
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, mx, mx, p, False, False)[0]
+
+    def efficient(q, k, v, p):
+        args = (q[None], k[None], v[None], None, cu, cu, mx, mx, p, 0, True)  # (1, N, nh, hs) each
+        return torch.ops.aten._efficient_attention_forward(*args)[0][0]
+
+    def cudnn(q, k, v, p):
+        return torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, mx, mx, True, p, False, False)[0]
+
+    out = {"flash": flash, "efficient": efficient, "cudnn": cudnn}
+    for K in (k for k in (64, 128) if k >= mx):  # a bin holds whole sequences
+        slot_of_token, token_of_slot, mask = binned_layout(lengths, K, device)
+        nb = mask.shape[0]
+
+        def binned(q, k, v, p, token_of_slot=token_of_slot, slot_of_token=slot_of_token, mask=mask, nb=nb, K=K):
+            qkv = torch.stack((q, k, v)).view(3, N, nh * hs)
+            qkv = F.pad(qkv, (0, 0, 0, 1))[:, token_of_slot]  # (3, nb*K, C); empty slots read the zero row
+            qkv = qkv.view(3, nb, K, nh, hs).transpose(2, 3)  # (3, nb, nh, K, hs)
+            y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, dropout_p=p)  # (nb, nh, K, hs)
+            return y.transpose(1, 2).reshape(nb * K, nh, hs)[slot_of_token]  # (N, nh, hs)
+
+        def binned_attn(q, k, v, p, mask=mask, nb=nb, K=K):
+            qkv = F.pad(torch.stack((q, k, v)), (0, 0, 0, 0, 0, nb * K - N)).view(3, nb, K, nh, hs).transpose(2, 3)
+            y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, dropout_p=p)  # (nb, nh, K, hs)
+            return y.transpose(1, 2).reshape(nb * K, nh, hs)[:N]
+
+        out[f"binned-{K}"] = binned
+        out[f"binned-{K}-attn"] = binned_attn
+    if not with_flex:
+        return out
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        seg = torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))
+        block_mask = create_block_mask(lambda b, h, qi, ki: seg[qi] == seg[ki], None, None, N, N, device=device)
+        flex_c = torch.compile(flex_attention, dynamic=False)
+
+        def flex(q, k, v, p):
+            if p:
+                return None
+            y = flex_c(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=block_mask)
+            return y[0].transpose(0, 1)
+
+        out["flex"] = flex
+    except Exception as e:  # noqa: BLE001 -- a missing candidate is reported, not fatal
+        print(f"flex unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    return out
+
+
+def time_us(fn, iters: int, repeats: int) -> float:
+    """GPU microseconds per call: ``fn`` captured once as a CUDA graph (so that host launch time
+    does not count), replayed ``iters`` times; the median over ``repeats`` such timings."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(iters):
+            g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1000 / iters)
+    return round(statistics.median(times), 2)
+
+
+def measure(
+    name: str, lengths: list[int], nh: int, hs: int, dropout: float, iters: int, repeats: int, impls: set[str]
+) -> list[dict]:
+    device = torch.device("cuda")
+    N = sum(lengths)
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(N, nh, hs, device=device, dtype=torch.bfloat16, generator=g) for _ in range(3))
+    grad = torch.randn(N, nh, hs, device=device, dtype=torch.bfloat16, generator=g)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    fns = candidates(lengths, device, nh, hs, "flex" in impls)
+    ref = fns["flash"](q, k, v, 0.0).float()
+    recs = []
+    for impl, f in fns.items():
+        if impl not in impls:
+            continue
+        rec = {"case": name, "impl": impl, "heads": nh, "head_size": hs, "tokens": N, "sequences": len(lengths)}
+        try:
+            with torch.no_grad():
+                y = f(q, k, v, 0.0)
+            if not impl.endswith("-attn"):
+                rec["max_abs_diff_vs_flash"] = round(float((y.float() - ref).abs().max()), 5)
+            for p in (0.0, dropout):
+                if f(q, k, v, p) is None:
+                    continue
+
+                def fwd(f=f, p=p):
+                    with torch.no_grad():
+                        f(q, k, v, p)
+
+                def fwd_bwd(f=f, p=p):
+                    for t in (qg, kg, vg):
+                        t.grad = None
+                    f(qg, kg, vg, p).backward(grad)
+
+                rec[f"fwd_us_p{p}"] = time_us(fwd, iters, repeats)
+                rec[f"fwd_bwd_us_p{p}"] = time_us(fwd_bwd, iters, repeats)
+        except Exception as e:  # noqa: BLE001 -- a kernel this build lacks is recorded, not fatal
+            rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        print(rec, file=sys.stderr, flush=True)
+        recs.append(rec)
+    return recs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--encoder", required=True, help="a tokenizer folder (tokenizer.json)")
+    ap.add_argument("--configs", default="bert-base,minilm-l6")
+    ap.add_argument("--batches", default="32,128", help="sequences per packed batch")
+    ap.add_argument("--impls", default="flash,efficient,binned-64,binned-128,binned-64-attn,binned-128-attn")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch._dynamo.config.cache_size_limit = 64  # flex compiles once per token count
+    impls = set(args.impls.split(","))
+    lens = sentence_lengths(Path(args.data_dir), args.encoder)
+    records = []
+    for cfg in args.configs.split(","):
+        nh, hs = SHAPES[cfg]
+        for B in (int(b) for b in args.batches.split(",")):
+            cases = {f"{cfg}-sst-b{B}": lens["sst"][:B], f"{cfg}-qqp-b{B}": lens["qqp"][: 2 * B]}
+            for name, lengths in cases.items():
+                records += measure(name, lengths, nh, hs, args.dropout, args.iters, args.repeats, impls)
+    emit({"machine": machine(), "records": records}, args.out)
+
+
+if __name__ == "__main__":
+    main()
