@@ -26,7 +26,8 @@ already laid out in bins (its output is not in packed order, so it has no differ
 Each record: GPU microseconds per call (each call captured as a CUDA graph and replayed: median of
 ``--repeats`` timings of ``--iters`` replays, CUDA events), for the forward alone and for forward +
 backward, at dropout 0 and at ``--dropout``; and the largest absolute difference of the output
-from ``flash`` at dropout 0.
+from ``flash`` at dropout 0. ``--mask-check`` instead checks, for the two varlen kernels, that the
+backward drops the same attention probabilities as the forward (:func:`dropout_mask_check`).
 
     python benchmarks/attention_varlen.py --data-dir DIR --encoder ENC --out attention.json
 """
@@ -220,6 +221,42 @@ def measure(
     return recs
 
 
+def dropout_mask_check(
+    kernel: str, lengths: list[int], p: float = 0.5, nh: int = 2, hs: int = 32, device: str = "cuda"
+) -> dict:
+    """Does the backward drop the same attention probabilities as the forward?
+
+    With q = k = 0 every sequence's softmax is uniform, 1/L. With v[t] the one-hot of t's position
+    in its sequence, the forward output reads the kept entries of the dropout mask: out[i, j] =
+    keep[i, j] / ((1 - p) L). With the output gradient dO[i] the one-hot of i's position, dV[j, d] =
+    keep[start + d, j] / ((1 - p) L) reads the mask the backward used. Returns the fraction of the
+    (head, query, key) pairs within sequences where the two masks differ (0 for a kernel that
+    replays its forward's mask)."""
+    device = torch.device(device)
+    assert max(lengths) <= hs
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=device)
+    N = int(cu[-1])
+    pos = torch.cat([torch.arange(n) for n in lengths]).to(device)  # (N,) position within its sequence
+    onehot = F.one_hot(pos, hs).to(torch.bfloat16)[:, None, :].expand(N, nh, hs).contiguous()  # (N, nh, hs)
+    q = torch.zeros(N, nh, hs, device=device, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.zeros(N, nh, hs, device=device, dtype=torch.bfloat16, requires_grad=True)
+    v = onehot.clone().requires_grad_()
+    fns = candidates(lengths, device, nh, hs, with_flex=False)
+    out = fns[kernel](q, k, v, p)
+    out.backward(onehot)
+    differ, kept, total = 0, 0, 0
+    for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:], strict=True):
+        L = b - a
+        fwd = out[a:b, :, :L].float() > 0  # (L queries, nh, L keys)
+        bwd = v.grad[a:b, :, :L].float().permute(2, 1, 0) > 0  # dV[key, h, query] -> (query, nh, key)
+        differ += int((fwd != bwd).sum())
+        kept += int(fwd.sum())
+        total += fwd.numel()
+    return {"check": "dropout_mask", "impl": kernel, "dropout_p": p, "lengths": lengths,
+            "kept_fraction_fwd": round(kept / total, 4),
+            "mask_disagree_fraction": round(differ / total, 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True)
@@ -230,8 +267,14 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--mask-check", action="store_true", help="only the dropout-mask check (flash, efficient)")
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.mask_check:
+        cases = ([16], [16, 12, 16, 9], [5, 32, 7, 20, 1, 13])
+        recs = [dropout_mask_check(kern, lengths) for kern in ("flash", "efficient") for lengths in cases]
+        emit({"machine": machine(), "records": recs}, args.out)
+        return
     torch._dynamo.config.cache_size_limit = 64  # flex compiles once per token count
     impls = set(args.impls.split(","))
     lens = sentence_lengths(Path(args.data_dir), args.encoder)

@@ -10,8 +10,9 @@ multiple of 16 tokens (a few shapes), forward + backward replayed as one CUDA gr
 (minbert.training.cudagraph.GraphedSteps), the optimizer outside the graph. ``minbert-eager`` is the same
 encoder run op by op on the peer's batches. ``minbert-packed`` packs each batch's real tokens into
 one row (no padding; minbert.model.packing) rounded up to a multiple of 64 tokens with a filler
-sequence, runs attention with the memory-efficient varlen kernel (BertModel.forward_packed; a
-``-flash`` suffix, e.g. ``minbert-packed-compile-flash``, runs FlashAttention-2's instead) and
+sequence, runs attention with the varlen kernel ``BertConfig.varlen_kernel="auto"`` picks
+(BertModel.forward_packed; FlashAttention-2's, since these steps train with attention dropout; a
+``-flash`` suffix, e.g. ``minbert-packed-compile-flash``, asks for it explicitly) and
 replays forward + backward as CUDA graphs, one per token count, whose gradients the optimizer reads
 where the graph writes them (``GraphedSteps(direct=True)``, as in training); ``minbert-packed-compile`` is the
 same step compiled by inductor (fused elementwise kernels) inside our CUDA graphs, and
@@ -70,7 +71,7 @@ def make_batches(data_dir: Path, encoder: str, batch: int, n: int) -> list[dict]
 
 def build(impl: str, cfg: dict, attn: str = "sdpa"):
     if impl.startswith("minbert"):
-        kernel = "flash" if impl.endswith("-flash") else "efficient"  # packed attention's varlen kernel
+        kernel = "flash" if impl.endswith("-flash") else "auto"  # packed attention's varlen kernel
         model = BertModel(BertConfig(**cfg, attn_implementation=attn, varlen_kernel=kernel))
         if impl == "minbert-compile":  # not in the default list: compile was no win end to end
             model.compile(dynamic=True)

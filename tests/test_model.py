@@ -316,7 +316,7 @@ def test_varlen_kernel_is_ours_not_the_config_json(tmp_path):
     cfg = BertConfig(varlen_kernel="flash")
     assert "varlen_kernel" not in cfg.to_hf_dict()
     (tmp_path / "config.json").write_text(json.dumps({**cfg.to_hf_dict(), "varlen_kernel": "flash"}))
-    assert BertConfig.from_json_file(tmp_path / "config.json").varlen_kernel == "efficient"
+    assert BertConfig.from_json_file(tmp_path / "config.json").varlen_kernel == "auto"
     assert BertConfig.from_json_file(tmp_path / "config.json", varlen_kernel="flash").varlen_kernel == "flash"
 
 

@@ -114,7 +114,7 @@ def test_eager_varlen_attention_is_per_sequence_softmax():
         torch.testing.assert_close(got[a:b], want.transpose(0, 1))
 
 
-@pytest.mark.parametrize("kernel", ["efficient", "flash"])
+@pytest.mark.parametrize("kernel", ["auto", "efficient", "flash"])
 def test_sdpa_varlen_refuses_cpu_and_fp32(kernel):
     q = torch.randn(5, 2, 8)
     cu = torch.tensor([0, 5], dtype=torch.int32)

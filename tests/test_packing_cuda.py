@@ -85,20 +85,70 @@ def test_a_packed_run_with_one_graph_per_step_trains_as_the_padded_eager_run(tin
     assert packed.summary["dev"] == pytest.approx(padded.summary["dev"], abs=1e-4)
 
 
-def test_the_two_varlen_kernels_agree_and_dropout_changes_at_every_graph_replay():
-    """At dropout 0 the memory-efficient and flash kernels give the same attention (bf16 rounding);
-    with dropout, a CUDA graph of the efficient kernel draws a new mask at every replay."""
+def packed_qkv(lengths, hs=32, nh=4, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(sum(lengths), nh, hs, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    return q, k, v, cu
+
+
+def test_the_varlen_kernels_agree_without_dropout():
+    """At dropout 0 auto runs the memory-efficient kernel, and it gives flash's attention and the
+    fp32 reference's within bf16 rounding."""
     from minbert.model.bert import varlen_attention
 
-    g = torch.Generator(device="cuda").manual_seed(0)
-    lengths = [37, 5, 120, 64, 1, 90]
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-    q, k, v = (torch.randn(sum(lengths), 4, 32, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-    eff, fl = (varlen_attention(q, k, v, cu, 128, 0.0, "sdpa", kern).float() for kern in ("efficient", "flash"))
+    q, k, v, cu = packed_qkv([37, 5, 120, 64, 1, 90])
+    eff, fl, auto = (
+        varlen_attention(q, k, v, cu, 128, 0.0, "sdpa", kern).float() for kern in ("efficient", "flash", "auto")
+    )
+    assert torch.equal(auto, eff)
     torch.testing.assert_close(eff, fl, atol=1e-2, rtol=1e-2)
     ref = varlen_attention(q.float(), k.float(), v.float(), cu, 128, 0.0, "eager")
     torch.testing.assert_close(eff, ref, atol=2e-2, rtol=2e-2)
 
+
+def test_the_efficient_kernel_refuses_dropout():
+    from minbert.errors import ConfigError
+    from minbert.model.bert import varlen_attention
+
+    q, k, v, cu = packed_qkv([7, 9])
+    with pytest.raises(ConfigError, match="without attention dropout only"):
+        varlen_attention(q, k, v, cu, 16, 0.1, "sdpa", "efficient")
+
+
+@pytest.mark.parametrize("kernel", ["auto", "flash"])
+def test_the_backward_drops_what_the_forward_dropped(kernel):
+    """With q = k = 0 each sequence's softmax is uniform (1/L); with v[t] the one-hot of t's
+    position, out[i, j] = keep[i, j] / ((1 - p) L) shows the forward's dropout mask, and with the
+    output gradient dO[i] the one-hot of i's position, dV[j, i] = keep[i, j] / ((1 - p) L) shows the
+    backward's. They must be the same mask, sequence by sequence."""
+    from minbert.model.bert import varlen_attention
+
+    lengths, hs, nh = [5, 32, 7, 20, 1, 13], 32, 2
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    pos = torch.cat([torch.arange(n) for n in lengths]).cuda()
+    onehot = torch.nn.functional.one_hot(pos, hs).to(torch.bfloat16)[:, None, :].expand(-1, nh, -1).contiguous()
+    q, k = (torch.zeros_like(onehot, requires_grad=True) for _ in range(2))
+    v = onehot.clone().requires_grad_()
+    torch.manual_seed(0)
+    out = varlen_attention(q, k, v, cu, 32, 0.5, "sdpa", kernel)
+    out.backward(onehot)
+    kept = 0
+    for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:], strict=True):
+        L = b - a
+        fwd = out[a:b, :, :L] > 0  # (query, head, key)
+        bwd = v.grad[a:b, :, :L].permute(2, 1, 0) > 0  # dV[key, head, query] -> (query, head, key)
+        assert torch.equal(fwd, bwd), (a, b)
+        kept += int(fwd.sum())
+    assert 0.4 < kept / (nh * sum(n * n for n in lengths)) < 0.6  # dropout at 0.5 did drop
+
+
+def test_dropout_changes_at_every_graph_replay():
+    """A CUDA graph of packed attention with dropout draws a new mask at every replay."""
+    from minbert.model.bert import varlen_attention
+
+    q, k, v, cu = packed_qkv([37, 5, 120, 64, 1, 90])
+    plain = varlen_attention(q, k, v, cu, 128, 0.0, "sdpa")
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -111,4 +161,4 @@ def test_the_two_varlen_kernels_agree_and_dropout_changes_at_every_graph_replay(
     first = out.clone()
     graph.replay()
     assert not torch.equal(first, out)
-    assert (first - eff).abs().max() > 0.1  # dropout at 0.5 moves the output far from the undropped one
+    assert (first.float() - plain.float()).abs().max() > 0.1  # dropout at 0.5 moves it far from the undropped one

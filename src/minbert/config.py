@@ -339,10 +339,10 @@ PACK_MULTIPLE = 64  # tokens: the smallest pack bucket (model.packing.token_buck
 
 
 def use_packing(cfg: Config, device_type: str, amp: bool) -> tuple[bool, str | None]:
-    """Resolve ``model.packing``. ``auto`` is on with CUDA, bf16 autocast and ``sdpa`` attention
-    (a varlen CUDA kernel, see ``minbert.model.bert.varlen_attention``) where nothing blocks it. ``on`` also runs ``eager`` attention,
-    the block-diagonal reference, on any device (its (N, N) scores over a whole step make it the
-    reference, not a fast path). Returns (on, why auto is off on a CUDA device, or None).
+    """Resolve ``model.packing``. ``auto`` is on with CUDA, bf16 autocast and ``sdpa`` attention (a
+    varlen CUDA kernel, ``minbert.model.bert.varlen_attention``) where nothing blocks it. ``on`` also
+    runs ``eager`` attention, the block-diagonal reference, on any device (its (N, N) scores over a
+    whole step make it the reference, not a fast path). Returns (on, why auto is off on a CUDA device, or None).
 
     Raises:
         ConfigError: ``on`` where something blocks it, or with ``max_length`` < the smallest pack bucket.
@@ -404,7 +404,7 @@ def use_flat_sync(tc: TrainConfig, world_size: int, graphs: bool) -> bool:
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-VARLEN_KERNELS = ("efficient", "flash")  # packed "sdpa" attention (minbert.model.bert.varlen_attention)
+VARLEN_KERNELS = ("auto", "efficient", "flash")  # packed "sdpa" attention (minbert.model.bert.varlen_attention)
 # an encoder's config.json (model.bert.BertConfig): (what a value must be, the test it passes)
 _ENCODER_NUMBERS = {
     **{k: ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1) for k in (

@@ -17,9 +17,12 @@ packed, the real tokens of all sequences in one row of N with their offsets ``cu
 (:meth:`BertModel.forward_packed`, :mod:`minbert.model.packing`), where no FLOP is spent on
 padding. Packed attention (:func:`varlen_attention`) is, for ``"sdpa"``, a variable-length kernel of
 SDPA's CUDA backends chosen by ``BertConfig.varlen_kernel`` (fp16/bf16 on CUDA; an error elsewhere):
-``"efficient"``, the memory-efficient kernel (the default: on sentences of about 15 to 30 tokens its
-64-row tiles waste less than FlashAttention's 128-row ones), or ``"flash"``, FlashAttention-2's;
-and for ``"eager"`` the formula over a block-diagonal mask (any device; the reference).
+``"flash"``, FlashAttention-2's; ``"efficient"``, the memory-efficient kernel, whose 64-row tiles
+waste less than FlashAttention's 128-row ones on sentences of about 15 to 30 tokens but whose
+backward does not replay its forward's attention dropout on packed sequences, so it runs without
+dropout only; or ``"auto"`` (the default), ``"efficient"`` without dropout (evaluation, prediction)
+and ``"flash"`` with it. For ``"eager"`` it is the formula over a block-diagonal mask (any device;
+the reference).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class BertConfig:
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
     attn_implementation: str = "sdpa"
-    varlen_kernel: str = "efficient"  # packed "sdpa" attention: "efficient" or "flash" (not in config.json)
+    varlen_kernel: str = "auto"  # packed "sdpa" attention: "auto", "efficient" or "flash" (not in config.json)
 
     def __post_init__(self) -> None:
         check_encoder_config(self)  # raises ConfigError
@@ -250,7 +253,7 @@ class BertLayer(nn.Module):
 
 def varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-    dropout_p: float, impl: str, kernel: str = "efficient",
+    dropout_p: float, impl: str, kernel: str = "auto",
 ) -> torch.Tensor:
     """Softmax attention of each packed sequence over itself (Vaswani et al. 2017, Eq. 1).
 
@@ -261,15 +264,19 @@ def varlen_attention(
         impl: ``"sdpa"``: a variable-length CUDA kernel of SDPA's backends, by ``kernel``;
             ``"eager"``: softmax over an (nh, N, N) score matrix whose cross-sequence entries are
             masked (the reference: O(N^2) memory; ``kernel`` is not used).
-        kernel: ``"efficient"``: the memory-efficient kernel (Rabe & Staats 2021, "Self-attention
-            does not need O(n^2) memory"; xFormers' CUTLASS kernel, SDPA's efficient backend),
-            64-row tiles; ``"flash"``: FlashAttention-2's (Dao 2023), 128-row tiles. Either gives
-            every sequence its own tiles, so short sequences waste less with ``"efficient"``
-            (``benchmarks/attention_varlen.py``).
+        kernel: ``"flash"``: FlashAttention-2's kernel (Dao 2023), 128-row tiles;
+            ``"efficient"``: the memory-efficient kernel (Rabe & Staats 2021, "Self-attention does
+            not need O(n^2) memory"; xFormers' CUTLASS kernel, SDPA's efficient backend), 64-row
+            tiles, at dropout 0 only; ``"auto"``: ``"efficient"`` at dropout 0, else ``"flash"``.
+            Both give every sequence its own tiles, so short sequences waste less with
+            ``"efficient"``. Its backward does not drop the attention probabilities its forward
+            dropped on packed sequences (``benchmarks/attention_varlen.py --mask-check``), which
+            is why it runs without dropout only.
     Returns:
         (N, nh, hs), in q's dtype.
     Raises:
-        ConfigError: ``"sdpa"`` off CUDA or outside fp16/bf16, where these kernels are not used.
+        ConfigError: ``"sdpa"`` off CUDA or outside fp16/bf16, where these kernels are not used;
+            ``kernel="efficient"`` with ``dropout_p > 0``.
     """
     if impl == "sdpa":
         if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
@@ -277,12 +284,19 @@ def varlen_attention(
                 f"packed 'sdpa' attention runs a varlen CUDA kernel, on CUDA in fp16/bf16 only "
                 f"(got {q.device.type}, {q.dtype}); use attn_implementation 'eager' for the reference"
             )
+        if kernel == "auto":
+            kernel = "efficient" if dropout_p == 0 else "flash"
         if kernel == "flash":
             return torch.ops.aten._flash_attention_forward(
                 q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
             )[0]
+        if dropout_p > 0:
+            raise ConfigError(
+                f"varlen_kernel 'efficient' runs without attention dropout only (got {dropout_p}): its backward "
+                "does not replay the forward's dropout on packed sequences; use 'auto' or 'flash'"
+            )
         lse = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)  # for backward
-        args = (q[None], k[None], v[None], None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, 0, lse)
+        args = (q[None], k[None], v[None], None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, 0, lse)
         return torch.ops.aten._efficient_attention_forward(*args)[0][0]  # (1, N, nh, hs) -> (N, nh, hs)
     N, nh, hs = q.shape
     seg = segment_ids(cu_seqlens, N)  # (N,)
