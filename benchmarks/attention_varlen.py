@@ -259,8 +259,8 @@ def dropout_mask_check(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", required=True)
-    ap.add_argument("--encoder", required=True, help="a tokenizer folder (tokenizer.json)")
+    ap.add_argument("--data-dir", help="the course data (not needed with --mask-check)")
+    ap.add_argument("--encoder", help="a tokenizer folder, tokenizer.json (not needed with --mask-check)")
     ap.add_argument("--configs", default="bert-base,minilm-l6")
     ap.add_argument("--batches", default="32,128", help="sequences per packed batch")
     ap.add_argument("--impls", default="flash,efficient,binned-64,binned-128,binned-64-attn,binned-128-attn")
@@ -275,6 +275,8 @@ def main() -> None:
         recs = [dropout_mask_check(kern, lengths) for kern in ("flash", "efficient") for lengths in cases]
         emit({"machine": machine(), "records": recs}, args.out)
         return
+    if not (args.data_dir and args.encoder):
+        ap.error("--data-dir and --encoder are needed for the timings")
     torch._dynamo.config.cache_size_limit = 64  # flex compiles once per token count
     impls = set(args.impls.split(","))
     lens = sentence_lengths(Path(args.data_dir), args.encoder)

@@ -1,6 +1,6 @@
 """Merge the raw benchmark outputs in reports/bench/ into reports/speed.json (``machine``,
 ``train_step``, ``train_step_packed``, ``e2e`` and ``e2e_history``, ``profile`` (and
-``profile_peer``, ``profile_history``), ``profile_trainer``, ``eval``; the
+``profile_peer``, ``profile_history``), ``profile_trainer``, ``eval``, ``varlen_attention``; the
 ``cpu_predict`` part is written by benchmarks/cpu_predict.py) and reports/encoder_throughput.json
 (the batch-32 records). Prints the ratios ours / faster peer.
 
@@ -19,6 +19,10 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     evaluation); s8-call2: train_step.py, packed + inductor against
                                     the reduce-overhead peer; s8-call3: profile_step.py, both sides
                                     (device-scripts/s8-call*.sh)
+  bench/s9/                         s9-call2: attention_varlen.py (packed attention kernels); s9-call3:
+                                    train_step.py (both varlen kernels, the peer), e2e.py (default);
+                                    s9-call4: e2e.py (default), train_step.py (MiniLM-L6); s9-call5:
+                                    attention_varlen.py --mask-check (device-scripts/s9-call*.sh)
 
     python benchmarks/collect_reports.py
 """
@@ -54,9 +58,12 @@ def ratios(records: list[dict]) -> list[dict]:
 
 def packed_records() -> list[dict]:
     """The packed train-step records and their peers, the latest run first where several measured
-    one (the others go to ``earlier``): s8-call2's JSON files, the call-4 JSON files, the call-4
-    command output (its lines are cut at 160 characters: the complete fields before the cut are
-    read), then the JSON lines of the call-2 logs."""
+    one (the others go to ``earlier``): s9-call4's and s9-call3's JSON files (s9-call3's
+    ``minbert-packed-compile-flash`` is the shipped step, FlashAttention's kernel where attention
+    dropout is on, and is listed under that name; its ``minbert-packed-compile`` ran the
+    memory-efficient kernel with dropout, which is not shipped and is left out), s8-call2's, the
+    call-4 JSON files, the call-4 command output (its lines are cut at 160 characters: the
+    complete fields before the cut are read), then the JSON lines of the call-2 logs."""
     out, earlier, seen = [], [], set()
 
     def add(rec: dict, source: str) -> None:
@@ -65,6 +72,16 @@ def packed_records() -> list[dict]:
             {**{k: rec[k] for k in KEYS if k in rec}, "source": f"reports/bench/{source}"})
         seen.add(key)
 
+    for f in sorted((BENCH / "s9").glob("s9-call4-ts-*.json")):  # varlen_kernel auto (flash when training)
+        for rec in json.loads(f.read_text())["records"]:
+            add(rec, f"s9/{f.name}")
+    for f in sorted((BENCH / "s9").glob("s9-call3-ts-*.json")):
+        for rec in json.loads(f.read_text())["records"]:
+            if rec["impl"] == "minbert-packed-compile":  # the efficient kernel with dropout: not shipped
+                continue  # (varlen_attention()["train_step_efficient_with_dropout"])
+            if rec["impl"] == "minbert-packed-compile-flash":  # what auto runs when training
+                rec = {**rec, "impl": "minbert-packed-compile"}
+            add(rec, f"s9/{f.name}")
     for f in sorted((BENCH / "s8").glob("s8-call2-ts-*.json")):
         for rec in json.loads(f.read_text())["records"]:
             add(rec, f"s8/{f.name}")
@@ -122,7 +139,33 @@ def packed_e2e_history() -> list[dict]:
          "than a row, pinned checkpoint snapshots, one TensorBoard event per step (a machine without "
          "bytecode caches)"},
         {**e2e_runs("s7-call2-e2e-best.json", "s7"), "what": "configs/best.yaml at the s7-call2 step"},
+        {**e2e_runs("s8-call1-e2e-default.json", "s8"), "what": "plus graphed evaluation in bf16 weights, "
+         "Python's and matplotlib's caches filled first"},
+        {**e2e_runs("s9-call3-e2e-default.json", "s9"), "what": "packed attention on the memory-efficient kernel "
+         "in training as well, with attention dropout: its backward's dropout mask is not its forward's "
+         "(s9-call5-mask-check.json), dev overall fell by 0.03 to 0.04; not shipped"},
     ]
+
+
+def varlen_attention() -> dict:
+    """The packed attention kernels on real sentence lengths (s9-call2, GPU time of CUDA-graph
+    replays), the dropout-mask check (s9-call5) and the train steps that ran the memory-efficient
+    kernel with attention dropout (s9-call3), which the mask check rules out."""
+    timed = json.loads((BENCH / "s9" / "s9-call2-attention.json").read_text())["records"]
+    flex = json.loads((BENCH / "s9" / "s9-call2-attention-flex.json").read_text())["records"]
+    keep = ("case", "impl", "tokens", "sequences", "fwd_us_p0.0", "fwd_bwd_us_p0.0", "fwd_us_p0.1",
+            "fwd_bwd_us_p0.1", "max_abs_diff_vs_flash")
+    kernels = [{k: r[k] for k in keep if k in r} for r in timed]
+    kernels += [{k: r[k] for k in keep if k in r} for r in flex if r["impl"] == "flex"]
+    wrong = [{**{k: r[k] for k in KEYS}, "impl": "minbert-packed-compile (memory-efficient kernel, with dropout)",
+              "source": f"reports/bench/s9/{f.name}"}
+             for f in sorted((BENCH / "s9").glob("s9-call3-ts-*.json"))
+             for r in json.loads(f.read_text())["records"] if r["impl"] == "minbert-packed-compile"]
+    mask = json.loads((BENCH / "s9" / "s9-call5-mask-check.json").read_text())["records"]
+    return {"kernels": kernels, "kernels_source": "reports/bench/s9/s9-call2-attention.json, "
+            "s9-call2-attention-flex.json (microseconds per call, one layer's attention)",
+            "mask_check": mask, "mask_check_source": "reports/bench/s9/s9-call5-mask-check.json",
+            "train_step_efficient_with_dropout": wrong}
 
 
 def profile(folder: str, name: str) -> dict:
@@ -184,11 +227,13 @@ def main() -> None:
         "of 16, step losses synced every 50 steps; wall time of the whole command, process start to final predictions",
         "packed": packed_e2e_history(),
     }
-    # the latest run of each preset (s8-call1): graphed dev evaluation on a bf16-weight copy, with
-    # Python's bytecode and matplotlib's font cache filled beforehand
-    speed["e2e"] = {"default": e2e_runs("s8-call1-e2e-default.json", "s8"),
-                    "best": e2e_runs("s8-call1-e2e-best.json", "s8")}
+    # the latest run of each preset, with Python's bytecode and matplotlib's font cache filled
+    # beforehand: default with varlen_kernel auto (s9-call4), best before that change (s8-call1)
+    speed["e2e"] = {"default": e2e_runs("s9-call4-e2e-default.json", "s9"),
+                    "best": {**e2e_runs("s8-call1-e2e-best.json", "s8"),
+                             "note": "run before varlen_kernel auto (evaluation on the memory-efficient kernel)"}}
     speed.update(profiles())
+    speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
                                 "source": "reports/bench/packed/s5-call4-profile-train-default.json"}
