@@ -60,7 +60,7 @@ def packed_records() -> list[dict]:
     """The packed train-step records and their peers, the latest run first where several measured
     one (the others go to ``earlier``): s9-call4's and s9-call3's JSON files (s9-call3's
     ``minbert-packed-compile-flash`` is the shipped step, FlashAttention's kernel where attention
-    dropout is on, and is listed under that name; its ``minbert-packed-compile`` ran the
+    dropout is on, and is listed as ``minbert-packed-compile``; its ``minbert-packed-compile`` ran the
     memory-efficient kernel with dropout, which is not shipped and is left out), s8-call2's, the
     call-4 JSON files, the call-4 command output (its lines are cut at 160 characters: the
     complete fields before the cut are read), then the JSON lines of the call-2 logs."""
@@ -231,7 +231,7 @@ def main() -> None:
     # beforehand: default with varlen_kernel auto (s9-call4), best before that change (s8-call1)
     speed["e2e"] = {"default": e2e_runs("s9-call4-e2e-default.json", "s9"),
                     "best": {**e2e_runs("s8-call1-e2e-best.json", "s8"),
-                             "note": "run before varlen_kernel auto (evaluation on the memory-efficient kernel)"}}
+                             "note": "run before varlen_kernel auto: evaluation on FlashAttention's kernel"}}
     speed.update(profiles())
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())

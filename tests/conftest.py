@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minbert.model.bert import BertConfig, BertModel, resolve_encoder_path
+from minbert.model.bert import BertConfig, BertModel
+from minbert.model.hf_folder import resolve_encoder_path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MINBERT_DATA_DIR", REPO.parent / "shared" / "data" / "cs224n"))

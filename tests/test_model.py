@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from minbert.data.tokenizer import Tokenizer
 from minbert.errors import CheckpointError, ConfigError
-from minbert.model.bert import BertConfig, BertModel, resolve_encoder_path
+from minbert.model.bert import BertConfig, BertModel
+from minbert.model.hf_folder import resolve_encoder_path
 
 FP16_FOLDER = Path("/work/shared/models/all-MiniLM-L6-v2-fp16")
 TOL = 1e-5
@@ -166,7 +167,7 @@ def test_load_bert_prefix_and_ignored_keys(tiny_encoder, tiny_state, tmp_path, c
     raw["cls.predictions.transform.dense.weight"] = torch.randn(32, 32)
     raw["classifier.weight"] = torch.randn(3, 32)  # a task head of another model: dropped, with a warning
     folder = write_checkpoint(tiny_encoder, tmp_path / "prefixed", raw)
-    with caplog.at_level(logging.WARNING, logger="minbert.model.bert"):
+    with caplog.at_level(logging.WARNING, logger="minbert.model.hf_folder"):
         model = BertModel.from_pretrained(folder)
     assert_loaded_equal(model, tiny_state)
     assert any("classifier.weight" in r.getMessage() for r in caplog.records)

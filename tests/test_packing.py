@@ -115,11 +115,22 @@ def test_eager_varlen_attention_is_per_sequence_softmax():
 
 
 @pytest.mark.parametrize("kernel", ["auto", "efficient", "flash"])
-def test_sdpa_varlen_refuses_cpu_and_fp32(kernel):
-    q = torch.randn(5, 2, 8)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sdpa_varlen_refuses_cpu(kernel, dtype):
+    q = torch.randn(5, 2, 8, dtype=dtype)
     cu = torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ConfigError, match="CUDA in fp16/bf16"):
         varlen_attention(q, q, q, cu, 5, 0.0, "sdpa", kernel)
+
+
+@pytest.mark.parametrize("kernel, dropout", [("efficient", 0.1), ("efficient", 1e-6), ("Flash", 0.0), ("", 0.1)])
+def test_sdpa_varlen_refuses_an_unknown_kernel_and_the_efficient_kernel_with_dropout(kernel, dropout):
+    """The efficient kernel's backward does not drop what its forward dropped (see
+    benchmarks/attention_varlen.py --mask-check): it runs at dropout 0 only, on any device's check."""
+    q = torch.randn(5, 2, 8)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    with pytest.raises(ConfigError, match=rf"varlen_kernel '{kernel}' with attention dropout {dropout}"):
+        varlen_attention(q, q, q, cu, 5, dropout, "sdpa", kernel)
 
 
 def test_forward_packed_checks_max_seqlen(model):

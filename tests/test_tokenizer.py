@@ -11,7 +11,7 @@ import pytest
 
 from minbert.data.tokenizer import Tokenizer
 from minbert.errors import ConfigError
-from minbert.model.bert import resolve_encoder_path
+from minbert.model.hf_folder import resolve_encoder_path
 from minbert.tasks.base import get_task
 
 MAX_LEN = 128

@@ -125,7 +125,7 @@ def check_file_weights(model: torch.nn.Module, path: Path) -> dict:
     Raises:
         CheckpointError: listing missing, unexpected and mis-shaped keys.
     """
-    from .model.bert import check_state_dict
+    from .model.hf_folder import check_state_dict
 
     tensors, meta = load_weights(path)
     check_state_dict(model, tensors, source=str(path))

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from ..errors import CheckpointError, ConfigError
-from ..model.bert import resolve_encoder_path
+from ..model.hf_folder import resolve_encoder_path
 
 log = logging.getLogger(__name__)
 

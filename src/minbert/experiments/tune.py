@@ -142,7 +142,7 @@ def _check_arguments(
 ) -> None:
     """Refuse what would fail in every trial, before the study is opened (see :func:`tune`)."""
     from ..data.batching import resolve_data_dir
-    from ..model.bert import resolve_encoder_path
+    from ..model.hf_folder import resolve_encoder_path
 
     if n_trials < 1:
         raise ConfigError(f"tune: --trials must be >= 1, got {n_trials}")

