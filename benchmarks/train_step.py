@@ -69,11 +69,10 @@ def make_batches(data_dir: Path, encoder: str, batch: int, n: int) -> list[dict]
     return out
 
 
-def build(impl: str, cfg: dict, attn: str = "sdpa"):
+def build(impl: str, cfg: dict, attn: str = "sdpa", kernel: str = "auto"):
     if impl.startswith("minbert"):
-        kernel = "flash" if impl.endswith("-flash") else "auto"  # packed attention's varlen kernel
         model = BertModel(BertConfig(**cfg, attn_implementation=attn, varlen_kernel=kernel))
-        if impl.removesuffix("-flash") == "minbert-compile":  # not in the default list: compile was no win end to end
+        if impl == "minbert-compile":  # not in the default list: compile was no win end to end
             model.compile(dynamic=True)
         return model
     import transformers
@@ -110,8 +109,9 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
     encoder uses eager attention and nothing is captured."""
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = build(impl, CONFIGS[cfg_name], "sdpa" if cuda else "eager").to(device).train()
-    impl = impl.removesuffix("-flash")  # the same step, FlashAttention's varlen kernel
+    kernel = "flash" if impl.endswith("-flash") else "auto"  # packed attention's varlen kernel
+    impl = impl.removesuffix("-flash")  # otherwise the same step
+    model = build(impl, CONFIGS[cfg_name], "sdpa" if cuda else "eager", kernel).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     params = list(model.parameters())
     if impl in COMPILE_MODES:

@@ -112,7 +112,7 @@ def test_the_efficient_kernel_refuses_dropout():
     from minbert.model.bert import varlen_attention
 
     q, k, v, cu = packed_qkv([7, 9])
-    with pytest.raises(ConfigError, match="without attention dropout only"):
+    with pytest.raises(ConfigError, match="'efficient' runs at dropout 0 only"):
         varlen_attention(q, k, v, cu, 16, 0.1, "sdpa", "efficient")
 
 
