@@ -10,6 +10,8 @@ all bf16 on CUDA:
   ``attn_implementation="sdpa"`` runs today), one 128-row tile per sequence and head;
 * ``efficient``: the memory-efficient (xFormers / CUTLASS) kernel with ``cu_seqlens``
   (``aten._efficient_attention_forward``), 64-row tiles;
+* ``triton-B``: ours (:mod:`minbert.model.varlen_triton`), FlashAttention-2 in Triton with B-row
+  tiles and a dropout mask that the backward redraws;
 * ``cudnn``: cuDNN's attention with ragged offsets (``aten._cudnn_attention_forward``), where the
   installed cuDNN supports it (not in the default list: on torch 2.11 each eager call took tens
   of milliseconds);
@@ -26,7 +28,7 @@ already laid out in bins (its output is not in packed order, so it has no differ
 Each record: GPU microseconds per call (each call captured as a CUDA graph and replayed: median of
 ``--repeats`` timings of ``--iters`` replays, CUDA events), for the forward alone and for forward +
 backward, at dropout 0 and at ``--dropout``; and the largest absolute difference of the output
-from ``flash`` at dropout 0. ``--mask-check`` instead checks, for the two varlen kernels, that the
+from ``flash`` at dropout 0. ``--mask-check`` instead checks, for flash, efficient and triton-32, that the
 backward drops the same attention probabilities as the forward (:func:`dropout_mask_check`).
 
     python benchmarks/attention_varlen.py --data-dir DIR --encoder ENC --out attention.json
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bench_io import emit, machine  # noqa: E402
 from minbert.data.tokenizer import Tokenizer  # noqa: E402
+from minbert.model.varlen_triton import triton_varlen_attention  # noqa: E402
 from minbert.tasks.base import get_task  # noqa: E402
 
 SHAPES = {"minilm-l6": (12, 32), "bert-base": (12, 64)}  # (heads, head size)
@@ -115,6 +118,12 @@ def candidates(lengths: list[int], device: torch.device, nh: int, hs: int, with_
         return torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, mx, mx, True, p, False, False)[0]
 
     out = {"flash": flash, "efficient": efficient, "cudnn": cudnn}
+    for block in (16, 32, 64):
+
+        def ours(q, k, v, p, block=block):
+            return triton_varlen_attention(q, k, v, cu, mx, p, block)
+
+        out[f"triton-{block}"] = ours
     for K in (k for k in (64, 128) if k >= mx):  # a bin holds whole sequences
         slot_of_token, token_of_slot, mask = binned_layout(lengths, K, device)
         nb = mask.shape[0]
@@ -259,16 +268,17 @@ def main() -> None:
     ap.add_argument("--encoder", help="a tokenizer folder, tokenizer.json (not needed with --mask-check)")
     ap.add_argument("--configs", default="bert-base,minilm-l6")
     ap.add_argument("--batches", default="32,128", help="sequences per packed batch")
-    ap.add_argument("--impls", default="flash,efficient,binned-64,binned-128,binned-64-attn,binned-128-attn")
+    ap.add_argument("--impls", default="flash,efficient,triton-16,triton-32,triton-64,binned-64,binned-128")
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--mask-check", action="store_true", help="only the dropout-mask check (flash, efficient)")
+    ap.add_argument("--mask-check", action="store_true", help="only the dropout-mask check (flash, efficient, triton)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.mask_check:
         cases = ([16], [16, 12, 16, 9], [5, 32, 7, 20, 1, 13])
-        recs = [dropout_mask_check(kern, lengths) for kern in ("flash", "efficient") for lengths in cases]
+        kernels = ("flash", "efficient", "triton-32")
+        recs = [dropout_mask_check(kern, lengths) for kern in kernels for lengths in cases]
         emit({"machine": machine(), "records": recs}, args.out)
         return
     if not (args.data_dir and args.encoder):

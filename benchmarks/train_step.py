@@ -11,8 +11,8 @@ multiple of 16 tokens (a few shapes), forward + backward replayed as one CUDA gr
 encoder run op by op on the peer's batches. ``minbert-packed`` packs each batch's real tokens into
 one row (no padding; minbert.model.packing) rounded up to a multiple of 64 tokens with a filler
 sequence, runs attention with the varlen kernel ``BertConfig.varlen_kernel="auto"`` picks
-(BertModel.forward_packed; FlashAttention-2's, since these steps train with attention dropout; a
-``-flash`` suffix, e.g. ``minbert-packed-compile-flash``, asks for it explicitly) and
+(BertModel.forward_packed; a ``-flash`` or ``-triton`` suffix, e.g. ``minbert-packed-compile-flash``,
+asks for FlashAttention-2's kernel or ours explicitly) and
 replays forward + backward as CUDA graphs, one per token count, whose gradients the optimizer reads
 where the graph writes them (``GraphedSteps(direct=True)``, as in training); ``minbert-packed-compile`` is the
 same step compiled by inductor (fused elementwise kernels) inside our CUDA graphs, and
@@ -109,8 +109,8 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
     encoder uses eager attention and nothing is captured."""
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    kernel = "flash" if impl.endswith("-flash") else "auto"  # packed attention's varlen kernel
-    impl = impl.removesuffix("-flash")  # otherwise the same step
+    kernel = next((k for k in ("flash", "triton") if impl.endswith(f"-{k}")), "auto")  # packed attention's kernel
+    impl = impl.removesuffix(f"-{kernel}")  # otherwise the same step
     model = build(impl, CONFIGS[cfg_name], "sdpa" if cuda else "eager", kernel).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     params = list(model.parameters())

@@ -5,13 +5,16 @@ compared with the padded forward in tests/test_packing_cuda.py (GPU only)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minbert.errors import ConfigError
-from minbert.model.bert import BertModel, varlen_attention
+from minbert.model import bert
+from minbert.model.bert import BertModel, pick_varlen_kernel, triton_unsuitable, varlen_attention
 from minbert.model.packing import pack, pack_plan, segment_ids, unpack
 
 
@@ -114,10 +117,12 @@ def test_eager_varlen_attention_is_per_sequence_softmax():
         torch.testing.assert_close(got[a:b], want.transpose(0, 1))
 
 
-@pytest.mark.parametrize("kernel", ["auto", "efficient", "flash"])
+@pytest.mark.parametrize("kernel", ["auto", "efficient", "flash", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sdpa_varlen_refuses_cpu(kernel, dtype):
-    q = torch.randn(5, 2, 8, dtype=dtype)
+    if kernel == "triton" and triton_unsuitable(16):
+        pytest.skip(triton_unsuitable(16))
+    q = torch.randn(5, 2, 16, dtype=dtype)
     cu = torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ConfigError, match="CUDA in fp16/bf16"):
         varlen_attention(q, q, q, cu, 5, 0.0, "sdpa", kernel)
@@ -131,6 +136,29 @@ def test_sdpa_varlen_refuses_an_unknown_kernel_and_the_efficient_kernel_with_dro
     cu = torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ConfigError, match=rf"varlen_kernel '{kernel}' with attention dropout {dropout}"):
         varlen_attention(q, q, q, cu, 5, dropout, "sdpa", kernel)
+
+
+def test_auto_picks_the_kernel_by_dropout_and_head_size(caplog):
+    """auto: the efficient kernel without dropout; with dropout ours where Triton imports and the
+    head size is a power of two in [16, 128], else FlashAttention-2's, saying why in one line."""
+    ours = "flash" if triton_unsuitable(64) else "triton"
+    assert [pick_varlen_kernel("auto", p, 64) for p in (0.0, 0.1)] == ["efficient", ours]
+    bert._log_once.cache_clear()
+    with caplog.at_level(logging.INFO, logger="minbert.model.bert"):
+        assert pick_varlen_kernel("auto", 0.1, 48) == "flash"
+        assert pick_varlen_kernel("auto", 0.1, 48) == "flash"
+    assert [r.getMessage() for r in caplog.records].count(
+        f"varlen_kernel auto: FlashAttention-2's kernel with dropout ('triton' cannot run: {triton_unsuitable(48)})"
+    ) == 1  # once per process
+    assert pick_varlen_kernel("flash", 0.1, 48) == "flash"
+
+
+@pytest.mark.parametrize("hs", [8, 48, 256])
+def test_the_triton_kernel_refuses_head_sizes_it_does_not_tile(hs):
+    if bert._TRITON_INSTALLED:
+        assert triton_unsuitable(hs) == f"head size {hs} is not a power of two in [16, 128]"
+    with pytest.raises(ConfigError, match=r"varlen_kernel 'triton' cannot run: (head size|the triton package)"):
+        pick_varlen_kernel("triton", 0.1, hs)
 
 
 def test_forward_packed_checks_max_seqlen(model):

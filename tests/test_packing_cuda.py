@@ -1,4 +1,4 @@
-"""On a GPU: the packed encoder with either varlen kernel (memory-efficient, FlashAttention-2)
+"""On a GPU: the packed encoder with each varlen kernel (memory-efficient, FlashAttention-2, ours)
 equals the padded encoder with SDPA within bf16 tolerance, in outputs and gradients, and replays as
 a CUDA graph."""
 
@@ -38,7 +38,7 @@ def run(model, packed, ids, types, mask, multiple_of=64):
     return h.detach(), out.pooler_output.float().detach(), {n: p.grad.float() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("kernel", ["efficient", "flash"])
+@pytest.mark.parametrize("kernel", ["efficient", "flash", "triton"])
 @pytest.mark.parametrize("multiple_of", [64, 512])
 def test_varlen_packed_equals_padded_sdpa(multiple_of, kernel):
     torch.manual_seed(0)
@@ -116,13 +116,13 @@ def test_the_efficient_kernel_refuses_dropout():
         varlen_attention(q, k, v, cu, 16, 0.1, "sdpa", "efficient")
 
 
-@pytest.mark.parametrize("kernel", ["auto", "flash"])
+@pytest.mark.parametrize("kernel", ["auto", "flash", "triton"])
 def test_the_backward_drops_what_the_forward_dropped(kernel):
     """With q = k = 0 each sequence's softmax is uniform (1/L); with v[t] the one-hot of t's
     position, out[i, j] = keep[i, j] / ((1 - p) L) shows the forward's dropout mask, and with the
     output gradient dO[i] the one-hot of i's position, dV[j, i] = keep[i, j] / ((1 - p) L) shows the
     backward's. They must be the same mask, sequence by sequence."""
-    from minbert.model.bert import varlen_attention
+    from minbert.model.bert import pick_varlen_kernel, varlen_attention
 
     lengths, hs, nh = [5, 32, 7, 20, 1, 13], 32, 2
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
@@ -134,8 +134,9 @@ def test_the_backward_drops_what_the_forward_dropped(kernel):
     out = varlen_attention(q, k, v, cu, 32, 0.5, "sdpa", kernel)
     out.backward(onehot)
     torch.manual_seed(0)
-    with torch.no_grad():  # auto with dropout is the flash kernel: the same mask from the same seed
-        assert torch.equal(out, varlen_attention(q, k, v, cu, 32, 0.5, "sdpa", "flash"))
+    with torch.no_grad():  # auto with dropout is the kernel it picks: the same mask from the same seed
+        picked = pick_varlen_kernel(kernel, 0.5, hs)
+        assert torch.equal(out, varlen_attention(q, k, v, cu, 32, 0.5, "sdpa", picked))
     kept = 0
     for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:], strict=True):
         L = b - a
@@ -146,7 +147,8 @@ def test_the_backward_drops_what_the_forward_dropped(kernel):
     assert 0.4 < kept / (nh * sum(n * n for n in lengths)) < 0.6  # dropout at 0.5 did drop
 
 
-def test_dropout_changes_at_every_graph_replay():
+@pytest.mark.parametrize("kernel", ["flash", "triton"])
+def test_dropout_changes_at_every_graph_replay(kernel):
     """A CUDA graph of packed attention with dropout draws a new mask at every replay."""
     from minbert.model.bert import varlen_attention
 
@@ -155,11 +157,11 @@ def test_dropout_changes_at_every_graph_replay():
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        varlen_attention(q, k, v, cu, 128, 0.5, "sdpa")
+        varlen_attention(q, k, v, cu, 128, 0.5, "sdpa", kernel)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = varlen_attention(q, k, v, cu, 128, 0.5, "sdpa")
+        out = varlen_attention(q, k, v, cu, 128, 0.5, "sdpa", kernel)
     graph.replay()
     first = out.clone()
     graph.replay()

@@ -404,7 +404,8 @@ def use_flat_sync(tc: TrainConfig, world_size: int, graphs: bool) -> bool:
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-VARLEN_KERNELS = ("auto", "efficient", "flash")  # packed "sdpa" attention (minbert.model.bert.varlen_attention)
+# packed "sdpa" attention kernels (minbert.model.bert.varlen_attention)
+VARLEN_KERNELS = ("auto", "efficient", "flash", "triton")
 # an encoder's config.json (model.bert.BertConfig): (what a value must be, the test it passes)
 _ENCODER_NUMBERS = {
     **{k: ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1) for k in (

@@ -35,6 +35,11 @@ class ModelConfig:
         default="auto",
         metadata={"help": "one encoder pass over the real tokens of all tasks of a step (auto: CUDA + bf16 + sdpa)"},
     )
+    varlen_kernel: Literal["auto", "efficient", "flash", "triton"] = field(
+        default="auto",
+        metadata={"help": "packed sdpa attention's kernel (auto: efficient without attention dropout, else triton, "
+                          "else flash)"},
+    )
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,10 @@ device; the reference).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
 from .packing import PackedBatch, segment_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class BertConfig:
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
     attn_implementation: str = "sdpa"
-    varlen_kernel: str = "auto"  # packed "sdpa" attention: "auto", "efficient" or "flash" (not in config.json)
+    varlen_kernel: str = "auto"  # packed "sdpa" attention: auto, efficient, flash or triton (not in config.json)
 
     def __post_init__(self) -> None:
         check_encoder_config(self)  # raises ConfigError
@@ -254,31 +259,36 @@ def varlen_attention(
         q, k, v: (N, nh, hs) packed tokens; cu_seqlens: (S + 1,) int32 sequence offsets;
         max_seqlen: >= the longest sequence (the kernels size their grids by it); dropout_p:
             attention-probability dropout.
-        impl: ``"sdpa"``: a variable-length CUDA kernel of SDPA's backends, by ``kernel``;
-            ``"eager"``: softmax over an (nh, N, N) score matrix whose cross-sequence entries are
-            masked (the reference: O(N^2) memory; ``kernel`` is not used).
+        impl: ``"sdpa"``: a variable-length CUDA kernel, by ``kernel``; ``"eager"``: softmax over
+            an (nh, N, N) score matrix whose cross-sequence entries are masked (the reference:
+            O(N^2) memory; ``kernel`` is not used).
         kernel: ``"flash"``: FlashAttention-2's kernel (Dao 2023), 128-row tiles;
             ``"efficient"``: the memory-efficient kernel (Rabe & Staats 2021; xFormers' CUTLASS
             kernel, SDPA's efficient backend), 64-row tiles, which waste less on short sequences,
             but whose backward does not drop what its forward dropped on packed sequences
-            (``benchmarks/attention_varlen.py --mask-check``): dropout 0 only; ``"auto"``:
-            ``"efficient"`` at dropout 0, else ``"flash"``.
+            (``benchmarks/attention_varlen.py --mask-check``): dropout 0 only; ``"triton"``: our
+            FlashAttention-2 in Triton with 32-row tiles and a dropout mask that its backward
+            redraws (:mod:`minbert.model.varlen_triton`; hs a power of two >= 16); ``"auto"``:
+            ``"efficient"`` at dropout 0, else ``"triton"`` where Triton imports and hs suits it,
+            else ``"flash"`` (logging one line why).
     Returns:
         (N, nh, hs), in q's dtype.
     Raises:
         ConfigError: ``"sdpa"`` with an unknown ``kernel``, with ``"efficient"`` and
-            ``dropout_p > 0``, or off CUDA or outside fp16/bf16, where these kernels do not run.
+            ``dropout_p > 0``, with ``"triton"`` where Triton does not import or hs does not suit
+            it, or off CUDA or outside fp16/bf16, where these kernels do not run.
     """
     if impl == "sdpa":
-        kernel = ("efficient" if dropout_p == 0 else "flash") if kernel == "auto" else kernel
-        if kernel not in ("efficient", "flash") or (kernel == "efficient" and dropout_p > 0):
-            raise ConfigError(f"varlen_kernel {kernel!r} with attention dropout {dropout_p}: use 'auto' or 'flash' "
-                              "('efficient' runs at dropout 0 only)")
+        kernel = pick_varlen_kernel(kernel, dropout_p, q.shape[-1])
         if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
             raise ConfigError(
                 f"packed 'sdpa' attention runs a varlen CUDA kernel, on CUDA in fp16/bf16 only "
                 f"(got {q.device.type}, {q.dtype}); use attn_implementation 'eager' for the reference"
             )
+        if kernel == "triton":
+            from .varlen_triton import triton_varlen_attention
+
+            return triton_varlen_attention(q, k, v, cu_seqlens, max_seqlen, dropout_p)
         if kernel == "flash":
             return torch.ops.aten._flash_attention_forward(
                 q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
@@ -292,6 +302,41 @@ def varlen_attention(
     att = att.masked_fill(seg[:, None] != seg[None, :], float("-inf"))
     att = F.dropout(F.softmax(att, dim=-1), p=dropout_p, training=dropout_p > 0)
     return (att @ v.transpose(0, 1)).transpose(0, 1)  # (N, nh, hs)
+
+
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # CUDA builds of torch ship it
+
+
+def triton_unsuitable(head_size: int) -> str | None:
+    """Why :mod:`minbert.model.varlen_triton` cannot run here (None: it can)."""
+    if not _TRITON_INSTALLED:
+        return "the triton package is not installed"
+    if head_size < 16 or head_size > 128 or head_size & (head_size - 1):
+        return f"head size {head_size} is not a power of two in [16, 128]"
+    return None
+
+
+def pick_varlen_kernel(kernel: str, dropout_p: float, head_size: int) -> str:
+    """The kernel that ``varlen_attention`` runs for ``kernel`` (see there); raises ConfigError."""
+    if kernel == "auto":
+        if dropout_p == 0:
+            return "efficient"
+        why = triton_unsuitable(head_size)
+        if why is not None:
+            _log_once(f"varlen_kernel auto: FlashAttention-2's kernel with dropout ('triton' cannot run: {why})")
+        return "flash" if why else "triton"
+    if kernel not in ("efficient", "flash", "triton") or (kernel == "efficient" and dropout_p > 0):
+        raise ConfigError(f"varlen_kernel {kernel!r} with attention dropout {dropout_p}: use 'auto', 'flash' or "
+                          "'triton' ('efficient' runs at dropout 0 only)")
+    why = triton_unsuitable(head_size) if kernel == "triton" else None
+    if why:
+        raise ConfigError(f"varlen_kernel 'triton' cannot run: {why}; use 'auto' or 'flash'")
+    return kernel
+
+
+@functools.cache
+def _log_once(line: str) -> None:
+    log.info(line)
 
 
 class BertEncoder(nn.Module):

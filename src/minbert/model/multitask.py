@@ -146,7 +146,7 @@ def build_model(
         from ..tasks.table import task_table
 
         tasks = task_table(cfg)
-    overrides = {"attn_implementation": cfg.model.attn_implementation}
+    overrides = {"attn_implementation": cfg.model.attn_implementation, "varlen_kernel": cfg.model.varlen_kernel}
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         if getattr(cfg.model, key) is not None:
             overrides[key] = getattr(cfg.model, key)

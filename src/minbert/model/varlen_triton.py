@@ -1,0 +1,264 @@
+"""Variable-length softmax attention with dropout, as Triton kernels sized for short sentences.
+
+FlashAttention-2 (Dao 2023, "FlashAttention-2: Faster Attention with Better Parallelism and Work
+Partitioning", Algorithms 1 and 2) over packed sequences: tokens (N, nh, hs) with offsets
+``cu_seqlens``; each sequence attends to itself only. The differences from the CUDA kernels that
+SDPA offers are the tile size and the dropout mask:
+
+* tiles of 32 queries by 32 keys, so that a 25-token sentence fills most of one tile instead of
+  a fifth of FlashAttention-2's 128-key tile;
+* the keep mask of attention dropout is a pure function of (seed, head, query token, key position)
+  drawn with Philox (``tl.rand``), so the backward kernels draw exactly the mask the forward
+  applied; the seed is a one-element device tensor drawn from torch's generator, so each replay
+  of a CUDA graph draws a new mask.
+
+Forward: O = dropout(softmax(Q K^T / sqrt(hs))) V and the row log-sum-exp (Algorithm 1).
+Backward: D = rowsum(dO * O), then dQ (one program per query tile) and dK, dV (one program per key
+tile), each recomputing P from the log-sum-exp (Algorithm 2, split in two kernels so that no
+atomics are needed: the gradients are deterministic).
+
+Needs ``triton`` (shipped with CUDA builds of torch). The ops are ``torch.library`` custom ops,
+opaque to ``torch.compile``. With ``TRITON_INTERPRET=1`` set before this module is imported the
+kernels run on CPU tensors (Triton's interpreter; the tests use it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 32  # query rows and key columns per tile (the default of triton_varlen_attention)
+
+
+@triton.jit
+def _dropout_keep(seed, h, tok, key, N, rng_stride, p_drop):
+    """The keep mask (BLOCK_M, BLOCK_N) of head h, query tokens tok (global), key positions key
+    (within the sequence): one Philox draw per (head, query, key), kept where it is >= p_drop."""
+    offs = ((h * N + tok)[:, None] * rng_stride + key[None, :]).to(tl.int32)
+    return tl.rand(seed, offs) >= p_drop
+
+
+@triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
+def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, p_drop, N, rng_stride,
+                s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh,
+                HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+    pid_m, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(CU + seq)
+    L = tl.load(CU + seq + 1) - start
+    if pid_m * BLOCK_M >= L:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions in the sequence
+    d = tl.arange(0, HS)
+    row_ok = rows < L
+    q = tl.load(Q + (start + rows)[:, None] * s_qt + h * s_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running row max
+    l_i = tl.zeros((BLOCK_M,), tl.float32)  # running softmax denominator (before dropout)
+    acc = tl.zeros((BLOCK_M, HS), tl.float32)
+    if DROPOUT:
+        seed = tl.load(SEED)
+    for n0 in range(0, L, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < L
+        k = tl.load(K + (start + cols)[:, None] * s_kt + h * s_kh + d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + (start + cols)[:, None] * s_vt + h * s_vh + d[None, :], mask=col_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * sm_scale  # (BLOCK_M, BLOCK_N) fp32
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            keep = _dropout_keep(seed, h, start + rows, cols, N, rng_stride, p_drop)
+            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(OUT + (start + rows)[:, None] * s_ot + h * s_oh + d[None, :], acc.to(OUT.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(LSE + h * N + start + rows, m_i + tl.log(l_i), mask=row_ok)
+
+
+@triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
+def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, p_drop, N, rng_stride,
+                   s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh,
+                   HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+    """dQ of one query tile; also writes D = rowsum(dO * O) for the dK, dV kernel."""
+    pid_m, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(CU + seq)
+    L = tl.load(CU + seq + 1) - start
+    if pid_m * BLOCK_M >= L:
+        return
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HS)
+    row_ok = rows < L
+    tok = start + rows
+    q = tl.load(Q + tok[:, None] * s_qt + h * s_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + tok[:, None] * s_dt + h * s_dh + d[None, :], mask=row_ok[:, None], other=0.0)
+    o = tl.load(OUT + tok[:, None] * s_ot + h * s_oh + d[None, :], mask=row_ok[:, None], other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
+    tl.store(DELTA + h * N + tok, delta, mask=row_ok)
+    lse = tl.load(LSE + h * N + tok, mask=row_ok, other=0.0)
+    dq = tl.zeros((BLOCK_M, HS), tl.float32)
+    if DROPOUT:
+        seed = tl.load(SEED)
+    for n0 in range(0, L, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < L
+        k = tl.load(K + (start + cols)[:, None] * s_kt + h * s_kh + d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + (start + cols)[:, None] * s_vt + h * s_vh + d[None, :], mask=col_ok[:, None], other=0.0)
+        p = tl.exp(tl.dot(q, tl.trans(k)) * sm_scale - lse[:, None])  # softmax, (BLOCK_M, BLOCK_N)
+        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v))  # dL/d(dropped P)
+        if DROPOUT:
+            keep = _dropout_keep(seed, h, tok, cols, N, rng_stride, p_drop)
+            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
+        ds = p * (dp - delta[:, None])  # dL/dS (softmax backward)
+        dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(DQ + tok[:, None] * s_qt + h * s_qh + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+@triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, p_drop, N, rng_stride,
+                     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_dt, s_dh,
+                     HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+    """dK and dV of one key tile, looping over the sequence's query tiles."""
+    pid_n, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(CU + seq)
+    L = tl.load(CU + seq + 1) - start
+    if pid_n * BLOCK_N >= L:
+        return
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, HS)
+    col_ok = cols < L
+    k = tl.load(K + (start + cols)[:, None] * s_kt + h * s_kh + d[None, :], mask=col_ok[:, None], other=0.0)
+    v = tl.load(V + (start + cols)[:, None] * s_vt + h * s_vh + d[None, :], mask=col_ok[:, None], other=0.0)
+    dk = tl.zeros((BLOCK_N, HS), tl.float32)
+    dv = tl.zeros((BLOCK_N, HS), tl.float32)
+    if DROPOUT:
+        seed = tl.load(SEED)
+    for m0 in range(0, L, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < L
+        tok = start + rows
+        q = tl.load(Q + tok[:, None] * s_qt + h * s_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + tok[:, None] * s_dt + h * s_dh + d[None, :], mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + h * N + tok, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + h * N + tok, mask=row_ok, other=0.0)
+        p = tl.exp(tl.dot(q, tl.trans(k)) * sm_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
+        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        pd = p
+        if DROPOUT:
+            keep = _dropout_keep(seed, h, tok, cols, N, rng_stride, p_drop)
+            pd = tl.where(keep, p / (1.0 - p_drop), 0.0)  # the dropped probabilities the forward used
+            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
+        dv += tl.dot(tl.trans(pd.to(do.dtype)), do)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    tl.store(DK + (start + cols)[:, None] * s_kt + h * s_kh + d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
+             mask=col_ok[:, None])
+    tl.store(DV + (start + cols)[:, None] * s_vt + h * s_vh + d[None, :], dv.to(DV.dtype.element_ty),
+             mask=col_ok[:, None])
+
+
+def _meta(
+    q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, block: int
+) -> tuple[tuple[int, int, int], float, int]:
+    """The launch grid (tiles, sequences, heads), the softmax scale and the rng row stride."""
+    N, nh, hs = q.shape
+    grid = (triton.cdiv(max(max_seqlen, 1), block), cu_seqlens.numel() - 1, nh)
+    return grid, 1.0 / math.sqrt(hs), max(max_seqlen, 1)
+
+
+@torch.library.custom_op("minbert::varlen_attention_fwd", mutates_args=())
+def varlen_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+    dropout_p: float, seed: torch.Tensor, block: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward kernel: q, k, v (N, nh, hs), last dim contiguous -> (out (N, nh, hs) in q's dtype,
+    log-sum-exp (nh, N) fp32)."""
+    N, nh, hs = q.shape
+    out = torch.empty((N, nh, hs), dtype=q.dtype, device=q.device)
+    lse = torch.empty((nh, N), dtype=torch.float32, device=q.device)
+    grid, scale, stride = _meta(q, cu_seqlens, max_seqlen, block)
+    _fwd_kernel[grid](q, k, v, out, lse, cu_seqlens, seed, scale, dropout_p, N, stride,
+                      q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                      out.stride(0), out.stride(1),
+                      HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=dropout_p > 0)
+    return out, lse
+
+
+@varlen_attention_fwd.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block):
+    N, nh, _ = q.shape
+    return torch.empty_like(q), q.new_empty((nh, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("minbert::varlen_attention_bwd", mutates_args=())
+def varlen_attention_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward kernels: dO (N, nh, hs) and the forward's tensors -> (dq, dk, dv), each (N, nh, hs)."""
+    N, nh, hs = q.shape
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    dq, dk, dv = (torch.empty((N, nh, hs), dtype=q.dtype, device=q.device) for _ in range(3))
+    delta = torch.empty((nh, N), dtype=torch.float32, device=q.device)
+    grid, scale, stride = _meta(q, cu_seqlens, max_seqlen, block)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
+    meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=dropout_p > 0)
+    _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, dropout_p, N, stride,
+                         *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1), **meta)
+    _bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens, seed, scale, dropout_p, N, stride,
+                           *strides, do.stride(0), do.stride(1), **meta)
+    return dq, dk, dv
+
+
+@varlen_attention_bwd.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block):
+    return torch.empty_like(q), torch.empty_like(q), torch.empty_like(q)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, seed)
+    ctx.max_seqlen, ctx.dropout_p, ctx.block = max_seqlen, dropout_p, block
+
+
+def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
+    q, k, v, out, lse, cu_seqlens, seed = ctx.saved_tensors
+    dq, dk, dv = varlen_attention_bwd(
+        do, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p, seed, ctx.block
+    )
+    return dq, dk, dv, None, None, None, None, None
+
+
+varlen_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def triton_varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float,
+    block: int = BLOCK,
+) -> torch.Tensor:
+    """Packed attention with dropout (differentiable).
+
+    Args:
+        q, k, v: (N, nh, hs) fp16/bf16 (fp32 under the interpreter) with a contiguous last dim;
+            hs a power of two >= 16. cu_seqlens: (S + 1,) int32 offsets; max_seqlen: >= the
+            longest sequence (the grid has ceil(max_seqlen / block) query tiles per sequence).
+        dropout_p: attention-probability dropout in [0, 1); the mask's seed is drawn from torch's
+            default generator of q's device (one int64 per call).
+        block: rows and columns of a tile (a power of two >= 16).
+    Returns:
+        (N, nh, hs) in q's dtype.
+    """
+    if dropout_p > 0:
+        seed = torch.randint(0, 2**62, (1,), device=q.device)
+    else:
+        seed = cu_seqlens  # not read without dropout
+    return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block)[0]
