@@ -8,7 +8,8 @@ SDPA offers are the tile size and the dropout mask:
 * tiles of 32 queries by 32 keys, so that a 25-token sentence fills most of one tile instead of
   a fifth of FlashAttention-2's 128-key tile;
 * the keep mask of attention dropout is a pure function of (seed, head, query token, key position)
-  drawn with Philox (``tl.rand``), so the backward kernels draw exactly the mask the forward
+  drawn with Philox (``tl.randint4x``, eight 16-bit draws per call, as FlashAttention-2 takes
+  several 8-bit draws from one), so the backward kernels draw exactly the mask the forward
   applied; the seed is a one-element device tensor drawn from torch's generator, so each replay
   of a CUDA graph draws a new mask.
 
@@ -34,15 +35,22 @@ BLOCK = 32  # query rows and key columns per tile (the default of triton_varlen_
 
 
 @triton.jit
-def _dropout_keep(seed, h, tok, key, N, rng_stride, p_drop):
-    """The keep mask (BLOCK_M, BLOCK_N) of head h, query tokens tok (global), key positions key
-    (within the sequence): one Philox draw per (head, query, key), kept where it is >= p_drop."""
-    offs = ((h * N + tok)[:, None] * rng_stride + key[None, :]).to(tl.int32)
-    return tl.rand(seed, offs) >= p_drop
+def _dropout_keep(seed, h, tok, col0, N, rng_stride, drop_thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keep mask (BLOCK_M, BLOCK_N) of head h, query tokens tok (global, (BLOCK_M,)), key
+    positions col0 .. col0 + BLOCK_N - 1 within the sequence (col0 a multiple of BLOCK_N).
+
+    One Philox4x32-10 call (Salmon et al. 2011) per query and 8 keys gives four 32-bit words, eight
+    16-bit numbers u; a key is kept where u >= drop_thr (drop probability drop_thr / 2^16)."""
+    group = col0 // 8 + tl.arange(0, BLOCK_N // 8)  # 8 keys per Philox counter
+    offs = ((h * N + tok)[:, None] * rng_stride + group[None, :]).to(tl.int32)  # (BLOCK_M, BLOCK_N / 8)
+    r0, r1, r2, r3 = tl.randint4x(seed, offs)
+    words = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK_M, BLOCK_N // 2))  # key = 8g + 2w + half
+    u16 = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (BLOCK_M, BLOCK_N))
+    return u16 >= drop_thr
 
 
 @triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
-def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, p_drop, N, rng_stride,
+def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
                 s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh,
                 HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     pid_m, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -71,8 +79,8 @@ def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, p_drop, N, rng_stride,
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
-            keep = _dropout_keep(seed, h, start + rows, cols, N, rng_stride, p_drop)
-            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
+            keep = _dropout_keep(seed, h, start + rows, n0, N, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
+            p = tl.where(keep, p * keep_scale, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     acc = acc / l_i[:, None]
@@ -82,7 +90,7 @@ def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, p_drop, N, rng_stride,
 
 
 @triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
-def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, p_drop, N, rng_stride,
+def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
                    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh,
                    HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """dQ of one query tile; also writes D = rowsum(dO * O) for the dK, dV kernel."""
@@ -113,8 +121,8 @@ def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, p_drop,
         p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v))  # dL/d(dropped P)
         if DROPOUT:
-            keep = _dropout_keep(seed, h, tok, cols, N, rng_stride, p_drop)
-            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
+            keep = _dropout_keep(seed, h, tok, n0, N, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
+            dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])  # dL/dS (softmax backward)
         dq += tl.dot(ds.to(k.dtype), k)
     tl.store(DQ + tok[:, None] * s_qt + h * s_qh + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
@@ -122,7 +130,7 @@ def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, p_drop,
 
 
 @triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, p_drop, N, rng_stride,
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
                      s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_dt, s_dh,
                      HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """dK and dV of one key tile, looping over the sequence's query tiles."""
@@ -153,9 +161,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, p_drop
         dp = tl.dot(do, tl.trans(v))
         pd = p
         if DROPOUT:
-            keep = _dropout_keep(seed, h, tok, cols, N, rng_stride, p_drop)
-            pd = tl.where(keep, p / (1.0 - p_drop), 0.0)  # the dropped probabilities the forward used
-            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
+            keep = _dropout_keep(seed, h, tok, pid_n * BLOCK_N, N, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
+            pd = tl.where(keep, p * keep_scale, 0.0)  # the dropped probabilities the forward used
+            dp = tl.where(keep, dp * keep_scale, 0.0)
         dv += tl.dot(tl.trans(pd.to(do.dtype)), do)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
@@ -166,12 +174,14 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, p_drop
 
 
 def _meta(
-    q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, block: int
-) -> tuple[tuple[int, int, int], float, int]:
-    """The launch grid (tiles, sequences, heads), the softmax scale and the rng row stride."""
+    q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, block: int, dropout_p: float
+) -> tuple[tuple[int, int, int], tuple[float, int, float, int]]:
+    """The launch grid (tiles, sequences, heads) and the kernels' (softmax scale, 16-bit drop
+    threshold, keep scale, rng row stride)."""
     N, nh, hs = q.shape
     grid = (triton.cdiv(max(max_seqlen, 1), block), cu_seqlens.numel() - 1, nh)
-    return grid, 1.0 / math.sqrt(hs), max(max_seqlen, 1)
+    drop_thr = int(dropout_p * 65536)  # drop where a 16-bit draw is below it
+    return grid, (1.0 / math.sqrt(hs), drop_thr, 65536 / (65536 - drop_thr), max(max_seqlen, 1))
 
 
 @torch.library.custom_op("minbert::varlen_attention_fwd", mutates_args=())
@@ -184,11 +194,11 @@ def varlen_attention_fwd(
     N, nh, hs = q.shape
     out = torch.empty((N, nh, hs), dtype=q.dtype, device=q.device)
     lse = torch.empty((nh, N), dtype=torch.float32, device=q.device)
-    grid, scale, stride = _meta(q, cu_seqlens, max_seqlen, block)
-    _fwd_kernel[grid](q, k, v, out, lse, cu_seqlens, seed, scale, dropout_p, N, stride,
+    grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
+    _fwd_kernel[grid](q, k, v, out, lse, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride,
                       q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       out.stride(0), out.stride(1),
-                      HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=dropout_p > 0)
+                      HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=drop_thr > 0)
     return out, lse
 
 
@@ -208,12 +218,12 @@ def varlen_attention_bwd(
     do = do if do.stride(-1) == 1 else do.contiguous()
     dq, dk, dv = (torch.empty((N, nh, hs), dtype=q.dtype, device=q.device) for _ in range(3))
     delta = torch.empty((nh, N), dtype=torch.float32, device=q.device)
-    grid, scale, stride = _meta(q, cu_seqlens, max_seqlen, block)
+    grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
-    meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=dropout_p > 0)
-    _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, dropout_p, N, stride,
+    meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=drop_thr > 0)
+    _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride,
                          *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1), **meta)
-    _bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens, seed, scale, dropout_p, N, stride,
+    _bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride,
                            *strides, do.stride(0), do.stride(1), **meta)
     return dq, dk, dv
 
@@ -251,8 +261,9 @@ def triton_varlen_attention(
         q, k, v: (N, nh, hs) fp16/bf16 (fp32 under the interpreter) with a contiguous last dim;
             hs a power of two >= 16. cu_seqlens: (S + 1,) int32 offsets; max_seqlen: >= the
             longest sequence (the grid has ceil(max_seqlen / block) query tiles per sequence).
-        dropout_p: attention-probability dropout in [0, 1); the mask's seed is drawn from torch's
-            default generator of q's device (one int64 per call).
+        dropout_p: attention-probability dropout in [0, 1), to a step of 2^-16 (floor(p 2^16) / 2^16;
+            kept probabilities are scaled by the inverse of the exact keep rate); the mask's seed is
+            drawn from torch's default generator of q's device (one int64 per call).
         block: rows and columns of a tile (a power of two >= 16).
     Returns:
         (N, nh, hs) in q's dtype.
