@@ -23,6 +23,12 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     train_step.py (both varlen kernels, the peer), e2e.py (default);
                                     s9-call4: e2e.py (default), train_step.py (MiniLM-L6); s9-call5:
                                     attention_varlen.py --mask-check (device-scripts/s9-call*.sh)
+  bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
+                                    draw) and s10-call2 (eight 16-bit draws per call):
+                                    attention_varlen.py (timings, --mask-check), train_step.py
+                                    (bert-base), e2e.py (default); s10-call3: e2e.py (best),
+                                    train_step.py (MiniLM-L6), eval_throughput.py; s10-call4: e2e.py (best,
+                                    an empty Triton cache) (device-scripts/s10-call*.sh)
 
     python benchmarks/collect_reports.py
 """
@@ -58,7 +64,10 @@ def ratios(records: list[dict]) -> list[dict]:
 
 def packed_records() -> list[dict]:
     """The packed train-step records and their peers, the latest run first where several measured
-    one (the others go to ``earlier``): s9-call4's and s9-call3's JSON files (s9-call3's
+    one (the others go to ``earlier``): s10-call3's and s10-call2's JSON files (varlen_kernel auto:
+    our Triton kernel where attention dropout is on; their ``minbert-packed-compile-triton`` names it
+    explicitly and is listed as ``minbert-packed-compile``), s10-call1's (its
+    ``minbert-packed-compile-flash`` stays as it is), s9-call4's and s9-call3's JSON files (s9-call3's
     ``minbert-packed-compile-flash`` is the shipped step, FlashAttention's kernel where attention
     dropout is on, and is listed as ``minbert-packed-compile``; its ``minbert-packed-compile`` ran the
     memory-efficient kernel with dropout, which is not shipped and is left out), s8-call2's, the
@@ -72,6 +81,12 @@ def packed_records() -> list[dict]:
             {**{k: rec[k] for k in KEYS if k in rec}, "source": f"reports/bench/{source}"})
         seen.add(key)
 
+    for call in ("s10-call3", "s10-call2", "s10-call1"):  # varlen_kernel auto: triton when training
+        for f in sorted((BENCH / "s10").glob(f"{call}-ts-*.json")):
+            for rec in json.loads(f.read_text())["records"]:
+                if rec["impl"] == "minbert-packed-compile-triton":
+                    rec = {**rec, "impl": "minbert-packed-compile"}
+                add(rec, f"s10/{f.name}")
     for f in sorted((BENCH / "s9").glob("s9-call4-ts-*.json")):  # varlen_kernel auto (flash when training)
         for rec in json.loads(f.read_text())["records"]:
             add(rec, f"s9/{f.name}")
@@ -144,27 +159,43 @@ def packed_e2e_history() -> list[dict]:
         {**e2e_runs("s9-call3-e2e-default.json", "s9"), "what": "packed attention on the memory-efficient kernel "
          "in training as well, with attention dropout: its backward's dropout mask is not its forward's "
          "(s9-call5-mask-check.json), dev overall fell by 0.03 to 0.04; not shipped"},
+        {**e2e_runs("s9-call4-e2e-default.json", "s9"), "what": "varlen_kernel auto: the memory-efficient kernel "
+         "in evaluation, FlashAttention-2's in training"},
+        {**e2e_runs("s8-call1-e2e-best.json", "s8"), "what": "configs/best.yaml at the s8-call1 step "
+         "(evaluation on FlashAttention-2's kernel)"},
+        {**e2e_runs("s10-call1-e2e-default.json", "s10"), "what": "our Triton varlen kernel in training, one "
+         "Philox call per dropout draw; an empty Triton cache for seed 0"},
+        {**e2e_runs("s10-call3-e2e-best.json", "s10"), "what": "configs/best.yaml with our Triton kernel in "
+         "training, on s10-call2's machine: the Triton cache already held the kernels (warm for both seeds)"},
     ]
 
 
 def varlen_attention() -> dict:
-    """The packed attention kernels on real sentence lengths (s9-call2, GPU time of CUDA-graph
-    replays), the dropout-mask check (s9-call5) and the train steps that ran the memory-efficient
-    kernel with attention dropout (s9-call3), which the mask check rules out."""
-    timed = json.loads((BENCH / "s9" / "s9-call2-attention.json").read_text())["records"]
-    flex = json.loads((BENCH / "s9" / "s9-call2-attention-flex.json").read_text())["records"]
+    """The packed attention kernels on real sentence lengths (s10-call2 with our Triton kernel;
+    earlier: s9-call2 with the binned and flex candidates, s10-call1 with the Triton kernel's first
+    dropout draw; GPU time of CUDA-graph replays), the dropout-mask check (s10-call2) and the
+    train steps that ran the memory-efficient kernel with attention dropout (s9-call3), which the
+    mask check rules out."""
     keep = ("case", "impl", "tokens", "sequences", "fwd_us_p0.0", "fwd_bwd_us_p0.0", "fwd_us_p0.1",
             "fwd_bwd_us_p0.1", "max_abs_diff_vs_flash")
-    kernels = [{k: r[k] for k in keep if k in r} for r in timed]
-    kernels += [{k: r[k] for k in keep if k in r} for r in flex if r["impl"] == "flex"]
+
+    def records(folder: str, name: str) -> list[dict]:
+        rows = json.loads((BENCH / folder / name).read_text())["records"]
+        return [{**{k: r[k] for k in keep if k in r}, "source": f"reports/bench/{folder}/{name}"} for r in rows]
+
+    kernels = records("s10", "s10-call2-attention.json")
+    earlier = records("s9", "s9-call2-attention.json") + [
+        r for r in records("s9", "s9-call2-attention-flex.json") if r["impl"] == "flex"]
+    earlier += [{**r, "note": "one Philox call per dropout draw"}
+                for r in records("s10", "s10-call1-attention.json") if r["impl"].startswith("triton")]
     wrong = [{**{k: r[k] for k in KEYS}, "impl": "minbert-packed-compile (memory-efficient kernel, with dropout)",
               "source": f"reports/bench/s9/{f.name}"}
              for f in sorted((BENCH / "s9").glob("s9-call3-ts-*.json"))
              for r in json.loads(f.read_text())["records"] if r["impl"] == "minbert-packed-compile"]
-    mask = json.loads((BENCH / "s9" / "s9-call5-mask-check.json").read_text())["records"]
-    return {"kernels": kernels, "kernels_source": "reports/bench/s9/s9-call2-attention.json, "
-            "s9-call2-attention-flex.json (microseconds per call, one layer's attention)",
-            "mask_check": mask, "mask_check_source": "reports/bench/s9/s9-call5-mask-check.json",
+    mask = json.loads((BENCH / "s10" / "s10-call2-mask-check.json").read_text())["records"]
+    return {"kernels": kernels, "kernels_earlier": earlier,
+            "kernels_unit": "microseconds per call, one layer's attention (forward, forward + backward)",
+            "mask_check": mask, "mask_check_source": "reports/bench/s10/s10-call2-mask-check.json",
             "train_step_efficient_with_dropout": wrong}
 
 
@@ -228,27 +259,25 @@ def main() -> None:
         "packed": packed_e2e_history(),
     }
     # the latest run of each preset, with Python's bytecode and matplotlib's font cache filled
-    # beforehand: default with varlen_kernel auto (s9-call4), best before that change (s8-call1)
-    speed["e2e"] = {"default": e2e_runs("s9-call4-e2e-default.json", "s9"),
-                    "best": {**e2e_runs("s8-call1-e2e-best.json", "s8"),
-                             "note": "run before varlen_kernel auto: evaluation on FlashAttention's kernel"}}
+    # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for seed 0
+    speed["e2e"] = {"default": e2e_runs("s10-call2-e2e-default.json", "s10"),
+                    "best": e2e_runs("s10-call4-e2e-best.json", "s10")}
     speed.update(profiles())
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
                                 "source": "reports/bench/packed/s5-call4-profile-train-default.json"}
-    ev = json.loads((BENCH / "s8" / "s8-call1-eval_throughput.json").read_text())
-    sides = ("minbert", "peer", "minbert_autocast")
+    ev = json.loads((BENCH / "s10" / "s10-call3-eval_throughput.json").read_text())
     speed["eval"] = {**{k: ev["eval"][k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
-                     "minbert_autocast_pairs_per_s": ev["eval"]["minbert_autocast_pairs_per_s"],
                      "inputs": ev["inputs"], "graphs": ev["eval"]["minbert_graphs"],
-                     "profile": {s: ev["eval"][f"{s}_profile"] for s in sides},
-                     "source": "reports/bench/s8/s8-call1-eval_throughput.json"}
+                     "source": "reports/bench/s10/s10-call3-eval_throughput.json"}
     speed["eval_history"] = []
     for src, what in (("packed/s5-call3-eval_throughput.json", "packed, op by op"),
                       ("s6/s6-call2-eval_throughput.json", "packed, CUDA graphs"),
                       ("s7/s7-call1-eval_throughput.json", "packed, CUDA graphs (with a profile)"),
-                      ("s7/s7-call2-eval_throughput.json", "packed, CUDA graphs, the filler in pieces")):
+                      ("s7/s7-call2-eval_throughput.json", "packed, CUDA graphs, the filler in pieces"),
+                      ("s8/s8-call1-eval_throughput.json", "graphs of a bf16-weight copy, FlashAttention-2's "
+                       "kernel (with profiles)")):
         old = json.loads((BENCH / src).read_text())["eval"]
         speed["eval_history"].append({**{k: old[k] for k in ("minbert_pairs_per_s", "peer_pairs_per_s")},
                                       "what": what, "source": f"reports/bench/{src}"})

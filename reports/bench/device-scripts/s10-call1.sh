@@ -7,15 +7,9 @@
 # with an empty Triton cache; then the bert-base train step at batch 32.
 source reports/bench/device-scripts/s5-common.sh s10-call1
 rm -f $R/*
-mkdir -p ../shared/data && cp -r .device/data ../shared/data/cs224n && cp -r .device/sst-trees ../shared/data/sst-trees
-unset PYTHONDONTWRITEBYTECODE
-export PYTHONPYCACHEPREFIX=/tmp/pyc MPLCONFIGDIR=/tmp/mpl TRITON_CACHE_DIR=/tmp/triton-tests
-TIMEFORMAT="%R s"
-{ echo "first import (fills the caches):"; time python3 -c "import minbert.training.trainer, minbert.training.plots, \
-minbert.training.task_plots, minbert.inference.model_card, minbert.cli, matplotlib.figure, matplotlib.font_manager, \
-torch.utils.tensorboard, scipy.stats"; echo "second import of the trainer:"; time python3 -c "import minbert.training.trainer"; \
-python3 -c "import triton, torch; print('triton', triton.__version__, 'torch', torch.__version__)"; } > $R/env.txt 2>&1
-mark env $?
+prime
+export TRITON_CACHE_DIR=/tmp/triton-tests
+python3 -c "import triton, torch; print('triton', triton.__version__, 'torch', torch.__version__)" >> $R/env.txt 2>&1
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_varlen_triton.py tests/test_packing_cuda.py \
   tests/test_eval_graphs_cuda.py tests/test_cudagraph.py > $R/pytest.log 2>&1
 mark pytest $?
@@ -24,12 +18,6 @@ mark mask-check $?
 timeout 120 python3 benchmarks/attention_varlen.py --data-dir $DATA --encoder $ENC --impls flash,efficient,triton-16,triton-32,triton-64 \
   --out $R/attention.json > /dev/null 2> $R/attention.log
 mark attention $?
-ts() {  # ts CONFIG BATCH IMPLS
-  [ $(left) -lt 60 ] && return
-  timeout $(( $(left) - 5 )) python3 benchmarks/train_step.py --data-dir $DATA --encoder $ENC --configs $1 \
-    --batches $2 --n-batches 32 --warmup 32 --impls $3 --out $R/ts-$1-b$2.json 2> $R/ts-$1-b$2.log >/dev/null
-  mark ts-$1-$2 $?
-}
 ts bert-base 128 minbert-packed-compile-triton,minbert-packed-compile-flash,transformers-sdpa-ro
 export TRITON_CACHE_DIR=/tmp/triton-e2e  # empty: the first seed compiles the kernels, as a user's first run does
 [ $(left) -gt 120 ] && e2e main default

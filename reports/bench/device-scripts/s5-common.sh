@@ -27,3 +27,23 @@ eval_tp() {
   timeout $(( $(left) - 5 )) python3 benchmarks/eval_throughput.py --data-dir $DATA --encoder $ENC \
     --config configs/default.yaml --out $R/eval_throughput.json > $R/eval_throughput.log 2>&1; mark eval $?
 }
+# prime: the data where the presets expect it; Python's bytecode and matplotlib's font cache
+# written to /tmp and filled by importing what a run imports (this image sets
+# PYTHONDONTWRITEBYTECODE=1 and ships torch without .pyc files); the import times go to env.txt
+prime() {
+  mkdir -p ../shared/data && cp -r .device/data ../shared/data/cs224n && cp -r .device/sst-trees ../shared/data/sst-trees
+  unset PYTHONDONTWRITEBYTECODE
+  export PYTHONPYCACHEPREFIX=/tmp/pyc MPLCONFIGDIR=/tmp/mpl
+  TIMEFORMAT="%R s"
+  { echo "first import (fills the caches):"; time python3 -c "import minbert.training.trainer, minbert.training.plots, \
+minbert.training.task_plots, minbert.inference.model_card, minbert.cli, matplotlib.figure, matplotlib.font_manager, \
+torch.utils.tensorboard, scipy.stats"; echo "second import of the trainer:"; time python3 -c "import minbert.training.trainer"; } > $R/env.txt 2>&1
+  mark env $?
+}
+# ts CONFIG BATCH IMPLS: benchmarks/train_step.py for one config and batch (ts-CONFIG-bBATCH.json and .log)
+ts() {
+  [ $(left) -lt 60 ] && return
+  timeout $(( $(left) - 5 )) python3 benchmarks/train_step.py --data-dir $DATA --encoder $ENC --configs $1 \
+    --batches $2 --n-batches 32 --warmup 32 --impls $3 --out $R/ts-$1-b$2.json 2> $R/ts-$1-b$2.log >/dev/null
+  mark ts-$1-$2 $?
+}

@@ -7,14 +7,7 @@
 # its first import: this machine's image sets PYTHONDONTWRITEBYTECODE=1 and ships torch without
 # .pyc files, see s7-call2-env.txt).
 source reports/bench/device-scripts/s5-common.sh s8-call1
-mkdir -p ../shared/data && cp -r .device/data ../shared/data/cs224n && cp -r .device/sst-trees ../shared/data/sst-trees
-unset PYTHONDONTWRITEBYTECODE
-export PYTHONPYCACHEPREFIX=/tmp/pyc MPLCONFIGDIR=/tmp/mpl
-TIMEFORMAT="%R s"
-{ echo "first import (fills the caches):"; time python3 -c "import minbert.training.trainer, minbert.training.plots, \
-minbert.training.task_plots, minbert.inference.model_card, minbert.cli, matplotlib.figure, matplotlib.font_manager, \
-torch.utils.tensorboard, scipy.stats"; echo "second import of the trainer:"; time python3 -c "import minbert.training.trainer"; } > $R/env.txt 2>&1
-mark env $?
+prime
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_eval_graphs_cuda.py tests/test_eval_bf16.py > $R/pytest.log 2>&1; mark pytest $?
 timeout $(( $(left) - 300 )) python3 benchmarks/eval_throughput.py --data-dir $DATA --encoder $ENC \
   --config configs/default.yaml --also-autocast --profile --out $R/eval_throughput.json > $R/eval_throughput.log 2>&1; mark eval $?

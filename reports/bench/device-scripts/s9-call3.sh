@@ -6,23 +6,10 @@
 # end to end (2 seeds), Python's caches filled first as in s8-call1.
 source reports/bench/device-scripts/s5-common.sh s9-call3
 rm -f $R/*
-mkdir -p ../shared/data && cp -r .device/data ../shared/data/cs224n && cp -r .device/sst-trees ../shared/data/sst-trees
-unset PYTHONDONTWRITEBYTECODE
-export PYTHONPYCACHEPREFIX=/tmp/pyc MPLCONFIGDIR=/tmp/mpl
-TIMEFORMAT="%R s"
-{ echo "first import (fills the caches):"; time python3 -c "import minbert.training.trainer, minbert.training.plots, \
-minbert.training.task_plots, minbert.inference.model_card, minbert.cli, matplotlib.figure, matplotlib.font_manager, \
-torch.utils.tensorboard, scipy.stats"; echo "second import of the trainer:"; time python3 -c "import minbert.training.trainer"; } > $R/env.txt 2>&1
-mark env $?
+prime
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_packing_cuda.py tests/test_eval_graphs_cuda.py \
   tests/test_cudagraph.py > $R/pytest.log 2>&1
 mark pytest $?
-ts() {  # ts CONFIG BATCH IMPLS
-  [ $(left) -lt 60 ] && return
-  timeout $(( $(left) - 5 )) python3 benchmarks/train_step.py --data-dir $DATA --encoder $ENC --configs $1 \
-    --batches $2 --n-batches 32 --warmup 32 --impls $3 --out $R/ts-$1-b$2.json 2> $R/ts-$1-b$2.log >/dev/null
-  mark ts-$1-$2 $?
-}
 ts bert-base 128 minbert-packed-compile,minbert-packed-compile-flash,transformers-sdpa-ro
 [ $(left) -gt 120 ] && e2e main default
 ts bert-base 32 minbert-packed-compile,minbert-packed-compile-flash,transformers-sdpa-ro

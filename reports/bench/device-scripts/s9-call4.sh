@@ -7,14 +7,7 @@
 # against the strongest peer.
 source reports/bench/device-scripts/s5-common.sh s9-call4
 rm -f $R/*
-mkdir -p ../shared/data && cp -r .device/data ../shared/data/cs224n && cp -r .device/sst-trees ../shared/data/sst-trees
-unset PYTHONDONTWRITEBYTECODE
-export PYTHONPYCACHEPREFIX=/tmp/pyc MPLCONFIGDIR=/tmp/mpl
-TIMEFORMAT="%R s"
-{ echo "first import (fills the caches):"; time python3 -c "import minbert.training.trainer, minbert.training.plots, \
-minbert.training.task_plots, minbert.inference.model_card, minbert.cli, matplotlib.figure, matplotlib.font_manager, \
-torch.utils.tensorboard, scipy.stats"; echo "second import of the trainer:"; time python3 -c "import minbert.training.trainer"; } > $R/env.txt 2>&1
-mark env $?
+prime
 timeout 60 python3 benchmarks/attention_varlen.py --mask-check --out $R/mask-check.json > /dev/null 2> $R/mask-check.log
 mark mask-check $?
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_packing_cuda.py > $R/pytest.log 2>&1
