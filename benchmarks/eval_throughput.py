@@ -2,11 +2,12 @@
 sets (SST, QQP, STS), without process start-up, for minbert and for the peer in one process.
 
 minbert: ``MultitaskModel`` in eval mode with ``pack_eval`` (each batch packed on the device:
-FlashAttention's varlen kernel, no padding), bf16 autocast, ``predict_split`` as ``minbert
-evaluate`` runs it. The peer: ``transformers.BertModel`` (sdpa) under ``torch.compile`` (default
-mode) with the same weights and the same heads (our head modules on its outputs), fed the same
-batches padded to the longest row. On CUDA minbert's evaluation replays CUDA graphs of a
-bf16-weight copy of the model, as in training (``--no-graphs``: op by op under autocast);
+the varlen kernel that ``varlen_kernel: auto`` picks without dropout, no padding), bf16
+autocast, ``predict_split`` as ``minbert evaluate`` runs it. The peer: ``transformers.BertModel``
+(sdpa) under ``torch.compile`` (default mode) with the same weights and the same heads (our head
+modules on its outputs), fed the same batches padded to the longest row. On CUDA minbert's
+evaluation replays CUDA graphs of a bf16-weight copy of the model, as in training
+(``--no-graphs``: op by op under autocast);
 ``--also-autocast`` adds ``minbert_autocast``, the graphs of the fp32 model under autocast.
 Each side runs the dev sets twice to warm up (compile, capture), then ``--repeats`` timed
 passes; the figure is the median. A bi-encoder pair counts as one input.

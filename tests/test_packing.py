@@ -6,6 +6,7 @@ compared with the padded forward in tests/test_packing_cuda.py (GPU only)."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -128,14 +129,39 @@ def test_sdpa_varlen_refuses_cpu(kernel, dtype):
         varlen_attention(q, q, q, cu, 5, 0.0, "sdpa", kernel)
 
 
-@pytest.mark.parametrize("kernel, dropout", [("efficient", 0.1), ("efficient", 1e-6), ("Flash", 0.0), ("", 0.1)])
-def test_sdpa_varlen_refuses_an_unknown_kernel_and_the_efficient_kernel_with_dropout(kernel, dropout):
+@pytest.mark.parametrize("dropout", [0.1, 1e-6])
+def test_sdpa_varlen_refuses_the_efficient_kernel_with_dropout(dropout):
     """The efficient kernel's backward does not drop what its forward dropped (see
     benchmarks/attention_varlen.py --mask-check): it runs at dropout 0 only, on any device's check."""
     q = torch.randn(5, 2, 8)
     cu = torch.tensor([0, 5], dtype=torch.int32)
-    with pytest.raises(ConfigError, match=rf"varlen_kernel '{kernel}' with attention dropout {dropout}"):
+    with pytest.raises(ConfigError, match=rf"varlen_kernel 'efficient' with attention dropout {dropout}: .*dropout 0"):
+        varlen_attention(q, q, q, cu, 5, dropout, "sdpa", "efficient")
+
+
+@pytest.mark.parametrize("kernel, dropout", [("Flash", 0.0), ("", 0.1), ("cudnn", 0.0)])
+def test_sdpa_varlen_refuses_an_unknown_kernel(kernel, dropout):
+    q = torch.randn(5, 2, 8)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    with pytest.raises(ConfigError, match=rf"varlen_kernel '{kernel}' is not one of 'auto', 'efficient', 'flash'"):
         varlen_attention(q, q, q, cu, 5, dropout, "sdpa", kernel)
+
+
+@pytest.mark.skipif(not bert._TRITON_INSTALLED, reason="needs the triton package")
+def test_a_triton_that_does_not_import_falls_back_under_auto_and_raises_when_asked_for(monkeypatch, caplog):
+    """Installed but broken: auto logs one line and takes FlashAttention-2's kernel (here the CPU
+    check then refuses it); an explicit 'triton' raises ConfigError."""
+    monkeypatch.setitem(sys.modules, "minbert.model.varlen_triton", None)  # import -> ImportError
+    q = torch.randn(5, 2, 16)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    bert._log_once.cache_clear()
+    with caplog.at_level(logging.INFO, logger="minbert.model.bert"):
+        with pytest.raises(ConfigError, match="on CUDA in fp16/bf16 only"):
+            varlen_attention(q, q, q, cu, 5, 0.1, "sdpa", "auto")
+    assert [r.getMessage()[:80] for r in caplog.records] == [
+        "varlen_kernel auto: FlashAttention-2's kernel with dropout ('triton' cannot run: triton does not import"[:80]]
+    with pytest.raises(ConfigError, match="varlen_kernel 'triton' cannot run: triton does not import"):
+        varlen_attention(q, q, q, cu, 5, 0.1, "sdpa", "triton")
 
 
 def test_auto_picks_the_kernel_by_dropout_and_head_size(caplog):

@@ -1,17 +1,13 @@
 """The Triton varlen attention kernels (minbert.model.varlen_triton) against the eager reference.
 
 On a CUDA machine the kernels run compiled, in bf16; elsewhere under Triton's interpreter
-(TRITON_INTERPRET=1, set here before the kernels are defined), in fp32 on CPU. Skipped where
-triton is not installed.
+(TRITON_INTERPRET=1, which conftest.py sets before anything imports triton), in fp32 on CPU.
+Skipped where triton is not installed.
 """
-
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
 from minbert.model.bert import varlen_attention  # noqa: E402
@@ -23,8 +19,8 @@ from minbert.model.varlen_triton import (  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV, DTYPE, TOL = ("cuda", torch.bfloat16, 2e-2) if CUDA else ("cpu", torch.float32, 2e-5)
-if not CUDA and type(_fwd_kernel).__name__ != "InterpretedFunction":
-    pytest.skip("the kernels were defined before TRITON_INTERPRET was set", allow_module_level=True)
+if not CUDA and any(type(f).__name__ != "InterpretedFunction" for f in (_fwd_kernel, triton.language.zeros)):
+    pytest.skip("triton was imported before TRITON_INTERPRET was set", allow_module_level=True)
 if not CUDA and tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9):
     pytest.skip("Triton's interpreter before 3.9 fails on numpy 2.4 (int() of a 1-element array)",
                 allow_module_level=True)
@@ -70,15 +66,46 @@ def test_matches_the_eager_reference_without_dropout(hs, block):
         torch.testing.assert_close(got.float(), want.float(), atol=4 * TOL, rtol=4 * TOL)
 
 
-def test_strided_inputs_as_split_from_one_projection():
-    """q, k, v as column blocks of one (N, 3C) tensor (the fused QKV projection's split)."""
-    q, k, v, cu, mx = packed(LENGTHS)
+def layouts(q, k, v):
+    """Other layouts of the same values: column blocks of one (N, 3C) tensor (the fused QKV
+    projection's split), head-major (nh, N, hs) storage, and a last dim with stride 2."""
     N, nh, hs = q.shape
     qkv = torch.cat([t.detach().reshape(N, nh * hs) for t in (q, k, v)], dim=1)  # (N, 3C)
-    qs, ks, vs = (t.view(N, nh, hs) for t in qkv.split(nh * hs, dim=1))
-    assert qs.stride(0) == 3 * nh * hs
-    torch.testing.assert_close(triton_varlen_attention(qs, ks, vs, cu, mx, 0.0),
-                               triton_varlen_attention(q, k, v, cu, mx, 0.0), atol=0, rtol=0)
+    split = tuple(t.view(N, nh, hs) for t in qkv.split(nh * hs, dim=1))
+    head_major = tuple(t.detach().transpose(0, 1).contiguous().transpose(0, 1) for t in (q, k, v))
+    spaced = tuple(torch.stack([t.detach(), t.detach()], dim=-1).flatten(-2)[..., ::2] for t in (q, k, v))
+    assert split[0].stride(0) == 3 * nh * hs and head_major[0].stride(1) == N * hs and spaced[0].stride(-1) == 2
+    return {"split": split, "head_major": head_major, "spaced": spaced}
+
+
+@pytest.mark.parametrize("layout", ["split", "head_major", "spaced"])
+def test_any_input_layout_gives_the_same_output_and_gradients(layout):
+    q, k, v, cu, mx = packed(LENGTHS)
+    want = triton_varlen_attention(q, k, v, cu, mx, 0.0)
+    want_grads = grads(want, (q, k, v))
+    others = tuple(t.requires_grad_() for t in layouts(q, k, v)[layout])
+    got = triton_varlen_attention(*others, cu, mx, 0.0)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    for g, w in zip(grads(got, others), want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_the_custom_ops_pass_opcheck_with_head_major_inputs(dropout):
+    """torch.library.opcheck: schema, fake (shape and stride) functions against the real ops, and
+    the autograd registration, on inputs whose storage is head-major."""
+    q, k, v, cu, mx = packed([5, 33, 20])
+    hq, hk, hv = (t.requires_grad_() for t in layouts(q, k, v)["head_major"])
+    seed = torch.tensor([99], device=DEV)
+    torch.library.opcheck(varlen_attention_fwd, (hq, hk, hv, cu, mx, dropout, seed, 32))
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, 1.5])
+def test_dropout_outside_its_range_raises(p):
+    q, k, v, cu, mx = packed([5])
+    with pytest.raises(ValueError, match="dropout_p must be in"):
+        triton_varlen_attention(q, k, v, cu, mx, p)
 
 
 def dropout_mask(lengths, nh, p, seed, block):

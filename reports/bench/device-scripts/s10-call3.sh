@@ -1,7 +1,7 @@
 #!/bin/bash
 # s10-call3 (1 GPU): with varlen_kernel auto (our Triton kernel where attention dropout is on, the
-# memory-efficient kernel where it is off): configs/best.yaml end to end with an empty Triton
-# cache, the MiniLM-L6 train step at batches 32 and 128 against the strongest peer, then the
+# memory-efficient kernel where it is off): configs/best.yaml end to end with the Triton cache in
+# /tmp/triton-e2e (it ran on s10-call2's machine, whose runs had filled that folder), the MiniLM-L6 train step at batches 32 and 128 against the strongest peer, then the
 # evaluation throughput.
 source reports/bench/device-scripts/s5-common.sh s10-call3
 rm -f $R/*

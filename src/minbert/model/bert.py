@@ -17,8 +17,10 @@ packed, the real tokens of all sequences in one row of N with their offsets ``cu
 (:meth:`BertModel.forward_packed`, :mod:`minbert.model.packing`), where no FLOP is spent on
 padding. Packed attention (:func:`varlen_attention`) is, for ``"sdpa"``, a variable-length CUDA
 kernel (fp16/bf16) chosen by ``BertConfig.varlen_kernel``: FlashAttention-2's, the memory-efficient
-one (faster on short sentences; without dropout only), or ``"auto"`` (the default: the latter
-without dropout, the former with it); for ``"eager"``, the formula over a block-diagonal mask (any
+one (faster on short sentences; without dropout only), ours in Triton
+(:mod:`minbert.model.varlen_triton`; short tiles and a dropout mask its backward redraws), or
+``"auto"`` (the default: the memory-efficient one without dropout, ours with it where Triton is
+installed, else FlashAttention-2's); for ``"eager"``, the formula over a block-diagonal mask (any
 device; the reference).
 """
 
@@ -31,6 +33,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -275,21 +278,21 @@ def varlen_attention(
         (N, nh, hs), in q's dtype.
     Raises:
         ConfigError: ``"sdpa"`` with an unknown ``kernel``, with ``"efficient"`` and
-            ``dropout_p > 0``, with ``"triton"`` where Triton does not import or hs does not suit
-            it, or off CUDA or outside fp16/bf16, where these kernels do not run.
+            ``dropout_p > 0``, with ``"triton"`` where Triton is missing or does not import or hs
+            does not suit it, or off CUDA or outside fp16/bf16, where these kernels do not run.
     """
     if impl == "sdpa":
-        kernel = pick_varlen_kernel(kernel, dropout_p, q.shape[-1])
+        picked = pick_varlen_kernel(kernel, dropout_p, q.shape[-1])
+        ours = _import_triton_kernel(kernel) if picked == "triton" else None
+        picked = "flash" if picked == "triton" and ours is None else picked
         if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
             raise ConfigError(
                 f"packed 'sdpa' attention runs a varlen CUDA kernel, on CUDA in fp16/bf16 only "
                 f"(got {q.device.type}, {q.dtype}); use attn_implementation 'eager' for the reference"
             )
-        if kernel == "triton":
-            from .varlen_triton import triton_varlen_attention
-
-            return triton_varlen_attention(q, k, v, cu_seqlens, max_seqlen, dropout_p)
-        if kernel == "flash":
+        if ours is not None:
+            return ours(q, k, v, cu_seqlens, max_seqlen, dropout_p)
+        if picked == "flash":
             return torch.ops.aten._flash_attention_forward(
                 q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
             )[0]
@@ -325,13 +328,29 @@ def pick_varlen_kernel(kernel: str, dropout_p: float, head_size: int) -> str:
         if why is not None:
             _log_once(f"varlen_kernel auto: FlashAttention-2's kernel with dropout ('triton' cannot run: {why})")
         return "flash" if why else "triton"
-    if kernel not in ("efficient", "flash", "triton") or (kernel == "efficient" and dropout_p > 0):
-        raise ConfigError(f"varlen_kernel {kernel!r} with attention dropout {dropout_p}: use 'auto', 'flash' or "
+    if kernel not in ("efficient", "flash", "triton"):
+        raise ConfigError(f"varlen_kernel {kernel!r} is not one of 'auto', 'efficient', 'flash', 'triton'")
+    if kernel == "efficient" and dropout_p > 0:
+        raise ConfigError(f"varlen_kernel 'efficient' with attention dropout {dropout_p}: use 'auto', 'flash' or "
                           "'triton' ('efficient' runs at dropout 0 only)")
     why = triton_unsuitable(head_size) if kernel == "triton" else None
     if why:
         raise ConfigError(f"varlen_kernel 'triton' cannot run: {why}; use 'auto' or 'flash'")
     return kernel
+
+
+def _import_triton_kernel(requested: str) -> Callable[..., torch.Tensor] | None:
+    """Our Triton kernel's entry point; None where ``auto`` falls back because triton is installed
+    but does not import (one log line). Raises ConfigError for an explicit ``"triton"`` there."""
+    try:
+        from .varlen_triton import triton_varlen_attention
+    except ImportError as e:
+        why = f"triton does not import ({e})"
+        if requested != "auto":
+            raise ConfigError(f"varlen_kernel 'triton' cannot run: {why}; use 'auto' or 'flash'") from e
+        _log_once(f"varlen_kernel auto: FlashAttention-2's kernel with dropout ('triton' cannot run: {why})")
+        return None
+    return triton_varlen_attention
 
 
 @functools.cache

@@ -7,9 +7,9 @@ SDPA offers are the tile size and the dropout mask:
 
 * tiles of 32 queries by 32 keys, so that a 25-token sentence fills most of one tile instead of
   a fifth of FlashAttention-2's 128-key tile;
-* the keep mask of attention dropout is a pure function of (seed, head, query token, key position)
-  drawn with Philox (``tl.randint4x``, eight 16-bit draws per call, as FlashAttention-2 takes
-  several 8-bit draws from one), so the backward kernels draw exactly the mask the forward
+* the keep mask of attention dropout is a pure function of (seed, head, query token, key position,
+  max_seqlen) drawn with Philox (``tl.randint4x``, eight 16-bit draws per call, as FlashAttention-2
+  takes several 8-bit draws from one), so the backward kernels draw exactly the mask the forward
   applied; the seed is a one-element device tensor drawn from torch's generator, so each replay
   of a CUDA graph draws a new mask.
 
@@ -35,15 +35,17 @@ BLOCK = 32  # query rows and key columns per tile (the default of triton_varlen_
 
 
 @triton.jit
-def _dropout_keep(seed, h, tok, col0, N, rng_stride, drop_thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dropout_keep(seed, h, tok, col0, rng_stride, drop_thr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The keep mask (BLOCK_M, BLOCK_N) of head h, query tokens tok (global, (BLOCK_M,)), key
     positions col0 .. col0 + BLOCK_N - 1 within the sequence (col0 a multiple of BLOCK_N).
 
     One Philox4x32-10 call (Salmon et al. 2011) per query and 8 keys gives four 32-bit words, eight
-    16-bit numbers u; a key is kept where u >= drop_thr (drop probability drop_thr / 2^16)."""
+    16-bit numbers u; a key is kept where u >= drop_thr (drop probability drop_thr / 2^16). The
+    Philox key is seed + h, the counter tok * rng_stride + key // 8 (rng_stride = ceil(max_seqlen / 8)
+    groups per row)."""
     group = col0 // 8 + tl.arange(0, BLOCK_N // 8)  # 8 keys per Philox counter
-    offs = ((h * N + tok)[:, None] * rng_stride + group[None, :]).to(tl.int32)  # (BLOCK_M, BLOCK_N / 8)
-    r0, r1, r2, r3 = tl.randint4x(seed, offs)
+    offs = (tok[:, None] * rng_stride + group[None, :]).to(tl.int32)  # (BLOCK_M, BLOCK_N / 8)
+    r0, r1, r2, r3 = tl.randint4x(seed + h, offs)
     words = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK_M, BLOCK_N // 2))  # key = 8g + 2w + half
     u16 = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (BLOCK_M, BLOCK_N))
     return u16 >= drop_thr
@@ -79,7 +81,7 @@ def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, drop_thr, keep_scale, N, 
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
-            keep = _dropout_keep(seed, h, start + rows, n0, N, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
+            keep = _dropout_keep(seed, h, start + rows, n0, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
             p = tl.where(keep, p * keep_scale, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
@@ -91,7 +93,7 @@ def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, drop_thr, keep_scale, N, 
 
 @triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
 def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
-                   s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh,
+                   s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
                    HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """dQ of one query tile; also writes D = rowsum(dO * O) for the dK, dV kernel."""
     pid_m, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -121,17 +123,17 @@ def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, drop_th
         p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v))  # dL/d(dropped P)
         if DROPOUT:
-            keep = _dropout_keep(seed, h, tok, n0, N, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
+            keep = _dropout_keep(seed, h, tok, n0, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])  # dL/dS (softmax backward)
         dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(DQ + tok[:, None] * s_qt + h * s_qh + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+    tl.store(DQ + tok[:, None] * s_gt + h * s_gh + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
-                     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_dt, s_dh,
+                     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_dt, s_dh, s_gt, s_gh,
                      HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """dK and dV of one key tile, looping over the sequence's query tiles."""
     pid_n, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -161,15 +163,15 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, drop_t
         dp = tl.dot(do, tl.trans(v))
         pd = p
         if DROPOUT:
-            keep = _dropout_keep(seed, h, tok, pid_n * BLOCK_N, N, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
+            keep = _dropout_keep(seed, h, tok, pid_n * BLOCK_N, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
             pd = tl.where(keep, p * keep_scale, 0.0)  # the dropped probabilities the forward used
             dp = tl.where(keep, dp * keep_scale, 0.0)
         dv += tl.dot(tl.trans(pd.to(do.dtype)), do)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    tl.store(DK + (start + cols)[:, None] * s_kt + h * s_kh + d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
+    tl.store(DK + (start + cols)[:, None] * s_gt + h * s_gh + d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
              mask=col_ok[:, None])
-    tl.store(DV + (start + cols)[:, None] * s_vt + h * s_vh + d[None, :], dv.to(DV.dtype.element_ty),
+    tl.store(DV + (start + cols)[:, None] * s_gt + h * s_gh + d[None, :], dv.to(DV.dtype.element_ty),
              mask=col_ok[:, None])
 
 
@@ -177,11 +179,16 @@ def _meta(
     q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, block: int, dropout_p: float
 ) -> tuple[tuple[int, int, int], tuple[float, int, float, int]]:
     """The launch grid (tiles, sequences, heads) and the kernels' (softmax scale, 16-bit drop
-    threshold, keep scale, rng row stride)."""
+    threshold, keep scale, rng row stride: Philox counters per query, one per 8 keys)."""
     N, nh, hs = q.shape
     grid = (triton.cdiv(max(max_seqlen, 1), block), cu_seqlens.numel() - 1, nh)
     drop_thr = int(dropout_p * 65536)  # drop where a 16-bit draw is below it
-    return grid, (1.0 / math.sqrt(hs), drop_thr, 65536 / (65536 - drop_thr), max(max_seqlen, 1))
+    return grid, (1.0 / math.sqrt(hs), drop_thr, 65536 / (65536 - drop_thr), triton.cdiv(max(max_seqlen, 1), 8))
+
+
+def _unit_last_stride(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors with a last-dim stride of 1 (the kernels read rows as contiguous vectors)."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in ts)
 
 
 @torch.library.custom_op("minbert::varlen_attention_fwd", mutates_args=())
@@ -189,9 +196,10 @@ def varlen_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
     dropout_p: float, seed: torch.Tensor, block: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward kernel: q, k, v (N, nh, hs), last dim contiguous -> (out (N, nh, hs) in q's dtype,
-    log-sum-exp (nh, N) fp32)."""
+    """Forward kernel: q, k, v (N, nh, hs) -> (out (N, nh, hs) in q's dtype, log-sum-exp (nh, N)
+    fp32), both contiguous."""
     N, nh, hs = q.shape
+    q, k, v = _unit_last_stride(q, k, v)
     out = torch.empty((N, nh, hs), dtype=q.dtype, device=q.device)
     lse = torch.empty((nh, N), dtype=torch.float32, device=q.device)
     grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
@@ -205,7 +213,7 @@ def varlen_attention_fwd(
 @varlen_attention_fwd.register_fake
 def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block):
     N, nh, _ = q.shape
-    return torch.empty_like(q), q.new_empty((nh, N), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((nh, N), dtype=torch.float32)  # contiguous, as the op's
 
 
 @torch.library.custom_op("minbert::varlen_attention_bwd", mutates_args=())
@@ -215,22 +223,23 @@ def varlen_attention_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward kernels: dO (N, nh, hs) and the forward's tensors -> (dq, dk, dv), each (N, nh, hs)."""
     N, nh, hs = q.shape
-    do = do if do.stride(-1) == 1 else do.contiguous()
+    do, q, k, v = _unit_last_stride(do, q, k, v)
     dq, dk, dv = (torch.empty((N, nh, hs), dtype=q.dtype, device=q.device) for _ in range(3))
     delta = torch.empty((nh, N), dtype=torch.float32, device=q.device)
     grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=drop_thr > 0)
     _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride,
-                         *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1), **meta)
+                         *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
+                         dq.stride(0), dq.stride(1), **meta)
     _bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride,
-                           *strides, do.stride(0), do.stride(1), **meta)
+                           *strides, do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), **meta)
     return dq, dk, dv
 
 
 @varlen_attention_bwd.register_fake
 def _(do, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block):
-    return torch.empty_like(q), torch.empty_like(q), torch.empty_like(q)
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)  # contiguous, as the op's
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -258,16 +267,21 @@ def triton_varlen_attention(
     """Packed attention with dropout (differentiable).
 
     Args:
-        q, k, v: (N, nh, hs) fp16/bf16 (fp32 under the interpreter) with a contiguous last dim;
-            hs a power of two >= 16. cu_seqlens: (S + 1,) int32 offsets; max_seqlen: >= the
-            longest sequence (the grid has ceil(max_seqlen / block) query tiles per sequence).
+        q, k, v: (N, nh, hs) fp16/bf16 (fp32 under the interpreter), any strides (a last dim
+            that is not contiguous is copied); hs a power of two >= 16. cu_seqlens: (S + 1,) int32
+            offsets; max_seqlen: >= the longest sequence (the grid has ceil(max_seqlen / block)
+            query tiles per sequence; a shorter value leaves rows unwritten).
         dropout_p: attention-probability dropout in [0, 1), to a step of 2^-16 (floor(p 2^16) / 2^16;
             kept probabilities are scaled by the inverse of the exact keep rate); the mask's seed is
             drawn from torch's default generator of q's device (one int64 per call).
         block: rows and columns of a tile (a power of two >= 16).
     Returns:
-        (N, nh, hs) in q's dtype.
+        (N, nh, hs) in q's dtype, contiguous; rows past cu_seqlens[-1] are not written.
+    Raises:
+        ValueError: dropout_p outside [0, 1).
     """
+    if not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if dropout_p > 0:
         seed = torch.randint(0, 2**62, (1,), device=q.device)
     else:
