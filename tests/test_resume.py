@@ -479,12 +479,17 @@ def test_background_writer_keeps_order_bounds_its_queue_and_reraises_in_the_call
     writer.wait()
     assert done == [1, 2, 3]
 
-    # a Ctrl-C while waiting leaves the write queued: the next wait still waits for it
+    # a Ctrl-C while waiting leaves the write queued: the next wait still waits for it (with
+    # Python's own SIGINT handler: a shell's background job inherits SIGINT ignored)
     gate.clear()
     writer.submit(lambda: (gate.wait(5), done.append(4)))
-    threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        writer.wait()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            writer.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert done == [1, 2, 3]
     gate.set()
     writer.wait()
