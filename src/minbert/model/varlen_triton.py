@@ -51,6 +51,25 @@ def _dropout_keep(seed, h, tok, col0, rng_stride, drop_thr, BLOCK_M: tl.constexp
     return u16 >= drop_thr
 
 
+@triton.jit
+def _rows(X, tok, h, s_t, s_h, d, ok):
+    """Rows tok (global token indices) of head h of an (N, nh, hs) tensor, zero where not ok."""
+    return tl.load(X + tok[:, None] * s_t + h * s_h + d[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def _store_rows(X, tok, h, s_t, s_h, d, ok, value):
+    """Writes value (len(tok), hs) into rows tok of head h, where ok, in X's dtype."""
+    tl.store(X + tok[:, None] * s_t + h * s_h + d[None, :], value.to(X.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def _probs(q, k, lse, sm_scale, row_ok, col_ok):
+    """Softmax probabilities exp(q k^T * sm_scale - lse) of a (rows, keys) tile, zero outside the sequence."""
+    p = tl.exp(tl.dot(q, tl.trans(k)) * sm_scale - lse[:, None])
+    return tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+
+
 @triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
 def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
                 s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh,
@@ -63,7 +82,7 @@ def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, drop_thr, keep_scale, N, 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions in the sequence
     d = tl.arange(0, HS)
     row_ok = rows < L
-    q = tl.load(Q + (start + rows)[:, None] * s_qt + h * s_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _rows(Q, start + rows, h, s_qt, s_qh, d, row_ok)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running row max
     l_i = tl.zeros((BLOCK_M,), tl.float32)  # running softmax denominator (before dropout)
     acc = tl.zeros((BLOCK_M, HS), tl.float32)
@@ -72,8 +91,8 @@ def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, drop_thr, keep_scale, N, 
     for n0 in range(0, L, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < L
-        k = tl.load(K + (start + cols)[:, None] * s_kt + h * s_kh + d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + (start + cols)[:, None] * s_vt + h * s_vh + d[None, :], mask=col_ok[:, None], other=0.0)
+        k = _rows(K, start + cols, h, s_kt, s_kh, d, col_ok)
+        v = _rows(V, start + cols, h, s_vt, s_vh, d, col_ok)
         s = tl.dot(q, tl.trans(k)) * sm_scale  # (BLOCK_M, BLOCK_N) fp32
         s = tl.where(col_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -86,8 +105,7 @@ def _fwd_kernel(Q, K, V, OUT, LSE, CU, SEED, sm_scale, drop_thr, keep_scale, N, 
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     acc = acc / l_i[:, None]
-    tl.store(OUT + (start + rows)[:, None] * s_ot + h * s_oh + d[None, :], acc.to(OUT.dtype.element_ty),
-             mask=row_ok[:, None])
+    _store_rows(OUT, start + rows, h, s_ot, s_oh, d, row_ok, acc)
     tl.store(LSE + h * N + start + rows, m_i + tl.log(l_i), mask=row_ok)
 
 
@@ -105,9 +123,9 @@ def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, drop_th
     d = tl.arange(0, HS)
     row_ok = rows < L
     tok = start + rows
-    q = tl.load(Q + tok[:, None] * s_qt + h * s_qh + d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + tok[:, None] * s_dt + h * s_dh + d[None, :], mask=row_ok[:, None], other=0.0)
-    o = tl.load(OUT + tok[:, None] * s_ot + h * s_oh + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _rows(Q, tok, h, s_qt, s_qh, d, row_ok)
+    do = _rows(DO, tok, h, s_dt, s_dh, d, row_ok)
+    o = _rows(OUT, tok, h, s_ot, s_oh, d, row_ok)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
     tl.store(DELTA + h * N + tok, delta, mask=row_ok)
     lse = tl.load(LSE + h * N + tok, mask=row_ok, other=0.0)
@@ -117,18 +135,16 @@ def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, drop_th
     for n0 in range(0, L, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < L
-        k = tl.load(K + (start + cols)[:, None] * s_kt + h * s_kh + d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + (start + cols)[:, None] * s_vt + h * s_vh + d[None, :], mask=col_ok[:, None], other=0.0)
-        p = tl.exp(tl.dot(q, tl.trans(k)) * sm_scale - lse[:, None])  # softmax, (BLOCK_M, BLOCK_N)
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        k = _rows(K, start + cols, h, s_kt, s_kh, d, col_ok)
+        v = _rows(V, start + cols, h, s_vt, s_vh, d, col_ok)
+        p = _probs(q, k, lse, sm_scale, row_ok, col_ok)  # (BLOCK_M, BLOCK_N)
         dp = tl.dot(do, tl.trans(v))  # dL/d(dropped P)
         if DROPOUT:
             keep = _dropout_keep(seed, h, tok, n0, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])  # dL/dS (softmax backward)
         dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(DQ + tok[:, None] * s_gt + h * s_gh + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=row_ok[:, None])
+    _store_rows(DQ, tok, h, s_gt, s_gh, d, row_ok, dq * sm_scale)
 
 
 @triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
@@ -144,8 +160,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, drop_t
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, HS)
     col_ok = cols < L
-    k = tl.load(K + (start + cols)[:, None] * s_kt + h * s_kh + d[None, :], mask=col_ok[:, None], other=0.0)
-    v = tl.load(V + (start + cols)[:, None] * s_vt + h * s_vh + d[None, :], mask=col_ok[:, None], other=0.0)
+    k = _rows(K, start + cols, h, s_kt, s_kh, d, col_ok)
+    v = _rows(V, start + cols, h, s_vt, s_vh, d, col_ok)
     dk = tl.zeros((BLOCK_N, HS), tl.float32)
     dv = tl.zeros((BLOCK_N, HS), tl.float32)
     if DROPOUT:
@@ -154,12 +170,11 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, drop_t
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < L
         tok = start + rows
-        q = tl.load(Q + tok[:, None] * s_qt + h * s_qh + d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + tok[:, None] * s_dt + h * s_dh + d[None, :], mask=row_ok[:, None], other=0.0)
+        q = _rows(Q, tok, h, s_qt, s_qh, d, row_ok)
+        do = _rows(DO, tok, h, s_dt, s_dh, d, row_ok)
         lse = tl.load(LSE + h * N + tok, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + h * N + tok, mask=row_ok, other=0.0)
-        p = tl.exp(tl.dot(q, tl.trans(k)) * sm_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        p = _probs(q, k, lse, sm_scale, row_ok, col_ok)  # (BLOCK_M, BLOCK_N)
         dp = tl.dot(do, tl.trans(v))
         pd = p
         if DROPOUT:
@@ -169,10 +184,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, drop_t
         dv += tl.dot(tl.trans(pd.to(do.dtype)), do)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    tl.store(DK + (start + cols)[:, None] * s_gt + h * s_gh + d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-             mask=col_ok[:, None])
-    tl.store(DV + (start + cols)[:, None] * s_gt + h * s_gh + d[None, :], dv.to(DV.dtype.element_ty),
-             mask=col_ok[:, None])
+    _store_rows(DK, start + cols, h, s_gt, s_gh, d, col_ok, dk * sm_scale)
+    _store_rows(DV, start + cols, h, s_gt, s_gh, d, col_ok, dv)
 
 
 def _meta(
