@@ -159,6 +159,37 @@ def test_one_packed_pass_gives_the_padded_outputs_and_gradients(setup, tiny_enco
         torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
+@pytest.mark.parametrize("pack", [0, PACK_MULTIPLE])
+def test_two_copies_in_one_pass_are_two_independent_dropout_passes(setup, tiny_encoder, pack):
+    """forward_copies(.., 2) (R-Drop's two passes as one): without dropout each copy is the
+    one-copy output; with dropout the copies differ from each other (their own masks), and in
+    expectation over the masks each copy is the dropout-free output."""
+    cfg, table, data, tok = setup
+    torch.manual_seed(0)
+    model = build_model(cfg, tiny_encoder, tasks=table).train()
+    pad = cfg.model.max_length  # one T for both tasks: the padded path stacks them too
+    batches = {t: table[t].collate(data["train"][t], np.arange(8), tok.pad_token_id, pad) for t in ("sst", "sts")}
+    plan1, plan2 = ((step_pack_plan(batches, pack, 512, c) if pack else None) for c in (1, 2))
+    if pack:
+        assert plan2[0].numel() >= 2 * (plan1[0].numel() - plan1[0].numel() % pack) - 2 * pack
+    one = model.forward_step(batches, plan1)
+    two = model.forward_copies(batches, plan2, 2)
+    assert len(two) == 2
+    for t in batches:
+        for copy in two:
+            torch.testing.assert_close(copy[t], one[t], atol=1e-5, rtol=1e-5)
+    for m in model.modules():  # dropout on everywhere: the encoder's and the heads'
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.3
+    with torch.no_grad():
+        draws = [model.forward_copies(batches, plan2, 2) for _ in range(200)]
+    for t in batches:
+        a, b = (torch.stack([d[i][t].float() for d in draws]) for i in (0, 1))
+        assert not torch.allclose(a[0], b[0])  # the copies' masks differ
+        # dropout is unbiased per unit, not through the network: only a loose check on the mean
+        assert (a.mean(0) - b.mean(0)).abs().max() < 0.5 * a.std(0).max() + 1e-3
+
+
 def _tiny_run(tiny_encoder, data_dir, run_dir, packing: str, options: dict, tmp_path_factory):
     """A tiny deterministic run (no dropout): its dev scores and its logged per-step task losses
     and gradient norms."""

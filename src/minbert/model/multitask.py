@@ -89,18 +89,33 @@ class MultitaskModel(nn.Module):
         Raises:
             RuntimeError: batches of different T (from ``torch.cat``).
         """
-        rows = [encoder_rows(b) for b in batches.values()]
+        return self.forward_copies(batches, packing, 1)[0]
+
+    def forward_copies(
+        self, batches: Mapping[str, dict], packing: tuple[torch.Tensor, torch.Tensor] | None = None, copies: int = 1
+    ) -> list[dict[str, torch.Tensor]]:
+        """:meth:`forward_step` for ``copies`` dropout passes at once: the stacked rows are
+        repeated ``copies`` times and encoded in ONE pass, so each copy of a row draws its own
+        dropout masks (R-Drop's two passes, Liang et al. 2021, Sec. 2.1, without a second pass's
+        kernels). Returns one ``{task: output}`` per copy. ``packing``: the plan of
+        :func:`step_pack_plan` with the same ``copies``.
+
+        Raises:
+            RuntimeError: batches of different T (from ``torch.cat``).
+        """
+        rows = [encoder_rows(b) for b in batches.values()] * copies
         ids, mask, types = (torch.cat(t) if len(rows) > 1 else t[0] for t in zip(*rows, strict=True))
-        enc = self.encode(ids, mask, types, packing)  # (sum of rows, T, H)
-        outs, start = {}, 0
-        for (task, batch), (task_ids, _, _) in zip(batches.items(), rows, strict=True):
+        enc = self.encode(ids, mask, types, packing)  # (copies x sum of rows, T, H)
+        outs, start = [{} for _ in range(copies)], 0
+        for i, ((task, batch), (task_ids, _, _)) in enumerate(zip(list(batches.items()) * copies, rows, strict=True)):
             e = Encoded(*(t[start : start + task_ids.shape[0]] for t in enc))
             start += task_ids.shape[0]
+            out = outs[i // len(batches)]
             if self.input_kinds[task] == "bi":  # the a rows, then the b rows
                 B = batch["input_ids"].shape[0]
-                outs[task] = self.heads[task](Encoded(*(t[:B] for t in e)), Encoded(*(t[B:] for t in e)))
+                out[task] = self.heads[task](Encoded(*(t[:B] for t in e)), Encoded(*(t[B:] for t in e)))
             else:
-                outs[task] = self.heads[task](e)
+                out[task] = self.heads[task](e)
         return outs
 
 
@@ -114,10 +129,12 @@ def encoder_rows(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return tuple(batch[k] for k in keys)
 
 
-def step_pack_plan(batches: Mapping[str, dict], smallest: int, largest: int) -> tuple[torch.Tensor, torch.Tensor]:
+def step_pack_plan(
+    batches: Mapping[str, dict], smallest: int, largest: int, copies: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The packed layout of one step (``model.packing``): :func:`minbert.model.packing.pack_plan`
-    of every task's encoder rows stacked in ``batches``' order, as :meth:`MultitaskModel.forward_step`
-    stacks them. Returns ``pack_index`` (N,) int64 and ``cu_seqlens`` (rows + 1 + k,) int32 (k the
+    of every task's encoder rows stacked in ``batches``' order, ``copies`` times over, as
+    :meth:`MultitaskModel.forward_copies` stacks them. Returns ``pack_index`` (N,) int64 and ``cu_seqlens`` (rows + 1 + k,) int32 (k the
     filler's pieces, :func:`minbert.model.packing.filler_pieces`), N the step's n real tokens plus
     the filler, rounded up to a multiple of
     ``token_bucket(n + 1, smallest, largest)``: the step's shape is one of a few buckets, whatever
@@ -127,7 +144,7 @@ def step_pack_plan(batches: Mapping[str, dict], smallest: int, largest: int) -> 
     Raises:
         ValueError: see ``pack_plan`` (rows not right-padded or empty).
     """
-    mask = torch.cat([encoder_rows(b)[1] for b in batches.values()])
+    mask = torch.cat([encoder_rows(b)[1] for b in batches.values()] * copies)
     return pack_plan(mask, token_bucket(int(mask.sum()) + 1, smallest, largest))
 
 

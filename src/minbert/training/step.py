@@ -119,19 +119,17 @@ class TrainStep(nn.Module):
     ) -> StepLosses:
         """The step's losses. Padded (``packing`` None): one encoder pass per task. Packed (the
         step's plan, :func:`minbert.model.multitask.step_pack_plan`): one encoder pass over the
-        real tokens of every task of the step (two with R-Drop)."""
-        rdrop = self.tc is not None and bool(self.tc.rdrop_alpha)
+        real tokens of every task of the step. With R-Drop, each pass holds every row twice
+        (:meth:`MultitaskModel.forward_copies`), and a packed plan must be made for two copies."""
+        copies = 2 if self.tc is not None and self.tc.rdrop_alpha else 1  # R-Drop: both passes in one
         losses = []
         with autocast_context(self.device, self.amp):
             if packing is not None:
-                outs = self.model.forward_step(batches, packing)
-                outs2 = self.model.forward_step(batches, packing) if rdrop else {}
+                outs = self.model.forward_copies(batches, packing, copies)
             for name, batch in batches.items():
                 if packing is None:
-                    out = self.model(name, batch)
-                    out2 = self.model(name, batch) if rdrop else None
-                else:
-                    out, out2 = outs[name], outs2.get(name)
+                    outs = self.model.forward_copies({name: batch}, None, copies)
+                out, out2 = outs[0][name], (outs[1][name] if copies == 2 else None)
                 losses.append(self.weights[name] * self.task_loss(name, batch, out, out2))
         total, log_vars = 0.0, self.model.loss_log_vars
         for name, loss in zip(batches, losses, strict=True):

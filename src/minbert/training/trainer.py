@@ -381,7 +381,10 @@ class Trainer:
         """The step's pack plan (``model.packing``), else None."""
         if not self.rt.pack_multiple:
             return None
-        return step_pack_plan(batches, self.rt.pack_multiple, self.model.encoder.config.max_position_embeddings)
+        copies = 2 if self.tc.rdrop_alpha else 1  # R-Drop's two passes are one (TrainStep.forward)
+        return step_pack_plan(
+            batches, self.rt.pack_multiple, self.model.encoder.config.max_position_embeddings, copies
+        )
 
     def _skip_nonfinite(self, names: tuple[str, ...], ids: list, values: torch.Tensor, epoch: int) -> bool:
         """``train.nonfinite=skip``: whether this step's (n_tasks + 1,) ``values`` hold a non-finite
