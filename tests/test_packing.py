@@ -264,3 +264,65 @@ def test_forward_packed_equals_padded_forward_at_the_edges(model, lengths, T, mu
     torch.testing.assert_close(unpack(got.last_hidden_state, p, T)[real], want.last_hidden_state[real],
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def _settings(pack_multiple=64, amp=True):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pack_multiple=pack_multiple, amp=amp)
+
+
+def _encoder_model(impl="sdpa", p=0.1, heads=4, kernel="auto", hidden=128):
+    from types import SimpleNamespace
+
+    cfg = bert.BertConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=256,
+                          attention_probs_dropout_prob=p, attn_implementation=impl, varlen_kernel=kernel)
+    return SimpleNamespace(encoder=SimpleNamespace(config=cfg))
+
+
+@pytest.mark.skipif(not bert._TRITON_INSTALLED, reason="needs triton")
+def test_the_kernel_compile_starts_where_training_will_launch_our_kernel(monkeypatch):
+    """start_kernel_compile starts the child for (nh, hs, p, dtype) exactly where the packed
+    training forward picks our Triton kernel, and nowhere else."""
+    from minbert.model import varlen_triton
+    from minbert.training.setup import start_kernel_compile
+
+    started = []
+    monkeypatch.setattr(varlen_triton, "start_compile", lambda *a: started.append(a) or "child")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert start_kernel_compile(_encoder_model(), _settings(), cuda) == "child"
+    assert started == [(4, 32, 0.1, torch.bfloat16)]
+    assert start_kernel_compile(_encoder_model(heads=2, p=0.2), _settings(amp=False), cuda) == "child"
+    assert started[-1] == (2, 64, 0.2, torch.float16)
+    started.clear()
+    for model, rt, device in [
+        (_encoder_model(), _settings(), cpu),  # no CUDA
+        (_encoder_model(), _settings(pack_multiple=0), cuda),  # padded: SDPA's own kernels
+        (_encoder_model(impl="eager"), _settings(), cuda),  # the reference
+        (_encoder_model(p=0.0), _settings(), cuda),  # auto takes the efficient kernel
+        (_encoder_model(kernel="flash"), _settings(), cuda),
+        (_encoder_model(hidden=192), _settings(), cuda),  # head size 48: FlashAttention-2's kernel
+    ]:
+        assert start_kernel_compile(model, rt, device) is None
+    assert started == []
+
+
+def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
+    """A child that fails is logged at debug level; one that hangs is killed at the timeout."""
+    import subprocess
+    import time
+
+    from minbert.training.setup import wait_kernel_compile
+
+    wait_kernel_compile(None)
+    failing = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('no GPU here')"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with caplog.at_level(logging.DEBUG, logger="minbert.training.setup"):
+        wait_kernel_compile(failing)
+    assert failing.returncode == 1
+    assert caplog.records[-1].getMessage().endswith("failed (1): no GPU here")
+    hanging = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.perf_counter()
+    wait_kernel_compile(hanging, timeout_s=0.5)
+    assert time.perf_counter() - t0 < 30 and hanging.returncode not in (None, 0)

@@ -167,3 +167,43 @@ def test_dropout_changes_at_every_graph_replay(kernel):
     graph.replay()
     assert not torch.equal(first, out)
     assert (first.float() - plain.float()).abs().max() > 0.1  # dropout at 0.5 moves it far from the undropped one
+
+
+_TRAIN_A_PACKED_STEP = """
+import torch
+from minbert.model.bert import BertConfig, BertModel
+from minbert.model.packing import pack
+cfg = BertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, intermediate_size=256,
+                 attention_probs_dropout_prob=0.1)
+model = BertModel(cfg).cuda().train()
+mask = (torch.arange(40)[None, :] < torch.tensor([40, 17, 5])[:, None]).long().cuda()
+ids = torch.randint(1, 1000, (3, 40), device="cuda") * mask
+with torch.autocast("cuda", dtype=torch.bfloat16):
+    out = model.forward_packed(pack(ids, mask, multiple_of=64, max_seqlen=64))
+out.last_hidden_state.float().pow(2).mean().backward()
+torch.cuda.synchronize()
+"""
+
+
+def test_the_background_compile_fills_the_cache_that_a_packed_step_reads(tmp_path, monkeypatch):
+    """start_compile's child compiles exactly the kernel variants that a packed training step
+    (bf16 autocast, attention dropout) launches: a fresh process running that step afterwards
+    finds all of them in Triton's cache and compiles nothing more."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    from minbert.model.varlen_triton import start_compile
+    from minbert.training.setup import wait_kernel_compile
+
+    cache = tmp_path / "triton"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))  # the children's cache
+    child = start_compile(4, 32, 0.1, torch.bfloat16)
+    wait_kernel_compile(child)
+    assert child.returncode == 0
+    compiled = sorted(p.name for p in cache.iterdir())
+    kernels = [n for n in compiled if any(f.suffix == ".cubin" for f in (cache / n).iterdir())]
+    assert len(kernels) == 3  # forward, dQ, dK/dV
+    step = subprocess.run([sys.executable, "-c", _TRAIN_A_PACKED_STEP], capture_output=True, text=True)
+    assert step.returncode == 0, step.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir()) == compiled  # nothing compiled again

@@ -134,12 +134,12 @@ def step_pack_plan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The packed layout of one step (``model.packing``): :func:`minbert.model.packing.pack_plan`
     of every task's encoder rows stacked in ``batches``' order, ``copies`` times over, as
-    :meth:`MultitaskModel.forward_copies` stacks them. Returns ``pack_index`` (N,) int64 and ``cu_seqlens`` (rows + 1 + k,) int32 (k the
-    filler's pieces, :func:`minbert.model.packing.filler_pieces`), N the step's n real tokens plus
-    the filler, rounded up to a multiple of
-    ``token_bucket(n + 1, smallest, largest)``: the step's shape is one of a few buckets, whatever
-    the mix of its tasks' lengths (``smallest`` and ``largest`` bound the bucket; callers pass the
-    encoder's ``max_position_embeddings`` as ``largest``).
+    :meth:`MultitaskModel.forward_copies` stacks them. Returns ``pack_index`` (N,) int64 and
+    ``cu_seqlens`` (rows + 1 + k,) int32 (k the filler's pieces,
+    :func:`minbert.model.packing.filler_pieces`), N the step's n real tokens plus the filler,
+    rounded up to a multiple of ``token_bucket(n + 1, smallest, largest)``: the step's shape is
+    one of a few buckets, whatever the mix of its tasks' lengths (``smallest`` and ``largest``
+    bound the bucket; callers pass the encoder's ``max_position_embeddings`` as ``largest``).
 
     Raises:
         ValueError: see ``pack_plan`` (rows not right-padded or empty).

@@ -26,6 +26,8 @@ kernels run on CPU tensors (Triton's interpreter; the tests use it).
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import torch
 import triton
@@ -300,3 +302,31 @@ def triton_varlen_attention(
     else:
         seed = cu_seqlens  # not read without dropout
     return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block)[0]
+
+
+def compile_kernels(nh: int, hs: int, dropout_p: float, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Compile the kernels that training with (nh heads of size hs, ``dropout_p``, ``dtype``)
+    launches, or load them from Triton's cache (``TRITON_CACHE_DIR``, by default
+    ``~/.triton/cache``): one forward and backward on a tiny batch of contiguous (N, nh, hs)
+    tensors, the layout the encoder passes, so that the compiled variants are the ones a run
+    looks up. Needs CUDA."""
+    q, k, v = (torch.randn(64, nh, hs, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    cu_seqlens = torch.tensor([0, 25, 64], dtype=torch.int32, device="cuda")
+    out = triton_varlen_attention(q, k, v, cu_seqlens, 64, dropout_p)
+    out.backward(torch.ones_like(out))
+    torch.cuda.synchronize()
+
+
+def start_compile(nh: int, hs: int, dropout_p: float, dtype: torch.dtype) -> subprocess.Popen:
+    """:func:`compile_kernels` in a child process (this module run as a script): Triton's
+    compiler runs in Python, so in this process it would hold the interpreter while the run
+    loads its data. The child fills Triton's on-disk cache, and the run's first launch finds the
+    kernels there. Wait for it before the first launch; if it fails the run compiles them itself.
+    Raises OSError where the interpreter cannot be started."""
+    args = [sys.executable, "-m", __name__, str(nh), str(hs), repr(dropout_p), str(dtype).removeprefix("torch.")]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+if __name__ == "__main__":  # start_compile's child: nh hs dropout_p dtype
+    nh_arg, hs_arg, p_arg, dtype_arg = sys.argv[1:5]
+    compile_kernels(int(nh_arg), int(hs_arg), float(p_arg), getattr(torch, dtype_arg))

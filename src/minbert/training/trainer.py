@@ -51,8 +51,10 @@ from .setup import (
     run_device,
     seed_everything,
     setup_model,
+    start_kernel_compile,
     step_counts,
     task_streams,
+    wait_kernel_compile,
     write_run_files,
 )
 from .state import LoopState
@@ -163,10 +165,8 @@ class Trainer:
         self.state = LoopState(world_size=self.ctx.world_size)
         # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process
         self.throughput = {"train_samples": 0, "train_s": 0.0, "epoch_train_s": []}
-        self.interrupt: StopRequest | None = None
+        self.interrupt, self.bar, self.t_epoch = None, None, 0.0  # t_epoch: perf_counter() at the epoch's start
         self.writer = BackgroundWriter()  # checkpoints and best weights reach the disk while training goes on
-        self.bar: tqdm | None = None
-        self.t_epoch = 0.0  # perf_counter() at the start of the epoch's training
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -185,6 +185,7 @@ class Trainer:
         # on resume the checkpoint's weights replace those of train.init_from anyway
         self.model, self.tokenizer, encoder_src, table = setup_model(
             cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
+        self.kernel_compile = start_kernel_compile(self.model, self.rt, self.device)  # overlaps the data loading
         self.model.pack_eval = bool(self.rt.pack_multiple)  # dev evaluation packs as training does
         self.model.eval_graphs = (GraphedForward(self.device, bf16_weights=self.rt.amp)  # compiled: autocast
                                   if self.rt.cuda_graphs and self.rt.pack_multiple else None)
@@ -265,6 +266,7 @@ class Trainer:
         Raises TrainingInterrupted (SIGINT, SIGTERM), NonFiniteLossError (its message ends with the
         last checkpoint on disk), what ``on_epoch_end`` raises."""
         tc, st = self.tc, self.state  # (setup's resume has replaced the state)
+        wait_kernel_compile(self.kernel_compile)  # its kernels in Triton's cache before the first step
         self.interrupt = StopRequest(enabled=not self.ctx.enabled)
         stop = st.step >= self.total_steps
         try:
@@ -379,12 +381,8 @@ class Trainer:
 
     def _pack(self, batches: dict[str, dict]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The step's pack plan (``model.packing``), else None."""
-        if not self.rt.pack_multiple:
-            return None
-        copies = 2 if self.tc.rdrop_alpha else 1  # R-Drop's two passes are one (TrainStep.forward)
-        return step_pack_plan(
-            batches, self.rt.pack_multiple, self.model.encoder.config.max_position_embeddings, copies
-        )
+        largest, copies = self.model.encoder.config.max_position_embeddings, 2 if self.tc.rdrop_alpha else 1
+        return step_pack_plan(batches, self.rt.pack_multiple, largest, copies) if self.rt.pack_multiple else None
 
     def _skip_nonfinite(self, names: tuple[str, ...], ids: list, values: torch.Tensor, epoch: int) -> bool:
         """``train.nonfinite=skip``: whether this step's (n_tasks + 1,) ``values`` hold a non-finite
