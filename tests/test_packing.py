@@ -272,38 +272,44 @@ def _settings(pack_multiple=64, amp=True):
     return SimpleNamespace(pack_multiple=pack_multiple, amp=amp)
 
 
-def _encoder_model(impl="sdpa", p=0.1, heads=4, kernel="auto", hidden=128):
-    from types import SimpleNamespace
-
-    cfg = bert.BertConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=256,
-                          attention_probs_dropout_prob=p, attn_implementation=impl, varlen_kernel=kernel)
-    return SimpleNamespace(encoder=SimpleNamespace(config=cfg))
-
-
 @pytest.mark.skipif(not bert._TRITON_INSTALLED, reason="needs triton")
-def test_the_kernel_compile_starts_where_training_will_launch_our_kernel(monkeypatch):
-    """start_kernel_compile starts the child for (nh, hs, p, dtype) exactly where the packed
-    training forward picks our Triton kernel, and nowhere else."""
+def test_the_kernel_compile_starts_where_training_will_launch_our_kernel(monkeypatch, tmp_path):
+    """start_kernel_compile starts the children (forward, backward) for (nh, hs, p, dtype), read
+    from the encoder's config.json and the run's overrides, exactly where the packed training
+    forward picks our Triton kernel, and nowhere else."""
+    import json
+
+    from minbert.config import load_config
     from minbert.model import varlen_triton
     from minbert.training.setup import start_kernel_compile
 
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    hf = bert.BertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, intermediate_size=256)
+    (encoder / "config.json").write_text(json.dumps(hf.to_hf_dict()))
+    wide = tmp_path / "wide"  # head size 48: FlashAttention-2's kernel
+    wide.mkdir()
+    (wide / "config.json").write_text(json.dumps({**hf.to_hf_dict(), "hidden_size": 192}))
     started = []
-    monkeypatch.setattr(varlen_triton, "start_compile", lambda *a: started.append(a) or "child")
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert start_kernel_compile(_encoder_model(), _settings(), cuda) == "child"
-    assert started == [(4, 32, 0.1, torch.bfloat16)]
-    assert start_kernel_compile(_encoder_model(heads=2, p=0.2), _settings(amp=False), cuda) == "child"
-    assert started[-1] == (2, 64, 0.2, torch.float16)
+    monkeypatch.setattr(varlen_triton, "start_compile", lambda *a: started.append(a) or a[-1])
+
+    def start(*overrides, folder=encoder, rt=None, device="cuda"):
+        cfg = load_config(None, [f"model.encoder={folder}", *overrides])
+        return start_kernel_compile(cfg, rt or _settings(), torch.device(device))
+
+    assert start() == ["forward", "backward"]
+    assert started == [(4, 32, 0.1, torch.bfloat16, "forward"), (4, 32, 0.1, torch.bfloat16, "backward")]
     started.clear()
-    for model, rt, device in [
-        (_encoder_model(), _settings(), cpu),  # no CUDA
-        (_encoder_model(), _settings(pack_multiple=0), cuda),  # padded: SDPA's own kernels
-        (_encoder_model(impl="eager"), _settings(), cuda),  # the reference
-        (_encoder_model(p=0.0), _settings(), cuda),  # auto takes the efficient kernel
-        (_encoder_model(kernel="flash"), _settings(), cuda),
-        (_encoder_model(hidden=192), _settings(), cuda),  # head size 48: FlashAttention-2's kernel
-    ]:
-        assert start_kernel_compile(model, rt, device) is None
+    assert start("model.attention_probs_dropout_prob=0.2", rt=_settings(amp=False)) == ["forward", "backward"]
+    assert started[0] == (4, 32, 0.2, torch.float16, "forward")
+    started.clear()
+    assert start(device="cpu") == []
+    assert start(rt=_settings(pack_multiple=0)) == []  # padded: SDPA's own kernels
+    assert start("model.attn_implementation=eager") == []  # the reference
+    assert start("model.attention_probs_dropout_prob=0.0") == []  # auto takes the efficient kernel
+    assert start("model.varlen_kernel=flash") == []
+    assert start(folder=wide) == []
+    assert start(folder=tmp_path / "missing") == []  # setup_model reports it
     assert started == []
 
 
@@ -314,15 +320,15 @@ def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
 
     from minbert.training.setup import wait_kernel_compile
 
-    wait_kernel_compile(None)
+    wait_kernel_compile([])
     failing = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('no GPU here')"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     with caplog.at_level(logging.DEBUG, logger="minbert.training.setup"):
-        wait_kernel_compile(failing)
+        wait_kernel_compile([failing])
     assert failing.returncode == 1
     assert caplog.records[-1].getMessage().endswith("failed (1): no GPU here")
     hanging = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.perf_counter()
-    wait_kernel_compile(hanging, timeout_s=0.5)
+    wait_kernel_compile([hanging], timeout_s=0.5)
     assert time.perf_counter() - t0 < 30 and hanging.returncode not in (None, 0)

@@ -186,7 +186,7 @@ torch.cuda.synchronize()
 
 
 def test_the_background_compile_fills_the_cache_that_a_packed_step_reads(tmp_path, monkeypatch):
-    """start_compile's child compiles exactly the kernel variants that a packed training step
+    """start_compile's children compile exactly the kernel variants that a packed training step
     (bf16 autocast, attention dropout) launches: a fresh process running that step afterwards
     finds all of them in Triton's cache and compiles nothing more."""
     import subprocess
@@ -198,9 +198,9 @@ def test_the_background_compile_fills_the_cache_that_a_packed_step_reads(tmp_pat
 
     cache = tmp_path / "triton"
     monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))  # the children's cache
-    child = start_compile(4, 32, 0.1, torch.bfloat16)
-    wait_kernel_compile(child)
-    assert child.returncode == 0
+    children = [start_compile(4, 32, 0.1, torch.bfloat16, part) for part in ("forward", "backward")]
+    wait_kernel_compile(children)
+    assert [c.returncode for c in children] == [0, 0]
     compiled = sorted(p.name for p in cache.iterdir())
     kernels = [n for n in compiled if any(f.suffix == ".cubin" for f in (cache / n).iterdir())]
     assert len(kernels) == 3  # forward, dQ, dK/dV

@@ -13,6 +13,7 @@ triton = pytest.importorskip("triton")
 from minbert.model.bert import varlen_attention  # noqa: E402
 from minbert.model.varlen_triton import (  # noqa: E402
     _fwd_kernel,
+    compile_kernels,
     triton_varlen_attention,
     varlen_attention_fwd,
 )
@@ -163,3 +164,8 @@ def test_varlen_attention_routes_to_it_on_cuda_only():
         return
     torch.testing.assert_close(varlen_attention(q, k, v, cu, mx, 0.0, "sdpa", "triton"),
                                triton_varlen_attention(q, k, v, cu, mx, 0.0), atol=0, rtol=0)
+
+
+def test_compile_kernels_refuses_an_unknown_part():
+    with pytest.raises(ValueError, match="part must be 'forward', 'backward' or 'both', got 'sideways'"):
+        compile_kernels(4, 32, 0.1, part="sideways")

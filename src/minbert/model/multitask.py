@@ -148,6 +148,15 @@ def step_pack_plan(
     return pack_plan(mask, token_bucket(int(mask.sum()) + 1, smallest, largest))
 
 
+def encoder_overrides(cfg: Config) -> dict:
+    """The :class:`BertConfig` fields that ``cfg.model`` sets over the encoder's ``config.json``."""
+    overrides = {"attn_implementation": cfg.model.attn_implementation, "varlen_kernel": cfg.model.varlen_kernel}
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if getattr(cfg.model, key) is not None:
+            overrides[key] = getattr(cfg.model, key)
+    return overrides
+
+
 def build_model(
     cfg: Config, encoder_dir: str | Path, pretrained: bool = True, tasks: Mapping[str, Task] | None = None
 ) -> MultitaskModel:
@@ -163,10 +172,7 @@ def build_model(
         from ..tasks.table import task_table
 
         tasks = task_table(cfg)
-    overrides = {"attn_implementation": cfg.model.attn_implementation, "varlen_kernel": cfg.model.varlen_kernel}
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        if getattr(cfg.model, key) is not None:
-            overrides[key] = getattr(cfg.model, key)
+    overrides = encoder_overrides(cfg)
     if pretrained:
         encoder = BertModel.from_pretrained(encoder_dir, **overrides)
     else:

@@ -304,29 +304,43 @@ def triton_varlen_attention(
     return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block)[0]
 
 
-def compile_kernels(nh: int, hs: int, dropout_p: float, dtype: torch.dtype = torch.bfloat16) -> None:
+def compile_kernels(
+    nh: int, hs: int, dropout_p: float, dtype: torch.dtype = torch.bfloat16, part: str = "both"
+) -> None:
     """Compile the kernels that training with (nh heads of size hs, ``dropout_p``, ``dtype``)
     launches, or load them from Triton's cache (``TRITON_CACHE_DIR``, by default
-    ``~/.triton/cache``): one forward and backward on a tiny batch of contiguous (N, nh, hs)
-    tensors, the layout the encoder passes, so that the compiled variants are the ones a run
-    looks up. Needs CUDA."""
-    q, k, v = (torch.randn(64, nh, hs, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    ``~/.triton/cache``): the ``forward`` kernel, the two ``backward`` kernels, or ``both``, run
+    once on a tiny batch of contiguous (N, nh, hs) tensors, the layout the encoder passes, so
+    that the compiled variants are the ones a run looks up. Needs CUDA.
+
+    Raises:
+        ValueError: an unknown ``part``.
+    """
+    if part not in ("forward", "backward", "both"):
+        raise ValueError(f"part must be 'forward', 'backward' or 'both', got {part!r}")
+    q, k, v, out, do = (torch.randn(64, nh, hs, device="cuda", dtype=dtype) for _ in range(5))
     cu_seqlens = torch.tensor([0, 25, 64], dtype=torch.int32, device="cuda")
-    out = triton_varlen_attention(q, k, v, cu_seqlens, 64, dropout_p)
-    out.backward(torch.ones_like(out))
+    seed = torch.randint(0, 2**62, (1,), device="cuda")
+    if part != "backward":
+        varlen_attention_fwd(q, k, v, cu_seqlens, 64, dropout_p, seed, BLOCK)
+    if part != "forward":
+        lse = torch.randn(nh, 64, device="cuda")
+        varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens, 64, dropout_p, seed, BLOCK)
     torch.cuda.synchronize()
 
 
-def start_compile(nh: int, hs: int, dropout_p: float, dtype: torch.dtype) -> subprocess.Popen:
+def start_compile(nh: int, hs: int, dropout_p: float, dtype: torch.dtype, part: str = "both") -> subprocess.Popen:
     """:func:`compile_kernels` in a child process (this module run as a script): Triton's
     compiler runs in Python, so in this process it would hold the interpreter while the run
-    loads its data. The child fills Triton's on-disk cache, and the run's first launch finds the
-    kernels there. Wait for it before the first launch; if it fails the run compiles them itself.
-    Raises OSError where the interpreter cannot be started."""
-    args = [sys.executable, "-m", __name__, str(nh), str(hs), repr(dropout_p), str(dtype).removeprefix("torch.")]
+    loads its data, and two children (``forward``, ``backward``) compile side by side. The child
+    fills Triton's on-disk cache, and the run's first launch finds the kernels there. Wait for it
+    before the first launch; if it fails the run compiles them itself. Raises OSError where the
+    interpreter cannot be started."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    args = [sys.executable, "-m", __name__, str(nh), str(hs), repr(dropout_p), dtype_name, part]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-if __name__ == "__main__":  # start_compile's child: nh hs dropout_p dtype
-    nh_arg, hs_arg, p_arg, dtype_arg = sys.argv[1:5]
-    compile_kernels(int(nh_arg), int(hs_arg), float(p_arg), getattr(torch, dtype_arg))
+if __name__ == "__main__":  # start_compile's child: nh hs dropout_p dtype part
+    nh_arg, hs_arg, p_arg, dtype_arg, part_arg = sys.argv[1:6]
+    compile_kernels(int(nh_arg), int(hs_arg), float(p_arg), getattr(torch, dtype_arg), part_arg)

@@ -182,10 +182,10 @@ class Trainer:
         self.rt = runtime_settings(cfg, self.device.type, ctx.world_size)
         seed_everything(tc.seed)
         self.data_dir = resolve_data_dir(str(self.data_dir) if self.data_dir else None, cfg.data.dir)
+        self.kernel_compile = start_kernel_compile(cfg, self.rt, self.device)  # overlaps model and data loading
         # on resume the checkpoint's weights replace those of train.init_from anyway
         self.model, self.tokenizer, encoder_src, table = setup_model(
             cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
-        self.kernel_compile = start_kernel_compile(self.model, self.rt, self.device)  # overlaps the data loading
         self.model.pack_eval = bool(self.rt.pack_multiple)  # dev evaluation packs as training does
         self.model.eval_graphs = (GraphedForward(self.device, bf16_weights=self.rt.amp)  # compiled: autocast
                                   if self.rt.cuda_graphs and self.rt.pack_multiple else None)
