@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--run", action="append", required=True, help="NAME=SRC_DIR")
     ap.add_argument("--out")
     ap.add_argument("--keep", help="folder for the run folders (default: a temporary one)")
+    ap.add_argument("--fresh-triton-cache", action="store_true",
+                    help="give every run an empty TRITON_CACHE_DIR (each run compiles its Triton kernels, as a first "
+                         "run does); default: the environment's cache, which the first run fills")
     ap.add_argument("extra", nargs="*", help="arguments passed to minbert train (after --)")
     args = ap.parse_args()
     base = Path(args.keep or tempfile.mkdtemp(prefix="e2e-"))
@@ -42,11 +45,14 @@ def main() -> None:
             cmd = [sys.executable, "-m", "minbert", "train", "--config", args.preset, "--run-dir", str(run_dir),
                    "--overwrite", "--no-progress", f"--train.seed={seed}", *args.extra]
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "PYTHONUNBUFFERED": "1"}
+            if args.fresh_triton_cache:
+                env["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"triton-{name}-seed{seed}-")
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             (base / f"{name}-seed{seed}.log").write_text(proc.stdout + proc.stderr)
-            rec = {"name": name, "seed": seed, "wall_s": round(wall, 2), "returncode": proc.returncode}
+            rec = {"name": name, "seed": seed, "wall_s": round(wall, 2), "returncode": proc.returncode,
+                   "triton_cache": "empty" if args.fresh_triton_cache else "environment"}
             if proc.returncode == 0:
                 summary = json.loads((run_dir / "summary.json").read_text())
                 rec.update(dev=summary["dev"], summary_wall_s=summary["wall_s"], best_epoch=summary["best_epoch"])

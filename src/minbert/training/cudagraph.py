@@ -72,9 +72,7 @@ class GraphedSteps:
         params: the trainable parameters, all on one CUDA device.
         capture_after: how many eager sightings of a shape come before it is captured (1: the
             second batch of a shape is the first replay; 0: capture at once).
-        warmup: eager iterations on a side stream before the first capture (PyTorch's rule for
-            capture: lazy initialisation happens outside the graph); later captures, of shapes
-            already run eagerly, warm up once.
+        warmup: eager iterations on a side stream before a capture (PyTorch's rule for capture).
         capture: False never captures: every batch runs eagerly into the flat buffers (any
             device; the flat gradient all-reduce without graphs, ``train.grad_sync=flat``).
         direct: a graph's gradients stay where its backward writes them (see the module
@@ -215,7 +213,7 @@ class GraphedSteps:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(self.warmup if not self._graphs else min(self.warmup, 1)):
+            for _ in range(self.warmup):
                 loss, _ = fn(static)
                 (loss * scale).backward()
         torch.cuda.current_stream(self.device).wait_stream(side)
