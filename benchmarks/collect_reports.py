@@ -23,6 +23,10 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     train_step.py (both varlen kernels, the peer), e2e.py (default);
                                     s9-call4: e2e.py (default), train_step.py (MiniLM-L6); s9-call5:
                                     attention_varlen.py --mask-check (device-scripts/s9-call*.sh)
+  bench/s11/                        R-Drop in one pass, the kernel compiled in child processes: s11-call1
+                                    (CUDA tests, cProfile of both presets), s11-call2 and s11-call3 (e2e.py,
+                                    a phase-timed default run), s11-call4 (e2e.py of both presets against
+                                    git cca93f7, an empty Triton cache per run) (device-scripts/s11-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -115,17 +119,18 @@ def packed_records() -> list[dict]:
     return out, earlier
 
 
-def e2e_runs(name: str, folder: str = "packed") -> dict:
+def e2e_runs(name: str, folder: str = "packed", tag: str = "") -> dict:
     """``{"wall_s": [per seed], "dev_overall": [per seed], ...}`` of one benchmarks/e2e.py output
     in bench/<folder>/ (wall_s: process start to the final predictions), with each run's summary
-    (train seconds per epoch, CUDA graphs captured and their capture time) when it came back."""
+    (train seconds per epoch, CUDA graphs captured and their capture time) when it came back, as
+    <call>-<preset><tag>-seed<N>-summary.json (tag: "-after", "-before" where one call ran both)."""
     d = json.loads((BENCH / folder / name).read_text())
     runs = sorted(d["runs"], key=lambda r: r["seed"])
     out = {"wall_s": [r["wall_s"] for r in runs], "dev_overall": [r["dev"]["overall"] for r in runs],
            "seeds": [r["seed"] for r in runs], "preset": d["preset"], "source": f"reports/bench/{folder}/{name}"}
     preset = Path(d["preset"]).stem
     prefix = name.split("e2e-")[0]  # the call's files: s5-callN-
-    summaries = [BENCH / folder / f"{prefix}{preset}-seed{r['seed']}-summary.json" for r in runs]
+    summaries = [BENCH / folder / f"{prefix}{preset}{tag}-seed{r['seed']}-summary.json" for r in runs]
     if all(f.is_file() for f in summaries):
         out["throughput"] = [json.loads(f.read_text())["throughput"] for f in summaries]
     return out
@@ -167,6 +172,23 @@ def packed_e2e_history() -> list[dict]:
          "Philox call per dropout draw; an empty Triton cache for seed 0"},
         {**e2e_runs("s10-call3-e2e-best.json", "s10"), "what": "configs/best.yaml with our Triton kernel in "
          "training, on s10-call2's machine: the Triton cache already held the kernels (warm for both seeds)"},
+        {**e2e_runs("s10-call2-e2e-default.json", "s10"), "what": "our Triton varlen kernel in training, eight "
+         "16-bit dropout draws per Philox call; an empty Triton cache for seed 0"},
+        {**e2e_runs("s10-call4-e2e-best.json", "s10"), "what": "configs/best.yaml at the s10-call2 step; an "
+         "empty Triton cache for seed 0"},
+        {**e2e_runs("s11-call2-e2e-default.json", "s11"), "what": "plus the Triton kernel compiled in one child "
+         "process started after the model is built; an empty Triton cache for seed 0"},
+        {**e2e_runs("s11-call2-e2e-best.json", "s11"), "what": "configs/best.yaml, plus R-Drop's two passes as "
+         "one encoder pass and the one-child compile; an empty Triton cache for seed 0"},
+        {**e2e_runs("s11-call3-e2e-default.json", "s11"), "what": "plus two compile children (forward, backward) "
+         "started before the model is built, one CUDA-graph warm-up after the first capture (reverted); an "
+         "empty Triton cache for seed 0"},
+        {**e2e_runs("s11-call3-e2e-best.json", "s11"), "what": "configs/best.yaml as s11-call3's default; an "
+         "empty Triton cache for seed 0"},
+        {**e2e_runs("s11-call4-e2e-default-before.json", "s11", "-before"), "what": "the s10 step (git cca93f7) "
+         "on s11-call4's machine, an empty Triton cache for each run: the 'before' of e2e.default"},
+        {**e2e_runs("s11-call4-e2e-best-before.json", "s11", "-before"), "what": "configs/best.yaml at the s10 "
+         "step (git cca93f7) on s11-call4's machine, an empty Triton cache for each run: the 'before' of e2e.best"},
     ]
 
 
@@ -259,9 +281,10 @@ def main() -> None:
         "packed": packed_e2e_history(),
     }
     # the latest run of each preset, with Python's bytecode and matplotlib's font cache filled
-    # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for seed 0
-    speed["e2e"] = {"default": e2e_runs("s10-call2-e2e-default.json", "s10"),
-                    "best": e2e_runs("s10-call4-e2e-best.json", "s10")}
+    # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for every
+    # run; the previous version ran on the same machine in the same call (e2e_history.packed, s11-call4)
+    speed["e2e"] = {"default": e2e_runs("s11-call4-e2e-default-after.json", "s11", "-after"),
+                    "best": e2e_runs("s11-call4-e2e-best-after.json", "s11", "-after")}
     speed.update(profiles())
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
