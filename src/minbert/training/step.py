@@ -69,6 +69,12 @@ def pcgrad_(task_grads: list[list[torch.Tensor | None]], seed: int) -> list[torc
     return out
 
 
+def encoder_copies(tc: TrainConfig | None) -> int:
+    """How many copies of each row one encoder pass of a step holds: 2 with R-Drop (its two
+    dropout passes, :meth:`MultitaskModel.forward_copies`), else 1. Packed plans must match."""
+    return 2 if tc is not None and tc.rdrop_alpha else 1
+
+
 class StepLosses(NamedTuple):
     """total: () the weighted sum sum_t w_t L_t; per_task: (n_tasks,) the weighted losses w_t L_t
     (both keep their autograd graph)."""
@@ -121,7 +127,7 @@ class TrainStep(nn.Module):
         step's plan, :func:`minbert.model.multitask.step_pack_plan`): one encoder pass over the
         real tokens of every task of the step. With R-Drop, each pass holds every row twice
         (:meth:`MultitaskModel.forward_copies`), and a packed plan must be made for two copies."""
-        copies = 2 if self.tc is not None and self.tc.rdrop_alpha else 1  # R-Drop: both passes in one
+        copies = encoder_copies(self.tc)
         losses = []
         with autocast_context(self.device, self.amp):
             if packing is not None:

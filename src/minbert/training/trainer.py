@@ -58,7 +58,7 @@ from .setup import (
     write_run_files,
 )
 from .state import LoopState
-from .step import build_optimizer_step, find_nonfinite
+from .step import build_optimizer_step, encoder_copies, find_nonfinite
 from .task_plots import write_run_plots
 from .tracking import check_mlflow_store, require_trackers
 
@@ -182,7 +182,7 @@ class Trainer:
         self.rt = runtime_settings(cfg, self.device.type, ctx.world_size)
         seed_everything(tc.seed)
         self.data_dir = resolve_data_dir(str(self.data_dir) if self.data_dir else None, cfg.data.dir)
-        self.kernel_compile = start_kernel_compile(cfg, self.rt, self.device)  # overlaps model and data loading
+        compiling = start_kernel_compile(cfg, self.rt, self.device)  # overlaps model and data loading
         # on resume the checkpoint's weights replace those of train.init_from anyway
         self.model, self.tokenizer, encoder_src, table = setup_model(
             cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
@@ -210,6 +210,7 @@ class Trainer:
         self.dev = DevEvaluator(self.model, self.tasks, self.data["dev"], self.device, self.rt.amp, self.pad_id,
                                 tc.eval_batch_size, ctx, self.metrics, self.run_dir, tc.average_last, self.progress,
                                 self.writer)
+        wait_kernel_compile(compiling)  # its kernels in Triton's cache before the first step
 
     def resume(self) -> None:
         """Continue from the run folder's last checkpoint: weights, optimizer, lr schedule, task
@@ -266,7 +267,6 @@ class Trainer:
         Raises TrainingInterrupted (SIGINT, SIGTERM), NonFiniteLossError (its message ends with the
         last checkpoint on disk), what ``on_epoch_end`` raises."""
         tc, st = self.tc, self.state  # (setup's resume has replaced the state)
-        wait_kernel_compile(self.kernel_compile)  # its kernels in Triton's cache before the first step
         self.interrupt = StopRequest(enabled=not self.ctx.enabled)
         stop = st.step >= self.total_steps
         try:
@@ -381,7 +381,7 @@ class Trainer:
 
     def _pack(self, batches: dict[str, dict]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The step's pack plan (``model.packing``), else None."""
-        largest, copies = self.model.encoder.config.max_position_embeddings, 2 if self.tc.rdrop_alpha else 1
+        largest, copies = self.model.encoder.config.max_position_embeddings, encoder_copies(self.tc)
         return step_pack_plan(batches, self.rt.pack_multiple, largest, copies) if self.rt.pack_multiple else None
 
     def _skip_nonfinite(self, names: tuple[str, ...], ids: list, values: torch.Tensor, epoch: int) -> bool:
