@@ -205,7 +205,9 @@ def test_evaluate_full_scores_the_whole_dev_sets(run, tmp_path, data_dir):
 
 
 def test_predict_text(run, tmp_path):
-    proc = ok(cli("predict", str(run), "--task=sst", "--text", "a fine film", "--device=cpu", cwd=tmp_path))
+    # block-buffered stdout (PYTHONUNBUFFERED unset): the entry point flushes it before os._exit
+    proc = ok(cli("predict", str(run), "--task=sst", "--text", "a fine film", "--device=cpu", cwd=tmp_path,
+                  env={"PYTHONUNBUFFERED": ""}))
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert isinstance(out["label"], int) and 0 <= out["label"] <= 4
     assert len(out["probabilities"]) == 5 and sum(out["probabilities"]) == pytest.approx(1.0, abs=1e-5)
@@ -418,3 +420,25 @@ def test_argument_mistakes_are_one_line_exit_2(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
+
+
+def test_train_hands_its_early_kernel_compile_to_the_run_and_stops_it_when_the_run_fails(monkeypatch, tmp_path,
+                                                                                        capsys):
+    """``minbert train`` starts the attention-kernel compile before it imports torch and passes
+    the children to the run; where the run fails before it waited for them, they are killed."""
+    from minbert.errors import CheckpointError
+    from minbert.training import kernel_compile, trainer
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE, text=True)
+    seen = {}
+
+    def failing_train(cfg, **kwargs):
+        seen.update(kwargs)
+        raise CheckpointError("the run folder is not writable")
+
+    monkeypatch.setattr(kernel_compile, "start_early", lambda cfg: [child])
+    monkeypatch.setattr(trainer, "train", failing_train)
+    assert main(["train", "--config", str(REPO / "configs" / "quick.yaml"), "--run-dir", str(tmp_path / "r")]) == 2
+    assert seen["compiling"] == [child] and child.returncode not in (None, 0)
+    assert capsys.readouterr().err.strip() == "error: the run folder is not writable"
+

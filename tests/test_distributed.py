@@ -173,7 +173,6 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 import minbert.io as mio
-import minbert.training.checkpoint as ck
 
 real, seen = mio.atomic_write_bytes, [0]
 
@@ -186,7 +185,6 @@ def dying(path, data):
     return real(path, data)
 
 mio.atomic_write_bytes = dying  # last.json is written through atomic_write_json
-ck.atomic_write_bytes = dying
 from minbert.cli import main
 sys.exit(main(sys.argv[1:]))
 """

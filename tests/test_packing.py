@@ -266,51 +266,105 @@ def test_forward_packed_equals_padded_forward_at_the_edges(model, lengths, T, mu
     torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)
 
 
-def _settings(pack_multiple=64, amp=True):
-    from types import SimpleNamespace
+def _encoder_folders(tmp_path):
+    """A small encoder's config.json (4 heads of 32: our kernel tiles them) and a wide one (head
+    size 48: FlashAttention-2's kernel)."""
+    import json
 
-    return SimpleNamespace(pack_multiple=pack_multiple, amp=amp)
+    encoder, wide = tmp_path / "encoder", tmp_path / "wide"
+    hf = bert.BertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, intermediate_size=256)
+    for folder, hidden in ((encoder, 128), (wide, 192)):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({**hf.to_hf_dict(), "hidden_size": hidden}))
+    return encoder, wide
 
 
-@pytest.mark.skipif(not bert._TRITON_INSTALLED, reason="needs triton")
-def test_the_kernel_compile_starts_where_training_will_launch_our_kernel(monkeypatch, tmp_path):
-    """start_kernel_compile starts the children (forward, backward) for (nh, hs, p, dtype), read
-    from the encoder's config.json and the run's overrides, exactly where the packed training
-    forward picks our Triton kernel, and nowhere else."""
+def test_the_kernel_compile_children_start_where_training_may_launch_our_kernel(monkeypatch, tmp_path):
+    """child_args: two children (forward, backward) for CUDA, packed sdpa attention, with the
+    encoder, the run's encoder overrides and the autocast dtype; none elsewhere. start_early
+    (before the device is known) starts them where train.device or a loaded NVIDIA driver says
+    CUDA, on a machine's first process only, and leaves a bad setting to the run."""
     import json
 
     from minbert.config import load_config
+    from minbert.training import kernel_compile as kc
+
+    encoder, _ = _encoder_folders(tmp_path)
+
+    def cfg(*overrides):
+        return load_config(None, [f"model.encoder={encoder}", *overrides])
+
+    args = kc.child_args(cfg(), "cuda")
+    assert [a[-1] for a in args] == ["forward", "backward"]
+    assert args[0][:4] == [sys.executable, "-m", "minbert.model.varlen_triton", str(encoder)]
+    assert json.loads(args[0][4]) == {"attn_implementation": "sdpa", "varlen_kernel": "auto"}
+    assert args[0][5] == "bfloat16"
+    over = kc.child_args(cfg("model.attention_probs_dropout_prob=0.2", "train.amp=off", "model.packing=on",
+                             "model.attn_implementation=eager"), "cuda")
+    assert over == []  # eager attention: the reference, never our kernel
+    assert kc.child_args(cfg(), "cpu") == []
+    assert kc.child_args(cfg("model.packing=off"), "cuda") == []  # padded: SDPA's own kernels
+    assert json.loads(kc.child_args(cfg("model.attention_probs_dropout_prob=0.2"), "cuda")[0][4])[
+        "attention_probs_dropout_prob"] == 0.2
+
+    started, driver_loaded = [], kc.nvidia_driver_loaded
+    monkeypatch.setattr(kc.subprocess, "Popen", lambda a, **k: started.append(a) or a[-1])
+    monkeypatch.setattr(kc, "nvidia_driver_loaded", lambda: False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert kc.start_early(cfg()) == []  # auto without a driver
+    assert kc.start_early(cfg("train.device=cpu")) == []
+    assert kc.start_early(cfg("train.device=cuda")) == ["forward", "backward"]
+    monkeypatch.setattr(kc, "nvidia_driver_loaded", lambda: True)
+    assert kc.start_early(cfg()) == ["forward", "backward"]
+    assert started == args * 2
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert kc.start_early(cfg()) == []  # one cache per machine: local rank 0 compiles
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert kc.start_early(cfg("train.pcgrad=true")) == []  # the run reports that it cannot run
+    assert not driver_loaded(tmp_path / "no-such-file") and driver_loaded(encoder / "config.json")
+
+
+@pytest.mark.skipif(not bert._TRITON_INSTALLED, reason="needs triton")
+def test_a_kernel_compile_child_compiles_exactly_where_the_packed_forward_picks_our_kernel(monkeypatch, tmp_path):
+    """compile_for_encoder (the child's work) compiles for (nh, hs, p, dtype) read from the
+    encoder's config.json with the run's overrides where varlen_kernel resolves to triton, and
+    nowhere else; it reads nothing without a CUDA device. A child started with child_args' command
+    line on this machine exits cleanly."""
+    import subprocess
+
+    from minbert.config import encoder_overrides, load_config
+    from minbert.errors import CheckpointError
     from minbert.model import varlen_triton
-    from minbert.training.setup import start_kernel_compile
+    from minbert.training.kernel_compile import child_args
 
-    encoder = tmp_path / "encoder"
-    encoder.mkdir()
-    hf = bert.BertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, intermediate_size=256)
-    (encoder / "config.json").write_text(json.dumps(hf.to_hf_dict()))
-    wide = tmp_path / "wide"  # head size 48: FlashAttention-2's kernel
-    wide.mkdir()
-    (wide / "config.json").write_text(json.dumps({**hf.to_hf_dict(), "hidden_size": 192}))
-    started = []
-    monkeypatch.setattr(varlen_triton, "start_compile", lambda *a: started.append(a) or a[-1])
+    encoder, wide = _encoder_folders(tmp_path)
+    compiled = []
+    monkeypatch.setattr(varlen_triton, "compile_kernels", lambda *a: compiled.append(a))
+    monkeypatch.setattr(varlen_triton.torch.cuda, "is_available", lambda: True)
 
-    def start(*overrides, folder=encoder, rt=None, device="cuda"):
+    def run(*overrides, folder=encoder, dtype=torch.bfloat16):
         cfg = load_config(None, [f"model.encoder={folder}", *overrides])
-        return start_kernel_compile(cfg, rt or _settings(), torch.device(device))
+        return varlen_triton.compile_for_encoder(str(folder), encoder_overrides(cfg), dtype, "forward")
 
-    assert start() == ["forward", "backward"]
-    assert started == [(4, 32, 0.1, torch.bfloat16, "forward"), (4, 32, 0.1, torch.bfloat16, "backward")]
-    started.clear()
-    assert start("model.attention_probs_dropout_prob=0.2", rt=_settings(amp=False)) == ["forward", "backward"]
-    assert started[0] == (4, 32, 0.2, torch.float16, "forward")
-    started.clear()
-    assert start(device="cpu") == []
-    assert start(rt=_settings(pack_multiple=0)) == []  # padded: SDPA's own kernels
-    assert start("model.attn_implementation=eager") == []  # the reference
-    assert start("model.attention_probs_dropout_prob=0.0") == []  # auto takes the efficient kernel
-    assert start("model.varlen_kernel=flash") == []
-    assert start(folder=wide) == []
-    assert start(folder=tmp_path / "missing") == []  # setup_model reports it
-    assert started == []
+    assert run() == (4, 32, 0.1) and compiled == [(4, 32, 0.1, torch.bfloat16, "forward")]
+    assert run("model.attention_probs_dropout_prob=0.2", dtype=torch.float16) == (4, 32, 0.2)
+    assert compiled[-1] == (4, 32, 0.2, torch.float16, "forward")
+    compiled.clear()
+    assert run("model.attention_probs_dropout_prob=0.0") is None  # auto takes the efficient kernel
+    assert run("model.varlen_kernel=flash") is None
+    assert run("model.attn_implementation=eager") is None
+    assert run(folder=wide) is None
+    with pytest.raises(CheckpointError):
+        run(folder=tmp_path / "missing")
+    monkeypatch.setattr(varlen_triton.torch.cuda, "is_available", lambda: False)
+    assert run(folder=tmp_path / "missing") is None  # no CUDA: nothing read
+    assert compiled == []
+    if not torch.cuda.is_available():
+        args = child_args(load_config(None, [f"model.encoder={encoder}"]), "cuda")[0]
+        child = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert (child.returncode, child.stderr) == (0, "")
 
 
 def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
@@ -318,12 +372,12 @@ def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
     import subprocess
     import time
 
-    from minbert.training.setup import wait_kernel_compile
+    from minbert.training.kernel_compile import stop_kernel_compile, wait_kernel_compile
 
     wait_kernel_compile([])
     failing = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('no GPU here')"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    with caplog.at_level(logging.DEBUG, logger="minbert.training.setup"):
+    with caplog.at_level(logging.DEBUG, logger="minbert.training.kernel_compile"):
         wait_kernel_compile([failing])
     assert failing.returncode == 1
     assert caplog.records[-1].getMessage().endswith("failed (1): no GPU here")
@@ -332,3 +386,7 @@ def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
     t0 = time.perf_counter()
     wait_kernel_compile([hanging], timeout_s=0.5)
     assert time.perf_counter() - t0 < 30 and hanging.returncode not in (None, 0)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stop_kernel_compile([failing, running])  # a run that ends before it waits: the rest are killed
+    assert running.returncode not in (None, 0) and failing.returncode == 1

@@ -186,19 +186,27 @@ torch.cuda.synchronize()
 
 
 def test_the_background_compile_fills_the_cache_that_a_packed_step_reads(tmp_path, monkeypatch):
-    """start_compile's children compile exactly the kernel variants that a packed training step
-    (bf16 autocast, attention dropout) launches: a fresh process running that step afterwards
-    finds all of them in Triton's cache and compiles nothing more."""
+    """The kernel-compile children of a run whose encoder has 4 heads of 32 compile exactly the
+    kernel variants that a packed training step of that shape (bf16 autocast, attention dropout)
+    launches: a fresh process running that step afterwards finds all of them in Triton's cache
+    and compiles nothing more."""
+    import json
     import subprocess
     import sys
 
     pytest.importorskip("triton")
-    from minbert.model.varlen_triton import start_compile
-    from minbert.training.setup import wait_kernel_compile
+    from minbert.config import load_config
+    from minbert.model.bert import BertConfig
+    from minbert.training.kernel_compile import start_kernel_compile, wait_kernel_compile
 
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    hf = BertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, intermediate_size=256)
+    (encoder / "config.json").write_text(json.dumps(hf.to_hf_dict()))
     cache = tmp_path / "triton"
     monkeypatch.setenv("TRITON_CACHE_DIR", str(cache))  # the children's cache
-    children = [start_compile(4, 32, 0.1, torch.bfloat16, part) for part in ("forward", "backward")]
+    children = start_kernel_compile(load_config(None, [f"model.encoder={encoder}"]), "cuda")
+    assert len(children) == 2
     wait_kernel_compile(children)
     assert [c.returncode for c in children] == [0, 0]
     compiled = sorted(p.name for p in cache.iterdir())

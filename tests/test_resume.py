@@ -188,9 +188,9 @@ def test_sigkill_mid_epoch_then_resume_is_identical(run_a, tmp_path, tiny_encode
 
 
 def _run_dying_at_write(tmp_path: Path, args: list[str], file_name: str, nth: int) -> subprocess.CompletedProcess:
-    """Run the CLI in a subprocess whose ``atomic_write_bytes`` SIGKILLs the process on the
+    """Run the CLI in a subprocess whose ``atomic_write_file`` SIGKILLs the process on the
     ``nth`` write of ``file_name``, half-way: the temp file holds half of the bytes, as when the
-    kill lands in the middle of ``write``."""
+    kill lands in the middle of the write."""
     script = textwrap.dedent(
         f"""
         import os, signal, sys, tempfile
@@ -198,23 +198,24 @@ def _run_dying_at_write(tmp_path: Path, args: list[str], file_name: str, nth: in
         import minbert.io as mio
         import minbert.training.checkpoint as ck
 
-        real = mio.atomic_write_bytes
+        real = mio.atomic_write_file
         seen = 0
 
-        def dying(path, data):
+        def dying(path, write):
             global seen
             path = Path(path)
             if path.name == {file_name!r}:
                 seen += 1
                 if seen == {nth}:
                     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{{path.name}}.", suffix=".tmp")
-                    os.write(fd, data[: len(data) // 2])
-                    os.fsync(fd)
+                    os.close(fd)
+                    write(Path(tmp))
+                    os.truncate(tmp, os.path.getsize(tmp) // 2)
                     os.kill(os.getpid(), signal.SIGKILL)
-            return real(path, data)
+            return real(path, write)
 
-        mio.atomic_write_bytes = dying  # atomic_write_json/text write through it
-        ck.atomic_write_bytes = dying
+        mio.atomic_write_file = dying  # atomic_write_bytes, _json, _text and save_weights write through it
+        ck.atomic_write_file = dying
         from minbert.cli import main
         sys.exit(main(sys.argv[1:]))
         """
@@ -535,6 +536,58 @@ def test_background_writer_keeps_order_bounds_its_queue_and_reraises_in_the_call
     state["opt"][0].add_(1)
     state["opt"][1]["step"] = 4
     assert snap["w"].tolist() == [1.0, 1.0] and snap["opt"][0].item() == 0 and snap["opt"][1]["step"] == 3
+
+
+def test_writer_snapshots_reuse_buffers_only_once_their_write_has_finished():
+    """BackgroundWriter.snapshot: a queued write keeps the values of its own snapshot while later
+    snapshots are taken (they get other buffers); once that write has finished, the next snapshot
+    of the same layout copies into its buffers; another layout gets its own."""
+    import threading
+
+    from minbert.training.checkpoint import BackgroundWriter, snapshot_layout
+
+    state = {"w": torch.arange(6.0).view(2, 3), "opt": [torch.zeros(4, dtype=torch.float64), {"step": 1}]}
+    writer, gate, seen = BackgroundWriter(), threading.Event(), []
+
+    def write(snap):
+        gate.wait(5)
+        seen.append((snap["w"].clone(), snap["opt"][0].clone(), snap["opt"][1]["step"]))
+
+    first = writer.snapshot(state)
+    writer.submit(write, first)
+    state["w"].add_(10)
+    state["opt"][0].fill_(2)
+    state["opt"][1]["step"] = 2
+    second = writer.snapshot(state)  # the first write is still queued: new buffers
+    assert second["w"].data_ptr() != first["w"].data_ptr()
+    writer.submit(write, second)
+    gate.set()
+    writer.wait()
+    assert seen[0][0].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]] and seen[0][1].tolist() == [0.0] * 4
+    assert seen[0][2] == 1 and seen[1][2] == 2 and seen[1][0][0, 0].item() == 10.0
+    state["w"].add_(10)
+    third = writer.snapshot(state)  # both writes done: a set of theirs is reused
+    assert third["w"].data_ptr() in (first["w"].data_ptr(), second["w"].data_ptr())
+    assert third["w"].tolist() == (torch.arange(6.0).view(2, 3) + 20).tolist() and third["opt"][1]["step"] == 2
+    assert third["w"] is not state["w"] and third["opt"][0].dtype == torch.float64
+    other = writer.snapshot({"w": torch.ones(3)})  # another layout: its own buffers
+    assert other["w"].data_ptr() not in (first["w"].data_ptr(), second["w"].data_ptr())
+    assert snapshot_layout(state) == (((2, 3), torch.float32, False), ((4,), torch.float64, False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_writer_snapshot_of_gpu_tensors_reuses_pinned_buffers():
+    from minbert.training.checkpoint import BackgroundWriter
+
+    state = {"a": torch.randn(1000, device="cuda"), "b": torch.arange(7, device="cuda")}
+    writer = BackgroundWriter()
+    snap = writer.snapshot(state)
+    writer.submit(lambda s: None, snap)
+    writer.wait()
+    state["a"].mul_(2)
+    again = writer.snapshot(state)
+    assert again["a"].is_pinned() and again["a"].data_ptr() == snap["a"].data_ptr()
+    assert torch.equal(again["a"], state["a"].cpu()) and torch.equal(again["b"], state["b"].cpu())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -337,17 +337,17 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
     tmp_path, tiny_encoder, data_dir, monkeypatch, capsys
 ):
     run = tmp_path / "run"
-    real = ck.atomic_write_bytes
+    real = ck.atomic_write_file
     writes = {"n": 0}
 
-    def full_disk(path, data):
+    def full_disk(path, write):
         if Path(path).name == "train_state.pt":
             writes["n"] += 1
             if writes["n"] == 2:  # the step-4 checkpoint
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, data)
+        return real(path, write)
 
-    monkeypatch.setattr(ck, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(ck, "atomic_write_file", full_disk)
     code = main(train_args(tiny_encoder, data_dir, run))
     line = one_error_line(capsys)
     assert code == 2

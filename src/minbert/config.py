@@ -335,6 +335,16 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
                            PACK_MULTIPLE if packed else 0, note)
 
 
+def encoder_overrides(cfg: Config) -> dict:
+    """The :class:`minbert.model.bert.BertConfig` fields that ``cfg.model`` sets over the encoder's
+    ``config.json`` (where a value is null the file's stays)."""
+    overrides = {"attn_implementation": cfg.model.attn_implementation, "varlen_kernel": cfg.model.varlen_kernel}
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if getattr(cfg.model, key) is not None:
+            overrides[key] = getattr(cfg.model, key)
+    return overrides
+
+
 PACK_MULTIPLE = 64  # tokens: the smallest pack bucket (model.packing.token_bucket sizes the others)
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,15 +36,26 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    atomic_write_file(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder by its
+    name (a library's own file writer, e.g. ``safetensors.torch.save_file`` or ``torch.save``,
+    which write without holding the interpreter, where their in-memory forms hold it while they
+    copy), then fsync and rename. What ``write`` raises propagates; the temporary file goes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        os.close(fd)
+        write(Path(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,11 +82,11 @@ def atomic_write_png(path: str | os.PathLike, figure: Figure, tight: bool = Fals
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Save tensors as safetensors (atomically); ``metadata`` is stored as one JSON string
     under the key ``minbert``."""
-    from safetensors.torch import save as st_save
+    from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {"minbert": json.dumps(metadata or {})}
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    atomic_write_file(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

@@ -23,11 +23,12 @@ heads keep their fp32 weights and get the encoder's states as float32, as under 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from itertools import chain
 from typing import NamedTuple
 
@@ -43,6 +44,28 @@ EVAL_SMALLEST_BUCKET = 64  # the smallest pack bucket (tokens) of a graphed eval
 
 # fn(inputs on the device) -> the output tensor
 ForwardFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+@contextlib.contextmanager
+def capture(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream, pool: tuple | None = None) -> Iterator[None]:
+    """Capture the CUDA work of the ``with`` block into ``graph`` on ``stream`` (in the memory
+    ``pool``, a :func:`torch.cuda.graph_pool_handle`): ``torch.cuda.graph`` without its calls
+    to ``torch.cuda.empty_cache()`` and ``torch._C._host_emptyCache()``. Those hand every free
+    block of the caching allocators, device and pinned host memory, back to the driver at each
+    capture, and the steps after it allocate them again through synchronous driver calls; a run
+    captures a graph per token bucket, tens of them. The device is synchronised first, as there.
+
+    Raises:
+        RuntimeError: what ``CUDAGraph.capture_begin`` / ``capture_end`` raise (work that cannot
+            be captured).
+    """
+    torch.cuda.synchronize(stream.device)
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool=pool)
+        try:
+            yield
+        finally:
+            graph.capture_end()
 
 
 class _Graph(NamedTuple):
@@ -134,7 +157,7 @@ class GraphedForward:
             fn(static)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with capture(graph, side, self.pool):  # on the warm-up's stream
             output = fn(static)
         g = _Graph(graph, static, output)
         self._graphs[full_key] = g

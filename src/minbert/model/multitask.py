@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..config import encoder_overrides
 from .bert import BertConfig, BertModel
 from .heads import Encoded
 from .packing import PackedBatch, pack_plan, plan_max_seqlen, token_bucket
@@ -146,15 +147,6 @@ def step_pack_plan(
     """
     mask = torch.cat([encoder_rows(b)[1] for b in batches.values()] * copies)
     return pack_plan(mask, token_bucket(int(mask.sum()) + 1, smallest, largest))
-
-
-def encoder_overrides(cfg: Config) -> dict:
-    """The :class:`BertConfig` fields that ``cfg.model`` sets over the encoder's ``config.json``."""
-    overrides = {"attn_implementation": cfg.model.attn_implementation, "varlen_kernel": cfg.model.varlen_kernel}
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        if getattr(cfg.model, key) is not None:
-            overrides[key] = getattr(cfg.model, key)
-    return overrides
 
 
 def build_model(

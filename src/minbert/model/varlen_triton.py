@@ -25,8 +25,8 @@ kernels run on CPU tensors (Triton's interpreter; the tests use it).
 
 from __future__ import annotations
 
+import json
 import math
-import subprocess
 import sys
 
 import torch
@@ -329,18 +329,28 @@ def compile_kernels(
     torch.cuda.synchronize()
 
 
-def start_compile(nh: int, hs: int, dropout_p: float, dtype: torch.dtype, part: str = "both") -> subprocess.Popen:
-    """:func:`compile_kernels` in a child process (this module run as a script): Triton's
-    compiler runs in Python, so in this process it would hold the interpreter while the run
-    loads its data, and two children (``forward``, ``backward``) compile side by side. The child
-    fills Triton's on-disk cache, and the run's first launch finds the kernels there. Wait for it
-    before the first launch; if it fails the run compiles them itself. Raises OSError where the
-    interpreter cannot be started."""
-    dtype_name = str(dtype).removeprefix("torch.")
-    args = [sys.executable, "-m", __name__, str(nh), str(hs), repr(dropout_p), dtype_name, part]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def compile_for_encoder(encoder: str, overrides: dict, dtype: torch.dtype, part: str) -> tuple | None:
+    """What :mod:`minbert.training.kernel_compile`'s children run: where a packed training forward
+    of ``encoder`` (a local Hugging Face BERT folder or ``"default"``) with the run's config
+    ``overrides`` (:func:`minbert.config.encoder_overrides`) launches this kernel on this machine's
+    CUDA device, :func:`compile_kernels` for it; returns its (nh, hs, dropout_p), or None where it
+    does not launch (no CUDA device, no attention dropout, another ``varlen_kernel``, a head size
+    the kernel does not tile). Raises what reading the encoder's ``config.json`` raises
+    (CheckpointError, ConfigError)."""
+    from .bert import BertConfig, pick_varlen_kernel
+    from .hf_folder import resolve_encoder_path
+
+    if not torch.cuda.is_available():
+        return None
+    c = BertConfig.from_json_file(resolve_encoder_path(encoder) / "config.json", **overrides)
+    nh, p = c.num_attention_heads, c.attention_probs_dropout_prob
+    hs = c.hidden_size // nh
+    if c.attn_implementation != "sdpa" or pick_varlen_kernel(c.varlen_kernel, p, hs) != "triton":
+        return None
+    compile_kernels(nh, hs, p, dtype, part)
+    return nh, hs, p
 
 
-if __name__ == "__main__":  # start_compile's child: nh hs dropout_p dtype part
-    nh_arg, hs_arg, p_arg, dtype_arg, part_arg = sys.argv[1:6]
-    compile_kernels(int(nh_arg), int(hs_arg), float(p_arg), getattr(torch, dtype_arg), part_arg)
+if __name__ == "__main__":  # a child of minbert.training.kernel_compile: encoder overrides-json dtype part
+    encoder_arg, overrides_arg, dtype_arg, part_arg = sys.argv[1:5]
+    compile_for_encoder(encoder_arg, json.loads(overrides_arg), getattr(torch, dtype_arg), part_arg)

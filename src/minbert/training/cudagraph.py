@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ..distributed import to_device
+from ..inference.graphs import capture
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class GraphedSteps:
             for p in self.params:
                 p.grad = None
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with capture(graph, side, self.pool):  # on the warm-up's stream
             loss, value = fn(static)
             (loss * scale).backward()
         grads = [p.grad for p in self.params] if self.direct else None

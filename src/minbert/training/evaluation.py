@@ -82,11 +82,11 @@ class DevEvaluator:
             self.best_result = result
             if self.ctx.is_main:
                 meta = {"epoch": epoch, "step": state.step, "dev": dict(flat)}
-                args = (self.run_dir, host_snapshot(self.model.state_dict()), meta)
                 if self.writer is not None:
-                    self.writer.submit(save_best_weights, *args)
+                    weights = self.writer.snapshot(self.model.state_dict())
+                    self.writer.submit(save_best_weights, self.run_dir, weights, meta)
                 else:
-                    save_best_weights(*args)
+                    save_best_weights(self.run_dir, host_snapshot(self.model.state_dict()), meta)
         return flat
 
     def average(self, best: float | None) -> dict | None:

@@ -10,7 +10,6 @@ import logging
 import math
 import random
 import shutil
-import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,11 +20,10 @@ from ..config import Config, RuntimeSettings, TrainConfig, dump_yaml
 from ..data.batching import TaskStream
 from ..data.tokenizer import Tokenizer
 from ..distributed import DistContext, resolve_device
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..io import atomic_write_json, atomic_write_text
-from ..model.bert import BertConfig, pick_varlen_kernel
 from ..model.hf_folder import resolve_encoder_path
-from ..model.multitask import MultitaskModel, build_model, encoder_overrides
+from ..model.multitask import MultitaskModel, build_model
 from ..runs import CONFIG_FILE, copy_encoder_files
 from ..tasks.base import Task
 from ..tasks.table import task_table
@@ -127,43 +125,6 @@ def setup_model(
     elif compile_encoder:
         model.encoder.compile(dynamic=True)  # dynamic T: batches of several lengths (bucketing)
     return ModelSetup(model, tokenizer, encoder_src, table)
-
-
-def start_kernel_compile(cfg: Config, rt: RuntimeSettings, device: torch.device) -> list[subprocess.Popen]:
-    """Where training will launch our Triton attention kernel (packed sdpa attention on CUDA with
-    attention dropout, ``varlen_kernel`` resolving to ``triton``): start compiling it in child
-    processes (:func:`minbert.model.varlen_triton.start_compile`), so that the compile overlaps
-    building the model and loading the data; none elsewhere, or where a child cannot start (the
-    run then compiles the kernel at its first launch, as without them). Reads the encoder's
-    ``config.json`` only. Pass the result to :func:`wait_kernel_compile`."""
-    if device.type != "cuda" or not rt.pack_multiple or cfg.model.attn_implementation != "sdpa":
-        return []
-    try:
-        c = BertConfig.from_json_file(resolve_encoder_path(cfg.model.encoder) / "config.json", **encoder_overrides(cfg))
-        p, nh = c.attention_probs_dropout_prob, c.num_attention_heads
-        if pick_varlen_kernel(c.varlen_kernel, p, c.hidden_size // nh) != "triton":
-            return []
-        from ..model.varlen_triton import start_compile
-
-        dtype = torch.bfloat16 if rt.amp else torch.float16
-        return [start_compile(nh, c.hidden_size // nh, p, dtype, part) for part in ("forward", "backward")]
-    except (ConfigError, CheckpointError, ImportError, OSError) as e:  # (setup_model reports a bad encoder)
-        log.debug("no background compile of the attention kernel: %s", e)
-        return []
-
-
-def wait_kernel_compile(children: list[subprocess.Popen], timeout_s: float = 300.0) -> None:
-    """Wait for :func:`start_kernel_compile`'s children (killed after ``timeout_s``); a failed
-    child costs nothing but its time: the first launch then compiles its kernels in this process."""
-    for proc in children:
-        try:
-            _, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode:
-            last = (err or "").strip().splitlines()[-1:] or ["no message"]
-            log.debug("a background compile of the attention kernel failed (%s): %s", proc.returncode, last[0])
 
 
 def task_streams(cfg: Config, lengths: dict[str, np.ndarray], world_size: int = 1) -> dict[str, TaskStream]:

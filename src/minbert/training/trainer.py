@@ -1,9 +1,8 @@
 """Multi-task training, top to bottom: :func:`train` runs a :class:`Trainer`, whose phases are
 methods; ``logging``, explicit seeds. Routines: :mod:`minbert.training.schedule`; losses and the
-optimizer step: :mod:`minbert.training.step`.
-
-A run is resumable: checkpoints hold the model, optimizer, lr schedule, every RNG state and each
-task stream's position, so a resumed run sees exactly the batches an uninterrupted one would.
+optimizer step: :mod:`minbert.training.step`. A run is resumable: checkpoints hold the model,
+optimizer, lr schedule, every RNG state and each task stream's position, so a resumed run sees
+exactly the batches an uninterrupted one would.
 
 :meth:`Trainer.fit`: :meth:`~Trainer.setup` (model, tokenizer, data, optimizer, lr schedule,
 :meth:`~Trainer.resume`, step function with CUDA graphs or DDP), then :meth:`~Trainer.train_epochs`:
@@ -18,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,12 +34,13 @@ from ..inference.graphs import GraphedForward
 from ..inference.model_card import write_model_card
 from ..io import atomic_write_json
 from ..model.multitask import step_pack_plan
-from ..runs import CONFIG_FILE, Run, check_file_weights, last_checkpoint
+from ..runs import CONFIG_FILE, Run, check_file_weights, last_checkpoint, resolve_run_data_dir
 from ..tasks.splits import load_splits
-from .checkpoint import BackgroundWriter, host_snapshot, load_train_state, rng_state, set_rng_state
+from .checkpoint import BackgroundWriter, load_train_state, rng_state, set_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
 from .evaluation import DevEvaluator
 from .interrupts import StopRequest, interrupted
+from .kernel_compile import start_kernel_compile, wait_kernel_compile
 from .optim import build_optimizer, build_scheduler, param_groups
 from .reporting import MetricsLog, log_run_end, run_summary, trim_metrics
 from .schedule import epoch_schedule
@@ -51,10 +52,8 @@ from .setup import (
     run_device,
     seed_everything,
     setup_model,
-    start_kernel_compile,
     step_counts,
     task_streams,
-    wait_kernel_compile,
     write_run_files,
 )
 from .state import LoopState
@@ -75,6 +74,7 @@ def train(
     t_start: float | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     allow_data_change: bool = False,
+    compiling: list[subprocess.Popen] | None = None,
 ) -> Run:
     """Train and evaluate a multi-task model; returns the :class:`Run`.
 
@@ -92,6 +92,7 @@ def train(
             ends training (``minbert tune`` prunes so).
         allow_data_change: with ``resume``, continue on data files whose SHA-256 differs from the
             run's record (else :class:`minbert.errors.DataChangedError`).
+        compiling: the caller's attention-kernel compile (:mod:`minbert.training.kernel_compile`), else None.
 
     Raises:
         MinbertError subclasses for every user mistake (config, data, checkpoint, non-finite loss).
@@ -118,11 +119,9 @@ def train(
         pkg_log.setLevel(logging.WARNING)  # only rank 0 reports progress
     try:
         if resume:
-            from ..runs import resolve_run_data_dir
-
             data_dir = resolve_run_data_dir(run_dir, cfg, data_dir, allow_data_change)
         trainer = Trainer(cfg, run_dir, data_dir, resume=resume, progress=progress and ctx.is_main, t_start=t_start,
-                          ctx=ctx, on_epoch_end=on_epoch_end)
+                          ctx=ctx, on_epoch_end=on_epoch_end, compiling=compiling)
         return trainer.fit()
     except TrainingInterrupted:
         raise
@@ -147,6 +146,7 @@ class Trainer:
         t_start: wall-clock start (``time.time()``) for ``summary.json``'s ``wall_s``.
         ctx: this process's place in a torchrun job (default: one process).
         on_epoch_end: called as ``f(epoch, dev)`` once each epoch end's checkpoint is on disk.
+        compiling: as :func:`train`'s.
 
     Raises:
         ConfigError: an invalid config.
@@ -154,12 +154,12 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, *, resume: bool = False,
                  progress: bool = False, t_start: float | None = None, ctx: DistContext | None = None,
-                 on_epoch_end: Callable[[int, dict], None] | None = None):
+                 on_epoch_end: Callable[[int, dict], None] | None = None, compiling: list | None = None):
         self.cfg = resolve(validate(cfg))
         require_trackers(self.cfg.output.report_to)
         self.tc = self.cfg.train
         self.run_dir, self.data_dir, self.resuming = Path(run_dir), data_dir, resume
-        self.progress, self.on_epoch_end = progress, on_epoch_end
+        self.progress, self.on_epoch_end, self.compiling = progress, on_epoch_end, compiling
         self.t_start = time.time() if t_start is None else t_start
         self.ctx = ctx or DistContext()
         self.state = LoopState(world_size=self.ctx.world_size)
@@ -182,7 +182,9 @@ class Trainer:
         self.rt = runtime_settings(cfg, self.device.type, ctx.world_size)
         seed_everything(tc.seed)
         self.data_dir = resolve_data_dir(str(self.data_dir) if self.data_dir else None, cfg.data.dir)
-        compiling = start_kernel_compile(cfg, self.rt, self.device)  # overlaps model and data loading
+        compiling = self.compiling  # the caller's, else started here: they compile while the model and data load
+        if compiling is None:
+            compiling = start_kernel_compile(cfg, self.device.type, ctx.world_size, ctx.local_rank)
         # on resume the checkpoint's weights replace those of train.init_from anyway
         self.model, self.tokenizer, encoder_src, table = setup_model(
             cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
@@ -370,12 +372,8 @@ class Trainer:
 
     def _next_batches(self, names: tuple[str, ...]) -> dict[str, dict]:
         """The next batch of each task in ``names``: this process's rows, collated (host tensors)."""
-        batches = {
-            n: self.tasks[n].collate(
-                self.data["train"][n], shard(self.streams[n].next(), self.ctx), self.pad_id, self.rt.pad_multiple
-            )
-            for n in names
-        }
+        data, pad, mult = self.data["train"], self.pad_id, self.rt.pad_multiple
+        batches = {n: self.tasks[n].collate(data[n], shard(self.streams[n].next(), self.ctx), pad, mult) for n in names}
         self.throughput["train_samples"] += self.ctx.world_size * sum(len(b["ids"]) for b in batches.values())
         return batches
 
@@ -466,7 +464,7 @@ class Trainer:
             "rng": rngs,
         }  # written in the background from host copies (train_epochs waits for it on its way out)
         self.writer.submit(write_checkpoint, self.run_dir, self.state.step,
-                           *host_snapshot((self.model.state_dict(), train_state)))
+                           *self.writer.snapshot((self.model.state_dict(), train_state)))
 
     # -- finish ------------------------------------------------------------------------------------
 
