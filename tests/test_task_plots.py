@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -357,3 +359,62 @@ def test_no_plot_no_png(shared_run_dir):
     """The shared run trains with ``output.plot: false``."""
     assert (shared_run_dir / "summary.json").is_file()
     assert not list(shared_run_dir.rglob("*.png"))
+
+
+def _items(tasks: dict, n: int = 40) -> dict[str, tuple]:
+    """Random final dev predictions (values, outputs, gold) of each task, by its kind."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, task in tasks.items():
+        if task.kind == "regression":
+            gold = rng.uniform(0, 5, n)
+            out[name] = (gold + rng.normal(0, 1, n), gold + rng.normal(0, 1, n), gold)
+        elif task.kind == "binary":
+            logits = rng.normal(0, 2, n)
+            out[name] = ((logits > 0).astype(int), logits, rng.integers(0, 2, n))
+        else:
+            logits = rng.normal(0, 2, (n, task.num_outputs))
+            out[name] = (logits.argmax(1), logits, rng.integers(0, task.num_outputs, n))
+    return out
+
+
+def test_the_plot_child_draws_what_this_process_draws(plotted, tmp_path, monkeypatch, caplog):
+    """start_plotter's child (a GPU run's plots) reads the run's tasks from its config.yaml and
+    draws, from the predictions write_run_plots sends it, the same files with the same pixels as
+    this process; where the child fails, this process draws them; a child that never gets its
+    predictions ends when its input closes."""
+    import shutil
+
+    from matplotlib.image import imread
+
+    from minbert.config import load_config
+    from minbert.tasks.table import task_table
+
+    run_dir, _, _ = plotted
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for png in copy.glob("*.png"):
+        png.unlink()
+    table = task_table(load_config(copy / "config.yaml"))
+    tasks = {n: table[n] for n in ("sst", "qqp", "sts", "para")}
+    items = _items(tasks)
+    here = task_plots._write_plots(run_dir, tasks, items)  # (over the run's own PNGs)
+    real_write = task_plots._write_plots
+    monkeypatch.setattr(task_plots, "_write_plots", lambda *a: pytest.fail("drawn in this process"))
+    child = task_plots.start_plotter()
+    assert task_plots._plot_in_child(child, copy, items) == here and child.returncode == 0
+    for name in here:
+        assert np.array_equal(imread(copy / name), imread(run_dir / name)), name
+
+    monkeypatch.setattr(task_plots, "_write_plots", real_write)
+    for png in copy.glob("*.png"):
+        png.unlink()
+    failing = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('no display')"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with caplog.at_level(logging.DEBUG, logger="minbert.training.task_plots"):
+        assert task_plots._plot_in_child(failing, copy, items) is None
+    assert caplog.records[-1].getMessage() == "the plot process failed (1): no display; drawing here"
+    assert not list(copy.glob("*.png"))
+    orphan = task_plots.start_plotter()
+    orphan.stdin.close()  # the run ended without sending
+    assert orphan.wait(timeout=120) != 0 and not list(copy.glob("*.png"))

@@ -49,17 +49,23 @@ ForwardFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 @contextlib.contextmanager
 def capture(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream, pool: tuple | None = None) -> Iterator[None]:
     """Capture the CUDA work of the ``with`` block into ``graph`` on ``stream`` (in the memory
-    ``pool``, a :func:`torch.cuda.graph_pool_handle`): ``torch.cuda.graph`` without its calls
-    to ``torch.cuda.empty_cache()`` and ``torch._C._host_emptyCache()``. Those hand every free
-    block of the caching allocators, device and pinned host memory, back to the driver at each
-    capture, and the steps after it allocate them again through synchronous driver calls; a run
-    captures a graph per token bucket, tens of them. The device is synchronised first, as there.
+    ``pool``, a :func:`torch.cuda.graph_pool_handle`): ``torch.cuda.graph``, whose every capture
+    hands each free block of the caching allocators, device and pinned host memory, back to the
+    driver (``torch.cuda.empty_cache()``, ``torch._C._host_emptyCache()``), after which the steps
+    allocate them again through synchronous driver calls; a run captures a graph per token
+    bucket, tens of them. Here the pinned host blocks stay, and the device blocks stay unless they
+    outnumber the device's free memory: a capture cannot return them to the driver when it runs
+    short, so they go while they are that many. The device is synchronised first, as there.
 
     Raises:
         RuntimeError: what ``CUDAGraph.capture_begin`` / ``capture_end`` raise (work that cannot
             be captured).
     """
-    torch.cuda.synchronize(stream.device)
+    device = stream.device
+    torch.cuda.synchronize(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    if torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device) > free:
+        torch.cuda.empty_cache()
     with torch.cuda.stream(stream):
         graph.capture_begin(pool=pool)
         try:

@@ -278,11 +278,13 @@ class OptimizerStep:
             all_reduce_mean(self.graphs.flat, self.ctx)  # one collective: every task's gradients of the step
         if self.graphs is not None:
             self.graphs.expose_grads()
-        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        if self.params:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        else:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
             grad_norm = torch.zeros((), device=self.device)
+        elif self.max_grad_norm is None:  # the norm only: no pass that scales every gradient by 1
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         return torch.cat([per_task.float(), grad_norm.float().reshape(1).to(per_task.device)])
 
     def update(self) -> None:

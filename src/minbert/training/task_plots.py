@@ -25,7 +25,10 @@ line and the others are still drawn: drawing never fails a finished run.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,20 +216,29 @@ def _draw_and_save(task: Task, values: np.ndarray, outputs: np.ndarray, gold: np
 
 
 def write_run_plots(
-    run_dir: Path, tasks: dict[str, Task], dev: dict[str, TokenizedSplit], result: EvalResult
+    run_dir: Path, tasks: dict[str, Task], dev: dict[str, TokenizedSplit], result: EvalResult,
+    plotter: subprocess.Popen | None = None,
 ) -> list[str]:
     """Draw ``curves.png`` and each task's :func:`plot_file` in ``run_dir`` from ``result`` (the
     final dev evaluation, whose predictions are ``predictions/<task>-dev.csv``) and the gold labels
     of the ``dev`` splits; returns the names of the files written. A task without labelled dev rows
-    gets no plot; a plot that raises is logged as one warning and skipped."""
-    jobs: list[tuple[str, Callable[[], None]]] = [(PNG_NAME, lambda: plot_curves(run_dir))]
+    gets no plot; a plot that raises is logged as one warning and skipped. With ``plotter``
+    (:func:`start_plotter`) the child draws them; where it fails, this process does."""
+    items = {}
     for name, p in result.predictions.items():
         gold = dev[name].labels if name in dev else None
-        if gold is None or not len(gold):
-            continue
-        task = tasks[name]
-        path = run_dir / plot_file(task)
-        jobs.append((path.name, functools.partial(_draw_and_save, task, p.values, p.outputs, gold, path)))
+        if gold is not None and len(gold):
+            items[name] = (np.asarray(p.values), np.asarray(p.outputs), np.asarray(gold))
+    written = _plot_in_child(plotter, run_dir, items) if plotter is not None else None
+    return written if written is not None else _write_plots(run_dir, tasks, items)
+
+
+def _write_plots(run_dir: Path, tasks: dict[str, Task], items: dict[str, tuple]) -> list[str]:
+    """``curves.png`` and the plot of each task of ``items`` (name -> (values, outputs, gold))."""
+    jobs: list[tuple[str, Callable[[], None]]] = [(PNG_NAME, lambda: plot_curves(run_dir))]
+    for name, (values, outputs, gold) in items.items():
+        path = run_dir / plot_file(tasks[name])
+        jobs.append((path.name, functools.partial(_draw_and_save, tasks[name], values, outputs, gold, path)))
     written = []
     for file_name, job in jobs:
         try:
@@ -236,3 +248,69 @@ def write_run_plots(
             reason = " ".join(str(e).split()) or "no message"
             log.warning("%s not drawn: %s: %s", file_name, type(e).__name__, reason)
     return written
+
+
+def start_plotter() -> subprocess.Popen | None:
+    """A child process (this module run as a script) that imports matplotlib and draws a first
+    figure now, while the run trains, then waits for :func:`write_run_plots` to send it the run's
+    final predictions: the plots at the end of a run then cost their drawing only (the imports
+    took 0.6 s of a GPU run's end, and on a fresh machine matplotlib first builds its font cache).
+    The child reads the run's tasks from its ``config.yaml``. None where no child can start. A
+    child whose parent ends without sending anything exits when its input closes."""
+    try:
+        return subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        log.debug("plots are drawn in this process: %s", e)
+        return None
+
+
+def _plot_in_child(child: subprocess.Popen, run_dir: Path, items: dict[str, tuple],
+                   timeout_s: float = 120.0) -> list[str] | None:
+    """Send ``items`` to :func:`start_plotter`'s child and wait for its list of written files;
+    None where it fails or times out (its last error line is logged at debug level)."""
+    payload = {"run_dir": str(run_dir),
+               "items": {n: [v.tolist(), o.tolist(), g.tolist()] for n, (v, o, g) in items.items()}}
+    try:
+        out, err = child.communicate(json.dumps(payload), timeout=timeout_s)
+    except (subprocess.TimeoutExpired, OSError) as e:
+        child.kill()
+        child.communicate()
+        log.debug("the plot process failed (%s): drawing here", type(e).__name__)
+        return None
+    if child.returncode:
+        last = (err or "").strip().splitlines()[-1:] or ["no message"]
+        log.debug("the plot process failed (%s): %s; drawing here", child.returncode, last[0])
+        return None
+    for line in err.splitlines():  # its own warnings (a plot not drawn), as this process would log them
+        log.warning("%s", line)
+    return json.loads(out)
+
+
+def _child_main() -> None:
+    """:func:`start_plotter`'s child: warm up, read one payload from stdin, draw, print the names
+    of the files written as JSON; the warnings of plots not drawn go to stderr, one per line."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    from ..config import load_config
+    from ..runs import CONFIG_FILE
+    from ..tasks.table import task_table
+
+    warm = Figure(figsize=(1, 1))
+    warm.subplots().set_title("0.5")
+    warm.savefig(io.BytesIO(), format="png")  # fonts, the Agg canvas, the PNG writer
+    payload = json.loads(sys.stdin.read())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    run_dir = Path(payload["run_dir"])
+    tasks = task_table(load_config(run_dir / CONFIG_FILE))
+    items = {n: tuple(np.asarray(x) for x in parts) for n, parts in payload["items"].items()}
+    print(json.dumps(_write_plots(run_dir, tasks, items)))
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -58,7 +58,7 @@ from .setup import (
 )
 from .state import LoopState
 from .step import build_optimizer_step, encoder_copies, find_nonfinite
-from .task_plots import write_run_plots
+from .task_plots import start_plotter, write_run_plots
 from .tracking import check_mlflow_store, require_trackers
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,8 @@ class Trainer:
         cfg, tc, ctx = self.cfg, self.tc, self.ctx
         self.device = run_device(tc.device, ctx)
         self.rt = runtime_settings(cfg, self.device.type, ctx.world_size)
+        # a GPU run's plots: a child imports matplotlib while the run trains
+        self.plotter = start_plotter() if cfg.output.plot and ctx.is_main and self.device.type == "cuda" else None
         seed_everything(tc.seed)
         self.data_dir = resolve_data_dir(str(self.data_dir) if self.data_dir else None, cfg.data.dir)
         compiling = self.compiling  # the caller's, else started here: they compile while the model and data load
@@ -490,7 +492,7 @@ class Trainer:
             epochs_run=len(st.history), steps=st.step, wall_s=round(time.time() - self.t_start, 2),
         )
         if self.cfg.output.plot:
-            write_run_plots(self.run_dir, self.tasks, self.data["dev"], final)
+            write_run_plots(self.run_dir, self.tasks, self.data["dev"], final, self.plotter)
         atomic_write_json(self.run_dir / "summary.json", summary)
         write_model_card(self.run_dir)
         log_run_end(self.run_dir, summary, self.cfg, self.tasks)
