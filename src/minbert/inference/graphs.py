@@ -56,6 +56,9 @@ def capture(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream, pool: tuple 
     bucket, tens of them. Here the pinned host blocks stay, and the device blocks stay unless they
     outnumber the device's free memory: a capture cannot return them to the driver when it runs
     short, so they go while they are that many. The device is synchronised first, as there.
+    Graphs that share a ``pool`` must be captured on one ``stream``: the caching allocator reuses
+    a block only on the stream that allocated it, so a new stream per capture would give every
+    graph memory of its own.
 
     Raises:
         RuntimeError: what ``CUDAGraph.capture_begin`` / ``capture_end`` raise (work that cannot
@@ -100,6 +103,7 @@ class GraphedForward:
         self.device, self.capture_after, self.bf16_weights = device, capture_after, bf16_weights
         self._copy: tuple[nn.Module, nn.Module] | None = None  # bf16_weights: (source model, its copy)
         self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream(device)  # every warm-up and capture
         self._graphs: dict[Hashable, _Graph] = {}
         self._seen: Counter = Counter()
         self.n_replays = self.n_eager = 0
@@ -157,7 +161,7 @@ class GraphedForward:
     def _capture(self, full_key: Hashable, fn: ForwardFn, inputs: dict[str, torch.Tensor]) -> _Graph:
         t0 = time.perf_counter()
         static = {k: v.to(self.device, copy=True) for k, v in inputs.items()}
-        side = torch.cuda.Stream(self.device)  # one warm-up call off the capture (PyTorch's rule)
+        side = self.stream  # one warm-up call off the capture (PyTorch's rule)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             fn(static)

@@ -99,6 +99,7 @@ class GraphedSteps:
         self.capture_after, self.warmup = capture_after, warmup
         self.capture, self.direct = capture, direct
         self.pool = torch.cuda.graph_pool_handle() if capture and direct else None
+        self.stream = torch.cuda.Stream(self.device) if capture else None  # every warm-up and capture
         self._step_grads: list[torch.Tensor | None] | None = None  # direct: the replayed graph's gradients
         self._step_runs = 0
         # (P,) the flat gradient buffer; self.grads[i] is parameter i's slice, shaped like it
@@ -211,7 +212,7 @@ class GraphedSteps:
         saved = self.flat.clone()  # warm-up adds into the buffers: restored below
         static = {k: v.to(self.device, copy=True) for k, v in inputs.items()}
         scale = torch.ones((), device=self.device)
-        side = torch.cuda.Stream(self.device)
+        side = self.stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
