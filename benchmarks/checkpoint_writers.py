@@ -5,9 +5,12 @@ background checkpoint writes of ``minbert.training.checkpoint.BackgroundWriter``
 
 Writers, on ``--mb`` MiB of float32 tensors of 4 MiB each:
   safetensors-bytes   ``safetensors.torch.save`` (bytes in memory, then written)
-  safetensors-file    ``safetensors.torch.save_file`` (what ``minbert.io.save_weights`` uses)
-  torch-bytesio       ``torch.save`` into an ``io.BytesIO``
-  torch-file          ``torch.save`` to a path (what ``train_state.pt`` uses)
+  safetensors-file    ``safetensors.torch.save_file`` (what ``minbert.io.save_weights`` uses,
+                      inside the private folder of ``minbert.io.atomic_write_file``)
+  torch-bytesio       ``torch.save`` into an ``io.BytesIO``, then written
+  torch-file          ``torch.save`` to a path (a failed write is a RuntimeError without errno)
+  torch-fileobj       ``torch.save`` into a Python file object (``minbert.training.checkpoint.
+                      torch_save_file``: how ``train_state.pt`` is written)
 
     python benchmarks/checkpoint_writers.py --mb 360 --out reports/bench/s12/checkpoint_writers-cpu.json
 """
@@ -26,7 +29,9 @@ import torch
 from safetensors.torch import save, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from bench_io import emit, machine  # noqa: E402
+from minbert.training.checkpoint import torch_save_file  # noqa: E402
 
 
 def main() -> None:
@@ -41,6 +46,7 @@ def main() -> None:
         "safetensors-file": lambda: save_file(tensors, folder / "b.st"),
         "torch-bytesio": lambda: (folder / "c.pt").write_bytes(_torch_bytes(tensors)),
         "torch-file": lambda: torch.save(tensors, folder / "d.pt"),
+        "torch-fileobj": lambda: torch_save_file(tensors, folder / "e.pt"),
     }
     count, stop = [0], threading.Event()
 

@@ -312,17 +312,19 @@ def test_the_kernel_compile_children_start_where_training_may_launch_our_kernel(
     monkeypatch.setattr(kc, "nvidia_driver_loaded", lambda: False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert kc.start_early(cfg()) == []  # auto without a driver
-    assert kc.start_early(cfg("train.device=cpu")) == []
+    assert kc.start_early(cfg()) is None  # auto without a driver: the run decides on its device
+    assert kc.start_early(cfg("train.device=cpu")) is None
     assert kc.start_early(cfg("train.device=cuda")) == ["forward", "backward"]
     monkeypatch.setattr(kc, "nvidia_driver_loaded", lambda: True)
     assert kc.start_early(cfg()) == ["forward", "backward"]
     assert started == args * 2
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert kc.start_early(cfg()) == []  # one cache per machine: local rank 0 compiles
+    assert kc.start_early(cfg()) is None  # one cache per machine: local rank 0 compiles
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert kc.start_early(cfg("train.pcgrad=true")) == []  # the run reports that it cannot run
+    assert kc.start_early(cfg("train.pcgrad=true")) is None  # the run reports that it cannot run
+    monkeypatch.delenv("WORLD_SIZE")
+    assert kc.start_early(cfg("model.packing=off")) is None
     assert not driver_loaded(tmp_path / "no-such-file") and driver_loaded(encoder / "config.json")
 
 
@@ -388,5 +390,6 @@ def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
     assert time.perf_counter() - t0 < 30 and hanging.returncode not in (None, 0)
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stop_kernel_compile(None)
     stop_kernel_compile([failing, running])  # a run that ends before it waits: the rest are killed
     assert running.returncode not in (None, 0) and failing.returncode == 1

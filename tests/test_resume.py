@@ -188,9 +188,11 @@ def test_sigkill_mid_epoch_then_resume_is_identical(run_a, tmp_path, tiny_encode
 
 
 def _run_dying_at_write(tmp_path: Path, args: list[str], file_name: str, nth: int) -> subprocess.CompletedProcess:
-    """Run the CLI in a subprocess whose ``atomic_write_file`` SIGKILLs the process on the
-    ``nth`` write of ``file_name``, half-way: the temp file holds half of the bytes, as when the
-    kill lands in the middle of the write."""
+    """Run the CLI in a subprocess that SIGKILLs itself on the ``nth`` write of ``file_name``,
+    half-way: the temporary file holds half of the bytes, as when the kill lands in the middle of
+    the write. Both atomic writers are patched: ``atomic_write_bytes`` (JSON files such as
+    ``last.json``: a temporary file beside it) and ``atomic_write_file`` (weights and the
+    training state: a temporary folder beside it)."""
     script = textwrap.dedent(
         f"""
         import os, signal, sys, tempfile
@@ -198,24 +200,35 @@ def _run_dying_at_write(tmp_path: Path, args: list[str], file_name: str, nth: in
         import minbert.io as mio
         import minbert.training.checkpoint as ck
 
-        real = mio.atomic_write_file
+        real_bytes, real_file = mio.atomic_write_bytes, mio.atomic_write_file
         seen = 0
 
-        def dying(path, write):
+        def nth_write(path):
             global seen
-            path = Path(path)
-            if path.name == {file_name!r}:
+            if Path(path).name == {file_name!r}:
                 seen += 1
-                if seen == {nth}:
-                    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{{path.name}}.", suffix=".tmp")
-                    os.close(fd)
-                    write(Path(tmp))
-                    os.truncate(tmp, os.path.getsize(tmp) // 2)
-                    os.kill(os.getpid(), signal.SIGKILL)
-            return real(path, write)
+            return Path(path).name == {file_name!r} and seen == {nth}
 
-        mio.atomic_write_file = dying  # atomic_write_bytes, _json, _text and save_weights write through it
-        ck.atomic_write_file = dying
+        def dying_bytes(path, data):
+            if nth_write(path):
+                fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{{Path(path).name}}.", suffix=".tmp")
+                os.write(fd, data[: len(data) // 2])
+                os.fsync(fd)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_bytes(path, data)
+
+        def dying_file(path, write):
+            if nth_write(path):
+                folder = tempfile.mkdtemp(dir=Path(path).parent, prefix=f".{{Path(path).name}}.", suffix=".tmp")
+                tmp = Path(folder) / Path(path).name
+                write(tmp)
+                os.truncate(tmp, os.path.getsize(tmp) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_file(path, write)
+
+        mio.atomic_write_bytes = dying_bytes  # atomic_write_json and _text write through it
+        mio.atomic_write_file = dying_file  # save_weights writes through it
+        ck.atomic_write_file = dying_file
         from minbert.cli import main
         sys.exit(main(sys.argv[1:]))
         """

@@ -232,7 +232,9 @@ LEFTOVERS = {
     ),
     "temp files of torn writes": (
         [*[f"step-00000004/{f}" for f in FULL], "step-00000004/.train_state.pt.y2.tmp", ".last.json.z3.tmp",
-         "best/model.safetensors", "best/.model.safetensors.q4.tmp"],
+         "best/model.safetensors", "best/.model.safetensors.q4.tmp",
+         # temporary folders of atomic_write_file, one with the library's own temporary file inside
+         "step-00000004/.train_state.pt.f5.tmp/train_state.pt", "best/.model.safetensors.g6.tmp/.tmpAbC123"],
         "step-00000004",
         [*[f"step-00000004/{f}" for f in FULL], "best/model.safetensors"],
     ),
@@ -365,6 +367,48 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
     assert load_train_state(last_checkpoint(run))["loop"]["step"] == 4
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_under_torch_save_raises_the_writes_oserror():
+    """torch.save reports a failed write as a RuntimeError without the errno; torch_save_file
+    (how train_state.pt is written) raises the write's OSError, which the checkpoint's one-line
+    error reads (a full disk: free space first)."""
+    from minbert.training.checkpoint import torch_save_file
+
+    for n in (10, 100_000):  # the failure at the file's last flush, and inside torch.save's writes
+        with pytest.raises(OSError) as e:
+            torch_save_file({"a": torch.zeros(n)}, Path("/dev/full"))
+        assert e.value.errno == errno.ENOSPC
+
+
+def test_atomic_write_file_gives_the_usual_mode_and_leaves_nothing_behind(tmp_path):
+    """atomic_write_file: the writer fills a file in a private folder (its own temporary files
+    stay there); the result has the mode a plain file gets under the umask; a failed write leaves
+    the previous file and no temporary file or folder."""
+    from minbert.io import atomic_write_file, safetensors_save_file
+
+    target = tmp_path / "w.bin"
+    umask = os.umask(0)
+    os.umask(umask)
+
+    def write(tmp: Path) -> None:
+        (tmp.parent / ".tmpOwn").write_bytes(b"partial")  # a library's own temporary file
+        os.replace(tmp.parent / ".tmpOwn", tmp)
+
+    atomic_write_file(target, write)
+    assert target.read_bytes() == b"partial" and (target.stat().st_mode & 0o777) == 0o666 & ~umask
+
+    def failing(tmp: Path) -> None:
+        (tmp.parent / ".tmpOwn").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write_file(target, failing)
+    assert target.read_bytes() == b"partial" and [p.name for p in tmp_path.iterdir()] == ["w.bin"]
+    with pytest.raises(OSError) as e:  # safetensors' own error type, with the OS error's number in its message
+        safetensors_save_file({"w": torch.ones(2)}, tmp_path, {})
+    assert e.value.errno == errno.EISDIR
 
 
 def _a_file(tmp: Path) -> Path:

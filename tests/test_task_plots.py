@@ -418,3 +418,7 @@ def test_the_plot_child_draws_what_this_process_draws(plotted, tmp_path, monkeyp
     orphan = task_plots.start_plotter()
     orphan.stdin.close()  # the run ended without sending
     assert orphan.wait(timeout=120) != 0 and not list(copy.glob("*.png"))
+    stopped = task_plots.start_plotter()
+    task_plots.stop_plotter(stopped)  # a run that failed: ended at once
+    task_plots.stop_plotter(None)
+    assert stopped.returncode not in (None, 0) and not list(copy.glob("*.png"))

@@ -11,6 +11,8 @@ import errno
 import io
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,21 +38,36 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    atomic_write_file(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
-    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder by its
-    name (a library's own file writer, e.g. ``safetensors.torch.save_file`` or ``torch.save``,
-    which write without holding the interpreter, where their in-memory forms hold it while they
-    copy), then fsync and rename. What ``write`` raises propagates; the temporary file goes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        os.close(fd)
-        write(Path(tmp))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """Write ``path`` atomically through a library's own file writer: ``write(tmp)`` creates the
+    file ``tmp`` inside a private temporary folder beside ``path`` (``.<name>.*.tmp/``, so that
+    whatever temporary files the writer makes of its own stay inside it), which then gets the
+    usual file mode, fsync, and is renamed to ``path``; the folder goes. What ``write`` raises
+    propagates, the folder removed; a killed write leaves the folder, which
+    :func:`minbert.training.checkpoint.clean_checkpoints` removes in a run folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = folder / path.name
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -58,8 +75,9 @@ def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise
+    folder.rmdir()
     _fsync_dir(path.parent)
 
 
@@ -82,11 +100,26 @@ def atomic_write_png(path: str | os.PathLike, figure: Figure, tight: bool = Fals
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Save tensors as safetensors (atomically); ``metadata`` is stored as one JSON string
     under the key ``minbert``."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {"minbert": json.dumps(metadata or {})}
-    atomic_write_file(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write_file(path, lambda tmp: safetensors_save_file(tensors, tmp, meta))
+
+
+def safetensors_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, which writes without holding the interpreter (its
+    in-memory ``save`` holds it while it copies: ``benchmarks/checkpoint_writers.py``), with a
+    failed write raised as the OSError it was (safetensors raises its own error type, with the
+    OS error's number in the message)."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except Exception as e:
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if found is None or isinstance(e, OSError):
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

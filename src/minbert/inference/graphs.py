@@ -53,9 +53,10 @@ def capture(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream, pool: tuple 
     hands each free block of the caching allocators, device and pinned host memory, back to the
     driver (``torch.cuda.empty_cache()``, ``torch._C._host_emptyCache()``), after which the steps
     allocate them again through synchronous driver calls; a run captures a graph per token
-    bucket, tens of them. Here the pinned host blocks stay, and the device blocks stay unless they
-    outnumber the device's free memory: a capture cannot return them to the driver when it runs
-    short, so they go while they are that many. The device is synchronised first, as there.
+    bucket, tens of them. Here the pinned host blocks stay, and the device blocks stay while the
+    device has a quarter of its memory free and more free than cached: a capture cannot return
+    cached blocks to the driver when it runs short, so where memory is tight they go first, as
+    there. The device is synchronised first, as there.
     Graphs that share a ``pool`` must be captured on one ``stream``: the caching allocator reuses
     a block only on the stream that allocated it, so a new stream per capture would give every
     graph memory of its own.
@@ -66,8 +67,8 @@ def capture(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream, pool: tuple 
     """
     device = stream.device
     torch.cuda.synchronize(device)
-    free, _ = torch.cuda.mem_get_info(device)
-    if torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device) > free:
+    free, total = torch.cuda.mem_get_info(device)
+    if free < max(torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), total // 4):
         torch.cuda.empty_cache()
     with torch.cuda.stream(stream):
         graph.capture_begin(pool=pool)

@@ -232,7 +232,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, train_state: di
     try:
         folder.mkdir(parents=True, exist_ok=True)
         save_weights(folder / "model.safetensors", model_state, {"step": step})
-        atomic_write_file(folder / TRAIN_STATE, lambda tmp: torch.save(train_state, tmp))
+        atomic_write_file(folder / TRAIN_STATE, lambda tmp: torch_save_file(train_state, tmp))
         atomic_write_json(ckpt_root / "last.json", {"dir": folder.name, "step": step})
     except OSError as e:
         raise CheckpointError(f"{folder}: cannot write the checkpoint: {os_reason(e)}; {_kept(run_dir)}") from None
@@ -242,6 +242,39 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, train_state: di
             with contextlib.suppress(OSError):  # a folder that cannot be removed stays (as before)
                 _remove_dir(old)
     return folder
+
+
+class _KeepWriteError:
+    """A binary file for ``torch.save`` that keeps the OSError its ``write`` raised (torch reports
+    a failed write as a RuntimeError without the errno: a full disk would not read as one)."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.error = fh, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def torch_save_file(obj: Any, path: Path) -> None:
+    """``torch.save(obj)`` into the file at ``path`` through a Python file object: the writes
+    release the interpreter (a background write then barely slows the training thread, where
+    ``torch.save`` into a ``BytesIO`` holds it while it copies: ``benchmarks/checkpoint_writers.py``),
+    and a failed write raises its OSError (e.g. ENOSPC)."""
+    with open(path, "wb") as fh:
+        sink = _KeepWriteError(fh)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
 
 
 def _remove_dir(folder: Path) -> None:
@@ -258,7 +291,7 @@ def _remove_dir(folder: Path) -> None:
 
 def clean_checkpoints(run_dir: Path) -> list[str]:
     """Remove what a killed run can leave in ``checkpoints/``: ``.trash-*`` folders of an
-    interrupted prune, temporary files of interrupted writes (``.*.tmp``), step folders newer
+    interrupted prune, temporary files and folders of interrupted writes (``.*.tmp``), step folders newer
     than the one ``last.json`` names (written after it, never made the resume point), and older
     step folders that lack a file. The folder ``last.json`` names is never touched. Returns the
     names removed (paths relative to ``checkpoints/``).
@@ -282,10 +315,14 @@ def clean_checkpoints(run_dir: Path) -> list[str]:
         if stale:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
-    for tmp in sorted(root.rglob(".*.tmp")):
+    for tmp in sorted(root.rglob(".*.tmp")):  # a file of atomic_write_bytes, a folder of atomic_write_file
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
-            removed.append(str(tmp.relative_to(root)))
+        elif tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            continue
+        removed.append(str(tmp.relative_to(root)))
     return removed
 
 

@@ -62,19 +62,21 @@ def start_kernel_compile(cfg: Config, device_type: str, world_size: int = 1,
     return children
 
 
-def start_early(cfg: Config) -> list[subprocess.Popen]:
+def start_early(cfg: Config) -> list[subprocess.Popen] | None:
     """:func:`start_kernel_compile` before the device is known (``minbert train``, before it
     imports torch): on CUDA where ``train.device`` names it or, with ``auto``, where an NVIDIA
     driver is loaded (:func:`nvidia_driver_loaded`); under torchrun on local rank 0 only (one
     cache per machine). A guess that is wrong costs only the children's time: without a CUDA
-    device they exit at once."""
+    device they exit at once. None where it started none: the run then decides on its device.
+    Stop them with :func:`stop_kernel_compile` where the run does not get to wait for them."""
     device, env = cfg.train.device, os.environ
     if device == "cpu" or (device == "auto" and not nvidia_driver_loaded()):
-        return []
+        return None
     try:
-        return start_kernel_compile(cfg, "cuda", int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+        started = start_kernel_compile(cfg, "cuda", int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
     except (ConfigError, ValueError):  # the run reports a bad setting (or torchrun's environment) itself
-        return []
+        return None
+    return started or None
 
 
 def nvidia_driver_loaded(proc: Path = Path("/proc/driver/nvidia/version")) -> bool:
@@ -82,9 +84,9 @@ def nvidia_driver_loaded(proc: Path = Path("/proc/driver/nvidia/version")) -> bo
     return proc.is_file()
 
 
-def stop_kernel_compile(children: list[subprocess.Popen]) -> None:
+def stop_kernel_compile(children: list[subprocess.Popen] | None) -> None:
     """Kill the children that still run (a run that failed before it waited for them)."""
-    for proc in children:
+    for proc in children or []:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()

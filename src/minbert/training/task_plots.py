@@ -265,6 +265,13 @@ def start_plotter() -> subprocess.Popen | None:
         return None
 
 
+def stop_plotter(child: subprocess.Popen | None) -> None:
+    """End :func:`start_plotter`'s child without plots (a run that failed or was stopped)."""
+    if child is not None and child.poll() is None:
+        child.kill()
+        child.communicate()
+
+
 def _plot_in_child(child: subprocess.Popen, run_dir: Path, items: dict[str, tuple],
                    timeout_s: float = 120.0) -> list[str] | None:
     """Send ``items`` to :func:`start_plotter`'s child and wait for its list of written files;

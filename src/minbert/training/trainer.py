@@ -58,7 +58,7 @@ from .setup import (
 )
 from .state import LoopState
 from .step import build_optimizer_step, encoder_copies, find_nonfinite
-from .task_plots import start_plotter, write_run_plots
+from .task_plots import start_plotter, stop_plotter, write_run_plots
 from .tracking import check_mlflow_store, require_trackers
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,7 @@ class Trainer:
             run = self.finish()
         except BaseException:
             self.metrics.end(None)
+            stop_plotter(self.plotter)  # (it exits when its input closes anyway; a library run may live on)
             raise
         self.metrics.end(run.summary)
         return run
@@ -417,8 +418,7 @@ class Trainer:
     # -- evaluation, epoch end, checkpoints --------------------------------------------------------
 
     def evaluate_within_epoch(self, epoch: int, n_micro: int) -> None:
-        """A dev evaluation between optimizer steps (``train.eval_every``; see
-        :meth:`DevEvaluator.within_epoch`); its time is not counted as training time."""
+        """A dev evaluation between steps (:meth:`DevEvaluator.within_epoch`); not counted as training time."""
         self.metrics.flush_steps()  # the steps' records come first
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
