@@ -6,27 +6,8 @@ interpreter's exit is the difference."""
 
 import runpy
 import sys
-import time
 
-T0 = time.time()
-
-
-def stamp(msg: str) -> None:
-    print(f"[t] {time.time() - T0:8.3f} {msg}", file=sys.stderr, flush=True)
-
-
-def timed(owner: object, name: str) -> None:
-    fn = getattr(owner, name)
-
-    def wrapper(*a, **k):
-        t = time.time()
-        stamp(f"{name} starts")
-        out = fn(*a, **k)
-        stamp(f"{name} took {time.time() - t:.3f} s")
-        return out
-
-    setattr(owner, name, wrapper)
-
+from timing_common import stamp, timed
 
 stamp("script start")
 import minbert.training.trainer as tr  # noqa: E402

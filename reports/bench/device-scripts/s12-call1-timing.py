@@ -10,34 +10,8 @@ import os
 import runpy
 import sys
 import time
-from collections import defaultdict
 
-T0 = time.time()
-TOTALS: dict = defaultdict(lambda: [0.0, 0])
-
-
-def stamp(msg: str) -> None:
-    print(f"[t] {time.time() - T0:8.3f} {msg}", file=sys.stderr, flush=True)
-
-
-def timed(owner: object, name: str, label: str, loud: bool) -> None:
-    fn = getattr(owner, name)
-
-    def wrapper(*a, **k):
-        t = time.time()
-        if loud:
-            stamp(f"{label} starts")
-        try:
-            return fn(*a, **k)
-        finally:
-            dt = time.time() - t
-            TOTALS[label][0] += dt
-            TOTALS[label][1] += 1
-            if loud:
-                stamp(f"{label} took {dt:.3f} s")
-
-    setattr(owner, name, wrapper)
-
+from timing_common import print_sums, stamp, timed
 
 stamp("script start")
 import minbert.training.evaluation as ev  # noqa: E402
@@ -46,9 +20,9 @@ import minbert.training.trainer as tr  # noqa: E402
 stamp("trainer imported")
 for name in ("setup_model", "load_splits", "start_kernel_compile", "wait_kernel_compile", "write_run_predictions",
              "write_run_plots", "write_model_card", "check_file_weights"):
-    timed(tr, name, name, True)
+    timed(tr, name)
 for name in ("setup", "train_epochs", "finish"):
-    timed(tr.Trainer, name, name, True)
+    timed(tr.Trainer, name)
 timed(tr.Trainer, "save_checkpoint", "Trainer.save_checkpoint", False)
 timed(tr.Trainer, "epoch_end", "Trainer.epoch_end", False)
 timed(tr.Trainer, "_end_epoch_training", "Trainer._end_epoch_training", False)
@@ -66,8 +40,7 @@ try:
 except SystemExit:
     pass
 stamp("main returned")
-for label, (s, n) in sorted(TOTALS.items()):
-    print(f"[sum] {label}: {s:.3f} s in {n} calls", file=sys.stderr, flush=True)
+print_sums()
 import gc  # noqa: E402
 
 t = time.time()

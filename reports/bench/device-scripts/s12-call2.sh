@@ -20,16 +20,6 @@ TRITON_CACHE_DIR=/tmp/triton-timing timeout 120 python3 reports/bench/device-scr
 mark timing-default $?
 awk "BEGIN{print \"[t] process total\", $EPOCHREALTIME - $t0}" >> $R/timing-default.log
 cp /tmp/timing/summary.json $R/timing-default-summary.json
-one() {  # one NAME SRC PRESET ARGS...: seeds 0 and 1 of SRC as run NAME
-  local name=$1 src=$2 preset=$3; shift 3
-  [ $(left) -lt 60 ] && return
-  timeout $(( $(left) - 5 )) python3 benchmarks/e2e.py --preset configs/$preset.yaml --seeds 0,1 --run $name=$src \
-    --fresh-triton-cache --keep /tmp/e2e-$preset --out $R/e2e-$preset-$name.json \
-    -- --data-dir $DATA --model.encoder=$ENC "$@" 2> $R/e2e-$preset-$name.log >/dev/null
-  mark e2e-$preset-$name $?
-  for s in 0 1; do cp /tmp/e2e-$preset/$name-seed$s/summary.json $R/$preset-$name-seed$s-summary.json 2>/dev/null; done
-  cp /tmp/e2e-$preset/$name-seed0/train.log $R/$preset-$name-seed0-train.log 2>/dev/null
-}
-one after src default
-one before $PWD/.device/before/src default
+ab after src default
+ab before $PWD/.device/before/src default
 grep -h "^\[t\]\|^\[sum\]" $R/timing-default.log

@@ -8,35 +8,8 @@ so the CLI's early start of the compile children does not overlap that import he
 
 import os
 import sys
-import time
-from collections import defaultdict
 
-T0 = time.time()
-TOTALS: dict = defaultdict(lambda: [0.0, 0])
-
-
-def stamp(msg: str) -> None:
-    print(f"[t] {time.time() - T0:8.3f} {msg}", file=sys.stderr, flush=True)
-
-
-def timed(owner: object, name: str, label: str, loud: bool) -> None:
-    fn = getattr(owner, name)
-
-    def wrapper(*a, **k):
-        t = time.time()
-        if loud:
-            stamp(f"{label} starts")
-        try:
-            return fn(*a, **k)
-        finally:
-            dt = time.time() - t
-            TOTALS[label][0] += dt
-            TOTALS[label][1] += 1
-            if loud:
-                stamp(f"{label} took {dt:.3f} s")
-
-    setattr(owner, name, wrapper)
-
+from timing_common import print_sums, stamp, timed
 
 stamp("script start")
 import minbert.training.evaluation as ev  # noqa: E402
@@ -45,9 +18,9 @@ import minbert.training.trainer as tr  # noqa: E402
 stamp("trainer imported")
 for name in ("setup_model", "load_splits", "start_kernel_compile", "wait_kernel_compile", "write_run_predictions",
              "write_run_plots", "write_model_card", "check_file_weights"):
-    timed(tr, name, name, True)
+    timed(tr, name)
 for name in ("setup", "train_epochs", "finish"):
-    timed(tr.Trainer, name, name, True)
+    timed(tr.Trainer, name)
 timed(tr.Trainer, "save_checkpoint", "Trainer.save_checkpoint", False)
 timed(tr.Trainer, "epoch_end", "Trainer.epoch_end", False)
 timed(tr.Trainer, "_end_epoch_training", "Trainer._end_epoch_training", False)
@@ -63,8 +36,7 @@ from minbert.cli import main  # noqa: E402
 
 code = main(sys.argv[1:])
 stamp("main returned")
-for label, (s, n) in sorted(TOTALS.items()):
-    print(f"[sum] {label}: {s:.3f} s in {n} calls", file=sys.stderr, flush=True)
+print_sums()
 if os.environ.get("S12_FAST_EXIT", "1") == "1":  # as minbert.cli.entry ends the process
     sys.stdout.flush()
     sys.stderr.flush()

@@ -22,6 +22,19 @@ e2e() {
   for s in 0 1; do cp /tmp/e2e-$preset/$run-seed$s/summary.json $R/$preset$SUFFIX-seed$s-summary.json 2>/dev/null; done
   cp /tmp/e2e-$preset/$run-seed0/train.log $R/$preset$SUFFIX-seed0-train.log 2>/dev/null
 }
+# ab NAME SRC PRESET ARGS...: benchmarks/e2e.py on configs/PRESET.yaml, seeds 0 and 1 of the source
+# tree SRC as run NAME, each run with an empty Triton cache; keeps e2e-PRESET-NAME.json and .log,
+# both summary.json files and seed 0's train.log (a version against another in one call)
+ab() {
+  local name=$1 src=$2 preset=$3; shift 3
+  [ $(left) -lt 60 ] && return
+  timeout $(( $(left) - 5 )) python3 benchmarks/e2e.py --preset configs/$preset.yaml --seeds 0,1 --run $name=$src \
+    --fresh-triton-cache --keep /tmp/e2e-$preset --out $R/e2e-$preset-$name.json \
+    -- --data-dir $DATA --model.encoder=$ENC "$@" 2> $R/e2e-$preset-$name.log >/dev/null
+  mark e2e-$preset-$name $?
+  for s in 0 1; do cp /tmp/e2e-$preset/$name-seed$s/summary.json $R/$preset-$name-seed$s-summary.json 2>/dev/null; done
+  cp /tmp/e2e-$preset/$name-seed0/train.log $R/$preset-$name-seed0-train.log 2>/dev/null
+}
 # eval_tp: benchmarks/eval_throughput.py with configs/default.yaml's heads
 eval_tp() {
   timeout $(( $(left) - 5 )) python3 benchmarks/eval_throughput.py --data-dir $DATA --encoder $ENC \

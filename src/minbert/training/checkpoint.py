@@ -129,8 +129,8 @@ class BackgroundWriter:
         finished, and a later snapshot of the same layout (:func:`snapshot_layout`: the same
         model, the same optimizer state) copies into them instead of allocating: pinned host
         memory is slow to allocate (about 0.17 s per MiniLM checkpoint of a default run on an
-        H200, every epoch). The writer keeps the sets it has made: per layout, as many as were in use at
-        once."""
+        H200, every epoch). The writer keeps the sets it has made: per layout, as many as were
+        in use at once."""
         self._reap()
         layout = snapshot_layout(obj)
         idle = self._free.get(layout)
