@@ -45,6 +45,7 @@ from torch import nn
 from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
+from .linear import shared_input_linear
 from .packing import PackedBatch, segment_ids
 
 log = logging.getLogger(__name__)
@@ -179,8 +180,9 @@ class BertAddNorm(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, fewer_kernels: bool = False) -> torch.Tensor:
+        y = shared_input_linear(x, (self.dense,))[0] if fewer_kernels else self.dense(x)
+        return self.LayerNorm(self.dropout(y) + residual)
 
 
 class BertAttention(nn.Module):
@@ -210,18 +212,22 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The query, key and value projections of x (..., C), each (..., C)."""
+    def _qkv(self, x: torch.Tensor, fewer_kernels: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query, key and value projections of x (..., C), each (..., C); ``fewer_kernels``:
+        as one node that casts x once (:mod:`minbert.model.linear`)."""
         proj = self.attention.self
         if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
             return proj.qkv(x).split(x.shape[-1], dim=-1)
+        if fewer_kernels:
+            return shared_input_linear(x, (proj.query, proj.key, proj.value))
         return proj.query(x), proj.key(x), proj.value(x)
 
-    def _ffn(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _ffn(self, y: torch.Tensor, x: torch.Tensor, fewer_kernels: bool = False) -> torch.Tensor:
         """The rest of the layer after attention: y, x (..., H) -> (..., H)."""
-        x = self.attention.output(y, x)
-        h = F.gelu(self.intermediate.dense(x))  # exact (erf) GELU, (..., 4H)
-        return self.output(h, x)
+        x = self.attention.output(y, x, fewer_kernels)
+        dense = self.intermediate.dense
+        h = shared_input_linear(x, (dense,))[0] if fewer_kernels else dense(x)
+        return self.output(F.gelu(h), x, fewer_kernels)  # exact (erf) GELU of (..., 4H)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H); mask: (B, 1, 1, T) additive float (0 = attend, dtype min = padding)."""
@@ -242,14 +248,17 @@ class BertLayer(nn.Module):
         return self._ffn(y, x)
 
     def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-        """x: (N, H) packed tokens; cu_seqlens: (S + 1,) int32 offsets (see :class:`PackedBatch`)."""
+        """x: (N, H) packed tokens; cu_seqlens: (S + 1,) int32 offsets (see :class:`PackedBatch`).
+        With gradients on (training, not compiled), the projections run as
+        :func:`minbert.model.linear.shared_input_linear` nodes (fewer kernels, same values)."""
         N, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = (t.view(N, nh, hs) for t in self._qkv(x))  # (N, nh, hs) each
+        fewer = torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        q, k, v = (t.view(N, nh, hs) for t in self._qkv(x, fewer))  # (N, nh, hs) each
         p_drop = self.attn_dropout if self.training else 0.0
         impl = self.attn_implementation
         y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, p_drop, impl, self.varlen_kernel)  # (N, nh, hs)
-        return self._ffn(y.reshape(N, C), x)
+        return self._ffn(y.reshape(N, C), x, fewer)
 
 
 def varlen_attention(

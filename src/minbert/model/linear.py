@@ -1,0 +1,88 @@
+"""Linear projections of the packed training step with fewer kernels (the padded path and
+inference keep ``nn.Linear``, the reference).
+
+``shared_input_linear(x, linears)`` computes y_i = x W_i^T + b_i (``torch.nn.functional.linear``)
+for one or more ``nn.Linear`` that read the same input, as one autograd node:
+
+* forward: x is cast to the compute dtype once (not once per projection, as autocast does);
+* backward: dL/dx = sum_i g_i W_i is accumulated by the GEMMs themselves (``addmm``), in x's
+  dtype, instead of one product per projection, one dtype cast each and the adds; dL/dW_i =
+  g_i^T x and dL/db_i = 1^T g_i are written by GEMMs directly in the parameters' dtype (fp32
+  accumulation, ``out_dtype``), instead of a bf16 product, a column reduction and two casts.
+
+The compute dtype is autocast's where autocast is on for x's device, else the weights' dtype. In
+fp32 every product is the plain one: the gradients equal autograd's through ``F.linear`` up to
+the order of float additions (tests/test_linear.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, acc: torch.Tensor | None = None) -> torch.Tensor:
+    """acc + a @ b (acc None: a @ b), in ``out_dtype``: a, b (M, K), (K, N) of one dtype; acc
+    (M, N) in ``out_dtype``. Where the inputs have another dtype than ``out_dtype``, CUDA writes
+    the fp32-accumulated product in ``out_dtype`` (``out_dtype=``); elsewhere the inputs are cast."""
+    if a.dtype != out_dtype and a.is_cuda:
+        if acc is None:
+            return torch.mm(a, b, out_dtype=out_dtype)
+        return torch.addmm(acc, a, b, out_dtype=out_dtype)
+    a, b = a.to(out_dtype), b.to(out_dtype)
+    return torch.mm(a, b) if acc is None else torch.addmm(acc, a, b)
+
+
+class _SharedInputLinear(torch.autograd.Function):
+    """Several linear projections of one input; see the module docstring.
+
+    forward(x (..., K), compute dtype, n, W_1 (N_1, K), ..., W_n, b_1 (N_1,) or None, ..., b_n)
+    -> n outputs (..., N_i) in the compute dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dtype: torch.dtype, n: int, *params: torch.Tensor | None):  # noqa: ANN205
+        weights, biases = params[:n], params[n:]
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (M, K), cast once
+        ws = [w.to(dtype) for w in weights]
+        outs = []
+        for w, b in zip(ws, biases):
+            y = torch.mm(x2, w.t()) if b is None else torch.addmm(b.to(dtype), x2, w.t())  # (M, N_i)
+            outs.append(y.view(*x.shape[:-1], w.shape[0]))
+        ctx.save_for_backward(x2, *ws)
+        ctx.meta = (x.shape, x.dtype, [w.dtype for w in weights], [b is not None for b in biases])
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):  # noqa: ANN205
+        x2, *ws = ctx.saved_tensors
+        x_shape, x_dtype, w_dtypes, has_bias = ctx.meta
+        n = len(ws)
+        need = ctx.needs_input_grad
+        gs = [g.reshape(-1, g.shape[-1]).to(x2.dtype) for g in grads]  # (M, N_i)
+        dx = None
+        if need[0]:
+            for g, w in zip(gs, ws):
+                dx = _mm(g, w, x_dtype, dx)  # (M, K): sum_i g_i W_i
+            dx = dx.view(x_shape)
+        dws, dbs = [], []
+        ones = x2.new_ones(1, x2.shape[0]) if any(need[3 + n + i] for i in range(n)) else None
+        for i, (g, w_dtype) in enumerate(zip(gs, w_dtypes)):
+            dws.append(_mm(g.t(), x2, w_dtype) if need[3 + i] else None)  # (N_i, K)
+            db = _mm(ones, g, w_dtype)[0] if has_bias[i] and need[3 + n + i] else None  # (N_i,)
+            dbs.append(db)
+        return (dx, None, None, *dws, *dbs)
+
+
+def shared_input_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
+    """``tuple(F.linear(x, m.weight, m.bias) for m in linears)`` as one autograd node (see the
+    module docstring): x (..., K) -> each (..., m.out_features), in the compute dtype (autocast's,
+    else the weights')."""
+    weights = [m.weight for m in linears]
+    dtype = _compute_dtype(x, weights[0])
+    return _SharedInputLinear.apply(x, dtype, len(linears), *weights, *[m.bias for m in linears])
