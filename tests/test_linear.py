@@ -31,11 +31,11 @@ def test_fp64_outputs_and_gradients_equal_autograd_through_f_linear(sizes, bias)
             m.zero_grad(set_to_none=True)
         x.grad = None
         outs = shared_input_linear(x, ms) if ours else tuple(F.linear(x, m.weight, m.bias) for m in ms)
-        sum((o * g).sum() for o, g in zip(outs, gs)).backward()
+        sum((o * g).sum() for o, g in zip(outs, gs, strict=True)).backward()
         params = [p.grad.clone() for m in ms for p in m.parameters()]
         results.append(([o.detach() for o in outs], x.grad.clone(), params))
     (o0, dx0, p0), (o1, dx1, p1) = results
-    for a, b in zip(o1 + [dx1] + p1, o0 + [dx0] + p0):
+    for a, b in zip(o1 + [dx1] + p1, o0 + [dx0] + p0, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -59,16 +59,16 @@ def test_under_bf16_autocast_the_gradients_are_the_fp32_products_of_the_rounded_
     with torch.autocast(device, dtype=torch.bfloat16):
         outs = shared_input_linear(x, ms)
     assert all(o.dtype == torch.bfloat16 for o in outs)
-    sum((o * g).float().sum() for o, g in zip(outs, gs)).backward()
+    sum((o * g).float().sum() for o, g in zip(outs, gs, strict=True)).backward()
     x16 = x.detach().bfloat16().double()
     w16 = [m.weight.detach().bfloat16().double() for m in ms]
     g64 = [g.double() for g in gs]
     assert x.grad.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for m in ms for p in m.parameters())
-    want_dx = sum(g @ w for g, w in zip(g64, w16))
+    want_dx = sum(g @ w for g, w in zip(g64, w16, strict=True))
     torch.testing.assert_close(x.grad.double(), want_dx, rtol=1e-5, atol=1e-5)
-    for m, g in zip(ms, g64):
+    for m, g in zip(ms, g64, strict=True):
         torch.testing.assert_close(m.weight.grad.double(), g.t() @ x16, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(m.bias.grad.double(), g.sum(0), rtol=1e-5, atol=1e-5)
-    for o, m, w in zip(outs, ms, w16):  # the output: the bf16 product of the rounded operands
+    for o, m, w in zip(outs, ms, w16, strict=True):  # the output: the bf16 product of the rounded operands
         want = x16 @ w.t() + m.bias.detach().bfloat16().double()
         torch.testing.assert_close(o.double(), want, rtol=2e-2, atol=2e-2)

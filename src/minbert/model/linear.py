@@ -46,12 +46,15 @@ class _SharedInputLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dtype: torch.dtype, n: int, *params: torch.Tensor | None):  # noqa: ANN205
+    def forward(  # noqa: ANN205
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dtype: torch.dtype, n: int,
+        *params: torch.Tensor | None,
+    ):
         weights, biases = params[:n], params[n:]
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (M, K), cast once
         ws = [w.to(dtype) for w in weights]
         outs = []
-        for w, b in zip(ws, biases):
+        for w, b in zip(ws, biases, strict=True):
             y = torch.mm(x2, w.t()) if b is None else torch.addmm(b.to(dtype), x2, w.t())  # (M, N_i)
             outs.append(y.view(*x.shape[:-1], w.shape[0]))
         ctx.save_for_backward(x2, *ws)
@@ -59,7 +62,7 @@ class _SharedInputLinear(torch.autograd.Function):
         return tuple(outs)
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor):  # noqa: ANN205
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor):  # noqa: ANN205
         x2, *ws = ctx.saved_tensors
         x_shape, x_dtype, w_dtypes, has_bias = ctx.meta
         n = len(ws)
@@ -67,12 +70,12 @@ class _SharedInputLinear(torch.autograd.Function):
         gs = [g.reshape(-1, g.shape[-1]).to(x2.dtype) for g in grads]  # (M, N_i)
         dx = None
         if need[0]:
-            for g, w in zip(gs, ws):
+            for g, w in zip(gs, ws, strict=True):
                 dx = _mm(g, w, x_dtype, dx)  # (M, K): sum_i g_i W_i
             dx = dx.view(x_shape)
         dws, dbs = [], []
         ones = x2.new_ones(1, x2.shape[0]) if any(need[3 + n + i] for i in range(n)) else None
-        for i, (g, w_dtype) in enumerate(zip(gs, w_dtypes)):
+        for i, (g, w_dtype) in enumerate(zip(gs, w_dtypes, strict=True)):
             dws.append(_mm(g.t(), x2, w_dtype) if need[3 + i] else None)  # (N_i, K)
             db = _mm(ones, g, w_dtype)[0] if has_bias[i] and need[3 + n + i] else None  # (N_i,)
             dbs.append(db)
