@@ -1,5 +1,5 @@
 #!/bin/bash
-# s13-call1 (1 GPU): the packed step's projections as shared_input_linear nodes (model/linear.py:
+# s13-call1 (1 GPU): the packed step's projections as shared_input_linear nodes (model/linear.py, now train_ops.py:
 # one cast of the input per node, dX accumulated by the GEMMs in x's dtype, dW and db written in
 # fp32 by the GEMMs). CUDA tests of the new node and of the packed paths; the trainer's default
 # step under benchmarks/profile_train.py, this version ("after") and the previous commit

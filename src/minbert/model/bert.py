@@ -45,8 +45,8 @@ from torch import nn
 from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
-from .linear import shared_input_linear
 from .packing import PackedBatch, segment_ids
+from .train_ops import embedding_lookup, shared_input_linear
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +137,21 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+        fewer_kernels: bool = False,
     ) -> torch.Tensor:
         """input_ids, token_type_ids: (B, T) padded or (N,) packed; position_ids: like them
-        (default: 0..T-1 for every row). Returns (..., H)."""
+        (default: 0..T-1 for every row). Returns (..., H). ``fewer_kernels``: the lookups as
+        :func:`minbert.model.train_ops.embedding_lookup` (a faster backward, same values)."""
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)  # (T,) broadcast over B
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(position_ids)
-        return self.dropout(self.LayerNorm(x))
+        tables = (self.word_embeddings, self.token_type_embeddings, self.position_embeddings)
+        if fewer_kernels:
+            w, t, p = (embedding_lookup(i, m.weight, m.padding_idx) for i, m in zip(
+                (input_ids, token_type_ids, position_ids), tables, strict=True))
+        else:
+            w, t, p = (m(i) for i, m in zip((input_ids, token_type_ids, position_ids), tables, strict=True))
+        return self.dropout(self.LayerNorm(w + t + p))
 
 
 class BertSelfAttention(nn.Module):
@@ -214,7 +220,7 @@ class BertLayer(nn.Module):
 
     def _qkv(self, x: torch.Tensor, fewer_kernels: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The query, key and value projections of x (..., C), each (..., C); ``fewer_kernels``:
-        as one node that casts x once (:mod:`minbert.model.linear`)."""
+        as one node that casts x once (:mod:`minbert.model.train_ops`)."""
         proj = self.attention.self
         if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
             return proj.qkv(x).split(x.shape[-1], dim=-1)
@@ -250,7 +256,7 @@ class BertLayer(nn.Module):
     def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         """x: (N, H) packed tokens; cu_seqlens: (S + 1,) int32 offsets (see :class:`PackedBatch`).
         With gradients on (training, not compiled), the projections run as
-        :func:`minbert.model.linear.shared_input_linear` nodes (fewer kernels, same values)."""
+        :func:`minbert.model.train_ops.shared_input_linear` nodes (fewer kernels, same values)."""
         N, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         fewer = torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -453,7 +459,8 @@ class BertModel(nn.Module):
             raise ValueError(
                 f"max_seqlen {packed.max_seqlen} > max_position_embeddings {self.config.max_position_embeddings}"
             )
-        x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
+        fewer = torch.is_grad_enabled() and not torch.compiler.is_compiling()  # train_ops' nodes
+        x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids, fewer)  # (N, H)
         for layer in self.encoder.layer:
             x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen)
         first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]

@@ -1,5 +1,5 @@
-"""Linear projections of the packed training step with fewer kernels (the padded path and
-inference keep ``nn.Linear``, the reference).
+"""Autograd nodes of the packed training step with fewer or faster kernels (the padded path and
+inference keep ``nn.Linear`` and ``nn.Embedding``, the reference).
 
 ``shared_input_linear(x, linears)`` computes y_i = x W_i^T + b_i (``torch.nn.functional.linear``)
 for one or more ``nn.Linear`` that read the same input, as one autograd node:
@@ -12,12 +12,19 @@ for one or more ``nn.Linear`` that read the same input, as one autograd node:
 
 The compute dtype is autocast's where autocast is on for x's device, else the weights' dtype. In
 fp32 every product is the plain one: the gradients equal autograd's through ``F.linear`` up to
-the order of float additions (tests/test_linear.py).
+the order of float additions (tests/test_train_ops.py).
+
+``embedding_lookup(ids, weight, padding_idx)`` is ``F.embedding`` whose CUDA backward sorts the
+ids: torch's backward runs, for up to 3,072 ids, a kernel of hidden_size / 32 thread blocks that
+walks every id (12 blocks for MiniLM's 384), and sorts them above that. A packed step holds a few
+thousand tokens, so the ids are padded with ``padding_idx`` rows, whose gradient is zero, to
+3,073 and the rows sliced back (``benchmarks/embedding_backward.py`` times both).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -89,3 +96,23 @@ def shared_input_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...]) -> tupl
     weights = [m.weight for m in linears]
     dtype = _compute_dtype(x, weights[0])
     return _SharedInputLinear.apply(x, dtype, len(linears), *weights, *[m.bias for m in linears])
+
+
+SORTED_BACKWARD_MIN_IDS = 3073  # torch's CUDA embedding backward sorts the ids above 3,072
+
+
+def embedding_lookup(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None = None) -> torch.Tensor:
+    """``F.embedding(ids, weight, padding_idx)``: ids (...) int64 -> (..., H), whose CUDA backward
+    takes torch's sorting path where gradients are wanted (see the module docstring)."""
+    wanted = ids.is_cuda and weight.requires_grad and torch.is_grad_enabled()
+    if wanted and ids.numel() < SORTED_BACKWARD_MIN_IDS:
+        return padded_lookup(ids, weight, padding_idx, SORTED_BACKWARD_MIN_IDS)
+    return F.embedding(ids, weight, padding_idx)
+
+
+def padded_lookup(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None, n_ids: int) -> torch.Tensor:
+    """``F.embedding`` of ids (...) padded to ``n_ids`` (>= ids.numel()) with ``padding_idx``
+    (row 0 where there is none: the padding's gradient is zero either way), the padding's rows
+    sliced off: (..., H), equal to ``F.embedding(ids, weight, padding_idx)``."""
+    padded = F.pad(ids.reshape(-1), (0, n_ids - ids.numel()), value=0 if padding_idx is None else padding_idx)
+    return F.embedding(padded, weight, padding_idx)[: ids.numel()].view(*ids.shape, weight.shape[1])
