@@ -4,9 +4,12 @@ per replay for the packed step's token counts, by implementation.
 * ``torch``: ``F.embedding`` (its backward: a kernel with hidden_size / 32 blocks up to 3,072
   indices, a sort and segment sums above);
 * ``pad-3073``: the ids padded with ``padding_idx`` to 3,073 (the sort path), the rows sliced
-  back (:func:`minbert.model.train_ops.embedding_lookup`);
+  back;
 * ``sorted-cumsum``: a backward of our own (sort, fp64 prefix sums, one write per row), kept here
-  as the alternative measured.
+  as another alternative.
+
+Neither alternative went into the model: at the packed step's 800 to 3,000 tokens torch's own
+backward was the fastest or equal (``reports/bench/s13/s13-call2-embedding_backward.json``).
 
 Each gradient is checked against ``torch``'s (``max_abs_diff``).
 
@@ -23,10 +26,19 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bench_io import emit, machine  # noqa: E402
-from minbert.model.train_ops import embedding_lookup  # noqa: E402
+
+SORTED_MIN_IDS = 3073  # torch's CUDA embedding backward sorts the ids above 3,072
+
+
+def padded_lookup(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    """F.embedding of ids (N,) padded with padding_idx to SORTED_MIN_IDS, the padding sliced off."""
+    n = ids.numel()
+    if n >= SORTED_MIN_IDS:
+        return F.embedding(ids, weight, padding_idx)
+    padded = F.pad(ids, (0, SORTED_MIN_IDS - n), value=padding_idx)
+    return F.embedding(padded, weight, padding_idx)[:n]
 
 
 class _SortedCumsum(torch.autograd.Function):
@@ -55,7 +67,7 @@ def variant(name: str, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if name == "torch":
         return F.embedding(ids, weight, padding_idx=0)
     if name == "pad-3073":
-        return embedding_lookup(ids, weight, padding_idx=0)
+        return padded_lookup(ids, weight, 0)
     return _SortedCumsum.apply(ids, weight, 0)
 
 

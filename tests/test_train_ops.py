@@ -1,7 +1,7 @@
 """shared_input_linear: the same outputs and gradients as autograd through F.linear (fp64: to
 rounding; bf16 autocast: the products of the bf16-rounded operands, accumulated in fp32 and
-written in the parameters' dtype), None where a tensor needs no gradient. embedding_lookup and
-padded_lookup: F.embedding's outputs and gradients, padding rows included."""
+written in the parameters' dtype), None where a tensor needs no gradient; with compute_copies'
+one-copy casts, the very same values and gradients."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.model.train_ops import SORTED_BACKWARD_MIN_IDS, embedding_lookup, padded_lookup, shared_input_linear
+from minbert.model.train_ops import compute_copies, shared_input_linear
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -75,36 +75,29 @@ def test_under_bf16_autocast_the_gradients_are_the_fp32_products_of_the_rounded_
         torch.testing.assert_close(o.double(), want, rtol=2e-2, atol=2e-2)
 
 
-def lookup_case(device, n, padding_idx, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 50, (n,), generator=g)
-    ids[::7] = 0 if padding_idx is None else padding_idx  # the padding row, and repeats of every id
-    weight = torch.randn(50, 8, generator=g, dtype=torch.float64)
-    grad_out = torch.randn(n, 8, generator=g, dtype=torch.float64)
-    return ids.to(device), weight.to(device).requires_grad_(), grad_out.to(device)
-
-
-@pytest.mark.parametrize("padding_idx", [0, 3, None])
-@pytest.mark.parametrize("shape", [(37,), (5, 9)])
-def test_a_padded_lookup_equals_f_embedding_in_values_and_gradients(padding_idx, shape):
-    n = shape[0] * (shape[1] if len(shape) > 1 else 1)
-    ids, weight, grad_out = lookup_case("cpu", n, padding_idx)
-    ids, grad_out = ids.view(shape), grad_out.view(*shape, 8)
-    ours = padded_lookup(ids, weight, padding_idx, 200)
-    (g_ours,) = torch.autograd.grad(ours, weight, grad_out)
-    ref = F.embedding(ids, weight, padding_idx)
-    (g_ref,) = torch.autograd.grad(ref, weight, grad_out)
-    assert ours.shape == ref.shape
-    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
-    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
-    if padding_idx is not None:
-        assert g_ours[padding_idx].abs().max() == 0
-
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("n", [100, SORTED_BACKWARD_MIN_IDS + 5])
-def test_embedding_lookup_equals_f_embedding_on_every_device(device, n):
-    ids, weight, grad_out = lookup_case(device, n, 0, seed=1)
-    (g_ours,) = torch.autograd.grad(embedding_lookup(ids, weight, 0), weight, grad_out)
-    (g_ref,) = torch.autograd.grad(F.embedding(ids, weight, 0), weight, grad_out)
-    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
+def test_reading_compute_copies_gives_the_same_outputs_and_gradients_as_casting_per_node(device):
+    ms = linears((16, 8, 16), 32, torch.float32, device, seed=2)
+    x = torch.randn(24, 32, device=device, requires_grad=True)
+    gs = [torch.randn(24, n, device=device).bfloat16() for n in (16, 8, 16)]
+    results = []
+    for with_copies in (False, True):
+        for m in ms:
+            m.zero_grad(set_to_none=True)
+        x.grad = None
+        with torch.autocast(device, dtype=torch.bfloat16):
+            copies = compute_copies(list(ms), x) if with_copies else None
+            outs = shared_input_linear(x, ms, copies)
+        sum((o * g).float().sum() for o, g in zip(outs, gs, strict=True)).backward()
+        results.append([o.detach() for o in outs] + [x.grad] + [p.grad for m in ms for p in m.parameters()])
+    assert len(copies) == 6 and all(c.dtype == torch.bfloat16 for c in copies.values())
+    for m in ms:
+        assert torch.equal(copies[id(m.weight)], m.weight.detach().bfloat16())
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_no_compute_copies_where_the_weights_are_in_the_compute_dtype():
+    ms = linears((4,), 3, torch.float32, "cpu")
+    assert compute_copies(list(ms), torch.randn(2, 3)) == {}

@@ -46,7 +46,7 @@ from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
 from .packing import PackedBatch, segment_ids
-from .train_ops import embedding_lookup, shared_input_linear
+from .train_ops import compute_copies, shared_input_linear
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +137,15 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-        fewer_kernels: bool = False,
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """input_ids, token_type_ids: (B, T) padded or (N,) packed; position_ids: like them
-        (default: 0..T-1 for every row). Returns (..., H). ``fewer_kernels``: the lookups as
-        :func:`minbert.model.train_ops.embedding_lookup` (a faster backward, same values)."""
+        (default: 0..T-1 for every row). Returns (..., H)."""
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)  # (T,) broadcast over B
-        tables = (self.word_embeddings, self.token_type_embeddings, self.position_embeddings)
-        if fewer_kernels:
-            w, t, p = (embedding_lookup(i, m.weight, m.padding_idx) for i, m in zip(
-                (input_ids, token_type_ids, position_ids), tables, strict=True))
-        else:
-            w, t, p = (m(i) for i, m in zip((input_ids, token_type_ids, position_ids), tables, strict=True))
-        return self.dropout(self.LayerNorm(w + t + p))
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))
 
 
 class BertSelfAttention(nn.Module):
@@ -186,8 +180,9 @@ class BertAddNorm(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor, fewer_kernels: bool = False) -> torch.Tensor:
-        y = shared_input_linear(x, (self.dense,))[0] if fewer_kernels else self.dense(x)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, copies: dict | None = None) -> torch.Tensor:
+        """``copies``: :func:`minbert.model.train_ops.compute_copies` (None: ``nn.Linear``)."""
+        y = self.dense(x) if copies is None else shared_input_linear(x, (self.dense,), copies)[0]
         return self.LayerNorm(self.dropout(y) + residual)
 
 
@@ -218,22 +213,22 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def _qkv(self, x: torch.Tensor, fewer_kernels: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The query, key and value projections of x (..., C), each (..., C); ``fewer_kernels``:
-        as one node that casts x once (:mod:`minbert.model.train_ops`)."""
+    def _qkv(self, x: torch.Tensor, copies: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query, key and value projections of x (..., C), each (..., C); with ``copies``
+        (:func:`minbert.model.train_ops.compute_copies`), as one node that casts x once."""
         proj = self.attention.self
         if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
             return proj.qkv(x).split(x.shape[-1], dim=-1)
-        if fewer_kernels:
-            return shared_input_linear(x, (proj.query, proj.key, proj.value))
+        if copies is not None:
+            return shared_input_linear(x, (proj.query, proj.key, proj.value), copies)
         return proj.query(x), proj.key(x), proj.value(x)
 
-    def _ffn(self, y: torch.Tensor, x: torch.Tensor, fewer_kernels: bool = False) -> torch.Tensor:
+    def _ffn(self, y: torch.Tensor, x: torch.Tensor, copies: dict | None = None) -> torch.Tensor:
         """The rest of the layer after attention: y, x (..., H) -> (..., H)."""
-        x = self.attention.output(y, x, fewer_kernels)
+        x = self.attention.output(y, x, copies)
         dense = self.intermediate.dense
-        h = shared_input_linear(x, (dense,))[0] if fewer_kernels else dense(x)
-        return self.output(F.gelu(h), x, fewer_kernels)  # exact (erf) GELU of (..., 4H)
+        h = dense(x) if copies is None else shared_input_linear(x, (dense,), copies)[0]
+        return self.output(F.gelu(h), x, copies)  # exact (erf) GELU of (..., 4H)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H); mask: (B, 1, 1, T) additive float (0 = attend, dtype min = padding)."""
@@ -253,18 +248,19 @@ class BertLayer(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H)
         return self._ffn(y, x)
 
-    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-        """x: (N, H) packed tokens; cu_seqlens: (S + 1,) int32 offsets (see :class:`PackedBatch`).
-        With gradients on (training, not compiled), the projections run as
-        :func:`minbert.model.train_ops.shared_input_linear` nodes (fewer kernels, same values)."""
+    def forward_packed(
+        self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, copies: dict | None = None
+    ) -> torch.Tensor:
+        """x: (N, H) packed tokens; cu_seqlens: (S + 1,) int32 offsets (see :class:`PackedBatch`);
+        ``copies``: the projections as :func:`minbert.model.train_ops.shared_input_linear` nodes
+        reading these weight copies (fewer kernels, same values; None: ``nn.Linear``)."""
         N, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        fewer = torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        q, k, v = (t.view(N, nh, hs) for t in self._qkv(x, fewer))  # (N, nh, hs) each
+        q, k, v = (t.view(N, nh, hs) for t in self._qkv(x, copies))  # (N, nh, hs) each
         p_drop = self.attn_dropout if self.training else 0.0
         impl = self.attn_implementation
         y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, p_drop, impl, self.varlen_kernel)  # (N, nh, hs)
-        return self._ffn(y.reshape(N, C), x, fewer)
+        return self._ffn(y.reshape(N, C), x, copies)
 
 
 def varlen_attention(
@@ -459,10 +455,12 @@ class BertModel(nn.Module):
             raise ValueError(
                 f"max_seqlen {packed.max_seqlen} > max_position_embeddings {self.config.max_position_embeddings}"
             )
-        fewer = torch.is_grad_enabled() and not torch.compiler.is_compiling()  # train_ops' nodes
-        x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids, fewer)  # (N, H)
+        x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
+        copies = None  # training, not compiled: train_ops' nodes, the weights cast by one copy
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            copies = compute_copies([m for m in self.encoder.modules() if isinstance(m, nn.Linear)], x)
         for layer in self.encoder.layer:
-            x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen)
+            x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen, copies)
         first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]
         pooled = torch.tanh(self.pooler.dense(x[first]))  # (S_real, H)
         return BertOutput(last_hidden_state=x, pooler_output=pooled)

@@ -1,5 +1,5 @@
-"""Autograd nodes of the packed training step with fewer or faster kernels (the padded path and
-inference keep ``nn.Linear`` and ``nn.Embedding``, the reference).
+"""Autograd nodes of the packed training step with fewer kernels (the padded path and
+inference keep ``nn.Linear``, the reference).
 
 ``shared_input_linear(x, linears)`` computes y_i = x W_i^T + b_i (``torch.nn.functional.linear``)
 for one or more ``nn.Linear`` that read the same input, as one autograd node:
@@ -14,17 +14,14 @@ The compute dtype is autocast's where autocast is on for x's device, else the we
 fp32 every product is the plain one: the gradients equal autograd's through ``F.linear`` up to
 the order of float additions (tests/test_train_ops.py).
 
-``embedding_lookup(ids, weight, padding_idx)`` is ``F.embedding`` whose CUDA backward sorts the
-ids: torch's backward runs, for up to 3,072 ids, a kernel of hidden_size / 32 thread blocks that
-walks every id (12 blocks for MiniLM's 384), and sorts them above that. A packed step holds a few
-thousand tokens, so the ids are padded with ``padding_idx`` rows, whose gradient is zero, to
-3,073 and the rows sliced back (``benchmarks/embedding_backward.py`` times both).
+``compute_copies(linears, dtype)`` casts every weight and bias of a step's projections to the
+compute dtype at once, by one multi-tensor copy (``torch._foreach_copy_``), instead of one cast
+kernel per tensor (72 for MiniLM-L6); ``shared_input_linear`` then reads those copies.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -48,21 +45,25 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, acc: torch.Ten
 class _SharedInputLinear(torch.autograd.Function):
     """Several linear projections of one input; see the module docstring.
 
-    forward(x (..., K), compute dtype, n, W_1 (N_1, K), ..., W_n, b_1 (N_1,) or None, ..., b_n)
-    -> n outputs (..., N_i) in the compute dtype.
+    forward(x (..., K), compute dtype, copies, n, W_1 (N_1, K), ..., W_n, b_1 (N_1,) or None, ...,
+    b_n) -> n outputs (..., N_i) in the compute dtype. ``copies``: the weights and biases already
+    in the compute dtype (see :func:`compute_copies`), or None to cast them here.
     """
 
     @staticmethod
     def forward(  # noqa: ANN205
-        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dtype: torch.dtype, n: int,
-        *params: torch.Tensor | None,
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dtype: torch.dtype,
+        copies: dict[int, torch.Tensor] | None, n: int, *params: torch.Tensor | None,
     ):
         weights, biases = params[:n], params[n:]
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (M, K), cast once
-        ws = [w.to(dtype) for w in weights]
+        if copies:
+            ws, bs = [copies[id(w)] for w in weights], [None if b is None else copies[id(b)] for b in biases]
+        else:
+            ws, bs = [w.to(dtype) for w in weights], [None if b is None else b.to(dtype) for b in biases]
         outs = []
-        for w, b in zip(ws, biases, strict=True):
-            y = torch.mm(x2, w.t()) if b is None else torch.addmm(b.to(dtype), x2, w.t())  # (M, N_i)
+        for w, b in zip(ws, bs, strict=True):
+            y = torch.mm(x2, w.t()) if b is None else torch.addmm(b, x2, w.t())  # (M, N_i)
             outs.append(y.view(*x.shape[:-1], w.shape[0]))
         ctx.save_for_backward(x2, *ws)
         ctx.meta = (x.shape, x.dtype, [w.dtype for w in weights], [b is not None for b in biases])
@@ -81,38 +82,37 @@ class _SharedInputLinear(torch.autograd.Function):
                 dx = _mm(g, w, x_dtype, dx)  # (M, K): sum_i g_i W_i
             dx = dx.view(x_shape)
         dws, dbs = [], []
-        ones = x2.new_ones(1, x2.shape[0]) if any(need[3 + n + i] for i in range(n)) else None
+        ones = x2.new_ones(1, x2.shape[0]) if any(need[4 + n + i] for i in range(n)) else None
         for i, (g, w_dtype) in enumerate(zip(gs, w_dtypes, strict=True)):
-            dws.append(_mm(g.t(), x2, w_dtype) if need[3 + i] else None)  # (N_i, K)
-            db = _mm(ones, g, w_dtype)[0] if has_bias[i] and need[3 + n + i] else None  # (N_i,)
+            dws.append(_mm(g.t(), x2, w_dtype) if need[4 + i] else None)  # (N_i, K)
+            db = _mm(ones, g, w_dtype)[0] if has_bias[i] and need[4 + n + i] else None  # (N_i,)
             dbs.append(db)
-        return (dx, None, None, *dws, *dbs)
+        return (dx, None, None, None, *dws, *dbs)
 
 
-def shared_input_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
+def shared_input_linear(
+    x: torch.Tensor, linears: tuple[nn.Linear, ...], copies: dict[int, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, ...]:
     """``tuple(F.linear(x, m.weight, m.bias) for m in linears)`` as one autograd node (see the
     module docstring): x (..., K) -> each (..., m.out_features), in the compute dtype (autocast's,
-    else the weights')."""
+    else the weights'). ``copies``: :func:`compute_copies` of these linears (or more), whose
+    tensors the forward reads instead of casting the parameters; the gradients go to the
+    parameters."""
     weights = [m.weight for m in linears]
     dtype = _compute_dtype(x, weights[0])
-    return _SharedInputLinear.apply(x, dtype, len(linears), *weights, *[m.bias for m in linears])
+    return _SharedInputLinear.apply(x, dtype, copies, len(linears), *weights, *[m.bias for m in linears])
 
 
-SORTED_BACKWARD_MIN_IDS = 3073  # torch's CUDA embedding backward sorts the ids above 3,072
+def compute_copies(linears: list[nn.Linear], x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The weights and biases of ``linears`` in the compute dtype of input ``x`` (autocast's on
+    x's device, else the weights'), keyed by ``id(parameter)``, cast by one multi-tensor copy
+    (``torch._foreach_copy_``); empty where they are in that dtype already. Detached: the
+    gradients of :func:`shared_input_linear` go to the parameters themselves."""
+    params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
+    dtype = _compute_dtype(x, params[0])
+    if all(p.dtype == dtype for p in params):
+        return {}
+    copies = [torch.empty_like(p, dtype=dtype) for p in params]
+    torch._foreach_copy_(copies, [p.detach() for p in params])
+    return {id(p): c for p, c in zip(params, copies, strict=True)}
 
-
-def embedding_lookup(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None = None) -> torch.Tensor:
-    """``F.embedding(ids, weight, padding_idx)``: ids (...) int64 -> (..., H), whose CUDA backward
-    takes torch's sorting path where gradients are wanted (see the module docstring)."""
-    wanted = ids.is_cuda and weight.requires_grad and torch.is_grad_enabled()
-    if wanted and ids.numel() < SORTED_BACKWARD_MIN_IDS:
-        return padded_lookup(ids, weight, padding_idx, SORTED_BACKWARD_MIN_IDS)
-    return F.embedding(ids, weight, padding_idx)
-
-
-def padded_lookup(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None, n_ids: int) -> torch.Tensor:
-    """``F.embedding`` of ids (...) padded to ``n_ids`` (>= ids.numel()) with ``padding_idx``
-    (row 0 where there is none: the padding's gradient is zero either way), the padding's rows
-    sliced off: (..., H), equal to ``F.embedding(ids, weight, padding_idx)``."""
-    padded = F.pad(ids.reshape(-1), (0, n_ids - ids.numel()), value=0 if padding_idx is None else padding_idx)
-    return F.embedding(padded, weight, padding_idx)[: ids.numel()].view(*ids.shape, weight.shape[1])
