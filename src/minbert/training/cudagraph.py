@@ -73,7 +73,10 @@ class GraphedSteps:
         params: the trainable parameters, all on one CUDA device.
         capture_after: how many eager sightings of a shape come before it is captured (1: the
             second batch of a shape is the first replay; 0: capture at once).
-        warmup: eager iterations on a side stream before a capture (PyTorch's rule for capture).
+        warmup: eager iterations on the capture stream before the first capture (PyTorch's rule:
+            lazily initialised state, such as cuBLAS's workspace for that stream, is not
+            captured). Later captures skip them: they reuse that stream, and their own shape has
+            run eagerly before (``capture_after``, or the eager run that learns what it touches).
         capture: False never captures: every batch runs eagerly into the flat buffers (any
             device; the flat gradient all-reduce without graphs, ``train.grad_sync=flat``).
         direct: a graph's gradients stay where its backward writes them (see the module
@@ -215,7 +218,7 @@ class GraphedSteps:
         side = self.stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(self.warmup):
+            for _ in range(0 if self._graphs else self.warmup):
                 loss, _ = fn(static)
                 (loss * scale).backward()
         torch.cuda.current_stream(self.device).wait_stream(side)
