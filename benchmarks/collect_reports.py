@@ -31,6 +31,10 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     timed default run), s12-call2 to s12-call4 (CUDA tests; e2e.py against
                                     git f339081, an empty Triton cache per run; s12-call2 a phase-timed run)
                                     (device-scripts/s12-call*.sh)
+  bench/e2e_calls.json              which e2e.py runs of the s12 and s13 calls go into e2e_history.packed
+  bench/s13/                        fewer kernels per step: s13-call1 to s13-call4 (CUDA tests; profile_train.py
+                                    and e2e.py against the previous commit, an empty Triton cache per run;
+                                    s13-call2 embedding_backward.py) (device-scripts/s13-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -140,18 +144,8 @@ def e2e_runs(name: str, folder: str = "packed", tag: str = "") -> dict:
     return out
 
 
-# the s12 calls' runs besides e2e: (call, preset, tag, what)
-S12_RUNS = [
-    ("s12-call2", "default", "-after", "plus reused pinned snapshot buffers, checkpoints through the libraries' file "
-     "writers, captures without empty_cache, the compile children started by the CLI, os._exit at the end"),
-    ("s12-call2", "default", "-before", "git f339081 on s12-call2's machine"),
-    ("s12-call3", "default", "-after", "plus the plots drawn by a child that imported matplotlib while the run "
-     "trained, and the gradient norm without a scaling pass"),
-    ("s12-call3", "default", "-before", "git f339081 on s12-call3's machine"),
-    ("s12-call3", "best", "-after", "configs/best.yaml as s12-call3's default"),
-    ("s12-call3", "best", "-before", "configs/best.yaml at git f339081 on s12-call3's machine"),
-    ("s12-call4", "default", "-before", "git f339081 on s12-call4's machine: the 'before' of e2e.default"),
-]  # every run with an empty Triton cache
+# the s12 and s13 calls' runs besides e2e, and the s12 version's e2e (bench/e2e_calls.json)
+CALL_RUNS = json.loads((BENCH / "e2e_calls.json").read_text())["runs"]
 
 
 def packed_e2e_history() -> list[dict]:
@@ -211,7 +205,8 @@ def packed_e2e_history() -> list[dict]:
          "compiled by two children while the model and data load (git f339081); an empty Triton cache per run"},
         {**e2e_runs("s11-call4-e2e-best-after.json", "s11", "-after"), "what": "configs/best.yaml at git f339081 "
          "on s11-call4's machine; an empty Triton cache per run"},
-        *({**e2e_runs(f"{c}-e2e-{preset}{tag}.json", "s12", tag), "what": what} for c, preset, tag, what in S12_RUNS),
+        *({**e2e_runs(f"{r['call']}-e2e-{r['preset']}{r['tag']}.json", r["call"].split("-")[0], r["tag"]),
+           "what": r["what"]} for r in CALL_RUNS),
     ]
 
 
@@ -305,10 +300,10 @@ def main() -> None:
     }
     # the latest run of each preset, with Python's bytecode and matplotlib's font cache filled
     # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for every
-    # run; the previous version's default ran on the same machine in the same call (e2e_history.packed,
-    # s12-call4; both presets' A/B: s12-call3)
-    speed["e2e"] = {"default": e2e_runs("s12-call4-e2e-default-after.json", "s12", "-after"),
-                    "best": e2e_runs("s12-call4-e2e-best-after.json", "s12", "-after")}
+    # run; the earlier versions' runs are in e2e_history.packed (s13-call1 to s13-call3: each change
+    # against its predecessor on one machine)
+    speed["e2e"] = {"default": e2e_runs("s13-call4-e2e-default-after.json", "s13", "-after"),
+                    "best": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
     speed.update(profiles())
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
