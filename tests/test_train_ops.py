@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.model.train_ops import compute_copies, shared_input_linear
+from minbert.model.bert import BertConfig, BertModel
+from minbert.model.packing import pack
+from minbert.model.train_ops import compute_copies, plain_linears, shared_input_linear
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -101,3 +103,94 @@ def test_reading_compute_copies_gives_the_same_outputs_and_gradients_as_casting_
 def test_no_compute_copies_where_the_weights_are_in_the_compute_dtype():
     ms = linears((4,), 3, torch.float32, "cpu")
     assert compute_copies(list(ms), torch.randn(2, 3)) == {}
+
+
+def grads_of(fn, x, ms, seed=3):
+    """fn(x, ms) -> outputs; the outputs (detached) and the gradients of sum(out * g), with None
+    where a tensor got none."""
+    for m in ms:
+        m.zero_grad(set_to_none=True)
+    x.grad = None
+    outs = fn(x, ms)
+    g = torch.Generator().manual_seed(seed)
+    sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs).backward()
+    return [o.detach() for o in outs], [x.grad] + [p.grad for m in ms for p in m.parameters()]
+
+
+def reference(x, ms):
+    return tuple(F.linear(x, m.weight, m.bias) for m in ms)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+@pytest.mark.parametrize("k, sizes, rows", [(0, (3,), 5), (4, (0, 3), 5), (4, (3,), 0)])
+def test_zero_sized_features_and_rows_give_what_f_linear_gives(k, sizes, rows):
+    ms = linears(sizes, k, torch.float64, "cpu")
+    x = torch.randn(rows, k, dtype=torch.float64, requires_grad=True)
+    (o0, g0), (o1, g1) = grads_of(reference, x, ms), grads_of(shared_input_linear, x, ms)
+    for a, b in zip(o1 + g1, o0 + g0, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_an_output_no_loss_reads_gives_its_parameters_no_gradient():
+    ms = linears((3, 4), 2, torch.float64, "cpu")
+    x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    outs = shared_input_linear(x, ms)
+    gw = torch.autograd.grad(outs[1].sum(), [x, ms[0].weight, ms[1].weight], allow_unused=True)
+    assert gw[1] is None  # as through F.linear
+    torch.testing.assert_close(gw[2], x.detach().sum(0).expand(4, 2))
+    torch.testing.assert_close(gw[0], ms[1].weight.detach().sum(0).expand(5, 2))
+
+
+def test_outputs_take_in_place_ops_and_a_second_derivative_raises():
+    ms = linears((4,), 4, torch.float64, "cpu")
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    (o0, g0) = grads_of(lambda x, ms: tuple(o.relu_() for o in reference(x, ms)), x, ms)
+    (o1, g1) = grads_of(lambda x, ms: tuple(o.relu_() for o in shared_input_linear(x, ms)), x, ms)
+    for a, b in zip(o1 + g1, o0 + g0, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    (gw,) = torch.autograd.grad(shared_input_linear(x, ms)[0].pow(2).sum(), ms[0].weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):  # not a wrong second derivative
+        gw.pow(2).sum().backward()
+
+
+def test_float64_stays_float64_under_autocast_as_with_f_linear():
+    ms = linears((4,), 4, torch.float64, "cpu")
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, ref = shared_input_linear(x, ms)[0], F.linear(x, ms[0].weight, ms[0].bias)
+        assert compute_copies(list(ms), x) == {}
+    assert ours.dtype == ref.dtype == torch.float64
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_the_packed_forward_keeps_the_modules_own_calls_where_a_linear_is_hooked_or_parametrized():
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, attn_implementation="eager", hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)).train()
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = (ids > 0).long()
+    packed = pack(ids, mask, torch.zeros_like(ids), multiple_of=4)
+    assert len(plain_linears(model.encoder)) == 12
+    query = model.encoder.layer[0].attention.self.query
+    calls = []
+    handle = query.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    assert plain_linears(model.encoder) is None
+    model.forward_packed(packed).last_hidden_state.sum().backward()
+    assert calls == [torch.Size([packed.input_ids.shape[0], 16])]  # nn.Linear.__call__ ran, with its hook
+    handle.remove()
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    want = model.forward_packed(packed).last_hidden_state.detach()
+    with torch.no_grad():
+        query.weight.mul_(0.5)
+    nn.utils.parametrize.register_parametrization(query, "weight", Double())
+    assert plain_linears(model.encoder) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the weight copies would be keyed by a stale tensor
+        model.forward_packed(packed)
+    torch.testing.assert_close(model.forward_packed(packed).last_hidden_state.detach(), want, rtol=1e-5, atol=1e-5)

@@ -46,7 +46,7 @@ from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
 from .packing import PackedBatch, segment_ids
-from .train_ops import compute_copies, shared_input_linear
+from .train_ops import compute_copies, plain_linears, shared_input_linear
 
 log = logging.getLogger(__name__)
 
@@ -456,9 +456,9 @@ class BertModel(nn.Module):
                 f"max_seqlen {packed.max_seqlen} > max_position_embeddings {self.config.max_position_embeddings}"
             )
         x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
-        copies = None  # training, not compiled: train_ops' nodes, the weights cast by one copy
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            copies = compute_copies([m for m in self.encoder.modules() if isinstance(m, nn.Linear)], x)
+        # training, not compiled, plain nn.Linear: train_ops' nodes, the weights cast by one copy
+        linears = plain_linears(self.encoder) if torch.is_grad_enabled() and not torch.compiler.is_compiling() else None
+        copies = None if linears is None else compute_copies(linears, x)
         for layer in self.encoder.layer:
             x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen, copies)
         first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]
