@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_io import emit, machine  # noqa: E402
+from bench_io import emit, machine, replay_us  # noqa: E402
 from minbert.data.tokenizer import Tokenizer  # noqa: E402
 from minbert.model.varlen_triton import triton_varlen_attention  # noqa: E402
 from minbert.tasks.base import get_task  # noqa: E402
@@ -173,16 +173,7 @@ def time_us(fn, iters: int, repeats: int) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(iters):
-            g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1000 / iters)
-    return round(statistics.median(times), 2)
+    return round(statistics.median(replay_us(g, iters, warmup=0) for _ in range(repeats)), 2)
 
 
 def measure(

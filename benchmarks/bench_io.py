@@ -24,3 +24,17 @@ def emit(result: dict, out: str | None) -> None:
     print(text)
     if out:
         Path(out).write_text(text + "\n")
+
+
+def replay_us(graph: torch.cuda.CUDAGraph, replays: int, warmup: int = 20) -> float:
+    """Microseconds per replay of a captured CUDA graph: ``warmup`` replays, then ``replays``
+    timed between two CUDA events."""
+    for _ in range(warmup):
+        graph.replay()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) * 1e3 / replays

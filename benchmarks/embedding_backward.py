@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_io import emit, machine  # noqa: E402
+from bench_io import emit, machine, replay_us  # noqa: E402
 
 SORTED_MIN_IDS = 3073  # torch's CUDA embedding backward sorts the ids above 3,072
 
@@ -87,15 +87,7 @@ def time_variant(name: str, n: int, hidden: int, vocab: int, replays: int) -> tu
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         (grad,) = torch.autograd.grad(variant(name, ids, weight), weight, grad_out)
-    for _ in range(20):
-        graph.replay()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) * 1e3 / replays, grad.clone()
+    return replay_us(graph, replays), grad.clone()
 
 
 def main() -> None:

@@ -11,12 +11,7 @@ export TRITON_CACHE_DIR=/tmp/triton-tests
 timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_linear.py tests/test_packing_cuda.py \
   tests/test_cudagraph.py -k "cuda or graph or packed or linear or autocast" > $R/pytest.log 2>&1
 mark pytest $?
-prof() {  # prof NAME BENCHMARKS_DIR
-  timeout 150 python3 $2/profile_train.py --config configs/default.yaml --data-dir $DATA --variant shipped= \
-    --warmup 150 --timed 200 --steps 20 --top 25 --out $R/profile-train-default-$1.json -- --model.encoder=$ENC \
-    > $R/profile-train-default-$1.log 2>&1
-  mark profile-$1 $?
-}
+# prof: the helper in s5-common.sh (moved there after this call ran)
 prof after benchmarks
 prof before .device/before/benchmarks
 ab after src default

@@ -60,3 +60,11 @@ ts() {
     --batches $2 --n-batches 32 --warmup 32 --impls $3 --out $R/ts-$1-b$2.json 2> $R/ts-$1-b$2.log >/dev/null
   mark ts-$1-$2 $?
 }
+# prof NAME BENCHMARKS_DIR: benchmarks/profile_train.py (of that tree) on configs/default.yaml
+# (profile-train-default-NAME.json and .log; top $TOP kernels, 25 unless set)
+prof() {
+  timeout 150 python3 $2/profile_train.py --config configs/default.yaml --data-dir $DATA --variant shipped= \
+    --warmup 150 --timed 200 --steps 20 --top ${TOP:-25} --out $R/profile-train-default-$1.json \
+    -- --model.encoder=$ENC > $R/profile-train-default-$1.log 2>&1
+  mark profile-$1 $?
+}
