@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..config import Config, encoder_overrides, runtime_settings
 from ..errors import ConfigError
+from .children import end_child, last_error_line
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,7 @@ def nvidia_driver_loaded(proc: Path = Path("/proc/driver/nvidia/version")) -> bo
 def stop_kernel_compile(children: list[subprocess.Popen] | None) -> None:
     """Kill the children that still run (a run that failed before it waited for them)."""
     for proc in children or []:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        end_child(proc)
 
 
 def wait_kernel_compile(children: list[subprocess.Popen], timeout_s: float = 300.0) -> None:
@@ -102,5 +101,5 @@ def wait_kernel_compile(children: list[subprocess.Popen], timeout_s: float = 300
             proc.kill()
             _, err = proc.communicate()
         if proc.returncode:
-            last = (err or "").strip().splitlines()[-1:] or ["no message"]
-            log.debug("a background compile of the attention kernel failed (%s): %s", proc.returncode, last[0])
+            log.debug("a background compile of the attention kernel failed (%s): %s", proc.returncode,
+                      last_error_line(err))

@@ -40,6 +40,7 @@ from scipy.special import expit, softmax
 from ..io import atomic_write_png
 from ..tasks import metrics as M
 from ..tasks.base import Task
+from .children import end_child, last_error_line
 from .plots import PNG_NAME, plot_curves
 
 if TYPE_CHECKING:
@@ -267,9 +268,7 @@ def start_plotter() -> subprocess.Popen | None:
 
 def stop_plotter(child: subprocess.Popen | None) -> None:
     """End :func:`start_plotter`'s child without plots (a run that failed or was stopped)."""
-    if child is not None and child.poll() is None:
-        child.kill()
-        child.communicate()
+    end_child(child)
 
 
 def _plot_in_child(child: subprocess.Popen, run_dir: Path, items: dict[str, tuple],
@@ -281,13 +280,11 @@ def _plot_in_child(child: subprocess.Popen, run_dir: Path, items: dict[str, tupl
     try:
         out, err = child.communicate(json.dumps(payload), timeout=timeout_s)
     except (subprocess.TimeoutExpired, OSError) as e:
-        child.kill()
-        child.communicate()
+        end_child(child)
         log.debug("the plot process failed (%s): drawing here", type(e).__name__)
         return None
     if child.returncode:
-        last = (err or "").strip().splitlines()[-1:] or ["no message"]
-        log.debug("the plot process failed (%s): %s; drawing here", child.returncode, last[0])
+        log.debug("the plot process failed (%s): %s; drawing here", child.returncode, last_error_line(err))
         return None
     for line in err.splitlines():  # its own warnings (a plot not drawn), as this process would log them
         log.warning("%s", line)
