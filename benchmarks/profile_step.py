@@ -44,19 +44,44 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+CATEGORIES = (  # (category, substrings of kernel names), first match wins
+    ("optimizer", ("multi_tensor_apply", "FusedOptimizer", "adam")),
+    ("attention", ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel", "flash", "fmha", "attention")),
+    ("gemm", ("nvjet", "gemm", "cutlass", "sm90_xmma", "cublas")),
+    ("fused elementwise/reduction (inductor)", ("triton_",)),
+    ("copy/fill", ("copy", "fill", "elementwise_kernel", "CatArrayBatched", "Memset", "Memcpy")),
+)
+
+
+def categories(by_name: dict[str, float], steps: int) -> dict[str, dict]:
+    """Kernel time per step and kernel names by category (:data:`CATEGORIES`; the rest "other")."""
+    out: dict[str, dict] = {}
+    for name, us in by_name.items():
+        cat = next((c for c, keys in CATEGORIES if any(k.lower() in name.lower() for k in keys)), "other")
+        d = out.setdefault(cat, {"us_per_step": 0.0, "names": 0})
+        d["us_per_step"] += us / steps
+        d["names"] += 1
+    return {c: {"us_per_step": round(d["us_per_step"], 1), "names": d["names"]} for c, d in out.items()}
+
+
 def summarize(events: list, steps: int, wall_us: float, top: int, device: str) -> dict:
     """The profile's figures from ``prof.events()`` (times in microseconds)."""
-    kernels = [e for e in events if e.device_type.name == ("CUDA" if device == "cuda" else "CPU")]
+    kernels = [e for e in events if e.device_type.name == ("CUDA" if device == "cuda" else "CPU")
+               and not getattr(e, "is_user_annotation", False)]  # a range such as Optimizer.step is no kernel
     by_name: dict[str, float] = {}
+    calls: dict[str, int] = {}
     for e in kernels:
         by_name[e.name] = by_name.get(e.name, 0.0) + e.time_range.elapsed_us()
+        calls[e.name] = calls.get(e.name, 0) + 1
     all_kernel_us = sum(by_name.values()) or 1.0
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
     host = [e for e in events if e.device_type.name == "CPU" and e.cpu_parent is None]
     return {
         "kernels_per_step": round(len(kernels) / steps, 1),
-        "top_kernels": [{"name": n[:120], "share": round(t / all_kernel_us, 4), "us_per_step": round(t / steps, 1)}
+        "top_kernels": [{"name": n[:120], "share": round(t / all_kernel_us, 4), "us_per_step": round(t / steps, 1),
+                         "calls_per_step": round(calls[n] / steps, 1)}
                         for n, t in ranked],
+        "categories": categories(by_name, steps),
         "device_busy_fraction": round(union_length([(e.time_range.start, e.time_range.end) for e in kernels])
                                       / wall_us, 4) if device == "cuda" else None,
         "host_busy_fraction": round(union_length([(e.time_range.start, e.time_range.end) for e in host]) / wall_us, 4),

@@ -68,3 +68,11 @@ prof() {
     -- --model.encoder=$ENC > $R/profile-train-default-$1.log 2>&1
   mark profile-$1 $?
 }
+# pstep IMPL: benchmarks/profile_step.py, bert-base at batch 32, one train-step implementation of
+# benchmarks/train_step.py (profile-IMPL.json and .log; top 60 kernels)
+pstep() {
+  [ $(left) -lt 60 ] && return
+  timeout $(( $(left) - 5 )) python3 benchmarks/profile_step.py --data-dir $DATA --encoder $ENC --config bert-base \
+    --batch 32 --impl $1 --top 60 --out $R/profile-$1.json > /dev/null 2> $R/profile-$1.log
+  mark profile-$1 $?
+}

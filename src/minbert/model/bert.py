@@ -46,7 +46,7 @@ from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
 from .packing import PackedBatch, segment_ids
-from .train_ops import compute_copies, plain_linears, shared_input_linear
+from .train_ops import Copies, compute_copies, fused_linear, plain_linears
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,9 @@ class BertAddNorm(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor, copies: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, copies: Copies | None = None) -> torch.Tensor:
         """``copies``: :func:`minbert.model.train_ops.compute_copies` (None: ``nn.Linear``)."""
-        y = self.dense(x) if copies is None else shared_input_linear(x, (self.dense,), copies)[0]
+        y = self.dense(x) if copies is None else fused_linear(x, (self.dense,), copies)
         return self.LayerNorm(self.dropout(y) + residual)
 
 
@@ -213,21 +213,28 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def _qkv(self, x: torch.Tensor, copies: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def projection_groups(self) -> list[tuple[nn.Linear, ...]]:
+        """The layer's projections, grouped by the input they share (train_ops' nodes)."""
+        proj = self.attention.self
+        return [(proj.query, proj.key, proj.value), (self.attention.output.dense,), (self.intermediate.dense,),
+                (self.output.dense,)]
+
+    def _qkv(self, x: torch.Tensor, copies: Copies | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The query, key and value projections of x (..., C), each (..., C); with ``copies``
-        (:func:`minbert.model.train_ops.compute_copies`), as one node that casts x once."""
+        (:func:`minbert.model.train_ops.compute_copies`), one GEMM on the stacked weights
+        (..., 3C), split into views."""
         proj = self.attention.self
         if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
             return proj.qkv(x).split(x.shape[-1], dim=-1)
         if copies is not None:
-            return shared_input_linear(x, (proj.query, proj.key, proj.value), copies)
+            return fused_linear(x, (proj.query, proj.key, proj.value), copies).split(x.shape[-1], dim=-1)
         return proj.query(x), proj.key(x), proj.value(x)
 
-    def _ffn(self, y: torch.Tensor, x: torch.Tensor, copies: dict | None = None) -> torch.Tensor:
+    def _ffn(self, y: torch.Tensor, x: torch.Tensor, copies: Copies | None = None) -> torch.Tensor:
         """The rest of the layer after attention: y, x (..., H) -> (..., H)."""
         x = self.attention.output(y, x, copies)
         dense = self.intermediate.dense
-        h = dense(x) if copies is None else shared_input_linear(x, (dense,), copies)[0]
+        h = dense(x) if copies is None else fused_linear(x, (dense,), copies)
         return self.output(F.gelu(h), x, copies)  # exact (erf) GELU of (..., 4H)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -249,11 +256,11 @@ class BertLayer(nn.Module):
         return self._ffn(y, x)
 
     def forward_packed(
-        self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, copies: dict | None = None
+        self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, copies: Copies | None = None
     ) -> torch.Tensor:
         """x: (N, H) packed tokens; cu_seqlens: (S + 1,) int32 offsets (see :class:`PackedBatch`);
-        ``copies``: the projections as :func:`minbert.model.train_ops.shared_input_linear` nodes
-        reading these weight copies (fewer kernels, same values; None: ``nn.Linear``)."""
+        ``copies``: the projections as :func:`minbert.model.train_ops.fused_linear` nodes reading
+        these stacked weight copies (fewer kernels, same values; None: ``nn.Linear``)."""
         N, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         q, k, v = (t.view(N, nh, hs) for t in self._qkv(x, copies))  # (N, nh, hs) each
@@ -456,9 +463,10 @@ class BertModel(nn.Module):
                 f"max_seqlen {packed.max_seqlen} > max_position_embeddings {self.config.max_position_embeddings}"
             )
         x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
-        # training, not compiled, plain nn.Linear: train_ops' nodes, the weights cast by one copy
-        linears = plain_linears(self.encoder) if torch.is_grad_enabled() and not torch.compiler.is_compiling() else None
-        copies = None if linears is None else compute_copies(linears, x)
+        # training with plain nn.Linear: train_ops' nodes, the weights cast by one copy
+        nodes = torch.is_grad_enabled() and plain_linears(self.encoder) is not None
+        groups = [grp for layer in self.encoder.layer for grp in layer.projection_groups()]
+        copies = compute_copies(groups, x) if nodes else None
         for layer in self.encoder.layer:
             x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen, copies)
         first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]

@@ -1,32 +1,39 @@
 """Autograd nodes of the packed training step with fewer kernels (the padded path and
 inference keep ``nn.Linear``, the reference).
 
-``shared_input_linear(x, linears)`` computes y_i = x W_i^T + b_i (``torch.nn.functional.linear``)
-for one or more ``nn.Linear`` that read the same input, as one autograd node:
+``fused_linear(x, linears)`` computes [y_1 | ... | y_n], y_i = x W_i^T + b_i
+(``torch.nn.functional.linear``), for one or more ``nn.Linear`` that read the same input, as one
+autograd node whose products are single GEMMs on the stacked weights W = [W_1; ...; W_n]
+(sum N_i, K) and biases b = [b_1 | ... | b_n]:
 
-* forward: x is cast to the compute dtype once (not once per projection, as autocast does);
-* backward: dL/dx = sum_i g_i W_i is accumulated by the GEMMs themselves (``addmm``), in x's
-  dtype, instead of one product per projection, one dtype cast each and the adds; dL/dW_i =
-  g_i^T x and dL/db_i = 1^T g_i are written by GEMMs directly in the parameters' dtype (fp32
-  accumulation, ``out_dtype``), instead of a bf16 product, a column reduction and two casts.
+* forward: x is cast to the compute dtype once and y = x W^T + b is one GEMM (for BERT's query,
+  key and value: one GEMM of 3H columns instead of three of H);
+* backward, from g = dL/dy (M, sum N_i): dL/dx = g W is one GEMM (the sum over projections is
+  the GEMM's own reduction), written in x's dtype; dL/dW = g^T x and dL/db = 1^T g are GEMMs that
+  write fp32 accumulations directly in the parameters' dtype (``out_dtype``), instead of a bf16
+  product, a column reduction and two casts per parameter. dW_i and db_i are row blocks (views)
+  of the stacked results.
 
-The compute dtype is autocast's where autocast is on for x's device, else the weights' dtype. In
-fp32 every product is the plain one: the gradients equal autograd's through ``F.linear`` up to
-the order of float additions (tests/test_train_ops.py).
+The compute dtype is autocast's where autocast is on for x's device, else the weights'. In fp32
+every product is the plain one: the gradients equal autograd's through ``F.linear`` up to the
+order of float additions (tests/test_train_ops.py).
 
-``compute_copies(linears, x)`` casts every weight and bias of a step's projections to the
-compute dtype at once, by one multi-tensor copy (``torch._foreach_copy_``), instead of one cast
-kernel per tensor (72 for MiniLM-L6); ``shared_input_linear`` then reads those copies.
-``plain_linears(module)`` says whether the nodes may stand in for a module's ``nn.Linear`` calls:
-they skip ``nn.Linear.__call__``, so a subclass, a hook (pruning's mask, for one) or a
-parametrization keeps the modules' own calls.
+``compute_copies(groups, x)`` casts the weights and biases of a step's projection groups to the
+compute dtype by one multi-tensor copy (``torch._foreach_copy_``) into stacked buffers, instead
+of one cast kernel per tensor, and makes the (1, M) ones that the bias gradients read; the nodes
+then read those. ``plain_linears(module)`` says whether the nodes may stand in for a module's
+``nn.Linear`` calls: they skip ``nn.Linear.__call__``, so a subclass, a hook (pruning's mask, for
+one) or a parametrization keeps the modules' own calls.
 
-The node's backward runs once: a second derivative (``create_graph=True``) raises.
+Under ``torch.compile`` the backward's GEMMs run as one opaque operator
+(``minbert::linear_grads``), so that inductor neither re-derives them nor casts their fp32
+outputs. The node's backward runs once: a second derivative (``create_graph=True``) raises.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -43,98 +50,154 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, acc: torch.Tensor | None = None) -> torch.Tensor:
-    """acc + a @ b (acc None: a @ b), in ``out_dtype``: a, b (M, K), (K, N) of one dtype; acc
-    (M, N) in ``out_dtype``. Where the inputs have another dtype than ``out_dtype``, CUDA writes
-    the fp32-accumulated product in ``out_dtype`` (``out_dtype=``); elsewhere the inputs are cast."""
+def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """a @ b in ``out_dtype``: a (M, K), b (K, N) of one dtype. Where that is not ``out_dtype``,
+    CUDA writes the fp32-accumulated product in ``out_dtype`` (``out_dtype=``); elsewhere the
+    inputs are cast."""
     if a.dtype != out_dtype and a.is_cuda:
-        if acc is None:
-            return torch.mm(a, b, out_dtype=out_dtype)
-        return torch.addmm(acc, a, b, out_dtype=out_dtype)
-    a, b = a.to(out_dtype), b.to(out_dtype)
-    return torch.mm(a, b) if acc is None else torch.addmm(acc, a, b)
+        return torch.mm(a, b, out_dtype=out_dtype)
+    return torch.mm(a.to(out_dtype), b.to(out_dtype))
 
 
-class _SharedInputLinear(torch.autograd.Function):
-    """Several linear projections of one input; see the module docstring.
+class Copies(NamedTuple):
+    """What :func:`compute_copies` gives the nodes of one forward."""
 
-    forward(x (..., K), compute dtype, copies, n, W_1 (N_1, K), ..., W_n, b_1 (N_1,) or None, ...,
-    b_n) -> n outputs (..., N_i) in the compute dtype. ``copies``: the weights and biases already
-    in the compute dtype (see :func:`compute_copies`), or None to cast them here. An output that
-    no loss reads gives its parameters no gradient (None), as with ``F.linear``.
+    stacked: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]]  # group key -> (W, b)
+    ones: torch.Tensor | None  # (1, M) in the compute dtype: the bias gradients' 1^T
+
+
+def group_key(linears: tuple[nn.Linear, ...]) -> tuple[int, ...]:
+    """The key of a projection group in :attr:`Copies.stacked` (its weights' ids)."""
+    return tuple(id(m.weight) for m in linears)
+
+
+def linear_grads(
+    x2: torch.Tensor, g: torch.Tensor, w: torch.Tensor, ones: torch.Tensor, dx_dtype: torch.dtype,
+    w_dtype: torch.dtype, asks: list[bool],
+) -> list[torch.Tensor]:
+    """The products of :func:`fused_linear`'s backward: x2 (M, K), g (M, N), w (N, K) and ones
+    (1, M) in the compute dtype; ``asks``: [dx, dW, db] wanted. Returns those asked for, in that
+    order: dx = g W (M, K) in ``dx_dtype``; dW = g^T x2 (N, K) and db = 1^T g (N,) in
+    ``w_dtype``."""
+    out = [_mm(g, w, dx_dtype)] if asks[0] else []
+    if asks[1]:
+        out.append(_mm(g.t(), x2, w_dtype))
+    if asks[2]:
+        out.append(_mm(ones, g, w_dtype)[0])
+    return out
+
+
+linear_grads_op = torch.library.custom_op("minbert::linear_grads", linear_grads, mutates_args=())
+
+
+@linear_grads_op.register_fake
+def _(x2, g, w, ones, dx_dtype, w_dtype, asks):  # noqa: ANN001, ANN202
+    shapes = [(x2.shape, dx_dtype), (w.shape, w_dtype), ((w.shape[0],), w_dtype)]
+    return [x2.new_empty(s, dtype=d) for (s, d), a in zip(shapes, asks, strict=True) if a]
+
+
+class _FusedLinear(torch.autograd.Function):
+    """Projections of one input as one node; see the module docstring.
+
+    forward(x (..., K), compute dtype, stacked (W, b) in the compute dtype or None (cast and
+    stack here), ones (1, M) or None, n, W_1 (N_1, K), ..., W_n, b_1 (N_1,) or None, ..., b_n)
+    -> (..., sum N_i) in the compute dtype. Biases are all given or all None.
     """
 
     @staticmethod
     def forward(  # noqa: ANN205
         ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dtype: torch.dtype,
-        copies: dict[int, torch.Tensor] | None, n: int, *params: torch.Tensor | None,
+        stacked: tuple[torch.Tensor, torch.Tensor | None] | None, ones: torch.Tensor | None, n: int,
+        *params: torch.Tensor | None,
     ):
         weights, biases = params[:n], params[n:]
         M, K = math.prod(x.shape[:-1]), x.shape[-1]
         x2 = x.reshape(M, K).to(dtype)  # (M, K), cast once
-        if copies:
-            ws, bs = [copies[id(w)] for w in weights], [None if b is None else copies[id(b)] for b in biases]
+        if stacked is None:
+            w = torch.cat([p.to(dtype) for p in weights])  # (N, K)
+            b = None if biases[0] is None else torch.cat([p.to(dtype) for p in biases])  # (N,)
         else:
-            ws, bs = [w.to(dtype) for w in weights], [None if b is None else b.to(dtype) for b in biases]
-        outs = []
-        for w, b in zip(ws, bs, strict=True):
-            y = None if x.dim() == 2 else x2.new_empty(*x.shape[:-1], w.shape[0])  # (..., N_i)
-            y2 = None if y is None else y.view(M, w.shape[0])  # written through: no output is a view
-            y2 = torch.mm(x2, w.t(), out=y2) if b is None else torch.addmm(b, x2, w.t(), out=y2)  # (M, N_i)
-            outs.append(y2 if y is None else y)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x2, *ws)
-        ctx.meta = (x.shape, x.dtype, [w.dtype for w in weights], [b is not None for b in biases])
-        return tuple(outs)
+            w, b = stacked
+        y = x2.new_empty(*x.shape[:-1], w.shape[0])  # (..., N): written through, so that it is no view
+        y2 = y.view(M, w.shape[0])
+        torch.mm(x2, w.t(), out=y2) if b is None else torch.addmm(b, x2, w.t(), out=y2)  # (M, N)
+        ctx.save_for_backward(x2, w, ones)
+        ctx.meta = (x.shape, x.dtype, weights[0].dtype, [p.shape[0] for p in weights], biases[0] is not None)
+        return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor | None):  # noqa: ANN205
-        x2, *ws = ctx.saved_tensors
-        x_shape, x_dtype, w_dtypes, has_bias = ctx.meta
-        n, M = len(ws), x2.shape[0]
-        need = ctx.needs_input_grad
-        gs = [None if g is None else g.reshape(M, w.shape[0]).to(x2.dtype) for g, w in zip(grads, ws, strict=True)]
-        dx = None
-        if need[0]:
-            for g, w in zip(gs, ws, strict=True):
-                dx = dx if g is None else _mm(g, w, x_dtype, dx)  # (M, K): sum_i g_i W_i
-            dx = None if dx is None else dx.view(x_shape)
-        dws, dbs = [], []
-        ones = x2.new_ones(1, M) if any(need[4 + n + i] for i in range(n)) else None
-        for i, (g, w_dtype) in enumerate(zip(gs, w_dtypes, strict=True)):
-            dws.append(_mm(g.t(), x2, w_dtype) if need[4 + i] and g is not None else None)  # (N_i, K)
-            db = _mm(ones, g, w_dtype)[0] if has_bias[i] and need[4 + n + i] and g is not None else None  # (N_i,)
-            dbs.append(db)
-        return (dx, None, None, None, *dws, *dbs)
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor):  # noqa: ANN205
+        x2, w, ones = ctx.saved_tensors
+        x_shape, x_dtype, w_dtype, sizes, has_bias = ctx.meta
+        n, need = len(sizes), ctx.needs_input_grad
+        need_w, need_b = any(need[5 : 5 + n]), has_bias and any(need[5 + n :])
+        g2 = g.reshape(-1, w.shape[0]).to(x2.dtype)  # (M, N)
+        if need_b and ones is None:
+            ones = x2.new_ones(1, x2.shape[0])
+        # compiled: one opaque operator, so that inductor keeps the fp32 outputs of the GEMMs
+        products = linear_grads_op if torch.compiler.is_compiling() else linear_grads
+        out = iter(products(x2, g2, w, x2 if ones is None else ones, x_dtype, w_dtype, [need[0], need_w, need_b]))
+        dx = next(out).view(x_shape) if need[0] else None
+        dws = next(out).split(sizes) if need_w else [None] * n  # row blocks: views, no copies
+        dbs = next(out).split(sizes) if need_b else [None] * n
+        dws = [d if need[5 + i] else None for i, d in enumerate(dws)]
+        dbs = [d if has_bias and need[5 + n + i] else None for i, d in enumerate(dbs)]
+        return (dx, None, None, None, None, *dws, *dbs)
 
 
-def shared_input_linear(
-    x: torch.Tensor, linears: tuple[nn.Linear, ...], copies: dict[int, torch.Tensor] | None = None
-) -> tuple[torch.Tensor, ...]:
-    """``tuple(F.linear(x, m.weight, m.bias) for m in linears)`` as one autograd node (see the
-    module docstring): x (..., K) -> each (..., m.out_features), in the compute dtype (autocast's,
-    else the weights'). ``copies``: :func:`compute_copies` of these linears (or more), whose
-    tensors the forward reads instead of casting the parameters; the gradients go to the
-    parameters."""
-    weights = [m.weight for m in linears]
-    dtype = _compute_dtype(x, weights[0])
-    return _SharedInputLinear.apply(x, dtype, copies, len(linears), *weights, *[m.bias for m in linears])
+def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], copies: Copies | None = None) -> torch.Tensor:
+    """``torch.cat([F.linear(x, m.weight, m.bias) for m in linears], -1)`` as one autograd node
+    (see the module docstring): x (..., K) -> (..., sum m.out_features), in the compute dtype
+    (autocast's, else the weights'). ``copies``: :func:`compute_copies` of a list of groups that
+    holds this one, whose stacked tensors the forward reads instead of casting the parameters;
+    the gradients go to the parameters.
+
+    Raises:
+        ValueError: some of the linears have a bias and some have none."""
+    weights, biases = [m.weight for m in linears], [m.bias for m in linears]
+    if len({b is None for b in biases}) > 1:
+        raise ValueError("fused_linear needs a bias in every linear or in none")
+    stacked, ones = (None, None) if copies is None else (copies.stacked.get(group_key(linears)), copies.ones)
+    return _FusedLinear.apply(x, _compute_dtype(x, weights[0]), stacked, ones, len(linears), *weights, *biases)
 
 
-def compute_copies(linears: list[nn.Linear], x: torch.Tensor) -> dict[int, torch.Tensor]:
-    """The weights and biases of ``linears`` in the compute dtype of input ``x`` (autocast's on
-    x's device, else the weights'), keyed by ``id(parameter)``, cast by one multi-tensor copy
-    (``torch._foreach_copy_``); empty where they are in that dtype already. Detached: the
-    gradients of :func:`shared_input_linear` go to the parameters themselves. The keys hold
-    while the modules keep their parameters (see :func:`plain_linears`)."""
-    params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
+def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copies:
+    """The weights and biases of each group of ``linears`` stacked in the compute dtype of input
+    ``x`` (autocast's on x's device, else the weights'), keyed by :func:`group_key`, written by one
+    multi-tensor copy (``torch._foreach_copy_``) into one buffer; none where the weights are in
+    that dtype already (the nodes then stack them themselves). Also the (1, M) ones of the bias
+    gradients, M the rows of x (..., K). Detached: the gradients of :func:`fused_linear` go to the
+    parameters themselves. The keys hold while the modules keep their parameters (see
+    :func:`plain_linears`).
+
+    Raises:
+        ValueError: a group where some linears have a bias and some have none."""
+    if any(len({m.bias is None for m in grp}) > 1 for grp in groups):
+        raise ValueError("compute_copies needs a bias in every linear of a group or in none")
+    params = [p for grp in groups for p in [m.weight for m in grp] + [m.bias for m in grp] if p is not None]
     dtype = _compute_dtype(x, params[0])
+    ones = x.new_ones(1, math.prod(x.shape[:-1]), dtype=dtype)
     if all(p.dtype == dtype for p in params):
-        return {}
-    copies = [torch.empty_like(p, dtype=dtype) for p in params]
-    torch._foreach_copy_(copies, [p.detach() for p in params])
-    return {id(p): c for p, c in zip(params, copies, strict=True)}
+        return Copies({}, ones)
+    if torch.compiler.is_compiling():  # one fused cast-and-stack kernel per tensor group (inductor's cat)
+        return Copies({group_key(grp): (torch.cat([m.weight.detach().to(dtype) for m in grp]),
+                                        None if grp[0].bias is None else
+                                        torch.cat([m.bias.detach().to(dtype) for m in grp])) for grp in groups}, ones)
+    # eager: one multi-tensor copy into one buffer (compiled, copies into views of a buffer would be
+    # functionalized into scatters of the whole buffer)
+    buf = x.new_empty(sum(p.numel() for p in params), dtype=dtype)  # each group's W_1..W_n, then b_1..b_n
+    dst = [v.view(p.shape) for v, p in zip(buf.split([p.numel() for p in params]), params, strict=True)]
+    torch._foreach_copy_(dst, [p.detach() for p in params])
+    stacked, at = {}, 0
+    for grp in groups:
+        N, K = sum(m.out_features for m in grp), grp[0].in_features
+        w = buf[at : at + N * K].view(N, K)  # (N, K)
+        at += N * K
+        b = None if grp[0].bias is None else buf[at : at + N]  # (N,)
+        at += 0 if b is None else N
+        stacked[group_key(grp)] = (w, b)
+    return Copies(stacked, ones)
 
 
 def plain_linears(module: nn.Module) -> list[nn.Linear] | None:
