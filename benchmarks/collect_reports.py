@@ -35,6 +35,11 @@ Inputs (see reports/bench/README.md for the commands that made them):
   bench/s13/                        fewer kernels per step: s13-call1 to s13-call4 (CUDA tests; profile_train.py
                                     and e2e.py against the previous commit, an empty Triton cache per run;
                                     s13-call2 embedding_backward.py) (device-scripts/s13-call*.sh)
+  bench/s14/                        fused_linear: s14-call1 (profile_step.py, the s13 step), s14-call2 (the
+                                    nodes under compile, one GEMM per projection: train_step.py, profile_step.py),
+                                    s14-call3 (CUDA tests; a slow machine, see bench/README.md), s14-call4
+                                    (train_step.py, bert-base b32: this version with the peer, s14-call2's
+                                    version, this version again) (device-scripts/s14-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -76,7 +81,9 @@ def ratios(records: list[dict]) -> list[dict]:
 
 def packed_records() -> list[dict]:
     """The packed train-step records and their peers, the latest run first where several measured
-    one (the others go to ``earlier``): s10-call3's and s10-call2's JSON files (varlen_kernel auto:
+    one (the others go to ``earlier``): s14-call4's bert-base batch 32 (fused_linear, this version)
+    and s14-call2's (the s13 step; its ``-nodes`` record, an intermediate version, is left out),
+    s10-call3's and s10-call2's JSON files (varlen_kernel auto:
     our Triton kernel where attention dropout is on; their ``minbert-packed-compile-triton`` names it
     explicitly and is listed as ``minbert-packed-compile``), s10-call1's (its
     ``minbert-packed-compile-flash`` stays as it is), s9-call4's and s9-call3's JSON files (s9-call3's
@@ -93,6 +100,10 @@ def packed_records() -> list[dict]:
             {**{k: rec[k] for k in KEYS if k in rec}, "source": f"reports/bench/{source}"})
         seen.add(key)
 
+    for name in ("s14-call4-ts-bert-base-b32.json", "s14-call2-ts-bert-base-b32.json"):  # fused_linear; s13's step
+        for rec in json.loads((BENCH / "s14" / name).read_text())["records"]:
+            if not rec["impl"].endswith("-nodes"):  # s14-call2's intermediate version (bench/README.md)
+                add(rec, f"s14/{name}")
     for call in ("s10-call3", "s10-call2", "s10-call1"):  # varlen_kernel auto: triton when training
         for f in sorted((BENCH / "s10").glob(f"{call}-ts-*.json")):
             for rec in json.loads(f.read_text())["records"]:
