@@ -215,20 +215,19 @@ class BertLayer(nn.Module):
 
     def projection_groups(self) -> list[tuple[nn.Linear, ...]]:
         """The layer's projections, grouped by the input they share (train_ops' nodes)."""
-        proj = self.attention.self
-        return [(proj.query, proj.key, proj.value), (self.attention.output.dense,), (self.intermediate.dense,),
-                (self.output.dense,)]
+        a, q = self.attention, self.attention.self
+        return [(q.query, q.key, q.value), (a.output.dense,), (self.intermediate.dense,), (self.output.dense,)]
 
     def _qkv(self, x: torch.Tensor, copies: Copies | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The query, key and value projections of x (..., C), each (..., C); with ``copies``
         (:func:`minbert.model.train_ops.compute_copies`), one GEMM on the stacked weights
         (..., 3C), split into views."""
         proj = self.attention.self
-        if proj.qkv is not None:  # fused for inference (BertSelfAttention.fuse_qkv)
-            return proj.qkv(x).split(x.shape[-1], dim=-1)
-        if copies is not None:
-            return fused_linear(x, (proj.query, proj.key, proj.value), copies).split(x.shape[-1], dim=-1)
-        return proj.query(x), proj.key(x), proj.value(x)
+        if proj.qkv is None and copies is None:
+            return proj.query(x), proj.key(x), proj.value(x)
+        # fused for inference (BertSelfAttention.fuse_qkv), or train_ops' node: (..., 3C)
+        y = proj.qkv(x) if proj.qkv is not None else fused_linear(x, (proj.query, proj.key, proj.value), copies)
+        return y.split(x.shape[-1], dim=-1)
 
     def _ffn(self, y: torch.Tensor, x: torch.Tensor, copies: Copies | None = None) -> torch.Tensor:
         """The rest of the layer after attention: y, x (..., H) -> (..., H)."""
@@ -463,10 +462,8 @@ class BertModel(nn.Module):
                 f"max_seqlen {packed.max_seqlen} > max_position_embeddings {self.config.max_position_embeddings}"
             )
         x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
-        # training with plain nn.Linear: train_ops' nodes, the weights cast by one copy
-        nodes = torch.is_grad_enabled() and plain_linears(self.encoder) is not None
-        groups = [grp for layer in self.encoder.layer for grp in layer.projection_groups()]
-        copies = compute_copies(groups, x) if nodes else None
+        nodes = torch.is_grad_enabled() and plain_linears(self.encoder) is not None  # training: train_ops' nodes
+        copies = compute_copies(sum((lay.projection_groups() for lay in self.encoder.layer), []), x) if nodes else None
         for layer in self.encoder.layer:
             x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen, copies)
         first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]
