@@ -12,7 +12,7 @@ from torch import nn
 
 from minbert.model.bert import BertConfig, BertModel
 from minbert.model.packing import pack
-from minbert.model.train_ops import compute_copies, fused_linear, linear_grads_op, plain_linears
+from minbert.model.train_ops import compute_copies, fused_linear, linear_grads_op, plain_groups
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -224,16 +224,42 @@ def test_the_compiled_packed_step_gives_the_eager_gradients():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_the_packed_forward_keeps_the_modules_own_calls_where_a_linear_is_hooked_or_parametrized():
-    model = small_bert()
+def groups_of(model):
+    return sum((layer.projection_groups() for layer in model.encoder.layer), [])
+
+
+def batch():
     ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
     mask = (ids > 0).long()
-    packed = pack(ids, mask, torch.zeros_like(ids), multiple_of=4)
-    assert len(plain_linears(model.encoder)) == 12
+    return ids, mask, pack(ids, mask, torch.zeros_like(ids), multiple_of=4)
+
+
+def packed_equals_padded(model, autocast=None):
+    """The packed forward with gradients on (train_ops' nodes where they may run) equals the
+    padded one on the real tokens, and so do the gradients of the same loss."""
+    ids, mask, packed = batch()
+    real = mask.bool()
+    results = []
+    padded, packed_fn = lambda: model(ids, mask).last_hidden_state[real], lambda: model.forward_packed(packed)
+    for fn in (padded, lambda: packed_fn().last_hidden_state[:5]):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            out = fn().float()
+        out.pow(2).sum().backward()
+        results.append([out.detach()] + [q.grad for q in model.parameters() if q.requires_grad])
+    for a, b in zip(*results, strict=True):
+        tol = 2e-2 if autocast else 1e-5
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_the_packed_forward_keeps_the_modules_own_calls_where_a_linear_is_hooked_or_parametrized():
+    model = small_bert()
+    ids, mask, packed = batch()
+    assert plain_groups(groups_of(model)) and len(groups_of(model)) == 8
     query = model.encoder.layer[0].attention.self.query
     calls = []
     handle = query.register_forward_hook(lambda m, i, o: calls.append(o.shape))
-    assert plain_linears(model.encoder) is None
+    assert not plain_groups(groups_of(model))
     model.forward_packed(packed).last_hidden_state.sum().backward()
     assert calls == [torch.Size([packed.input_ids.shape[0], 16])]  # nn.Linear.__call__ ran, with its hook
     handle.remove()
@@ -246,7 +272,109 @@ def test_the_packed_forward_keeps_the_modules_own_calls_where_a_linear_is_hooked
     with torch.no_grad():
         query.weight.mul_(0.5)
     nn.utils.parametrize.register_parametrization(query, "weight", Double())
-    assert plain_linears(model.encoder) is None
+    assert not plain_groups(groups_of(model))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the weight copies would be keyed by a stale tensor
         model.forward_packed(packed)
     torch.testing.assert_close(model.forward_packed(packed).last_hidden_state.detach(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("kind", ["backward", "backward_pre", "global_forward", "global_backward"])
+def test_backward_and_global_module_hooks_still_fire_in_the_packed_step(kind):
+    model = small_bert()
+    value = model.encoder.layer[1].attention.self.value
+    fired = []
+    register = {"backward": lambda f: value.register_full_backward_hook(lambda *a: fired.append(1)),
+                "backward_pre": lambda f: value.register_full_backward_pre_hook(lambda *a: fired.append(1)),
+                "global_forward": nn.modules.module.register_module_forward_hook,
+                "global_backward": nn.modules.module.register_module_full_backward_hook}[kind]
+    handle = register(lambda m, *a: fired.append(1) if m is value else None)
+    try:
+        assert not plain_groups(groups_of(model))
+        model.forward_packed(batch()[2]).last_hidden_state.sum().backward()
+    finally:
+        handle.remove()
+    assert fired
+    assert plain_groups(groups_of(model))
+
+
+class LoraLinear(nn.Module):
+    """A LoRA adapter as peft builds one: a module (no nn.Linear) around the base layer that shows
+    its weight and bias."""
+
+    def __init__(self, base: nn.Linear, r: int = 4):
+        super().__init__()
+        self.base_layer, self.in_features, self.out_features = base, base.in_features, base.out_features
+        self.lora_A = nn.Linear(base.in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False)
+        nn.init.normal_(self.lora_B.weight)
+
+    weight = property(lambda self: self.base_layer.weight)
+    bias = property(lambda self: self.base_layer.bias)
+
+    def forward(self, x):
+        return self.base_layer(x) + self.lora_B(self.lora_A(x))
+
+
+def test_a_wrapped_projection_such_as_a_lora_adapter_keeps_its_own_call():
+    model = small_bert()
+    for layer in model.encoder.layer:
+        layer.attention.self.query = LoraLinear(layer.attention.self.query)
+    for name, q in model.named_parameters():
+        q.requires_grad_("lora_" in name)
+    assert not plain_groups(groups_of(model))
+    packed_equals_padded(model)
+    assert all(q.grad is not None for n, q in model.named_parameters() if "lora_" in n)
+
+
+def test_a_weight_tied_across_layers_with_separate_biases_reads_its_own_bias():
+    model = small_bert()
+    first, second = (layer.attention.output.dense for layer in model.encoder.layer)
+    second.weight = first.weight
+    with torch.no_grad():
+        first.bias.normal_()
+        second.bias.normal_()
+    packed_equals_padded(model, autocast=torch.bfloat16)
+
+
+def test_the_packed_step_of_a_model_with_fused_qkv_uses_the_fused_projection():
+    model = small_bert()
+    ids, mask, packed = batch()
+    want = model(ids, mask).last_hidden_state[mask.bool()].detach()
+    for layer in model.encoder.layer:
+        layer.attention.self.fuse_qkv()
+    assert not plain_groups(groups_of(model))
+    got = model.forward_packed(packed).last_hidden_state[:5]
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_func_and_forward_mode_ad_run_through_the_modules_own_calls():
+    model = small_bert()
+    _, _, packed = batch()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def packed_loss(ps):
+        with torch.nn.utils.stateless._reparametrize_module(model, ps):
+            return model.forward_packed(packed).last_hidden_state.pow(2).sum()
+
+    grads = torch.func.grad(packed_loss)(params)
+    model.zero_grad(set_to_none=True)
+    model.forward_packed(packed).last_hidden_state.pow(2).sum().backward()
+    for name, q in model.named_parameters():  # the pooler is not in the loss: no gradient, or zeros
+        torch.testing.assert_close(grads[name], torch.zeros_like(q) if q.grad is None else q.grad, rtol=1e-5, atol=1e-6)
+    w = model.encoder.layer[0].attention.self.query.weight
+    tangent = torch.randn_like(w)
+    _, jvp = torch.func.jvp(lambda W: (packed_loss({**params, "encoder.layer.0.attention.self.query.weight": W}),),
+                            (w.detach(),), (tangent,))
+    eps = 1e-3
+    plus = packed_loss({**params, "encoder.layer.0.attention.self.query.weight": w.detach() + eps * tangent})
+    minus = packed_loss({**params, "encoder.layer.0.attention.self.query.weight": w.detach() - eps * tangent})
+    torch.testing.assert_close(jvp[0], (plus - minus) / (2 * eps), rtol=1e-2, atol=1e-3)
+
+
+def test_a_group_of_no_output_features_gives_what_f_linear_gives():
+    ms = linears((0,), 4, torch.float64, "cpu")
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    (o0, g0), (o1, g1) = grads_of(reference, x, ms), grads_of(fused_linear, x, ms)
+    for a, b in zip(o1 + g1, o0 + g0, strict=True):
+        torch.testing.assert_close(a, b)

@@ -46,7 +46,7 @@ from ..config import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
 from .packing import PackedBatch, segment_ids
-from .train_ops import Copies, compute_copies, fused_linear, plain_linears
+from .train_ops import Copies, compute_copies, fused_linear, plain_groups
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ class BertLayer(nn.Module):
     def projection_groups(self) -> list[tuple[nn.Linear, ...]]:
         """The layer's projections, grouped by the input they share (train_ops' nodes)."""
         a, q = self.attention, self.attention.self
-        return [(q.query, q.key, q.value), (a.output.dense,), (self.intermediate.dense,), (self.output.dense,)]
+        qkv = tuple(getattr(q, n, None) for n in ("query", "key", "value"))  # None: gone (fuse_qkv)
+        return [qkv, (a.output.dense,), (self.intermediate.dense,), (self.output.dense,)]
 
     def _qkv(self, x: torch.Tensor, copies: Copies | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The query, key and value projections of x (..., C), each (..., C); with ``copies``
@@ -450,8 +451,7 @@ class BertModel(nn.Module):
 
         Returns :class:`BertOutput` with ``last_hidden_state`` (N, H), the packed tokens' states
         (filler included), and ``pooler_output`` (num_real, H), tanh(W h + b) of each real
-        sequence's first token ([CLS]). Equal to :meth:`forward` on the same sequences padded,
-        token for token.
+        sequence's first token ([CLS]). Equal to :meth:`forward` on the same sequences padded.
 
         Raises:
             ValueError: ``max_seqlen`` > ``max_position_embeddings``.
@@ -462,8 +462,8 @@ class BertModel(nn.Module):
                 f"max_seqlen {packed.max_seqlen} > max_position_embeddings {self.config.max_position_embeddings}"
             )
         x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
-        nodes = torch.is_grad_enabled() and plain_linears(self.encoder) is not None  # training: train_ops' nodes
-        copies = compute_copies(sum((lay.projection_groups() for lay in self.encoder.layer), []), x) if nodes else None
+        groups = sum((lay.projection_groups() for lay in self.encoder.layer), [])  # training: train_ops' nodes
+        copies = compute_copies(groups, x) if torch.is_grad_enabled() and plain_groups(groups) else None
         for layer in self.encoder.layer:
             x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen, copies)
         first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]

@@ -21,9 +21,10 @@ order of float additions (tests/test_train_ops.py).
 ``compute_copies(groups, x)`` casts the weights and biases of a step's projection groups to the
 compute dtype by one multi-tensor copy (``torch._foreach_copy_``) into stacked buffers, instead
 of one cast kernel per tensor, and makes the (1, M) ones that the bias gradients read; the nodes
-then read those. ``plain_linears(module)`` says whether the nodes may stand in for a module's
-``nn.Linear`` calls: they skip ``nn.Linear.__call__``, so a subclass, a hook (pruning's mask, for
-one) or a parametrization keeps the modules' own calls.
+then read those. ``plain_groups(groups)`` says whether the nodes may stand in for the modules'
+``nn.Linear`` calls: they skip ``nn.Linear.__call__``, so a subclass or wrapper (a LoRA adapter),
+a hook (pruning's mask, for one) or a parametrization keeps the modules' own calls, as do
+``torch.func`` transforms and forward-mode AD, which the node does not implement.
 
 Under ``torch.compile`` the backward's GEMMs run as one opaque operator
 (``minbert::linear_grads``), so that inductor neither re-derives them nor casts their fp32
@@ -37,7 +38,9 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
+from torch.nn.modules import module
 from torch.nn.utils import parametrize
 
 
@@ -67,8 +70,9 @@ class Copies(NamedTuple):
 
 
 def group_key(linears: tuple[nn.Linear, ...]) -> tuple[int, ...]:
-    """The key of a projection group in :attr:`Copies.stacked` (its weights' ids)."""
-    return tuple(id(m.weight) for m in linears)
+    """The key of a projection group in :attr:`Copies.stacked`: its weights' and biases' ids (a
+    weight may be tied across groups whose biases differ)."""
+    return tuple(id(p) for m in linears for p in (m.weight, m.bias))
 
 
 def linear_grads(
@@ -113,9 +117,10 @@ class _FusedLinear(torch.autograd.Function):
         weights, biases = params[:n], params[n:]
         M, K = math.prod(x.shape[:-1]), x.shape[-1]
         x2 = x.reshape(M, K).to(dtype)  # (M, K), cast once
-        if stacked is None:
-            w = torch.cat([p.to(dtype) for p in weights])  # (N, K)
-            b = None if biases[0] is None else torch.cat([p.to(dtype) for p in biases])  # (N,)
+        if stacked is None:  # one linear in its dtype: no copy
+            w = weights[0].to(dtype) if n == 1 else torch.cat([p.to(dtype) for p in weights])  # (N, K)
+            b = biases[0] if biases[0] is None or n == 1 else torch.cat(biases)
+            b = None if b is None else b.to(dtype)  # (N,)
         else:
             w, b = stacked
         y = x2.new_empty(*x.shape[:-1], w.shape[0])  # (..., N): written through, so that it is no view
@@ -132,7 +137,7 @@ class _FusedLinear(torch.autograd.Function):
         x_shape, x_dtype, w_dtype, sizes, has_bias = ctx.meta
         n, need = len(sizes), ctx.needs_input_grad
         need_w, need_b = any(need[5 : 5 + n]), has_bias and any(need[5 + n :])
-        g2 = g.reshape(-1, w.shape[0]).to(x2.dtype)  # (M, N)
+        g2 = g.reshape(x2.shape[0], w.shape[0]).to(x2.dtype)  # (M, N)
         if need_b and ones is None:
             ones = x2.new_ones(1, x2.shape[0])
         # compiled: one opaque operator, so that inductor keeps the fp32 outputs of the GEMMs
@@ -169,7 +174,7 @@ def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copi
     that dtype already (the nodes then stack them themselves). Also the (1, M) ones of the bias
     gradients, M the rows of x (..., K). Detached: the gradients of :func:`fused_linear` go to the
     parameters themselves. The keys hold while the modules keep their parameters (see
-    :func:`plain_linears`).
+    :func:`plain_groups`).
 
     Raises:
         ValueError: a group where some linears have a bias and some have none."""
@@ -200,14 +205,21 @@ def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copi
     return Copies(stacked, ones)
 
 
-def plain_linears(module: nn.Module) -> list[nn.Linear] | None:
-    """The ``nn.Linear`` modules below ``module``, where every one is plain: no subclass, forward
-    hook, forward pre-hook (as pruning's mask) or parametrization, whose effect the nodes would
-    skip (a parametrized weight is also a new tensor at every access); None where any is not."""
-    out = []
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            if type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks or parametrize.is_parametrized(m):
-                return None
-            out.append(m)
-    return out
+def plain_groups(groups: list[tuple[nn.Module | None, ...]]) -> bool:
+    """Whether :func:`fused_linear` may stand in for these modules' calls: it skips
+    ``nn.Linear.__call__``, so every module must be a plain ``nn.Linear`` (the type itself, not a
+    subclass or a wrapper such as a LoRA adapter), with no forward or backward hook of its own or
+    global, and no parametrization (a parametrized weight is also a new tensor at every access);
+    and no ``torch.func`` transform or forward-mode AD level may be active (the node has neither
+    ``setup_context`` nor ``jvp``). None in a group (a module that is gone) is not plain."""
+    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        return False
+    if any(getattr(module, h) for h in _GLOBAL_HOOKS):
+        return False
+    return all(type(m) is nn.Linear and not parametrize.is_parametrized(m)
+               and not any(getattr(m, h) for h in _MODULE_HOOKS) for grp in groups for m in grp)
+
+
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
