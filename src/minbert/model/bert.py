@@ -462,8 +462,8 @@ class BertModel(nn.Module):
                 f"max_seqlen {packed.max_seqlen} > max_position_embeddings {self.config.max_position_embeddings}"
             )
         x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
-        groups = sum((lay.projection_groups() for lay in self.encoder.layer), [])  # training: train_ops' nodes
-        copies = compute_copies(groups, x) if torch.is_grad_enabled() and plain_groups(groups) else None
+        groups = sum((lay.projection_groups() for lay in self.encoder.layer), []) if torch.is_grad_enabled() else []
+        copies = compute_copies(groups, x) if groups and plain_groups(groups) else None  # training: train_ops' nodes
         for layer in self.encoder.layer:
             x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen, copies)
         first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]

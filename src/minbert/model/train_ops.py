@@ -66,7 +66,7 @@ class Copies(NamedTuple):
     """What :func:`compute_copies` gives the nodes of one forward."""
 
     stacked: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]]  # group key -> (W, b)
-    ones: torch.Tensor | None  # (1, M) in the compute dtype: the bias gradients' 1^T
+    ones: torch.Tensor  # (1, M) in the compute dtype: the bias gradients' 1^T
 
 
 def group_key(linears: tuple[nn.Linear, ...]) -> tuple[int, ...]:
@@ -142,12 +142,13 @@ class _FusedLinear(torch.autograd.Function):
             ones = x2.new_ones(1, x2.shape[0])
         # compiled: one opaque operator, so that inductor keeps the fp32 outputs of the GEMMs
         products = linear_grads_op if torch.compiler.is_compiling() else linear_grads
-        out = iter(products(x2, g2, w, x2 if ones is None else ones, x_dtype, w_dtype, [need[0], need_w, need_b]))
+        ones = x2 if ones is None else ones  # x2 stands in where no bias gradient reads it
+        out = iter(products(x2, g2, w, ones, x_dtype, w_dtype, [need[0], need_w, need_b]))
         dx = next(out).view(x_shape) if need[0] else None
         dws = next(out).split(sizes) if need_w else [None] * n  # row blocks: views, no copies
         dbs = next(out).split(sizes) if need_b else [None] * n
         dws = [d if need[5 + i] else None for i, d in enumerate(dws)]
-        dbs = [d if has_bias and need[5 + n + i] else None for i, d in enumerate(dbs)]
+        dbs = [d if need[5 + n + i] else None for i, d in enumerate(dbs)]
         return (dx, None, None, None, None, *dws, *dbs)
 
 
@@ -185,12 +186,11 @@ def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copi
     ones = x.new_ones(1, math.prod(x.shape[:-1]), dtype=dtype)
     if all(p.dtype == dtype for p in params):
         return Copies({}, ones)
-    if torch.compiler.is_compiling():  # one fused cast-and-stack kernel per tensor group (inductor's cat)
+    if torch.compiler.is_compiling():  # inductor fuses each cat with its casts (the measured compiled step)
         return Copies({group_key(grp): (torch.cat([m.weight.detach().to(dtype) for m in grp]),
                                         None if grp[0].bias is None else
                                         torch.cat([m.bias.detach().to(dtype) for m in grp])) for grp in groups}, ones)
-    # eager: one multi-tensor copy into one buffer (compiled, copies into views of a buffer would be
-    # functionalized into scatters of the whole buffer)
+    # eager: one multi-tensor copy into one buffer, whose views are the stacked tensors
     buf = x.new_empty(sum(p.numel() for p in params), dtype=dtype)  # each group's W_1..W_n, then b_1..b_n
     dst = [v.view(p.shape) for v, p in zip(buf.split([p.numel() for p in params]), params, strict=True)]
     torch._foreach_copy_(dst, [p.detach() for p in params])
