@@ -31,15 +31,18 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     timed default run), s12-call2 to s12-call4 (CUDA tests; e2e.py against
                                     git f339081, an empty Triton cache per run; s12-call2 a phase-timed run)
                                     (device-scripts/s12-call*.sh)
-  bench/e2e_calls.json              which e2e.py runs of the s12 and s13 calls go into e2e_history.packed
+  bench/e2e_calls.json              which e2e.py runs of the s12 and later calls go into e2e_history.packed
   bench/s13/                        fewer kernels per step: s13-call1 to s13-call4 (CUDA tests; profile_train.py
                                     and e2e.py against the previous commit, an empty Triton cache per run;
                                     s13-call2 embedding_backward.py) (device-scripts/s13-call*.sh)
   bench/s14/                        fused_linear: s14-call1 (profile_step.py, the s13 step), s14-call2 (the
                                     nodes under compile, one GEMM per projection: train_step.py, profile_step.py),
-                                    s14-call3 (CUDA tests; a slow machine, see bench/README.md), s14-call4
+                                    s14-call3 (CUDA tests; the buffer-form copies, see bench/README.md), s14-call4
                                     (train_step.py, bert-base b32: this version with the peer, s14-call2's
                                     version, this version again) (device-scripts/s14-call*.sh)
+  bench/s15/                        variants of the compiled step's bias gradients and weight copies
+                                    (device-scripts/s15-call*.sh and .patch): train_step.py and
+                                    profile_step.py, bert-base b32; s15-call1's default end to end (e2e)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -312,8 +315,10 @@ def main() -> None:
     # the latest run of each preset, with Python's bytecode and matplotlib's font cache filled
     # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for every
     # run; the earlier versions' runs are in e2e_history.packed (s13-call1 to s13-call3: each change
-    # against its predecessor on one machine)
-    speed["e2e"] = {"default": e2e_runs("s13-call4-e2e-default-after.json", "s13", "-after"),
+    # against its predecessor on one machine; s13-call4's default). default: s15-call1 (fused_linear;
+    # that tree differed from the shipped one only in code that runs under torch.compile, which the
+    # presets leave off); best: s13-call4 (the version before fused_linear; not run since)
+    speed["e2e"] = {"default": e2e_runs("s15-call1-e2e-default-after.json", "s15", "-after"),
                     "best": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
     speed.update(profiles())
     speed["varlen_attention"] = varlen_attention()

@@ -76,3 +76,14 @@ pstep() {
     --batch 32 --impl $1 --top 60 --out $R/profile-$1.json > /dev/null 2> $R/profile-$1.log
   mark profile-$1 $?
 }
+# tsx NAME TREE [MIN_LEFT] [LIMIT]: our compiled packed step only, bert-base at batch 32, from TREE's
+# benchmarks/train_step.py (ts-NAME.json and .log); skipped with less than MIN_LEFT s left (70);
+# at most LIMIT s (110; 0: what is left but 3 s)
+tsx() {
+  local min=${3:-70} limit=${4:-110}
+  [ $(left) -lt $min ] && return
+  [ $limit -eq 0 ] && limit=$(( $(left) - 3 ))
+  timeout $limit python3 $2/benchmarks/train_step.py --data-dir $DATA --encoder $ENC --configs bert-base \
+    --batches 32 --n-batches 32 --warmup 32 --impls minbert-packed-compile --out $R/ts-$1.json 2> $R/ts-$1.log > /dev/null
+  mark ts-$1 $?
+}
