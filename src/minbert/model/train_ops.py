@@ -19,10 +19,11 @@ every product is the plain one: the gradients equal autograd's through ``F.linea
 order of float additions (tests/test_train_ops.py).
 
 ``compute_copies(groups, x)`` casts the weights and biases of a step's projection groups to the
-compute dtype by one multi-tensor copy (``torch._foreach_copy_``) into stacked buffers, instead
-of one cast kernel per tensor, and makes the (1, M) ones that the bias gradients read; the nodes
-then read those. ``plain_groups(groups)`` says whether the nodes may stand in for the modules'
-``nn.Linear`` calls: they skip ``nn.Linear.__call__``, so a subclass or wrapper (a LoRA adapter),
+compute dtype into stacked buffers, eager by one multi-tensor copy (``torch._foreach_copy_``)
+and compiled by one ``torch.cat`` per group, instead of one cast kernel per tensor, and makes
+the (1, M) ones that the bias gradients read; the nodes then read those.
+``plain_groups(groups)`` says whether the nodes may stand in for the modules' ``nn.Linear``
+calls: they skip ``nn.Linear.__call__``, so a subclass or wrapper (a LoRA adapter),
 a hook (pruning's mask, for one) or a parametrization keeps the modules' own calls, as do
 ``torch.func`` transforms and forward-mode AD, which the node does not implement.
 
@@ -171,7 +172,8 @@ def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], copies: Copies
 def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copies:
     """The weights and biases of each group of ``linears`` stacked in the compute dtype of input
     ``x`` (autocast's on x's device, else the weights'), keyed by :func:`group_key`, written by one
-    multi-tensor copy (``torch._foreach_copy_``) into one buffer; none where the weights are in
+    multi-tensor copy (``torch._foreach_copy_``) into one buffer (compiled: one ``torch.cat`` per
+    group); none where the weights are in
     that dtype already (the nodes then stack them themselves). Also the (1, M) ones of the bias
     gradients, M the rows of x (..., K). Detached: the gradients of :func:`fused_linear` go to the
     parameters themselves. The keys hold while the modules keep their parameters (see
