@@ -280,7 +280,7 @@ def _encoder_folders(tmp_path):
 
 
 def test_the_kernel_compile_children_start_where_training_may_launch_our_kernel(monkeypatch, tmp_path):
-    """child_args: two children (forward, backward) for CUDA, packed sdpa attention, with the
+    """child_args: three children (forward, backward-dq, backward-dkdv) for CUDA, packed sdpa attention, with the
     encoder, the run's encoder overrides and the autocast dtype; none elsewhere. start_early
     (before the device is known) starts them where train.device or a loaded NVIDIA driver says
     CUDA, on a machine's first process only, and leaves a bad setting to the run."""
@@ -295,7 +295,7 @@ def test_the_kernel_compile_children_start_where_training_may_launch_our_kernel(
         return load_config(None, [f"model.encoder={encoder}", *overrides])
 
     args = kc.child_args(cfg(), "cuda")
-    assert [a[-1] for a in args] == ["forward", "backward"]
+    assert [a[-1] for a in args] == ["forward", "backward-dq", "backward-dkdv"]
     assert args[0][:4] == [sys.executable, "-m", "minbert.model.varlen_triton", str(encoder)]
     assert json.loads(args[0][4]) == {"attn_implementation": "sdpa", "varlen_kernel": "auto"}
     assert args[0][5] == "bfloat16"
@@ -314,9 +314,9 @@ def test_the_kernel_compile_children_start_where_training_may_launch_our_kernel(
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert kc.start_early(cfg()) is None  # auto without a driver: the run decides on its device
     assert kc.start_early(cfg("train.device=cpu")) is None
-    assert kc.start_early(cfg("train.device=cuda")) == ["forward", "backward"]
+    assert kc.start_early(cfg("train.device=cuda")) == ["forward", "backward-dq", "backward-dkdv"]
     monkeypatch.setattr(kc, "nvidia_driver_loaded", lambda: True)
-    assert kc.start_early(cfg()) == ["forward", "backward"]
+    assert kc.start_early(cfg()) == ["forward", "backward-dq", "backward-dkdv"]
     assert started == args * 2
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert kc.start_early(cfg()) is None  # one cache per machine: local rank 0 compiles

@@ -167,5 +167,6 @@ def test_varlen_attention_routes_to_it_on_cuda_only():
 
 
 def test_compile_kernels_refuses_an_unknown_part():
-    with pytest.raises(ValueError, match="part must be 'forward', 'backward' or 'both', got 'sideways'"):
+    parts = "'forward', 'backward', 'backward-dq', 'backward-dkdv', 'both'"
+    with pytest.raises(ValueError, match=f"part must be one of {parts}, got 'sideways'"):
         compile_kernels(4, 32, 0.1, part="sideways")

@@ -237,6 +237,17 @@ def varlen_attention_bwd(
     cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward kernels: dO (N, nh, hs) and the forward's tensors -> (dq, dk, dv), each (N, nh, hs)."""
+    return _launch_bwd(do, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block)
+
+
+def _launch_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
+    kernels: tuple[str, ...] = ("dq", "dkdv"),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`varlen_attention_bwd`'s launches: the dq kernel (which also writes delta, the
+    row sums of dO * O that the dk/dv kernel reads) and the dk/dv kernel; ``kernels`` names the
+    ones to launch (:func:`compile_kernels` compiles one alone)."""
     N, nh, hs = q.shape
     do, q, k, v = _unit_last_stride(do, q, k, v)
     dq, dk, dv = (torch.empty((N, nh, hs), dtype=q.dtype, device=q.device) for _ in range(3))
@@ -244,11 +255,13 @@ def varlen_attention_bwd(
     grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=drop_thr > 0)
-    _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride,
-                         *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
-                         dq.stride(0), dq.stride(1), **meta)
-    _bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride,
-                           *strides, do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), **meta)
+    if "dq" in kernels:
+        _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, drop_thr, keep_scale, N,
+                             stride, *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
+                             dq.stride(0), dq.stride(1), **meta)
+    if "dkdv" in kernels:
+        _bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale, N,
+                               stride, *strides, do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), **meta)
     return dq, dk, dv
 
 
@@ -304,28 +317,35 @@ def triton_varlen_attention(
     return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block)[0]
 
 
+PARTS = {"forward": ("fwd",), "backward": ("dq", "dkdv"), "backward-dq": ("dq",), "backward-dkdv": ("dkdv",),
+         "both": ("fwd", "dq", "dkdv")}  # compile_kernels' parts: the kernels each compiles
+
+
 def compile_kernels(
     nh: int, hs: int, dropout_p: float, dtype: torch.dtype = torch.bfloat16, part: str = "both"
 ) -> None:
     """Compile the kernels that training with (nh heads of size hs, ``dropout_p``, ``dtype``)
     launches, or load them from Triton's cache (``TRITON_CACHE_DIR``, by default
-    ``~/.triton/cache``): the ``forward`` kernel, the two ``backward`` kernels, or ``both``, run
-    once on a tiny batch of contiguous (N, nh, hs) tensors, the layout the encoder passes, so
-    that the compiled variants are the ones a run looks up. Needs CUDA.
+    ``~/.triton/cache``): the ``forward`` kernel, the two ``backward`` kernels, one of them
+    (``backward-dq``, ``backward-dkdv``: a process compiles its kernels one after the other, so
+    that two processes compile the two at once), or ``both`` (all three), each run once on a tiny batch of
+    contiguous (N, nh, hs) tensors, the layout the encoder passes, so that the compiled variants
+    are the ones a run looks up. Needs CUDA.
 
     Raises:
-        ValueError: an unknown ``part``.
+        ValueError: an unknown ``part`` (not a key of :data:`PARTS`).
     """
-    if part not in ("forward", "backward", "both"):
-        raise ValueError(f"part must be 'forward', 'backward' or 'both', got {part!r}")
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(map(repr, PARTS))}, got {part!r}")
+    kernels = PARTS[part]
     q, k, v, out, do = (torch.randn(64, nh, hs, device="cuda", dtype=dtype) for _ in range(5))
     cu_seqlens = torch.tensor([0, 25, 64], dtype=torch.int32, device="cuda")
     seed = torch.randint(0, 2**62, (1,), device="cuda")
-    if part != "backward":
+    if "fwd" in kernels:
         varlen_attention_fwd(q, k, v, cu_seqlens, 64, dropout_p, seed, BLOCK)
-    if part != "forward":
+    if "dq" in kernels or "dkdv" in kernels:
         lse = torch.randn(nh, 64, device="cuda")
-        varlen_attention_bwd(do, q, k, v, out, lse, cu_seqlens, 64, dropout_p, seed, BLOCK)
+        _launch_bwd(do, q, k, v, out, lse, cu_seqlens, 64, dropout_p, seed, BLOCK, kernels)
     torch.cuda.synchronize()
 
 

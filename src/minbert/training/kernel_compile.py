@@ -2,11 +2,12 @@
 
 Triton compiles a kernel at its first launch, in Python: about 2 to 4 s of a first run's epoch 1
 (``docs/performance.md``). Where training may launch our kernel (packed ``sdpa`` attention on
-CUDA), :func:`start_kernel_compile` starts two children that run
-:mod:`minbert.model.varlen_triton` as a script, one for the forward kernel and one for the two
-backward kernels. Each child reads the encoder's ``config.json`` with the run's overrides, decides
-as the model will (:func:`minbert.model.varlen_triton.compile_for_encoder`: no CUDA device, no
-attention dropout, another kernel: it exits at once) and fills Triton's on-disk cache, where the
+CUDA), :func:`start_kernel_compile` starts three children that run
+:mod:`minbert.model.varlen_triton` as a script, one for each of its kernels (forward, the
+backward's dq, the backward's dk and dv), since a process compiles one kernel after the other.
+Each child reads the encoder's ``config.json`` with the run's overrides, decides as the model
+will (:func:`minbert.model.varlen_triton.compile_for_encoder`: no CUDA device, no attention
+dropout, another kernel: it exits at once) and fills Triton's on-disk cache, where the
 run's first launch then finds the kernels. :func:`wait_kernel_compile` waits for them before the
 first step. A child that fails costs nothing but its time: the run compiles the kernels itself.
 
@@ -33,7 +34,8 @@ CHILD_MODULE = "minbert.model.varlen_triton"
 
 
 def child_args(cfg: Config, device_type: str, world_size: int = 1) -> list[list[str]]:
-    """The children's command lines (forward, backward) for a run of ``cfg`` on ``device_type``,
+    """The children's command lines (parts forward, backward-dq, backward-dkdv: one kernel each) for
+    a run of ``cfg`` on ``device_type``,
     or none where training never launches our kernel: not CUDA, padded (``model.packing``), or
     not ``sdpa`` attention. What the encoder decides (dropout, head size, ``varlen_kernel``) the
     children decide themselves. Raises ConfigError as :func:`minbert.config.runtime_settings`."""
@@ -44,7 +46,7 @@ def child_args(cfg: Config, device_type: str, world_size: int = 1) -> list[list[
         return []
     dtype = "bfloat16" if rt.amp else "float16"
     base = [sys.executable, "-m", CHILD_MODULE, str(cfg.model.encoder), json.dumps(encoder_overrides(cfg)), dtype]
-    return [[*base, part] for part in ("forward", "backward")]
+    return [[*base, part] for part in ("forward", "backward-dq", "backward-dkdv")]
 
 
 def start_kernel_compile(cfg: Config, device_type: str, world_size: int = 1,
