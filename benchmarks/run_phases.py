@@ -11,7 +11,9 @@ script's first line ran (the interpreter's own start, about 0.05 s, comes before
 
 Prints one JSON object and writes it to ``--out``: ``{"machine", "argv", "phases": [{"name",
 "start_s", "end_s"}], "sums": {name: {"s", "calls"}}, "children": [{"exit_s", "returncode"}],
-"cli_clock_s": the CLI's start (minbert.STARTED_AT), "main_returned_s", "exit_code"}``.
+"cli_clock_s": the CLI's start (minbert.STARTED_AT), "main_returned_s", "exit_code"}``. ``--sum
+MODULE:NAME`` sums one more function's calls; ``--profile FILE`` writes the main thread's cProfile
+(the top functions by own and by cumulative time) to FILE.
 
     python benchmarks/run_phases.py --out phases.json -- train --config configs/default.yaml \\
         --run-dir /tmp/run --overwrite --no-progress --data-dir DIR --model.encoder=PATH
@@ -24,8 +26,11 @@ import time
 T0 = time.time()
 
 import argparse  # noqa: E402
+import cProfile  # noqa: E402
 import functools  # noqa: E402
+import io  # noqa: E402
 import os  # noqa: E402
+import pstats  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from collections import defaultdict  # noqa: E402
@@ -113,16 +118,35 @@ def start_early_then_wrap(original):
     return start_early
 
 
+def write_profile(profiler: cProfile.Profile, path: str, top: int = 70) -> None:
+    """The main thread's cProfile as text: the ``top`` functions by own time, then by cumulative time."""
+    buf = io.StringIO()
+    stats = pstats.Stats(profiler, stream=buf).strip_dirs()
+    for key in ("tottime", "cumulative"):
+        stats.sort_stats(key).print_stats(top)
+    Path(path).write_text(buf.getvalue(), encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
+    ap.add_argument("--sum", action="append", default=[], metavar="MODULE:NAME",
+                    help="also sum the calls of this function or Class.method (repeatable)")
+    ap.add_argument("--profile", metavar="FILE", help="cProfile the main thread; its top functions to FILE (text)")
     ap.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the minbert command's arguments")
     args = ap.parse_args()
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    REPEATED_NAMES.extend(tuple(x.split(":", 1)) for x in args.sum)
     kc.start_early = start_early_then_wrap(kc.start_early)
     from minbert.cli import main as cli_main
 
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
     code = cli_main(argv)
+    if profiler is not None:
+        profiler.disable()
+        write_profile(profiler, args.profile)
     result = {"argv": argv, "cli_clock_s": round(minbert.STARTED_AT - T0, 4), "main_returned_s": now(),
               "exit_code": code, "phases": sorted(PHASES, key=lambda p: p["start_s"]),
               "sums": {k: {"s": round(v["s"], 4), "calls": v["calls"]} for k, v in sorted(SUMS.items())},

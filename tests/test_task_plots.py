@@ -12,6 +12,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -403,6 +404,18 @@ def test_the_plot_child_draws_what_this_process_draws(plotted, tmp_path, monkeyp
     monkeypatch.setattr(task_plots, "_write_plots", lambda *a: pytest.fail("drawn in this process"))
     child = task_plots.start_plotter()
     assert task_plots._plot_in_child(child, copy, items) == here and child.returncode == 0
+    for name in here:
+        assert np.array_equal(imread(copy / name), imread(run_dir / name)), name
+
+    for png in copy.glob("*.png"):  # the curves begun early: drawn before the predictions come
+        png.unlink()
+    early = task_plots.start_plotter()
+    task_plots.start_curves(early, copy)
+    deadline = time.monotonic() + 120
+    while not (copy / "curves.png").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p.name for p in copy.glob("*.png")] == ["curves.png"]
+    assert task_plots._plot_in_child(early, copy, items) == here and early.returncode == 0
     for name in here:
         assert np.array_equal(imread(copy / name), imread(run_dir / name)), name
 

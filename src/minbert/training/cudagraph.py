@@ -12,7 +12,8 @@ Graphs replay fixed shapes into fixed memory, so:
 * batches are padded to a multiple of a few tokens (``data.pad_to_multiple_of``), which leaves a
   handful of shapes per task; a shape is captured the second time it is seen (one-off shapes,
   such as an epoch's last partial batch, run eagerly);
-* inputs are copied into the graph's own input tensors before each replay;
+* inputs are copied into the graph's own input tensors before each replay, all in one transfer
+  (:class:`minbert.inference.graphs.StaticInputs`);
 * every gradient lives in one fixed buffer per parameter, which eager backward passes and every
   graph accumulate into (``p.grad`` is that buffer). The buffers are views into one flat tensor
   (:attr:`GraphedSteps.flat`), so several processes average all gradients with one
@@ -46,7 +47,7 @@ import torch
 from torch import nn
 
 from ..distributed import to_device
-from ..inference.graphs import capture
+from ..inference.graphs import StaticInputs, capture
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ StepFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
 class _Graph(NamedTuple):
     graph: torch.cuda.CUDAGraph
-    inputs: dict[str, torch.Tensor]  # the static input tensors the graph reads
+    inputs: StaticInputs  # the input tensors the graph reads
     scale: torch.Tensor  # () float32: the loss multiplier (1 / accumulation steps)
     value: torch.Tensor  # the static output the graph writes
     touched: frozenset[int]  # indices of the parameters that get a gradient
@@ -167,8 +168,7 @@ class GraphedSteps:
             if graph is None:
                 self._seen[full_key] += 1
                 return self._eager(full_key, fn, inputs, scale)
-        for name, t in inputs.items():  # via pinned memory: the host does not wait for the GPU
-            graph.inputs[name].copy_(t.pin_memory() if t.device.type == "cpu" else t, non_blocking=True)
+        graph.inputs.load(inputs)  # one transfer; the host does not wait for the GPU
         graph.scale.fill_(scale)
         graph.graph.replay()
         self._step_touched |= graph.touched
@@ -213,7 +213,8 @@ class GraphedSteps:
             if not self._touched_by_key[full_key]:
                 return None
         saved = self.flat.clone()  # warm-up adds into the buffers: restored below
-        static = {k: v.to(self.device, copy=True) for k, v in inputs.items()}
+        static_inputs = StaticInputs(inputs, self.device)
+        static = static_inputs.tensors
         scale = torch.ones((), device=self.device)
         side = self.stream
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -233,7 +234,7 @@ class GraphedSteps:
         grads = [p.grad for p in self.params] if self.direct else None
         self.flat.copy_(saved)
         self._attach()
-        g = _Graph(graph, static, scale, value.detach(), self._touched_by_key[full_key], grads)
+        g = _Graph(graph, static_inputs, scale, value.detach(), self._touched_by_key[full_key], grads)
         self._graphs[full_key] = g
         log.debug("captured CUDA graph %d for %s", len(self._graphs), full_key)
         return g

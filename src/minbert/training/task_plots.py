@@ -44,6 +44,8 @@ from .children import end_child, last_error_line
 from .plots import PNG_NAME, plot_curves
 
 if TYPE_CHECKING:
+    from multiprocessing.pool import AsyncResult, Pool
+
     from matplotlib.figure import Figure
 
     from ..data.batching import TokenizedSplit
@@ -234,36 +236,75 @@ def write_run_plots(
     return written if written is not None else _write_plots(run_dir, tasks, items)
 
 
-def _write_plots(run_dir: Path, tasks: dict[str, Task], items: dict[str, tuple]) -> list[str]:
-    """``curves.png`` and the plot of each task of ``items`` (name -> (values, outputs, gold))."""
-    jobs: list[tuple[str, Callable[[], None]]] = [(PNG_NAME, lambda: plot_curves(run_dir))]
+Job = tuple[str, Callable[[], None]]  # (file name, draws and saves it)
+
+
+def _draw_curves(run_dir: Path) -> None:
+    plot_curves(run_dir)  # (a worker returns nothing: the figure stays in its process)
+
+
+def _curves_job(run_dir: Path) -> Job:
+    return PNG_NAME, functools.partial(_draw_curves, run_dir)
+
+
+def _task_jobs(run_dir: Path, tasks: dict[str, Task], items: dict[str, tuple]) -> list[Job]:
+    """The plot of each task of ``items`` (name -> (values, outputs, gold))."""
+    jobs = []
     for name, (values, outputs, gold) in items.items():
         path = run_dir / plot_file(tasks[name])
         jobs.append((path.name, functools.partial(_draw_and_save, tasks[name], values, outputs, gold, path)))
+    return jobs
+
+
+def _write_plots(run_dir: Path, tasks: dict[str, Task], items: dict[str, tuple]) -> list[str]:
+    """``curves.png`` and the plot of each task of ``items`` (name -> (values, outputs, gold)), one
+    after the other in this process."""
+    return _collect([(name, job, None) for name, job in [_curves_job(run_dir), *_task_jobs(run_dir, tasks, items)]])
+
+
+def _collect(started: list[tuple[str, Callable[[], None], AsyncResult | None]], timeout_s: float = 100.0,
+             ) -> list[str]:
+    """The names of the files that the jobs wrote, in order. A job's pending result (a worker
+    draws it) is waited for; without one the job runs here. A job that raises is logged as one
+    warning: a plot is never worth a finished run."""
     written = []
-    for file_name, job in jobs:
+    for file_name, job, pending in started:
         try:
-            job()
+            pending.get(timeout_s) if pending is not None else job()
             written.append(file_name)
-        except Exception as e:  # a plot is never worth a finished run
+        except Exception as e:
             reason = " ".join(str(e).split()) or "no message"
             log.warning("%s not drawn: %s: %s", file_name, type(e).__name__, reason)
     return written
 
 
 def start_plotter() -> subprocess.Popen | None:
-    """A child process (this module run as a script) that imports matplotlib and draws a first
-    figure now, while the run trains, then waits for :func:`write_run_plots` to send it the run's
-    final predictions: the plots at the end of a run then cost their drawing only (the imports
-    took 0.6 s of a GPU run's end, and on a fresh machine matplotlib first builds its font cache).
-    The child reads the run's tasks from its ``config.yaml``. None where no child can start. A
-    child whose parent ends without sending anything exits when its input closes."""
+    """A child process (this module run as a script) that imports matplotlib, draws a first figure
+    and forks its drawing workers now, while the run trains, then waits for :func:`start_curves`
+    and :func:`write_run_plots`: the plots at the end of a run then cost their drawing only (the
+    imports took 0.6 s of a GPU run's end, and on a fresh machine matplotlib first builds its font
+    cache), and the workers draw the figures side by side. The child reads the run's tasks from
+    its ``config.yaml``. None where no child can start. A child whose parent ends without sending
+    the predictions exits when its input closes."""
     try:
         return subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     except OSError as e:
         log.debug("plots are drawn in this process: %s", e)
         return None
+
+
+def start_curves(plotter: subprocess.Popen | None, run_dir: Path) -> None:
+    """Let :func:`start_plotter`'s child begin ``curves.png`` now (``metrics.jsonl`` is complete
+    once training has ended), while this process writes the final predictions. Where the child
+    cannot take it, :func:`write_run_plots` draws everything in this process, as always."""
+    if plotter is None or plotter.stdin is None:
+        return
+    try:
+        plotter.stdin.write(json.dumps({"run_dir": str(run_dir)}) + "\n")
+        plotter.stdin.flush()
+    except (OSError, ValueError) as e:  # a child that has died: a broken pipe
+        log.debug("the plot process takes no curves (%s)", type(e).__name__)
 
 
 def stop_plotter(child: subprocess.Popen | None) -> None:
@@ -278,8 +319,8 @@ def _plot_in_child(child: subprocess.Popen, run_dir: Path, items: dict[str, tupl
     payload = {"run_dir": str(run_dir),
                "items": {n: [v.tolist(), o.tolist(), g.tolist()] for n, (v, o, g) in items.items()}}
     try:
-        out, err = child.communicate(json.dumps(payload), timeout=timeout_s)
-    except (subprocess.TimeoutExpired, OSError) as e:
+        out, err = child.communicate(json.dumps(payload) + "\n", timeout=timeout_s)
+    except (subprocess.TimeoutExpired, OSError, ValueError) as e:
         end_child(child)
         log.debug("the plot process failed (%s): drawing here", type(e).__name__)
         return None
@@ -291,9 +332,24 @@ def _plot_in_child(child: subprocess.Popen, run_dir: Path, items: dict[str, tupl
     return json.loads(out)
 
 
+def _worker_pool() -> Pool | None:
+    """Up to 4 forked processes that draw one figure each, side by side (Linux with 2 or more
+    cores: forked workers start at once and share the imports); None: draw one after the other."""
+    import multiprocessing
+    import os
+
+    n = min(4, os.cpu_count() or 1)
+    if sys.platform != "linux" or n < 2:
+        return None
+    return multiprocessing.get_context("fork").Pool(n)
+
+
 def _child_main() -> None:
-    """:func:`start_plotter`'s child: warm up, read one payload from stdin, draw, print the names
-    of the files written as JSON; the warnings of plots not drawn go to stderr, one per line."""
+    """:func:`start_plotter`'s child: warm up, fork the workers, then read messages of one line
+    each: ``{"run_dir"}`` (:func:`start_curves`) starts ``curves.png``; ``{"run_dir", "items"}``
+    (the predictions) starts the task plots (and the curves, if not yet started), waits for them
+    all and prints the names of the files written as JSON. The warnings of plots not drawn go to
+    stderr, one per line. Input that closes before the predictions came exits with status 1."""
     import io
 
     from matplotlib.figure import Figure
@@ -305,15 +361,25 @@ def _child_main() -> None:
     warm = Figure(figsize=(1, 1))
     warm.subplots().set_title("0.5")
     warm.savefig(io.BytesIO(), format="png")  # fonts, the Agg canvas, the PNG writer
-    payload = json.loads(sys.stdin.read())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.propagate = False
-    run_dir = Path(payload["run_dir"])
-    tasks = task_table(load_config(run_dir / CONFIG_FILE))
-    items = {n: tuple(np.asarray(x) for x in parts) for n, parts in payload["items"].items()}
-    print(json.dumps(_write_plots(run_dir, tasks, items)))
+    pool = _worker_pool()
+    started: list[tuple[str, Callable[[], None], AsyncResult | None]] = []
+    for line in sys.stdin:
+        msg = json.loads(line)
+        run_dir = Path(msg["run_dir"])
+        jobs = [] if started else [_curves_job(run_dir)]
+        if "items" in msg:
+            tasks = task_table(load_config(run_dir / CONFIG_FILE))
+            items = {n: tuple(np.asarray(x) for x in parts) for n, parts in msg["items"].items()}
+            jobs += _task_jobs(run_dir, tasks, items)
+        started += [(name, job, pool.apply_async(job) if pool is not None else None) for name, job in jobs]
+        if "items" in msg:
+            print(json.dumps(_collect(started)), flush=True)
+            return
+    sys.exit("no predictions came: no plots")
 
 
 if __name__ == "__main__":

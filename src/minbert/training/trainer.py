@@ -58,7 +58,7 @@ from .setup import (
 )
 from .state import LoopState
 from .step import build_optimizer_step, encoder_copies, find_nonfinite
-from .task_plots import start_plotter, stop_plotter, write_run_plots
+from .task_plots import start_curves, start_plotter, stop_plotter, write_run_plots
 from .tracking import check_mlflow_store, require_trackers
 
 log = logging.getLogger(__name__)
@@ -472,10 +472,10 @@ class Trainer:
 
     def finish(self) -> Run:
         """Load the best epoch's weights, try checkpoint averaging, write the final dev and test
-        predictions, the plots (``curves.png``, one per task) and ``summary.json`` (rank 0); returns
-        the :class:`Run`."""
+        predictions, the plots (``curves.png`` begun first, one per task), ``summary.json`` (rank 0)."""
         ctx, rt, st = self.ctx, self.rt, self.state
         barrier(ctx)
+        start_curves(self.plotter, self.run_dir)  # (a GPU run's plot child; metrics.jsonl is complete)
         check_file_weights(self.model, self.run_dir / "checkpoints" / "best" / "model.safetensors")
         average = self.dev.average(st.best)
         if not ctx.is_main:
