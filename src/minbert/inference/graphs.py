@@ -86,24 +86,32 @@ class StaticInputs:
     of a packed training step reads about 20 small tensors, and a pinned copy plus a transfer
     each cost the host more time than the GPU spends on them.
 
-    The tensors lie in the buffer by element size, largest first, so each starts aligned to its
-    own size with no gaps between them.
+    Each tensor starts at a multiple of :data:`ALIGN` bytes, as a tensor of its own would: Triton
+    specialises a kernel on whether its pointers are 16-byte aligned, and the kernels compiled
+    ahead (:mod:`minbert.training.kernel_compile`) assume they are.
 
     Args:
         inputs: name -> tensor (any device): the names, shapes, dtypes and first values.
         device: where the buffer lives.
     """
 
+    ALIGN = 16
+
     def __init__(self, inputs: dict[str, torch.Tensor], device: torch.device):
-        self.order = sorted(inputs, key=lambda k: -inputs[k].element_size())
-        sizes = [inputs[k].numel() * inputs[k].element_size() for k in self.order]
-        self.buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=device)  # (bytes,)
+        self.names = list(inputs)
         self.tensors: dict[str, torch.Tensor] = {}
-        offset = 0
-        for k, n in zip(self.order, sizes, strict=True):
-            t = inputs[k]
-            self.tensors[k] = self.buffer[offset : offset + n].view(t.dtype).view(t.shape)
-            offset += n
+        gaps: list[int] = []  # the zero bytes after each tensor, up to the next aligned start
+        offsets, n = [], 0
+        for t in inputs.values():
+            size = t.numel() * t.element_size()
+            offsets.append(n)
+            gaps.append(-size % self.ALIGN)
+            n += size + gaps[-1]
+        self.buffer = torch.empty(n, dtype=torch.uint8, device=device)  # (bytes,)
+        for k, t, a in zip(self.names, inputs.values(), offsets, strict=True):
+            self.tensors[k] = self.buffer[a : a + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+        zeros = torch.zeros(self.ALIGN, dtype=torch.uint8)
+        self._gaps = [zeros[:g] if g else None for g in gaps]
         self.load(inputs)
 
     def load(self, inputs: dict[str, torch.Tensor]) -> None:
@@ -114,8 +122,13 @@ class StaticInputs:
             for k, t in inputs.items():
                 self.tensors[k].copy_(t, non_blocking=True)
             return
+        parts = []
+        for k, gap in zip(self.names, self._gaps, strict=True):
+            parts.append(inputs[k].reshape(-1).view(torch.uint8))
+            if gap is not None:
+                parts.append(gap)
         pinned = torch.empty(self.buffer.numel(), dtype=torch.uint8, pin_memory=self.buffer.is_cuda)
-        torch.cat([inputs[k].reshape(-1).view(torch.uint8) for k in self.order], out=pinned)
+        torch.cat(parts, out=pinned)
         self.buffer.copy_(pinned, non_blocking=True)
 
 
