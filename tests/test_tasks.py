@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from minbert.config import TaskConfig
-from minbert.data.batching import RawSplit, tokenize_split
-from minbert.data.tokenizer import Tokenizer
+from minbert.data.batching import RawSplit, TokenizedSplit, tokenize_split
+from minbert.data.tokenizer import Tokenizer, pad_batch
 from minbert.errors import ConfigError
 from minbert.model.bert import BertModel
 from minbert.model.heads import Encoded
@@ -338,6 +340,41 @@ def test_bi_encoder_collate_pads_a_and_b_to_same_length(name, tokenizer):
             assert (batch[ids_key][row, n:] == tokenizer.pad_token_id).all()
     assert (batch["token_type_ids"] == 0).all() and (batch["token_type_ids_b"] == 0).all()
     assert batch["ids"] == [split.ids[i] for i in index]
+
+
+def _reference_collate(split, index, pad_id, multiple):
+    """What collate returned when it padded the rows' lists with pad_batch (token by token)."""
+    a = [split.input_ids[i] for i in index]
+    if split.input_ids_b is None:
+        return pad_batch(a, [split.token_type_ids[i] for i in index], pad_id, multiple)
+    both, n = pad_batch(a + [split.input_ids_b[i] for i in index], None, pad_id, multiple), len(index)
+    halves = (("", slice(0, n)), ("_b", slice(n, None)))
+    return {k + suffix: v[rows] for k, v in both.items() for suffix, rows in halves}
+
+
+rows_strategy = st.lists(st.lists(st.integers(1, 30000), min_size=1, max_size=40), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=rows_strategy, b_lengths=st.lists(st.integers(1, 40), min_size=12, max_size=12), pairs=st.booleans(),
+       pick=st.lists(st.integers(0, 11), min_size=1, max_size=16), pad_id=st.sampled_from([0, 1, 103]),
+       multiple=st.sampled_from([1, 8, 16, 64]))
+def test_collate_equals_padding_each_rows_list(a, b_lengths, pairs, pick, pad_id, multiple):
+    """collate pads by indexing each split's token matrix; the batch equals the one padded from
+    the rows' lists (pad_batch), for single sentences (with token types) and bi-encoder pairs,
+    any pad id and multiple, rows picked in any order and more than once."""
+    n = len(a)
+    types = [[i % 2 for i in range(len(r))] for r in a]
+    b = [list(range(5, 5 + b_lengths[i])) for i in range(n)] if pairs else None
+    labels = np.arange(n, dtype=np.int64)
+    split = TokenizedSplit([f"r{i}" for i in range(n)], a, types, b, labels, np.array([len(r) for r in a]))
+    index = np.array([i % n for i in pick])
+    batch = get_task("qqp" if pairs else "sst").collate(split, index, pad_id, multiple)
+    want = _reference_collate(split, index, pad_id, multiple)
+    assert set(want) | {"ids", "labels"} == set(batch)
+    for key, value in want.items():
+        assert batch[key].dtype == value.dtype == torch.int64 and torch.equal(batch[key], value), key
+    assert batch["ids"] == [f"r{i}" for i in index] and batch["labels"].tolist() == index.tolist()
 
 
 @pytest.mark.parametrize("name,pair_input", pair_input_cases())

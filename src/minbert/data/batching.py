@@ -7,6 +7,7 @@ physical line, every data line kept or reported as a :class:`BadRow`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -258,9 +259,24 @@ class TokenizedSplit:
     lengths: np.ndarray
     n_truncated: int = 0
     swapped: TokenizedSplit | None = None  # the pairs as (b, a), for symmetric prediction
+    _matrices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def token_matrix(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """``column``'s rows (``input_ids``, ``token_type_ids`` or ``input_ids_b``) as one (N, L)
+        int64 matrix, right-padded with 0 to the longest row L, and the (N,) int64 row lengths;
+        built at the first call and kept, so that a training batch is padded by indexing it
+        (:func:`minbert.data.tokenizer.pad_rows`). The rows must not change afterwards."""
+        if column not in self._matrices:
+            rows = getattr(self, column)
+            lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+            matrix = np.zeros((len(rows), int(lengths.max(initial=0))), dtype=np.int64)
+            matrix[np.arange(matrix.shape[1])[None, :] < lengths[:, None]] = np.fromiter(
+                itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+            self._matrices[column] = (matrix, lengths)
+        return self._matrices[column]
 
 
 TOKENIZE_CHUNK = 1024  # rows per call of the tokenizer: one progress step

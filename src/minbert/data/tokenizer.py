@@ -128,3 +128,26 @@ def pad_batch(
         "token_type_ids": torch.from_numpy(token_type_ids),
         "attention_mask": torch.from_numpy(attention_mask.astype(np.int64)),
     }
+
+
+def padded_length(longest: int, pad_to_multiple_of: int = 1) -> int:
+    """``longest`` rounded up to a multiple of ``pad_to_multiple_of``: a batch's T."""
+    return -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+
+
+def pad_rows(
+    matrix: np.ndarray, lengths: np.ndarray, index: np.ndarray, T: int, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``index`` of a right-padded token ``matrix`` (N, L) int64 with row ``lengths`` (N,)
+    (:meth:`minbert.data.batching.TokenizedSplit.token_matrix`), padded or cut to T columns (T at
+    least the longest of these rows), as :func:`pad_batch` pads their lists: returns (B, T) int64
+    with ``pad_id`` after each row's tokens, and the (B, T) bool mask of real tokens. A few numpy
+    operations per batch, where :func:`pad_batch` walks every token in Python."""
+    lens = lengths[index]
+    mask = np.arange(T)[None, :] < lens[:, None]  # (B, T) bool
+    out = np.full((len(index), T), pad_id, dtype=np.int64)
+    w = min(T, matrix.shape[1])
+    out[:, :w] = matrix[index, :w]
+    if pad_id != 0:
+        out[~mask] = pad_id  # (the matrix holds 0 after each row)
+    return out, mask

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.batching import RawSplit, TokenizedSplit
 from ..data.readers import read_records
-from ..data.tokenizer import pad_batch
+from ..data.tokenizer import pad_rows, padded_length
 from ..errors import ConfigError, DataError
 from ..model.heads import build_head
 from . import metrics as M
@@ -140,23 +140,24 @@ class Task:
         ``token_type_ids_b`` padded to the same T; ``labels`` (B,) if labelled (int64 for
         classification, float32 otherwise). (With ``model.packing`` the trainer packs a whole
         step's batches together: :func:`minbert.model.multitask.step_pack_plan`.)"""
-        a = [split.input_ids[i] for i in index]
-        types = [split.token_type_ids[i] for i in index]
-        if split.input_ids_b is not None:
-            b = [split.input_ids_b[i] for i in index]
-            # each sentence alone: token types all 0
-            both = pad_batch(a + b, None, pad_id, pad_to_multiple_of)
-            n = len(index)
-            batch = {
-                "input_ids": both["input_ids"][:n],
-                "attention_mask": both["attention_mask"][:n],
-                "token_type_ids": both["token_type_ids"][:n],
-                "input_ids_b": both["input_ids"][n:],
-                "attention_mask_b": both["attention_mask"][n:],
-                "token_type_ids_b": both["token_type_ids"][n:],
-            }
+        index = np.asarray(index, dtype=np.int64)
+        a, a_lengths = split.token_matrix("input_ids")
+        longest = int(a_lengths[index].max(initial=0))
+        if split.input_ids_b is not None:  # both sentences to one T, each alone: token types all 0
+            b, b_lengths = split.token_matrix("input_ids_b")
+            T = padded_length(max(longest, int(b_lengths[index].max(initial=0))), pad_to_multiple_of)
+            batch = {}
+            for suffix, (m, lengths) in (("", (a, a_lengths)), ("_b", (b, b_lengths))):
+                ids, mask = pad_rows(m, lengths, index, T, pad_id)
+                batch |= {f"input_ids{suffix}": torch.from_numpy(ids),
+                          f"attention_mask{suffix}": torch.from_numpy(mask.astype(np.int64)),
+                          f"token_type_ids{suffix}": torch.zeros(ids.shape, dtype=torch.int64)}
         else:
-            batch = pad_batch(a, types, pad_id, pad_to_multiple_of)
+            T = padded_length(longest, pad_to_multiple_of)
+            ids, mask = pad_rows(a, a_lengths, index, T, pad_id)
+            types = pad_rows(*split.token_matrix("token_type_ids"), index, T)[0]
+            batch = {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
+                     "attention_mask": torch.from_numpy(mask.astype(np.int64))}
         batch["ids"] = [split.ids[i] for i in index]
         if split.labels is not None:
             batch["labels"] = torch.from_numpy(split.labels[index])

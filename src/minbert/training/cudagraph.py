@@ -133,11 +133,12 @@ class GraphedSteps:
                 "eager": self.n_eager}
 
     def zero_grad(self) -> None:
-        """Zero every gradient buffer (one kernel on the flat buffer; direct: when a step runs
-        eagerly) and attach them as ``p.grad``."""
+        """Zero every gradient buffer (one kernel on the flat buffer) and attach them as
+        ``p.grad``; direct: nothing to zero or attach (an eager step zeroes and attaches them
+        itself, and :meth:`expose_grads` sets every ``p.grad``)."""
         if not self.direct:
             self.flat.zero_()
-        self._attach()
+            self._attach()
         self._step_touched = set()
         self._step_grads, self._step_runs = None, 0
 

@@ -119,21 +119,25 @@ class AdamW(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            for p in params:
+            params, grads, m, v, steps = [], [], [], [], []  # of the parameters with a gradient
+            for p in group["params"]:  # (one pass: this loop runs on the host at every step)
+                if p.grad is None:
+                    continue
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-            m = [self.state[p]["exp_avg"] for p in params]
-            v = [self.state[p]["exp_avg_sq"] for p in params]
+                params.append(p)
+                grads.append(p.grad)
+                m.append(state["exp_avg"])
+                v.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+            if not params:
+                continue
             if self.fused:
-                _fused_update(params, grads, m, v, [self.state[p]["step"] for p in params], group)
+                _fused_update(params, grads, m, v, steps, group)
                 continue
             torch._foreach_lerp_(m, grads, 1 - b1)  # m = b1 m + (1 - b1) g
             torch._foreach_mul_(v, b2)
@@ -143,8 +147,8 @@ class AdamW(torch.optim.Optimizer):
             # parameters can have different step counts t (a head whose task skipped a step):
             # the bias correction is applied per distinct t
             by_t: dict[int, list[int]] = {}
-            for i, p in enumerate(params):
-                by_t.setdefault(self.state[p]["step"], []).append(i)
+            for i, t in enumerate(steps):
+                by_t.setdefault(t, []).append(i)
             for t, idx in by_t.items():
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
                 # theta -= lr * m^ / (sqrt(v^) + eps), with m^ = m / bc1 and v^ = v / bc2
