@@ -189,6 +189,63 @@ def test_direct_graphs_leave_eager_gradients_where_they_write_them(tiny_encoder,
     assert graphs.n_graphs == 2 and graphs.n_replays == 10  # round 0 replays its second batches
 
 
+@pytest.mark.parametrize("max_norm", [None, 0.5, 100.0])
+def test_norm_and_clip_is_clip_grad_norm_over_the_reached_parameters(max_norm):
+    """What a one-graph step records after its backward: the global L2 norm of the gradients
+    written (a parameter without one left out) and, with max_norm, the gradients scaled by
+    min(1, max_norm / (norm + 1e-6)), computed here from the gradients by hand."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in ((3, 4), (4,), (2,))]
+    steps = GraphedSteps(params, capture=False, direct=True, grad_norm=True, max_norm=max_norm)
+    grads = [torch.randn(3, 4), torch.randn(4), None]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = None if g is None else g.clone()
+    norm = steps._norm_and_clip()
+    want = torch.cat([grads[0].flatten(), grads[1]]).square().sum().sqrt()
+    torch.testing.assert_close(norm, want, rtol=1e-6, atol=0)
+    scale = 1.0 if max_norm is None else min(1.0, max_norm / (float(want) + 1e-6))
+    for p, g in zip(params[:2], grads[:2], strict=True):
+        torch.testing.assert_close(p.grad, g * scale, rtol=1e-6, atol=1e-7)
+    assert params[2].grad is None
+    for p in params:
+        p.grad = None
+    assert float(steps._norm_and_clip()) == 0.0
+
+
+@cuda
+@pytest.mark.parametrize("max_norm", [None, 0.05])
+def test_direct_graphs_clip_in_the_graph_as_eager_steps_do(tiny_encoder, data_dir, max_norm):
+    """A replayed one-graph step's norm and clipped gradients equal clip_grad_norm_ after an
+    eager backward of the same batch; the step's eager first sighting leaves the norm to the
+    caller (step_norm None)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    device = torch.device("cuda")
+    model, step, batches = _model_and_batches(tiny_encoder, data_dir, device)
+    named = list(model.named_parameters())
+    graphs = GraphedSteps([p for _, p in named], direct=True, grad_norm=True, max_norm=max_norm)
+    for rnd in range(3):  # round 0: eager; then captured and replayed
+        for which in range(2):
+            b = {"sts": batches["sts"][which]}
+            want, _ = _eager_grads(model, step, b, device)
+            reached = [g for g in want.values() if g is not None]
+            want_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in reached]))
+            scale = 1.0 if max_norm is None else min(1.0, max_norm / (float(want_norm) + 1e-6))
+            graphs.zero_grad()
+            graphs.run("sts", _task_step(step, "sts"), b["sts"], 0.5)
+            graphs.expose_grads()
+            if rnd == 0 and which == 0:
+                assert graphs.step_norm is None
+                continue
+            torch.testing.assert_close(graphs.step_norm, want_norm, rtol=1e-4, atol=1e-6)
+            for n, p in named:
+                if want[n] is None:
+                    assert p.grad is None, n
+                else:
+                    torch.testing.assert_close(p.grad, want[n] * scale, atol=1e-5, rtol=1e-4, msg=(rnd, n))
+    assert graphs.n_graphs == 1
+
+
 @cuda
 def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path):
     """Whole runs: same data, dropout off, fp32: graphs on and off reach the same weights."""

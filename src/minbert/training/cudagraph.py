@@ -62,6 +62,7 @@ class _Graph(NamedTuple):
     value: torch.Tensor  # the static output the graph writes
     touched: frozenset[int]  # indices of the parameters that get a gradient
     grads: list[torch.Tensor | None] | None  # direct: where the graph writes each gradient
+    norm: torch.Tensor | None  # direct with grad_norm: () the gradients' global L2 norm, before clipping
 
 
 class GraphedSteps:
@@ -82,6 +83,12 @@ class GraphedSteps:
             device; the flat gradient all-reduce without graphs, ``train.grad_sync=flat``).
         direct: a graph's gradients stay where its backward writes them (see the module
             docstring); then :meth:`run` may be called once per optimizer step.
+        grad_norm: with ``direct``, each graph also computes the global L2 norm of the
+            gradients it writes and clips them to ``max_norm`` (``torch.nn.utils.clip_grad_norm_``;
+            None: the norm only), so that a replayed step hands the optimizer clipped gradients
+            and :attr:`step_norm` without launching those kernels one by one (about 0.6 ms of
+            host time a step of the default preset).
+        max_norm: see ``grad_norm``.
 
     Raises:
         ValueError: no parameters; parameters on several devices or of several dtypes; with
@@ -90,7 +97,7 @@ class GraphedSteps:
 
     def __init__(
         self, params: list[nn.Parameter], capture_after: int = 1, warmup: int = 2, capture: bool = True,
-        direct: bool = False,
+        direct: bool = False, grad_norm: bool = False, max_norm: float | None = None,
     ):
         if not params:
             raise ValueError("GraphedSteps needs trainable parameters")
@@ -102,6 +109,8 @@ class GraphedSteps:
         self.device = self.params[0].device
         self.capture_after, self.warmup = capture_after, warmup
         self.capture, self.direct = capture, direct
+        self.grad_norm, self.max_norm = grad_norm and direct, max_norm
+        self.step_norm: torch.Tensor | None = None  # the replayed graph's norm (its gradients clipped), else None
         self.pool = torch.cuda.graph_pool_handle() if capture and direct else None
         self.stream = torch.cuda.Stream(self.device) if capture else None  # every warm-up and capture
         self._step_grads: list[torch.Tensor | None] | None = None  # direct: the replayed graph's gradients
@@ -140,7 +149,7 @@ class GraphedSteps:
             self.flat.zero_()
             self._attach()
         self._step_touched = set()
-        self._step_grads, self._step_runs = None, 0
+        self._step_grads, self._step_runs, self.step_norm = None, 0, None
 
     def expose_grads(self) -> None:
         """Before the optimizer: ``p.grad`` is the gradient for parameters that this step's
@@ -173,7 +182,7 @@ class GraphedSteps:
         graph.scale.fill_(scale)
         graph.graph.replay()
         self._step_touched |= graph.touched
-        self._step_grads = graph.grads
+        self._step_grads, self.step_norm = graph.grads, graph.norm
         self.n_replays += 1
         return graph.value.clone()
 
@@ -232,10 +241,21 @@ class GraphedSteps:
         with capture(graph, side, self.pool):  # on the warm-up's stream
             loss, value = fn(static)
             (loss * scale).backward()
+            norm = self._norm_and_clip() if self.grad_norm else None
         grads = [p.grad for p in self.params] if self.direct else None
         self.flat.copy_(saved)
         self._attach()
-        g = _Graph(graph, static_inputs, scale, value.detach(), self._touched_by_key[full_key], grads)
+        g = _Graph(graph, static_inputs, scale, value.detach(), self._touched_by_key[full_key], grads, norm)
         self._graphs[full_key] = g
         log.debug("captured CUDA graph %d for %s", len(self._graphs), full_key)
         return g
+
+    def _norm_and_clip(self) -> torch.Tensor:
+        """() the global L2 norm of the gradients just written (``p.grad``, those not None), which
+        are then clipped to ``max_norm`` as ``clip_grad_norm_`` clips them; 0 without any."""
+        reached = [p for p in self.params if p.grad is not None]
+        if not reached:
+            return torch.zeros((), device=self.device)
+        if self.max_norm is None:
+            return torch.nn.utils.get_total_norm([p.grad for p in reached])
+        return torch.nn.utils.clip_grad_norm_(reached, self.max_norm)

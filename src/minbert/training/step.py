@@ -271,7 +271,8 @@ class OptimizerStep:
 
     def gradients(self, per_task: torch.Tensor) -> torch.Tensor:
         """After a group's micro-steps: average the flat gradient buffer over the processes
-        (``flat_sync``), hand the graphs' buffers to the optimizer, clip. Returns (n_tasks + 1,)
+        (``flat_sync``), hand the graphs' buffers to the optimizer, clip (a replayed one-graph
+        step: done in the graph, :attr:`GraphedSteps.step_norm`). Returns (n_tasks + 1,)
         float32: ``per_task`` (the last micro-step's weighted losses) and the gradient norm
         before clipping (0 without trainable parameters)."""
         if self.flat_sync:
@@ -279,7 +280,9 @@ class OptimizerStep:
         if self.graphs is not None:
             self.graphs.expose_grads()
         grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
+        if self.graphs is not None and self.graphs.step_norm is not None:  # clipped in the replayed graph
+            grad_norm = self.graphs.step_norm
+        elif not grads:
             grad_norm = torch.zeros((), device=self.device)
         elif self.max_grad_norm is None:  # the norm only: no pass that scales every gradient by 1
             grad_norm = torch.nn.utils.get_total_norm(grads)
@@ -326,7 +329,8 @@ def build_optimizer_step(
     direct = rt.cuda_graphs and bool(rt.pack_multiple) and tc.grad_accum == 1 and not rt.flat_sync
     graphs = None
     if (rt.cuda_graphs or rt.flat_sync) and params:
-        graphs = GraphedSteps(params, capture=rt.cuda_graphs, direct=direct)
+        graphs = GraphedSteps(params, capture=rt.cuda_graphs, direct=direct, grad_norm=direct,
+                              max_norm=tc.max_grad_norm)
     return OptimizerStep(
         step_fn, params, optimizer, scheduler, device, ctx,
         max_grad_norm=tc.max_grad_norm, pcgrad=tc.pcgrad, seed=tc.seed, graphs=graphs, flat_sync=rt.flat_sync,
