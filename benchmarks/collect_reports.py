@@ -42,7 +42,10 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     version, this version again) (device-scripts/s14-call*.sh)
   bench/s15/                        variants of the compiled step's bias gradients and weight copies
                                     (device-scripts/s15-call*.sh and .patch): train_step.py and
-                                    profile_step.py, bert-base b32; s15-call1's default end to end (e2e)
+                                    profile_step.py, bert-base b32; s15-call1's default end to end
+  bench/s17/                        a default run's start, epochs and end: run_phases.py (phases, a host
+                                    cProfile), profile_train.py, e2e.py against git b5195b5, an empty Triton
+                                    cache per run; s17-call4's default end to end (e2e) (device-scripts/s17-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -315,10 +318,13 @@ def main() -> None:
     # the latest run of each preset, with Python's bytecode and matplotlib's font cache filled
     # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for every
     # run; the earlier versions' runs are in e2e_history.packed (s13-call1 to s13-call3: each change
-    # against its predecessor on one machine; s13-call4's default). default: s15-call1 (fused_linear;
-    # that tree differed from the shipped one only in code that runs under torch.compile, which the
-    # presets leave off); best: s13-call4 (the version before fused_linear; not run since)
-    speed["e2e"] = {"default": e2e_runs("s15-call1-e2e-default-after.json", "s15", "-after"),
+    # against its predecessor on one machine; s13-call4's default; s15-call1's default, fused_linear).
+    # default: s17-call4 (git 85e4711: the gradient norm in the step's graph, and s17's earlier
+    # changes); default_warm: s17-call2 (git a475155) with the Triton cache its run before filled;
+    # best: s13-call4 (the version before fused_linear; not run since)
+    speed["e2e"] = {"default": e2e_runs("s17-call4-e2e-default-after.json", "s17", "-after"),
+                    "default_warm": {**e2e_runs("s17-call2-e2e-default-warm.json", "s17", "-warm"),
+                                     "what": "git a475155, the Triton cache filled by the run before (both seeds)"},
                     "best": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
     speed.update(profiles())
     speed["varlen_attention"] = varlen_attention()
