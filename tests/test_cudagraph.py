@@ -55,7 +55,8 @@ def test_graphs_need_cuda_parameters():
 def test_static_inputs_are_views_of_one_buffer_that_one_copy_fills():
     """A graph's inputs of mixed dtypes and shapes (0-d, empty, bool) live in one byte buffer, each
     starting 16-byte aligned (as Triton's kernels compiled ahead assume), start with the values
-    given and take new values (a non-contiguous host tensor too) by one copy of the whole buffer."""
+    given and take new values (non-contiguous host tensors too, strided ones included) by one
+    copy of the whole buffer."""
     first = {"mask": torch.tensor([True, False, True]), "ids": torch.arange(6).view(2, 3),
              "cu": torch.tensor([0, 3, 5], dtype=torch.int32), "labels": torch.tensor([1.5, -2.0]),
              "scale": torch.tensor(0.25), "none": torch.zeros(0, 4, dtype=torch.int64)}
@@ -68,7 +69,7 @@ def test_static_inputs_are_views_of_one_buffer_that_one_copy_fills():
         assert offset % 16 == 0, k
         assert t.dtype == first[k].dtype and t.shape == first[k].shape and torch.equal(t, first[k]), k
     second = {"mask": torch.tensor([False, True, True]), "ids": torch.arange(12).view(3, 4)[:2, 1:],
-              "cu": torch.tensor([0, 1, 5], dtype=torch.int32), "labels": torch.tensor([0.5, 4.0]),
+              "cu": torch.tensor([0, 1, 5], dtype=torch.int32), "labels": torch.tensor([0.5, 9.0, 4.0])[::2],
               "scale": torch.tensor(-1.0), "none": torch.zeros(0, 4, dtype=torch.int64)}
     static.load(second)
     for k, t in static.tensors.items():

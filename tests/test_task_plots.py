@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -377,6 +378,45 @@ def _items(tasks: dict, n: int = 40) -> dict[str, tuple]:
             logits = rng.normal(0, 2, (n, task.num_outputs))
             out[name] = (logits.argmax(1), logits, rng.integers(0, task.num_outputs, n))
     return out
+
+
+def _running_in_group(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that are not zombies, from /proc (Linux)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/proc/self/stat").exists(), reason="needs Linux")
+def test_a_stuck_plot_child_is_ended_with_its_workers(plotted, tmp_path):
+    """A drawing worker that never finishes (curves.png from a metrics.jsonl that is a FIFO no one
+    writes) does not hold the run: the wait times out, the child and its workers are killed as
+    one process group, and the run draws its plots itself."""
+    run_dir, _, _ = plotted
+    stuck = tmp_path / "stuck"
+    stuck.mkdir()
+    (stuck / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    os.mkfifo(stuck / "metrics.jsonl")
+    child = task_plots.start_plotter()
+    deadline = time.monotonic() + 120
+    while len(_running_in_group(child.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the child has forked its workers
+    assert len(_running_in_group(child.pid)) >= 2
+    task_plots.start_curves(child, stuck)
+    time.sleep(1.0)  # a worker now waits on the FIFO
+    t0 = time.monotonic()
+    assert task_plots._plot_in_child(child, stuck, {}, timeout_s=2) is None
+    assert time.monotonic() - t0 < 30 and child.returncode is not None
+    deadline = time.monotonic() + 10
+    while _running_in_group(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _running_in_group(child.pid) == []  # its workers are gone too
 
 
 def test_the_plot_child_draws_what_this_process_draws(plotted, tmp_path, monkeypatch, caplog):

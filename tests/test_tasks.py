@@ -377,6 +377,17 @@ def test_collate_equals_padding_each_rows_list(a, b_lengths, pairs, pick, pad_id
     assert batch["ids"] == [f"r{i}" for i in index] and batch["labels"].tolist() == index.tolist()
 
 
+def test_collate_refuses_indices_that_are_not_integers():
+    """A boolean mask or float positions would pick other rows than meant: refused."""
+    split = TokenizedSplit(["a", "b", "c"], [[1, 2], [3], [4, 5, 6]], [[0, 0], [0], [0, 0, 0]], None,
+                           np.arange(3), np.array([2, 1, 3]))
+    task = get_task("sst")
+    for bad in (np.array([True, False, True]), [0.9, 2.7]):
+        with pytest.raises(TypeError, match="integers"):
+            task.collate(split, bad)
+    assert task.collate(split, [2, 0])["input_ids"].tolist() == [[4, 5, 6], [1, 2, 0]]
+
+
 @pytest.mark.parametrize("name,pair_input", pair_input_cases())
 def test_collate_labels_dtype(name, pair_input, tokenizer):
     task = get_task(name)

@@ -115,18 +115,20 @@ class StaticInputs:
         self.load(inputs)
 
     def load(self, inputs: dict[str, torch.Tensor]) -> None:
-        """Copy ``inputs`` (the names, shapes and dtypes given at construction) into the
-        tensors: host tensors in one transfer through a pinned buffer, device tensors each by
-        itself."""
+        """Copy ``inputs`` into the tensors: host tensors in one transfer through a pinned
+        buffer, device tensors each by itself. They must have the names, shapes and dtypes given
+        at construction (the graphs key on them; not checked here, on the host's hot path)."""
         if any(t.device.type != "cpu" for t in inputs.values()):
             for k, t in inputs.items():
                 self.tensors[k].copy_(t, non_blocking=True)
             return
         parts = []
         for k, gap in zip(self.names, self._gaps, strict=True):
-            parts.append(inputs[k].reshape(-1).view(torch.uint8))
+            parts.append(inputs[k].reshape(-1).contiguous().view(torch.uint8))
             if gap is not None:
                 parts.append(gap)
+        if not self.buffer.numel():
+            return
         pinned = torch.empty(self.buffer.numel(), dtype=torch.uint8, pin_memory=self.buffer.is_cuda)
         torch.cat(parts, out=pinned)
         self.buffer.copy_(pinned, non_blocking=True)

@@ -139,8 +139,15 @@ class Task:
         ``pad_to_multiple_of``; for bi-encoder pairs also ``input_ids_b``/``attention_mask_b``/
         ``token_type_ids_b`` padded to the same T; ``labels`` (B,) if labelled (int64 for
         classification, float32 otherwise). (With ``model.packing`` the trainer packs a whole
-        step's batches together: :func:`minbert.model.multitask.step_pack_plan`.)"""
-        index = np.asarray(index, dtype=np.int64)
+        step's batches together: :func:`minbert.model.multitask.step_pack_plan`.)
+
+        Raises:
+            TypeError: ``index`` holds something other than integers (a boolean mask, floats).
+        """
+        index = np.asarray(index)
+        if index.size and index.dtype.kind not in "iu":
+            raise TypeError(f"collate: row indices must be integers, got {index.dtype}")
+        index = index.astype(np.int64, copy=False)
         a, a_lengths = split.token_matrix("input_ids")
         longest = int(a_lengths[index].max(initial=0))
         if split.input_ids_b is not None:  # both sentences to one T, each alone: token types all 0

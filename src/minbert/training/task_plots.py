@@ -285,10 +285,11 @@ def start_plotter() -> subprocess.Popen | None:
     imports took 0.6 s of a GPU run's end, and on a fresh machine matplotlib first builds its font
     cache), and the workers draw the figures side by side. The child reads the run's tasks from
     its ``config.yaml``. None where no child can start. A child whose parent ends without sending
-    the predictions exits when its input closes."""
+    the predictions exits when its input closes. The child leads a process group of its own, so
+    that :func:`stop_plotter` ends its workers with it (POSIX)."""
     try:
         return subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     except OSError as e:
         log.debug("plots are drawn in this process: %s", e)
         return None
@@ -367,10 +368,13 @@ def _child_main() -> None:
     log.propagate = False
     pool = _worker_pool()
     started: list[tuple[str, Callable[[], None], AsyncResult | None]] = []
+    curves_dir = None
     for line in sys.stdin:
         msg = json.loads(line)
         run_dir = Path(msg["run_dir"])
-        jobs = [] if started else [_curves_job(run_dir)]
+        jobs = [] if run_dir == curves_dir else [_curves_job(run_dir)]
+        if jobs:  # (curves begun for another folder are not this run's)
+            started, curves_dir = [j for j in started if j[0] != PNG_NAME], run_dir
         if "items" in msg:
             tasks = task_table(load_config(run_dir / CONFIG_FILE))
             items = {n: tuple(np.asarray(x) for x in parts) for n, parts in msg["items"].items()}
