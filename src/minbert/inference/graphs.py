@@ -122,13 +122,13 @@ class StaticInputs:
             for k, t in inputs.items():
                 self.tensors[k].copy_(t, non_blocking=True)
             return
+        if not self.buffer.numel():
+            return
         parts = []
         for k, gap in zip(self.names, self._gaps, strict=True):
             parts.append(inputs[k].reshape(-1).contiguous().view(torch.uint8))
             if gap is not None:
                 parts.append(gap)
-        if not self.buffer.numel():
-            return
         pinned = torch.empty(self.buffer.numel(), dtype=torch.uint8, pin_memory=self.buffer.is_cuda)
         torch.cat(parts, out=pinned)
         self.buffer.copy_(pinned, non_blocking=True)

@@ -328,9 +328,9 @@ def compile_kernels(
     launches, or load them from Triton's cache (``TRITON_CACHE_DIR``, by default
     ``~/.triton/cache``): the ``forward`` kernel, the two ``backward`` kernels, one of them
     (``backward-dq``, ``backward-dkdv``: a process compiles its kernels one after the other, so
-    that two processes compile the two at once), or ``both`` (all three), each run once on a tiny batch of
-    contiguous (N, nh, hs) tensors, the layout the encoder passes, so that the compiled variants
-    are the ones a run looks up. Needs CUDA.
+    that two processes compile the two at once), or ``both`` (all three), each run once on a tiny
+    batch of contiguous (N, nh, hs) tensors, the layout the encoder passes, so that the compiled
+    variants are the ones a run looks up. Needs CUDA.
 
     Raises:
         ValueError: an unknown ``part`` (not a key of :data:`PARTS`).

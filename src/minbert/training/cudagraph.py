@@ -55,6 +55,19 @@ log = logging.getLogger(__name__)
 StepFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
 
+def norm_and_clip(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """() float32: the global L2 norm of the gradients of ``params`` (those whose ``p.grad`` is
+    not None), which are then clipped to ``max_norm`` by ``torch.nn.utils.clip_grad_norm_`` (None:
+    the norm only, no pass that scales every gradient by 1); 0 on the parameters' device without
+    any gradient. Inside a capture, its kernels become part of the graph (no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    if max_norm is None:
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 class _Graph(NamedTuple):
     graph: torch.cuda.CUDAGraph
     inputs: StaticInputs  # the input tensors the graph reads
@@ -241,7 +254,7 @@ class GraphedSteps:
         with capture(graph, side, self.pool):  # on the warm-up's stream
             loss, value = fn(static)
             (loss * scale).backward()
-            norm = self._norm_and_clip() if self.grad_norm else None
+            norm = norm_and_clip(self.params, self.max_norm) if self.grad_norm else None
         grads = [p.grad for p in self.params] if self.direct else None
         self.flat.copy_(saved)
         self._attach()
@@ -249,13 +262,3 @@ class GraphedSteps:
         self._graphs[full_key] = g
         log.debug("captured CUDA graph %d for %s", len(self._graphs), full_key)
         return g
-
-    def _norm_and_clip(self) -> torch.Tensor:
-        """() the global L2 norm of the gradients just written (``p.grad``, those not None), which
-        are then clipped to ``max_norm`` as ``clip_grad_norm_`` clips them; 0 without any."""
-        reached = [p for p in self.params if p.grad is not None]
-        if not reached:
-            return torch.zeros((), device=self.device)
-        if self.max_norm is None:
-            return torch.nn.utils.get_total_norm([p.grad for p in reached])
-        return torch.nn.utils.clip_grad_norm_(reached, self.max_norm)

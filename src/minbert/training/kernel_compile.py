@@ -34,11 +34,11 @@ CHILD_MODULE = "minbert.model.varlen_triton"
 
 
 def child_args(cfg: Config, device_type: str, world_size: int = 1) -> list[list[str]]:
-    """The children's command lines (parts forward, backward-dq, backward-dkdv: one kernel each) for
-    a run of ``cfg`` on ``device_type``,
-    or none where training never launches our kernel: not CUDA, padded (``model.packing``), or
-    not ``sdpa`` attention. What the encoder decides (dropout, head size, ``varlen_kernel``) the
-    children decide themselves. Raises ConfigError as :func:`minbert.config.runtime_settings`."""
+    """The children's command lines (parts forward, backward-dq, backward-dkdv: one kernel each)
+    for a run of ``cfg`` on ``device_type``, or none where training never launches our kernel:
+    not CUDA, padded (``model.packing``), or not ``sdpa`` attention. What the encoder decides
+    (dropout, head size, ``varlen_kernel``) the children decide themselves. Raises ConfigError as
+    :func:`minbert.config.runtime_settings`."""
     if device_type != "cuda" or cfg.model.attn_implementation != "sdpa":
         return []
     rt = runtime_settings(cfg, device_type, world_size)

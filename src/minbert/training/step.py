@@ -23,7 +23,7 @@ from ..distributed import DistContext, all_reduce_mean, broadcast_tensors, to_de
 from ..inference.evaluate import autocast_context, move
 from ..model.multitask import MultitaskModel
 from ..tasks.base import Task
-from .cudagraph import GraphedSteps
+from .cudagraph import GraphedSteps, norm_and_clip
 from .regularize import smart_loss, symmetric_divergence
 
 
@@ -279,15 +279,12 @@ class OptimizerStep:
             all_reduce_mean(self.graphs.flat, self.ctx)  # one collective: every task's gradients of the step
         if self.graphs is not None:
             self.graphs.expose_grads()
-        grads = [p.grad for p in self.params if p.grad is not None]
         if self.graphs is not None and self.graphs.step_norm is not None:  # clipped in the replayed graph
             grad_norm = self.graphs.step_norm
-        elif not grads:
-            grad_norm = torch.zeros((), device=self.device)
-        elif self.max_grad_norm is None:  # the norm only: no pass that scales every gradient by 1
-            grad_norm = torch.nn.utils.get_total_norm(grads)
+        elif self.params:
+            grad_norm = norm_and_clip(self.params, self.max_grad_norm)
         else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            grad_norm = torch.zeros((), device=self.device)
         return torch.cat([per_task.float(), grad_norm.float().reshape(1).to(per_task.device)])
 
     def update(self) -> None:
