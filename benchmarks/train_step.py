@@ -13,8 +13,10 @@ one row (no padding; minbert.model.packing) rounded up to a multiple of 64 token
 sequence, runs attention with the varlen kernel ``BertConfig.varlen_kernel="auto"`` picks
 (BertModel.forward_packed; a ``-flash`` or ``-triton`` suffix, e.g. ``minbert-packed-compile-flash``,
 asks for FlashAttention-2's kernel or ours explicitly) and
-replays forward + backward as CUDA graphs, one per token count, whose gradients the optimizer reads
-where the graph writes them (``GraphedSteps(direct=True)``, as in training); ``minbert-packed-compile`` is the
+replays forward + backward and our fused AdamW update (minbert.training.optim.AdamW, the same
+equations and kernel as ``torch.optim.AdamW(fused=True)``) as CUDA graphs, one per token count
+(``GraphedSteps(direct=True, updater=...)``, as in training; a ``-hostopt`` suffix runs the update
+from the host after the replay, on the gradients where the graph wrote them); ``minbert-packed-compile`` is the
 same step compiled by inductor (fused elementwise kernels) inside our CUDA graphs, and
 ``minbert-packed-ro`` the packed step under ``torch.compile(mode="reduce-overhead")``.
 ``transformers-sdpa``/``-eager`` get the batches padded to the longest, as a user would give
@@ -50,6 +52,7 @@ from minbert.model.bert import BertConfig, BertModel  # noqa: E402
 from minbert.model.packing import PackedBatch, pack  # noqa: E402
 from minbert.tasks.base import get_task  # noqa: E402
 from minbert.training.cudagraph import GraphedSteps  # noqa: E402
+from minbert.training.optim import AdamW  # noqa: E402
 
 CONFIGS = {
     "minilm-l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -109,10 +112,16 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
     encoder uses eager attention and nothing is captured."""
     cuda = device.type == "cuda"
     torch.manual_seed(0)
+    host_update = impl.endswith("-hostopt")  # the optimizer outside the packed step's graph
+    impl = impl.removesuffix("-hostopt")
     kernel = next((k for k in ("flash", "triton") if impl.endswith(f"-{k}")), "auto")  # packed attention's kernel
     impl = impl.removesuffix(f"-{kernel}")  # otherwise the same step
     model = build(impl, CONFIGS[cfg_name], "sdpa" if cuda else "eager", kernel).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
+    packed = impl.startswith("minbert-packed")
+    if packed:  # ours, as minbert train runs it (torch's fused kernel, one call per step)
+        opt = AdamW(model.parameters(), lr=1e-5, fused=cuda)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     params = list(model.parameters())
     if impl in COMPILE_MODES:
         model = torch.compile(model, mode=COMPILE_MODES[impl])
@@ -127,7 +136,6 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
         return loss, loss.detach()
 
     B = batches[0]["input_ids"].shape[0]
-    packed = impl.startswith("minbert-packed")
     if packed:
         max_seqlen = max(128, PACK_MULTIPLE)
         gpu_batches = [{k: v.to(device) for k, v in packed_inputs(b, max_seqlen).items()} for b in batches]
@@ -138,7 +146,9 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
             loss_fn = torch.compile(loss_fn, mode="reduce-overhead", dynamic=True)
     graphed = ("minbert", "minbert-packed", "minbert-packed-compile")
     # packed: one graph per step, its gradients read where it writes them (as minbert train does)
-    graphs = GraphedSteps(params, capture_after=0, direct=packed) if impl in graphed and cuda else None
+    updater = opt if packed and not host_update else None
+    graphs = GraphedSteps(params, capture_after=0, direct=packed, updater=updater) if impl in graphed and cuda else None
+    lrs = [g["lr"] for g in opt.param_groups]
     if not packed and (impl in graphed or impl in COMPILE_MODES):  # pad T to a multiple of 16 (same real tokens)
         gpu_batches = [
             {k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16)) for k, v in b.items()} for b in gpu_batches
@@ -147,9 +157,10 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
     def step(b):
         if graphs is not None:
             graphs.zero_grad()
-            graphs.run("step", loss_fn, b)
-            graphs.expose_grads()
-            opt.step()
+            graphs.run("step", loss_fn, b, 1.0, lrs if graphs.updater is not None else None)
+            if not graphs.step_updated:
+                graphs.expose_grads()
+                opt.step()
             return
         loss, _ = loss_fn(b)
         loss.backward()

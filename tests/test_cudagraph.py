@@ -247,6 +247,59 @@ def test_direct_graphs_clip_in_the_graph_as_eager_steps_do(tiny_encoder, data_di
 
 
 @cuda
+def test_direct_graphs_that_update_train_as_eager_steps_do(tiny_encoder, data_dir):
+    """GraphedSteps(updater=AdamW): a replayed step is forward, backward, clipping and our fused
+    AdamW update in one graph, with each group's lr from the host at every step. Against a copy
+    of the model trained eagerly (backward, clip_grad_norm_, AdamW.step) on the same batches and
+    lrs: the same weights and optimizer state after every step. Tasks alternate, so the heads'
+    step counts differ; the first sighting of each shape runs eagerly (step_updated False) and
+    the caller's optimizer.step() updates."""
+    import copy
+
+    from minbert.training.optim import AdamW, param_groups
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    device = torch.device("cuda")
+    model, step, batches = _model_and_batches(tiny_encoder, data_dir, device)
+    ref_model = copy.deepcopy(model)
+    ref_step = TrainStep(ref_model, step.tasks, step.weights, device, amp=False)
+    opts = [AdamW(param_groups(m, 0.01, lr=2e-3, head_lr=5e-3), weight_decay=0.01, fused=True)
+            for m in (model, ref_model)]
+    base = [g["lr"] for g in opts[0].param_groups]
+    params = [p for p in model.parameters() if p.requires_grad]
+    graphs = GraphedSteps(params, direct=True, grad_norm=True, max_norm=0.5, updater=opts[0])
+    updated = []
+    for k in range(10):
+        name, which = ("sst", "sts")[k % 2], (k // 2) % 2
+        for opt in opts:  # a warmup schedule; float32 values, as the graph reads them
+            for g, lr in zip(opt.param_groups, base, strict=True):
+                g["lr"] = float(torch.tensor(lr * (k + 1) / 10, dtype=torch.float32))
+        graphs.zero_grad()
+        graphs.run(name, _task_step(step, name), batches[name][which], 1.0, [g["lr"] for g in opts[0].param_groups])
+        updated.append(graphs.step_updated)
+        if not graphs.step_updated:
+            graphs.expose_grads()
+            norm_and_clip(params, 0.5)
+            opts[0].step()
+        ref_model.zero_grad(set_to_none=True)
+        ref_step({name: {kk: v.to(device) for kk, v in batches[name][which].items()}}).total.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in ref_model.parameters() if p.grad is not None], 0.5)
+        opts[1].step()
+        for (n, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=2e-6, rtol=1e-5, msg=(k, n))
+    assert updated == [False, False, True, True, True, True, True, True, True, True]
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        a, b = opts[0].state.get(p, {}), opts[1].state.get(q, {})
+        assert a.keys() == b.keys()
+        if a:
+            assert int(a["step"]) == int(b["step"])
+            torch.testing.assert_close(a["exp_avg"], b["exp_avg"], atol=1e-6, rtol=1e-4)
+    assert {int(opts[0].state[p]["step"]) for p in model.heads["sts"].parameters()} == {5}
+    assert not any(p in opts[0].state for p in model.heads["qqp"].parameters())
+
+
+@cuda
 def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path):
     """Whole runs: same data, dropout off, fp32: graphs on and off reach the same weights."""
     from minbert.training.trainer import train

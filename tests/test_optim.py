@@ -107,6 +107,67 @@ def test_fused_and_written_out_adamw_agree_and_share_their_state():
     assert {int(s["step"]) for s in b.state.values()} == {12, 8}
 
 
+def test_graph_update_equals_step_with_lrs_read_from_a_tensor():
+    """AdamW.graph_update (the update a one-graph training step captures) is step() with group
+    i's lr read from lrs[i]: two groups with their own lrs (changed every step, as a schedule
+    does), a parameter without a gradient on some steps (its step count lags and its state is
+    not created before its first gradient)."""
+    a_m, b_m = make_small(), make_small()
+    groups = lambda m: param_groups(m, 0.1, lr=1e-2, head_lr=3e-2)  # noqa: E731
+    a = AdamW(groups(a_m), lr=1e-2, weight_decay=0.1, fused=True)
+    b = AdamW(groups(b_m), lr=1e-2, weight_decay=0.1, fused=True)
+    assert len(a.param_groups) == 2
+    gen = torch.Generator().manual_seed(5)
+    for step in range(8):
+        for g_a, g_b in zip(a.param_groups, b.param_groups, strict=True):
+            lr = g_a["lr"] * 0.9 if step else g_a["lr"]
+            g_a["lr"] = g_b["lr"] = float(torch.tensor(lr, dtype=torch.float32))  # the same value as the tensor's
+        for p, q in zip(a_m.parameters(), b_m.parameters(), strict=True):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
+            if p is a_m.fc2.bias and step in (0, 1, 5):
+                p.grad = q.grad = None
+        a.step()
+        b.prepare_graph_update()
+        b.graph_update(torch.tensor([g["lr"] for g in b.param_groups]))
+        assert max_param_diff(a_m, b_m) == 0.0
+    for p, q in zip(a_m.parameters(), b_m.parameters(), strict=True):
+        assert torch.equal(a.state[p]["step"], b.state[q]["step"])
+        assert torch.equal(a.state[p]["exp_avg_sq"], b.state[q]["exp_avg_sq"])
+    assert int(b.state[b_m.fc2.bias]["step"]) == 5 and int(b.state[b_m.fc1.weight]["step"]) == 8
+
+
+def test_graph_update_refuses_state_not_prepared_and_the_written_out_update():
+    m = make_small()
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="prepare_graph_update"):
+        AdamW(m.parameters(), fused=True).graph_update(torch.tensor([1e-3]))
+    with pytest.raises(RuntimeError, match="fused"):
+        AdamW(m.parameters(), fused=False).graph_update(torch.tensor([1e-3]))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_integer_step_counts_of_older_checkpoints_resume(fused):
+    """A state whose step counts are ints (as checkpoints written before they became tensors
+    hold) resumes to the same parameters as the state it was written from."""
+    a_m = make_small()
+    a = AdamW(param_groups(a_m, 0.1), lr=1e-2, weight_decay=0.1, fused=fused)
+    _train(a_m, a, torch.Generator().manual_seed(0), 3)
+    old = copy.deepcopy(a.state_dict())
+    for st in old["state"].values():
+        st["step"] = int(st["step"])
+    b_m = make_small(9)
+    b_m.load_state_dict(a_m.state_dict())
+    b = AdamW(param_groups(b_m, 0.1), lr=1e-2, weight_decay=0.1, fused=fused)
+    b.load_state_dict(old)
+    for st in b.state.values():
+        assert st["step"].dtype == torch.float32 and st["step"].shape == () and int(st["step"]) == 3
+    _train(a_m, a, torch.Generator().manual_seed(1), 3)
+    _train(b_m, b, torch.Generator().manual_seed(1), 3)
+    assert max_param_diff(a_m, b_m) == 0.0
+
+
 def test_optim_fused_setting():
     def build(**kw):
         return build_optimizer(OptimConfig(lr=1e-3, **kw), [nn.Parameter(torch.zeros(2))], CPU)

@@ -20,7 +20,9 @@ Graphs replay fixed shapes into fixed memory, so:
   ``all_reduce`` (``train.grad_sync=flat``; DDP's hooks cannot run inside a graph);
 * the optimizer runs outside the graphs, on the accumulated buffers. Parameters that no task of
   the step reached get ``p.grad = None`` for the optimizer, as in eager training, so their
-  optimizer state does not move (:meth:`GraphedSteps.expose_grads`).
+  optimizer state does not move (:meth:`GraphedSteps.expose_grads`). One-graph steps
+  (``direct``) may capture the optimizer update too (``updater``): a replay is then the whole
+  step, forward to updated weights, and the host hands it only the inputs and this step's lrs.
 
 With ``direct`` (one graph per optimizer step: packed steps without gradient accumulation or the
 flat all-reduce) nothing accumulates: a graph's backward writes fresh gradients into its own
@@ -41,7 +43,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -53,6 +55,20 @@ log = logging.getLogger(__name__)
 
 # fn(inputs) -> (loss to back-propagate (), value to return, detached)
 StepFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+LR_INPUT = "__lr__"  # the graph input that holds a captured update's lrs
+
+
+class GraphUpdater(Protocol):
+    """An optimizer whose update can be captured (e.g. :class:`minbert.training.optim.AdamW`
+    fused): ``prepare_graph_update()`` creates the state of the parameters that have a gradient,
+    outside the capture; ``graph_update(lrs)`` is the update with group i's lr read from
+    ``lrs[i]``, a device tensor, so that the host sets it before each replay."""
+
+    param_groups: list[dict]
+
+    def prepare_graph_update(self) -> None: ...
+
+    def graph_update(self, lrs: torch.Tensor) -> None: ...
 
 
 def norm_and_clip(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
@@ -76,13 +92,15 @@ class _Graph(NamedTuple):
     touched: frozenset[int]  # indices of the parameters that get a gradient
     grads: list[torch.Tensor | None] | None  # direct: where the graph writes each gradient
     norm: torch.Tensor | None  # direct with grad_norm: () the gradients' global L2 norm, before clipping
+    updates: bool  # the graph ends with the optimizer update
 
 
 class GraphedSteps:
     """Forward + backward of one batch as CUDA graphs, accumulating into fixed gradient buffers.
 
     Usage per optimizer step: :meth:`zero_grad`, then :meth:`run` once per batch (task), then
-    :meth:`expose_grads`, then clip and ``optimizer.step()``.
+    :meth:`expose_grads`, then clip and ``optimizer.step()`` (with ``updater``: only when
+    :attr:`step_updated` is False, i.e. the step ran eagerly).
 
     Args:
         params: the trainable parameters, all on one CUDA device.
@@ -102,6 +120,9 @@ class GraphedSteps:
             and :attr:`step_norm` without launching those kernels one by one (about 0.6 ms of
             host time a step of the default preset).
         max_norm: see ``grad_norm``.
+        updater: with ``direct``, the optimizer whose update each graph captures after the
+            backward (and the clipping); :meth:`run` then needs ``lrs``. Eager steps (shapes
+            not captured yet) leave the update to the caller: see :attr:`step_updated`.
 
     Raises:
         ValueError: no parameters; parameters on several devices or of several dtypes; with
@@ -111,6 +132,7 @@ class GraphedSteps:
     def __init__(
         self, params: list[nn.Parameter], capture_after: int = 1, warmup: int = 2, capture: bool = True,
         direct: bool = False, grad_norm: bool = False, max_norm: float | None = None,
+        updater: GraphUpdater | None = None,
     ):
         if not params:
             raise ValueError("GraphedSteps needs trainable parameters")
@@ -123,6 +145,8 @@ class GraphedSteps:
         self.capture_after, self.warmup = capture_after, warmup
         self.capture, self.direct = capture, direct
         self.grad_norm, self.max_norm = grad_norm and direct, max_norm
+        self.updater = updater if direct and capture else None
+        self.step_updated = False  # the replayed graph has updated the parameters
         self.step_norm: torch.Tensor | None = None  # the replayed graph's norm (its gradients clipped), else None
         self.pool = torch.cuda.graph_pool_handle() if capture and direct else None
         self.stream = torch.cuda.Stream(self.device) if capture else None  # every warm-up and capture
@@ -163,6 +187,7 @@ class GraphedSteps:
             self._attach()
         self._step_touched = set()
         self._step_grads, self._step_runs, self.step_norm = None, 0, None
+        self.step_updated = False
 
     def expose_grads(self) -> None:
         """Before the optimizer: ``p.grad`` is the gradient for parameters that this step's
@@ -172,15 +197,23 @@ class GraphedSteps:
         for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
             p.grad = g if i in self._step_touched else None
 
-    def run(self, key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+    def run(
+        self, key: Hashable, fn: StepFn, inputs: dict[str, torch.Tensor], scale: float = 1.0,
+        lrs: list[float] | None = None,
+    ) -> torch.Tensor:
         """Forward and backward of ``fn`` on ``inputs`` (host or device tensors), adding
-        ``scale`` x the gradient of its loss into the buffers. Returns ``fn``'s value (a new
-        tensor on the device). ``key`` names ``fn``: batches with the same key, input names,
-        shapes and dtypes share a graph."""
+        ``scale`` x the gradient of its loss into the buffers; with ``updater``, a replay also
+        updates the parameters with the optimizer's group lrs ``lrs`` (required then). Returns
+        ``fn``'s value (a new tensor on the device). ``key`` names ``fn``: batches with the same
+        key, input names, shapes and dtypes share a graph."""
         if self.direct:
             if self._step_runs:
                 raise RuntimeError("GraphedSteps(direct=True) runs one batch per optimizer step")
             self._step_runs = 1
+        if self.updater is not None:
+            if lrs is None:
+                raise ValueError("GraphedSteps(updater=...) needs this step's lrs")
+            inputs = {**inputs, LR_INPUT: torch.tensor(lrs, dtype=torch.float32)}
         full_key = (key, tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items()))
         graph = self._graphs.get(full_key)
         if graph is None:
@@ -195,7 +228,7 @@ class GraphedSteps:
         graph.scale.fill_(scale)
         graph.graph.replay()
         self._step_touched |= graph.touched
-        self._step_grads, self.step_norm = graph.grads, graph.norm
+        self._step_grads, self.step_norm, self.step_updated = graph.grads, graph.norm, graph.updates
         self.n_replays += 1
         return graph.value.clone()
 
@@ -204,7 +237,7 @@ class GraphedSteps:
             self.flat.zero_()
         for p in self.params:
             p.grad = None  # which parameters this fn reaches is read off the fresh gradients
-        inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
+        inputs = {k: to_device(v, self.device) for k, v in inputs.items() if k != LR_INPUT}
         loss, value = fn(inputs)
         if loss.requires_grad:  # False when no trainable parameter is reached (e.g. a frozen
             (loss * scale).backward()  # encoder under a parameter-free cosine head)
@@ -237,7 +270,7 @@ class GraphedSteps:
                 return None
         saved = self.flat.clone()  # warm-up adds into the buffers: restored below
         static_inputs = StaticInputs(inputs, self.device)
-        static = static_inputs.tensors
+        static = {k: v for k, v in static_inputs.tensors.items() if k != LR_INPUT}
         scale = torch.ones((), device=self.device)
         side = self.stream
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -247,6 +280,11 @@ class GraphedSteps:
                 (loss * scale).backward()
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._attach()
+        if self.updater is not None:  # the state of what the graph updates, created outside it
+            touched = self._touched_by_key[full_key]
+            for i, p in enumerate(self.params):
+                p.grad = self.grads[i] if i in touched else None
+            self.updater.prepare_graph_update()
         if self.direct:  # the backward in the graph writes fresh gradients, in the shared pool
             for p in self.params:
                 p.grad = None
@@ -255,10 +293,13 @@ class GraphedSteps:
             loss, value = fn(static)
             (loss * scale).backward()
             norm = norm_and_clip(self.params, self.max_norm) if self.grad_norm else None
+            if self.updater is not None:
+                self.updater.graph_update(static_inputs.tensors[LR_INPUT])
         grads = [p.grad for p in self.params] if self.direct else None
         self.flat.copy_(saved)
         self._attach()
-        g = _Graph(graph, static_inputs, scale, value.detach(), self._touched_by_key[full_key], grads, norm)
+        updates = self.updater is not None
+        g = _Graph(graph, static_inputs, scale, value.detach(), self._touched_by_key[full_key], grads, norm, updates)
         self._graphs[full_key] = g
         log.debug("captured CUDA graph %d for %s", len(self._graphs), full_key)
         return g

@@ -90,9 +90,13 @@ def param_groups(
 
 class AdamW(torch.optim.Optimizer):
     """AdamW from its update equations (see the module docstring). Per-parameter state:
-    ``step`` (int), ``exp_avg`` and ``exp_avg_sq`` (same shape and dtype as the parameter).
-    ``fused``: each update through torch's fused AdamW kernel (float parameters, on a device that
-    has the kernel: CUDA or CPU); the state is the same, so a checkpoint resumes either way."""
+    ``step`` (a 0-d float32 tensor: on the parameter's device when ``fused``, else on the CPU,
+    as in ``torch.optim.AdamW``), ``exp_avg`` and ``exp_avg_sq`` (same shape and dtype as the
+    parameter). ``fused``: each update through torch's fused AdamW kernel (float parameters, on a
+    device that has the kernel: CUDA or CPU), which reads ``step`` where it lives, so a fused
+    update launches nothing from the host but its kernels and can be captured in a CUDA graph
+    (:meth:`graph_update`). The state is the same either way, so a checkpoint resumes either way
+    (integer step counts of older checkpoints included)."""
 
     def __init__(
         self,
@@ -108,6 +112,39 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.fused = fused
 
+    def _state(self, p: torch.Tensor) -> dict:
+        """``p``'s state, created (step 0, zero moments) on first use."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if self.fused else "cpu")
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _with_grads(self, group: dict) -> tuple[list, list, list, list, list]:
+        """(params, grads, exp_avgs, exp_avg_sqs, steps) of the group's parameters that have a
+        gradient, their state created (one pass: this loop runs on the host at every step)."""
+        params, grads, m, v, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self._state(p)
+            params.append(p)
+            grads.append(p.grad)
+            m.append(state["exp_avg"])
+            v.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        return params, grads, m, v, steps
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """``torch.optim.Optimizer.load_state_dict``, then every ``step`` as this optimizer keeps
+        it (a 0-d float32 tensor where :meth:`_state` puts it; older checkpoints hold ints)."""
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            if "step" in state:
+                where = p.device if self.fused else torch.device("cpu")
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(where)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """One update of every parameter with a gradient. The equations are applied to all
@@ -118,37 +155,24 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            params, grads, m, v, steps = [], [], [], [], []  # of the parameters with a gradient
-            for p in group["params"]:  # (one pass: this loop runs on the host at every step)
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                params.append(p)
-                grads.append(p.grad)
-                m.append(state["exp_avg"])
-                v.append(state["exp_avg_sq"])
-                steps.append(state["step"])
+            params, grads, m, v, steps = self._with_grads(group)
             if not params:
                 continue
+            torch._foreach_add_(steps, 1.0)
             if self.fused:
-                _fused_update(params, grads, m, v, steps, group)
+                _fused_update(params, grads, m, v, steps, group, group["lr"])
                 continue
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             torch._foreach_lerp_(m, grads, 1 - b1)  # m = b1 m + (1 - b1) g
             torch._foreach_mul_(v, b2)
             torch._foreach_addcmul_(v, grads, grads, value=1 - b2)  # v = b2 v + (1 - b2) g^2
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)  # decoupled weight decay
             # parameters can have different step counts t (a head whose task skipped a step):
-            # the bias correction is applied per distinct t
+            # the bias correction is applied per distinct t (CPU tensors: reading them is cheap)
             by_t: dict[int, list[int]] = {}
             for i, t in enumerate(steps):
-                by_t.setdefault(t, []).append(i)
+                by_t.setdefault(int(t), []).append(i)
             for t, idx in by_t.items():
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
                 # theta -= lr * m^ / (sqrt(v^) + eps), with m^ = m / bc1 and v^ = v / bc2
@@ -158,24 +182,48 @@ class AdamW(torch.optim.Optimizer):
                 torch._foreach_addcdiv_([params[i] for i in idx], [m[i] for i in idx], denom, value=-lr / bc1)
         return loss
 
+    def prepare_graph_update(self) -> None:
+        """Create the state of every parameter that has a gradient now, outside any capture (a
+        graph must not allocate or zero it at each replay). Call before capturing
+        :meth:`graph_update`, with the gradients the graph will write already attached."""
+        for group in self.param_groups:
+            self._with_grads(group)
+
+    @torch.no_grad()
+    def graph_update(self, lrs: torch.Tensor) -> None:
+        """The fused update of :meth:`step`, for capture in a CUDA graph: every device-side
+        operation, no host sync and no host value that changes between steps. ``lrs``:
+        (n_groups,) float32 on the parameters' device, group i's lr for this step (the host
+        writes it before each replay). Which parameters are updated is fixed at capture: those
+        whose ``p.grad`` is set then. Their state must exist (:meth:`prepare_graph_update`).
+
+        Raises:
+            RuntimeError: not ``fused``, or a parameter's state not created beforehand.
+        """
+        if not self.fused:
+            raise RuntimeError("AdamW.graph_update needs the fused update (optim.fused)")
+        for i, group in enumerate(self.param_groups):
+            if any(p.grad is not None and not self.state[p] for p in group["params"]):
+                raise RuntimeError("AdamW.graph_update: call prepare_graph_update before the capture")
+            params, grads, m, v, steps = self._with_grads(group)
+            if params:
+                torch._foreach_add_(steps, 1.0)
+                _fused_update(params, grads, m, v, steps, group, lrs[i])
+
 
 def _fused_update(
     params: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
-    steps: list[int], group: dict,
+    steps: list[torch.Tensor], group: dict, lr: float | torch.Tensor,
 ) -> None:
-    """One AdamW update of a group's ``params`` (their step counts ``steps`` already advanced) by
-    torch's fused kernel, one call per distinct step count t: it reads t from a 0-d float32
-    tensor on the parameters' device and applies decoupled weight decay, as our equations do."""
-    (b1, b2), by_t = group["betas"], {}
-    for i, t in enumerate(steps):
-        by_t.setdefault(t, []).append(i)
-    for t, idx in by_t.items():
-        step = torch.full((), float(t), dtype=torch.float32, device=params[idx[0]].device)
-        torch._fused_adamw_(
-            [params[i] for i in idx], [grads[i] for i in idx], [m[i] for i in idx], [v[i] for i in idx], [],
-            [step] * len(idx), lr=group["lr"], beta1=b1, beta2=b2, weight_decay=group["weight_decay"],
-            eps=group["eps"], amsgrad=False, maximize=False,
-        )
+    """One AdamW update of a group's ``params`` (their step counts ``steps``, 0-d float32 tensors
+    on their device, already advanced) by torch's fused kernel, in one call: it reads each t
+    where it lives and applies decoupled weight decay, as our equations do. ``lr``: a float, or
+    a 0-d float32 tensor on the device (read by the kernel; what a CUDA graph needs)."""
+    b1, b2 = group["betas"]
+    torch._fused_adamw_(
+        params, grads, m, v, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=group["weight_decay"],
+        eps=group["eps"], amsgrad=False, maximize=False,
+    )
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable, device: torch.device) -> torch.optim.Optimizer:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -24,7 +25,10 @@ from ..inference.evaluate import autocast_context, move
 from ..model.multitask import MultitaskModel
 from ..tasks.base import Task
 from .cudagraph import GraphedSteps, norm_and_clip
+from .optim import AdamW
 from .regularize import smart_loss, symmetric_divergence
+
+log = logging.getLogger(__name__)
 
 
 def pcgrad_(task_grads: list[list[torch.Tensor | None]], seed: int) -> list[torch.Tensor | None]:
@@ -255,7 +259,8 @@ class OptimizerStep:
                 self.task_steps[key] = _packed_step(self.step_fn, key)
             flat = {f"{n}/{k}": v for n, x in inputs.items() for k, v in x.items()}
             flat["pack_index"], flat["cu_seqlens"] = packing
-            return self.graphs.run(key, self.task_steps[key], flat, 1.0 / group_size)
+            lrs = [g["lr"] for g in self.optimizer.param_groups] if self.graphs.updater is not None else None
+            return self.graphs.run(key, self.task_steps[key], flat, 1.0 / group_size, lrs)
         for n in batches:
             if n not in self.task_steps:
                 self.task_steps[n] = _task_step(self.step_fn, n)
@@ -277,7 +282,7 @@ class OptimizerStep:
         before clipping (0 without trainable parameters)."""
         if self.flat_sync:
             all_reduce_mean(self.graphs.flat, self.ctx)  # one collective: every task's gradients of the step
-        if self.graphs is not None:
+        if self.graphs is not None and not self.graphs.step_updated:  # (updated: nothing reads them)
             self.graphs.expose_grads()
         if self.graphs is not None and self.graphs.step_norm is not None:  # clipped in the replayed graph
             grad_norm = self.graphs.step_norm
@@ -288,9 +293,11 @@ class OptimizerStep:
         return torch.cat([per_task.float(), grad_norm.float().reshape(1).to(per_task.device)])
 
     def update(self) -> None:
-        """The optimizer and lr-schedule step; clears eager gradients (the graphs' buffers are
-        zeroed by the next group's first micro-step)."""
-        self.optimizer.step()
+        """The optimizer and lr-schedule step (the optimizer's only where the replayed graph did
+        not update the parameters itself, :attr:`GraphedSteps.step_updated`); clears eager
+        gradients (the graphs' buffers are zeroed by the next group's first micro-step)."""
+        if self.graphs is None or not self.graphs.step_updated:
+            self.optimizer.step()
         self.scheduler.step()
         if self.graphs is None:
             self.optimizer.zero_grad(set_to_none=True)
@@ -315,7 +322,7 @@ def build_optimizer_step(
     torchrun either wrapped by DDP or (``rt.flat_sync``) with rank 0's weights broadcast, as
     DDP's constructor would, for the flat gradient sync; with the fixed gradient buffers of
     :class:`GraphedSteps` for CUDA graphs or the flat sync (``direct`` when each optimizer step is
-    one packed graph)."""
+    one packed graph, which then also updates the parameters: :func:`graph_updater`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     step_fn: nn.Module = TrainStep(model, tasks, weights, device, rt.amp, tc)
     if rt.flat_sync:
@@ -327,11 +334,27 @@ def build_optimizer_step(
     graphs = None
     if (rt.cuda_graphs or rt.flat_sync) and params:
         graphs = GraphedSteps(params, capture=rt.cuda_graphs, direct=direct, grad_norm=direct,
-                              max_norm=tc.max_grad_norm)
+                              max_norm=tc.max_grad_norm, updater=graph_updater(optimizer, tc) if direct else None)
     return OptimizerStep(
         step_fn, params, optimizer, scheduler, device, ctx,
         max_grad_norm=tc.max_grad_norm, pcgrad=tc.pcgrad, seed=tc.seed, graphs=graphs, flat_sync=rt.flat_sync,
     )
+
+
+def graph_updater(optimizer: torch.optim.Optimizer, tc: TrainConfig) -> AdamW | None:
+    """The optimizer, when one-graph steps can capture its update: our fused AdamW under
+    ``train.nonfinite=stop``. Otherwise None, with one log line saying why: other optimizers
+    read host values that change between steps; ``nonfinite=skip`` must see a step's losses
+    before its update, and the graph would have applied it already."""
+    why = None
+    if not (isinstance(optimizer, AdamW) and optimizer.fused):
+        why = "the optimizer is not our fused AdamW (optim.name=adamw, optim.fused)"
+    elif tc.nonfinite != "stop":
+        why = "train.nonfinite=skip decides on a step's losses before its update"
+    if why is not None:
+        log.info("CUDA graphs: the optimizer update runs outside the step's graph: %s", why)
+        return None
+    return optimizer
 
 
 def _wrap_ddp(step_fn: nn.Module, tc: TrainConfig, device: torch.device) -> nn.Module:
