@@ -1,6 +1,6 @@
 """Merge the raw benchmark outputs in reports/bench/ into reports/speed.json (``machine``,
-``train_step``, ``train_step_packed``, ``e2e`` and ``e2e_history``, ``profile`` (and
-``profile_peer``, ``profile_history``), ``profile_trainer``, ``eval``, ``varlen_attention``; the
+``train_step``, ``train_step_packed``, ``e2e``, ``e2e_earlier`` and ``e2e_history``, ``profile`` (and
+``profile_peer``, ``profile_history``, ``profile_history_s5``), ``profile_trainer``, ``eval``, ``varlen_attention``; the
 ``cpu_predict`` part is written by benchmarks/cpu_predict.py) and reports/encoder_throughput.json
 (the batch-32 records). Prints the ratios ours / faster peer.
 
@@ -46,6 +46,11 @@ Inputs (see reports/bench/README.md for the commands that made them):
   bench/s17/                        a default run's start, epochs and end: run_phases.py (phases, a host
                                     cProfile), profile_train.py, e2e.py against git b5195b5, an empty Triton
                                     cache per run; s17-call4's default end to end (e2e) (device-scripts/s17-call*.sh)
+  bench/s18/                        the optimizer update in the step's graph: s18-call1 (CUDA tests;
+                                    train_step.py bert-base b32 with the update in and out of the graph
+                                    and the peer; e2e.py of both presets, an empty Triton cache per run;
+                                    profile_train.py), s18-call2 (train_step.py at the other sizes;
+                                    profile_step.py, bert-base b32 and b128) (device-scripts/s18-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -87,7 +92,9 @@ def ratios(records: list[dict]) -> list[dict]:
 
 def packed_records() -> list[dict]:
     """The packed train-step records and their peers, the latest run first where several measured
-    one (the others go to ``earlier``): s14-call4's bert-base batch 32 (fused_linear, this version)
+    one (the others go to ``earlier``): s18-call1's bert-base batch 32 and s18-call2's other sizes
+    (the optimizer update in the step's graph; s18-call1's ``-hostopt`` record runs it from the
+    host), s14-call4's bert-base batch 32 (fused_linear)
     and s14-call2's (the s13 step; its ``-nodes`` record, an intermediate version, is left out),
     s10-call3's and s10-call2's JSON files (varlen_kernel auto:
     our Triton kernel where attention dropout is on; their ``minbert-packed-compile-triton`` names it
@@ -106,6 +113,9 @@ def packed_records() -> list[dict]:
             {**{k: rec[k] for k in KEYS if k in rec}, "source": f"reports/bench/{source}"})
         seen.add(key)
 
+    for f in [BENCH / "s18" / "s18-call1-ts-bert-base-b32.json", *sorted((BENCH / "s18").glob("s18-call2-ts-*.json"))]:
+        for rec in json.loads(f.read_text())["records"]:
+            add(rec, f"s18/{f.name}")
     for name in ("s14-call4-ts-bert-base-b32.json", "s14-call2-ts-bert-base-b32.json"):  # fused_linear; s13's step
         for rec in json.loads((BENCH / "s14" / name).read_text())["records"]:
             if not rec["impl"].endswith("-nodes"):  # s14-call2's intermediate version (bench/README.md)
@@ -262,14 +272,16 @@ def profile(folder: str, name: str) -> dict:
 
 
 def profiles() -> dict:
-    """The shipped bert-base step's profiles (s8-call3), the reduce-overhead peer's beside them,
-    and the earlier step's (s5-call1, before the gradients stayed in place)."""
+    """The shipped bert-base step's profiles (s18-call2: the optimizer update in the step's graph),
+    the reduce-overhead peer's (s8-call3), and the earlier steps' (s8-call3's own; s5-call1's,
+    before the gradients stayed in place)."""
     def both(folder: str, name: str) -> dict:
         return {f"bert-base-b{b}": profile(folder, name.format(b=b)) for b in (32, 128)}
 
-    return {"profile": both("s8", "s8-call3-profile-minbert-packed-compile-bert-base-b{b}.json"),
+    return {"profile": both("s18", "s18-call2-profile-bert-base-b{b}.json"),
             "profile_peer": both("s8", "s8-call3-profile-transformers-sdpa-ro-bert-base-b{b}.json"),
-            "profile_history": both("packed", "s5-call1-profile-bert-base-b{b}.json")}
+            "profile_history": both("s8", "s8-call3-profile-minbert-packed-compile-bert-base-b{b}.json"),
+            "profile_history_s5": both("packed", "s5-call1-profile-bert-base-b{b}.json")}
 
 
 def main() -> None:
@@ -319,13 +331,15 @@ def main() -> None:
     # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for every
     # run; the earlier versions' runs are in e2e_history.packed (s13-call1 to s13-call3: each change
     # against its predecessor on one machine; s13-call4's default; s15-call1's default, fused_linear).
-    # default: s17-call4 (git 85e4711: the gradient norm in the step's graph, and s17's earlier
-    # changes); default_warm: s17-call2 (git a475155) with the Triton cache its run before filled;
-    # best: s13-call4 (the version before fused_linear; not run since)
-    speed["e2e"] = {"default": e2e_runs("s17-call4-e2e-default-after.json", "s17", "-after"),
+    # default and best: s18-call1 (the optimizer update in the step's graph, and s17's changes);
+    # default_warm: s17-call2 (git a475155) with the Triton cache its run before filled. Earlier:
+    # default s17-call4 (git 85e4711), best s13-call4 (the version before fused_linear)
+    speed["e2e"] = {"default": e2e_runs("s18-call1-e2e-default-after.json", "s18", "-after"),
                     "default_warm": {**e2e_runs("s17-call2-e2e-default-warm.json", "s17", "-warm"),
                                      "what": "git a475155, the Triton cache filled by the run before (both seeds)"},
-                    "best": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
+                    "best": e2e_runs("s18-call1-e2e-best-after.json", "s18", "-after")}
+    speed["e2e_earlier"] = {"default": e2e_runs("s17-call4-e2e-default-after.json", "s17", "-after"),
+                            "best": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
     speed.update(profiles())
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())

@@ -138,3 +138,26 @@ def test_find_nonfinite_names_the_task_or_the_gradient():
     assert find_nonfinite(["sst", "qqp"], [float("inf"), float("nan"), 2.0]) == ("task sst", 0)
     assert find_nonfinite(["sst", "qqp"], [1.0, 2.0, float("inf")]) == ("gradient (all tasks' sum)", 0)
     assert find_nonfinite(["sst", "qqp"], [1.0, 2.0, 3.0]) is None
+
+
+def test_graph_updater_only_for_our_fused_adamw_under_nonfinite_stop(caplog):
+    """Which optimizer a one-graph step may capture: our fused AdamW with train.nonfinite=stop;
+    otherwise None and one log line naming the reason."""
+    import logging
+
+    from minbert.config import load_config
+    from minbert.training.optim import AdamW
+    from minbert.training.step import graph_updater
+
+    params = [nn.Parameter(torch.zeros(3))]
+    stop, skip = (load_config(None, [f"train.nonfinite={v}"]).train for v in ("stop", "skip"))
+    ours = AdamW(params, fused=True)
+    with caplog.at_level(logging.INFO, logger="minbert.training.step"):
+        assert graph_updater(ours, stop) is ours
+        assert not caplog.records
+        assert graph_updater(AdamW(params, fused=False), stop) is None
+        assert graph_updater(torch.optim.AdamW(params, fused=True), stop) is None
+        assert graph_updater(ours, skip) is None
+    reasons = [r.getMessage() for r in caplog.records]
+    assert len(reasons) == 3 and all("outside the step's graph" in m for m in reasons)
+    assert "optim.fused" in reasons[0] and "optim.fused" in reasons[1] and "nonfinite=skip" in reasons[2]
