@@ -325,6 +325,45 @@ def test_graph_training_matches_eager_training(tiny_encoder, data_dir, tmp_path)
     assert runs[0].summary["dev"] == pytest.approx(runs[1].summary["dev"], abs=1e-4)
 
 
+@cuda
+def test_packed_run_with_the_update_in_the_graph_matches_one_updating_from_the_host(
+    tiny_encoder, data_dir, tmp_path, caplog
+):
+    """Whole packed bf16 runs with one graph per step, dropout off: the update captured in the
+    graph (train.nonfinite=stop) and run from the host (nonfinite=skip, which keeps it outside,
+    saying so in one log line) reach the same weights; the checkpoint's optimizer state counts
+    the graph's updates in float32 step tensors."""
+    import logging
+
+    from minbert.io import load_weights
+    from minbert.runs import last_checkpoint
+    from minbert.training.checkpoint import load_train_state
+    from minbert.training.trainer import train
+
+    common = [
+        f"model.encoder={tiny_encoder}", "train.epochs=1", "train.max_steps=12", "train.device=cuda",
+        "output.test_predictions=false", "output.plot=false", "output.report_to=none", "train.checkpoint_every=6",
+        "tasks.sst.batch_size=8", "tasks.qqp.batch_size=8", "tasks.sts.batch_size=8",
+        "tasks.sst.dropout=0.0", "tasks.qqp.dropout=0.0", "tasks.sts.dropout=0.0",
+        "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0", "optim.lr=1e-4",
+    ]
+    with caplog.at_level(logging.INFO, logger="minbert.training.step"):
+        for nonfinite in ("stop", "skip"):
+            cfg = load_config(None, [*common, f"train.nonfinite={nonfinite}"])
+            run = train(cfg, tmp_path / nonfinite, data_dir=data_dir, progress=False)
+            assert run.summary["steps"] == 12 and run.summary["throughput"]["graphs"]["replays"] > 0
+    outside = [r.getMessage() for r in caplog.records if "outside the step's graph" in r.getMessage()]
+    assert len(outside) == 1 and "nonfinite=skip" in outside[0]
+    a, _ = load_weights(last_checkpoint(tmp_path / "stop") / "model.safetensors")
+    b, _ = load_weights(last_checkpoint(tmp_path / "skip") / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    state = load_train_state(last_checkpoint(tmp_path / "stop"))["optimizer"]["state"]
+    assert all(isinstance(s["step"], torch.Tensor) and s["step"].dtype == torch.float32 for s in state.values())
+    assert max(float(s["step"]) for s in state.values()) == 12.0  # the graph's updates were counted
+    assert all(float(s["exp_avg_sq"].abs().sum()) > 0 for s in state.values() if float(s["step"]) > 0)
+
+
 def test_compiled_encoder_equals_eager(tiny_encoder):
     """torch.compile (train.compile=on) changes kernels, not results."""
     torch.manual_seed(0)
