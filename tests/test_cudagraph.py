@@ -247,7 +247,8 @@ def test_direct_graphs_clip_in_the_graph_as_eager_steps_do(tiny_encoder, data_di
 
 
 @cuda
-def test_direct_graphs_that_update_train_as_eager_steps_do(tiny_encoder, data_dir):
+@pytest.mark.parametrize("max_norm", [None, 0.5])
+def test_direct_graphs_that_update_train_as_eager_steps_do(tiny_encoder, data_dir, max_norm):
     """GraphedSteps(updater=AdamW): a replayed step is forward, backward, clipping and our fused
     AdamW update in one graph, with each group's lr from the host at every step. Against a copy
     of the model trained eagerly (backward, clip_grad_norm_, AdamW.step) on the same batches and
@@ -268,7 +269,7 @@ def test_direct_graphs_that_update_train_as_eager_steps_do(tiny_encoder, data_di
             for m in (model, ref_model)]
     base = [g["lr"] for g in opts[0].param_groups]
     params = [p for p in model.parameters() if p.requires_grad]
-    graphs = GraphedSteps(params, direct=True, grad_norm=True, max_norm=0.5, updater=opts[0])
+    graphs = GraphedSteps(params, direct=True, grad_norm=True, max_norm=max_norm, updater=opts[0])
     updated = []
     for k in range(10):
         name, which = ("sst", "sts")[k % 2], (k // 2) % 2
@@ -280,11 +281,12 @@ def test_direct_graphs_that_update_train_as_eager_steps_do(tiny_encoder, data_di
         updated.append(graphs.step_updated)
         if not graphs.step_updated:
             graphs.expose_grads()
-            norm_and_clip(params, 0.5)
+            norm_and_clip(params, max_norm)
             opts[0].step()
         ref_model.zero_grad(set_to_none=True)
         ref_step({name: {kk: v.to(device) for kk, v in batches[name][which].items()}}).total.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in ref_model.parameters() if p.grad is not None], 0.5)
+        if max_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in ref_model.parameters() if p.grad is not None], max_norm)
         opts[1].step()
         for (n, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
             torch.testing.assert_close(p, q, atol=2e-6, rtol=1e-5, msg=(k, n))

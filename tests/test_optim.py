@@ -145,6 +145,35 @@ def test_graph_update_refuses_state_not_prepared_and_the_written_out_update():
         AdamW(m.parameters(), fused=True).graph_update(torch.tensor([1e-3]))
     with pytest.raises(RuntimeError, match="fused"):
         AdamW(m.parameters(), fused=False).graph_update(torch.tensor([1e-3]))
+    two = AdamW(param_groups(m, 0.1), fused=True)
+    two.prepare_graph_update()
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(ValueError, match=r"lrs of shape \(1,\), not \(2,\)"):
+        two.graph_update(torch.tensor([1e-3]))
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before, strict=True))  # nothing applied
+
+
+def test_load_state_dict_copies_into_the_state_a_graph_holds():
+    """Loading into an optimizer whose parameters have state copies the values into the tensors
+    it holds (a captured graph_update keeps updating them), and the step counts loaded into a
+    fresh optimizer are its own: stepping it leaves the source's alone."""
+    a_m = make_small()
+    a = AdamW(param_groups(a_m, 0.1), lr=1e-2, weight_decay=0.1, fused=True)
+    _train(a_m, a, torch.Generator().manual_seed(0), 4)
+    saved = copy.deepcopy(a.state_dict())
+    _train(a_m, a, torch.Generator().manual_seed(1), 2)
+    held = {p: dict(s) for p, s in a.state.items()}
+    a.load_state_dict(saved)
+    for p, s in a.state.items():
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert s[k] is held[p][k], k
+        assert int(s["step"]) == 4
+    b_m = make_small()
+    b = AdamW(param_groups(b_m, 0.1), lr=1e-2, weight_decay=0.1, fused=True)
+    b.load_state_dict(a.state_dict())
+    _train(b_m, b, torch.Generator().manual_seed(2), 1)
+    assert {int(s["step"]) for s in a.state.values()} == {4}
+    assert {int(s["step"]) for s in b.state.values()} == {5}
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -122,7 +122,9 @@ class GraphedSteps:
         max_norm: see ``grad_norm``.
         updater: with ``direct``, the optimizer whose update each graph captures after the
             backward (and the clipping); :meth:`run` then needs ``lrs``. Eager steps (shapes
-            not captured yet) leave the update to the caller: see :attr:`step_updated`.
+            not captured yet) leave the update to the caller: see :attr:`step_updated`. The
+            graphs hold the optimizer's state tensors: it must keep them (our AdamW's
+            ``load_state_dict`` copies into them).
 
     Raises:
         ValueError: no parameters; parameters on several devices or of several dtypes; with
@@ -205,7 +207,13 @@ class GraphedSteps:
         ``scale`` x the gradient of its loss into the buffers; with ``updater``, a replay also
         updates the parameters with the optimizer's group lrs ``lrs`` (required then). Returns
         ``fn``'s value (a new tensor on the device). ``key`` names ``fn``: batches with the same
-        key, input names, shapes and dtypes share a graph."""
+        key, input names, shapes and dtypes share a graph.
+
+        Raises:
+            RuntimeError: ``direct`` and a second batch in one optimizer step; from the updater,
+                its own errors at capture (:meth:`minbert.training.optim.AdamW.graph_update`).
+            ValueError: an ``updater`` and no ``lrs``.
+        """
         if self.direct:
             if self._step_runs:
                 raise RuntimeError("GraphedSteps(direct=True) runs one batch per optimizer step")

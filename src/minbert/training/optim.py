@@ -138,12 +138,26 @@ class AdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """``torch.optim.Optimizer.load_state_dict``, then every ``step`` as this optimizer keeps
-        it (a 0-d float32 tensor where :meth:`_state` puts it; older checkpoints hold ints)."""
+        it (a 0-d float32 tensor where :meth:`_state` puts it, of its own: older checkpoints hold
+        ints). Where a parameter already has a state tensor of the loaded one's shape, dtype and
+        device, the values are copied into it, so that a CUDA graph that captured
+        :meth:`graph_update` goes on updating the state this optimizer holds.
+
+        Raises:
+            ValueError: ``state_dict``'s parameter groups do not match this optimizer's.
+        """
+        held = {p: dict(state) for p, state in self.state.items()}  # the tensors a graph may have captured
         super().load_state_dict(state_dict)
         for p, state in self.state.items():
             if "step" in state:
                 where = p.device if self.fused else torch.device("cpu")
-                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(where)
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(where).clone()
+            for k, old in held.get(p, {}).items():
+                new = state.get(k)
+                if isinstance(new, torch.Tensor) and (old.shape, old.dtype, old.device) == (
+                    new.shape, new.dtype, new.device
+                ):
+                    state[k] = old.copy_(new)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -199,12 +213,15 @@ class AdamW(torch.optim.Optimizer):
 
         Raises:
             RuntimeError: not ``fused``, or a parameter's state not created beforehand.
+            ValueError: ``lrs`` does not hold one lr per group.
         """
         if not self.fused:
             raise RuntimeError("AdamW.graph_update needs the fused update (optim.fused)")
+        if lrs.shape != (len(self.param_groups),):
+            raise ValueError(f"AdamW.graph_update: lrs of shape {tuple(lrs.shape)}, not ({len(self.param_groups)},)")
+        if any(p.grad is not None and not self.state[p] for g in self.param_groups for p in g["params"]):
+            raise RuntimeError("AdamW.graph_update: call prepare_graph_update before the capture")
         for i, group in enumerate(self.param_groups):
-            if any(p.grad is not None and not self.state[p] for p in group["params"]):
-                raise RuntimeError("AdamW.graph_update: call prepare_graph_update before the capture")
             params, grads, m, v, steps = self._with_grads(group)
             if params:
                 torch._foreach_add_(steps, 1.0)
