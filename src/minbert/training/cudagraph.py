@@ -92,7 +92,6 @@ class _Graph(NamedTuple):
     touched: frozenset[int]  # indices of the parameters that get a gradient
     grads: list[torch.Tensor | None] | None  # direct: where the graph writes each gradient
     norm: torch.Tensor | None  # direct with grad_norm: () the gradients' global L2 norm, before clipping
-    updates: bool  # the graph ends with the optimizer update
 
 
 class GraphedSteps:
@@ -236,7 +235,8 @@ class GraphedSteps:
         graph.scale.fill_(scale)
         graph.graph.replay()
         self._step_touched |= graph.touched
-        self._step_grads, self.step_norm, self.step_updated = graph.grads, graph.norm, graph.updates
+        self._step_grads, self.step_norm = graph.grads, graph.norm
+        self.step_updated = self.updater is not None  # every graph ends with the update then
         self.n_replays += 1
         return graph.value.clone()
 
@@ -306,8 +306,7 @@ class GraphedSteps:
         grads = [p.grad for p in self.params] if self.direct else None
         self.flat.copy_(saved)
         self._attach()
-        updates = self.updater is not None
-        g = _Graph(graph, static_inputs, scale, value.detach(), self._touched_by_key[full_key], grads, norm, updates)
+        g = _Graph(graph, static_inputs, scale, value.detach(), self._touched_by_key[full_key], grads, norm)
         self._graphs[full_key] = g
         log.debug("captured CUDA graph %d for %s", len(self._graphs), full_key)
         return g

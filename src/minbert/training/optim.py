@@ -169,13 +169,13 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if self.fused:
+                self._fused_group_update(group, group["lr"])
+                continue
             params, grads, m, v, steps = self._with_grads(group)
             if not params:
                 continue
             torch._foreach_add_(steps, 1.0)
-            if self.fused:
-                _fused_update(params, grads, m, v, steps, group, group["lr"])
-                continue
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             torch._foreach_lerp_(m, grads, 1 - b1)  # m = b1 m + (1 - b1) g
             torch._foreach_mul_(v, b2)
@@ -221,26 +221,23 @@ class AdamW(torch.optim.Optimizer):
             raise ValueError(f"AdamW.graph_update: lrs of shape {tuple(lrs.shape)}, not ({len(self.param_groups)},)")
         if any(p.grad is not None and not self.state[p] for g in self.param_groups for p in g["params"]):
             raise RuntimeError("AdamW.graph_update: call prepare_graph_update before the capture")
-        for i, group in enumerate(self.param_groups):
-            params, grads, m, v, steps = self._with_grads(group)
-            if params:
-                torch._foreach_add_(steps, 1.0)
-                _fused_update(params, grads, m, v, steps, group, lrs[i])
+        for group, lr in zip(self.param_groups, lrs, strict=True):
+            self._fused_group_update(group, lr)
 
-
-def _fused_update(
-    params: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
-    steps: list[torch.Tensor], group: dict, lr: float | torch.Tensor,
-) -> None:
-    """One AdamW update of a group's ``params`` (their step counts ``steps``, 0-d float32 tensors
-    on their device, already advanced) by torch's fused kernel, in one call: it reads each t
-    where it lives and applies decoupled weight decay, as our equations do. ``lr``: a float, or
-    a 0-d float32 tensor on the device (read by the kernel; what a CUDA graph needs)."""
-    b1, b2 = group["betas"]
-    torch._fused_adamw_(
-        params, grads, m, v, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=group["weight_decay"],
-        eps=group["eps"], amsgrad=False, maximize=False,
-    )
+    def _fused_group_update(self, group: dict, lr: float | torch.Tensor) -> None:
+        """One AdamW update of the group's parameters that have a gradient: their step counts
+        advanced, then torch's fused kernel in one call, which reads each t where it lives and
+        applies decoupled weight decay, as our equations do. ``lr``: a float, or a 0-d float32
+        tensor on the device (read by the kernel; what a CUDA graph needs)."""
+        params, grads, m, v, steps = self._with_grads(group)
+        if not params:
+            return
+        torch._foreach_add_(steps, 1.0)
+        b1, b2 = group["betas"]
+        torch._fused_adamw_(
+            params, grads, m, v, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=group["weight_decay"],
+            eps=group["eps"], amsgrad=False, maximize=False,
+        )
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable, device: torch.device) -> torch.optim.Optimizer:
