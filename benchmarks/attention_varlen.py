@@ -37,7 +37,6 @@ backward drops the same attention probabilities as the forward (:func:`dropout_m
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_io import emit, machine, replay_us  # noqa: E402
+from bench_io import emit, machine, time_us  # noqa: E402
 from minbert.data.tokenizer import Tokenizer  # noqa: E402
 from minbert.model.varlen_triton import triton_varlen_attention  # noqa: E402
 from minbert.tasks.base import get_task  # noqa: E402
@@ -159,21 +158,6 @@ def candidates(lengths: list[int], device: torch.device, nh: int, hs: int, with_
     except Exception as e:  # noqa: BLE001 -- a missing candidate is reported, not fatal
         print(f"flex unavailable: {type(e).__name__}: {e}", file=sys.stderr)
     return out
-
-
-def time_us(fn, iters: int, repeats: int) -> float:
-    """GPU microseconds per call: ``fn`` captured once as a CUDA graph (so that host launch time
-    does not count), replayed ``iters`` times; the median over ``repeats`` such timings."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return round(statistics.median(replay_us(g, iters, warmup=0) for _ in range(repeats)), 2)
 
 
 def measure(

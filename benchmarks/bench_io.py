@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -38,3 +39,19 @@ def replay_us(graph: torch.cuda.CUDAGraph, replays: int, warmup: int = 20) -> fl
     stop.record()
     torch.cuda.synchronize()
     return start.elapsed_time(stop) * 1e3 / replays
+
+
+def time_us(fn, iters: int, repeats: int, warmup: int = 0) -> float:
+    """GPU microseconds per call: ``fn`` captured once as a CUDA graph (so that host launch time
+    does not count), replayed ``iters`` times after ``warmup`` untimed replays; the median over
+    ``repeats`` such timings."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return round(statistics.median(replay_us(g, iters, warmup=warmup) for _ in range(repeats)), 2)

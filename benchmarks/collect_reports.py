@@ -284,6 +284,20 @@ def profiles() -> dict:
             "profile_history_s5": both("packed", "s5-call1-profile-bert-base-b{b}.json")}
 
 
+def update_experiments() -> dict:
+    """The optimizer update overlapped with the backward (benchmarks/overlap_step.py, s19-call1 and
+    s19-call2) and the update alone (benchmarks/optimizer_update.py, s19-call3)."""
+    def records(name: str) -> list[dict]:
+        recs = json.loads((BENCH / "s19" / name).read_text())["records"]
+        return [{**{k: r[k] for k in ("samples_per_s", "ms_per_step", "batch") if k in r},
+                 "variant": r.get("variant") or r["impl"], "source": f"reports/bench/s19/{name}"} for r in recs]
+
+    alone = json.loads((BENCH / "s19" / "s19-call3-optimizer-update.json").read_text())["records"]
+    return {"train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json"),
+            "train_step_b128": records("s19-call1-overlap-b128.json"),
+            "update_alone": [{**r, "source": "reports/bench/s19/s19-call3-optimizer-update.json"} for r in alone]}
+
+
 def main() -> None:
     step = json.loads((BENCH / "train_step-graphs.json").read_text())
     records = step["records"]
@@ -341,6 +355,7 @@ def main() -> None:
     speed["e2e_earlier"] = {"default": e2e_runs("s17-call4-e2e-default-after.json", "s17", "-after"),
                             "best": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
     speed.update(profiles())
+    speed["update_overlap"] = update_experiments()
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],

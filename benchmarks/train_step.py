@@ -173,25 +173,31 @@ def prepare(impl: str, cfg_name: str, batches: list[dict], device: torch.device)
     return step, gpu_batches, real_tokens, sum(p.numel() for p in params), graphs
 
 
-def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int, repeats: int) -> dict:
-    step, gpu_batches, real_tokens, n_params, graphs = prepare(impl, cfg_name, batches, torch.device("cuda"))
-    B = batches[0]["input_ids"].shape[0]
+def time_steps(step, gpu_batches: list[dict], warmup: int, steps: int, repeats: int) -> tuple[list, list]:
+    """``warmup`` calls of ``step`` on the batches in turn, then ``repeats`` timings (wall
+    seconds, between two device syncs) of the next ``steps`` batches each. Returns (the timings,
+    the batches of each)."""
     for i in range(warmup):
         step(gpu_batches[i % len(gpu_batches)])
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times, tokens = [], []
-    k = warmup
-    for _ in range(repeats):
-        chunk = [gpu_batches[(k + j) % len(gpu_batches)] for j in range(steps)]
-        k += steps
+    times, chunks = [], []
+    for r in range(repeats):
+        chunks.append([gpu_batches[(warmup + r * steps + j) % len(gpu_batches)] for j in range(steps)])
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for b in chunk:
+        for b in chunks[-1]:
             step(b)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        tokens.append(sum(real_tokens(b) for b in chunk))
+    return times, chunks
+
+
+def bench(impl: str, cfg_name: str, batches: list[dict], warmup: int, steps: int, repeats: int) -> dict:
+    step, gpu_batches, real_tokens, n_params, graphs = prepare(impl, cfg_name, batches, torch.device("cuda"))
+    B = batches[0]["input_ids"].shape[0]
+    times, chunks = time_steps(step, gpu_batches, warmup, steps, repeats)
+    tokens = [sum(real_tokens(b) for b in chunk) for chunk in chunks]
     i = sorted(range(repeats), key=lambda j: times[j])[repeats // 2]
     tok_s = tokens[i] / times[i]
     rec = {
