@@ -293,9 +293,25 @@ def update_experiments() -> dict:
                  "variant": r.get("variant") or r["impl"], "source": f"reports/bench/s19/{name}"} for r in recs]
 
     alone = json.loads((BENCH / "s19" / "s19-call3-optimizer-update.json").read_text())["records"]
-    return {"train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json"),
+    return {"train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json")
+            + records("s19-call4-overlap-b32.json"),
             "train_step_b128": records("s19-call1-overlap-b128.json"),
             "update_alone": [{**r, "source": "reports/bench/s19/s19-call3-optimizer-update.json"} for r in alone]}
+
+
+def bert_base_b32_runs() -> list[dict]:
+    """bert-base at batch 32: the shipped compiled packed step against the reduce-overhead peer,
+    in one process, in each run of it since s14-call4 (the s15 runs timed variants): how the
+    ratio moves with the machine."""
+    out = []
+    for name in ("s14/s14-call4-ts-bert-base-b32.json", "s18/s18-call1-ts-bert-base-b32.json",
+                 "s19/s19-call1-overlap-b32.json", "s19/s19-call4-ts-bert-base-b32.json"):
+        records = json.loads((BENCH / name).read_text())["records"]
+        recs = {r.get("variant") or r["impl"]: r["samples_per_s"] for r in records}
+        ours = recs.get("minbert-packed-compile", recs.get("whole"))
+        peer = recs.get("transformers-sdpa-ro", recs.get("peer"))
+        out.append({"minbert": ours, "peer": peer, "ratio": round(ours / peer, 2), "source": f"reports/bench/{name}"})
+    return out
 
 
 def main() -> None:
@@ -356,6 +372,7 @@ def main() -> None:
                             "best": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
     speed.update(profiles())
     speed["update_overlap"] = update_experiments()
+    speed["bert_base_b32_runs"] = bert_base_b32_runs()
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],

@@ -16,6 +16,7 @@ Variants (``--variants``):
   layers           each layer compiled on its own, update captured after the backward
   layers-overlap   each layer compiled on its own, each layer's update on a second stream
   layers-noopt     per-layer compile, no update
+  whole-noopt-bf16 whole-noopt with the weights in bf16 (no weight casts; bf16 gradients)
   layers-overlap-tK  the same with a Triton AdamW kernel per tensor that runs K programs
   ...-prio         the step's stream at high priority (the update's at the default)
   peer             transformers + torch.compile(mode="reduce-overhead") (train_step.py's best peer)
@@ -185,6 +186,8 @@ def prepare(variant: str, batches: list[dict]):
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = BertModel(BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa")).to(dev).train()
+    if variant.endswith("-bf16"):  # the weights in the compute dtype: no cast kernels in the step
+        model = model.to(torch.bfloat16)
     opt = AdamW(model.parameters(), lr=1e-5, fused=True)
     params = list(model.parameters())
     B = batches[0]["input_ids"].shape[0]
