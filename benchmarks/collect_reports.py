@@ -285,18 +285,21 @@ def profiles() -> dict:
 
 
 def update_experiments() -> dict:
-    """The optimizer update overlapped with the backward (benchmarks/overlap_step.py, s19-call1 and
-    s19-call2) and the update alone (benchmarks/optimizer_update.py, s19-call3)."""
+    """The optimizer update overlapped with the backward and the step without an update
+    (benchmarks/overlap_step.py, s19-call1, s19-call2 and s19-call4), and the update alone
+    (benchmarks/optimizer_update.py, s19-call3 and s19-call4)."""
     def records(name: str) -> list[dict]:
         recs = json.loads((BENCH / "s19" / name).read_text())["records"]
         return [{**{k: r[k] for k in ("samples_per_s", "ms_per_step", "batch") if k in r},
                  "variant": r.get("variant") or r["impl"], "source": f"reports/bench/s19/{name}"} for r in recs]
 
-    alone = json.loads((BENCH / "s19" / "s19-call3-optimizer-update.json").read_text())["records"]
+    alone = [{**r, "source": f"reports/bench/s19/{name}"} for name in
+             ("s19-call3-optimizer-update.json", "s19-call4-optimizer-update.json")
+             for r in json.loads((BENCH / "s19" / name).read_text())["records"]]
     return {"train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json")
             + records("s19-call4-overlap-b32.json"),
             "train_step_b128": records("s19-call1-overlap-b128.json"),
-            "update_alone": [{**r, "source": "reports/bench/s19/s19-call3-optimizer-update.json"} for r in alone]}
+            "update_alone": alone}
 
 
 def bert_base_b32_runs() -> list[dict]:

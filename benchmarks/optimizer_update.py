@@ -7,7 +7,7 @@ parameter, gradient and both moments; write parameter and moments; 6 x 4 + 2 wit
 gradients).
 
 Variants:
-  list        torch's fused AdamW kernel over the model's 200 parameter tensors (the shipped step)
+  list        torch's fused AdamW kernel over the model's 199 parameter tensors (the shipped step)
   flat        the same kernel over one flat tensor of every parameter
   triton      overlap_step.py's Triton AdamW over the flat tensor, one program per 4,096 elements
   triton-bf16 the same reading bf16 gradients
