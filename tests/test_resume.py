@@ -145,31 +145,29 @@ def run_a(tmp_path_factory, tiny_encoder, data_dir) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
+def kill_after_mid_epoch_checkpoint(args: list[str], run_dir: Path, log_path: Path) -> None:
+    """Run the CLI with ``args`` in a subprocess (cwd: ``run_dir``'s parent, output to
+    ``log_path``) and SIGKILL it once ``run_dir`` has a checkpoint in the middle of an epoch."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "minbert", *args], cwd=run_dir.parent, env=env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while (p := pointer(run_dir)) is None or not p["step"] % STEPS_PER_EPOCH:
+                assert proc.poll() is None, "the run ended before a mid-epoch checkpoint:\n" + log_path.read_text()
+                assert time.monotonic() < deadline, "no mid-epoch checkpoint in time"
+                time.sleep(0.002)
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=60) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_sigkill_mid_epoch_then_resume_is_identical(run_a, tmp_path, tiny_encoder, data_dir):
     run_b = tmp_path / "b"
-    log = open(tmp_path / "b.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minbert", *train_args(tiny_encoder, data_dir, run_b)],
-        cwd=tmp_path, env=env(), stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            p = pointer(run_b)
-            if p is not None and p["step"] % STEPS_PER_EPOCH:  # a mid-epoch checkpoint exists
-                break
-            assert proc.poll() is None, (
-                "the run ended before a mid-epoch checkpoint:\n" + (tmp_path / "b.log").read_text()
-            )
-            assert time.monotonic() < deadline, "no mid-epoch checkpoint in time"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    kill_after_mid_epoch_checkpoint(train_args(tiny_encoder, data_dir, run_b), run_b, tmp_path / "b.log")
 
     # the killed run: no summary, and its last checkpoint sits in the middle of an epoch
     assert not (run_b / "summary.json").exists()

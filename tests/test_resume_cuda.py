@@ -12,11 +12,6 @@ about 7e-3). The optimizer's step counts, the schedule and the data streams must
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +20,15 @@ import torch
 from minbert.io import load_weights
 from minbert.runs import last_checkpoint
 from minbert.training.checkpoint import load_train_state
-from test_resume import EPOCHS, STEPS_PER_EPOCH, TASKS, assert_same_state, cli, env, pointer, train_args
+from test_resume import (
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    TASKS,
+    assert_same_state,
+    cli,
+    kill_after_mid_epoch_checkpoint,
+    train_args,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -35,24 +38,6 @@ def cuda_args(encoder: Path, data_dir: Path, run_dir: Path) -> list[str]:
     return [*args, "--train.device=cuda", "--optim.name=adamw",
             "--model.hidden_dropout_prob=0.0", "--model.attention_probs_dropout_prob=0.0",
             *(f"--tasks.{t}.dropout=0.0" for t in TASKS)]
-
-
-def kill_after_mid_epoch_checkpoint(args: list[str], run_dir: Path, log_path: Path) -> None:
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "minbert", *args], cwd=run_dir.parent, env=env(),
-                                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 240
-            while (p := pointer(run_dir)) is None or not p["step"] % STEPS_PER_EPOCH:
-                assert proc.poll() is None, "the run ended before a mid-epoch checkpoint:\n" + log_path.read_text()
-                assert time.monotonic() < deadline, "no mid-epoch checkpoint in time"
-                time.sleep(0.002)
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=60) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_sigkill_then_resume_of_a_graphed_gpu_run_ends_where_the_uninterrupted_one_does(
