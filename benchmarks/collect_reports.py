@@ -287,7 +287,8 @@ def profiles() -> dict:
 def update_experiments() -> dict:
     """The optimizer update overlapped with the backward and the step without an update
     (benchmarks/overlap_step.py, s19-call1, s19-call2 and s19-call4), and the update alone
-    (benchmarks/optimizer_update.py, s19-call3 and s19-call4)."""
+    (benchmarks/optimizer_update.py, s19-call3 and s19-call4); the step on bf16 working weights
+    with fp32 master weights (benchmarks/master_weights_step.py, s19-call7)."""
     def records(name: str) -> list[dict]:
         recs = json.loads((BENCH / "s19" / name).read_text())["records"]
         return [{**{k: r[k] for k in ("samples_per_s", "ms_per_step", "batch") if k in r},
@@ -296,7 +297,11 @@ def update_experiments() -> dict:
     alone = [{**r, "source": f"reports/bench/s19/{name}"} for name in
              ("s19-call3-optimizer-update.json", "s19-call4-optimizer-update.json")
              for r in json.loads((BENCH / "s19" / name).read_text())["records"]]
-    return {"train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json")
+    master = [{**json.loads(line), "source": "reports/bench/s19/s19-call7-master-b32.log"}  # the run was
+              for line in (BENCH / "s19" / "s19-call7-master-b32.log").read_text().splitlines()  # stopped before
+              if line.startswith("{")]  # its JSON file: the records are the lines it printed
+    return {"master_weights_b32": master,
+            "train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json")
             + records("s19-call4-overlap-b32.json"),
             "train_step_b128": records("s19-call1-overlap-b128.json"),
             "update_alone": alone}
