@@ -3,12 +3,14 @@ step, in one process (bert-base-sized encoder, real SST batches).
 
 The shipped step keeps the weights in fp32: every step casts them to bf16 for the GEMMs and
 writes fp32 gradients, and AdamW updates the fp32 weights. Here the encoder's parameters are
-bf16 (the forward casts nothing and the backward writes bf16 gradients). AdamW keeps fp32 master
-copies with its moments, and after each update writes the bf16 working weights from them
-(mixed-precision training with master weights: Micikevicius et al. 2018, "Mixed Precision
-Training", Sec. 3.1). The update is one function compiled by inductor (its foreach kernels read
-each bf16 gradient, the fp32 master and both moments once and write those and the bf16 weight),
-captured in the step's CUDA graph like the shipped step's fused AdamW.
+bf16: the forward casts no weight for its GEMMs (autocast still runs LayerNorm in fp32, and the
+query, key and value weights are concatenated at each step) and the backward writes bf16
+gradients. AdamW keeps fp32 master copies with its moments, and after each update writes the
+bf16 working weights from them (mixed-precision training with master weights: Micikevicius et
+al. 2018, "Mixed Precision Training", Sec. 3.1). The update is one function compiled by inductor
+(foreach kernels over the bf16 gradients, the fp32 masters and moments, and the bf16 weights),
+captured in the step's CUDA graph like the shipped step's fused AdamW. One lr and one weight
+decay for every parameter, and every parameter must have a gradient at each step (all do here).
 
 Variants (``--variants``):
   whole    the shipped step (overlap_step.py's ``whole``)
@@ -97,6 +99,12 @@ class MasterWeightsAdamW:
 
     @torch.no_grad()
     def step(self) -> None:
+        """The update from the host (a step that ran eagerly).
+
+        Raises:
+            ValueError: a working parameter without a gradient."""
+        if any(p.grad is None for p in self.working):
+            raise ValueError("MasterWeightsAdamW updates every parameter: one has no gradient")
         self._run([p.grad.clone() for p in self.working])
 
 
@@ -107,6 +115,7 @@ def prepare(variant: str, batches: list[dict]):
     torch.manual_seed(0)
     model = BertModel(BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa")).to(dev).train()
     work = copy.deepcopy(model).to(torch.bfloat16)
+    del model  # the masters are the optimizer's own fp32 copies
     params = list(work.parameters())
     opt = MasterWeightsAdamW(params, lr=1e-5)
     B, max_seqlen = batches[0]["input_ids"].shape[0], 128
