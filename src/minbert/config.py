@@ -166,6 +166,8 @@ def _check_model_and_optim(cfg: Config) -> None:
         raise ConfigError(f"optim.warmup_ratio must be in [0, 1], got {cfg.optim.warmup_ratio}")
     if cfg.optim.fused == "on" and cfg.optim.name == "lion":
         raise ConfigError("optim.fused=on: lion has no fused kernel (use optim.fused=auto or off)")
+    if cfg.optim.master_weights and cfg.optim.name != "adamw":
+        raise ConfigError(f"optim.master_weights: minbert's adamw keeps the master weights, not {cfg.optim.name}")
 
 
 def _check_report_to(names: tuple[str, ...]) -> None:
@@ -296,7 +298,8 @@ class RuntimeSettings:
     graphs; flat_sync: average gradients with one all-reduce of a flat buffer (torchrun, no DDP);
     pad_multiple: training batches are padded to a multiple of this many tokens; pack_multiple:
     with packing (``model.packing``), the smallest pack bucket in tokens (0: no packing);
-    note: why ``model.packing=auto`` stayed off on a CUDA device (None otherwise)."""
+    note: why ``model.packing=auto`` stayed off on a CUDA device (None otherwise);
+    master_weights: bf16 working weights over the optimizer's fp32 masters (``optim.master_weights``)."""
 
     amp: bool
     compile: bool
@@ -305,6 +308,7 @@ class RuntimeSettings:
     pad_multiple: int
     pack_multiple: int = 0
     note: str | None = None
+    master_weights: bool = False
 
 
 def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> RuntimeSettings:
@@ -315,7 +319,8 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
 
     Raises:
         ConfigError: ``train.pcgrad`` with several processes or without the parallel routine;
-            ``train.cuda_graphs=on`` where graphs cannot run.
+            ``train.cuda_graphs=on`` where graphs cannot run; ``optim.master_weights`` without
+            bf16 amp or with several processes (their gradients would be summed in bf16).
     """
     tc = cfg.train
     if tc.pcgrad and (tc.routine != "parallel" or world_size > 1):
@@ -331,8 +336,11 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
     pad_multiple = cfg.data.pad_to_multiple_of or (16 if graphs else 1)
     if packed:  # the encoder sees only the real tokens: rows are padded to one length, packs come in buckets
         pad_multiple = cfg.model.max_length
+    if cfg.optim.master_weights and (not amp or world_size > 1):
+        raise ConfigError("optim.master_weights needs bf16 amp (train.amp=bf16, or auto on CUDA) in one process "
+                          f"(got amp {'bf16' if amp else 'off'}, {world_size} processes)")
     return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple,
-                           PACK_MULTIPLE if packed else 0, note)
+                           PACK_MULTIPLE if packed else 0, note, cfg.optim.master_weights)
 
 
 def encoder_overrides(cfg: Config) -> dict:

@@ -242,6 +242,10 @@ class OptimConfig:
         default="auto",
         metadata={"help": "adamw, torch_adamw: each update as torch's fused AdamW kernel (auto: on CUDA)"},
     )
+    master_weights: bool = field(
+        default=False,
+        metadata={"help": "adamw with bf16 amp: train bf16 weights over fp32 master copies kept by the optimizer"},
+    )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,15 @@
   moments instead of eight, with v^ written as v / (sqrt(1 - b2^t))^2, so the results agree up
   to float rounding (tests/test_optim.py).
 
+  With ``master_weights`` (``optim.master_weights``) the optimizer keeps an fp32 master copy of
+  every parameter beside the moments, and the model trains bf16 working weights: each update
+  applies the equations to the masters, from the bf16 gradients, and writes the working weights
+  as the masters rounded (mixed-precision training with master weights: Micikevicius et al.
+  2018, "Mixed Precision Training", Sec. 3.1). The forward then casts no weight and the backward
+  writes bf16 gradients. On a CUDA device (``fused``) the update is one function compiled by
+  inductor; :func:`attach_master_weights` casts the model and makes its ``state_dict`` hold the
+  masters, so that checkpoints and exports keep fp32 weights.
+
 * ``torch.optim.AdamW`` (fused per ``optim.fused``), name ``torch_adamw``.
 * Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms") from the
   ``lion-pytorch`` package. Lion's update has unit size per coordinate, so the paper advises an
@@ -106,19 +115,31 @@ class AdamW(torch.optim.Optimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         fused: bool = False,
+        master_weights: bool = False,
     ):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
             raise ConfigError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self.fused = fused
+        self.fused, self.master_weights = fused, master_weights
+        if master_weights:  # the masters are copies of the parameters as they are now (fp32)
+            self._master_fn = torch.compile(master_update, fullgraph=True, dynamic=False) if fused else master_update
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._state(p)
+            # graph_update copies each group's lr here: the compiled update sees the same tensors
+            # at its warm-up (prepare_graph_update) and in the capture
+            self._lr_bufs = [torch.zeros((), device=g["params"][0].device) for g in self.param_groups]
 
     def _state(self, p: torch.Tensor) -> dict:
         """``p``'s state, created (step 0, zero moments) on first use."""
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if self.fused else "cpu")
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            dtype = torch.float32 if self.master_weights else p.dtype
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            if self.master_weights:
+                state["master"] = p.detach().to(torch.float32, copy=True)
         return state
 
     def _with_grads(self, group: dict) -> tuple[list, list, list, list, list]:
@@ -148,6 +169,13 @@ class AdamW(torch.optim.Optimizer):
         """
         held = {p: dict(state) for p, state in self.state.items()}  # the tensors a graph may have captured
         super().load_state_dict(state_dict)
+        if self.master_weights:  # torch casts state to the parameter's dtype: the fp32 values again
+            saved = state_dict["state"]
+            ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+            for p, i in zip((p for g in self.param_groups for p in g["params"]), ids, strict=True):
+                for k in ("exp_avg", "exp_avg_sq", "master"):
+                    if i in saved and k in saved[i]:
+                        self.state[p][k] = saved[i][k].to(device=p.device, dtype=torch.float32, copy=True)
         for p, state in self.state.items():
             if "step" in state:
                 where = p.device if self.fused else torch.device("cpu")
@@ -168,7 +196,10 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
+            if self.master_weights:  # compiled (fused): the lr as a tensor, so that a new lr is no recompile
+                self._master_group_update(group, self._lr_bufs[i].fill_(group["lr"]) if self.fused else group["lr"])
+                continue
             if self.fused:
                 self._fused_group_update(group, group["lr"])
                 continue
@@ -196,12 +227,26 @@ class AdamW(torch.optim.Optimizer):
                 torch._foreach_addcdiv_([params[i] for i in idx], [m[i] for i in idx], denom, value=-lr / bc1)
         return loss
 
+    @torch.no_grad()
     def prepare_graph_update(self) -> None:
         """Create the state of every parameter that has a gradient now, outside any capture (a
         graph must not allocate or zero it at each replay). Call before capturing
-        :meth:`graph_update`, with the gradients the graph will write already attached."""
-        for group in self.param_groups:
-            self._with_grads(group)
+        :meth:`graph_update`, with the gradients the graph will write already attached. With
+        master weights (fused), also compile the update for those parameters, on zero gradients,
+        and put their state and working weights back as they were."""
+        for group, lr in zip(self.param_groups, getattr(self, "_lr_bufs", self.param_groups), strict=True):
+            params, *_ = self._with_grads(group)
+            if self.master_weights and self.fused and params:  # compile the update for these parameters now
+                held = [(t, t.clone()) for p in params for t in self.state[p].values()]
+                saved = [(p, p.grad) for p in params]
+                for p in params:
+                    p.grad = torch.zeros_like(p)  # fresh tensors, as the graph's own gradients
+                self._master_group_update(group, lr)
+                for t, copy in held:
+                    t.copy_(copy)
+                for p, grad in saved:
+                    p.copy_(self.state[p]["master"])
+                    p.grad = grad
 
     @torch.no_grad()
     def graph_update(self, lrs: torch.Tensor) -> None:
@@ -217,12 +262,25 @@ class AdamW(torch.optim.Optimizer):
         """
         if not self.fused:
             raise RuntimeError("AdamW.graph_update needs the fused update (optim.fused)")
+        update = self._master_group_update if self.master_weights else self._fused_group_update
         if lrs.shape != (len(self.param_groups),):
             raise ValueError(f"AdamW.graph_update: lrs of shape {tuple(lrs.shape)}, not ({len(self.param_groups)},)")
         if any(p.grad is not None and not self.state[p] for g in self.param_groups for p in g["params"]):
             raise RuntimeError("AdamW.graph_update: call prepare_graph_update before the capture")
-        for group, lr in zip(self.param_groups, lrs, strict=True):
-            self._fused_group_update(group, lr)
+        for i, (group, lr) in enumerate(zip(self.param_groups, lrs, strict=True)):
+            if self.master_weights:
+                lr = self._lr_bufs[i].copy_(lr)
+            update(group, lr)
+
+    def _master_group_update(self, group: dict, lr: float | torch.Tensor) -> None:
+        """One AdamW update of the masters of the group's parameters that have a gradient, then
+        the parameters (working weights) = the masters rounded (:func:`master_update`)."""
+        params, grads, m, v, steps = self._with_grads(group)
+        if not params:
+            return
+        b1, b2 = group["betas"]
+        masters = [self.state[p]["master"] for p in params]
+        self._master_fn(masters, grads, m, v, params, steps, lr, b1, b2, group["eps"], group["weight_decay"])
 
     def _fused_group_update(self, group: dict, lr: float | torch.Tensor) -> None:
         """One AdamW update of the group's parameters that have a gradient: their step counts
@@ -240,16 +298,94 @@ class AdamW(torch.optim.Optimizer):
         )
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterable, device: torch.device) -> torch.optim.Optimizer:
+def master_update(
+    masters: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
+    params: list[torch.Tensor], steps: list[torch.Tensor], lr: float | torch.Tensor, b1: float, b2: float,
+    eps: float, wd: float,
+) -> None:
+    """:class:`AdamW`'s equations on fp32 ``masters`` with their fp32 moments ``m`` and ``v``,
+    from ``grads`` of any float dtype (upcast), each with its own step count in ``steps`` (0-d
+    float32, advanced here), then ``params`` (the working weights, e.g. bf16) = the masters
+    rounded. All lists align; ``lr``: a float or a 0-d float32 tensor. Written with
+    ``torch._foreach_*`` ops, which inductor compiles into a few kernels for all tensors."""
+    torch._foreach_add_(steps, 1.0)
+    bc1 = torch._foreach_pow(b1, steps)  # b1^t, then -lr / (1 - b1^t)
+    torch._foreach_mul_(bc1, -1.0)
+    torch._foreach_add_(bc1, 1.0)
+    step_size = torch._foreach_reciprocal(bc1)
+    torch._foreach_mul_(step_size, -lr)
+    bc2 = torch._foreach_pow(b2, steps)  # sqrt(1 - b2^t)
+    torch._foreach_mul_(bc2, -1.0)
+    torch._foreach_add_(bc2, 1.0)
+    torch._foreach_sqrt_(bc2)
+    g = [x.float() for x in grads]
+    if wd:
+        torch._foreach_mul_(masters, 1.0 - lr * wd)  # decoupled weight decay
+    torch._foreach_lerp_(m, g, 1.0 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, bc2)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(m, denom)
+    torch._foreach_mul_(update, step_size)
+    torch._foreach_add_(masters, update)
+    torch._foreach_copy_(params, masters)
+
+
+def attach_master_weights(model: nn.Module, optimizer: AdamW, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Train ``model``'s optimized parameters as ``dtype`` working weights over ``optimizer``'s
+    fp32 masters: the parameters are cast in place (the same ``nn.Parameter`` objects), and
+    ``model.state_dict()`` holds the masters in their place (fp32), so that checkpoints, the best
+    and averaged weights and exports keep full precision. Loading a state dict into ``model``
+    (a resume, the best or averaged weights) sets the masters to its values and the parameters
+    to those rounded to ``dtype``.
+
+    Raises:
+        ValueError: ``optimizer`` keeps no master weights.
+    """
+    if not getattr(optimizer, "master_weights", False):
+        raise ValueError("attach_master_weights needs AdamW(master_weights=True)")
+    names = {p: n for n, p in model.named_parameters()}
+    masters = {names[p]: optimizer.state[p]["master"] for g in optimizer.param_groups for p in g["params"]}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            p.data = p.data.to(dtype)
+
+    def masters_in_place(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:  # noqa: ARG001
+        for name, master in masters.items():
+            if prefix + name in state:
+                state[prefix + name] = master.detach()
+
+    @torch.no_grad()
+    def masters_from_loaded(module: nn.Module, state: dict, prefix: str, *args: object) -> None:  # noqa: ARG001
+        for name, master in masters.items():
+            value = state.get(prefix + name)
+            if isinstance(value, torch.Tensor) and value.shape == master.shape:
+                master.copy_(value)
+
+    model.register_state_dict_post_hook(masters_in_place)
+    model.register_load_state_dict_pre_hook(masters_from_loaded)
+
+
+def build_optimizer(
+    cfg: OptimConfig, params: Iterable, device: torch.device, master_of: nn.Module | None = None
+) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` (a :class:`minbert.config.OptimConfig`) for parameters
-    on ``device``; the AdamWs fused as :func:`minbert.config.use_fused_optimizer` says.
+    on ``device``; the AdamWs fused as :func:`minbert.config.use_fused_optimizer` says. With
+    ``master_of`` (the model of ``params``; ``optim.master_weights``), our AdamW keeps fp32 master
+    weights and the model trains bf16 working weights (:func:`attach_master_weights`).
 
     Raises:
         ConfigError: an unknown name or invalid hyperparameters.
     """
     fused = use_fused_optimizer(cfg, device.type)
     if cfg.name == "adamw":
-        return AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused)
+        opt = AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused,
+                    master_weights=master_of is not None)
+        if master_of is not None:
+            attach_master_weights(master_of, opt)
+        return opt
     if cfg.name == "torch_adamw":
         return torch.optim.AdamW(
             params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused

@@ -204,7 +204,7 @@ class Trainer:
         log_plan(cfg, self.counts, self.total_steps, self.device, self.rt, ctx)
         o = cfg.optim
         groups = param_groups(self.model, o.weight_decay, o.lr, o.layer_lr_decay, o.head_lr)
-        self.optimizer = build_optimizer(o, groups, self.device)
+        self.optimizer = build_optimizer(o, groups, self.device, self.model if self.rt.master_weights else None)
         self.scheduler = build_scheduler(o, self.optimizer, self.total_steps)
         if self.resuming:
             self.resume()

@@ -1,0 +1,128 @@
+"""Master weights (``optim.master_weights``): our AdamW keeps fp32 masters and the model trains
+bf16 working weights (minbert.training.optim.attach_master_weights).
+
+The masters move as our AdamW moves fp32 parameters given the same gradients, written out and
+fused (compiled) alike; the working weights are the masters rounded; the model's state dict holds
+the masters and loading one sets them; the optimizer's state stays fp32 through a state-dict
+round trip (torch would cast it to the parameters' bf16); the config refuses what cannot work;
+a CPU run in bf16 with master weights, SIGKILLed after a mid-epoch checkpoint and resumed, is
+bit-identical to the uninterrupted run, and its checkpoints hold fp32 weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from minbert.config import load_config, runtime_settings
+from minbert.errors import ConfigError
+from minbert.io import load_weights
+from minbert.runs import last_checkpoint
+from minbert.training.optim import AdamW, attach_master_weights
+from test_resume import assert_identical_runs, cli, kill_after_mid_epoch_checkpoint, train_args
+
+
+def small_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, 30), nn.LayerNorm(30), nn.Linear(30, 3))
+
+
+def groups(m: nn.Module) -> list[dict]:
+    return [{"params": [m[0].weight, m[2].weight], "weight_decay": 0.01},
+            {"params": [m[0].bias, m[1].weight, m[1].bias, m[2].bias], "weight_decay": 0.0, "lr": 2e-3}]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_masters_move_as_adamw_moves_fp32_parameters(fused):
+    """Two groups (own lr and weight decay), a parameter without a gradient at one step, and
+    (fused) the compile warm-up of prepare_graph_update between steps, which must leave no trace."""
+    model, ref = small_model(), small_model()
+    opt = AdamW(groups(model), lr=3e-3, fused=fused, master_weights=True)
+    attach_master_weights(model, opt)
+    ref_opt = AdamW(groups(ref), lr=3e-3)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    start = [opt.state[p]["master"].clone() for p in model.parameters()]
+    g = torch.Generator().manual_seed(1)
+    for i in range(5):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(torch.randn(8, 20, generator=g)).float().pow(2).mean().backward()
+        for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+            q.grad = p.grad.float()
+        if i == 3:
+            model[2].bias.grad = ref[2].bias.grad = None
+        if fused and i in (0, 2):
+            opt.prepare_graph_update()
+        opt.graph_update(torch.tensor([3e-3, 2e-3])) if fused else opt.step()
+        ref_opt.step()
+        model.zero_grad()
+        ref.zero_grad()
+    for p, q, s in zip(model.parameters(), ref.parameters(), start, strict=True):
+        master = opt.state[p]["master"]
+        assert master.dtype == torch.float32 and (master - s).abs().max() > 1e-3
+        torch.testing.assert_close(master, q.detach(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(p.detach(), master.to(torch.bfloat16))
+        assert int(opt.state[p]["step"]) == int(ref_opt.state[q]["step"])
+    assert int(opt.state[model[2].bias]["step"]) == 4
+
+
+def test_state_dict_round_trip_keeps_the_state_fp32():
+    model = small_model()
+    opt = AdamW(groups(model), lr=3e-3, master_weights=True)
+    attach_master_weights(model, opt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(8, 20)).float().sum().backward()
+    opt.step()
+    other = small_model(seed=5)
+    opt2 = AdamW(groups(other), lr=3e-3, master_weights=True)
+    attach_master_weights(other, opt2)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for p, q in zip(model.parameters(), other.parameters(), strict=True):
+        for key in ("master", "exp_avg", "exp_avg_sq"):
+            assert opt2.state[q][key].dtype == torch.float32
+            assert torch.equal(opt2.state[q][key], opt.state[p][key]), key
+
+
+def test_model_state_dict_holds_the_masters_and_loading_sets_them():
+    model = small_model()
+    opt = AdamW(groups(model), lr=3e-3, master_weights=True)
+    fp32 = {k: v.clone() for k, v in model.state_dict().items()}
+    attach_master_weights(model, opt)
+    state = model.state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values())
+    assert all(torch.equal(state[k], fp32[k]) for k in fp32)  # not the bf16 working weights
+    loaded = {k: v + 1e-3 * torch.randn_like(v) for k, v in fp32.items()}
+    model.load_state_dict(loaded)
+    for name, p in model.named_parameters():
+        assert torch.equal(opt.state[p]["master"], loaded[name])
+        assert torch.equal(p.detach(), loaded[name].to(torch.bfloat16))
+    with pytest.raises(ValueError, match="master_weights=True"):
+        attach_master_weights(small_model(), AdamW(small_model().parameters()))
+
+
+def test_the_config_refuses_what_cannot_work():
+    with pytest.raises(ConfigError, match="adamw keeps the master weights"):
+        load_config(None, ["optim.master_weights=true", "optim.name=torch_adamw"])
+    cfg = load_config(None, ["optim.master_weights=true"])
+    with pytest.raises(ConfigError, match="needs bf16 amp"):
+        runtime_settings(cfg, "cpu")  # amp auto: fp32 on a CPU
+    bf16 = load_config(None, ["optim.master_weights=true", "train.amp=bf16"])
+    with pytest.raises(ConfigError, match="2 processes"):
+        runtime_settings(bf16, "cpu", world_size=2)
+    assert runtime_settings(bf16, "cpu").master_weights
+    assert not runtime_settings(load_config(None, ["train.amp=bf16"]), "cpu").master_weights
+
+
+def test_a_killed_bf16_run_with_master_weights_resumes_bit_identical(tmp_path, tiny_encoder, data_dir):
+    extra = ("--train.amp=bf16", "--optim.master_weights=true")
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    cli(*train_args(tiny_encoder, data_dir, run_a, *extra), cwd=tmp_path)
+    kill_after_mid_epoch_checkpoint(train_args(tiny_encoder, data_dir, run_b, *extra), run_b, tmp_path / "b.log")
+    cli("train", "--resume", str(run_b), "--no-progress", cwd=tmp_path)
+    assert_identical_runs(run_a, run_b)
+    weights, _ = load_weights(last_checkpoint(run_a) / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    # the masters' precision: most trained weights are not bf16 values
+    assert any((t != t.to(torch.bfloat16).float()).float().mean() > 0.5 for t in weights.values())
