@@ -126,3 +126,58 @@ def test_a_killed_bf16_run_with_master_weights_resumes_bit_identical(tmp_path, t
     assert all(t.dtype == torch.float32 for t in weights.values())
     # the masters' precision: most trained weights are not bf16 values
     assert any((t != t.to(torch.bfloat16).float()).float().mean() > 0.5 for t in weights.values())
+
+
+def test_the_config_refuses_frozen_parameters_and_smart():
+    for extra in (["train.mode=frozen"], ["train.freeze_layers=1"], ["train.freeze_layers=-1"],
+                  ["train.smart_weight=1.0"]):
+        with pytest.raises(ConfigError, match="optim.master_weights needs"):
+            load_config(None, ["optim.master_weights=true", *extra])
+
+
+def test_the_compiled_update_may_compile_more_often_than_torch_allows_by_default(monkeypatch):
+    """Each group, each set of parameters a step reaches and each tuning trial's hyperparameters
+    compile it again: more than torch's default 8 (with fullgraph, one more would raise)."""
+    from minbert.training import optim
+
+    seen, before = [], torch._dynamo.config.recompile_limit
+    monkeypatch.setattr(optim, "_compiled", lambda *a: seen.append(torch._dynamo.config.recompile_limit))
+    optim._compiled_master_update()
+    assert seen == [optim.MASTER_RECOMPILES] and optim.MASTER_RECOMPILES > 8
+    assert torch._dynamo.config.recompile_limit == before  # for the update only
+
+
+def test_resuming_across_master_weights_on_and_off():
+    """State saved without master weights loads into an optimizer with them (the masters: the
+    weights loaded into the model), and the other way round the masters are dropped."""
+    plain, model = small_model(), small_model(seed=3)
+    opt = AdamW(groups(plain), lr=3e-3)
+    plain(torch.randn(8, 20)).sum().backward()
+    plain[2].bias.grad = None  # a parameter not stepped when saved
+    opt.step()
+    mopt = AdamW(groups(model), lr=3e-3, master_weights=True)
+    attach_master_weights(model, mopt)
+    model.load_state_dict(plain.state_dict())
+    mopt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(mopt.state[p]["master"], q.detach())  # fp32, not the bf16 working weight
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert mopt.state[p][key].dtype == torch.float32
+    assert int(mopt.state[model[2].bias]["step"]) == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(8, 20)).float().sum().backward()
+    mopt.step()  # no KeyError: every parameter has its master
+    back = small_model(seed=4)
+    bopt = AdamW(groups(back), lr=3e-3)
+    bopt.load_state_dict(copy.deepcopy(mopt.state_dict()))
+    assert not any("master" in s for s in bopt.state.values())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in bopt.state.values() if s)
+
+
+def test_pcgrad_with_master_weights_runs(tmp_path, tiny_encoder, data_dir):
+    """PCGrad's flat gradients keep the gradients' dtype (bf16 here) where a parameter no task
+    reaches stands in as an empty piece."""
+    cli(*train_args(tiny_encoder, data_dir, tmp_path / "r", "--train.amp=bf16", "--optim.master_weights=true",
+                    "--train.pcgrad=true", "--train.epochs=1"), cwd=tmp_path)
+    weights, _ = load_weights(last_checkpoint(tmp_path / "r") / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())

@@ -166,8 +166,17 @@ def _check_model_and_optim(cfg: Config) -> None:
         raise ConfigError(f"optim.warmup_ratio must be in [0, 1], got {cfg.optim.warmup_ratio}")
     if cfg.optim.fused == "on" and cfg.optim.name == "lion":
         raise ConfigError("optim.fused=on: lion has no fused kernel (use optim.fused=auto or off)")
-    if cfg.optim.master_weights and cfg.optim.name != "adamw":
-        raise ConfigError(f"optim.master_weights: minbert's adamw keeps the master weights, not {cfg.optim.name}")
+    if cfg.optim.master_weights:
+        why = [w for w, hit in (
+            (f"optim.name=adamw (minbert's adamw keeps the master weights, not {cfg.optim.name})",
+             cfg.optim.name != "adamw"),
+            ("no frozen parameters (train.mode=finetune, train.freeze_layers=0: the model becomes bf16)",
+             cfg.train.mode == "frozen" or cfg.train.freeze_layers != 0),
+            ("train.smart_weight=0 (SMART's noise of about 1e-5 is below bf16's resolution of the embeddings)",
+             cfg.train.smart_weight > 0),
+        ) if hit]
+        if why:
+            raise ConfigError("optim.master_weights needs " + "; ".join(why))
 
 
 def _check_report_to(names: tuple[str, ...]) -> None:

@@ -122,7 +122,7 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.fused, self.master_weights = fused, master_weights
         if master_weights:  # the masters are copies of the parameters as they are now (fp32)
-            self._master_fn = torch.compile(master_update, fullgraph=True, dynamic=False) if fused else master_update
+            self._master_fn = _compiled_master_update if fused else master_update
             for group in self.param_groups:
                 for p in group["params"]:
                     self._state(p)
@@ -169,13 +169,21 @@ class AdamW(torch.optim.Optimizer):
         """
         held = {p: dict(state) for p, state in self.state.items()}  # the tensors a graph may have captured
         super().load_state_dict(state_dict)
-        if self.master_weights:  # torch casts state to the parameter's dtype: the fp32 values again
-            saved = state_dict["state"]
-            ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-            for p, i in zip((p for g in self.param_groups for p in g["params"]), ids, strict=True):
-                for k in ("exp_avg", "exp_avg_sq", "master"):
-                    if i in saved and k in saved[i]:
-                        self.state[p][k] = saved[i][k].to(device=p.device, dtype=torch.float32, copy=True)
+        saved = state_dict["state"]
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        for p, i in zip((p for g in self.param_groups for p in g["params"]), ids, strict=True):
+            state = self.state[p]
+            if not self.master_weights:
+                state.pop("master", None)  # saved with master weights: the parameters hold the weights
+                continue
+            if not state and p in held:  # not stepped when saved: the state held, whose master is
+                self.state[p] = state = held[p]  # the weights loaded into the model (or the initial ones)
+            # torch casts state to the parameter's dtype (bf16): the fp32 values again
+            for k in ("exp_avg", "exp_avg_sq", "master"):
+                if k in saved.get(i, {}):
+                    state[k] = saved[i][k].to(device=p.device, dtype=torch.float32, copy=True)
+            if "master" not in state:  # saved without master weights: the masters held, which
+                state["master"] = held[p]["master"] if "master" in held.get(p, {}) else p.detach().float()
         for p, state in self.state.items():
             if "step" in state:
                 where = p.device if self.fused else torch.device("cpu")
@@ -333,6 +341,19 @@ def master_update(
     torch._foreach_copy_(params, masters)
 
 
+MASTER_RECOMPILES = 256  # compiles of the master update allowed in a process (torch's default: 8)
+_compiled = torch.compile(master_update, fullgraph=True, dynamic=False)
+
+
+def _compiled_master_update(*args: object) -> None:
+    """:func:`master_update` compiled by inductor. It compiles again for each parameter set (a
+    group, the parameters a step reaches) and each set of hyperparameters (a tuning study's
+    trials), more often than torch's default limit of 8 allows a function."""
+    limits = {"recompile_limit": MASTER_RECOMPILES, "accumulated_recompile_limit": 4 * MASTER_RECOMPILES}
+    with torch._dynamo.config.patch(**limits):
+        _compiled(*args)
+
+
 def attach_master_weights(model: nn.Module, optimizer: AdamW, dtype: torch.dtype = torch.bfloat16) -> None:
     """Train ``model``'s optimized parameters as ``dtype`` working weights over ``optimizer``'s
     fp32 masters: the parameters are cast in place (the same ``nn.Parameter`` objects), and
@@ -346,8 +367,8 @@ def attach_master_weights(model: nn.Module, optimizer: AdamW, dtype: torch.dtype
     """
     if not getattr(optimizer, "master_weights", False):
         raise ValueError("attach_master_weights needs AdamW(master_weights=True)")
-    names = {p: n for n, p in model.named_parameters()}
-    masters = {names[p]: optimizer.state[p]["master"] for g in optimizer.param_groups for p in g["params"]}
+    trained = {p: optimizer.state[p]["master"] for g in optimizer.param_groups for p in g["params"]}
+    masters = {n: trained[p] for n, p in model.named_parameters(remove_duplicate=False) if p in trained}
     for g in optimizer.param_groups:
         for p in g["params"]:
             p.data = p.data.to(dtype)

@@ -38,7 +38,8 @@ def pcgrad_(task_grads: list[list[torch.Tensor | None]], seed: int) -> list[torc
     of the projected gradients, per parameter. ``task_grads[i][k]`` is task i's gradient of
     parameter k (None if it does not reach it)."""
     n_tasks, n_params = len(task_grads), len(task_grads[0])
-    device = next((g.device for grads in task_grads for g in grads if g is not None), torch.device("cpu"))
+    some = next((g for grads in task_grads for g in grads if g is not None), None)
+    device, dtype = (some.device, some.dtype) if some is not None else (torch.device("cpu"), torch.float32)
     flat = []
     for grads in task_grads:
         parts = []
@@ -46,7 +47,8 @@ def pcgrad_(task_grads: list[list[torch.Tensor | None]], seed: int) -> list[torc
             g = grads[k]
             ref = next((tg[k] for tg in task_grads if tg[k] is not None), None)
             if ref is None:
-                parts.append(torch.zeros(0, device=device))
+                parts.append(torch.zeros(0, device=device, dtype=dtype))  # the gradients' dtype: bf16 with
+                # optim.master_weights
             else:
                 parts.append((g if g is not None else torch.zeros_like(ref)).reshape(-1))
         flat.append(torch.cat(parts))
