@@ -172,10 +172,11 @@ class AdamW(torch.optim.Optimizer):
         saved = state_dict["state"]
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         for p, i in zip((p for g in self.param_groups for p in g["params"]), ids, strict=True):
-            state = self.state[p]
             if not self.master_weights:
-                state.pop("master", None)  # saved with master weights: the parameters hold the weights
+                if p in self.state:  # (looking it up would create an entry: state_dict() would list it)
+                    self.state[p].pop("master", None)  # saved with master weights: the parameters hold them
                 continue
+            state = self.state[p]
             if not state and p in held:  # not stepped when saved: the state held, whose master is
                 self.state[p] = state = held[p]  # the weights loaded into the model (or the initial ones)
             # torch casts state to the parameter's dtype (bf16): the fp32 values again
