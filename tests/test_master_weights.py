@@ -141,10 +141,21 @@ def test_the_compiled_update_may_compile_more_often_than_torch_allows_by_default
     from minbert.training import optim
 
     seen, before = [], torch._dynamo.config.recompile_limit
-    monkeypatch.setattr(optim, "_compiled", lambda *a: seen.append(torch._dynamo.config.recompile_limit))
+    monkeypatch.setattr(optim, "_compiled", lambda: lambda *a: seen.append(torch._dynamo.config.recompile_limit))
     optim._compiled_master_update()
     assert seen == [optim.MASTER_RECOMPILES] and optim.MASTER_RECOMPILES > 8
     assert torch._dynamo.config.recompile_limit == before  # for the update only
+
+
+def test_importing_the_trainer_does_not_import_dynamo():
+    """The compiled master update is made at first use: a run without it does not pay for
+    importing torch._dynamo (about 2 s) at start."""
+    import subprocess
+    import sys
+
+    code = "import sys, minbert.training.trainer; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_resuming_across_master_weights_on_and_off():

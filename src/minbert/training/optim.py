@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 
@@ -343,7 +344,13 @@ def master_update(
 
 
 MASTER_RECOMPILES = 256  # compiles of the master update allowed in a process (torch's default: 8)
-_compiled = torch.compile(master_update, fullgraph=True, dynamic=False)
+
+
+@functools.cache
+def _compiled() -> Callable[..., None]:
+    """:func:`master_update` under ``torch.compile``, made at first use (torch.compile imports
+    dynamo, about 2 s, which a run without master weights does not need)."""
+    return torch.compile(master_update, fullgraph=True, dynamic=False)
 
 
 def _compiled_master_update(*args: object) -> None:
@@ -352,7 +359,7 @@ def _compiled_master_update(*args: object) -> None:
     trials), more often than torch's default limit of 8 allows a function."""
     limits = {"recompile_limit": MASTER_RECOMPILES, "accumulated_recompile_limit": 4 * MASTER_RECOMPILES}
     with torch._dynamo.config.patch(**limits):
-        _compiled(*args)
+        _compiled()(*args)
 
 
 def attach_master_weights(model: nn.Module, optimizer: AdamW, dtype: torch.dtype = torch.bfloat16) -> None:
