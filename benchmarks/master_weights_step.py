@@ -23,10 +23,7 @@ Prints one JSON object (and writes it to --out): {"machine": {...}, "records": [
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import overlap_step as ov  # noqa: E402
 import train_step as ts  # noqa: E402
-from bench_io import emit, machine  # noqa: E402
 from minbert.model.bert import BertConfig, BertModel  # noqa: E402
 from minbert.training.cudagraph import GraphedSteps  # noqa: E402
 from minbert.training.optim import AdamW, attach_master_weights  # noqa: E402
@@ -66,44 +62,5 @@ def prepare(variant: str, batches: list[dict]):
     return step, gpu_batches, sum(p.numel() for p in params), graphs
 
 
-def bench(variant: str, batches: list[dict], warmup: int, steps: int, repeats: int) -> dict:
-    if variant == "peer":
-        return {**ts.bench("transformers-sdpa-ro", "bert-base", batches, warmup, steps, repeats), "variant": "peer"}
-    t0 = time.perf_counter()
-    step, gpu_batches, n_params, graphs = prepare(variant, batches)
-    times, _ = ts.time_steps(step, gpu_batches, warmup, steps, repeats)
-    B = batches[0]["input_ids"].shape[0]
-    med = sorted(times)[repeats // 2]
-    return {"variant": variant, "batch": B, "samples_per_s": round(steps * B / med, 1),
-            "ms_per_step": round(1000 * med / steps, 3), "setup_s": round(time.perf_counter() - t0 - sum(times), 1),
-            "cuda_graphs": graphs.n_graphs, "eager_steps": graphs.n_eager, "n_params": n_params,
-            "repeats_s": [round(t, 4) for t in times]}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-dir", required=True)
-    ap.add_argument("--encoder", required=True)
-    ap.add_argument("--variants", default="whole,master,peer")
-    for name, default in (("batch", 32), ("warmup", 32), ("n-batches", 32), ("steps", 20), ("repeats", 5)):
-        ap.add_argument(f"--{name}", type=int, default=default)
-    ap.add_argument("--out")
-    args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch._dynamo.config.recompile_limit = 64
-    batches = ts.make_batches(Path(args.data_dir), args.encoder, args.batch, args.n_batches)
-    records = []
-    for v in args.variants.split(","):
-        try:
-            rec = bench(v, batches, args.warmup, args.steps, args.repeats)
-        except Exception as e:  # noqa: BLE001 (report and go on)
-            rec = {"variant": v, "error": f"{type(e).__name__}: {e}"[:800]}
-        torch._dynamo.reset()
-        torch.cuda.empty_cache()
-        print(json.dumps(rec), file=sys.stderr, flush=True)
-        records.append(rec)
-    emit({"machine": machine(), "records": records}, args.out)
-
-
 if __name__ == "__main__":
-    main()
+    ov.main("whole,master,peer", prepare)

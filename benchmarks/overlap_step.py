@@ -223,13 +223,13 @@ def prepare(variant: str, batches: list[dict]):
     return step, gpu_batches, sum(p.numel() for p in params), graphs
 
 
-def bench(variant: str, batches: list[dict], warmup: int, steps: int, repeats: int) -> dict:
+def bench(variant: str, batches: list[dict], warmup: int, steps: int, repeats: int, prepare_fn=prepare) -> dict:
+    """One variant's record: the peer through train_step.bench, else ``prepare_fn(variant,
+    batches)``'s step timed by train_step.time_steps."""
     if variant == "peer":
-        rec = ts.bench("transformers-sdpa-ro", "bert-base", batches, warmup, steps, repeats)
-        rec["variant"] = "peer"
-        return rec
+        return {**ts.bench("transformers-sdpa-ro", "bert-base", batches, warmup, steps, repeats), "variant": "peer"}
     t0 = time.perf_counter()
-    step, gpu_batches, n_params, graphs = prepare(variant, batches)
+    step, gpu_batches, n_params, graphs = prepare_fn(variant, batches)
     times, _ = ts.time_steps(step, gpu_batches, warmup, steps, repeats)
     setup_s = time.perf_counter() - t0 - sum(times)
     B = batches[0]["input_ids"].shape[0]
@@ -240,11 +240,15 @@ def bench(variant: str, batches: list[dict], warmup: int, steps: int, repeats: i
             "repeats_s": [round(t, 4) for t in times]}
 
 
-def main() -> None:
+VARIANTS = "whole,layers,layers-overlap,whole-noopt,layers-noopt,peer"
+
+
+def main(default_variants: str = VARIANTS, prepare_fn=prepare) -> None:
+    """The command line of this script (and of master_weights_step.py, with its own variants)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--encoder", required=True)
-    ap.add_argument("--variants", default="whole,layers,layers-overlap,whole-noopt,layers-noopt,peer")
+    ap.add_argument("--variants", default=default_variants)
     for name, default in (("batch", 32), ("warmup", 32), ("n-batches", 32), ("steps", 20), ("repeats", 5)):
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--out")
@@ -255,9 +259,9 @@ def main() -> None:
     records = []
     for v in args.variants.split(","):
         try:
-            rec = bench(v, batches, args.warmup, args.steps, args.repeats)
-        except Exception as e:  # noqa: BLE001 (a probe: report and go on)
-            rec = {"variant": v, "error": f"{type(e).__name__}: {e}"[:500]}
+            rec = bench(v, batches, args.warmup, args.steps, args.repeats, prepare_fn)
+        except Exception as e:  # noqa: BLE001 (report and go on)
+            rec = {"variant": v, "error": f"{type(e).__name__}: {e}"[:800]}
         torch._dynamo.reset()
         torch.cuda.empty_cache()
         print(json.dumps(rec), file=sys.stderr, flush=True)

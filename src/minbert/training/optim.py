@@ -123,12 +123,10 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.fused, self.master_weights = fused, master_weights
         if master_weights:  # the masters are copies of the parameters as they are now (fp32)
-            self._master_fn = _compiled_master_update if fused else master_update
             for group in self.param_groups:
                 for p in group["params"]:
                     self._state(p)
-            # graph_update copies each group's lr here: the compiled update sees the same tensors
-            # at its warm-up (prepare_graph_update) and in the capture
+            # each group's lr as the compiled update reads it (_master_group_update)
             self._lr_bufs = [torch.zeros((), device=g["params"][0].device) for g in self.param_groups]
 
     def _state(self, p: torch.Tensor) -> dict:
@@ -207,8 +205,8 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for i, group in enumerate(self.param_groups):
-            if self.master_weights:  # compiled (fused): the lr as a tensor, so that a new lr is no recompile
-                self._master_group_update(group, self._lr_bufs[i].fill_(group["lr"]) if self.fused else group["lr"])
+            if self.master_weights:
+                self._master_group_update(i, group["lr"])
                 continue
             if self.fused:
                 self._fused_group_update(group, group["lr"])
@@ -244,14 +242,14 @@ class AdamW(torch.optim.Optimizer):
         :meth:`graph_update`, with the gradients the graph will write already attached. With
         master weights (fused), also compile the update for those parameters, on zero gradients,
         and put their state and working weights back as they were."""
-        for group, lr in zip(self.param_groups, getattr(self, "_lr_bufs", self.param_groups), strict=True):
+        for i, group in enumerate(self.param_groups):
             params, *_ = self._with_grads(group)
             if self.master_weights and self.fused and params:  # compile the update for these parameters now
                 held = [(t, t.clone()) for p in params for t in self.state[p].values()]
                 saved = [(p, p.grad) for p in params]
                 for p in params:
                     p.grad = torch.zeros_like(p)  # fresh tensors, as the graph's own gradients
-                self._master_group_update(group, lr)
+                self._master_group_update(i, self._lr_bufs[i])
                 for t, copy in held:
                     t.copy_(copy)
                 for p, grad in saved:
@@ -272,25 +270,35 @@ class AdamW(torch.optim.Optimizer):
         """
         if not self.fused:
             raise RuntimeError("AdamW.graph_update needs the fused update (optim.fused)")
-        update = self._master_group_update if self.master_weights else self._fused_group_update
         if lrs.shape != (len(self.param_groups),):
             raise ValueError(f"AdamW.graph_update: lrs of shape {tuple(lrs.shape)}, not ({len(self.param_groups)},)")
         if any(p.grad is not None and not self.state[p] for g in self.param_groups for p in g["params"]):
             raise RuntimeError("AdamW.graph_update: call prepare_graph_update before the capture")
         for i, (group, lr) in enumerate(zip(self.param_groups, lrs, strict=True)):
             if self.master_weights:
-                lr = self._lr_bufs[i].copy_(lr)
-            update(group, lr)
+                self._master_group_update(i, lr)
+            else:
+                self._fused_group_update(group, lr)
 
-    def _master_group_update(self, group: dict, lr: float | torch.Tensor) -> None:
-        """One AdamW update of the masters of the group's parameters that have a gradient, then
-        the parameters (working weights) = the masters rounded (:func:`master_update`)."""
+    def _master_group_update(self, i: int, lr: float | torch.Tensor) -> None:
+        """One AdamW update of the masters of group ``i``'s parameters that have a gradient, then
+        the parameters (working weights) = the masters rounded (:func:`master_update`). Fused,
+        the update is compiled and reads the lr from the group's own 0-d tensor, which ``lr`` (a
+        float, or a 0-d tensor on the device) is written into: the compiled function sees the same
+        tensor at its warm-up (:meth:`prepare_graph_update`), in a capture and in eager steps, so
+        a new lr compiles nothing."""
+        group = self.param_groups[i]
         params, grads, m, v, steps = self._with_grads(group)
         if not params:
             return
+        update = master_update
+        if self.fused:
+            update = _compiled_master_update
+            buf = self._lr_bufs[i]
+            lr = buf.copy_(lr) if isinstance(lr, torch.Tensor) else buf.fill_(lr)
         b1, b2 = group["betas"]
         masters = [self.state[p]["master"] for p in params]
-        self._master_fn(masters, grads, m, v, params, steps, lr, b1, b2, group["eps"], group["weight_decay"])
+        update(masters, grads, m, v, params, steps, lr, b1, b2, group["eps"], group["weight_decay"])
 
     def _fused_group_update(self, group: dict, lr: float | torch.Tensor) -> None:
         """One AdamW update of the group's parameters that have a gradient: their step counts

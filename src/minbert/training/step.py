@@ -47,8 +47,7 @@ def pcgrad_(task_grads: list[list[torch.Tensor | None]], seed: int) -> list[torc
             g = grads[k]
             ref = next((tg[k] for tg in task_grads if tg[k] is not None), None)
             if ref is None:
-                parts.append(torch.zeros(0, device=device, dtype=dtype))  # the gradients' dtype: bf16 with
-                # optim.master_weights
+                parts.append(torch.zeros(0, device=device, dtype=dtype))  # bf16 with optim.master_weights
             else:
                 parts.append((g if g is not None else torch.zeros_like(ref)).reshape(-1))
         flat.append(torch.cat(parts))
