@@ -51,6 +51,12 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     and the peer; e2e.py of both presets, an empty Triton cache per run;
                                     profile_train.py), s18-call2 (train_step.py at the other sizes;
                                     profile_step.py, bert-base b32 and b128) (device-scripts/s18-call*.sh)
+  bench/s19/                        the update beside the backward, the update alone, master weights
+                                    (overlap_step.py, optimizer_update.py, master_weights_step.py)
+  bench/s20/                        master weights through minbert train: s20-call1 (CUDA tests; e2e.py
+                                    of both presets without and with optim.master_weights), s20-call2
+                                    (master_weights_step.py with the peer in one process; best with
+                                    our AdamW), s20-call3 (the CUDA test files) (device-scripts/s20-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -288,7 +294,7 @@ def update_experiments() -> dict:
     """The optimizer update overlapped with the backward and the step without an update
     (benchmarks/overlap_step.py, s19-call1, s19-call2 and s19-call4), and the update alone
     (benchmarks/optimizer_update.py, s19-call3 and s19-call4); the step on bf16 working weights
-    with fp32 master weights (benchmarks/master_weights_step.py, s19-call7)."""
+    with fp32 master weights (benchmarks/master_weights_step.py, s19-call7; s20-call2 with the peer)."""
     def records(name: str) -> list[dict]:
         recs = json.loads((BENCH / "s19" / name).read_text())["records"]
         return [{**{k: r[k] for k in ("samples_per_s", "ms_per_step", "batch") if k in r},
@@ -300,6 +306,9 @@ def update_experiments() -> dict:
     master = [{**json.loads(line), "source": "reports/bench/s19/s19-call7-master-b32.log"}  # the run was
               for line in (BENCH / "s19" / "s19-call7-master-b32.log").read_text().splitlines()  # stopped before
               if line.startswith("{")]  # its JSON file: the records are the lines it printed
+    # s20-call2: the peer, the shipped step and AdamW(master_weights=True), all three in one process
+    name = "s20/s20-call2-master-b32.json"
+    master += [{**r, "source": f"reports/bench/{name}"} for r in json.loads((BENCH / name).read_text())["records"]]
     return {"master_weights_b32": master,
             "train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json")
             + records("s19-call4-overlap-b32.json"),
@@ -313,13 +322,26 @@ def bert_base_b32_runs() -> list[dict]:
     ratio moves with the machine."""
     out = []
     for name in ("s14/s14-call4-ts-bert-base-b32.json", "s18/s18-call1-ts-bert-base-b32.json",
-                 "s19/s19-call1-overlap-b32.json", "s19/s19-call4-ts-bert-base-b32.json"):
+                 "s19/s19-call1-overlap-b32.json", "s19/s19-call4-ts-bert-base-b32.json",
+                 "s20/s20-call2-master-b32.json"):
         records = json.loads((BENCH / name).read_text())["records"]
         recs = {r.get("variant") or r["impl"]: r["samples_per_s"] for r in records}
         ours = recs.get("minbert-packed-compile", recs.get("whole"))
         peer = recs.get("transformers-sdpa-ro", recs.get("peer"))
         out.append({"minbert": ours, "peer": peer, "ratio": round(ours / peer, 2), "source": f"reports/bench/{name}"})
     return out
+
+
+def master_weights_e2e() -> dict:
+    """Both presets end to end without and with ``optim.master_weights`` (benchmarks/e2e.py, 2 seeds,
+    an empty Triton cache per run; s20-call1, and s20-call2's best with our AdamW alone)."""
+    return {"default": {"off": e2e_runs("s20-call1-e2e-default-base.json", "s20", "-base"),
+                        "on": e2e_runs("s20-call1-e2e-default-master.json", "s20", "-master")},
+            "best": {"off": e2e_runs("s20-call1-e2e-best-base.json", "s20", "-base"),
+                     "off_adamw": e2e_runs("s20-call2-e2e-best-adamw.json", "s20", "-adamw"),
+                     "on": e2e_runs("s20-call1-e2e-best-master.json", "s20", "-master")},
+            "what": "off: the preset as shipped; off_adamw: best with optim.name=adamw; on: optim.master_weights=true "
+            "(best: with optim.name=adamw)"}
 
 
 def main() -> None:
@@ -381,6 +403,7 @@ def main() -> None:
     speed.update(profiles())
     speed["update_overlap"] = update_experiments()
     speed["bert_base_b32_runs"] = bert_base_b32_runs()
+    speed["master_weights_e2e"] = master_weights_e2e()
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],

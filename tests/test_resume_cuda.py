@@ -7,6 +7,8 @@ consumes random numbers). The resumed process runs each token bucket's first bat
 again before capturing it, through the same kernels; on an H200 the two runs ended bit for bit
 equal. The test allows 1e-6 of float rounding in the weights (the largest change in training is
 about 7e-3). The optimizer's step counts, the schedule and the data streams must match exactly.
+The same holds with master weights (``optim.master_weights``: bf16 working weights, the fp32
+masters' update captured in the graphs), whose checkpoints must hold fp32 weights.
 """
 
 from __future__ import annotations
@@ -33,22 +35,23 @@ from test_resume import (
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def cuda_args(encoder: Path, data_dir: Path, run_dir: Path) -> list[str]:
+def cuda_args(encoder: Path, data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     args = [a for a in train_args(encoder, data_dir, run_dir) if a != "--train.device=cpu"]
-    return [*args, "--train.device=cuda", "--optim.name=adamw",
+    return [*args, *extra, "--train.device=cuda", "--optim.name=adamw",
             "--model.hidden_dropout_prob=0.0", "--model.attention_probs_dropout_prob=0.0",
             *(f"--tasks.{t}.dropout=0.0" for t in TASKS)]
 
 
+@pytest.mark.parametrize("extra", [(), ("--optim.master_weights=true",)], ids=["fp32", "master-weights"])
 def test_sigkill_then_resume_of_a_graphed_gpu_run_ends_where_the_uninterrupted_one_does(
-    tmp_path, tiny_encoder, data_dir
+    tmp_path, tiny_encoder, data_dir, extra
 ):
     encoder = tiny_encoder  # dropout is off through the run's options (cuda_args)
     run_a, run_b = tmp_path / "a", tmp_path / "b"
-    out = cli(*cuda_args(encoder, data_dir, run_a), cwd=tmp_path)
+    out = cli(*cuda_args(encoder, data_dir, run_a, *extra), cwd=tmp_path)
     assert "outside the step's graph" not in out.stderr  # the update is captured in the steps' graphs
     assert json.loads((run_a / "summary.json").read_text())["throughput"]["graphs"]["replays"] > 0
-    kill_after_mid_epoch_checkpoint(cuda_args(encoder, data_dir, run_b), run_b, tmp_path / "b.log")
+    kill_after_mid_epoch_checkpoint(cuda_args(encoder, data_dir, run_b, *extra), run_b, tmp_path / "b.log")
     assert not (run_b / "summary.json").exists()
     assert 0 < load_train_state(last_checkpoint(run_b))["loop"]["micro"] < STEPS_PER_EPOCH
 
@@ -65,6 +68,7 @@ def test_sigkill_then_resume_of_a_graphed_gpu_run_ends_where_the_uninterrupted_o
                 for k in wa if k.removeprefix("encoder.") in init)
     assert moved > 1e-3  # the runs trained: the comparison below is not of untouched weights
     for k in wa:
+        assert wa[k].dtype == torch.float32, k  # with master weights too: checkpoints hold the masters
         torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6, msg=k)
     sta, stb = load_train_state(la), load_train_state(lb)
     steps_a = [s["step"] for s in sta["optimizer"]["state"].values()]

@@ -87,3 +87,10 @@ tsx() {
     --batches 32 --n-batches 32 --warmup 32 --impls minbert-packed-compile --out $R/ts-$1.json 2> $R/ts-$1.log > /dev/null
   mark ts-$1 $?
 }
+# gpu_pytest LIMIT FILES...: pytest -x of FILES with their output (-s), at most LIMIT s (pytest.log;
+# its last lines printed)
+gpu_pytest() {
+  local limit=$1; shift
+  timeout $limit python3 -m pytest -q -s -x -p no:cacheprovider "$@" > $R/pytest.log 2>&1; mark pytest $?
+  tail -15 $R/pytest.log
+}
