@@ -56,7 +56,9 @@ Inputs (see reports/bench/README.md for the commands that made them):
   bench/s20/                        master weights through minbert train: s20-call1 (CUDA tests; e2e.py
                                     of both presets without and with optim.master_weights), s20-call2
                                     (master_weights_step.py with the peer in one process; best with
-                                    our AdamW), s20-call3 (the CUDA test files) (device-scripts/s20-call*.sh)
+                                    our AdamW), s20-call3 (the CUDA test files), s20-call4
+                                    (master_weights_step.py with coordinate-descent tuning, the peer
+                                    in one process) (device-scripts/s20-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -306,9 +308,10 @@ def update_experiments() -> dict:
     master = [{**json.loads(line), "source": "reports/bench/s19/s19-call7-master-b32.log"}  # the run was
               for line in (BENCH / "s19" / "s19-call7-master-b32.log").read_text().splitlines()  # stopped before
               if line.startswith("{")]  # its JSON file: the records are the lines it printed
-    # s20-call2: the peer, the shipped step and AdamW(master_weights=True), all three in one process
-    name = "s20/s20-call2-master-b32.json"
-    master += [{**r, "source": f"reports/bench/{name}"} for r in json.loads((BENCH / name).read_text())["records"]]
+    # s20-call2: the peer, the shipped step and AdamW(master_weights=True), all three in one process;
+    # s20-call4: the peer, the master-weights step, and that step with coordinate-descent tuning
+    for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json"):
+        master += [{**r, "source": f"reports/bench/{name}"} for r in json.loads((BENCH / name).read_text())["records"]]
     return {"master_weights_b32": master,
             "train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json")
             + records("s19-call4-overlap-b32.json"),
@@ -329,6 +332,18 @@ def bert_base_b32_runs() -> list[dict]:
         ours = recs.get("minbert-packed-compile", recs.get("whole"))
         peer = recs.get("transformers-sdpa-ro", recs.get("peer"))
         out.append({"minbert": ours, "peer": peer, "ratio": round(ours / peer, 2), "source": f"reports/bench/{name}"})
+    return out
+
+
+def master_weights_b32_runs() -> list[dict]:
+    """bert-base at batch 32: the master-weights step against the reduce-overhead peer, in one
+    process, in each run of both (benchmarks/master_weights_step.py)."""
+    out = []
+    for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json"):
+        recs = {r["variant"]: r["samples_per_s"] for r in json.loads((BENCH / name).read_text())["records"]}
+        out.append({"master": recs["master"], "peer": recs["peer"], "ratio": round(recs["master"] / recs["peer"], 2),
+                    **({"master_cdt": recs["master-cdt"], "ratio_cdt": round(recs["master-cdt"] / recs["peer"], 2)}
+                       if "master-cdt" in recs else {}), "source": f"reports/bench/{name}"})
     return out
 
 
@@ -404,6 +419,7 @@ def main() -> None:
     speed["update_overlap"] = update_experiments()
     speed["bert_base_b32_runs"] = bert_base_b32_runs()
     speed["master_weights_e2e"] = master_weights_e2e()
+    speed["master_weights_b32_runs"] = master_weights_b32_runs()
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],

@@ -16,6 +16,9 @@ like the shipped step's fused AdamW.
 Variants (``--variants``):
   whole    the shipped step (overlap_step.py's ``whole``)
   master   bf16 working weights, fp32 master weights updated by our compiled AdamW
+  master-cdt  master, with inductor's coordinate-descent tuning of its Triton kernels' launch
+           configurations (``torch._inductor.config.coordinate_descent_tuning``; each variant sets
+           the knob to its own value before it compiles)
   peer     transformers + torch.compile(mode="reduce-overhead")
 
 Prints one JSON object (and writes it to --out): {"machine": {...}, "records": [...]}.
@@ -27,6 +30,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,6 +42,7 @@ from minbert.training.optim import AdamW, attach_master_weights  # noqa: E402
 
 
 def prepare(variant: str, batches: list[dict]):
+    torch._inductor.config.coordinate_descent_tuning = variant.endswith("-cdt")
     if variant == "whole":
         return ov.prepare("whole", batches)
     dev = torch.device("cuda")
