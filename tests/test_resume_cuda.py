@@ -7,8 +7,9 @@ consumes random numbers). The resumed process runs each token bucket's first bat
 again before capturing it, through the same kernels; on an H200 the two runs ended bit for bit
 equal. The test allows 1e-6 of float rounding in the weights (the largest change in training is
 about 7e-3). The optimizer's step counts, the schedule and the data streams must match exactly.
-The same holds with master weights (``optim.master_weights``: bf16 working weights, the fp32
-masters' update captured in the graphs), whose checkpoints must hold fp32 weights.
+The test runs with master weights too (``optim.master_weights``: bf16 working weights, the fp32
+masters' update captured in the graphs), under the same tolerance; their checkpoints must hold
+fp32 weights.
 """
 
 from __future__ import annotations
