@@ -319,6 +319,12 @@ def update_experiments() -> dict:
             "update_alone": alone}
 
 
+def samples_per_s(name: str) -> dict[str, float]:
+    """Samples/s by variant (or impl) of the records of bench/``name`` (one benchmark process)."""
+    records = json.loads((BENCH / name).read_text())["records"]
+    return {r.get("variant") or r["impl"]: r["samples_per_s"] for r in records}
+
+
 def bert_base_b32_runs() -> list[dict]:
     """bert-base at batch 32: the shipped compiled packed step against the reduce-overhead peer,
     in one process, in each run of it since s14-call4 (the s15 runs timed variants): how the
@@ -327,8 +333,7 @@ def bert_base_b32_runs() -> list[dict]:
     for name in ("s14/s14-call4-ts-bert-base-b32.json", "s18/s18-call1-ts-bert-base-b32.json",
                  "s19/s19-call1-overlap-b32.json", "s19/s19-call4-ts-bert-base-b32.json",
                  "s20/s20-call2-master-b32.json"):
-        records = json.loads((BENCH / name).read_text())["records"]
-        recs = {r.get("variant") or r["impl"]: r["samples_per_s"] for r in records}
+        recs = samples_per_s(name)
         ours = recs.get("minbert-packed-compile", recs.get("whole"))
         peer = recs.get("transformers-sdpa-ro", recs.get("peer"))
         out.append({"minbert": ours, "peer": peer, "ratio": round(ours / peer, 2), "source": f"reports/bench/{name}"})
@@ -340,7 +345,7 @@ def master_weights_b32_runs() -> list[dict]:
     process, in each run of both (benchmarks/master_weights_step.py)."""
     out = []
     for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json"):
-        recs = {r["variant"]: r["samples_per_s"] for r in json.loads((BENCH / name).read_text())["records"]}
+        recs = samples_per_s(name)
         out.append({"master": recs["master"], "peer": recs["peer"], "ratio": round(recs["master"] / recs["peer"], 2),
                     **({"master_cdt": recs["master-cdt"], "ratio_cdt": round(recs["master-cdt"] / recs["peer"], 2)}
                        if "master-cdt" in recs else {}), "source": f"reports/bench/{name}"})

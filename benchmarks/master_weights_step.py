@@ -50,10 +50,10 @@ def prepare(variant: str, batches: list[dict]):
     model = BertModel(BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa")).to(dev).train()
     opt = AdamW(model.parameters(), lr=1e-5, fused=True, master_weights=True)
     attach_master_weights(model, opt)  # the parameters now bf16, the masters fp32 in opt's state
-    work, params = model, list(model.parameters())
+    params = list(model.parameters())
     B, max_seqlen = batches[0]["input_ids"].shape[0], 128
     gpu_batches = [{k: v.to(dev) for k, v in ts.packed_inputs(b, max_seqlen).items()} for b in batches]
-    loss_fn = torch.compile(ts.packed_loss_fn(work, B, max_seqlen), dynamic=True)
+    loss_fn = torch.compile(ts.packed_loss_fn(model, B, max_seqlen), dynamic=True)
     graphs = GraphedSteps(params, capture_after=0, direct=True, updater=opt)
     lrs = [g["lr"] for g in opt.param_groups]
 
