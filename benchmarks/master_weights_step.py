@@ -16,10 +16,17 @@ like the shipped step's fused AdamW.
 Variants (``--variants``):
   whole    the shipped step (overlap_step.py's ``whole``)
   master   bf16 working weights, fp32 master weights updated by our compiled AdamW
-  master-cdt  master, with inductor's coordinate-descent tuning of its Triton kernels' launch
-           configurations (``torch._inductor.config.coordinate_descent_tuning``; each variant sets
-           the knob to its own value before it compiles)
-  peer     transformers + torch.compile(mode="reduce-overhead")
+  whole-KNOB[-KNOB...], master-KNOB[-KNOB...]  the step with inductor settings changed (each
+           variant sets every knob below before it compiles, to its own value or to inductor's
+           default):
+           cdt      coordinate-descent tuning of the Triton kernels' launch configurations
+                    (``coordinate_descent_tuning``)
+           combo    independent kernels combined into one launch (``combo_kernels``)
+           nosplit  reductions not split into a partial and a final kernel (``split_reductions``
+                    off: the LayerNorm and bias column sums over the step's tokens)
+           agg      fusion of kernels that share no input (``aggressive_fusion``)
+  peer     transformers + torch.compile(mode="reduce-overhead"), under the settings that the
+           variant before it left (list it first to run it under inductor's defaults)
 
 Prints one JSON object (and writes it to --out): {"machine": {...}, "records": [...]}.
 """
@@ -40,10 +47,33 @@ from minbert.model.bert import BertConfig, BertModel  # noqa: E402
 from minbert.training.cudagraph import GraphedSteps  # noqa: E402
 from minbert.training.optim import AdamW, attach_master_weights  # noqa: E402
 
+KNOBS = {"cdt": ("coordinate_descent_tuning", True), "combo": ("combo_kernels", True),
+         "nosplit": ("split_reductions", False), "agg": ("aggressive_fusion", True)}
+DEFAULTS = {name: getattr(torch._inductor.config, name) for name, _ in KNOBS.values()}
+
+
+def set_knobs(variant: str) -> None:
+    """Inductor's settings for ``variant``: the knobs its name lists after the step's name, the
+    others at their defaults.
+
+    Raises:
+        ValueError: an unknown knob in the name."""
+    chosen = variant.split("-")[1:]
+    unknown = set(chosen) - set(KNOBS)
+    if unknown:
+        raise ValueError(f"unknown inductor knob(s) {sorted(unknown)} in {variant!r}; known: {sorted(KNOBS)}")
+    for name, default in DEFAULTS.items():
+        setattr(torch._inductor.config, name, default)
+    for knob in chosen:
+        name, value = KNOBS[knob]
+        setattr(torch._inductor.config, name, value)
+
 
 def prepare(variant: str, batches: list[dict]):
-    torch._inductor.config.coordinate_descent_tuning = variant.endswith("-cdt")
-    if variant == "whole":
+    set_knobs(variant)
+    if variant.split("-")[0] not in ("whole", "master"):
+        raise ValueError(f"unknown variant {variant!r}")
+    if variant.split("-")[0] == "whole":
         return ov.prepare("whole", batches)
     dev = torch.device("cuda")
     torch.manual_seed(0)

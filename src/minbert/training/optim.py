@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -126,8 +126,8 @@ class AdamW(torch.optim.Optimizer):
             for group in self.param_groups:
                 for p in group["params"]:
                     self._state(p)
-            # each group's lr as the compiled update reads it (_master_group_update)
-            self._lr_bufs = [torch.zeros((), device=g["params"][0].device) for g in self.param_groups]
+        if master_weights and fused:  # the groups' lrs as the compiled update reads them (_master_update)
+            self._lr_buf = torch.zeros(len(self.param_groups), device=self.param_groups[0]["params"][0].device)
 
     def _state(self, p: torch.Tensor) -> dict:
         """``p``'s state, created (step 0, zero moments) on first use."""
@@ -204,10 +204,10 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for i, group in enumerate(self.param_groups):
-            if self.master_weights:
-                self._master_group_update(i, group["lr"])
-                continue
+        if self.master_weights:
+            self._master_update([group["lr"] for group in self.param_groups])
+            return loss
+        for group in self.param_groups:
             if self.fused:
                 self._fused_group_update(group, group["lr"])
                 continue
@@ -224,8 +224,8 @@ class AdamW(torch.optim.Optimizer):
             # parameters can have different step counts t (a head whose task skipped a step):
             # the bias correction is applied per distinct t (CPU tensors: reading them is cheap)
             by_t: dict[int, list[int]] = {}
-            for i, t in enumerate(steps):
-                by_t.setdefault(int(t), []).append(i)
+            for j, t in enumerate(steps):
+                by_t.setdefault(int(t), []).append(j)
             for t, idx in by_t.items():
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
                 # theta -= lr * m^ / (sqrt(v^) + eps), with m^ = m / bc1 and v^ = v / bc2
@@ -242,19 +242,19 @@ class AdamW(torch.optim.Optimizer):
         :meth:`graph_update`, with the gradients the graph will write already attached. With
         master weights (fused), also compile the update for those parameters, on zero gradients,
         and put their state and working weights back as they were."""
-        for i, group in enumerate(self.param_groups):
-            params, *_ = self._with_grads(group)
-            if self.master_weights and self.fused and params:  # compile the update for these parameters now
-                held = [(t, t.clone()) for p in params for t in self.state[p].values()]
-                saved = [(p, p.grad) for p in params]
-                for p in params:
-                    p.grad = torch.zeros_like(p)  # fresh tensors, as the graph's own gradients
-                self._master_group_update(i, self._lr_bufs[i])
-                for t, copy in held:
-                    t.copy_(copy)
-                for p, grad in saved:
-                    p.copy_(self.state[p]["master"])
-                    p.grad = grad
+        params = [p for group in self.param_groups for p in self._with_grads(group)[0]]
+        if not (self.master_weights and self.fused and params):
+            return
+        held = [(t, t.clone()) for p in params for t in self.state[p].values()]
+        saved = [(p, p.grad) for p in params]
+        for p in params:
+            p.grad = torch.zeros_like(p)  # fresh tensors, as the graph's own gradients
+        self._master_update(self._lr_buf)
+        for t, copy in held:
+            t.copy_(copy)
+        for p, grad in saved:
+            p.copy_(self.state[p]["master"])
+            p.grad = grad
 
     @torch.no_grad()
     def graph_update(self, lrs: torch.Tensor) -> None:
@@ -274,31 +274,46 @@ class AdamW(torch.optim.Optimizer):
             raise ValueError(f"AdamW.graph_update: lrs of shape {tuple(lrs.shape)}, not ({len(self.param_groups)},)")
         if any(p.grad is not None and not self.state[p] for g in self.param_groups for p in g["params"]):
             raise RuntimeError("AdamW.graph_update: call prepare_graph_update before the capture")
-        for i, (group, lr) in enumerate(zip(self.param_groups, lrs, strict=True)):
-            if self.master_weights:
-                self._master_group_update(i, lr)
-            else:
-                self._fused_group_update(group, lr)
+        if self.master_weights:
+            self._master_update(lrs)
+            return
+        for group, lr in zip(self.param_groups, lrs, strict=True):
+            self._fused_group_update(group, lr)
 
-    def _master_group_update(self, i: int, lr: float | torch.Tensor) -> None:
-        """One AdamW update of the masters of group ``i``'s parameters that have a gradient, then
-        the parameters (working weights) = the masters rounded (:func:`master_update`). Fused,
-        the update is compiled and reads the lr from the group's own 0-d tensor, which ``lr`` (a
-        float, or a 0-d tensor on the device) is written into: the compiled function sees the same
+    def _master_update(self, lrs: list[float] | torch.Tensor) -> None:
+        """One AdamW update of the masters of every parameter that has a gradient, each at its
+        group's lr and weight decay, then the parameters (working weights) = the masters rounded
+        (:func:`master_update`). ``lrs``: group i's lr at i, floats or an (n_groups,) float32
+        tensor on the device. Fused, the update is one compiled function for all groups (one
+        per distinct betas and eps), which reads the lrs from the optimizer's own
+        (n_groups,) tensor that ``lrs`` is written into: the compiled function sees the same
         tensor at its warm-up (:meth:`prepare_graph_update`), in a capture and in eager steps, so
         a new lr compiles nothing."""
-        group = self.param_groups[i]
-        params, grads, m, v, steps = self._with_grads(group)
-        if not params:
-            return
-        update = master_update
         if self.fused:
-            update = _compiled_master_update
-            buf = self._lr_bufs[i]
-            lr = buf.copy_(lr) if isinstance(lr, torch.Tensor) else buf.fill_(lr)
-        b1, b2 = group["betas"]
-        masters = [self.state[p]["master"] for p in params]
-        update(masters, grads, m, v, params, steps, lr, b1, b2, group["eps"], group["weight_decay"])
+            buf = self._lr_buf
+            if isinstance(lrs, torch.Tensor):
+                lrs = buf.copy_(lrs) if lrs is not buf else buf
+            else:  # one fill per group: no host-to-device copy, which would wait for the device
+                for i, lr in enumerate(lrs):
+                    buf[i].fill_(lr)
+        runs: dict[tuple[float, float, float], tuple[list, ...]] = {}  # (b1, b2, eps) -> the lists below
+        for i, group in enumerate(self.param_groups):
+            params, grads, m, v, steps = self._with_grads(group)
+            run = runs.setdefault((*group["betas"], group["eps"]), ([], [], [], [], [], [], [], []))
+            masters, where, wds = run[0], run[6], run[7]
+            masters += [self.state[p]["master"] for p in params]
+            for lst, new in zip(run[1:6], (grads, m, v, params, steps), strict=True):
+                lst += new
+            where += [i] * len(params)
+            wds += [group["weight_decay"]] * len(params)
+        for (b1, b2, eps), (masters, grads, m, v, params, steps, where, wds) in runs.items():
+            if not params:
+                continue
+            if self.fused:
+                _compiled_master_update(masters, grads, m, v, params, steps, lrs, tuple(where), b1, b2, eps,
+                                        tuple(wds))
+            else:
+                master_update(masters, grads, m, v, params, steps, [lrs[i] for i in where], b1, b2, eps, wds)
 
     def _fused_group_update(self, group: dict, lr: float | torch.Tensor) -> None:
         """One AdamW update of the group's parameters that have a gradient: their step counts
@@ -318,27 +333,37 @@ class AdamW(torch.optim.Optimizer):
 
 def master_update(
     masters: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
-    params: list[torch.Tensor], steps: list[torch.Tensor], lr: float | torch.Tensor, b1: float, b2: float,
-    eps: float, wd: float,
+    params: list[torch.Tensor], steps: list[torch.Tensor], lrs: Sequence[float] | Sequence[torch.Tensor],
+    b1: float, b2: float, eps: float, wds: Sequence[float],
 ) -> None:
     """:class:`AdamW`'s equations on fp32 ``masters`` with their fp32 moments ``m`` and ``v``,
     from ``grads`` of any float dtype (upcast), each with its own step count in ``steps`` (0-d
-    float32, advanced here), then ``params`` (the working weights, e.g. bf16) = the masters
-    rounded. All lists align; ``lr``: a float or a 0-d float32 tensor. Written with
-    ``torch._foreach_*`` ops, which inductor compiles into a few kernels for all tensors."""
+    float32, advanced here), lr in ``lrs`` (floats, or 0-d float32 tensors) and weight decay in
+    ``wds``, then ``params`` (the working weights, e.g. bf16) = the masters rounded. All lists
+    align. Written with ``torch._foreach_*`` ops, which inductor compiles into a few kernels for
+    all tensors."""
+    tensor_lrs = bool(lrs) and isinstance(lrs[0], torch.Tensor)
     torch._foreach_add_(steps, 1.0)
     bc1 = torch._foreach_pow(b1, steps)  # b1^t, then -lr / (1 - b1^t)
     torch._foreach_mul_(bc1, -1.0)
     torch._foreach_add_(bc1, 1.0)
     step_size = torch._foreach_reciprocal(bc1)
-    torch._foreach_mul_(step_size, -lr)
+    torch._foreach_mul_(step_size, torch._foreach_neg(lrs) if tensor_lrs else [-lr for lr in lrs])
     bc2 = torch._foreach_pow(b2, steps)  # sqrt(1 - b2^t)
     torch._foreach_mul_(bc2, -1.0)
     torch._foreach_add_(bc2, 1.0)
     torch._foreach_sqrt_(bc2)
     g = [x.float() for x in grads]
-    if wd:
-        torch._foreach_mul_(masters, 1.0 - lr * wd)  # decoupled weight decay
+    decayed = [j for j, wd in enumerate(wds) if wd]
+    if decayed:  # decoupled weight decay: masters *= 1 - lr * wd
+        lr_wd = [lrs[j] for j in decayed], [wds[j] for j in decayed]
+        if tensor_lrs:
+            factor = torch._foreach_mul(*lr_wd)
+            torch._foreach_mul_(factor, -1.0)
+            torch._foreach_add_(factor, 1.0)
+        else:
+            factor = [1.0 - lr * wd for lr, wd in zip(*lr_wd, strict=True)]
+        torch._foreach_mul_([masters[j] for j in decayed], factor)
     torch._foreach_lerp_(m, g, 1.0 - b1)
     torch._foreach_mul_(v, b2)
     torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
@@ -351,19 +376,29 @@ def master_update(
     torch._foreach_copy_(params, masters)
 
 
+def _indexed_master_update(
+    masters: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
+    params: list[torch.Tensor], steps: list[torch.Tensor], lrs: torch.Tensor, where: tuple[int, ...],
+    b1: float, b2: float, eps: float, wds: tuple[float, ...],
+) -> None:
+    """:func:`master_update` with tensor i's lr ``lrs[where[i]]`` (``lrs``: (n_groups,) float32)."""
+    per_group = lrs.unbind(0)
+    master_update(masters, grads, m, v, params, steps, [per_group[i] for i in where], b1, b2, eps, wds)
+
+
 MASTER_RECOMPILES = 256  # compiles of the master update allowed in a process (torch's default: 8)
 
 
 @functools.cache
 def _compiled() -> Callable[..., None]:
-    """:func:`master_update` under ``torch.compile``, made at first use (torch.compile imports
-    dynamo, about 2 s, which a run without master weights does not need)."""
-    return torch.compile(master_update, fullgraph=True, dynamic=False)
+    """:func:`_indexed_master_update` under ``torch.compile``, made at first use (torch.compile
+    imports dynamo, about 2 s, which a run without master weights does not need)."""
+    return torch.compile(_indexed_master_update, fullgraph=True, dynamic=False)
 
 
 def _compiled_master_update(*args: object) -> None:
-    """:func:`master_update` compiled by inductor. It compiles again for each parameter set (a
-    group, the parameters a step reaches) and each set of hyperparameters (a tuning study's
+    """:func:`_indexed_master_update` compiled by inductor. It compiles again for each parameter
+    set (the parameters a step reaches) and each set of hyperparameters (a tuning study's
     trials), more often than torch's default limit of 8 allows a function."""
     limits = {"recompile_limit": MASTER_RECOMPILES, "accumulated_recompile_limit": 4 * MASTER_RECOMPILES}
     with torch._dynamo.config.patch(**limits):
