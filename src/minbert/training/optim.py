@@ -292,10 +292,12 @@ class AdamW(torch.optim.Optimizer):
         if self.fused:
             buf = self._lr_buf
             if isinstance(lrs, torch.Tensor):
-                lrs = buf.copy_(lrs) if lrs is not buf else buf
+                if lrs is not buf:
+                    buf.copy_(lrs)
             else:  # one fill per group: no host-to-device copy, which would wait for the device
                 for i, lr in enumerate(lrs):
                     buf[i].fill_(lr)
+            lrs = buf
         runs: dict[tuple[float, float, float], tuple[list, ...]] = {}  # (b1, b2, eps) -> the lists below
         for i, group in enumerate(self.param_groups):
             params, grads, m, v, steps = self._with_grads(group)
