@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -298,24 +298,20 @@ class AdamW(torch.optim.Optimizer):
                 for i, lr in enumerate(lrs):
                     buf[i].fill_(lr)
             lrs = buf
-        runs: dict[tuple[float, float, float], tuple[list, ...]] = {}  # (b1, b2, eps) -> the lists below
+        runs: dict[tuple[float, float, float], list] = {}  # (b1, b2, eps) -> the groups' lists
         for i, group in enumerate(self.param_groups):
             params, grads, m, v, steps = self._with_grads(group)
-            run = runs.setdefault((*group["betas"], group["eps"]), ([], [], [], [], [], [], [], []))
-            masters, where, wds = run[0], run[6], run[7]
-            masters += [self.state[p]["master"] for p in params]
-            for lst, new in zip(run[1:6], (grads, m, v, params, steps), strict=True):
-                lst += new
-            where += [i] * len(params)
-            wds += [group["weight_decay"]] * len(params)
-        for (b1, b2, eps), (masters, grads, m, v, params, steps, where, wds) in runs.items():
-            if not params:
-                continue
+            if params:
+                masters = [self.state[p]["master"] for p in params]
+                runs.setdefault((*group["betas"], group["eps"]), []).append(
+                    (i, group["weight_decay"], (masters, grads, m, v, params, steps)))
+        for (b1, b2, eps), groups in runs.items():
             if self.fused:
-                _compiled_master_update(masters, grads, m, v, params, steps, lrs, tuple(where), b1, b2, eps,
-                                        tuple(wds))
+                where, wds, lists = zip(*groups, strict=True)
+                _compiled_master_update(list(lists), lrs, where, b1, b2, eps, wds)
             else:
-                master_update(masters, grads, m, v, params, steps, [lrs[i] for i in where], b1, b2, eps, wds)
+                for i, wd, lists in groups:
+                    master_update(*lists, lrs[i], b1, b2, eps, wd)
 
     def _fused_group_update(self, group: dict, lr: float | torch.Tensor) -> None:
         """One AdamW update of the group's parameters that have a gradient: their step counts
@@ -335,37 +331,27 @@ class AdamW(torch.optim.Optimizer):
 
 def master_update(
     masters: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
-    params: list[torch.Tensor], steps: list[torch.Tensor], lrs: Sequence[float] | Sequence[torch.Tensor],
-    b1: float, b2: float, eps: float, wds: Sequence[float],
+    params: list[torch.Tensor], steps: list[torch.Tensor], lr: float | torch.Tensor, b1: float, b2: float,
+    eps: float, wd: float,
 ) -> None:
     """:class:`AdamW`'s equations on fp32 ``masters`` with their fp32 moments ``m`` and ``v``,
     from ``grads`` of any float dtype (upcast), each with its own step count in ``steps`` (0-d
-    float32, advanced here), lr in ``lrs`` (floats, or 0-d float32 tensors) and weight decay in
-    ``wds``, then ``params`` (the working weights, e.g. bf16) = the masters rounded. All lists
-    align. Written with ``torch._foreach_*`` ops, which inductor compiles into a few kernels for
-    all tensors."""
-    tensor_lrs = bool(lrs) and isinstance(lrs[0], torch.Tensor)
+    float32, advanced here), then ``params`` (the working weights, e.g. bf16) = the masters
+    rounded. All lists align; ``lr``: a float or a 0-d float32 tensor. Written with
+    ``torch._foreach_*`` ops, which inductor compiles into a few kernels for all tensors."""
     torch._foreach_add_(steps, 1.0)
     bc1 = torch._foreach_pow(b1, steps)  # b1^t, then -lr / (1 - b1^t)
     torch._foreach_mul_(bc1, -1.0)
     torch._foreach_add_(bc1, 1.0)
     step_size = torch._foreach_reciprocal(bc1)
-    torch._foreach_mul_(step_size, torch._foreach_neg(lrs) if tensor_lrs else [-lr for lr in lrs])
+    torch._foreach_mul_(step_size, -lr)
     bc2 = torch._foreach_pow(b2, steps)  # sqrt(1 - b2^t)
     torch._foreach_mul_(bc2, -1.0)
     torch._foreach_add_(bc2, 1.0)
     torch._foreach_sqrt_(bc2)
     g = [x.float() for x in grads]
-    decayed = [j for j, wd in enumerate(wds) if wd]
-    if decayed:  # decoupled weight decay: masters *= 1 - lr * wd
-        lr_wd = [lrs[j] for j in decayed], [wds[j] for j in decayed]
-        if tensor_lrs:
-            factor = torch._foreach_mul(*lr_wd)
-            torch._foreach_mul_(factor, -1.0)
-            torch._foreach_add_(factor, 1.0)
-        else:
-            factor = [1.0 - lr * wd for lr, wd in zip(*lr_wd, strict=True)]
-        torch._foreach_mul_([masters[j] for j in decayed], factor)
+    if wd:
+        torch._foreach_mul_(masters, 1.0 - lr * wd)  # decoupled weight decay
     torch._foreach_lerp_(m, g, 1.0 - b1)
     torch._foreach_mul_(v, b2)
     torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
@@ -378,14 +364,15 @@ def master_update(
     torch._foreach_copy_(params, masters)
 
 
-def _indexed_master_update(
-    masters: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
-    params: list[torch.Tensor], steps: list[torch.Tensor], lrs: torch.Tensor, where: tuple[int, ...],
-    b1: float, b2: float, eps: float, wds: tuple[float, ...],
+def _groups_master_update(
+    groups: list[tuple[list[torch.Tensor], ...]], lrs: torch.Tensor, where: tuple[int, ...], b1: float,
+    b2: float, eps: float, wds: tuple[float, ...],
 ) -> None:
-    """:func:`master_update` with tensor i's lr ``lrs[where[i]]`` (``lrs``: (n_groups,) float32)."""
-    per_group = lrs.unbind(0)
-    master_update(masters, grads, m, v, params, steps, [per_group[i] for i in where], b1, b2, eps, wds)
+    """:func:`master_update` of several groups, the k-th group's lists ``groups[k]`` (masters,
+    grads, m, v, params, steps) at lr ``lrs[where[k]]`` (``lrs``: (n_groups,) float32) and
+    weight decay ``wds[k]``."""
+    for k, lists in enumerate(groups):  # (no zip: torch 2.11's dynamo fails on some builtins)
+        master_update(*lists, lrs[where[k]], b1, b2, eps, wds[k])
 
 
 MASTER_RECOMPILES = 256  # compiles of the master update allowed in a process (torch's default: 8)
@@ -393,15 +380,16 @@ MASTER_RECOMPILES = 256  # compiles of the master update allowed in a process (t
 
 @functools.cache
 def _compiled() -> Callable[..., None]:
-    """:func:`_indexed_master_update` under ``torch.compile``, made at first use (torch.compile
+    """:func:`_groups_master_update` under ``torch.compile``, made at first use (torch.compile
     imports dynamo, about 2 s, which a run without master weights does not need)."""
-    return torch.compile(_indexed_master_update, fullgraph=True, dynamic=False)
+    return torch.compile(_groups_master_update, fullgraph=True, dynamic=False)
 
 
 def _compiled_master_update(*args: object) -> None:
-    """:func:`_indexed_master_update` compiled by inductor. It compiles again for each parameter
-    set (the parameters a step reaches) and each set of hyperparameters (a tuning study's
-    trials), more often than torch's default limit of 8 allows a function."""
+    """:func:`_groups_master_update` compiled by inductor: one function for all groups. It
+    compiles again for each parameter set (the parameters a step reaches) and each set of
+    hyperparameters (a tuning study's trials), more often than torch's default limit of 8 allows
+    a function."""
     limits = {"recompile_limit": MASTER_RECOMPILES, "accumulated_recompile_limit": 4 * MASTER_RECOMPILES}
     with torch._dynamo.config.patch(**limits):
         _compiled()(*args)
