@@ -148,30 +148,6 @@ def test_the_compiled_update_may_compile_more_often_than_torch_allows_by_default
     assert torch._dynamo.config.recompile_limit == before  # for the update only
 
 
-def test_the_fused_update_is_one_compiled_call_for_all_groups_of_the_same_betas(monkeypatch):
-    """Groups that differ in lr and weight decay share one call of the compiled update (one
-    compile, few kernels); a group with other betas gets its own. Each tensor reads its own
-    group's lr from the optimizer's lr tensor."""
-    from minbert.training import optim
-
-    calls = []
-    monkeypatch.setattr(optim, "_compiled_master_update", lambda *a: calls.append(a))
-    model = small_model()
-    gs = groups(model)
-    gs.append({"params": [gs[1]["params"].pop()], "weight_decay": 0.0, "betas": (0.8, 0.99)})
-    opt = AdamW(gs, lr=3e-3, fused=True, master_weights=True)
-    attach_master_weights(model, opt)
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    opt.graph_update(torch.tensor([3e-3, 2e-3, 1e-3]))
-    assert len(calls) == 2
-    (lists, lrs, where, b1, b2, eps, wds), other = calls
-    assert [len(x[0]) for x in lists] == [2, 3] and b1 == 0.9 and other[3] == 0.8
-    assert lrs is opt._lr_buf and lrs.tolist() == pytest.approx([3e-3, 2e-3, 1e-3])
-    assert where == (0, 1) and wds == (0.01, 0.0)
-    assert other[2] == (2,) and len(other[0]) == 1
-
-
 def test_importing_the_trainer_does_not_import_dynamo():
     """The compiled master update is made at first use: a run without it does not pay for
     importing torch._dynamo (about 2 s) at start."""

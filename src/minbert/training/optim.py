@@ -126,8 +126,8 @@ class AdamW(torch.optim.Optimizer):
             for group in self.param_groups:
                 for p in group["params"]:
                     self._state(p)
-        if master_weights and fused:  # the groups' lrs as the compiled update reads them (_master_update)
-            self._lr_buf = torch.zeros(len(self.param_groups), device=self.param_groups[0]["params"][0].device)
+            # each group's lr as the compiled update reads it (_master_group_update)
+            self._lr_bufs = [torch.zeros((), device=g["params"][0].device) for g in self.param_groups]
 
     def _state(self, p: torch.Tensor) -> dict:
         """``p``'s state, created (step 0, zero moments) on first use."""
@@ -204,10 +204,10 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.master_weights:
-            self._master_update([group["lr"] for group in self.param_groups])
-            return loss
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
+            if self.master_weights:
+                self._master_group_update(i, group["lr"])
+                continue
             if self.fused:
                 self._fused_group_update(group, group["lr"])
                 continue
@@ -224,8 +224,8 @@ class AdamW(torch.optim.Optimizer):
             # parameters can have different step counts t (a head whose task skipped a step):
             # the bias correction is applied per distinct t (CPU tensors: reading them is cheap)
             by_t: dict[int, list[int]] = {}
-            for j, t in enumerate(steps):
-                by_t.setdefault(int(t), []).append(j)
+            for i, t in enumerate(steps):
+                by_t.setdefault(int(t), []).append(i)
             for t, idx in by_t.items():
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
                 # theta -= lr * m^ / (sqrt(v^) + eps), with m^ = m / bc1 and v^ = v / bc2
@@ -242,19 +242,19 @@ class AdamW(torch.optim.Optimizer):
         :meth:`graph_update`, with the gradients the graph will write already attached. With
         master weights (fused), also compile the update for those parameters, on zero gradients,
         and put their state and working weights back as they were."""
-        params = [p for group in self.param_groups for p in self._with_grads(group)[0]]
-        if not (self.master_weights and self.fused and params):
-            return
-        held = [(t, t.clone()) for p in params for t in self.state[p].values()]
-        saved = [(p, p.grad) for p in params]
-        for p in params:
-            p.grad = torch.zeros_like(p)  # fresh tensors, as the graph's own gradients
-        self._master_update(self._lr_buf)
-        for t, copy in held:
-            t.copy_(copy)
-        for p, grad in saved:
-            p.copy_(self.state[p]["master"])
-            p.grad = grad
+        for i, group in enumerate(self.param_groups):
+            params, *_ = self._with_grads(group)
+            if self.master_weights and self.fused and params:  # compile the update for these parameters now
+                held = [(t, t.clone()) for p in params for t in self.state[p].values()]
+                saved = [(p, p.grad) for p in params]
+                for p in params:
+                    p.grad = torch.zeros_like(p)  # fresh tensors, as the graph's own gradients
+                self._master_group_update(i, self._lr_bufs[i])
+                for t, copy in held:
+                    t.copy_(copy)
+                for p, grad in saved:
+                    p.copy_(self.state[p]["master"])
+                    p.grad = grad
 
     @torch.no_grad()
     def graph_update(self, lrs: torch.Tensor) -> None:
@@ -274,44 +274,31 @@ class AdamW(torch.optim.Optimizer):
             raise ValueError(f"AdamW.graph_update: lrs of shape {tuple(lrs.shape)}, not ({len(self.param_groups)},)")
         if any(p.grad is not None and not self.state[p] for g in self.param_groups for p in g["params"]):
             raise RuntimeError("AdamW.graph_update: call prepare_graph_update before the capture")
-        if self.master_weights:
-            self._master_update(lrs)
-            return
-        for group, lr in zip(self.param_groups, lrs, strict=True):
-            self._fused_group_update(group, lr)
+        for i, (group, lr) in enumerate(zip(self.param_groups, lrs, strict=True)):
+            if self.master_weights:
+                self._master_group_update(i, lr)
+            else:
+                self._fused_group_update(group, lr)
 
-    def _master_update(self, lrs: list[float] | torch.Tensor) -> None:
-        """One AdamW update of the masters of every parameter that has a gradient, each at its
-        group's lr and weight decay, then the parameters (working weights) = the masters rounded
-        (:func:`master_update`). ``lrs``: group i's lr at i, floats or an (n_groups,) float32
-        tensor on the device. Fused, the update is one compiled function for all groups (one
-        per distinct betas and eps), which reads the lrs from the optimizer's own
-        (n_groups,) tensor that ``lrs`` is written into: the compiled function sees the same
+    def _master_group_update(self, i: int, lr: float | torch.Tensor) -> None:
+        """One AdamW update of the masters of group ``i``'s parameters that have a gradient, then
+        the parameters (working weights) = the masters rounded (:func:`master_update`). Fused,
+        the update is compiled and reads the lr from the group's own 0-d tensor, which ``lr`` (a
+        float, or a 0-d tensor on the device) is written into: the compiled function sees the same
         tensor at its warm-up (:meth:`prepare_graph_update`), in a capture and in eager steps, so
         a new lr compiles nothing."""
+        group = self.param_groups[i]
+        params, grads, m, v, steps = self._with_grads(group)
+        if not params:
+            return
+        update = master_update
         if self.fused:
-            buf = self._lr_buf
-            if isinstance(lrs, torch.Tensor):
-                if lrs is not buf:
-                    buf.copy_(lrs)
-            else:  # one fill per group: no host-to-device copy, which would wait for the device
-                for i, lr in enumerate(lrs):
-                    buf[i].fill_(lr)
-            lrs = buf
-        runs: dict[tuple[float, float, float], list] = {}  # (b1, b2, eps) -> the groups' lists
-        for i, group in enumerate(self.param_groups):
-            params, grads, m, v, steps = self._with_grads(group)
-            if params:
-                masters = [self.state[p]["master"] for p in params]
-                runs.setdefault((*group["betas"], group["eps"]), []).append(
-                    (i, group["weight_decay"], (masters, grads, m, v, params, steps)))
-        for (b1, b2, eps), groups in runs.items():
-            if self.fused:
-                where, wds, lists = zip(*groups, strict=True)
-                _compiled_master_update(list(lists), lrs, where, b1, b2, eps, wds)
-            else:
-                for i, wd, lists in groups:
-                    master_update(*lists, lrs[i], b1, b2, eps, wd)
+            update = _compiled_master_update
+            buf = self._lr_bufs[i]
+            lr = buf.copy_(lr) if isinstance(lr, torch.Tensor) else buf.fill_(lr)
+        b1, b2 = group["betas"]
+        masters = [self.state[p]["master"] for p in params]
+        update(masters, grads, m, v, params, steps, lr, b1, b2, group["eps"], group["weight_decay"])
 
     def _fused_group_update(self, group: dict, lr: float | torch.Tensor) -> None:
         """One AdamW update of the group's parameters that have a gradient: their step counts
@@ -364,32 +351,20 @@ def master_update(
     torch._foreach_copy_(params, masters)
 
 
-def _groups_master_update(
-    groups: list[tuple[list[torch.Tensor], ...]], lrs: torch.Tensor, where: tuple[int, ...], b1: float,
-    b2: float, eps: float, wds: tuple[float, ...],
-) -> None:
-    """:func:`master_update` of several groups, the k-th group's lists ``groups[k]`` (masters,
-    grads, m, v, params, steps) at lr ``lrs[where[k]]`` (``lrs``: (n_groups,) float32) and
-    weight decay ``wds[k]``."""
-    for k, lists in enumerate(groups):  # (no zip: torch 2.11's dynamo fails on some builtins)
-        master_update(*lists, lrs[where[k]], b1, b2, eps, wds[k])
-
-
 MASTER_RECOMPILES = 256  # compiles of the master update allowed in a process (torch's default: 8)
 
 
 @functools.cache
 def _compiled() -> Callable[..., None]:
-    """:func:`_groups_master_update` under ``torch.compile``, made at first use (torch.compile
-    imports dynamo, about 2 s, which a run without master weights does not need)."""
-    return torch.compile(_groups_master_update, fullgraph=True, dynamic=False)
+    """:func:`master_update` under ``torch.compile``, made at first use (torch.compile imports
+    dynamo, about 2 s, which a run without master weights does not need)."""
+    return torch.compile(master_update, fullgraph=True, dynamic=False)
 
 
 def _compiled_master_update(*args: object) -> None:
-    """:func:`_groups_master_update` compiled by inductor: one function for all groups. It
-    compiles again for each parameter set (the parameters a step reaches) and each set of
-    hyperparameters (a tuning study's trials), more often than torch's default limit of 8 allows
-    a function."""
+    """:func:`master_update` compiled by inductor. It compiles again for each parameter set (a
+    group, the parameters a step reaches) and each set of hyperparameters (a tuning study's
+    trials), more often than torch's default limit of 8 allows a function."""
     limits = {"recompile_limit": MASTER_RECOMPILES, "accumulated_recompile_limit": 4 * MASTER_RECOMPILES}
     with torch._dynamo.config.patch(**limits):
         _compiled()(*args)
