@@ -59,6 +59,14 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     our AdamW), s20-call3 (the CUDA test files), s20-call4
                                     (master_weights_step.py with coordinate-descent tuning, the peer
                                     in one process) (device-scripts/s20-call*.sh)
+  bench/s21/                        inductor settings and the master update's compiles: s21-call1
+                                    (master_weights_step.py: the peer, the master-weights step under
+                                    several inductor settings, one process), s21-call2 and s21-call3
+                                    (the shipped step at batch 32 and 128 with and without combo
+                                    kernels and unsplit reductions; their CUDA tests and e2e.py
+                                    failed), s21-call4 (e2e.py of both presets with master weights,
+                                    the update as one compiled function for all groups, git 1759119)
+                                    (device-scripts/s21-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -344,12 +352,29 @@ def master_weights_b32_runs() -> list[dict]:
     """bert-base at batch 32: the master-weights step against the reduce-overhead peer, in one
     process, in each run of both (benchmarks/master_weights_step.py)."""
     out = []
-    for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json"):
+    for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json", "s21/s21-call1-knobs-b32.json"):
         recs = samples_per_s(name)
+        variants = {k: {"samples_per_s": v, "ratio": round(v / recs["peer"], 2)} for k, v in recs.items()
+                    if k.startswith("master-")}
         out.append({"master": recs["master"], "peer": recs["peer"], "ratio": round(recs["master"] / recs["peer"], 2),
-                    **({"master_cdt": recs["master-cdt"], "ratio_cdt": round(recs["master-cdt"] / recs["peer"], 2)}
-                       if "master-cdt" in recs else {}), "source": f"reports/bench/{name}"})
+                    **({"variants": variants} if variants else {}), "source": f"reports/bench/{name}"})
     return out
+
+
+def inductor_knobs() -> dict:
+    """bert-base's packed step under inductor settings that cut kernels (benchmarks/master_weights_step.py,
+    variants NAME-KNOB-...): the master-weights step at batch 32 with the peer (s21-call1), the
+    shipped step at batch 32 (s21-call2) and 128 (s21-call3), each call one process."""
+    def records(name: str) -> list[dict]:
+        recs = json.loads((BENCH / "s21" / name).read_text())["records"]
+        return [{"variant": r.get("variant") or r["impl"], "samples_per_s": r["samples_per_s"],
+                 **({"ms_per_step": r["ms_per_step"]} if "ms_per_step" in r else {}),
+                 "source": f"reports/bench/s21/{name}"} for r in recs]
+
+    return {"master_b32": records("s21-call1-knobs-b32.json"), "shipped_b32": records("s21-call2-whole-knobs-b32.json"),
+            "shipped_b128": records("s21-call3-whole-knobs-b128.json"),
+            "knobs": {"combo": "combo_kernels=True", "nosplit": "split_reductions=False",
+                      "agg": "aggressive_fusion=True", "cdt": "coordinate_descent_tuning=True"}}
 
 
 def master_weights_e2e() -> dict:
@@ -360,8 +385,12 @@ def master_weights_e2e() -> dict:
             "best": {"off": e2e_runs("s20-call1-e2e-best-base.json", "s20", "-base"),
                      "off_adamw": e2e_runs("s20-call2-e2e-best-adamw.json", "s20", "-adamw"),
                      "on": e2e_runs("s20-call1-e2e-best-master.json", "s20", "-master")},
+            "on_one_function": {
+                "default": e2e_runs("s21-call4-e2e-default-master.json", "s21", "-master"),
+                "best": e2e_runs("s21-call4-e2e-best-master.json", "s21", "-master")},
             "what": "off: the preset as shipped; off_adamw: best with optim.name=adamw; on: optim.master_weights=true "
-            "(best: with optim.name=adamw)"}
+            "(best: with optim.name=adamw), the update compiled once per group; on_one_function: the same, the update "
+            "of all groups as one compiled function (git 1759119, not kept)"}
 
 
 def main() -> None:
@@ -425,6 +454,7 @@ def main() -> None:
     speed["bert_base_b32_runs"] = bert_base_b32_runs()
     speed["master_weights_e2e"] = master_weights_e2e()
     speed["master_weights_b32_runs"] = master_weights_b32_runs()
+    speed["inductor_knobs"] = inductor_knobs()
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
