@@ -15,6 +15,9 @@ profiler. From its events:
 
     python benchmarks/profile_step.py --data-dir DIR --encoder ENC --config bert-base --batch 32 \\
         --impl minbert-packed-compile --out reports/bench/profile-bert-base-b32.json
+
+``--impl`` also takes the steps of ``benchmarks/master_weights_step.py`` (bert-base on CUDA):
+``whole`` and ``master``, each with its inductor settings (``master-combo-nosplit``, say).
 """
 
 from __future__ import annotations
@@ -31,6 +34,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_io import emit, machine  # noqa: E402
 from train_step import CONFIGS, make_batches, prepare  # noqa: E402
+
+
+def prepare_step(impl: str, config: str, batches: list[dict], device: torch.device):
+    """``train_step.prepare``'s (step, batches, real_tokens, n_params, graphs) for ``impl``: one of
+    train_step.py's implementations, or a step of master_weights_step.py (``whole...``,
+    ``master...``; bert-base on CUDA only).
+
+    Raises:
+        ValueError: a master_weights_step.py step for another config or device."""
+    if impl.split("-")[0] not in ("whole", "master"):
+        return prepare(impl, config, batches, device)
+    if config != "bert-base" or device.type != "cuda":
+        raise ValueError(f"--impl {impl} (benchmarks/master_weights_step.py) runs bert-base on CUDA only")
+    import master_weights_step
+
+    step, gpu_batches, n_params, graphs = master_weights_step.prepare(impl, batches)
+    return step, gpu_batches, lambda b: int(b["real_tokens"]), n_params, graphs
 
 
 def union_length(intervals: list[tuple[float, float]]) -> float:
@@ -104,7 +124,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     batches = make_batches(Path(args.data_dir), args.encoder, args.batch, args.n_batches)
-    step, gpu_batches, real_tokens, _, _ = prepare(args.impl, args.config, batches, torch.device(args.device))
+    step, gpu_batches, real_tokens, _, _ = prepare_step(args.impl, args.config, batches, torch.device(args.device))
     for i in range(args.warmup):
         step(gpu_batches[i % len(gpu_batches)])
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
