@@ -172,7 +172,7 @@ def layerwise_loss_fn(model: BertModel, B: int, max_seqlen: int):
             x = emb(p.input_ids, p.token_type_ids, p.position_ids)
             copies = compute_copies(sum(groups, []), x)
             for fn, gs in zip(fns, groups, strict=True):
-                sub = Copies({group_key(g): copies.stacked[group_key(g)] for g in gs}, copies.ones)
+                sub = Copies({group_key(g): copies.stacked[group_key(g)] for g in gs})
                 x = fn(x, p.cu_seqlens, p.max_seqlen, sub)
             first = p.cu_seqlens[: p.num_real].long()
             pooled = torch.tanh(model.pooler.dense(x[first]))

@@ -20,8 +20,10 @@ order of float additions (tests/test_train_ops.py).
 
 ``compute_copies(groups, x)`` casts the weights and biases of a step's projection groups to the
 compute dtype into stacked buffers, eager by one multi-tensor copy (``torch._foreach_copy_``)
-and compiled by one ``torch.cat`` per group, instead of one cast kernel per tensor, and makes
-the (1, M) ones that the bias gradients read; the nodes then read those.
+and compiled by one ``torch.cat`` per group, instead of one cast kernel per tensor; the nodes
+then read those. The bias gradients' 1^T is a view of ones kept between steps (:func:`bias_ones`),
+made in no step: under ``torch.compile`` the backward would otherwise make them again for each
+node.
 ``plain_groups(groups)`` says whether the nodes may stand in for the modules' ``nn.Linear``
 calls: they skip ``nn.Linear.__call__``, so a subclass or wrapper (a LoRA adapter),
 a hook (pruning's mask, for one) or a parametrization keeps the modules' own calls, as do
@@ -67,7 +69,23 @@ class Copies(NamedTuple):
     """What :func:`compute_copies` gives the nodes of one forward."""
 
     stacked: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]]  # group key -> (W, b)
-    ones: torch.Tensor  # (1, M) in the compute dtype: the bias gradients' 1^T
+
+
+_ONES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # bias_ones' blocks
+
+
+def bias_ones(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, m) ones in ``dtype`` on ``device``, the 1^T of the bias gradients 1^T g: a view of a
+    block of ones kept per device and dtype and grown as needed (at least 1,024 and twice the
+    last block), so that a step makes none. Inside a CUDA graph capture a block that would have
+    to grow is made for that call only: its fill runs at the graph's replays, not now."""
+    block = _ONES.get((device, dtype))
+    if block is not None and block.shape[1] >= m:
+        return block[:, :m]
+    block = torch.ones(1, max(m, 1024, 0 if block is None else 2 * block.shape[1]), dtype=dtype, device=device)
+    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        _ONES[(device, dtype)] = block
+    return block[:, :m]
 
 
 def group_key(linears: tuple[nn.Linear, ...]) -> tuple[int, ...]:
@@ -77,18 +95,18 @@ def group_key(linears: tuple[nn.Linear, ...]) -> tuple[int, ...]:
 
 
 def linear_grads(
-    x2: torch.Tensor, g: torch.Tensor, w: torch.Tensor, ones: torch.Tensor, dx_dtype: torch.dtype,
-    w_dtype: torch.dtype, asks: list[bool],
+    x2: torch.Tensor, g: torch.Tensor, w: torch.Tensor, dx_dtype: torch.dtype, w_dtype: torch.dtype,
+    asks: list[bool],
 ) -> list[torch.Tensor]:
-    """The products of :func:`fused_linear`'s backward: x2 (M, K), g (M, N), w (N, K) and ones
-    (1, M) in the compute dtype; ``asks``: [dx, dW, db] wanted. Returns those asked for, in that
-    order: dx = g W (M, K) in ``dx_dtype``; dW = g^T x2 (N, K) and db = 1^T g (N,) in
-    ``w_dtype``."""
+    """The products of :func:`fused_linear`'s backward: x2 (M, K), g (M, N) and w (N, K) in the
+    compute dtype; ``asks``: [dx, dW, db] wanted. Returns those asked for, in that order:
+    dx = g W (M, K) in ``dx_dtype``; dW = g^T x2 (N, K) and db = 1^T g (N,) in ``w_dtype``, 1^T
+    from :func:`bias_ones`."""
     out = [_mm(g, w, dx_dtype)] if asks[0] else []
     if asks[1]:
         out.append(_mm(g.t(), x2, w_dtype))
     if asks[2]:
-        out.append(_mm(ones, g, w_dtype)[0])
+        out.append(_mm(bias_ones(g.shape[0], g.dtype, g.device), g, w_dtype)[0])
     return out
 
 
@@ -96,7 +114,7 @@ linear_grads_op = torch.library.custom_op("minbert::linear_grads", linear_grads,
 
 
 @linear_grads_op.register_fake
-def _(x2, g, w, ones, dx_dtype, w_dtype, asks):  # noqa: ANN001, ANN202
+def _(x2, g, w, dx_dtype, w_dtype, asks):  # noqa: ANN001, ANN202
     shapes = [(x2.shape, dx_dtype), (w.shape, w_dtype), ((w.shape[0],), w_dtype)]
     return [x2.new_empty(s, dtype=d) for (s, d), a in zip(shapes, asks, strict=True) if a]
 
@@ -105,15 +123,14 @@ class _FusedLinear(torch.autograd.Function):
     """Projections of one input as one node; see the module docstring.
 
     forward(x (..., K), compute dtype, stacked (W, b) in the compute dtype or None (cast and
-    stack here), ones (1, M) or None, n, W_1 (N_1, K), ..., W_n, b_1 (N_1,) or None, ..., b_n)
-    -> (..., sum N_i) in the compute dtype. Biases are all given or all None.
+    stack here), n, W_1 (N_1, K), ..., W_n, b_1 (N_1,) or None, ..., b_n) -> (..., sum N_i) in
+    the compute dtype. Biases are all given or all None.
     """
 
     @staticmethod
     def forward(  # noqa: ANN205
         ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dtype: torch.dtype,
-        stacked: tuple[torch.Tensor, torch.Tensor | None] | None, ones: torch.Tensor | None, n: int,
-        *params: torch.Tensor | None,
+        stacked: tuple[torch.Tensor, torch.Tensor | None] | None, n: int, *params: torch.Tensor | None,
     ):
         weights, biases = params[:n], params[n:]
         M, K = math.prod(x.shape[:-1]), x.shape[-1]
@@ -127,30 +144,27 @@ class _FusedLinear(torch.autograd.Function):
         y = x2.new_empty(*x.shape[:-1], w.shape[0])  # (..., N): written through, so that it is no view
         y2 = y.view(M, w.shape[0])
         torch.mm(x2, w.t(), out=y2) if b is None else torch.addmm(b, x2, w.t(), out=y2)  # (M, N)
-        ctx.save_for_backward(x2, w, ones)
+        ctx.save_for_backward(x2, w)
         ctx.meta = (x.shape, x.dtype, weights[0].dtype, [p.shape[0] for p in weights], biases[0] is not None)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor):  # noqa: ANN205
-        x2, w, ones = ctx.saved_tensors
+        x2, w = ctx.saved_tensors
         x_shape, x_dtype, w_dtype, sizes, has_bias = ctx.meta
         n, need = len(sizes), ctx.needs_input_grad
-        need_w, need_b = any(need[5 : 5 + n]), has_bias and any(need[5 + n :])
+        need_w, need_b = any(need[4 : 4 + n]), has_bias and any(need[4 + n :])
         g2 = g.reshape(x2.shape[0], w.shape[0]).to(x2.dtype)  # (M, N)
-        if need_b and ones is None:
-            ones = x2.new_ones(1, x2.shape[0])
         # compiled: one opaque operator, so that inductor keeps the fp32 outputs of the GEMMs
         products = linear_grads_op if torch.compiler.is_compiling() else linear_grads
-        ones = x2 if ones is None else ones  # x2 stands in where no bias gradient reads it
-        out = iter(products(x2, g2, w, ones, x_dtype, w_dtype, [need[0], need_w, need_b]))
+        out = iter(products(x2, g2, w, x_dtype, w_dtype, [need[0], need_w, need_b]))
         dx = next(out).view(x_shape) if need[0] else None
         dws = next(out).split(sizes) if need_w else [None] * n  # row blocks: views, no copies
         dbs = next(out).split(sizes) if need_b else [None] * n
-        dws = [d if need[5 + i] else None for i, d in enumerate(dws)]
-        dbs = [d if need[5 + n + i] else None for i, d in enumerate(dbs)]
-        return (dx, None, None, None, None, *dws, *dbs)
+        dws = [d if need[4 + i] else None for i, d in enumerate(dws)]
+        dbs = [d if need[4 + n + i] else None for i, d in enumerate(dbs)]
+        return (dx, None, None, None, *dws, *dbs)
 
 
 def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], copies: Copies | None = None) -> torch.Tensor:
@@ -165,18 +179,17 @@ def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], copies: Copies
     weights, biases = [m.weight for m in linears], [m.bias for m in linears]
     if len({b is None for b in biases}) > 1:
         raise ValueError("fused_linear needs a bias in every linear or in none")
-    stacked, ones = (None, None) if copies is None else (copies.stacked.get(group_key(linears)), copies.ones)
-    return _FusedLinear.apply(x, _compute_dtype(x, weights[0]), stacked, ones, len(linears), *weights, *biases)
+    stacked = None if copies is None else copies.stacked.get(group_key(linears))
+    return _FusedLinear.apply(x, _compute_dtype(x, weights[0]), stacked, len(linears), *weights, *biases)
 
 
 def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copies:
     """The weights and biases of each group of ``linears`` stacked in the compute dtype of input
     ``x`` (autocast's on x's device, else the weights'), keyed by :func:`group_key`, written by one
     multi-tensor copy (``torch._foreach_copy_``) into one buffer (compiled: one ``torch.cat`` per
-    group); none where the weights are in
-    that dtype already (the nodes then stack them themselves). Also the (1, M) ones of the bias
-    gradients, M the rows of x (..., K). Detached: the gradients of :func:`fused_linear` go to the
-    parameters themselves. The keys hold while the modules keep their parameters (see
+    group); none where the weights are in that dtype already (the nodes then stack them
+    themselves). Detached: the gradients of :func:`fused_linear` go to the parameters
+    themselves. The keys hold while the modules keep their parameters (see
     :func:`plain_groups`).
 
     Raises:
@@ -185,15 +198,14 @@ def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copi
         raise ValueError("compute_copies needs a bias in every linear of a group or in none")
     params = [p for grp in groups for p in [m.weight for m in grp] + [m.bias for m in grp] if p is not None]
     dtype = _compute_dtype(x, params[0])
-    ones = x.new_ones(1, math.prod(x.shape[:-1]), dtype=dtype)
     if all(p.dtype == dtype for p in params):
-        return Copies({}, ones)
+        return Copies({})
     # compiled: one cat per group, which inductor fuses with its casts; the one-buffer form below
     # compiles to one gather kernel of about 3 ms a step (bert-base; docs/performance.md)
     if torch.compiler.is_compiling():
         return Copies({group_key(grp): (torch.cat([m.weight.detach().to(dtype) for m in grp]),
                                         None if grp[0].bias is None else
-                                        torch.cat([m.bias.detach().to(dtype) for m in grp])) for grp in groups}, ones)
+                                        torch.cat([m.bias.detach().to(dtype) for m in grp])) for grp in groups})
     # eager: one multi-tensor copy into one buffer, whose views are the stacked tensors
     buf = x.new_empty(sum(p.numel() for p in params), dtype=dtype)  # each group's W_1..W_n, then b_1..b_n
     dst = [v.view(p.shape) for v, p in zip(buf.split([p.numel() for p in params]), params, strict=True)]
@@ -206,7 +218,7 @@ def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copi
         b = None if grp[0].bias is None else buf[at : at + N]  # (N,)
         at += 0 if b is None else N
         stacked[group_key(grp)] = (w, b)
-    return Copies(stacked, ones)
+    return Copies(stacked)
 
 
 def plain_groups(groups: list[tuple[nn.Module | None, ...]]) -> bool:
