@@ -387,17 +387,26 @@ def test_a_group_of_no_output_features_gives_what_f_linear_gives():
         torch.testing.assert_close(a, b)
 
 
-def test_bias_ones_are_views_of_one_block_grown_as_needed():
+def test_bias_ones_are_views_of_blocks_grown_as_needed_and_never_released():
+    """A graph captured with a view of a block reads its address at every replay: growing must
+    not free the block before it."""
+    import gc
+    import weakref
+
     from minbert.model import train_ops
 
-    dev, dt = torch.device("cpu"), torch.float64  # a dtype the nodes do not use here: its block starts empty
+    dev, dt = torch.device("cpu"), torch.float64  # a dtype the nodes do not use here: no blocks yet
     train_ops._ONES.pop((dev, dt), None)
     a = train_ops.bias_ones(10, dt, dev)
     assert a.shape == (1, 10) and a.dtype == dt and torch.equal(a, torch.ones(1, 10, dtype=dt))
     assert train_ops.bias_ones(1024, dt, dev).data_ptr() == a.data_ptr()  # the first block: 1,024
+    first = weakref.ref(train_ops._ONES[(dev, dt)][0])
+    del a
     c = train_ops.bias_ones(1500, dt, dev)
-    assert torch.equal(c, torch.ones(1, 1500, dtype=dt)) and train_ops._ONES[(dev, dt)].shape == (1, 2048)
-    assert train_ops.bias_ones(3, dt, dev).data_ptr() == c.data_ptr()
+    gc.collect()
+    assert first() is not None and [b.shape[1] for b in train_ops._ONES[(dev, dt)]] == [1024, 2048]
+    assert torch.equal(c, torch.ones(1, 1500, dtype=dt))
+    assert train_ops.bias_ones(3, dt, dev).data_ptr() == c.data_ptr()  # the largest block from now on
     train_ops._ONES.pop((dev, dt))
 
 
@@ -412,7 +421,38 @@ def test_bias_ones_grown_inside_a_cuda_graph_capture_are_not_kept():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = train_ops.bias_ones(5000, dt, dev) * 2
-    assert (dev, dt) not in train_ops._ONES
+    assert not train_ops._ONES[(dev, dt)]
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, torch.full((1, 5000), 2.0, dtype=dt, device=dev))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_graphed_backward_keeps_its_bias_gradient_after_the_ones_grow():
+    """A backward captured on a side stream (as GraphedSteps captures) reads the kept block of
+    ones; a later eager step with more tokens grows the blocks and memory is reused; replaying
+    the graph still gives db = 1^T g."""
+    from minbert.inference.graphs import capture
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    lin, x = nn.Linear(8, 4).to(dev), torch.randn(1000, 8, device=dev)
+
+    def step(inputs):
+        fused_linear(inputs, (lin,)).sum().backward()  # db = 1^T 1 = the rows, per output
+
+    step(x)
+    side, pool = torch.cuda.Stream(dev), torch.cuda.graph_pool_handle()
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        step(x)
+    torch.cuda.current_stream(dev).wait_stream(side)
+    lin.weight.grad = lin.bias.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with capture(graph, side, pool):
+        step(x)
+    db = lin.bias.grad
+    step(torch.randn(50_000, 8, device=dev))  # eager, more tokens: the blocks grow
+    junk = [torch.full((1024,), 7.0, device=dev) for _ in range(64)]  # memory a freed block would give
+    graph.replay()
+    torch.cuda.synchronize()
+    assert junk and torch.equal(db, torch.full((4,), 1000.0, device=dev))

@@ -71,20 +71,22 @@ class Copies(NamedTuple):
     stacked: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]]  # group key -> (W, b)
 
 
-_ONES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # bias_ones' blocks
+_ONES: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}  # bias_ones' blocks, largest last
 
 
 def bias_ones(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(1, m) ones in ``dtype`` on ``device``, the 1^T of the bias gradients 1^T g: a view of a
-    block of ones kept per device and dtype and grown as needed (at least 1,024 and twice the
-    last block), so that a step makes none. Inside a CUDA graph capture a block that would have
-    to grow is made for that call only: its fill runs at the graph's replays, not now."""
-    block = _ONES.get((device, dtype))
-    if block is not None and block.shape[1] >= m:
-        return block[:, :m]
-    block = torch.ones(1, max(m, 1024, 0 if block is None else 2 * block.shape[1]), dtype=dtype, device=device)
-    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        _ONES[(device, dtype)] = block
+    """(1, m) ones in ``dtype`` on ``device``, the 1^T of the bias gradients 1^T g: a view of the
+    largest block of ones kept for the device and dtype, so that a step makes none. A block too
+    short for m is followed by a new one (at least 1,024, m and twice the last), and no block is
+    ever released: a CUDA graph captured with a view of one reads its address at every replay.
+    Inside a CUDA graph capture a block that would have to grow is made for that call only,
+    since its fill runs at the graph's replays, not now."""
+    blocks = _ONES.setdefault((device, dtype), [])
+    if blocks and blocks[-1].shape[1] >= m:
+        return blocks[-1][:, :m]
+    block = torch.ones(1, max(m, 1024, 2 * blocks[-1].shape[1] if blocks else 0), dtype=dtype, device=device)
+    if device.type != "cuda" or not _capturing(device):
+        blocks.append(block)
     return block[:, :m]
 
 
@@ -92,6 +94,12 @@ def group_key(linears: tuple[nn.Linear, ...]) -> tuple[int, ...]:
     """The key of a projection group in :attr:`Copies.stacked`: its weights' and biases' ids (a
     weight may be tied across groups whose biases differ)."""
     return tuple(id(p) for m in linears for p in (m.weight, m.bias))
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether ``device``'s current stream is capturing a CUDA graph."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_current_stream_capturing()
 
 
 def linear_grads(
