@@ -306,20 +306,15 @@ def update_experiments() -> dict:
     (benchmarks/optimizer_update.py, s19-call3 and s19-call4); the step on bf16 working weights
     with fp32 master weights (benchmarks/master_weights_step.py, s19-call7; s20-call2 with the peer)."""
     def records(name: str) -> list[dict]:
-        recs = json.loads((BENCH / "s19" / name).read_text())["records"]
-        return [{**{k: r[k] for k in ("samples_per_s", "ms_per_step", "batch") if k in r},
-                 "variant": r.get("variant") or r["impl"], "source": f"reports/bench/s19/{name}"} for r in recs]
+        return variant_records(f"s19/{name}", ("samples_per_s", "ms_per_step", "batch"))
 
-    alone = [{**r, "source": f"reports/bench/s19/{name}"} for name in
-             ("s19-call3-optimizer-update.json", "s19-call4-optimizer-update.json")
-             for r in json.loads((BENCH / "s19" / name).read_text())["records"]]
+    alone = raw_records("s19/s19-call3-optimizer-update.json") + raw_records("s19/s19-call4-optimizer-update.json")
     master = [{**json.loads(line), "source": "reports/bench/s19/s19-call7-master-b32.log"}  # the run was
               for line in (BENCH / "s19" / "s19-call7-master-b32.log").read_text().splitlines()  # stopped before
               if line.startswith("{")]  # its JSON file: the records are the lines it printed
     # s20-call2: the peer, the shipped step and AdamW(master_weights=True), all three in one process;
     # s20-call4: the peer, the master-weights step, and that step with coordinate-descent tuning
-    for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json"):
-        master += [{**r, "source": f"reports/bench/{name}"} for r in json.loads((BENCH / name).read_text())["records"]]
+    master += raw_records("s20/s20-call2-master-b32.json") + raw_records("s20/s20-call4-master-cdt-b32.json")
     return {"master_weights_b32": master,
             "train_step_b32": records("s19-call1-overlap-b32.json") + records("s19-call2-overlap-b32.json")
             + records("s19-call4-overlap-b32.json"),
@@ -327,10 +322,21 @@ def update_experiments() -> dict:
             "update_alone": alone}
 
 
+def raw_records(name: str) -> list[dict]:
+    """The records of bench/``name`` (one benchmark process), each with its ``source``."""
+    return [{**r, "source": f"reports/bench/{name}"} for r in json.loads((BENCH / name).read_text())["records"]]
+
+
+def variant_records(name: str, keys: tuple[str, ...]) -> list[dict]:
+    """:func:`raw_records` of bench/``name`` cut to ``keys`` (those a record has), its variant (or
+    impl) and its source."""
+    return [{**{k: r[k] for k in keys if k in r}, "variant": r.get("variant") or r["impl"], "source": r["source"]}
+            for r in raw_records(name)]
+
+
 def samples_per_s(name: str) -> dict[str, float]:
     """Samples/s by variant (or impl) of the records of bench/``name`` (one benchmark process)."""
-    records = json.loads((BENCH / name).read_text())["records"]
-    return {r.get("variant") or r["impl"]: r["samples_per_s"] for r in records}
+    return {r["variant"]: r["samples_per_s"] for r in variant_records(name, ("samples_per_s",))}
 
 
 def bert_base_b32_runs() -> list[dict]:
@@ -366,10 +372,7 @@ def inductor_knobs() -> dict:
     variants NAME-KNOB-...): the master-weights step at batch 32 with the peer (s21-call1), the
     shipped step at batch 32 (s21-call2) and 128 (s21-call3), each call one process."""
     def records(name: str) -> list[dict]:
-        recs = json.loads((BENCH / "s21" / name).read_text())["records"]
-        return [{"variant": r.get("variant") or r["impl"], "samples_per_s": r["samples_per_s"],
-                 **({"ms_per_step": r["ms_per_step"]} if "ms_per_step" in r else {}),
-                 "source": f"reports/bench/s21/{name}"} for r in recs]
+        return variant_records(f"s21/{name}", ("samples_per_s", "ms_per_step"))
 
     return {"master_b32": records("s21-call1-knobs-b32.json"), "shipped_b32": records("s21-call2-whole-knobs-b32.json"),
             "shipped_b128": records("s21-call3-whole-knobs-b128.json"),

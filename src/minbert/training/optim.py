@@ -126,7 +126,7 @@ class AdamW(torch.optim.Optimizer):
             for group in self.param_groups:
                 for p in group["params"]:
                     self._state(p)
-            # each group's lr as the compiled update reads it (_master_group_update)
+        if master_weights and fused:  # each group's lr as the compiled update reads it (_master_group_update)
             self._lr_bufs = [torch.zeros((), device=g["params"][0].device) for g in self.param_groups]
 
     def _state(self, p: torch.Tensor) -> dict:
