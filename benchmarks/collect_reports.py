@@ -67,6 +67,12 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     failed), s21-call4 (e2e.py of both presets with master weights,
                                     the update as one compiled function for all groups, git 1759119)
                                     (device-scripts/s21-call*.sh)
+  bench/s22/                        the bias gradients' ones kept in blocks (bias_ones): s22-call1 (the
+                                    peer and the master-weights step, one process; a profile of the
+                                    step with combo kernels and unsplit reductions), s22-call2 (the
+                                    CUDA test files; the peer and that step), s22-call3 (e2e.py of both
+                                    presets; the peer and that step with coordinate-descent tuning)
+                                    (device-scripts/s22-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -289,15 +295,18 @@ def profile(folder: str, name: str) -> dict:
 
 def profiles() -> dict:
     """The shipped bert-base step's profiles (s18-call2: the optimizer update in the step's graph),
-    the reduce-overhead peer's (s8-call3), and the earlier steps' (s8-call3's own; s5-call1's,
-    before the gradients stayed in place)."""
+    the reduce-overhead peer's (s8-call3), the earlier steps' (s8-call3's own; s5-call1's,
+    before the gradients stayed in place), and the master-weights step's at batch 32 with combo
+    kernels and unsplit reductions (s22-call1, benchmarks/master_weights_step.py's
+    ``master-combo-nosplit``)."""
     def both(folder: str, name: str) -> dict:
         return {f"bert-base-b{b}": profile(folder, name.format(b=b)) for b in (32, 128)}
 
     return {"profile": both("s18", "s18-call2-profile-bert-base-b{b}.json"),
             "profile_peer": both("s8", "s8-call3-profile-transformers-sdpa-ro-bert-base-b{b}.json"),
             "profile_history": both("s8", "s8-call3-profile-minbert-packed-compile-bert-base-b{b}.json"),
-            "profile_history_s5": both("packed", "s5-call1-profile-bert-base-b{b}.json")}
+            "profile_history_s5": both("packed", "s5-call1-profile-bert-base-b{b}.json"),
+            "profile_master": {"bert-base-b32": profile("s22", "s22-call1-profile-master-combo-nosplit.json")}}
 
 
 def update_experiments() -> dict:
@@ -309,9 +318,7 @@ def update_experiments() -> dict:
         return variant_records(f"s19/{name}", ("samples_per_s", "ms_per_step", "batch"))
 
     alone = raw_records("s19/s19-call3-optimizer-update.json") + raw_records("s19/s19-call4-optimizer-update.json")
-    master = [{**json.loads(line), "source": "reports/bench/s19/s19-call7-master-b32.log"}  # the run was
-              for line in (BENCH / "s19" / "s19-call7-master-b32.log").read_text().splitlines()  # stopped before
-              if line.startswith("{")]  # its JSON file: the records are the lines it printed
+    master = log_records("s19/s19-call7-master-b32.log")  # the run stopped before its JSON file
     # s20-call2: the peer, the shipped step and AdamW(master_weights=True), all three in one process;
     # s20-call4: the peer, the master-weights step, and that step with coordinate-descent tuning
     master += raw_records("s20/s20-call2-master-b32.json") + raw_records("s20/s20-call4-master-cdt-b32.json")
@@ -323,8 +330,18 @@ def update_experiments() -> dict:
 
 
 def raw_records(name: str) -> list[dict]:
-    """The records of bench/``name`` (one benchmark process), each with its ``source``."""
+    """The records of bench/``name`` (one benchmark process), each with its ``source``; of a
+    ``.log``, the records it printed (:func:`log_records`)."""
+    if name.endswith(".log"):
+        return log_records(name)
     return [{**r, "source": f"reports/bench/{name}"} for r in json.loads((BENCH / name).read_text())["records"]]
+
+
+def log_records(name: str) -> list[dict]:
+    """The records that one benchmark process printed to bench/``name`` (its log), each with its
+    ``source``: for runs stopped before they wrote their JSON file."""
+    return [{**json.loads(line), "source": f"reports/bench/{name}"}
+            for line in (BENCH / name).read_text().splitlines() if line.startswith("{")]
 
 
 def variant_records(name: str, keys: tuple[str, ...]) -> list[dict]:
@@ -355,27 +372,37 @@ def bert_base_b32_runs() -> list[dict]:
 
 
 def master_weights_b32_runs() -> list[dict]:
-    """bert-base at batch 32: the master-weights step against the reduce-overhead peer, in one
-    process, in each run of both (benchmarks/master_weights_step.py)."""
+    """bert-base at batch 32: the master-weights step (``master``, and its inductor-settings
+    variants ``master-...``) against the reduce-overhead peer, in one process, in each run of both
+    (benchmarks/master_weights_step.py). ``bias_ones``: the tree kept the bias gradients' ones in
+    blocks (s22 on), else each step made them."""
     out = []
-    for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json", "s21/s21-call1-knobs-b32.json"):
+    for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json", "s21/s21-call1-knobs-b32.json",
+                 "s22/s22-call1-knobs-b32.log", "s22/s22-call2-knobs-b32.json", "s22/s22-call3-knobs-b32.json"):
         recs = samples_per_s(name)
         variants = {k: {"samples_per_s": v, "ratio": round(v / recs["peer"], 2)} for k, v in recs.items()
                     if k.startswith("master-")}
-        out.append({"master": recs["master"], "peer": recs["peer"], "ratio": round(recs["master"] / recs["peer"], 2),
-                    **({"variants": variants} if variants else {}), "source": f"reports/bench/{name}"})
+        run = {"master": recs["master"], "peer": recs["peer"], "ratio": round(recs["master"] / recs["peer"], 2)} \
+            if "master" in recs else {"peer": recs["peer"]}
+        out.append({**run, **({"variants": variants} if variants else {}), "bias_ones": name.startswith("s22/"),
+                    "source": f"reports/bench/{name}"})
     return out
 
 
 def inductor_knobs() -> dict:
     """bert-base's packed step under inductor settings that cut kernels (benchmarks/master_weights_step.py,
     variants NAME-KNOB-...): the master-weights step at batch 32 with the peer (s21-call1), the
-    shipped step at batch 32 (s21-call2) and 128 (s21-call3), each call one process."""
+    shipped step at batch 32 (s21-call2) and 128 (s21-call3), each call one process; the
+    master-weights step again with the bias gradients' ones kept in blocks, with the peer in each
+    process (s22-call1 to s22-call3, one process each: ``master_b32_bias_ones``)."""
     def records(name: str) -> list[dict]:
-        return variant_records(f"s21/{name}", ("samples_per_s", "ms_per_step"))
+        return variant_records(name, ("samples_per_s", "ms_per_step"))
 
-    return {"master_b32": records("s21-call1-knobs-b32.json"), "shipped_b32": records("s21-call2-whole-knobs-b32.json"),
-            "shipped_b128": records("s21-call3-whole-knobs-b128.json"),
+    return {"master_b32": records("s21/s21-call1-knobs-b32.json"),
+            "shipped_b32": records("s21/s21-call2-whole-knobs-b32.json"),
+            "shipped_b128": records("s21/s21-call3-whole-knobs-b128.json"),
+            "master_b32_bias_ones": [r for name in ("s22/s22-call1-knobs-b32.log", "s22/s22-call2-knobs-b32.json",
+                                                    "s22/s22-call3-knobs-b32.json") for r in records(name)],
             "knobs": {"combo": "combo_kernels=True", "nosplit": "split_reductions=False",
                       "agg": "aggressive_fusion=True", "cdt": "coordinate_descent_tuning=True"}}
 
@@ -443,15 +470,18 @@ def main() -> None:
     # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for every
     # run; the earlier versions' runs are in e2e_history.packed (s13-call1 to s13-call3: each change
     # against its predecessor on one machine; s13-call4's default; s15-call1's default, fused_linear).
-    # default and best: s18-call1 (the optimizer update in the step's graph, and s17's changes);
-    # default_warm: s17-call2 (git a475155) with the Triton cache its run before filled. Earlier:
-    # default s17-call4 (git 85e4711), best s13-call4 (the version before fused_linear)
-    speed["e2e"] = {"default": e2e_runs("s18-call1-e2e-default-after.json", "s18", "-after"),
+    # default and best: s22-call3 (the bias gradients' ones kept in blocks); default_warm: s17-call2
+    # (git a475155) with the Triton cache its run before filled. Earlier: s18-call1 (the optimizer
+    # update in the step's graph, and s17's changes), default s17-call4 (git 85e4711), best s13-call4
+    # (the version before fused_linear)
+    speed["e2e"] = {"default": e2e_runs("s22-call3-e2e-default-ones.json", "s22", "-ones"),
                     "default_warm": {**e2e_runs("s17-call2-e2e-default-warm.json", "s17", "-warm"),
                                      "what": "git a475155, the Triton cache filled by the run before (both seeds)"},
-                    "best": e2e_runs("s18-call1-e2e-best-after.json", "s18", "-after")}
-    speed["e2e_earlier"] = {"default": e2e_runs("s17-call4-e2e-default-after.json", "s17", "-after"),
-                            "best": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
+                    "best": e2e_runs("s22-call3-e2e-best-ones.json", "s22", "-ones")}
+    speed["e2e_earlier"] = {"default": e2e_runs("s18-call1-e2e-default-after.json", "s18", "-after"),
+                            "best": e2e_runs("s18-call1-e2e-best-after.json", "s18", "-after"),
+                            "default_s17": e2e_runs("s17-call4-e2e-default-after.json", "s17", "-after"),
+                            "best_s13": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
     speed.update(profiles())
     speed["update_overlap"] = update_experiments()
     speed["bert_base_b32_runs"] = bert_base_b32_runs()

@@ -25,8 +25,9 @@ Variants (``--variants``):
            nosplit  reductions not split into a partial and a final kernel (``split_reductions``
                     off: the LayerNorm and bias column sums over the step's tokens)
            agg      fusion of kernels that share no input (``aggressive_fusion``)
-  peer     transformers + torch.compile(mode="reduce-overhead"), under the settings that the
-           variant before it left (list it first to run it under inductor's defaults)
+  peer     transformers + torch.compile(mode="reduce-overhead"), under inductor's defaults (the
+           records of s21 and s22 listed it first, when it ran under the settings that the
+           variant before it left)
 
 Prints one JSON object (and writes it to --out): {"machine": {...}, "records": [...]}.
 """
@@ -54,7 +55,7 @@ DEFAULTS = {name: getattr(torch._inductor.config, name) for name, _ in KNOBS.val
 
 def set_knobs(variant: str) -> None:
     """Inductor's settings for ``variant``: the knobs its name lists after the step's name, the
-    others at their defaults.
+    others at their defaults (``peer``: all at their defaults).
 
     Raises:
         ValueError: an unknown knob in the name."""
@@ -98,4 +99,4 @@ def prepare(variant: str, batches: list[dict]):
 
 
 if __name__ == "__main__":
-    ov.main("whole,master,peer", prepare)
+    ov.main("whole,master,peer", prepare, configure=set_knobs)

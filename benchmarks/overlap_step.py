@@ -243,8 +243,9 @@ def bench(variant: str, batches: list[dict], warmup: int, steps: int, repeats: i
 VARIANTS = "whole,layers,layers-overlap,whole-noopt,layers-noopt,peer"
 
 
-def main(default_variants: str = VARIANTS, prepare_fn=prepare) -> None:
-    """The command line of this script (and of master_weights_step.py, with its own variants)."""
+def main(default_variants: str = VARIANTS, prepare_fn=prepare, configure=None) -> None:
+    """The command line of this script (and of master_weights_step.py, with its own variants and
+    ``configure(variant)``, called before each variant, the peer included, runs)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--encoder", required=True)
@@ -259,6 +260,8 @@ def main(default_variants: str = VARIANTS, prepare_fn=prepare) -> None:
     records = []
     for v in args.variants.split(","):
         try:
+            if configure is not None:
+                configure(v)
             rec = bench(v, batches, args.warmup, args.steps, args.repeats, prepare_fn)
         except Exception as e:  # noqa: BLE001 (report and go on)
             rec = {"variant": v, "error": f"{type(e).__name__}: {e}"[:800]}

@@ -227,6 +227,9 @@ def run_summary(
     ``dev_limits`` (``{task: rows}`` for tasks scored on a seeded sample of their dev set; empty
     when every dev set was scored whole) and the ``config``. ``throughput`` holds ``train_samples``,
     ``train_s``, ``epoch_train_s`` (seconds per epoch, a resumed run's from the resume on),
+    ``epoch_end_s`` (seconds of each epoch's end: dev evaluation, checkpoint, the ``on_epoch_end``
+    hook), ``setup_s`` (from the run's start, the command's where the CLI started it, to the first
+    step) and ``kernel_wait_s`` (of ``setup_s``, the wait for the attention kernel's compile),
     ``processes``, ``cuda_graphs``, ``grad_sync``, ``graphs`` (:meth:`GraphedSteps.stats`, or None)
     and ``eval_graphs`` (the dev evaluation's :meth:`GraphedForward.stats`, or None)."""
     flat = final.flat()
@@ -241,8 +244,8 @@ def run_summary(
             "train_samples": throughput["train_samples"],
             "train_s": throughput["train_s"],
             "samples_per_s": samples_per_s,
-            **{k: throughput.get(k) for k in ("epoch_train_s", "processes", "cuda_graphs", "grad_sync", "graphs",
-                                            "eval_graphs")},
+            **{k: throughput.get(k) for k in ("epoch_train_s", "epoch_end_s", "setup_s", "kernel_wait_s",
+                                            "processes", "cuda_graphs", "grad_sync", "graphs", "eval_graphs")},
         },
         "epochs_run": epochs_run,
         "steps": steps,

@@ -163,8 +163,11 @@ class Trainer:
         self.t_start = time.time() if t_start is None else t_start
         self.ctx = ctx or DistContext()
         self.state = LoopState(world_size=self.ctx.world_size)
-        # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process
-        self.throughput = {"train_samples": 0, "train_s": 0.0, "epoch_train_s": []}
+        # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process:
+        # training, each epoch's training and its end (dev evaluation, checkpoint), the set-up from
+        # t_start and the wait for the attention kernel's compile within it
+        self.throughput = {"train_samples": 0, "train_s": 0.0, "epoch_train_s": [], "epoch_end_s": [],
+                           "setup_s": 0.0, "kernel_wait_s": 0.0}
         self.interrupt, self.bar, self.t_epoch = None, None, 0.0  # t_epoch: perf_counter() at the epoch's start
         self.writer = BackgroundWriter()  # checkpoints and best weights reach the disk while training goes on
 
@@ -214,7 +217,9 @@ class Trainer:
         self.dev = DevEvaluator(self.model, self.tasks, self.data["dev"], self.device, self.rt.amp, self.pad_id,
                                 tc.eval_batch_size, ctx, self.metrics, self.run_dir, tc.average_last, self.progress,
                                 self.writer)
+        t_wait = time.perf_counter()
         wait_kernel_compile(compiling)  # its kernels in Triton's cache before the first step
+        self.throughput["kernel_wait_s"] = round(time.perf_counter() - t_wait, 2)
 
     def resume(self) -> None:
         """Continue from the run folder's last checkpoint: weights, optimizer, lr schedule, task
@@ -257,6 +262,7 @@ class Trainer:
         """Set up, train epoch by epoch, finish, end the trackers' run (as failed when anything
         raised); returns the :class:`Run`. Raises as :func:`train`."""
         self.setup()
+        self.throughput["setup_s"] = round(time.time() - self.t_start, 2)
         try:
             self.train_epochs()
             run = self.finish()
@@ -434,17 +440,18 @@ class Trainer:
         Raises:
             whatever ``on_epoch_end`` raises (``minbert tune`` prunes so).
         """
-        tc, st = self.tc, self.state
+        tc, st, t0 = self.tc, self.state, time.perf_counter()
         flat = self.dev.epoch_end(st, epoch + 1)
         st.epoch, st.micro = epoch + 1, 0
         self.save_checkpoint()
         if self.on_epoch_end is not None:
             self.writer.wait()  # the hook may read this epoch's checkpoint and best weights
             self.on_epoch_end(epoch + 1, flat)
-        if tc.early_stopping_patience is not None and st.bad_epochs >= tc.early_stopping_patience:
+        self.throughput["epoch_end_s"].append(round(time.perf_counter() - t0, 2))
+        stop = tc.early_stopping_patience is not None and st.bad_epochs >= tc.early_stopping_patience
+        if stop:
             log.info("early stopping: no overall-dev improvement for %d epoch(s)", st.bad_epochs)
-            return True
-        return False
+        return stop
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoints/step-N`` for the current step (rank 0), after the queued step
