@@ -376,7 +376,7 @@ def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
 
     from minbert.training.kernel_compile import stop_kernel_compile, wait_kernel_compile
 
-    wait_kernel_compile([])
+    assert wait_kernel_compile([]) == 0.0  # nothing to wait for
     failing = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('no GPU here')"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     with caplog.at_level(logging.DEBUG, logger="minbert.training.kernel_compile"):
@@ -386,7 +386,8 @@ def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
     hanging = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.perf_counter()
-    wait_kernel_compile([hanging], timeout_s=0.5)
+    waited = wait_kernel_compile([hanging], timeout_s=0.5)  # the seconds waited, the timeout included
+    assert 0.5 <= waited <= time.perf_counter() - t0 + 0.01
     assert time.perf_counter() - t0 < 30 and hanging.returncode not in (None, 0)
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -22,6 +22,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ..config import Config, encoder_overrides, runtime_settings
@@ -93,9 +94,11 @@ def stop_kernel_compile(children: list[subprocess.Popen] | None) -> None:
         end_child(proc)
 
 
-def wait_kernel_compile(children: list[subprocess.Popen], timeout_s: float = 300.0) -> None:
+def wait_kernel_compile(children: list[subprocess.Popen], timeout_s: float = 300.0) -> float:
     """Wait for the children (killed after ``timeout_s``); a failed child costs nothing but its
-    time: the first launch then compiles its kernels in this process."""
+    time: the first launch then compiles its kernels in this process. Returns the seconds waited
+    (rounded to 0.01 s)."""
+    t0 = time.perf_counter()
     for proc in children:
         try:
             _, err = proc.communicate(timeout=timeout_s)
@@ -105,3 +108,4 @@ def wait_kernel_compile(children: list[subprocess.Popen], timeout_s: float = 300
         if proc.returncode:
             log.debug("a background compile of the attention kernel failed (%s): %s", proc.returncode,
                       last_error_line(err))
+    return round(time.perf_counter() - t0, 2)

@@ -227,9 +227,11 @@ def run_summary(
     ``dev_limits`` (``{task: rows}`` for tasks scored on a seeded sample of their dev set; empty
     when every dev set was scored whole) and the ``config``. ``throughput`` holds ``train_samples``,
     ``train_s``, ``epoch_train_s`` (seconds per epoch, a resumed run's from the resume on),
-    ``epoch_end_s`` (seconds of each epoch's end: dev evaluation, checkpoint, the ``on_epoch_end``
-    hook), ``setup_s`` (from the run's start, the command's where the CLI started it, to the first
-    step) and ``kernel_wait_s`` (of ``setup_s``, the wait for the attention kernel's compile),
+    ``epoch_end_s`` (seconds of each epoch's end, likewise: dev evaluation, the checkpoint handed to
+    the background writer, whose disk write overlaps what follows unless an ``on_epoch_end`` hook
+    waits for it, and the hook), ``setup_s`` (from the run's start, the command's start under the
+    CLI, else the ``t_start`` given or the trainer's creation, to the first step) and
+    ``kernel_wait_s`` (of ``setup_s``, the wait for the attention kernel's compile),
     ``processes``, ``cuda_graphs``, ``grad_sync``, ``graphs`` (:meth:`GraphedSteps.stats`, or None)
     and ``eval_graphs`` (the dev evaluation's :meth:`GraphedForward.stats`, or None)."""
     flat = final.flat()

@@ -33,6 +33,11 @@ class LoopState:
         """A plain dict (a deep copy) for the checkpoint."""
         return dataclasses.asdict(self)
 
+    def patience_spent(self, patience: int | None) -> bool:
+        """Whether early stopping ends the training: ``patience`` (``train.early_stopping_patience``;
+        None: never) epoch ends in a row without a new best."""
+        return patience is not None and self.bad_epochs >= patience
+
 
 def track_best(state: LoopState, overall: float | None, epoch: int) -> bool:
     """Epoch-end best-model tracking on ``state``: when ``overall`` (None counts as -inf) beats

@@ -163,11 +163,9 @@ class Trainer:
         self.t_start = time.time() if t_start is None else t_start
         self.ctx = ctx or DistContext()
         self.state = LoopState(world_size=self.ctx.world_size)
-        # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process:
-        # training, each epoch's training and its end (dev evaluation, checkpoint), the set-up from
-        # t_start and the wait for the attention kernel's compile within it
+        # training examples (all ranks, all tasks; a pair counts once) and seconds, in this process
         self.throughput = {"train_samples": 0, "train_s": 0.0, "epoch_train_s": [], "epoch_end_s": [],
-                           "setup_s": 0.0, "kernel_wait_s": 0.0}
+                           "setup_s": 0.0, "kernel_wait_s": 0.0}  # (see reporting.run_summary)
         self.interrupt, self.bar, self.t_epoch = None, None, 0.0  # t_epoch: perf_counter() at the epoch's start
         self.writer = BackgroundWriter()  # checkpoints and best weights reach the disk while training goes on
 
@@ -217,9 +215,7 @@ class Trainer:
         self.dev = DevEvaluator(self.model, self.tasks, self.data["dev"], self.device, self.rt.amp, self.pad_id,
                                 tc.eval_batch_size, ctx, self.metrics, self.run_dir, tc.average_last, self.progress,
                                 self.writer)
-        t_wait = time.perf_counter()
-        wait_kernel_compile(compiling)  # its kernels in Triton's cache before the first step
-        self.throughput["kernel_wait_s"] = round(time.perf_counter() - t_wait, 2)
+        self.throughput["kernel_wait_s"] = wait_kernel_compile(compiling)  # in Triton's cache before the first step
 
     def resume(self) -> None:
         """Continue from the run folder's last checkpoint: weights, optimizer, lr schedule, task
@@ -279,7 +275,7 @@ class Trainer:
         last checkpoint on disk), what ``on_epoch_end`` raises."""
         tc, st = self.tc, self.state  # (setup's resume has replaced the state)
         self.interrupt = StopRequest(enabled=not self.ctx.enabled)
-        stop = st.step >= self.total_steps
+        stop = st.step >= self.total_steps or st.patience_spent(tc.early_stopping_patience)  # (resumed runs too)
         try:
             while st.epoch < tc.epochs and not stop:
                 epoch = st.epoch
@@ -448,10 +444,10 @@ class Trainer:
             self.writer.wait()  # the hook may read this epoch's checkpoint and best weights
             self.on_epoch_end(epoch + 1, flat)
         self.throughput["epoch_end_s"].append(round(time.perf_counter() - t0, 2))
-        stop = tc.early_stopping_patience is not None and st.bad_epochs >= tc.early_stopping_patience
-        if stop:
+        if st.patience_spent(tc.early_stopping_patience):
             log.info("early stopping: no overall-dev improvement for %d epoch(s)", st.bad_epochs)
-        return stop
+            return True
+        return False
 
     def save_checkpoint(self) -> None:
         """Write ``checkpoints/step-N`` for the current step (rank 0), after the queued step
@@ -465,13 +461,10 @@ class Trainer:
         if not self.ctx.is_main:
             return
         self.state.metrics_bytes = self.metrics.sync()  # what a resume keeps
-        train_state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "streams": {n: s.state_dict() for n, s in self.streams.items()},
-            "loop": self.state.to_dict(),
-            "rng": rngs,
-        }  # written in the background from host copies (train_epochs waits for it on its way out)
+        # written in the background from host copies (train_epochs waits for it on its way out)
+        train_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                       "streams": {n: s.state_dict() for n, s in self.streams.items()},
+                       "loop": self.state.to_dict(), "rng": rngs}
         self.writer.submit(write_checkpoint, self.run_dir, self.state.step,
                            *self.writer.snapshot((self.model.state_dict(), train_state)))
 
