@@ -72,9 +72,10 @@ def set_knobs(variant: str) -> None:
 
 def prepare(variant: str, batches: list[dict]):
     set_knobs(variant)
-    if variant.split("-")[0] not in ("whole", "master"):
+    kind = variant.split("-")[0]
+    if kind not in ("whole", "master"):
         raise ValueError(f"unknown variant {variant!r}")
-    if variant.split("-")[0] == "whole":
+    if kind == "whole":
         return ov.prepare("whole", batches)
     dev = torch.device("cuda")
     torch.manual_seed(0)

@@ -95,7 +95,7 @@ def test_eval_every_adds_dev_records_between_steps(every, expect, tiny_encoder, 
     assert sum(seconds["epoch_train_s"]) == pytest.approx(seconds["train_s"], abs=0.02)
     # the set-up, the training and the epochs' ends are apart in the run's wall time (no attention
     # kernel compiles on a CPU: nothing waited for)
-    assert len(seconds["epoch_end_s"]) == 2 and min(seconds["epoch_end_s"]) >= 0 and seconds["setup_s"] > 0
+    assert len(seconds["epoch_end_s"]) == 2 and seconds["setup_s"] > 0
     assert seconds["kernel_wait_s"] == 0.0
     assert seconds["setup_s"] + seconds["train_s"] + sum(seconds["epoch_end_s"]) <= run.summary["wall_s"] + 0.05
     assert seconds["graphs"] is None  # no CUDA graphs, no flat sync on a CPU
