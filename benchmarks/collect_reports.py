@@ -394,7 +394,8 @@ def inductor_knobs() -> dict:
     variants NAME-KNOB-...): the master-weights step at batch 32 with the peer (s21-call1), the
     shipped step at batch 32 (s21-call2) and 128 (s21-call3), each call one process; the
     master-weights step again with the bias gradients' ones kept in blocks, with the peer in each
-    process (s22-call1 to s22-call3, one process each: ``master_b32_bias_ones``)."""
+    process (s22-call1 to s22-call3, one process each: ``master_b32_bias_ones``); the master-weights
+    step at batch 128 with the peer (s23-call3, ``master_b128``)."""
     def records(name: str) -> list[dict]:
         return variant_records(name, ("samples_per_s", "ms_per_step"))
 
@@ -403,8 +404,36 @@ def inductor_knobs() -> dict:
             "shipped_b128": records("s21/s21-call3-whole-knobs-b128.json"),
             "master_b32_bias_ones": [r for name in ("s22/s22-call1-knobs-b32.log", "s22/s22-call2-knobs-b32.json",
                                                     "s22/s22-call3-knobs-b32.json") for r in records(name)],
+            "master_b128": records("s23/s23-call3-knobs-b128.json"),
             "knobs": {"combo": "combo_kernels=True", "nosplit": "split_reductions=False",
                       "agg": "aggressive_fusion=True", "cdt": "coordinate_descent_tuning=True"}}
+
+
+def compile_children(name: str) -> dict:
+    """The three attention-kernel compile children of bench/``name`` (a JSON line per child from
+    device-scripts/s23-child-phases.py, then the line of the whole: its start and end), started
+    side by side with an empty Triton cache: each child's phases and the seconds until all ended."""
+    lines = (BENCH / name).read_text().splitlines()
+    children = [json.loads(line) for line in lines if line.startswith("{")]
+    start, end = (float(x) for x in re.findall(r"\d+\.\d+", lines[-1]))
+    return {"children": [{k: c[k] for k in ("part", "import_torch_s", "cuda_init_s", "import_kernel_s", "compile_s")}
+                         for c in children],
+            "all_done_s": round(end - start, 2), "source": f"reports/bench/{name}"}
+
+
+def startup_trial() -> dict:
+    """configs/default.yaml end to end, git 4670f93 against a version that imported torch._dynamo
+    in a thread during the set-up and let the plot child draw while the test predictions were
+    written (s23-call2-new.patch, not kept), four runs of two seeds in one call (base, new, new2,
+    base2, in that order); before them, the compile children timed twice, the machine's first
+    Triton compile and the one after it."""
+    return {"base": e2e_runs("s23-call2-e2e-default-base.json", "s23", "-base"),
+            "new": e2e_runs("s23-call2-e2e-default-new.json", "s23", "-new"),
+            "new2": e2e_runs("s23-call2-e2e-default-new2.json", "s23", "-new2"),
+            "base2": e2e_runs("s23-call2-e2e-default-base2.json", "s23", "-base2"),
+            "compile_children_first": compile_children("s23/s23-call2-children-first.jsonl"),
+            "compile_children_second": compile_children("s23/s23-call2-children-second.jsonl"),
+            "patch": "reports/bench/s23/s23-call2-new.patch"}
 
 
 def master_weights_e2e() -> dict:
@@ -470,15 +499,17 @@ def main() -> None:
     # beforehand, varlen_kernel auto (our Triton kernel in training), an empty Triton cache for every
     # run; the earlier versions' runs are in e2e_history.packed (s13-call1 to s13-call3: each change
     # against its predecessor on one machine; s13-call4's default; s15-call1's default, fused_linear).
-    # default and best: s22-call3 (the bias gradients' ones kept in blocks); default_warm: s17-call2
-    # (git a475155) with the Triton cache its run before filled. Earlier: s18-call1 (the optimizer
+    # default: s23-call1 (git 4670f93, the machine's first runs); best: s22-call3 (the bias gradients'
+    # ones kept in blocks); default_warm: s17-call2 (git a475155) with the Triton cache its run
+    # before filled. Earlier: default_s22 (s22-call3), s18-call1 (the optimizer
     # update in the step's graph, and s17's changes), default s17-call4 (git 85e4711), best s13-call4
     # (the version before fused_linear)
-    speed["e2e"] = {"default": e2e_runs("s22-call3-e2e-default-ones.json", "s22", "-ones"),
+    speed["e2e"] = {"default": e2e_runs("s23-call1-e2e-default-base.json", "s23", "-base"),
                     "default_warm": {**e2e_runs("s17-call2-e2e-default-warm.json", "s17", "-warm"),
                                      "what": "git a475155, the Triton cache filled by the run before (both seeds)"},
                     "best": e2e_runs("s22-call3-e2e-best-ones.json", "s22", "-ones")}
-    speed["e2e_earlier"] = {"default": e2e_runs("s18-call1-e2e-default-after.json", "s18", "-after"),
+    speed["e2e_earlier"] = {"default_s22": e2e_runs("s22-call3-e2e-default-ones.json", "s22", "-ones"),
+                            "default": e2e_runs("s18-call1-e2e-default-after.json", "s18", "-after"),
                             "best": e2e_runs("s18-call1-e2e-best-after.json", "s18", "-after"),
                             "default_s17": e2e_runs("s17-call4-e2e-default-after.json", "s17", "-after"),
                             "best_s13": e2e_runs("s13-call4-e2e-best-after.json", "s13", "-after")}
@@ -488,6 +519,7 @@ def main() -> None:
     speed["master_weights_e2e"] = master_weights_e2e()
     speed["master_weights_b32_runs"] = master_weights_b32_runs()
     speed["inductor_knobs"] = inductor_knobs()
+    speed["startup_trial"] = startup_trial()
     speed["varlen_attention"] = varlen_attention()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
