@@ -73,6 +73,12 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     CUDA test files; the peer and that step), s22-call3 (e2e.py of both
                                     presets; the peer and that step with coordinate-descent tuning)
                                     (device-scripts/s22-call*.sh)
+  bench/s23/                        start-up measured: s23-call1 (e2e.py of configs/default.yaml, the
+                                    machine's first runs; seed 0 again under py-spy), s23-call2 (the
+                                    compile children timed by s23-child-phases.py, twice; e2e.py of
+                                    git 4670f93 against s23-call2-new.patch, not kept), s23-call3
+                                    (master_weights_step.py at batch 128, the peer in one process)
+                                    (device-scripts/s23-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -427,10 +433,8 @@ def startup_trial() -> dict:
     written (s23-call2-new.patch, not kept), four runs of two seeds in one call (base, new, new2,
     base2, in that order); before them, the compile children timed twice, the machine's first
     Triton compile and the one after it."""
-    return {"base": e2e_runs("s23-call2-e2e-default-base.json", "s23", "-base"),
-            "new": e2e_runs("s23-call2-e2e-default-new.json", "s23", "-new"),
-            "new2": e2e_runs("s23-call2-e2e-default-new2.json", "s23", "-new2"),
-            "base2": e2e_runs("s23-call2-e2e-default-base2.json", "s23", "-base2"),
+    return {**{run: e2e_runs(f"s23-call2-e2e-default-{run}.json", "s23", f"-{run}")
+               for run in ("base", "new", "new2", "base2")},
             "compile_children_first": compile_children("s23/s23-call2-children-first.jsonl"),
             "compile_children_second": compile_children("s23/s23-call2-children-second.jsonl"),
             "patch": "reports/bench/s23/s23-call2-new.patch"}
