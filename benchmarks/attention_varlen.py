@@ -1,5 +1,8 @@
 """Packed (variable-length) attention kernels on real sentence lengths: forward and forward +
-backward time of one layer's attention, in one process, on the same packed q, k, v.
+backward time of one layer's attention, in one process, on the same packed (N, 3, nh, hs) q/k/v
+tensor, the layout of the encoder's one q/k/v GEMM. Forward + backward therefore includes, for the
+kernels that take q, k and v apart, the copy that joins their three gradients; ours writes them
+into one buffer.
 
 The packed encoder (``BertModel.forward_packed``) runs attention over N tokens laid end to end,
 each sequence attending to itself (offsets ``cu_seqlens``). SST and QQP sentences are short (about
@@ -101,41 +104,44 @@ def binned_layout(lengths: list[int], K: int, device: torch.device) -> tuple[tor
 
 
 def candidates(lengths: list[int], device: torch.device, nh: int, hs: int, with_flex: bool) -> dict:
-    """name -> f(q, k, v, dropout_p) over packed (N, nh, hs) tensors (``flex`` compiles, so only on request)."""
+    """name -> f(qkv, dropout_p) over a packed (N, 3, nh, hs) tensor (``flex`` compiles, so only on request)."""
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=device)
     mx = max(lengths)
     N = int(cu[-1])
 
-    def flash(q, k, v, p):
+    def flash(qkv, p):
+        q, k, v = qkv.unbind(1)
         return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, mx, mx, p, False, False)[0]
 
-    def efficient(q, k, v, p):
+    def efficient(qkv, p):
+        q, k, v = qkv.unbind(1)
         args = (q[None], k[None], v[None], None, cu, cu, mx, mx, p, 0, True)  # (1, N, nh, hs) each
         return torch.ops.aten._efficient_attention_forward(*args)[0][0]
 
-    def cudnn(q, k, v, p):
+    def cudnn(qkv, p):
+        q, k, v = qkv.unbind(1)
         return torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, mx, mx, True, p, False, False)[0]
 
     out = {"flash": flash, "efficient": efficient, "cudnn": cudnn}
     for block in (16, 32, 64):
 
-        def ours(q, k, v, p, block=block):
-            return triton_varlen_attention(q, k, v, cu, mx, p, block)
+        def ours(qkv, p, block=block):
+            return triton_varlen_attention(qkv, cu, mx, p, block)
 
         out[f"triton-{block}"] = ours
     for K in (k for k in (64, 128) if k >= mx):  # a bin holds whole sequences
         slot_of_token, token_of_slot, mask = binned_layout(lengths, K, device)
         nb = mask.shape[0]
 
-        def binned(q, k, v, p, token_of_slot=token_of_slot, slot_of_token=slot_of_token, mask=mask, nb=nb, K=K):
-            qkv = torch.stack((q, k, v)).view(3, N, nh * hs)
+        def binned(qkv, p, token_of_slot=token_of_slot, slot_of_token=slot_of_token, mask=mask, nb=nb, K=K):
+            qkv = qkv.transpose(0, 1).reshape(3, N, nh * hs)
             qkv = F.pad(qkv, (0, 0, 0, 1))[:, token_of_slot]  # (3, nb*K, C); empty slots read the zero row
             qkv = qkv.view(3, nb, K, nh, hs).transpose(2, 3)  # (3, nb, nh, K, hs)
             y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, dropout_p=p)  # (nb, nh, K, hs)
             return y.transpose(1, 2).reshape(nb * K, nh, hs)[slot_of_token]  # (N, nh, hs)
 
-        def binned_attn(q, k, v, p, mask=mask, nb=nb, K=K):
-            qkv = F.pad(torch.stack((q, k, v)), (0, 0, 0, 0, 0, nb * K - N)).view(3, nb, K, nh, hs).transpose(2, 3)
+        def binned_attn(qkv, p, mask=mask, nb=nb, K=K):
+            qkv = F.pad(qkv.transpose(0, 1), (0, 0, 0, 0, 0, nb * K - N)).view(3, nb, K, nh, hs).transpose(2, 3)
             y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, dropout_p=p)  # (nb, nh, K, hs)
             return y.transpose(1, 2).reshape(nb * K, nh, hs)[:N]
 
@@ -150,7 +156,8 @@ def candidates(lengths: list[int], device: torch.device, nh: int, hs: int, with_
         block_mask = create_block_mask(lambda b, h, qi, ki: seg[qi] == seg[ki], None, None, N, N, device=device)
         flex_c = torch.compile(flex_attention, dynamic=False)
 
-        def flex(q, k, v, p):  # no dropout: measure() times it at p = 0 only
+        def flex(qkv, p):  # no dropout: measure() times it at p = 0 only
+            q, k, v = qkv.unbind(1)
             y = flex_c(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=block_mask)
             return y[0].transpose(0, 1)
 
@@ -166,11 +173,11 @@ def measure(
     device = torch.device("cuda")
     N = sum(lengths)
     g = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(N, nh, hs, device=device, dtype=torch.bfloat16, generator=g) for _ in range(3))
+    qkv = torch.randn(N, 3, nh, hs, device=device, dtype=torch.bfloat16, generator=g)
     grad = torch.randn(N, nh, hs, device=device, dtype=torch.bfloat16, generator=g)
-    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    qkv_g = qkv.clone().requires_grad_()
     fns = candidates(lengths, device, nh, hs, "flex" in impls)
-    ref = fns["flash"](q, k, v, 0.0).float()
+    ref = fns["flash"](qkv, 0.0).float()
     recs = []
     for impl, f in fns.items():
         if impl not in impls:
@@ -178,19 +185,18 @@ def measure(
         rec = {"case": name, "impl": impl, "heads": nh, "head_size": hs, "tokens": N, "sequences": len(lengths)}
         try:
             with torch.no_grad():
-                y = f(q, k, v, 0.0)
+                y = f(qkv, 0.0)
             if not impl.endswith("-attn"):
                 rec["max_abs_diff_vs_flash"] = round(float((y.float() - ref).abs().max()), 5)
             for p in (0.0,) if impl == "flex" else (0.0, dropout):
 
                 def fwd(f=f, p=p):
                     with torch.no_grad():
-                        f(q, k, v, p)
+                        f(qkv, p)
 
                 def fwd_bwd(f=f, p=p):
-                    for t in (qg, kg, vg):
-                        t.grad = None
-                    f(qg, kg, vg, p).backward(grad)
+                    qkv_g.grad = None
+                    f(qkv_g, p).backward(grad)
 
                 rec[f"fwd_us_p{p}"] = time_us(fwd, iters, repeats)
                 rec[f"fwd_bwd_us_p{p}"] = time_us(fwd_bwd, iters, repeats)
@@ -218,17 +224,16 @@ def dropout_mask_check(
     N = int(cu[-1])
     pos = torch.cat([torch.arange(n) for n in lengths]).to(device)  # (N,) position within its sequence
     onehot = F.one_hot(pos, hs).to(torch.bfloat16)[:, None, :].expand(N, nh, hs).contiguous()  # (N, nh, hs)
-    q = torch.zeros(N, nh, hs, device=device, dtype=torch.bfloat16, requires_grad=True)
-    k = torch.zeros(N, nh, hs, device=device, dtype=torch.bfloat16, requires_grad=True)
-    v = onehot.clone().requires_grad_()
+    zero = torch.zeros_like(onehot)
+    qkv = torch.stack((zero, zero, onehot), 1).requires_grad_()  # q = k = 0, v one-hot: (N, 3, nh, hs)
     fns = candidates(lengths, device, nh, hs, with_flex=False)
-    out = fns[kernel](q, k, v, p)
+    out = fns[kernel](qkv, p)
     out.backward(onehot)
     differ, kept, total = 0, 0, 0
     for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:], strict=True):
         L = b - a
         fwd = out[a:b, :, :L].float() > 0  # (L queries, nh, L keys)
-        bwd = v.grad[a:b, :, :L].float().permute(2, 1, 0) > 0  # dV[key, h, query] -> (query, nh, key)
+        bwd = qkv.grad[a:b, 2, :, :L].float().permute(2, 1, 0) > 0  # dV[key, h, query] -> (query, nh, key)
         differ += int((fwd != bwd).sum())
         kept += int(fwd.sum())
         total += fwd.numel()

@@ -111,7 +111,7 @@ def test_eager_varlen_attention_is_per_sequence_softmax():
     N, nh, hs = sum(lengths), 2, 8
     q, k, v = (torch.randn(N, nh, hs) for _ in range(3))
     cu = torch.tensor([0, 4, 5, 12], dtype=torch.int32)
-    got = varlen_attention(q, k, v, cu, 7, 0.0, "eager")
+    got = varlen_attention(torch.stack((q, k, v), 1), cu, 7, 0.0, "eager")
     for a, b in zip(cu.tolist(), cu.tolist()[1:], strict=False):
         qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))  # (nh, L, hs)
         want = torch.softmax(qs @ ks.transpose(-1, -2) / hs**0.5, dim=-1) @ vs
@@ -123,28 +123,28 @@ def test_eager_varlen_attention_is_per_sequence_softmax():
 def test_sdpa_varlen_refuses_cpu(kernel, dtype):
     if kernel == "triton" and triton_unsuitable(16):
         pytest.skip(triton_unsuitable(16))
-    q = torch.randn(5, 2, 16, dtype=dtype)
+    qkv = torch.randn(5, 3, 2, 16, dtype=dtype)
     cu = torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ConfigError, match="CUDA in fp16/bf16"):
-        varlen_attention(q, q, q, cu, 5, 0.0, "sdpa", kernel)
+        varlen_attention(qkv, cu, 5, 0.0, "sdpa", kernel)
 
 
 @pytest.mark.parametrize("dropout", [0.1, 1e-6])
 def test_sdpa_varlen_refuses_the_efficient_kernel_with_dropout(dropout):
     """The efficient kernel's backward does not drop what its forward dropped (see
     benchmarks/attention_varlen.py --mask-check): it runs at dropout 0 only, on any device's check."""
-    q = torch.randn(5, 2, 8)
+    qkv = torch.randn(5, 3, 2, 8)
     cu = torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ConfigError, match=rf"varlen_kernel 'efficient' with attention dropout {dropout}: .*dropout 0"):
-        varlen_attention(q, q, q, cu, 5, dropout, "sdpa", "efficient")
+        varlen_attention(qkv, cu, 5, dropout, "sdpa", "efficient")
 
 
 @pytest.mark.parametrize("kernel, dropout", [("Flash", 0.0), ("", 0.1), ("cudnn", 0.0)])
 def test_sdpa_varlen_refuses_an_unknown_kernel(kernel, dropout):
-    q = torch.randn(5, 2, 8)
+    qkv = torch.randn(5, 3, 2, 8)
     cu = torch.tensor([0, 5], dtype=torch.int32)
     with pytest.raises(ConfigError, match=rf"varlen_kernel '{kernel}' is not one of 'auto', 'efficient', 'flash'"):
-        varlen_attention(q, q, q, cu, 5, dropout, "sdpa", kernel)
+        varlen_attention(qkv, cu, 5, dropout, "sdpa", kernel)
 
 
 @pytest.mark.skipif(not bert._TRITON_INSTALLED, reason="needs the triton package")
@@ -152,16 +152,16 @@ def test_a_triton_that_does_not_import_falls_back_under_auto_and_raises_when_ask
     """Installed but broken: auto logs one line and takes FlashAttention-2's kernel (here the CPU
     check then refuses it); an explicit 'triton' raises ConfigError."""
     monkeypatch.setitem(sys.modules, "minbert.model.varlen_triton", None)  # import -> ImportError
-    q = torch.randn(5, 2, 16)
+    qkv = torch.randn(5, 3, 2, 16)
     cu = torch.tensor([0, 5], dtype=torch.int32)
     bert._log_once.cache_clear()
     with caplog.at_level(logging.INFO, logger="minbert.model.bert"):
         with pytest.raises(ConfigError, match="on CUDA in fp16/bf16 only"):
-            varlen_attention(q, q, q, cu, 5, 0.1, "sdpa", "auto")
+            varlen_attention(qkv, cu, 5, 0.1, "sdpa", "auto")
     assert [r.getMessage()[:80] for r in caplog.records] == [
         "varlen_kernel auto: FlashAttention-2's kernel with dropout ('triton' cannot run: triton does not import"[:80]]
     with pytest.raises(ConfigError, match="varlen_kernel 'triton' cannot run: triton does not import"):
-        varlen_attention(q, q, q, cu, 5, 0.1, "sdpa", "triton")
+        varlen_attention(qkv, cu, 5, 0.1, "sdpa", "triton")
 
 
 def test_auto_picks_the_kernel_by_dropout_and_head_size(caplog):

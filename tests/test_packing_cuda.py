@@ -86,10 +86,10 @@ def test_a_packed_run_with_one_graph_per_step_trains_as_the_padded_eager_run(tin
 
 
 def packed_qkv(lengths, hs=32, nh=4, seed=0):
+    """qkv (N, 3, nh, hs) bf16 on CUDA and its cu_seqlens."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-    q, k, v = (torch.randn(sum(lengths), nh, hs, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-    return q, k, v, cu
+    return torch.randn(sum(lengths), 3, nh, hs, device="cuda", dtype=torch.bfloat16, generator=g), cu
 
 
 def test_the_varlen_kernels_agree_without_dropout():
@@ -97,13 +97,13 @@ def test_the_varlen_kernels_agree_without_dropout():
     fp32 reference's within bf16 rounding."""
     from minbert.model.bert import varlen_attention
 
-    q, k, v, cu = packed_qkv([37, 5, 120, 64, 1, 90])
+    qkv, cu = packed_qkv([37, 5, 120, 64, 1, 90])
     eff, fl, auto = (
-        varlen_attention(q, k, v, cu, 128, 0.0, "sdpa", kern).float() for kern in ("efficient", "flash", "auto")
+        varlen_attention(qkv, cu, 128, 0.0, "sdpa", kern).float() for kern in ("efficient", "flash", "auto")
     )
     assert torch.equal(auto, eff)
     torch.testing.assert_close(eff, fl, atol=1e-2, rtol=1e-2)
-    ref = varlen_attention(q.float(), k.float(), v.float(), cu, 128, 0.0, "eager")
+    ref = varlen_attention(qkv.float(), cu, 128, 0.0, "eager")
     torch.testing.assert_close(eff, ref, atol=2e-2, rtol=2e-2)
 
 
@@ -111,9 +111,9 @@ def test_the_efficient_kernel_refuses_dropout():
     from minbert.errors import ConfigError
     from minbert.model.bert import varlen_attention
 
-    q, k, v, cu = packed_qkv([7, 9])
+    qkv, cu = packed_qkv([7, 9])
     with pytest.raises(ConfigError, match="'efficient' runs at dropout 0 only"):
-        varlen_attention(q, k, v, cu, 16, 0.1, "sdpa", "efficient")
+        varlen_attention(qkv, cu, 16, 0.1, "sdpa", "efficient")
 
 
 @pytest.mark.parametrize("kernel", ["auto", "flash", "triton"])
@@ -128,20 +128,19 @@ def test_the_backward_drops_what_the_forward_dropped(kernel):
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     pos = torch.cat([torch.arange(n) for n in lengths]).cuda()
     onehot = torch.nn.functional.one_hot(pos, hs).to(torch.bfloat16)[:, None, :].expand(-1, nh, -1).contiguous()
-    q, k = (torch.zeros_like(onehot, requires_grad=True) for _ in range(2))
-    v = onehot.clone().requires_grad_()
+    qkv = torch.stack((torch.zeros_like(onehot), torch.zeros_like(onehot), onehot), 1).requires_grad_()  # q = k = 0
     torch.manual_seed(0)
-    out = varlen_attention(q, k, v, cu, 32, 0.5, "sdpa", kernel)
+    out = varlen_attention(qkv, cu, 32, 0.5, "sdpa", kernel)
     out.backward(onehot)
     torch.manual_seed(0)
     with torch.no_grad():  # auto with dropout is the kernel it picks: the same mask from the same seed
         picked = pick_varlen_kernel(kernel, 0.5, hs)
-        assert torch.equal(out, varlen_attention(q, k, v, cu, 32, 0.5, "sdpa", picked))
+        assert torch.equal(out, varlen_attention(qkv, cu, 32, 0.5, "sdpa", picked))
     kept = 0
     for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:], strict=True):
         L = b - a
         fwd = out[a:b, :, :L] > 0  # (query, head, key)
-        bwd = v.grad[a:b, :, :L].permute(2, 1, 0) > 0  # dV[key, head, query] -> (query, head, key)
+        bwd = qkv.grad[a:b, 2, :, :L].permute(2, 1, 0) > 0  # dV[key, head, query] -> (query, head, key)
         assert torch.equal(fwd, bwd), (a, b)
         kept += int(fwd.sum())
     assert 0.4 < kept / (nh * sum(n * n for n in lengths)) < 0.6  # dropout at 0.5 did drop
@@ -152,16 +151,16 @@ def test_dropout_changes_at_every_graph_replay(kernel):
     """A CUDA graph of packed attention with dropout draws a new mask at every replay."""
     from minbert.model.bert import varlen_attention
 
-    q, k, v, cu = packed_qkv([37, 5, 120, 64, 1, 90])
-    plain = varlen_attention(q, k, v, cu, 128, 0.0, "sdpa")
+    qkv, cu = packed_qkv([37, 5, 120, 64, 1, 90])
+    plain = varlen_attention(qkv, cu, 128, 0.0, "sdpa")
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        varlen_attention(q, k, v, cu, 128, 0.5, "sdpa", kernel)
+        varlen_attention(qkv, cu, 128, 0.5, "sdpa", kernel)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = varlen_attention(q, k, v, cu, 128, 0.5, "sdpa", kernel)
+        out = varlen_attention(qkv, cu, 128, 0.5, "sdpa", kernel)
     graph.replay()
     first = out.clone()
     graph.replay()

