@@ -220,15 +220,15 @@ class BertLayer(nn.Module):
         return [qkv, (a.output.dense,), (self.intermediate.dense,), (self.output.dense,)]
 
     def _qkv(self, x: torch.Tensor, copies: Copies | None = None) -> torch.Tensor:
-        """The q, k, v projections of x (..., C) side by side, (..., 3C): one GEMM where the modules allow
-        (BertSelfAttention.fuse_qkv, or train_ops' node reading ``copies`` of
-        :func:`minbert.model.train_ops.compute_copies`), else their three outputs concatenated."""
+        """The q, k, v projections of x (..., C) side by side, (..., 3C), one GEMM where it can: fused
+        (BertSelfAttention.fuse_qkv); train_ops' node on ``copies`` (training); without grad, the
+        node stacking plain weights per call. Else (hooks, wrappers) the outputs concatenated."""
         proj = self.attention.self
         if proj.qkv is not None:
             return proj.qkv(x)
         linears = (proj.query, proj.key, proj.value)
-        if copies is None and not plain_groups([linears]):  # a wrapper or hook: call the modules
-            return torch.cat([m(x) for m in linears], dim=-1)
+        if copies is None and (torch.is_grad_enabled() or not plain_groups([linears])):
+            return torch.cat([m(x) for m in linears], dim=-1)  # the modules' own calls
         return fused_linear(x, linears, copies)
 
     def _ffn(self, y: torch.Tensor, x: torch.Tensor, copies: Copies | None = None) -> torch.Tensor:
