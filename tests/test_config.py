@@ -362,6 +362,53 @@ TRAINING_RULES = {
 }
 
 
+RANGE_RULES = {  # an override outside its range -> the start of the one-line error
+    "train.max_grad_norm=-1": "train.max_grad_norm must be a finite number > 0 (or null: no clipping), got -1.0",
+    "train.max_grad_norm=.nan": "train.max_grad_norm must be a finite number > 0 (or null: no clipping), got nan",
+    "train.early_stopping_patience=0": "train.early_stopping_patience must be >= 1 (epochs without improvement",
+    "train.eval_batch_size=0": "train.eval_batch_size must be >= 1, got 0",
+    "train.log_every=-1": "train.log_every must be >= 0 (0 and 1: every step), got -1",
+    "train.checkpoint_every=-1": "train.checkpoint_every must be >= 0 (0: epoch ends only), got -1",
+    "train.average_last=-1": "train.average_last must be >= 0 (0: off), got -1",
+    "train.rdrop_alpha=-1": "train.rdrop_alpha must be a finite number >= 0, got -1.0",
+    "train.rdrop_alpha=.nan": "train.rdrop_alpha must be a finite number >= 0, got nan",
+    "train.smart_weight=-0.5": "train.smart_weight must be a finite number >= 0, got -0.5",
+    "train.smart_eps=.inf": "train.smart_eps must be a finite number >= 0, got inf",
+    "optim.eps=.nan": "optim.eps must be a finite number >= 0, got nan",
+    "optim.weight_decay=-0.1": "optim.weight_decay must be a finite number >= 0, got -0.1",
+    "optim.layer_lr_decay=0": "optim.layer_lr_decay must be a finite number > 0 (1.0: off), got 0.0",
+    "optim.betas=[0.9, 1.0]": "optim.betas must be two numbers in [0, 1), got (0.9, 1.0)",
+    "optim.betas=[-0.1, 0.9]": "optim.betas must be two numbers in [0, 1), got (-0.1, 0.9)",
+    "name=../elsewhere": "name must be a folder name (the run folder runs/<name>: no / or \\), got '../elsewhere'",
+    "name=/abs": "name must be a folder name (the run folder runs/<name>: no / or \\), got '/abs'",
+    "name=''": "name must be a folder name (the run folder runs/<name>: no / or \\), got ''",
+}
+
+
+@pytest.mark.parametrize("override", sorted(RANGE_RULES))
+def test_a_number_outside_its_range_or_a_name_that_is_no_folder_is_refused_when_loaded(override):
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, [override])
+    assert str(ei.value).startswith(RANGE_RULES[override])
+
+
+EDGES = {  # an override at the edge of its range -> (section, key, the value loaded)
+    "train.max_grad_norm=1e-6": ("train", "max_grad_norm", 1e-6),
+    "train.early_stopping_patience=1": ("train", "early_stopping_patience", 1),
+    "optim.betas=[0, 0.999]": ("optim", "betas", (0.0, 0.999)),
+    "optim.layer_lr_decay=0.01": ("optim", "layer_lr_decay", 0.01),
+    "train.log_every=0": ("train", "log_every", 0),
+    "optim.weight_decay=0": ("optim", "weight_decay", 0.0),
+}
+
+
+@pytest.mark.parametrize("override", sorted(EDGES))
+def test_the_edges_of_those_ranges_load(override):
+    section, key, want = EDGES[override]
+    assert getattr(getattr(load_config(None, [override]), section), key) == want
+    assert load_config(None, ["name=exp-1.b"]).name == "exp-1.b"
+
+
 @pytest.mark.parametrize("case", sorted(TRAINING_RULES))
 def test_training_rules_are_checked_when_a_config_is_loaded(case):
     overrides, message = TRAINING_RULES[case]
@@ -446,3 +493,13 @@ def test_cuda_graphs_option_resolution():
         use_cuda_graphs(on, cpu, single, compiled=False)
     assert use_cuda_graphs(load_config(None, ["train.cuda_graphs=off"]).train, gpu, single, compiled=False) is False
 
+
+
+def test_yaml_keys_that_are_not_strings_are_reported_as_unknown_keys(tmp_path):
+    """YAML reads 1: and null: as an int and None key; mixed with strings they cannot be sorted."""
+    path = tmp_path / "keys.yaml"
+    path.write_text("name: x\n1: a\ntrain:\n  null: 2\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    assert str(ei.value) == f"{path}: unknown config key 1 (allowed: custom_tasks, data, model, name, optim, output, " \
+                            "tasks, train)"

@@ -61,3 +61,23 @@ def test_ensemble_of_two_seeds(tiny_encoder, data_dir, tmp_path):
     assert set(ens["members"]) == {str(r) for r in runs}
     rows = (out / "predictions" / "sts-test.csv").read_text().splitlines()
     assert rows[0] == "id,Predicted_Similarity" and len(rows) == 1 + 1725
+
+
+def test_prediction_files_quote_ids_that_hold_commas_quotes_or_line_breaks(tmp_path):
+    """Read back with the csv module, every id and value is the one written; the cs224n layout,
+    which cannot quote, refuses such an id in one line and writes nothing."""
+    import csv
+
+    from minbert.inference.evaluate import write_predictions
+
+    task = get_task("sst")
+    ids = ['r100,"x"', "plain", "two\nlines", 'q"uote']
+    pred = TaskPredictions(ids, np.array([0, 4, 2, 1]), np.zeros((4, 5), dtype=np.float32))
+    write_predictions(tmp_path / "p.csv", task, pred)
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["id", task.prediction_column], ['r100,"x"', "0"], ["plain", "4"], ["two\nlines", "2"],
+                    ['q"uote', "1"]]
+    with pytest.raises(DataError, match=r"cs224n layout cannot hold id 'r100,\"x\"'"):
+        write_predictions(tmp_path / "c.csv", task, pred, fmt="cs224n")
+    assert not (tmp_path / "c.csv").exists()

@@ -113,8 +113,9 @@ def validate(cfg: Config) -> Config:
 
     Raises:
         ConfigError: ``tasks.<name>.train_limit`` or ``dev_limit`` below 1 (null means all rows),
-            ``train.max_nonfinite_fraction`` outside [0, 1], an ``output.report_to`` list that is
-            empty, repeats a name or combines none with a tracker, and what :func:`validate_training` refuses.
+            a number outside its range (:data:`_RANGES`), a ``name`` that is no folder name, an
+            ``output.report_to`` list that is empty, repeats a name or combines none with a
+            tracker, and what :func:`validate_training` refuses.
     """
     for name, tcfg in cfg.tasks.items():
         for key in ("train_limit", "dev_limit"):
@@ -123,12 +124,8 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"tasks.{name}.{key} must be >= 1 (or null for all rows), got {value}")
         _check_task_numbers(name, tcfg)
     _check_model_and_optim(cfg)
+    _check_ranges(cfg)
     _check_report_to(cfg.output.report_to)
-    fraction = cfg.train.max_nonfinite_fraction
-    if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(
-            f"train.max_nonfinite_fraction must be in [0, 1] (a fraction of all optimizer steps), got {fraction}"
-        )
     validate_training(cfg)
     return cfg
 
@@ -149,7 +146,7 @@ def _check_task_numbers(name: str, tcfg: TaskConfig) -> None:
 
 
 def _check_model_and_optim(cfg: Config) -> None:
-    """The encoder's dropout overrides, the learning rates and the warmup ratio.
+    """The encoder's dropout overrides and the optimizer's combinations.
 
     Raises:
         ConfigError: naming the key and the allowed range.
@@ -158,12 +155,6 @@ def _check_model_and_optim(cfg: Config) -> None:
         value = getattr(cfg.model, key)
         if value is not None and not 0.0 <= value < 1.0:
             raise ConfigError(f"model.{key} must be in [0, 1) (or null: the encoder's own), got {value}")
-    for key in ("lr", "head_lr"):
-        value = getattr(cfg.optim, key)
-        if value is not None and not (math.isfinite(value) and 0.0 <= value <= MAX_LR):
-            raise ConfigError(f"optim.{key} must be a number in [0, {MAX_LR:g}] (or null), got {value}")
-    if not 0.0 <= cfg.optim.warmup_ratio <= 1.0:  # NaN fails both
-        raise ConfigError(f"optim.warmup_ratio must be in [0, 1], got {cfg.optim.warmup_ratio}")
     if cfg.optim.fused == "on" and cfg.optim.name == "lion":
         raise ConfigError("optim.fused=on: lion has no fused kernel (use optim.fused=auto or off)")
     if cfg.optim.master_weights:
@@ -177,6 +168,49 @@ def _check_model_and_optim(cfg: Config) -> None:
         ) if hit]
         if why:
             raise ConfigError("optim.master_weights needs " + "; ".join(why))
+
+
+def _finite(lo: float, low_ok: bool = True, hi: float = math.inf) -> Any:
+    """A test of one number: finite, above ``lo`` (or equal where ``low_ok``), at most ``hi``."""
+    return lambda v: math.isfinite(v) and (v >= lo if low_ok else v > lo) and v <= hi
+
+
+# (section, key, what the value must be, test): numbers whose type alone does not make them valid
+_RANGES = (
+    ("optim", "lr", f"a number in [0, {MAX_LR:g}] (or null)", _finite(0, True, MAX_LR)),
+    ("optim", "head_lr", f"a number in [0, {MAX_LR:g}] (or null)", _finite(0, True, MAX_LR)),
+    ("optim", "warmup_ratio", "in [0, 1]", _finite(0, True, 1)),
+    ("train", "max_nonfinite_fraction", "in [0, 1] (a fraction of all optimizer steps)", _finite(0, True, 1)),
+    ("train", "seed", "in 0..2**32 - 1 (numpy's seed range)", lambda v: 0 <= v < 2**32),
+    ("train", "max_steps", ">= 1 (or null)", lambda v: v >= 1),
+    ("train", "eval_every", ">= 0 (optimizer steps between dev evaluations; 0: epoch ends only)", lambda v: v >= 0),
+    ("train", "max_grad_norm", "a finite number > 0 (or null: no clipping)", _finite(0, False)),
+    ("train", "early_stopping_patience", ">= 1 (epochs without improvement; or null: never)", lambda v: v >= 1),
+    ("train", "eval_batch_size", ">= 1", lambda v: v >= 1),
+    ("train", "log_every", ">= 0 (0 and 1: every step)", lambda v: v >= 0),
+    ("train", "checkpoint_every", ">= 0 (0: epoch ends only)", lambda v: v >= 0),
+    ("train", "average_last", ">= 0 (0: off)", lambda v: v >= 0),
+    *(("train", k, "a finite number >= 0", _finite(0))
+      for k in ("smart_weight", "smart_sigma", "smart_eta", "smart_eps", "rdrop_alpha")),
+    ("optim", "eps", "a finite number >= 0", _finite(0)),
+    ("optim", "weight_decay", "a finite number >= 0", _finite(0)),
+    ("optim", "layer_lr_decay", "a finite number > 0 (1.0: off)", _finite(0, False)),
+    ("optim", "betas", "two numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v)),
+)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """The numbers of :data:`_RANGES` (None passes: each of those keys that may be null means off).
+
+    Raises:
+        ConfigError: naming the key and what it must be (a NaN fails every test).
+    """
+    for section, key, what, ok in _RANGES:
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{section}.{key} must be {what}, got {value}")
+    if cfg.name in ("", ".", "..") or any(c in cfg.name for c in "/\\\0"):
+        raise ConfigError(f"name must be a folder name (the run folder runs/<name>: no / or \\), got {cfg.name!r}")
 
 
 def _check_report_to(names: tuple[str, ...]) -> None:
@@ -266,24 +300,15 @@ def validate_training(cfg: Config) -> Config:
     ``head_layers`` of a head that takes none (:func:`minbert.model.heads.build_head`).
 
     Raises:
-        ConfigError: no task; ``train.epochs`` or ``train.grad_accum`` below 1; ``train.seed``
-            below 0; ``train.max_steps`` below 1; ``train.eval_every`` below 0; ``model.max_length``
-            below 3; ``train.freeze_layers`` below -1; ``tasks.<name>.head_layers`` below 0.
+        ConfigError: no task; ``train.epochs`` or ``train.grad_accum`` below 1;
+            ``model.max_length`` below 3; ``train.freeze_layers`` below -1;
+            ``tasks.<name>.head_layers`` below 0.
     """
     tc = cfg.train
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
     if tc.epochs < 1 or tc.grad_accum < 1:
         raise ConfigError("train.epochs and train.grad_accum must be >= 1")
-    if not 0 <= tc.seed < 2**32:
-        raise ConfigError(f"train.seed must be in 0..2**32 - 1 (numpy's seed range), got {tc.seed}")
-    if tc.max_steps is not None and tc.max_steps < 1:
-        raise ConfigError(f"train.max_steps must be >= 1 (or null), got {tc.max_steps}")
-    if tc.eval_every < 0:
-        raise ConfigError(
-            f"train.eval_every must be >= 0 (optimizer steps between dev evaluations; 0: epoch ends only), "
-            f"got {tc.eval_every}"
-        )
     if cfg.model.max_length < 3:
         raise ConfigError(f"model.max_length {cfg.model.max_length} is too small (at least 3: [CLS] x [SEP])")
     if tc.freeze_layers < -1:

@@ -33,7 +33,7 @@ def build_value(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
+        unknown = sorted(set(value) - names, key=str)  # YAML keys may be numbers or null
         if unknown:
             prefix = f"{where}." if where else ""
             raise ConfigError(f"unknown config key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})")

@@ -8,6 +8,8 @@ overall = (acc_SST + acc_QQP + (r_STS + 1) / 2) / 3. Also QQP F1, STS Spearman, 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -197,21 +199,29 @@ def check_finite(task_name: str, outputs: np.ndarray, ids: list[str] | None = No
 def write_predictions(path: Path, task: Task, pred: TaskPredictions, fmt: str = "default") -> None:
     """Write one prediction file atomically.
 
-    ``default``: CSV with header ``id,<prediction_column>``. ``cs224n``: the course leaderboard
-    layout, header ``id \\t <column> `` and rows ``<id> , <value>``.
+    ``default``: CSV (RFC 4180 quoting, by :mod:`csv`) with header ``id,<prediction_column>``.
+    ``cs224n``: the course leaderboard layout, header ``id \\t <column> `` and rows
+    ``<id> , <value>``, which has no quoting.
 
     Raises:
         NonFiniteOutputError: an output or a value is NaN or infinite (nothing is written).
+        DataError: ``cs224n`` with an id or value holding a comma or a line break, which that
+            layout cannot hold (nothing is written).
     """
     check_finite(task.name, pred.outputs, pred.ids)
     check_finite(task.name, np.asarray(pred.values, dtype=np.float64), pred.ids)
+    rows = [(str(i), task.format_value(v)) for i, v in zip(pred.ids, pred.values, strict=True)]
     if fmt == "cs224n":
-        lines = [f"id \t {task.cs224n_column or task.prediction_column} "]
-        lines += [f"{i} , {task.format_value(v)}" for i, v in zip(pred.ids, pred.values, strict=True)]
-    else:
-        lines = [f"id,{task.prediction_column}"]
-        lines += [f"{i},{task.format_value(v)}" for i, v in zip(pred.ids, pred.values, strict=True)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+        bad = next((r for r in rows if any(c in f for f in r for c in ",\r\n")), None)
+        if bad is not None:
+            raise DataError(f"{path}: task {task.name}: the cs224n layout cannot hold id {bad[0]!r} with value "
+                            f"{bad[1]!r} (a comma or line break); use output.format=default")
+        lines = [f"id \t {task.cs224n_column or task.prediction_column} "] + [f"{i} , {v}" for i, v in rows]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([("id", task.prediction_column), *rows])
+    atomic_write_text(path, buf.getvalue())
 
 
 def average_predictions(task: Task, members: list[TaskPredictions]) -> TaskPredictions:
