@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -383,3 +384,47 @@ def test_fused_qkv_gives_the_same_outputs(tiny_encoder):
     assert att.self.qkv.weight.shape == (3 * 32, 32) and not hasattr(att.self, "query")
     torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+class _Planted:  # a pickle of this would call os.getpid on load; weights_only refuses it unread
+    def __reduce__(self):
+        return (os.getpid, ())
+
+
+def _damage(folder: Path, damage: str) -> Path:
+    """Damage one file of an encoder folder; returns the file."""
+    import pickle
+
+    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if damage == "truncated safetensors":
+        st.write_bytes(st.read_bytes()[:40])
+        return st
+    if damage.endswith(" bin"):
+        st.unlink()
+        if damage == "list bin":
+            torch.save([torch.zeros(2)], pt)
+        else:
+            planted = pickle.dumps({"w": _Planted()})
+            pt.write_bytes(b"\x00not a torch file\xff" * 10 if damage == "garbage bin" else planted)
+        return pt
+    if damage == "config list":
+        (folder / "config.json").write_text("[1]")
+        return folder / "config.json"
+    (folder / "tokenizer.json").unlink(missing_ok=True)  # the vocabulary and its config are read then
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nword\n")
+    target = folder / ("vocab.txt" if damage == "empty vocab" else "tokenizer_config.json")
+    target.write_text("" if damage == "empty vocab" else "[1]")
+    return target
+
+
+@pytest.mark.parametrize("damage", ["truncated safetensors", "garbage bin", "pickled object bin", "list bin",
+                                    "config list", "empty vocab", "tokenizer config list"])
+def test_a_damaged_encoder_folder_is_one_checkpoint_error_naming_the_file(tiny_encoder, tiny_state, tmp_path, damage):
+    """Each damaged file of an encoder folder gives one line of CheckpointError that starts with
+    the file, from the model or the tokenizer, whichever reads it; nothing in a .bin runs."""
+    folder = write_checkpoint(tiny_encoder, tmp_path / "enc", dict(tiny_state))
+    target = _damage(folder, damage)
+    tokenizer_file = damage in ("empty vocab", "tokenizer config list")
+    with pytest.raises(CheckpointError) as ei:
+        Tokenizer(folder, max_length=16) if tokenizer_file else BertModel.from_pretrained(folder)
+    assert str(ei.value).startswith(f"{target}: ") and "\n" not in str(ei.value), str(ei.value)

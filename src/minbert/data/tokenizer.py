@@ -64,11 +64,17 @@ class Tokenizer:
                     opts = json.loads(cfg.read_text())
                 except (ValueError, UnicodeDecodeError) as e:
                     raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
+                if not isinstance(opts, dict):
+                    raise CheckpointError(f"{cfg}: not a tokenizer config (a JSON object is expected)")
             lowercase = opts.get("do_lower_case", True)
             strip = opts.get("strip_accents")
-            self._tok = BertWordPieceTokenizer(
-                str(vocab), lowercase=lowercase, strip_accents=lowercase if strip is None else strip
-            )._tokenizer
+            try:
+                self._tok = BertWordPieceTokenizer(
+                    str(vocab), lowercase=lowercase, strip_accents=lowercase if strip is None else strip
+                )._tokenizer
+            except Exception as e:  # tokenizers raises TypeError, Exception, ... for a bad vocabulary
+                why = (str(e).splitlines() or [type(e).__name__])[0]
+                raise CheckpointError(f"{vocab}: not a usable WordPiece vocabulary ({why})") from None
         else:
             raise CheckpointError(f"{folder}: neither tokenizer.json nor vocab.txt found")
         self._tok.no_padding()

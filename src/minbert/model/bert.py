@@ -92,6 +92,8 @@ class BertConfig:
             raise CheckpointError(f"{path}: no config.json (not a Hugging Face model folder)") from None
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: not a model config (a JSON object is expected)")
         model_type = raw.get("model_type", "bert")
         if model_type != "bert":
             raise CheckpointError(f"{path}: model_type is {model_type!r}, only 'bert' is supported")

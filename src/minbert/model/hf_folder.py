@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..io import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,24 @@ def resolve_encoder_path(path: str | os.PathLike) -> Path:
 
 
 def load_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """Read a folder's weights and normalise key names to this module's names."""
+    """Read a folder's weights and normalise key names to this module's names.
+
+    Raises:
+        CheckpointError: neither weights file is there, or the one read is not a readable
+            safetensors file, or not a mapping of names to tensors that ``torch.load`` reads with
+            ``weights_only=True`` (a pickle of other objects is refused unread).
+    """
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
     if st.is_file():
-        from safetensors.torch import load_file
-
-        raw = load_file(str(st))
+        raw, _ = load_weights(st)
     elif pt.is_file():
-        raw = torch.load(pt, map_location="cpu", weights_only=True)
+        try:
+            raw = torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load raises many types for a corrupt or unsafe file
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise CheckpointError(f"{pt}: unreadable with weights_only=True ({type(e).__name__}: {first})") from None
+        if not isinstance(raw, dict) or not all(isinstance(t, torch.Tensor) for t in raw.values()):
+            raise CheckpointError(f"{pt}: not a state dict (a mapping of names to tensors)")
     else:
         raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
     return normalize_keys(raw, source=str(folder))
