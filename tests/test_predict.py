@@ -3,6 +3,7 @@ threads, and its user errors."""
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -225,3 +226,17 @@ def test_int8_quantisation_fuses_qkv_and_stays_close(tiny_encoder):
         quantize_dynamic_int8(model, "int4", torch.device("cpu"))
     with pytest.raises(ConfigError, match="CPU only"):
         quantize_dynamic_int8(model, "int8", torch.device("cuda"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be made")
+def test_cli_prediction_to_a_folder_where_no_file_can_be_made_is_one_line_exit_2(run, tmp_path, capsys):
+    """/proc takes no new files: the write fails with ENOENT, which is the user's path, not a bug."""
+    from minbert.cli import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("id,sentence\n1,a fine film\n")
+    code = main(["predict", str(run.run_dir), "--task=sst", f"--input={src}", "--output=/proc/minbert-out.csv",
+                 "--device=cpu"])
+    err = capsys.readouterr().err.strip().splitlines()  # the progress bar's lines, then the error
+    assert code == 2 and err[-1] == "error: /proc/minbert-out.csv: No such file or directory", err
+    assert not any(line.startswith(("Traceback", "error")) for line in err[:-1]), err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import pickle
 import random
@@ -133,6 +134,40 @@ def test_resume_never_unpickles_a_planted_train_state(case, run_copy, tmp_path, 
     if live is not None:  # the payload is real: unpickling it the old way runs the command
         live(path)
         assert marker.exists()
+
+
+def _first_moment(state: dict) -> None:
+    first = next(iter(state["optimizer"]["state"].values()))
+    first["exp_avg"] = torch.zeros(3)
+
+
+# edit of a loaded training state -> what the error line says after the file's name
+TAMPERED = {
+    "no optimizer": (lambda st: st.pop("optimizer"), "(KeyError: 'optimizer')"),
+    "step a string": (lambda st: st["loop"].update(step="four"), "(ValueError: loop.step is 'four', not an integer"),
+    "negative epoch": (lambda st: st["loop"].update(epoch=-1), "(ValueError: loop.epoch is -1, not an integer >= 0)"),
+    "moment reshaped": (_first_moment, "(ValueError: optimizer state exp_avg of shape (3,) for a parameter of shape"),
+    "rng not a state": (lambda st: st.update(rng=[{"python": 1}]), "(TypeError: "),
+    "foreign stream": (lambda st: st["streams"].update(zzz={}), "(KeyError: 'zzz')"),
+    "schedule cut": (lambda st: st["scheduler"].update(base_lrs=st["scheduler"]["base_lrs"][:-1]), "(ValueError: "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_resume_of_a_tampered_train_state_is_one_error_line(case, run_copy, capsys):
+    """A training state that torch.load reads but that is damaged or from another run: one line
+    naming the file, exit 2, the checkpoint left as it was."""
+    edit, why = TAMPERED[case]
+    path = last_checkpoint(run_copy) / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+    before = path.read_bytes()
+    code = main(["train", "--resume", str(run_copy), "--no-progress"])
+    line = one_error_line(capsys)
+    assert code == 2
+    assert line.startswith(f"error: {path}: not a training state this run can resume {why}"), line
+    assert path.read_bytes() == before
 
 
 def _decay_groups(model: torch.nn.Sequential) -> list[dict]:
@@ -602,3 +637,21 @@ def test_serve_without_the_serve_extra_is_one_line(module, tmp_path, monkeypatch
         f"error: minbert serve needs the [serve] extra ({module} is not installed): pip install 'minbert[serve]'"
     )
     assert code == 2
+
+
+def test_resume_trims_a_metrics_log_holding_bytes_that_are_not_utf8(tmp_path, caplog):
+    """trim_metrics keeps the bytes up to the checkpoint's size as they are; by steps, it keeps
+    the records up to the step and drops (with a warning naming the line) what is not JSON."""
+    from minbert.training.reporting import trim_metrics
+
+    lines = [b'{"step": 1, "lr": 0.1}', b'{"step": 2, "note": "caf\xe9"}', b'{"step": 2, "lr": 0.2}',
+             b'{"step": 3, "lr": 0.3}']
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(data)
+    trim_metrics(path, 2, size=len(data) - len(lines[-1]) - 1)
+    assert path.read_bytes() == b"\n".join(lines[:3]) + b"\n"
+    with caplog.at_level(logging.WARNING, logger="minbert.training.reporting"):
+        trim_metrics(path, 2)
+    assert path.read_bytes() == lines[0] + b"\n" + lines[2] + b"\n"
+    assert [r.getMessage() for r in caplog.records] == [f"{path}:2: not a JSON record, dropped on resume"]

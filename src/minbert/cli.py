@@ -404,7 +404,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 # one line, not a traceback
 _USER_ERRNOS = {
     errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR,
-    errno.EEXIST,
+    errno.EEXIST, errno.ENOENT,
 }
 
 

@@ -353,6 +353,39 @@ def load_train_state(folder: Path) -> dict:
     return state
 
 
+@contextlib.contextmanager
+def restoring(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> Iterator[None]:
+    """Where a training state (``path``, read by :func:`load_train_state`) is put back into the
+    optimizer, schedule, task streams, loop and RNGs: what those raise on a state that is damaged
+    or from another run (a missing key, a wrong type, an optimizer tensor whose shape is not its
+    parameter's, a schedule of another number of groups: :func:`check_restored` at the end)
+    becomes one CheckpointError line naming the file."""
+    try:
+        yield
+        check_restored(optimizer, scheduler)
+    except torch.OutOfMemoryError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a training state this run can resume ({type(e).__name__}: "
+                              f"{first})") from None
+
+
+def check_restored(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Raises ValueError where a loaded optimizer's per-parameter tensor (moments, master copy)
+    has another shape than its parameter, or the loaded lr schedule's base rates are not one
+    finite number per parameter group (``load_state_dict`` looks at neither: the first step would
+    fail, or leave a group's lr unscheduled)."""
+    lrs, groups = scheduler.base_lrs, len(optimizer.param_groups)
+    if len(lrs) != groups or not all(type(x) in (int, float) and np.isfinite(x) for x in lrs):
+        raise ValueError(f"the lr schedule's base_lrs {lrs!r} are not {groups} finite numbers, one per group")
+    for p, state in optimizer.state.items():
+        for key, t in state.items():
+            if torch.is_tensor(t) and t.dim() > 0 and t.shape != p.shape:
+                raise ValueError(f"optimizer state {key} of shape {tuple(t.shape)} for a parameter of "
+                                 f"shape {tuple(p.shape)}")
+
+
 def rng_state() -> dict:
     """Every RNG state of this process as tensors and plain lists (what a checkpoint holds; it
     loads with ``torch.load(weights_only=True)``): ``python`` [version, [625 ints], gauss or None],

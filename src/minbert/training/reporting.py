@@ -32,7 +32,7 @@ from ..data.batching import sha256_file
 from ..distributed import DistContext, all_reduce_mean
 from ..errors import NonFiniteLossError
 from ..inference.evaluate import EvalResult
-from ..io import atomic_write_text
+from ..io import atomic_write_bytes
 from ..tasks.base import Task
 from .step import find_nonfinite
 from .tracking import MlflowRun, write_hparams, write_scalars
@@ -161,21 +161,23 @@ class MetricsLog:
 def trim_metrics(path: Path, step: int, size: int | None = None) -> None:
     """On resume: drop metric lines written after the checkpoint we resume from: cut the file to
     ``size``, its length when the checkpoint was taken; for checkpoints that lack it, keep the
-    whole lines up to ``step`` (a torn last line is a process killed in a buffer flush)."""
+    whole lines up to ``step`` (a torn last line is a process killed in a buffer flush; a line
+    that is not a JSON record is dropped with a warning naming it). Bytes are kept as they are."""
     if not path.is_file():
         return
     if size is not None:
-        atomic_write_text(path, path.read_bytes()[:size].decode("utf-8"))
+        atomic_write_bytes(path, path.read_bytes()[:size])
         return
     kept = []
-    for ln in path.read_text().splitlines():
+    for n, ln in enumerate(path.read_bytes().splitlines(), 1):
         try:
             rec = json.loads(ln) if ln.strip() else None
-        except json.JSONDecodeError:
-            continue  # written after the checkpoint (lines are flushed before each checkpoint)
-        if rec is not None and rec.get("step", 0) <= step:
+        except ValueError:  # not UTF-8 or not JSON: torn by a kill after the checkpoint, or damaged
+            log.warning("%s:%d: not a JSON record, dropped on resume", path, n)
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
             kept.append(ln)
-    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+    atomic_write_bytes(path, b"".join(ln + b"\n" for ln in kept))
 
 
 def provenance(cfg: Config, data_dir: Path, tasks: dict[str, Task]) -> dict:

@@ -25,9 +25,23 @@ class LoopState:
 
     @classmethod
     def from_dict(cls, loop: dict) -> LoopState:
-        """The state of a checkpoint's ``loop`` dict (keys it lacks keep their defaults)."""
+        """The state of a checkpoint's ``loop`` dict (keys it lacks keep their defaults).
+
+        Raises:
+            ValueError: a counter that is not an integer >= 0 (``world_size`` >= 1), a ``best`` that
+                is not a number, a ``history`` that is not a list of dicts.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in loop.items() if k in names})
+        state = cls(**{k: v for k, v in loop.items() if k in names})
+        for key in ("epoch", "micro", "step", "bad_epochs", "skipped", "world_size", "best_epoch", "metrics_bytes"):
+            v = getattr(state, key)
+            if not (v is None and key in ("best_epoch", "metrics_bytes")) and (
+                    type(v) is not int or v < (key == "world_size")):
+                raise ValueError(f"loop.{key} is {v!r}, not an integer >= {int(key == 'world_size')}")
+        if not (state.best is None or type(state.best) in (int, float)) or not (
+                isinstance(state.history, list) and all(isinstance(h, dict) for h in state.history)):
+            raise ValueError("loop.best is not a number or loop.history is not a list of records")
+        return state
 
     def to_dict(self) -> dict:
         """A plain dict (a deep copy) for the checkpoint."""

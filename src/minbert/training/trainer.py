@@ -34,9 +34,9 @@ from ..inference.graphs import GraphedForward
 from ..inference.model_card import write_model_card
 from ..io import atomic_write_json
 from ..model.multitask import step_pack_plan
-from ..runs import CONFIG_FILE, Run, check_file_weights, last_checkpoint, resolve_run_data_dir
+from ..runs import CONFIG_FILE, TRAIN_STATE, Run, check_file_weights, last_checkpoint, resolve_run_data_dir
 from ..tasks.splits import load_splits
-from .checkpoint import BackgroundWriter, load_train_state, rng_state, set_rng_state
+from .checkpoint import BackgroundWriter, load_train_state, restoring, rng_state, set_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
 from .evaluation import DevEvaluator
 from .interrupts import StopRequest, interrupted
@@ -65,15 +65,9 @@ log = logging.getLogger(__name__)
 
 
 def train(
-    cfg: Config | str | Path,
-    run_dir: str | Path | None = None,
-    data_dir: str | Path | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    t_start: float | None = None,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-    allow_data_change: bool = False,
+    cfg: Config | str | Path, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
+    resume: bool = False, overwrite: bool = False, progress: bool = True, t_start: float | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None, allow_data_change: bool = False,
     compiling: list[subprocess.Popen] | None = None,
 ) -> Run:
     """Train and evaluate a multi-task model; returns the :class:`Run`.
@@ -232,20 +226,21 @@ class Trainer:
             raise CheckpointError(f"{self.run_dir}: no checkpoint to resume from")
         check_file_weights(self.model, folder / "model.safetensors")
         ts = load_train_state(folder)
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.scheduler.load_state_dict(ts["scheduler"])
-        for name, s in ts["streams"].items():
-            self.streams[name].load_state_dict(s)  # converts positions if the global batch size changed
-        self.state = st = LoopState.from_dict(ts["loop"])
-        if st.world_size == ctx.world_size:
-            set_rng_state(ts["rng"][ctx.rank])
-        else:
-            log.warning("resuming a %d-process checkpoint with %d process(es): not bit-identical",
-                        st.world_size, ctx.world_size)
-            st.micro, self.total_steps = rescale_position(tc, st.epoch, st.micro, st.step, st.world_size,
-                                                          ctx.world_size, self.counts)
-            self.scheduler = build_scheduler(self.cfg.optim, self.optimizer, self.total_steps, last_step=st.step)
-            seed_everything(tc.seed + 1000 * st.step + ctx.rank)  # dropout RNG streams cannot carry over
+        with restoring(folder / TRAIN_STATE, self.optimizer, self.scheduler):  # damaged or foreign: CheckpointError
+            self.optimizer.load_state_dict(ts["optimizer"])
+            self.scheduler.load_state_dict(ts["scheduler"])
+            for name, s in ts["streams"].items():
+                self.streams[name].load_state_dict(s)  # converts positions if the global batch size changed
+            self.state = st = LoopState.from_dict(ts["loop"])
+            if st.world_size == ctx.world_size:
+                set_rng_state(ts["rng"][ctx.rank])
+            else:
+                log.warning("resuming a %d-process checkpoint with %d process(es): not bit-identical",
+                            st.world_size, ctx.world_size)
+                st.micro, self.total_steps = rescale_position(tc, st.epoch, st.micro, st.step, st.world_size,
+                                                              ctx.world_size, self.counts)
+                self.scheduler = build_scheduler(self.cfg.optim, self.optimizer, self.total_steps, last_step=st.step)
+                seed_everything(tc.seed + 1000 * st.step + ctx.rank)  # dropout RNG streams cannot carry over
         st.world_size = ctx.world_size
         if ctx.is_main:
             trim_metrics(self.run_dir / "metrics.jsonl", st.step, st.metrics_bytes)
