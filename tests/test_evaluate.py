@@ -81,3 +81,17 @@ def test_prediction_files_quote_ids_that_hold_commas_quotes_or_line_breaks(tmp_p
     with pytest.raises(DataError, match=r"cs224n layout cannot hold id 'r100,\"x\"'"):
         write_predictions(tmp_path / "c.csv", task, pred, fmt="cs224n")
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_ensemble_refuses_to_write_into_a_run_folder(shared_run_dir, tmp_path, capsys):
+    """--out that is one of the members, or any run folder, would have its prediction files
+    replaced: refused in one line before anything is read or written."""
+    from minbert.cli import main
+
+    before = {p: p.stat().st_mtime_ns for p in shared_run_dir.rglob("*") if p.is_file()}
+    for out in (shared_run_dir, shared_run_dir / "."):
+        assert main(["ensemble", str(shared_run_dir), str(shared_run_dir), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: --out {out}: is a run folder, whose prediction files the ensemble's would replace; give a "
+            "folder of its own")
+    assert {p: p.stat().st_mtime_ns for p in shared_run_dir.rglob("*") if p.is_file()} == before

@@ -400,13 +400,43 @@ def test_existing_run_is_not_overwritten(run_a, tiny_encoder, data_dir):
     assert _snapshot(run_a) == before
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the run-folder lock is POSIX flock")
+def test_a_run_folder_that_another_process_trains_in_is_refused(run_a, tmp_path, tiny_encoder, data_dir, capsys):
+    """While a process holds the run folder's lock (as a training run does for its whole life),
+    resume and overwrite are refused in one line and change nothing; once it is released, the
+    lock is free again."""
+    import shutil
+
+    from minbert.training.setup import lock_run_dir
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_a, run)
+    before = _snapshot(run)
+    held = lock_run_dir(run)  # another open file description: flock conflicts as with another process
+    try:
+        for extra in (["--resume", str(run)], train_args(tiny_encoder, data_dir, run, "--overwrite")):
+            args = ["train", *extra, "--no-progress"] if extra[0] == "--resume" else extra
+            assert main(args) == 2
+            assert capsys.readouterr().err.strip().splitlines()[-1] == (
+                f"error: {run}: another minbert process is training in this run folder; wait for it to end "
+                "(or stop it) first")
+        assert _snapshot(run) == before
+    finally:
+        held.close()
+    lock_run_dir(run).close()  # free again
+
+
 def test_overwrite_replaces_the_run(run_a, tmp_path, tiny_encoder, data_dir):
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(run_a, run)
     (run / "checkpoints" / "step-00000099").mkdir()  # stale state of the old run
-    assert main(_small_args(tiny_encoder, data_dir, run, "--overwrite")) == 0
+    for name in ("qqp-calibration.png", "curves.png", "my-notes.png"):  # the old run's plots; the user's own file
+        (run / name).write_bytes(b"old")
+    assert main(_small_args(tiny_encoder, data_dir, run, "--overwrite")) == 0  # with output.plot=false
+    assert not (run / "qqp-calibration.png").exists() and not (run / "curves.png").exists()
+    assert (run / "my-notes.png").read_bytes() == b"old"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["config"]["tasks"]["sst"]["train_limit"] == 32 and summary["steps"] == 4
     assert not (run / "checkpoints" / "step-00000099").exists()

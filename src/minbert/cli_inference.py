@@ -67,13 +67,17 @@ def cmd_ensemble(args: argparse.Namespace, extra: list[str]) -> int:
     )
     from .inference.predictor import load
     from .io import atomic_write_json
-    from .runs import resolve_run_data_dir
+    from .runs import CONFIG_FILE, resolve_run_data_dir
     from .tasks.splits import load_splits
 
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     if len(args.run_dirs) < 2:
         raise ConfigError("ensemble needs at least two run folders")
+    out_dir = Path(args.out)
+    if (out_dir / CONFIG_FILE).is_file() or any(out_dir.resolve() == Path(r).resolve() for r in args.run_dirs):
+        raise ConfigError(f"--out {out_dir}: is a run folder, whose prediction files the ensemble's would replace; "
+                          "give a folder of its own")
     members, per_run = [], {}
     task_names = None
     for run_dir in args.run_dirs:
@@ -97,7 +101,6 @@ def cmd_ensemble(args: argparse.Namespace, extra: list[str]) -> int:
         per_run[str(run_dir)] = score_predictions(tasks, data["dev"], out["dev"]).flat()
         members.append(out)
         log.info("%s: %s", run_dir, per_run[str(run_dir)])
-    out_dir = Path(args.out)
     for split in ("dev", "test"):
         for n in members[0][split]:
             avg = average_predictions(tasks[n], [m[split][n] for m in members])

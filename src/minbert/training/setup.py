@@ -11,7 +11,7 @@ import math
 import random
 import shutil
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 import torch
@@ -36,29 +36,71 @@ from .tracking import MLFLOW_FILE
 log = logging.getLogger(__name__)
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+LOCK_FILE = ".minbert.lock"  # held (flock) by the process that trains in the run folder
+PLOT_GLOBS = ("curves.png", "*-confusion.png", "*-scatter.png", "*-calibration.png")  # task_plots' files
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> IO | None:
     """Refuse to overwrite an existing run without ``overwrite``; check a resume target and
-    remove what a killed run left in its ``checkpoints/`` (see :func:`clean_checkpoints`)."""
+    remove what a killed run left in its ``checkpoints/`` (see :func:`clean_checkpoints`); with
+    ``overwrite``, remove the old run's outputs. Before any of that, take the run folder's lock
+    (:func:`lock_run_dir`); returns it (close it when the run ends).
+
+    Raises:
+        CheckpointError: a file stands at ``run_dir``; another process trains there; a run is
+            there and neither ``overwrite`` nor ``resume`` is given; ``resume`` without a run.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: is a file, not a run folder")
-    has_run = (run_dir / CONFIG_FILE).is_file()
-    if resume:
-        if not has_run:
-            raise CheckpointError(f"{run_dir}: cannot resume, not a minbert run folder (no {CONFIG_FILE})")
-        removed = clean_checkpoints(run_dir)
-        if removed:
-            log.info("removed what an interrupted run left in %s: %s", run_dir / "checkpoints", ", ".join(removed))
-        return
-    if has_run and not overwrite:
-        raise CheckpointError(
-            f"{run_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it"
-        )
-    if has_run and overwrite:
-        for sub in ("checkpoints", "predictions", "tensorboard"):
-            shutil.rmtree(run_dir / sub, ignore_errors=True)
-        for f in ("metrics.jsonl", "summary.json", "curves.png", "train.log", MLFLOW_FILE):
-            (run_dir / f).unlink(missing_ok=True)
+    lock = lock_run_dir(run_dir)
+    try:
+        has_run = (run_dir / CONFIG_FILE).is_file()
+        if resume:
+            if not has_run:
+                raise CheckpointError(f"{run_dir}: cannot resume, not a minbert run folder (no {CONFIG_FILE})")
+            removed = clean_checkpoints(run_dir)
+            if removed:
+                log.info("removed what an interrupted run left in %s: %s", run_dir / "checkpoints", ", ".join(removed))
+            return lock
+        if has_run and not overwrite:
+            raise CheckpointError(
+                f"{run_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it"
+            )
+        if has_run and overwrite:
+            for sub in ("checkpoints", "predictions", "tensorboard"):
+                shutil.rmtree(run_dir / sub, ignore_errors=True)
+            for f in ("metrics.jsonl", "summary.json", "train.log", MLFLOW_FILE):
+                (run_dir / f).unlink(missing_ok=True)
+            for f in (f for pattern in PLOT_GLOBS for f in run_dir.glob(pattern)):
+                f.unlink(missing_ok=True)
+        return lock
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+
+
+def lock_run_dir(run_dir: Path) -> IO | None:
+    """Make ``run_dir`` and hold an exclusive lock on its :data:`LOCK_FILE` (``fcntl.flock``; the
+    system drops it when the returned file is closed or the process ends, killed too), so that
+    two processes never train in one run folder. None where ``fcntl`` is missing (not POSIX).
+
+    Raises:
+        CheckpointError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 -- held open for the whole run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise CheckpointError(f"{run_dir}: another minbert process is training in this run folder; wait for it "
+                              "to end (or stop it) first") from None
+    return fh
 
 
 def add_file_logging(run_dir: Path) -> logging.Handler:

@@ -98,20 +98,19 @@ def train(
     run_dir = Path(run_dir or cfg.output.dir or Path("runs") / cfg.name)
     require_trackers(cfg.output.report_to)  # before a run folder is made or replaced
     ctx = init_distributed(cfg.train.device)
-    if ctx.is_main:
-        if not resume:
-            check_mlflow_store(cfg.output.report_to, cfg.name)  # before a run folder is made or replaced
-        prepare_run_dir(run_dir, resume, overwrite)
-    barrier(ctx)
-    if resume:
-        cfg = load_config(run_dir / CONFIG_FILE)
-        if ctx.is_main:
-            check_mlflow_store(cfg.output.report_to, cfg.name)  # the store of the run it continues
-    pkg_log = logging.getLogger("minbert")
-    file_log = add_file_logging(run_dir) if ctx.is_main else None
-    if not ctx.is_main:
-        pkg_log.setLevel(logging.WARNING)  # only rank 0 reports progress
+    if ctx.is_main and not resume:
+        check_mlflow_store(cfg.output.report_to, cfg.name)  # before a run folder is made or replaced
+    lock = prepare_run_dir(run_dir, resume, overwrite) if ctx.is_main else None  # held until the run ends
+    pkg_log, file_log = logging.getLogger("minbert"), None
     try:
+        barrier(ctx)
+        if resume:
+            cfg = load_config(run_dir / CONFIG_FILE)
+            if ctx.is_main:
+                check_mlflow_store(cfg.output.report_to, cfg.name)  # the store of the run it continues
+        file_log = add_file_logging(run_dir) if ctx.is_main else None
+        if not ctx.is_main:
+            pkg_log.setLevel(logging.WARNING)  # only rank 0 reports progress
         if resume:
             data_dir = resolve_run_data_dir(run_dir, cfg, data_dir, allow_data_change)
         trainer = Trainer(cfg, run_dir, data_dir, resume=resume, progress=progress and ctx.is_main, t_start=t_start,
@@ -125,6 +124,8 @@ def train(
         if file_log is not None:
             pkg_log.removeHandler(file_log)
             file_log.close()
+        if lock is not None:
+            lock.close()
 
 
 class Trainer:
