@@ -503,3 +503,17 @@ def test_yaml_keys_that_are_not_strings_are_reported_as_unknown_keys(tmp_path):
         load_config(path)
     assert str(ei.value) == f"{path}: unknown config key 1 (allowed: custom_tasks, data, model, name, optim, output, " \
                             "tasks, train)"
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_with_its_line(tmp_path):
+    """PyYAML's own loaders let the later of two equal keys win silently; a config refuses it.
+    An anchor merged in (<<: *base) and then overridden is not a duplicate."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: x\ntrain:\n  epochs: 3\n  seed: 1\n  epochs: 5\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    assert str(ei.value) == f"{path}: line 5: duplicate key 'epochs'"
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("tasks:\n  sst: &t {batch_size: 8, dropout: 0.1}\n  sts:\n    <<: *t\n    batch_size: 4\n")
+    cfg = load_config(merged)
+    assert (cfg.tasks["sts"].batch_size, cfg.tasks["sts"].dropout, cfg.tasks["sst"].batch_size) == (4, 0.1, 8)

@@ -509,6 +509,22 @@ def test_sst_phrases_from_trees(tmp_path):
         read_sst_phrases(f, strict=True)
 
 
+def test_sst_phrases_report_bad_bytes_and_empty_nodes_and_parse_any_depth(tmp_path):
+    """A line that is not UTF-8 and a node with no words are reported with their lines; a tree
+    nested 5,000 deep parses (no recursion limit); the good trees around them are kept."""
+    from minbert.data.batching import read_sst_phrases
+
+    f = tmp_path / "trees.txt"
+    deep = "(1 " * 5000 + "deep" + ")" * 5000
+    f.write_bytes(b"(3 (2 caf\xe9) (3 ok))\n(2 )\n" + deep.encode() + b"\n(4 fine)\n")
+    r = read_sst_phrases(f)
+    assert dict(zip((t[0] for t in r.texts), r.labels.tolist(), strict=True)) == {"deep": 1, "fine": 4}
+    assert [(b.line, b.reason) for b in r.bad_rows] == [
+        (1, "malformed tree (not UTF-8 text (byte 9: invalid continuation byte))"),
+        (2, "malformed tree (a node with no words at token 3)"),
+    ]
+
+
 def test_real_sst_train_trees_hold_the_phrase_labels(data_dir):
     from minbert.data.batching import read_sst_phrases
 
@@ -609,3 +625,24 @@ def test_sample_of_a_regression_split_is_uniform_and_exact(data_dir):
     assert len(part) == 500 and rows == sorted(rows) and len(set(rows)) == 500
     assert np.allclose(part.labels, whole.labels[rows]) and [whole.texts[k] for k in rows] == part.texts
     assert whole.sample(None, seed=3) is whole and whole.sample(10**6, seed=3) is whole
+
+
+def test_a_sums_file_that_is_not_utf8_or_holds_odd_lines_is_reported_not_raised(tmp_path, caplog):
+    """verify_checksums: a SHA256SUMS of other bytes is not used (one warning); a line that is
+    not '<64 hex> <file>' is skipped with its line number; the good lines still check the files."""
+    import hashlib
+
+    (tmp_path / "a.csv").write_text("x\n")
+    good = hashlib.sha256(b"x\n").hexdigest()
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text(f"{good.upper()}  a.csv\nnot a sum line\n{'0' * 64}  *b.csv\n")
+    (tmp_path / "b.csv").write_text("y\n")
+    with caplog.at_level(logging.WARNING, logger="minbert.data.batching"):
+        problems = verify_checksums(tmp_path, ["a.csv", "b.csv"])
+    assert problems == [f"{tmp_path / 'b.csv'}: SHA-256 does not match SHA256SUMS (file changed?)"]
+    assert f"{sums}:2: not a '<sha256> <file>' line, skipped" in caplog.messages
+    caplog.clear()
+    sums.write_bytes(b"\xff\xfe" + good.encode() + b"  a.csv\n")
+    with caplog.at_level(logging.WARNING, logger="minbert.data.batching"):
+        assert verify_checksums(tmp_path, ["a.csv"]) == []
+    assert caplog.messages == [f"{sums}: not UTF-8 text (byte 0: invalid start byte); no SHA-256 checked"]

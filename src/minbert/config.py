@@ -46,7 +46,7 @@ __all__ = [
     "RuntimeSettings", "TaskConfig", "TrainConfig", "from_dict", "load_config", "replace", "resolve",
     "runtime_settings", "to_dict", "validate",
 ]
-from .config_values import apply_overrides, build_value, to_dict
+from .config_values import UniqueKeyLoader, apply_overrides, build_value, to_dict, yaml_problem
 from .errors import ConfigError
 
 MAX_LR = 1e30  # the optimizers' float32 state overflows near 3.4e38
@@ -239,7 +239,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if path is not None:
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), UniqueKeyLoader) or {}  # noqa: S506 -- safe
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except UnicodeDecodeError as e:
@@ -249,7 +249,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f"line {mark.line + 1}: " if mark else ""
-            raise ConfigError(f"{path}: {line}not valid YAML") from None
+            raise ConfigError(f"{path}: {line}{yaml_problem(e)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of sections")
         raw.setdefault("name", path.stem)

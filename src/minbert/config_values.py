@@ -25,6 +25,27 @@ from .errors import ConfigError
 EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain YAML values only, no tags that build objects) that refuses a key
+    given twice in one mapping, which the plain loader lets the later one win silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()  # the mapping's own scalar keys (a merge, <<: *anchor, may be overridden)
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if (key_node.tag, key_node.value) in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add((key_node.tag, key_node.value))
+        return super().construct_mapping(node, deep)
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """What a YAML error says for the user: a duplicate key by name, else ``not valid YAML``."""
+    problem = getattr(e, "problem", None) or ""
+    return problem if problem.startswith("duplicate key") else "not valid YAML"
+
+
 def build_value(tp: Any, value: Any, where: str) -> Any:
     """Check ``value`` against the type annotation ``tp`` and build dataclasses from dicts."""
     origin = get_origin(tp)
@@ -115,7 +136,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r}: expected --key.sub=value")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text != "" else None
+        value = yaml.load(text, UniqueKeyLoader) if text != "" else None  # noqa: S506 -- a SafeLoader
     except yaml.YAMLError:
         value = text
     return key.split("."), value

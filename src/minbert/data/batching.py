@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,15 +128,23 @@ def resolve_data_dir(cli_dir: str | None = None, config_dir: str | None = None) 
 
 def verify_checksums(folder: Path, names: Sequence[str]) -> list[str]:
     """Compare files with ``SHA256SUMS`` beside them (if present); returns mismatch messages and
-    logs each as a warning."""
+    logs each as a warning. A sums file that is not UTF-8 is not used, and a line that is not
+    ``<64 hex digits> <file>`` is skipped, each with a warning naming it."""
     sums = folder / "SHA256SUMS"
     if not sums.is_file():
         return []
+    try:
+        text = sums.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        log.warning("%s: not UTF-8 text (byte %d: %s); no SHA-256 checked", sums, e.start, e.reason)
+        return []
     expected = {}
-    for line in sums.read_text().splitlines():
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
-        if len(parts) == 2:
-            expected[parts[1].lstrip("*")] = parts[0]
+        if len(parts) == 2 and re.fullmatch(r"[0-9a-fA-F]{64}", parts[0]):
+            expected[parts[1].lstrip("*")] = parts[0].lower()
+        elif line.strip():
+            log.warning("%s:%d: not a '<sha256> <file>' line, skipped", sums, n)
     problems = []
     for name in names:
         if name in expected and (folder / name).is_file():
@@ -156,40 +165,37 @@ def sha256_file(path: Path) -> str:
 
 
 def _parse_tree(line: str) -> list[tuple[int, str]]:
-    """All (label, phrase) nodes of one PTB-style sentiment tree ``(3 (2 It) (4 ...))``.
-    Raises ValueError(reason) on a malformed tree."""
+    """All (label, phrase) nodes of one PTB-style sentiment tree ``(3 (2 It) (4 ...))``, each
+    after the nodes inside it (the root last); read with a stack, so any depth of nesting parses.
+    Raises ValueError(reason) on a malformed tree: a missing or out-of-range label, a node with no
+    words, unbalanced parentheses, text after the tree."""
     tokens = line.replace("(", " ( ").replace(")", " ) ").split()
-    pos = 0
-
-    def node() -> tuple[list[str], list[tuple[int, str]]]:
-        nonlocal pos
-        if pos >= len(tokens) or tokens[pos] != "(":
-            raise ValueError(f"expected '(' at token {pos + 1}")
-        pos += 1
-        if pos >= len(tokens) or not tokens[pos].isdigit():
-            raise ValueError(f"expected a 0..4 label at token {pos + 1}")
-        label = int(tokens[pos])
-        if not 0 <= label <= 4:
-            raise ValueError(f"label {label} outside 0..4")
-        pos += 1
-        words, found = [], []
-        while pos < len(tokens) and tokens[pos] != ")":
-            if tokens[pos] == "(":
-                w, f = node()
-                words += w
-                found += f
-            else:
-                words.append(tokens[pos])
-                pos += 1
-        if pos >= len(tokens):
-            raise ValueError("unbalanced parentheses")
-        pos += 1
-        found.append((label, " ".join(words)))
-        return words, found
-
-    _, found = node()
-    if pos != len(tokens):
-        raise ValueError("text after the tree")
+    open_nodes: list[tuple[int, list[str]]] = []  # (label, the words so far) of each node not closed
+    found: list[tuple[int, str]] = []
+    i = 0
+    while i < len(tokens):
+        if tokens[i] == "(":
+            if i + 1 >= len(tokens) or not tokens[i + 1].isdigit():
+                raise ValueError(f"expected a 0..4 label at token {i + 2}")
+            if not 0 <= int(tokens[i + 1]) <= 4:
+                raise ValueError(f"label {tokens[i + 1]} outside 0..4")
+            open_nodes.append((int(tokens[i + 1]), []))
+            i += 2
+            continue
+        if not open_nodes:
+            raise ValueError(f"expected '(' at token {i + 1}" if not found else "text after the tree")
+        if tokens[i] == ")":
+            label, words = open_nodes.pop()
+            if not words:
+                raise ValueError(f"a node with no words at token {i + 1}")
+            found.append((label, " ".join(words)))
+            if open_nodes:
+                open_nodes[-1][1].extend(words)
+        else:
+            open_nodes[-1][1].append(tokens[i])
+        i += 1
+    if open_nodes or not found:
+        raise ValueError("unbalanced parentheses")
     return found
 
 
@@ -209,14 +215,15 @@ def read_sst_phrases(path: str | os.PathLike, strict: bool = False, exclude: set
     require_file(path)
     seen: set[str] = set(exclude)
     ids, texts, labels, bad = [], [], [], []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                nodes = _parse_tree(line)
-            except ValueError as e:
-                b = BadRow(str(path), n, f"malformed tree ({e})")
+                nodes = _parse_tree(raw.decode("utf-8"))
+            except ValueError as e:  # UnicodeDecodeError is one
+                why = f"not UTF-8 text (byte {e.start}: {e.reason})" if isinstance(e, UnicodeDecodeError) else e
+                b = BadRow(str(path), n, f"malformed tree ({why})")
                 if strict:
                     raise DataError(f"{b} (strict mode)") from None
                 bad.append(b)
