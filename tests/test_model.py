@@ -428,3 +428,15 @@ def test_a_damaged_encoder_folder_is_one_checkpoint_error_naming_the_file(tiny_e
     with pytest.raises(CheckpointError) as ei:
         Tokenizer(folder, max_length=16) if tokenizer_file else BertModel.from_pretrained(folder)
     assert str(ei.value).startswith(f"{target}: ") and "\n" not in str(ei.value), str(ei.value)
+
+
+def test_integer_tensors_where_weights_belong_are_refused(tiny_encoder, tiny_state, tmp_path):
+    """load_state_dict would cast int32 into the float parameters silently; the check names the key."""
+    key = "encoder.layer.0.output.dense.bias"
+    raw = dict(tiny_state)
+    raw[key] = torch.zeros(tiny_state[key].shape, dtype=torch.int32)
+    folder = write_checkpoint(tiny_encoder, tmp_path / "ints", raw)
+    with pytest.raises(CheckpointError) as ei:
+        BertModel.from_pretrained(folder)
+    shape = tuple(tiny_state[key].shape)
+    assert f"mis-shaped keys: {key} (checkpoint {shape} torch.int32, model {shape} torch.float32)" in str(ei.value)

@@ -92,18 +92,21 @@ def normalize_keys(raw: dict[str, torch.Tensor], source: str = "checkpoint") -> 
 
 
 def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Compare key sets and shapes exactly.
+    """Compare key sets and shapes exactly, and that floating-point tensors stay floating point
+    (a cast of integers would load silently).
 
     Raises:
-        CheckpointError: listing missing, unexpected and mis-shaped keys.
+        CheckpointError: listing missing, unexpected and mis-shaped (or mis-typed) keys.
     """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(
-        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        f"{k} (checkpoint {tuple(state[k].shape)} {state[k].dtype}, model {tuple(expected[k].shape)} "
+        f"{expected[k].dtype})"
         for k in set(expected) & set(state)
         if tuple(state[k].shape) != tuple(expected[k].shape)
+        or state[k].is_floating_point() != expected[k].is_floating_point()  # integers where weights belong
     )
     if missing or unexpected or misshaped:
         parts = []
