@@ -332,3 +332,12 @@ def test_one_progress_bar_over_every_file_written(cross_run, tmp_path, monkeypat
     written = [p for p in out.rglob("*") if p.is_file()]
     assert len(bars) == 1 and bars[0].kw["disable"] is False and bars[0].kw["unit"] == "file"
     assert bars[0].total == bars[0].n == len(written) == 9 + 4 * 7
+
+
+def test_the_export_command_lists_every_file_it_wrote_the_task_folders_included(cross_run, tmp_path, capsys):
+    out = tmp_path / "listed"
+    assert main(["export", str(cross_run.run_dir), str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert printed == {"export": str(out), "files": on_disk}
+    assert "tasks/sst/config.json" in on_disk and "model.safetensors" in on_disk

@@ -134,7 +134,8 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise ConfigError(f"unrecognised argument {extra[0]!r}")
     out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
-    print(json.dumps({"export": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file())}))
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())  # tasks/<name>/... too
+    print(json.dumps({"export": str(out), "files": files}))
     return 0
 
 
@@ -268,7 +269,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run_dir")
     e.add_argument("--data-dir", help=_RUN_DATA_HELP)
     e.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", help="auto (CUDA where available, else CPU), cpu, cuda or cuda:N")
     e.add_argument(
         "--full", action="store_true", help="score the whole dev sets (the run's dev_limit samples otherwise)"
     )
@@ -280,7 +281,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
     en.add_argument("--out", required=True, help="folder for eval.json and predictions/")
     en.add_argument("--data-dir", help=_RUN_DATA_HELP)
     en.add_argument("--allow-data-change", action="store_true", help=_ALLOW_HELP)
-    en.add_argument("--device", default="auto")
+    en.add_argument("--device", default="auto", help="auto (CUDA where available, else CPU), cpu, cuda or cuda:N")
     en.add_argument("--format", choices=["default", "cs224n"], default="default")
     en.add_argument("--no-progress", action="store_true", help="no progress bars")
     en.set_defaults(fn=cmd_ensemble)
@@ -295,7 +296,7 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("run_dir")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--device", default="auto")
+    sv.add_argument("--device", default="auto", help="auto (CUDA where available, else CPU), cpu, cuda or cuda:N")
     sv.add_argument("--max-items", type=int, default=256, help="items per request (more: 413)")
     sv.add_argument("--max-chars", type=int, default=10_000, help="characters per text (more: 413)")
     sv.add_argument("--max-body-bytes", type=int, default=None,
@@ -390,7 +391,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="how to read --input (auto: by its suffix; tsv for tab-separated files named .csv, as the course's)",
     )
     q.add_argument("--output", help="write a CSV here instead of stdout")
-    q.add_argument("--device", default="auto")
+    q.add_argument("--device", default="auto", help="auto (CUDA where available, else CPU), cpu, cuda or cuda:N")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument(
         "--quantize", choices=["int8"],

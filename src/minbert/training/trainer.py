@@ -246,7 +246,8 @@ class Trainer:
         if ctx.is_main:
             trim_metrics(self.run_dir / "metrics.jsonl", st.step, st.metrics_bytes)
         barrier(ctx)
-        log.info("resumed %s at epoch %d, micro-step %d, step %d", self.run_dir, st.epoch, st.micro, st.step)
+        log.info("resumed %s in epoch %d (micro-step %d of it), optimizer step %d", self.run_dir, st.epoch + 1,
+                 st.micro, st.step)
 
     # -- the loop ----------------------------------------------------------------------------------
 
