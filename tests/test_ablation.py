@@ -4,6 +4,7 @@ holds each row's scores and differences, and --final trains the best row per see
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -392,3 +393,14 @@ def test_an_edited_base_preset_drops_every_record(tmp_path):
     assert kept(build_report(ab, tmp_path / "no-runs", prev)) == {"a": 0.6, "b": 0.65, "c": 0.62}
     base.write_text("train: {epochs: 3}\n")  # the same file name, another config
     assert kept(build_report(load_ablation(tmp_path / "ab.yaml"), tmp_path / "no-runs", prev)) == {}
+
+
+def test_ablation_rows_with_a_key_twice_or_a_name_that_is_no_folder_are_refused(tmp_path):
+    """A row name is its run folder's name; a key given twice would let the later win silently."""
+    for name in ("../../escaped", ".", "a/b"):
+        with pytest.raises(ConfigError, match=rf"row 1: name {re.escape(repr(name))} must be a folder name"):
+            load_ablation(write(tmp_path, [{"name": name}]))
+    path = write(tmp_path, [{"name": "a"}])
+    path.write_text(path.read_text().replace("- name: a", "- name: a\n  overrides: [optim.lr=1.0e-4]\n  overrides: []"))
+    with pytest.raises(ConfigError, match="duplicate key 'overrides'"):
+        load_ablation(path)

@@ -374,9 +374,11 @@ RANGE_RULES = {  # an override outside its range -> the start of the one-line er
     "train.rdrop_alpha=.nan": "train.rdrop_alpha must be a finite number >= 0, got nan",
     "train.smart_weight=-0.5": "train.smart_weight must be a finite number >= 0, got -0.5",
     "train.smart_eps=.inf": "train.smart_eps must be a finite number >= 0, got inf",
-    "optim.eps=.nan": "optim.eps must be a finite number >= 0, got nan",
+    "optim.eps=.nan": "optim.eps must be a finite number > 0, got nan",
+    "optim.eps=0": "optim.eps must be a finite number > 0, got 0.0",
+    "optim.layer_lr_decay=1e300": "optim.layer_lr_decay must be in (0, 1] (1.0: off), got 1e+300",
     "optim.weight_decay=-0.1": "optim.weight_decay must be a finite number >= 0, got -0.1",
-    "optim.layer_lr_decay=0": "optim.layer_lr_decay must be a finite number > 0 (1.0: off), got 0.0",
+    "optim.layer_lr_decay=0": "optim.layer_lr_decay must be in (0, 1] (1.0: off), got 0.0",
     "optim.betas=[0.9, 1.0]": "optim.betas must be two numbers in [0, 1), got (0.9, 1.0)",
     "optim.betas=[-0.1, 0.9]": "optim.betas must be two numbers in [0, 1), got (-0.1, 0.9)",
     "name=../elsewhere": "name must be a folder name (the run folder runs/<name>: no / or \\), got '../elsewhere'",
@@ -397,6 +399,8 @@ EDGES = {  # an override at the edge of its range -> (section, key, the value lo
     "train.early_stopping_patience=1": ("train", "early_stopping_patience", 1),
     "optim.betas=[0, 0.999]": ("optim", "betas", (0.0, 0.999)),
     "optim.layer_lr_decay=0.01": ("optim", "layer_lr_decay", 0.01),
+    "optim.layer_lr_decay=1": ("optim", "layer_lr_decay", 1.0),
+    "optim.eps=1e-12": ("optim", "eps", 1e-12),
     "train.log_every=0": ("train", "log_every", 0),
     "optim.weight_decay=0": ("optim", "weight_decay", 0.0),
 }
@@ -517,3 +521,18 @@ def test_a_key_given_twice_in_a_config_file_is_refused_with_its_line(tmp_path):
     merged.write_text("tasks:\n  sst: &t {batch_size: 8, dropout: 0.1}\n  sts:\n    <<: *t\n    batch_size: 4\n")
     cfg = load_config(merged)
     assert (cfg.tasks["sts"].batch_size, cfg.tasks["sts"].dropout, cfg.tasks["sst"].batch_size) == (4, 0.1, 8)
+
+
+def test_an_alias_of_a_merged_mapping_is_no_duplicate_and_keys_that_name_one_task_twice_are(tmp_path):
+    """A merge flattens its mapping in place; reading it again through an alias finds the merged
+    key twice, which the file does not hold. 1 and "1" are two YAML keys but one task name."""
+    path = tmp_path / "alias.yaml"
+    path.write_text("tasks: {sst: {<<: &m {<<: {dropout: 0.1}, dropout: 0.2}, batch_size: 4}, qqp: *m}\n")
+    cfg = load_config(path)
+    assert (cfg.tasks["sst"].dropout, cfg.tasks["sst"].batch_size, cfg.tasks["qqp"].dropout) == (0.2, 4, 0.2)
+    path.write_text("custom_tasks: {}\ntasks: {1: {}, '1': {}}\n")
+    with pytest.raises(ConfigError, match=r"tasks: '1' given twice \(as 1 and '1'\)"):
+        load_config(path)
+    path.write_text("train:\n  ~: 1\n  null: 2\n")
+    with pytest.raises(ConfigError, match="line 3: duplicate key 'null'"):
+        load_config(path)

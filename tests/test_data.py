@@ -516,12 +516,13 @@ def test_sst_phrases_report_bad_bytes_and_empty_nodes_and_parse_any_depth(tmp_pa
 
     f = tmp_path / "trees.txt"
     deep = "(1 " * 5000 + "deep" + ")" * 5000
-    f.write_bytes(b"(3 (2 caf\xe9) (3 ok))\n(2 )\n" + deep.encode() + b"\n(4 fine)\n")
-    r = read_sst_phrases(f)
+    f.write_bytes(b"(3 (2 caf\xe9) (3 ok))\n(2 )\n" + deep.encode() + b"\r(4 fine)\r\n(2 a) (3 b)\n")
+    r = read_sst_phrases(f)  # \r and \r\n end lines too, as in text mode
     assert dict(zip((t[0] for t in r.texts), r.labels.tolist(), strict=True)) == {"deep": 1, "fine": 4}
     assert [(b.line, b.reason) for b in r.bad_rows] == [
         (1, "malformed tree (not UTF-8 text (byte 9: invalid continuation byte))"),
         (2, "malformed tree (a node with no words at token 3)"),
+        (5, "malformed tree (text after the tree)"),
     ]
 
 

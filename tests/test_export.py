@@ -95,6 +95,11 @@ def test_export_mistakes_are_one_line_exit_2(export, run, tmp_path, capsys):
     assert main(["export", str(tmp_path / "not-a-run"), str(tmp_path / "out")]) == 2
     assert "not a minbert run folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    run_before = {p: p.stat().st_mtime_ns for p in run.run_dir.rglob("*") if p.is_file()}
+    for out in (run.run_dir, run.run_dir / "."):  # the run itself, or any run folder, even with --overwrite
+        assert main(["export", str(run.run_dir), str(out), "--overwrite"]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {out}: is a run folder; export into a folder of its own"
+    assert {p: p.stat().st_mtime_ns for p in run.run_dir.rglob("*") if p.is_file()} == run_before
 
 
 def test_overwrite_replaces_an_export(run, tmp_path):

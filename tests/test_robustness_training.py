@@ -149,6 +149,12 @@ TAMPERED = {
     "moment reshaped": (_first_moment, "(ValueError: optimizer state exp_avg of shape (3,) for a parameter of shape"),
     "rng not a state": (lambda st: st.update(rng=[{"python": 1}]), "(TypeError: "),
     "foreign stream": (lambda st: st["streams"].update(zzz={}), "(KeyError: 'zzz')"),
+    "lr a string": (lambda st: st["optimizer"]["param_groups"][0].update(lr="abc"),
+                    "(ValueError: optimizer param_groups[0].lr is 'abc', not finite numbers)"),
+    "betas strings": (lambda st: st["optimizer"]["param_groups"][0].update(betas=("a", "b")),
+                      "(ValueError: optimizer param_groups[0].betas is ('a', 'b'), not finite numbers)"),
+    "schedule step a string": (lambda st: st["scheduler"].update(last_epoch="x"),
+                               "(ValueError: the lr schedule's last_epoch 'x' is not an integer)"),
     "schedule cut": (lambda st: st["scheduler"].update(base_lrs=st["scheduler"]["base_lrs"][:-1]), "(ValueError: "),
 }
 

@@ -192,9 +192,9 @@ _RANGES = (
     ("train", "average_last", ">= 0 (0: off)", lambda v: v >= 0),
     *(("train", k, "a finite number >= 0", _finite(0))
       for k in ("smart_weight", "smart_sigma", "smart_eta", "smart_eps", "rdrop_alpha")),
-    ("optim", "eps", "a finite number >= 0", _finite(0)),
+    ("optim", "eps", "a finite number > 0", _finite(0, False)),
     ("optim", "weight_decay", "a finite number >= 0", _finite(0)),
-    ("optim", "layer_lr_decay", "a finite number > 0 (1.0: off)", _finite(0, False)),
+    ("optim", "layer_lr_decay", "in (0, 1] (1.0: off)", _finite(0, False, 1)),
     ("optim", "betas", "two numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v)),
 )
 

@@ -29,15 +29,21 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` (plain YAML values only, no tags that build objects) that refuses a key
     given twice in one mapping, which the plain loader lets the later one win silently."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()  # the mapping's own scalar keys (a merge, <<: *anchor, may be overridden)
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if (key_node.tag, key_node.value) in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
-                seen.add((key_node.tag, key_node.value))
-        return super().construct_mapping(node, deep)
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """Check the mapping's own keys before a merge (``<<: *anchor``) flattens it in place
+        (merged keys may be overridden; an alias reads the flattened node again: checked once)."""
+        checked = self.__dict__.setdefault("_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)  # ~ and null are one key; 1 and "1" two
+                    if (type(key), key) in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                    seen.add((type(key), key))
+        super().flatten_mapping(node)
 
 
 def yaml_problem(e: yaml.YAMLError) -> str:
@@ -83,6 +89,11 @@ def build_value(tp: Any, value: Any, where: str) -> Any:
         _, vt = get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        names = [str(k) for k in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # 1 and "1" are two YAML keys but one name
+            keys = " and ".join(repr(k) for k in value if str(k) == twice[0])
+            raise ConfigError(f"{where}: {twice[0]!r} given twice (as {keys})")
         return {str(k): build_value(vt, v if v is not None else {}, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = get_args(tp)

@@ -191,6 +191,8 @@ def _parse_tree(line: str) -> list[tuple[int, str]]:
             found.append((label, " ".join(words)))
             if open_nodes:
                 open_nodes[-1][1].extend(words)
+            elif i + 1 < len(tokens):
+                raise ValueError("text after the tree")
         else:
             open_nodes[-1][1].append(tokens[i])
         i += 1
@@ -215,25 +217,24 @@ def read_sst_phrases(path: str | os.PathLike, strict: bool = False, exclude: set
     require_file(path)
     seen: set[str] = set(exclude)
     ids, texts, labels, bad = [], [], [], []
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                nodes = _parse_tree(raw.decode("utf-8"))
-            except ValueError as e:  # UnicodeDecodeError is one
-                why = f"not UTF-8 text (byte {e.start}: {e.reason})" if isinstance(e, UnicodeDecodeError) else e
-                b = BadRow(str(path), n, f"malformed tree ({why})")
-                if strict:
-                    raise DataError(f"{b} (strict mode)") from None
-                bad.append(b)
-                continue
-            for k, (label, text) in enumerate(reversed(nodes)):  # root (the sentence) first
-                if text not in seen:
-                    seen.add(text)
-                    ids.append(f"phrase-{n}-{k}")
-                    texts.append((text,))
-                    labels.append(label)
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):  # \n, \r\n or \r, as text mode splits
+        if not raw.strip():
+            continue
+        try:
+            nodes = _parse_tree(raw.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError is one
+            why = f"not UTF-8 text (byte {e.start}: {e.reason})" if isinstance(e, UnicodeDecodeError) else e
+            b = BadRow(str(path), n, f"malformed tree ({why})")
+            if strict:
+                raise DataError(f"{b} (strict mode)") from None
+            bad.append(b)
+            continue
+        for k, (label, text) in enumerate(reversed(nodes)):  # root (the sentence) first
+            if text not in seen:
+                seen.add(text)
+                ids.append(f"phrase-{n}-{k}")
+                texts.append((text,))
+                labels.append(label)
     if bad:
         log.warning("%s: skipped %d malformed tree(s)", path, len(bad))
         for b in bad[:20]:

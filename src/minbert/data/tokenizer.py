@@ -68,6 +68,9 @@ class Tokenizer:
                     raise CheckpointError(f"{cfg}: not a tokenizer config (a JSON object is expected)")
             lowercase = opts.get("do_lower_case", True)
             strip = opts.get("strip_accents")
+            if not isinstance(lowercase, bool) or not isinstance(strip, bool | None):
+                raise CheckpointError(f"{cfg}: do_lower_case must be true or false and strip_accents true, false or "
+                                      f"null, got {lowercase!r} and {strip!r}")
             try:
                 self._tok = BertWordPieceTokenizer(
                     str(vocab), lowercase=lowercase, strip_accents=lowercase if strip is None else strip

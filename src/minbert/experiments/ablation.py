@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from ..config import Config, dump_yaml, load_config, resolve
+from ..config_values import UniqueKeyLoader
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_png, atomic_write_text
 from .ablation_merge import base_digest, is_number, kept_final, kept_row, previous_report
@@ -99,7 +100,7 @@ def load_ablation(path: str | Path) -> Ablation:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), UniqueKeyLoader)  # noqa: S506 -- a SafeLoader; a key given twice raises
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list) or "base" not in raw:
@@ -132,6 +133,8 @@ def load_ablation(path: str | Path) -> Ablation:
         if not isinstance(r.get("name"), str) or not r["name"]:
             raise ConfigError(f"{path}: {where}: needs a 'name' (a string)")
         name = r["name"]
+        if name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ConfigError(f"{path}: {where}: name {name!r} must be a folder name (the row's run folder)")
         if name in rows:
             raise ConfigError(f"{path}: row {name!r} is defined twice")
         parent = r.get("parent")

@@ -203,8 +203,8 @@ def _check_out(run_dir: Path, out: Path, overwrite: bool) -> None:
         raise CheckpointError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise CheckpointError(f"{out}: folder exists and is not empty; pass --overwrite to replace the export there")
-    if out.resolve() == run_dir.resolve():
-        raise CheckpointError(f"{out}: export into another folder than the run folder")
+    if out.resolve() == run_dir.resolve() or (out / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{out}: is a run folder; export into a folder of its own")
 
 
 def export_run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -58,9 +59,12 @@ def load_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     elif pt.is_file():
         try:
             raw = torch.load(pt, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch.load raises many types for a corrupt or unsafe file
+        except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never here
+            raise CheckpointError(f"{pt}: holds objects other than tensors, or is not a torch file; not read "
+                                  "(weights are read with weights_only=True)") from None
+        except Exception as e:  # torch.load raises many types for a corrupt file
             first = (str(e).strip().splitlines() or [""])[0]
-            raise CheckpointError(f"{pt}: unreadable with weights_only=True ({type(e).__name__}: {first})") from None
+            raise CheckpointError(f"{pt}: unreadable ({type(e).__name__}: {first})") from None
         if not isinstance(raw, dict) or not all(isinstance(t, torch.Tensor) for t in raw.values()):
             raise CheckpointError(f"{pt}: not a state dict (a mapping of names to tensors)")
     else:
@@ -101,14 +105,12 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(
-        f"{k} (checkpoint {tuple(state[k].shape)} {state[k].dtype}, model {tuple(expected[k].shape)} "
-        f"{expected[k].dtype})"
-        for k in set(expected) & set(state)
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-        or state[k].is_floating_point() != expected[k].is_floating_point()  # integers where weights belong
-    )
-    if missing or unexpected or misshaped:
+    both = sorted(set(expected) & set(state))
+    misshaped = [f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+                 for k in both if tuple(state[k].shape) != tuple(expected[k].shape)]
+    mistyped = [f"{k} (checkpoint {state[k].dtype}, model {expected[k].dtype})"  # integers where weights belong
+                for k in both if state[k].is_floating_point() != expected[k].is_floating_point()]
+    if missing or unexpected or misshaped or mistyped:
         parts = []
         if missing:
             parts.append(f"missing keys: {', '.join(missing)}")
@@ -116,4 +118,6 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
             parts.append(f"unexpected keys: {', '.join(unexpected)}")
         if misshaped:
             parts.append(f"mis-shaped keys: {', '.join(misshaped)}")
+        if mistyped:
+            parts.append(f"keys of integer type where the model has floats (or the reverse): {', '.join(mistyped)}")
         raise CheckpointError(f"{source}: weights do not match the model; " + "; ".join(parts))

@@ -371,14 +371,26 @@ def restoring(path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> I
                               f"{first})") from None
 
 
+def _number(x: object) -> bool:
+    return type(x) in (int, float) and bool(np.isfinite(x))
+
+
 def check_restored(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
     """Raises ValueError where a loaded optimizer's per-parameter tensor (moments, master copy)
-    has another shape than its parameter, or the loaded lr schedule's base rates are not one
-    finite number per parameter group (``load_state_dict`` looks at neither: the first step would
-    fail, or leave a group's lr unscheduled)."""
+    has another shape than its parameter, a parameter group's lr, eps, weight decay or betas are
+    not finite numbers, or the loaded lr schedule's base rates are not one finite number per group
+    or its step counter no integer (``load_state_dict`` looks at none of these: the first step
+    would fail, or leave a group's lr unscheduled)."""
     lrs, groups = scheduler.base_lrs, len(optimizer.param_groups)
-    if len(lrs) != groups or not all(type(x) in (int, float) and np.isfinite(x) for x in lrs):
+    if len(lrs) != groups or not all(_number(x) for x in lrs):
         raise ValueError(f"the lr schedule's base_lrs {lrs!r} are not {groups} finite numbers, one per group")
+    if type(scheduler.last_epoch) is not int:
+        raise ValueError(f"the lr schedule's last_epoch {scheduler.last_epoch!r} is not an integer")
+    for i, group in enumerate(optimizer.param_groups):
+        for key in ("lr", "initial_lr", "eps", "weight_decay", "betas"):
+            values = group.get(key, ())
+            if not all(_number(v) for v in (values if isinstance(values, (list, tuple)) else (values,))):
+                raise ValueError(f"optimizer param_groups[{i}].{key} is {values!r}, not finite numbers")
     for p, state in optimizer.state.items():
         for key, t in state.items():
             if torch.is_tensor(t) and t.dim() > 0 and t.shape != p.shape:
