@@ -46,7 +46,7 @@ __all__ = [
     "RuntimeSettings", "TaskConfig", "TrainConfig", "from_dict", "load_config", "replace", "resolve",
     "runtime_settings", "to_dict", "validate",
 ]
-from .config_values import UniqueKeyLoader, apply_overrides, build_value, to_dict, yaml_problem
+from .config_values import apply_overrides, build_value, safe_load_unique, to_dict, yaml_problem
 from .errors import ConfigError
 
 MAX_LR = 1e30  # the optimizers' float32 state overflows near 3.4e38
@@ -239,7 +239,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if path is not None:
         path = Path(path)
         try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), UniqueKeyLoader) or {}  # noqa: S506 -- safe
+            raw = safe_load_unique(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except UnicodeDecodeError as e:

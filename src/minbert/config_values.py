@@ -25,25 +25,35 @@ from .errors import ConfigError
 EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (plain YAML values only, no tags that build objects) that refuses a key
-    given twice in one mapping, which the plain loader lets the later one win silently."""
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load(text)``, refusing a key given twice in one mapping, which safe_load lets
+    the later one win silently. The check reads the composed node tree (nothing is constructed):
+    a mapping's own scalar keys, compared as the values they load as (``~`` and ``null`` are one
+    key, ``1`` and ``"1"`` two); keys merged in (``<<: *anchor``) may be overridden; an alias is
+    checked once.
 
-    def flatten_mapping(self, node: yaml.MappingNode) -> None:
-        """Check the mapping's own keys before a merge (``<<: *anchor``) flattens it in place
-        (merged keys may be overridden; an alias reads the flattened node again: checked once)."""
-        checked = self.__dict__.setdefault("_checked", set())
-        if id(node) not in checked:
-            checked.add(id(node))
+    Raises:
+        yaml.YAMLError: not YAML; ``ConstructorError`` "duplicate key 'x'" with the key's line.
+    """
+    todo, checked = [yaml.compose(text, Loader=yaml.SafeLoader)], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in checked:
+            continue
+        checked.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
             seen = set()
-            for key_node, _ in node.value:
+            for key_node, value_node in node.value:
+                todo.append(value_node)
                 if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                    key = self.construct_object(key_node)  # ~ and null are one key; 1 and "1" two
+                    key = yaml.safe_load(yaml.serialize(key_node))
                     if (type(key), key) in seen:
                         raise yaml.constructor.ConstructorError(
                             None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
                     seen.add((type(key), key))
-        super().flatten_mapping(node)
+    return yaml.safe_load(text)
 
 
 def yaml_problem(e: yaml.YAMLError) -> str:
@@ -147,7 +157,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r}: expected --key.sub=value")
     key, text = item.split("=", 1)
     try:
-        value = yaml.load(text, UniqueKeyLoader) if text != "" else None  # noqa: S506 -- a SafeLoader
+        value = safe_load_unique(text) if text != "" else None
     except yaml.YAMLError:
         value = text
     return key.split("."), value

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from ..config import Config, dump_yaml, load_config, resolve
-from ..config_values import UniqueKeyLoader
+from ..config_values import safe_load_unique
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_png, atomic_write_text
 from .ablation_merge import base_digest, is_number, kept_final, kept_row, previous_report
@@ -100,7 +100,7 @@ def load_ablation(path: str | Path) -> Ablation:
     """
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), UniqueKeyLoader)  # noqa: S506 -- a SafeLoader; a key given twice raises
+        raw = safe_load_unique(path.read_text())  # a key given twice raises
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list) or "base" not in raw:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import torch
@@ -59,11 +58,10 @@ def load_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     elif pt.is_file():
         try:
             raw = torch.load(pt, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never here
-            raise CheckpointError(f"{pt}: holds objects other than tensors, or is not a torch file; not read "
-                                  "(weights are read with weights_only=True)") from None
         except Exception as e:  # torch.load raises many types for a corrupt file
             first = (str(e).strip().splitlines() or [""])[0]
+            if type(e).__name__ == "UnpicklingError":  # torch's own first line advises weights_only=False
+                first = "holds objects other than tensors, or is not a torch file; refused unread"
             raise CheckpointError(f"{pt}: unreadable ({type(e).__name__}: {first})") from None
         if not isinstance(raw, dict) or not all(isinstance(t, torch.Tensor) for t in raw.values()):
             raise CheckpointError(f"{pt}: not a state dict (a mapping of names to tensors)")

@@ -34,10 +34,11 @@ class LoopState:
         names = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in loop.items() if k in names})
         for key in ("epoch", "micro", "step", "bad_epochs", "skipped", "world_size", "best_epoch", "metrics_bytes"):
-            v = getattr(state, key)
-            if not (v is None and key in ("best_epoch", "metrics_bytes")) and (
-                    type(v) is not int or v < (key == "world_size")):
-                raise ValueError(f"loop.{key} is {v!r}, not an integer >= {int(key == 'world_size')}")
+            v, low = getattr(state, key), 1 if key == "world_size" else 0
+            if v is None and key in ("best_epoch", "metrics_bytes"):  # may be null
+                continue
+            if type(v) is not int or v < low:
+                raise ValueError(f"loop.{key} is {v!r}, not an integer >= {low}")
         if not (state.best is None or type(state.best) in (int, float)) or not (
                 isinstance(state.history, list) and all(isinstance(h, dict) for h in state.history)):
             raise ValueError("loop.best is not a number or loop.history is not a list of records")
