@@ -15,6 +15,8 @@ all bf16 on CUDA:
   (``aten._efficient_attention_forward``), 64-row tiles;
 * ``triton-B``: ours (:mod:`minbert.model.varlen_triton`), FlashAttention-2 in Triton with B-row
   tiles and a dropout mask that the backward redraws;
+* ``triton-B-fused``: the same forward, and the backward as one kernel with one program per
+  sequence and head (``fused_backward``) instead of a dQ and a dK, dV kernel with one program per tile;
 * ``cudnn``: cuDNN's attention with ragged offsets (``aten._cudnn_attention_forward``), where the
   installed cuDNN supports it (not in the default list: on torch 2.11 each eager call took tens
   of milliseconds);
@@ -125,10 +127,12 @@ def candidates(lengths: list[int], device: torch.device, nh: int, hs: int, with_
     out = {"flash": flash, "efficient": efficient, "cudnn": cudnn}
     for block in (16, 32, 64):
 
-        def ours(qkv, p, block=block):
-            return triton_varlen_attention(qkv, cu, mx, p, block)
+        for fused in (False, True):
 
-        out[f"triton-{block}"] = ours
+            def ours(qkv, p, block=block, fused=fused):
+                return triton_varlen_attention(qkv, cu, mx, p, block, fused)
+
+            out[f"triton-{block}" + ("-fused" if fused else "")] = ours
     for K in (k for k in (64, 128) if k >= mx):  # a bin holds whole sequences
         slot_of_token, token_of_slot, mask = binned_layout(lengths, K, device)
         nb = mask.shape[0]

@@ -25,6 +25,12 @@ Variants (``--variants``):
            nosplit  reductions not split into a partial and a final kernel (``split_reductions``
                     off: the LayerNorm and bias column sums over the step's tokens)
            agg      fusion of kernels that share no input (``aggressive_fusion``)
+           wgs      not inductor's: the encoder's ``weight_grad_stream`` (each projection's weight
+                    and bias gradients on a second CUDA stream beside its input gradient;
+                    :mod:`minbert.model.train_ops`), master variants only
+           fbwd     not inductor's: our attention kernel's backward as one kernel per step and layer
+                    (``fused_backward`` of :func:`minbert.model.varlen_triton.triton_varlen_attention`,
+                    patched in for this variant), master variants only
   peer     transformers + torch.compile(mode="reduce-overhead"), under inductor's defaults (the
            records of s21 and s22 listed it first, when it ran under the settings that the
            variant before it left)
@@ -34,6 +40,7 @@ Prints one JSON object (and writes it to --out): {"machine": {...}, "records": [
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -42,6 +49,7 @@ import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import minbert.model.bert as bert_module  # noqa: E402
 import overlap_step as ov  # noqa: E402
 import train_step as ts  # noqa: E402
 from minbert.model.bert import BertConfig, BertModel  # noqa: E402
@@ -50,6 +58,8 @@ from minbert.training.optim import AdamW, attach_master_weights  # noqa: E402
 
 KNOBS = {"cdt": ("coordinate_descent_tuning", True), "combo": ("combo_kernels", True),
          "nosplit": ("split_reductions", False), "agg": ("aggressive_fusion", True)}
+MODEL_KNOBS = {"wgs", "fbwd"}  # the encoder's, not inductor's: master variants only
+_OUR_KERNEL = bert_module._import_triton_kernel
 DEFAULTS = {name: getattr(torch._inductor.config, name) for name, _ in KNOBS.values()}
 
 
@@ -59,7 +69,7 @@ def set_knobs(variant: str) -> None:
 
     Raises:
         ValueError: an unknown knob in the name."""
-    chosen = variant.split("-")[1:]
+    chosen = [k for k in variant.split("-")[1:] if k not in MODEL_KNOBS]
     unknown = set(chosen) - set(KNOBS)
     if unknown:
         raise ValueError(f"unknown inductor knob(s) {sorted(unknown)} in {variant!r}; known: {sorted(KNOBS)}")
@@ -70,16 +80,28 @@ def set_knobs(variant: str) -> None:
         setattr(torch._inductor.config, name, value)
 
 
+def _fused_backward_kernel(requested: str):
+    """bert._import_triton_kernel with the one-kernel backward (knob fbwd; compiled into the step)."""
+    kernel = _OUR_KERNEL(requested)
+    return None if kernel is None else functools.partial(kernel, fused_backward=True)
+
+
 def prepare(variant: str, batches: list[dict]):
     set_knobs(variant)
     kind = variant.split("-")[0]
     if kind not in ("whole", "master"):
         raise ValueError(f"unknown variant {variant!r}")
+    knobs = set(variant.split("-")[1:])
+    wgs = "wgs" in knobs
     if kind == "whole":
+        if knobs & MODEL_KNOBS:
+            raise ValueError(f"{variant!r}: {sorted(knobs & MODEL_KNOBS)} are knobs of the master variants only")
         return ov.prepare("whole", batches)
+    bert_module._import_triton_kernel = _fused_backward_kernel if "fbwd" in knobs else _OUR_KERNEL
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    model = BertModel(BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa")).to(dev).train()
+    config = BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa", weight_grad_stream=wgs)
+    model = BertModel(config).to(dev).train()
     opt = AdamW(model.parameters(), lr=1e-5, fused=True, master_weights=True)
     attach_master_weights(model, opt)  # the parameters now bf16, the masters fp32 in opt's state
     params = list(model.parameters())

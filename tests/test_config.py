@@ -472,6 +472,13 @@ def test_runtime_settings_refuse_what_cannot_run():
     with pytest.raises(ConfigError) as ei:
         runtime_settings(load_config(None, ["train.cuda_graphs=on"]), "cpu", world_size=1)
     assert str(ei.value) == "train.cuda_graphs=on needs a CUDA device; use auto or off"
+    wgs = "model.weight_grad_stream needs packed training on CUDA (model.packing); set it to false"
+    for overrides, device in ((["model.weight_grad_stream=true"], "cpu"),
+                              (["model.weight_grad_stream=true", "model.packing=off"], "cuda")):
+        with pytest.raises(ConfigError) as ei:
+            runtime_settings(load_config(None, overrides), device)
+        assert str(ei.value) == wgs
+    assert runtime_settings(load_config(None, ["model.weight_grad_stream=true"]), "cuda").pack_multiple > 0
 
 
 def test_cuda_graphs_option_resolution():

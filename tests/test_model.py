@@ -313,13 +313,21 @@ def test_config_rejects_unknown_varlen_kernel(kernel):
 
 
 def test_varlen_kernel_is_ours_not_the_config_json(tmp_path):
-    """varlen_kernel is a run-time choice like attn_implementation: not written to config.json,
-    and a config.json that carries one does not set it."""
-    cfg = BertConfig(varlen_kernel="flash")
-    assert "varlen_kernel" not in cfg.to_hf_dict()
-    (tmp_path / "config.json").write_text(json.dumps({**cfg.to_hf_dict(), "varlen_kernel": "flash"}))
-    assert BertConfig.from_json_file(tmp_path / "config.json").varlen_kernel == "auto"
+    """varlen_kernel and weight_grad_stream are run-time choices like attn_implementation: not
+    written to config.json, and a config.json that carries them does not set them."""
+    cfg = BertConfig(varlen_kernel="flash", weight_grad_stream=True)
+    assert not {"varlen_kernel", "weight_grad_stream", "attn_implementation"} & set(cfg.to_hf_dict())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg.to_hf_dict(), "varlen_kernel": "flash",
+                                                      "weight_grad_stream": True}))
+    read = BertConfig.from_json_file(tmp_path / "config.json")
+    assert (read.varlen_kernel, read.weight_grad_stream) == ("auto", False)
     assert BertConfig.from_json_file(tmp_path / "config.json", varlen_kernel="flash").varlen_kernel == "flash"
+
+
+@pytest.mark.parametrize("value", [1, "true", None])
+def test_config_rejects_a_weight_grad_stream_that_is_not_a_bool(value):
+    with pytest.raises(ConfigError, match="weight_grad_stream must be true or false"):
+        BertConfig(weight_grad_stream=value)
 
 
 def test_from_pretrained_rejects_unknown_attn_implementation(tiny_encoder):

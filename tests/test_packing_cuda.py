@@ -214,3 +214,56 @@ def test_the_background_compile_fills_the_cache_that_a_packed_step_reads(tmp_pat
     step = subprocess.run([sys.executable, "-c", _TRAIN_A_PACKED_STEP], capture_output=True, text=True)
     assert step.returncode == 0, step.stderr[-2000:]
     assert sorted(p.name for p in cache.iterdir()) == compiled  # nothing compiled again
+
+
+def test_the_weight_grad_stream_gives_the_serial_gradients_eager_compiled_and_graphed(monkeypatch):
+    """``weight_grad_stream`` runs each projection's dW and db on a second stream beside its dx:
+    the gradients of a packed bf16 step are the serial ones, run eagerly, compiled, and compiled
+    inside our CUDA graphs as training runs it (GraphedSteps, the fork and the join captured;
+    the gradients of the graph's third replay). Bit for bit, but for the embeddings' compiled
+    gradients, whose scatter-add inductor lowers to atomics (an order of fp32 additions)."""
+    from minbert.model import train_ops
+    from minbert.model.packing import PackedBatch
+    from minbert.training.cudagraph import GraphedSteps
+
+    forks = []
+    two_streams = train_ops._linear_grads_two_streams
+    monkeypatch.setattr(train_ops, "_linear_grads_two_streams", lambda *a: forks.append(1) or two_streams(*a))
+    ids, types, mask = (t.cuda() for t in batch([37, 5, 120, 64, 1, 90], 128))
+    p = pack(ids, mask, types, multiple_of=64, max_seqlen=128)
+    inputs = {"input_ids": p.input_ids, "token_type_ids": p.token_type_ids, "position_ids": p.position_ids,
+              "cu_seqlens": p.cu_seqlens}
+    got = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(**CFG, attn_implementation="sdpa", weight_grad_stream=flag)).cuda().train()
+
+        def loss_fn(b, model=model):
+            packed = PackedBatch(b["input_ids"], b["token_type_ids"], b["position_ids"], b["cu_seqlens"],
+                                 p.max_seqlen, p.num_real)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model.forward_packed(packed)
+                loss = out.last_hidden_state.float().pow(2).mean() + out.pooler_output.float().mean()
+            return loss, loss.detach()
+
+        compiled = torch.compile(loss_fn, dynamic=True)
+        for mode, fn in (("eager", loss_fn), ("compiled", compiled)):
+            model.zero_grad(set_to_none=True)
+            fn(inputs)[0].backward()
+            got[flag, mode] = {n: q.grad.clone() for n, q in model.named_parameters()}
+        graphs = GraphedSteps(list(model.parameters()), capture_after=0, direct=True)
+        for _ in range(3):  # captured at the first (after an eager run and the warm-up), replayed at each
+            graphs.zero_grad()
+            graphs.run("step", compiled, inputs)
+            graphs.expose_grads()
+        assert (graphs.stats()["captured"], graphs.stats()["replays"]) == (1, 3)
+        got[flag, "graphed"] = {n: q.grad.clone() for n, q in model.named_parameters()}
+        torch._dynamo.reset()
+        assert bool(forks) == flag  # the two-stream products ran where the flag is on, only there
+    for mode in ("eager", "compiled", "graphed"):
+        for n, want in got[False, mode].items():
+            if "embeddings" in n and mode != "eager":
+                torch.testing.assert_close(got[True, mode][n], want, rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(got[True, mode][n], want), (mode, n)
+    assert sum(g.abs().sum() for g in got[True, "graphed"].values()) > 0

@@ -175,16 +175,45 @@ def test_float64_stays_float64_under_autocast_as_with_f_linear():
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("asks", [[True, True, True], [False, True, False], [True, False, True]])
-def test_the_backward_operator_matches_its_fake_and_its_hand_computed_products(asks):
-    x2, g, w = torch.randn(6, 4), torch.randn(6, 5), torch.randn(5, 4)
-    args = (x2, g, w, torch.float32, torch.float32, asks)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("side", [False, True])
+@pytest.mark.parametrize("asks", [[True, True, True], [False, True, False], [True, False, True], [True, True, False]])
+def test_the_backward_operator_matches_its_fake_and_its_hand_computed_products(asks, side, device):
+    """With ``weight_grad_stream`` (side) on CUDA, dW and db run on a second stream: the same
+    products, and done when the operator returns."""
+    x2, g, w = (torch.randn(*s, device=device) for s in ((6, 4), (6, 5), (5, 4)))
+    args = (x2, g, w, torch.float32, torch.float32, asks, side)
     torch.library.opcheck(linear_grads_op, args, test_utils=("test_schema", "test_faketensor"))
     want = [g @ w, g.t() @ x2, g.sum(0)]
     got = linear_grads_op(*args)
     assert len(got) == sum(asks)
     for a, b in zip(got, [t for t, keep in zip(want, asks, strict=True) if keep], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_grad_stream_reaches_every_node_of_the_packed_step(monkeypatch):
+    """BertConfig.weight_grad_stream goes through compute_copies' Copies to each fused_linear
+    node's backward operator (on a CPU it then runs the products one after the other)."""
+    from minbert.model import train_ops
+
+    seen = []
+
+    def spy(*args):
+        seen.append(args[6])
+        return linear_grads(*args)
+
+    linear_grads = train_ops.linear_grads
+    monkeypatch.setattr(train_ops, "linear_grads", spy)
+    ids = torch.tensor([[5, 6, 7, 8, 0], [9, 10, 0, 0, 0]])
+    packed = pack(ids, (ids > 0).long(), torch.zeros_like(ids), multiple_of=4)
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, attn_implementation="eager",
+                                     weight_grad_stream=flag)).train()
+        seen.clear()
+        model.forward_packed(packed).last_hidden_state.sum().backward()
+        assert seen == [flag] * 8  # 4 nodes per layer
 
 
 def small_bert(dropout=0.0):

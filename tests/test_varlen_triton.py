@@ -30,6 +30,16 @@ if not CUDA and tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9
 LENGTHS = [5, 32, 1, 33, 0, 70, 20]
 
 
+@pytest.fixture(autouse=True)
+def nan_filled_empty_tensors():
+    """torch.empty gives NaN (deterministic mode's fill_uninitialized_memory), so that a row a
+    kernel leaves unwritten fails a test instead of holding an earlier run's values."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def packed(lengths, nh=2, hs=32, seed=0):
     """qkv (N, 3, nh, hs), a leaf (the q/k/v GEMM's output layout); cu_seqlens; max_seqlen."""
     g = torch.Generator().manual_seed(seed)
@@ -57,10 +67,13 @@ def reference(q, k, v, cu, keep=None, p=0.0):
     return torch.cat(outs)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["split-backward", "fused-backward"])
 @pytest.mark.parametrize("hs, block", [(32, 32), (64, 32), (64, 16), (32, 64)])
-def test_matches_the_eager_reference_without_dropout(hs, block):
+def test_matches_the_eager_reference_without_dropout(hs, block, fused):
+    """LENGTHS has sequences of one tile or less and of two and three tiles (block 32; more at
+    16), which the fused backward handles by its two paths."""
     qkv, cu, mx = packed(LENGTHS, hs=hs)
-    out = triton_varlen_attention(qkv, cu, mx, 0.0, block)
+    out = triton_varlen_attention(qkv, cu, mx, 0.0, block, fused)
     ref = reference(*qkv.unbind(1), cu)
     assert out.dtype == DTYPE and out.shape == qkv[:, 0].shape
     torch.testing.assert_close(out.float(), ref, atol=TOL, rtol=TOL)
@@ -94,14 +107,15 @@ def test_any_input_layout_gives_the_same_output_and_gradients(layout):
     torch.testing.assert_close(grads(got, (other,))[0], want_grad, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["split-backward", "fused-backward"])
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_the_custom_ops_pass_opcheck_with_head_major_inputs(dropout):
+def test_the_custom_ops_pass_opcheck_with_head_major_inputs(dropout, fused):
     """torch.library.opcheck: schema, fake (shape and stride) functions against the real ops, and
     the autograd registration, on inputs whose storage is head-major."""
     qkv, cu, mx = packed([5, 33, 20])
     head_major = layouts(qkv)["head_major"].requires_grad_()
     seed = torch.tensor([99], device=DEV)
-    torch.library.opcheck(varlen_attention_fwd, (head_major, cu, mx, dropout, seed, 32))
+    torch.library.opcheck(varlen_attention_fwd, (head_major, cu, mx, dropout, seed, 32, fused))
 
 
 @pytest.mark.parametrize("p", [1.0, -0.1, 1.5])
@@ -128,8 +142,9 @@ def dropout_mask(lengths, nh, p, seed, block):
     return masks
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["split-backward", "fused-backward"])
 @pytest.mark.parametrize("block", [32, 64])
-def test_dropout_forward_and_backward_use_one_mask(block):
+def test_dropout_forward_and_backward_use_one_mask(block, fused):
     """With a fixed seed tensor the mask depends on (head, query, key) only: read it out with
     one-hot values, then forward and backward of random inputs equal the eager reference with
     that mask applied, which holds only if the backward kernels redraw the forward's mask."""
@@ -139,7 +154,7 @@ def test_dropout_forward_and_backward_use_one_mask(block):
     keep = dropout_mask(lengths, qkv.shape[2], p, seed, block)
     share = torch.cat([m.flatten() for m in keep]).float().mean().item()
     assert 0.6 < share < 0.8  # 1 - p, over about 13,000 draws
-    out = varlen_attention_fwd(qkv, cu, mx, p, seed, block)[0]
+    out = varlen_attention_fwd(qkv, cu, mx, p, seed, block, fused)[0]
     ref = reference(*qkv.unbind(1), cu, keep, p)
     torch.testing.assert_close(out.float(), ref, atol=TOL, rtol=TOL)
     (got,), (want,) = grads(out, (qkv,)), grads(ref, (qkv,))
@@ -209,6 +224,6 @@ def test_the_encoders_packed_step_feeds_the_kernel_one_qkv_tensor_and_joins_no_g
 
 
 def test_compile_kernels_refuses_an_unknown_part():
-    parts = "'forward', 'backward', 'backward-dq', 'backward-dkdv', 'both'"
+    parts = "'forward', 'backward', 'backward-dq', 'backward-dkdv', 'backward-fused', 'both'"
     with pytest.raises(ValueError, match=f"part must be one of {parts}, got 'sideways'"):
         compile_kernels(4, 32, 0.1, part="sideways")

@@ -52,8 +52,6 @@ from .errors import ConfigError
 MAX_LR = 1e30  # the optimizers' float32 state overflows near 3.4e38
 
 
-
-
 @dataclass(frozen=True)
 class Config:
     """A run's configuration: the sections below, each a mapping."""
@@ -312,15 +310,12 @@ def validate_training(cfg: Config) -> Config:
     if cfg.model.max_length < 3:
         raise ConfigError(f"model.max_length {cfg.model.max_length} is too small (at least 3: [CLS] x [SEP])")
     if tc.freeze_layers < -1:
-        raise ConfigError(
-            f"train.freeze_layers {tc.freeze_layers}: must be -1 (embeddings only), 0 (nothing) or k >= 1 "
-            "(embeddings + the first k encoder layers)"
-        )
+        raise ConfigError(f"train.freeze_layers {tc.freeze_layers}: must be -1 (embeddings only), 0 (nothing) or "
+                          "k >= 1 (embeddings + the first k encoder layers)")
     for name, tcfg in cfg.tasks.items():
         if tcfg.head_layers < 0:
-            raise ConfigError(
-                f"tasks.{name}.head_layers {tcfg.head_layers}: must be >= 0 (extra layers of the cosine head)"
-            )
+            raise ConfigError(f"tasks.{name}.head_layers {tcfg.head_layers}: must be >= 0 "
+                              "(extra layers of the cosine head)")
     return cfg
 
 
@@ -353,8 +348,8 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
 
     Raises:
         ConfigError: ``train.pcgrad`` with several processes or without the parallel routine;
-            ``train.cuda_graphs=on`` where graphs cannot run; ``optim.master_weights`` without
-            bf16 amp or with several processes (their gradients would be summed in bf16).
+            ``train.cuda_graphs=on`` where graphs cannot run; ``model.weight_grad_stream`` unpacked
+            or off CUDA; ``optim.master_weights`` without bf16 amp or with several processes.
     """
     tc = cfg.train
     if tc.pcgrad and (tc.routine != "parallel" or world_size > 1):
@@ -370,6 +365,8 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
     pad_multiple = cfg.data.pad_to_multiple_of or (16 if graphs else 1)
     if packed:  # the encoder sees only the real tokens: rows are padded to one length, packs come in buckets
         pad_multiple = cfg.model.max_length
+    if cfg.model.weight_grad_stream and not (packed and device_type == "cuda"):
+        raise ConfigError("model.weight_grad_stream needs packed training on CUDA (model.packing); set it to false")
     if cfg.optim.master_weights and (not amp or world_size > 1):
         raise ConfigError("optim.master_weights needs bf16 amp (train.amp=bf16, or auto on CUDA) in one process "
                           f"(got amp {'bf16' if amp else 'off'}, {world_size} processes)")
@@ -380,7 +377,7 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
 def encoder_overrides(cfg: Config) -> dict:
     """The :class:`minbert.model.bert.BertConfig` fields that ``cfg.model`` sets over the encoder's
     ``config.json`` (where a value is null the file's stays)."""
-    overrides = {"attn_implementation": cfg.model.attn_implementation, "varlen_kernel": cfg.model.varlen_kernel}
+    overrides = {k: getattr(cfg.model, k) for k in ("attn_implementation", "varlen_kernel", "weight_grad_stream")}
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         if getattr(cfg.model, key) is not None:
             overrides[key] = getattr(cfg.model, key)
@@ -478,7 +475,8 @@ def check_encoder_config(c: Any) -> None:
     Raises:
         ConfigError: a value of the wrong type or out of range, ``hidden_size`` not a multiple of
             ``num_attention_heads``, ``pad_token_id`` >= ``vocab_size``, an unsupported
-            ``hidden_act``, ``position_embedding_type``, ``attn_implementation`` or ``varlen_kernel``.
+            ``hidden_act``, ``position_embedding_type``, ``attn_implementation`` or ``varlen_kernel``;
+            a ``weight_grad_stream`` that is not a bool.
     """
     for name, (what, ok) in _ENCODER_NUMBERS.items():
         v = getattr(c, name)
@@ -498,3 +496,5 @@ def check_encoder_config(c: Any) -> None:
         raise ConfigError(f"attn_implementation {c.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}")
     if c.varlen_kernel not in VARLEN_KERNELS:
         raise ConfigError(f"varlen_kernel {c.varlen_kernel!r} is not one of {VARLEN_KERNELS}")
+    if not isinstance(c.weight_grad_stream, bool):
+        raise ConfigError(f"weight_grad_stream must be true or false, got {c.weight_grad_stream!r}")

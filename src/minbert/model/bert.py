@@ -72,6 +72,7 @@ class BertConfig:
     position_embedding_type: str = "absolute"
     attn_implementation: str = "sdpa"
     varlen_kernel: str = "auto"  # packed "sdpa" attention: auto, efficient, flash or triton (not in config.json)
+    weight_grad_stream: bool = False  # packed training on CUDA: dW, db beside dx on a second stream (train_ops)
 
     def __post_init__(self) -> None:
         check_encoder_config(self)  # raises ConfigError
@@ -98,7 +99,7 @@ class BertConfig:
         if model_type != "bert":
             raise CheckpointError(f"{path}: model_type is {model_type!r}, only 'bert' is supported")
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in raw.items() if k in names and k not in ("attn_implementation", "varlen_kernel")}
+        kwargs = {k: v for k, v in raw.items() if k in names and k not in RUNTIME_FIELDS}
         try:
             cls(**kwargs)  # the file's own values
         except ConfigError as e:
@@ -107,11 +108,12 @@ class BertConfig:
 
     def to_hf_dict(self) -> dict:
         """The config as Hugging Face writes it in ``config.json``."""
-        d = dataclasses.asdict(self)
-        d.pop("attn_implementation")
-        d.pop("varlen_kernel")
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
         d.update(model_type="bert", architectures=["BertModel"])
         return d
+
+
+RUNTIME_FIELDS = ("attn_implementation", "varlen_kernel", "weight_grad_stream")  # how to run: not in config.json
 
 
 class BertOutput(NamedTuple):
@@ -464,7 +466,8 @@ class BertModel(nn.Module):
             )
         x = self.embeddings(packed.input_ids, packed.token_type_ids, packed.position_ids)  # (N, H)
         groups = sum((lay.projection_groups() for lay in self.encoder.layer), []) if torch.is_grad_enabled() else []
-        copies = compute_copies(groups, x) if groups and plain_groups(groups) else None  # training: train_ops' nodes
+        copies = (compute_copies(groups, x, self.config.weight_grad_stream)  # training: train_ops' nodes
+                  if groups and plain_groups(groups) else None)
         for layer in self.encoder.layer:
             x = layer.forward_packed(x, packed.cu_seqlens, packed.max_seqlen, copies)
         first = packed.cu_seqlens[: packed.num_real].long()  # (S_real,) each sequence's [CLS]

@@ -32,6 +32,13 @@ a hook (pruning's mask, for one) or a parametrization keeps the modules' own cal
 Under ``torch.compile`` the backward's GEMMs run as one opaque operator
 (``minbert::linear_grads``), so that inductor neither re-derives them nor casts their fp32
 outputs. The node's backward runs once: a second derivative (``create_graph=True``) raises.
+
+With ``Copies.weight_grad_stream`` (CUDA) the backward's dW and db GEMMs run on a second CUDA
+stream while dx = g W runs on the current one: the two depend on g only, and at a few hundred
+tokens each fills a fraction of the GPU's SMs. The current stream waits for the second before the
+operator returns, so every tensor it reads or writes is done with when it returns (inside a CUDA
+graph capture too: the fork and the join are captured). The values are those of the serial
+products.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class Copies(NamedTuple):
     """What :func:`compute_copies` gives the nodes of one forward."""
 
     stacked: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]]  # group key -> (W, b)
+    weight_grad_stream: bool = False  # dW, db on a second CUDA stream beside dx (module docstring)
 
 
 _ONES: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}  # bias_ones' blocks, largest last
@@ -104,12 +112,15 @@ def _capturing(device: torch.device) -> bool:
 
 def linear_grads(
     x2: torch.Tensor, g: torch.Tensor, w: torch.Tensor, dx_dtype: torch.dtype, w_dtype: torch.dtype,
-    asks: list[bool],
+    asks: list[bool], weight_grad_stream: bool = False,
 ) -> list[torch.Tensor]:
     """The products of :func:`fused_linear`'s backward: x2 (M, K), g (M, N) and w (N, K) in the
     compute dtype; ``asks``: [dx, dW, db] wanted. Returns those asked for, in that order:
     dx = g W (M, K) in ``dx_dtype``; dW = g^T x2 (N, K) and db = 1^T g (N,) in ``w_dtype``, 1^T
-    from :func:`bias_ones`."""
+    from :func:`bias_ones`. ``weight_grad_stream``: on CUDA, with dx and dW or db asked for, dW and
+    db run on a second stream beside dx (:func:`_side_stream`; the same values)."""
+    if weight_grad_stream and g.is_cuda and asks[0] and (asks[1] or asks[2]):
+        return _linear_grads_two_streams(x2, g, w, dx_dtype, w_dtype, asks)
     out = [_mm(g, w, dx_dtype)] if asks[0] else []
     if asks[1]:
         out.append(_mm(g.t(), x2, w_dtype))
@@ -118,11 +129,58 @@ def linear_grads(
     return out
 
 
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}  # per device, made once
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The second stream of :func:`linear_grads` on ``device``, made on first use and kept, so that
+    cuBLAS makes its workspace for it once (per stream, lazily) rather than at every call. At
+    priority -1: torch hands out priority-0 streams from a small round-robin pool, from which a
+    CUDA graph's capture stream comes too, and the two must differ for the work to overlap (in a
+    captured graph the fork and the join are edges; the streams themselves are not replayed)."""
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device, priority=-1)
+    return _SIDE_STREAMS[device]
+
+
+def _mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """a @ b written into ``out`` (CUDA), accumulated in fp32 and written in out's dtype."""
+    if a.dtype != out.dtype:
+        torch.mm(a, b, out_dtype=out.dtype, out=out)
+    else:
+        torch.mm(a, b, out=out)
+
+
+def _linear_grads_two_streams(
+    x2: torch.Tensor, g: torch.Tensor, w: torch.Tensor, dx_dtype: torch.dtype, w_dtype: torch.dtype,
+    asks: list[bool],
+) -> list[torch.Tensor]:
+    """:func:`linear_grads` with dW and db on the second stream. Their outputs (and the ones) are
+    made on the current stream before the fork, so that the caching allocator sees them as its
+    own; the join before the return (also when a product raises) orders every later use and free
+    after the second stream's work."""
+    main, side = torch.cuda.current_stream(g.device), _side_stream(g.device)
+    dw = g.new_empty(w.shape, dtype=w_dtype) if asks[1] else None  # (N, K)
+    db = g.new_empty((1, w.shape[0]), dtype=w_dtype) if asks[2] else None  # (1, N)
+    ones = bias_ones(g.shape[0], g.dtype, g.device) if asks[2] else None  # (1, M)
+    side.wait_stream(main)
+    try:
+        with torch.cuda.stream(side):
+            if dw is not None:
+                _mm_into(g.t(), x2, dw)
+            if db is not None:
+                _mm_into(ones, g, db)
+        dx = _mm(g, w, dx_dtype)  # (M, K), on the current stream beside them
+    finally:
+        main.wait_stream(side)
+    return [dx] + [t for t in (dw, None if db is None else db[0]) if t is not None]
+
+
 linear_grads_op = torch.library.custom_op("minbert::linear_grads", linear_grads, mutates_args=())
 
 
 @linear_grads_op.register_fake
-def _(x2, g, w, dx_dtype, w_dtype, asks):  # noqa: ANN001, ANN202
+def _(x2, g, w, dx_dtype, w_dtype, asks, weight_grad_stream=False):  # noqa: ANN001, ANN202
     shapes = [(x2.shape, dx_dtype), (w.shape, w_dtype), ((w.shape[0],), w_dtype)]
     return [x2.new_empty(s, dtype=d) for (s, d), a in zip(shapes, asks, strict=True) if a]
 
@@ -131,14 +189,16 @@ class _FusedLinear(torch.autograd.Function):
     """Projections of one input as one node; see the module docstring.
 
     forward(x (..., K), compute dtype, stacked (W, b) in the compute dtype or None (cast and
-    stack here), n, W_1 (N_1, K), ..., W_n, b_1 (N_1,) or None, ..., b_n) -> (..., sum N_i) in
-    the compute dtype. Biases are all given or all None.
+    stack here), weight_grad_stream (:attr:`Copies.weight_grad_stream`), n, W_1 (N_1, K), ...,
+    W_n, b_1 (N_1,) or None, ..., b_n) -> (..., sum N_i) in the compute dtype. Biases are all
+    given or all None.
     """
 
     @staticmethod
     def forward(  # noqa: ANN205
         ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dtype: torch.dtype,
-        stacked: tuple[torch.Tensor, torch.Tensor | None] | None, n: int, *params: torch.Tensor | None,
+        stacked: tuple[torch.Tensor, torch.Tensor | None] | None, weight_grad_stream: bool, n: int,
+        *params: torch.Tensor | None,
     ):
         weights, biases = params[:n], params[n:]
         M, K = math.prod(x.shape[:-1]), x.shape[-1]
@@ -153,26 +213,27 @@ class _FusedLinear(torch.autograd.Function):
         y2 = y.view(M, w.shape[0])
         torch.mm(x2, w.t(), out=y2) if b is None else torch.addmm(b, x2, w.t(), out=y2)  # (M, N)
         ctx.save_for_backward(x2, w)
-        ctx.meta = (x.shape, x.dtype, weights[0].dtype, [p.shape[0] for p in weights], biases[0] is not None)
+        ctx.meta = (x.shape, x.dtype, weights[0].dtype, [p.shape[0] for p in weights], biases[0] is not None,
+                    weight_grad_stream)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor):  # noqa: ANN205
         x2, w = ctx.saved_tensors
-        x_shape, x_dtype, w_dtype, sizes, has_bias = ctx.meta
-        n, need = len(sizes), ctx.needs_input_grad
-        need_w, need_b = any(need[4 : 4 + n]), has_bias and any(need[4 + n :])
+        x_shape, x_dtype, w_dtype, sizes, has_bias, side = ctx.meta
+        n, need = len(sizes), ctx.needs_input_grad[5:]  # the W_i's and b_i's
+        need_x, need_w, need_b = ctx.needs_input_grad[0], any(need[:n]), has_bias and any(need[n:])
         g2 = g.reshape(x2.shape[0], w.shape[0]).to(x2.dtype)  # (M, N)
         # compiled: one opaque operator, so that inductor keeps the fp32 outputs of the GEMMs
         products = linear_grads_op if torch.compiler.is_compiling() else linear_grads
-        out = iter(products(x2, g2, w, x_dtype, w_dtype, [need[0], need_w, need_b]))
-        dx = next(out).view(x_shape) if need[0] else None
+        out = iter(products(x2, g2, w, x_dtype, w_dtype, [need_x, need_w, need_b], side))
+        dx = next(out).view(x_shape) if need_x else None
         dws = next(out).split(sizes) if need_w else [None] * n  # row blocks: views, no copies
         dbs = next(out).split(sizes) if need_b else [None] * n
-        dws = [d if need[4 + i] else None for i, d in enumerate(dws)]
-        dbs = [d if need[4 + n + i] else None for i, d in enumerate(dbs)]
-        return (dx, None, None, None, *dws, *dbs)
+        dws = [d if need[i] else None for i, d in enumerate(dws)]
+        dbs = [d if need[n + i] else None for i, d in enumerate(dbs)]
+        return (dx, None, None, None, None, *dws, *dbs)
 
 
 def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], copies: Copies | None = None) -> torch.Tensor:
@@ -188,17 +249,19 @@ def fused_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...], copies: Copies
     if len({b is None for b in biases}) > 1:
         raise ValueError("fused_linear needs a bias in every linear or in none")
     stacked = None if copies is None else copies.stacked.get(group_key(linears))
-    return _FusedLinear.apply(x, _compute_dtype(x, weights[0]), stacked, len(linears), *weights, *biases)
+    side = copies is not None and copies.weight_grad_stream
+    return _FusedLinear.apply(x, _compute_dtype(x, weights[0]), stacked, side, len(linears), *weights, *biases)
 
 
-def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copies:
+def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor, weight_grad_stream: bool = False) -> Copies:
     """The weights and biases of each group of ``linears`` stacked in the compute dtype of input
     ``x`` (autocast's on x's device, else the weights'), keyed by :func:`group_key`, written by one
     multi-tensor copy (``torch._foreach_copy_``) into one buffer (compiled: one ``torch.cat`` per
     group); none where the weights are in that dtype already (the nodes then stack them
     themselves). Detached: the gradients of :func:`fused_linear` go to the parameters
     themselves. The keys hold while the modules keep their parameters (see
-    :func:`plain_groups`).
+    :func:`plain_groups`). ``weight_grad_stream``: the nodes' dW and db on a second CUDA stream
+    (:attr:`Copies.weight_grad_stream`).
 
     Raises:
         ValueError: a group where some linears have a bias and some have none."""
@@ -207,13 +270,14 @@ def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copi
     params = [p for grp in groups for p in [m.weight for m in grp] + [m.bias for m in grp] if p is not None]
     dtype = _compute_dtype(x, params[0])
     if all(p.dtype == dtype for p in params):
-        return Copies({})
+        return Copies({}, weight_grad_stream)
     # compiled: one cat per group, which inductor fuses with its casts; the one-buffer form below
     # compiles to one gather kernel of about 3 ms a step (bert-base; docs/performance.md)
     if torch.compiler.is_compiling():
         return Copies({group_key(grp): (torch.cat([m.weight.detach().to(dtype) for m in grp]),
                                         None if grp[0].bias is None else
-                                        torch.cat([m.bias.detach().to(dtype) for m in grp])) for grp in groups})
+                                        torch.cat([m.bias.detach().to(dtype) for m in grp])) for grp in groups},
+                      weight_grad_stream)
     # eager: one multi-tensor copy into one buffer, whose views are the stacked tensors
     buf = x.new_empty(sum(p.numel() for p in params), dtype=dtype)  # each group's W_1..W_n, then b_1..b_n
     dst = [v.view(p.shape) for v, p in zip(buf.split([p.numel() for p in params]), params, strict=True)]
@@ -226,7 +290,7 @@ def compute_copies(groups: list[tuple[nn.Linear, ...]], x: torch.Tensor) -> Copi
         b = None if grp[0].bias is None else buf[at : at + N]  # (N,)
         at += 0 if b is None else N
         stacked[group_key(grp)] = (w, b)
-    return Copies(stacked)
+    return Copies(stacked, weight_grad_stream)
 
 
 def plain_groups(groups: list[tuple[nn.Module | None, ...]]) -> bool:

@@ -116,37 +116,13 @@ def _bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, CU, SEED, sm_scale, drop_th
                    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
                    HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """dQ of one query tile; also writes D = rowsum(dO * O) for the dK, dV kernel."""
-    pid_m, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    start = tl.load(CU + seq)
-    L = tl.load(CU + seq + 1) - start
-    if pid_m * BLOCK_M >= L:
+    m0, start, L, h = _this_tile(CU, BLOCK_M)
+    if m0 >= L:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    d = tl.arange(0, HS)
-    row_ok = rows < L
-    tok = start + rows
-    q = _rows(Q, tok, h, s_qt, s_qh, d, row_ok)
-    do = _rows(DO, tok, h, s_dt, s_dh, d, row_ok)
-    o = _rows(OUT, tok, h, s_ot, s_oh, d, row_ok)
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
+    delta, tok, row_ok = _dq_tile(Q, K, V, OUT, DO, LSE, DQ, start, L, m0, h, SEED, sm_scale, drop_thr,
+                                  keep_scale, N, rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh,
+                                  s_dt, s_dh, s_gt, s_gh, HS, BLOCK_M, BLOCK_N, DROPOUT)
     tl.store(DELTA + h * N + tok, delta, mask=row_ok)
-    lse = tl.load(LSE + h * N + tok, mask=row_ok, other=0.0)
-    dq = tl.zeros((BLOCK_M, HS), tl.float32)
-    if DROPOUT:
-        seed = tl.load(SEED)
-    for n0 in range(0, L, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < L
-        k = _rows(K, start + cols, h, s_kt, s_kh, d, col_ok)
-        v = _rows(V, start + cols, h, s_vt, s_vh, d, col_ok)
-        p = _probs(q, k, lse, sm_scale, row_ok, col_ok)  # (BLOCK_M, BLOCK_N)
-        dp = tl.dot(do, tl.trans(v))  # dL/d(dropped P)
-        if DROPOUT:
-            keep = _dropout_keep(seed, h, tok, n0, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
-            dp = tl.where(keep, dp * keep_scale, 0.0)
-        ds = p * (dp - delta[:, None])  # dL/dS (softmax backward)
-        dq += tl.dot(ds.to(k.dtype), k)
-    _store_rows(DQ, tok, h, s_gt, s_gh, d, row_ok, dq * sm_scale)
 
 
 @triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
@@ -154,37 +130,140 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, drop_t
                      s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_dt, s_dh, s_gt, s_gh,
                      HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     """dK and dV of one key tile, looping over the sequence's query tiles."""
-    pid_n, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n0, start, L, h = _this_tile(CU, BLOCK_N)
+    if n0 >= L:
+        return
+    _dkdv_tile(Q, K, V, DO, DO, LSE, DELTA, DK, DV, start, L, n0, h, SEED, sm_scale, drop_thr,
+               keep_scale, N, rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_dt, s_dh, s_dt, s_dh, s_gt, s_gh,
+               HS, BLOCK_M, BLOCK_N, DROPOUT, False)
+
+
+@triton.jit(do_not_specialize=["N", "rng_stride"])  # one compile for every batch
+def _bwd_fused_kernel(Q, K, V, OUT, DO, LSE, DQ, DK, DV, CU, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
+                      s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
+                      HS: tl.constexpr, BLOCK: tl.constexpr, DROPOUT: tl.constexpr):
+    """dQ, dK and dV of one sequence and head in one program (grid: sequences x heads). A
+    sequence of at most one tile computes P and dS once for all three (the split kernels compute
+    them once each); a longer one runs the dK, dV tiles and then the dQ tiles, one after the other,
+    with D computed from dO and OUT where it is needed."""
+    seq, h = tl.program_id(0), tl.program_id(1)
     start = tl.load(CU + seq)
     L = tl.load(CU + seq + 1) - start
-    if pid_n * BLOCK_N >= L:
-        return
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if L <= BLOCK:
+        seed = tl.load(SEED) if DROPOUT else 0
+        d = tl.arange(0, HS)
+        ok = tl.arange(0, BLOCK) < L
+        tok = start + tl.arange(0, BLOCK)
+        q, do, delta, lse = _query_rows(Q, DO, OUT, LSE, tok, h, N, d, ok, s_qt, s_qh, s_dt, s_dh, s_ot, s_oh)
+        k = _rows(K, tok, h, s_kt, s_kh, d, ok)
+        v = _rows(V, tok, h, s_vt, s_vh, d, ok)
+        pd, ds = _pd_ds(q, k, v, do, lse, delta, seed, h, tok, 0, sm_scale, drop_thr, keep_scale, rng_stride,
+                        ok, ok, BLOCK, BLOCK, DROPOUT)
+        _store_rows(DV, tok, h, s_gt, s_gh, d, ok, tl.dot(tl.trans(pd.to(do.dtype)), do))
+        _store_rows(DK, tok, h, s_gt, s_gh, d, ok, tl.dot(tl.trans(ds.to(q.dtype)), q) * sm_scale)
+        _store_rows(DQ, tok, h, s_gt, s_gh, d, ok, tl.dot(ds.to(k.dtype), k) * sm_scale)
+    else:
+        for n0 in range(0, L, BLOCK):
+            _dkdv_tile(Q, K, V, OUT, DO, LSE, LSE, DK, DV, start, L, n0, h, SEED, sm_scale, drop_thr, keep_scale,
+                       N, rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
+                       HS, BLOCK, BLOCK, DROPOUT, True)
+        for m0 in range(0, L, BLOCK):
+            _dq_tile(Q, K, V, OUT, DO, LSE, DQ, start, L, m0, h, SEED, sm_scale, drop_thr, keep_scale, N,
+                     rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
+                     HS, BLOCK, BLOCK, DROPOUT)
+
+
+# the backward kernels' tile functions (Triton looks them up when it compiles a kernel)
+
+
+@triton.jit
+def _this_tile(CU, BLOCK: tl.constexpr):
+    """This program's tile of the split backward kernels (grid: tiles x sequences x heads): its
+    first position in the sequence, the sequence's first token and length, and the head."""
+    seq = tl.program_id(1)
+    start = tl.load(CU + seq)
+    return tl.program_id(0) * BLOCK, start, tl.load(CU + seq + 1) - start, tl.program_id(2)
+
+
+@triton.jit
+def _query_rows(Q, DO, OUT, LSE, tok, h, N, d, ok, s_qt, s_qh, s_dt, s_dh, s_ot, s_oh):
+    """q, dO, D = rowsum(dO * O) (fp32) and the log-sum-exp of query tokens tok of head h."""
+    q = _rows(Q, tok, h, s_qt, s_qh, d, ok)
+    do = _rows(DO, tok, h, s_dt, s_dh, d, ok)
+    o = _rows(OUT, tok, h, s_ot, s_oh, d, ok)
+    return q, do, tl.sum(do.to(tl.float32) * o.to(tl.float32), 1), tl.load(LSE + h * N + tok, mask=ok, other=0.0)
+
+
+@triton.jit
+def _pd_ds(q, k, v, do, lse, delta, seed, h, tok, col0, sm_scale, drop_thr, keep_scale, rng_stride, row_ok, col_ok,
+           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+    """Of one (query tile, key tile): the probabilities as the forward dropped them (P * keep /
+    (1 - p)), and dL/dS = P * (dP - D), the softmax backward of dL/dP (dropped as in the forward),
+    with D = rowsum(dO * O) (Algorithm 2)."""
+    p = _probs(q, k, lse, sm_scale, row_ok, col_ok)  # (BLOCK_M, BLOCK_N)
+    dp = tl.dot(do, tl.trans(v))  # dL/d(dropped P)
+    pd = p
+    if DROPOUT:
+        keep = _dropout_keep(seed, h, tok, col0, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
+        pd = tl.where(keep, p * keep_scale, 0.0)
+        dp = tl.where(keep, dp * keep_scale, 0.0)
+    return pd, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _dq_tile(Q, K, V, OUT, DO, LSE, DQ, start, L, m0, h, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
+             s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
+             HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+    """Writes dQ of the query tile at m0 of one sequence and head, looping over its key tiles;
+    returns its D = rowsum(dO * O) (BLOCK_M,) and the tile's token indices."""
+    seed = tl.load(SEED) if DROPOUT else 0
+    rows = m0 + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HS)
+    row_ok = rows < L
+    tok = start + rows
+    q, do, delta, lse = _query_rows(Q, DO, OUT, LSE, tok, h, N, d, row_ok, s_qt, s_qh, s_dt, s_dh, s_ot, s_oh)
+    dq = tl.zeros((BLOCK_M, HS), tl.float32)
+    for n0 in range(0, L, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < L
+        k = _rows(K, start + cols, h, s_kt, s_kh, d, col_ok)
+        v = _rows(V, start + cols, h, s_vt, s_vh, d, col_ok)
+        _, ds = _pd_ds(q, k, v, do, lse, delta, seed, h, tok, n0, sm_scale, drop_thr, keep_scale, rng_stride,
+                       row_ok, col_ok, BLOCK_M, BLOCK_N, DROPOUT)
+        dq += tl.dot(ds.to(k.dtype), k)
+    _store_rows(DQ, tok, h, s_gt, s_gh, d, row_ok, dq * sm_scale)
+    return delta, tok, row_ok
+
+
+@triton.jit
+def _dkdv_tile(Q, K, V, OUT, DO, LSE, DELTA, DK, DV, start, L, n0, h, SEED, sm_scale, drop_thr, keep_scale, N,
+               rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
+               HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
+               DELTA_FROM_OUT: tl.constexpr):
+    """Writes dK and dV of the key tile at n0 of one sequence and head, looping over its query
+    tiles; D read from DELTA, or with DELTA_FROM_OUT computed from dO and OUT."""
+    seed = tl.load(SEED) if DROPOUT else 0
+    cols = n0 + tl.arange(0, BLOCK_N)
     d = tl.arange(0, HS)
     col_ok = cols < L
     k = _rows(K, start + cols, h, s_kt, s_kh, d, col_ok)
     v = _rows(V, start + cols, h, s_vt, s_vh, d, col_ok)
     dk = tl.zeros((BLOCK_N, HS), tl.float32)
     dv = tl.zeros((BLOCK_N, HS), tl.float32)
-    if DROPOUT:
-        seed = tl.load(SEED)
     for m0 in range(0, L, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < L
         tok = start + rows
-        q = _rows(Q, tok, h, s_qt, s_qh, d, row_ok)
-        do = _rows(DO, tok, h, s_dt, s_dh, d, row_ok)
-        lse = tl.load(LSE + h * N + tok, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + h * N + tok, mask=row_ok, other=0.0)
-        p = _probs(q, k, lse, sm_scale, row_ok, col_ok)  # (BLOCK_M, BLOCK_N)
-        dp = tl.dot(do, tl.trans(v))
-        pd = p
-        if DROPOUT:
-            keep = _dropout_keep(seed, h, tok, pid_n * BLOCK_N, rng_stride, drop_thr, BLOCK_M, BLOCK_N)
-            pd = tl.where(keep, p * keep_scale, 0.0)  # the dropped probabilities the forward used
-            dp = tl.where(keep, dp * keep_scale, 0.0)
+        if DELTA_FROM_OUT:
+            q, do, delta, lse = _query_rows(Q, DO, OUT, LSE, tok, h, N, d, row_ok, s_qt, s_qh, s_dt, s_dh, s_ot, s_oh)
+        else:
+            q = _rows(Q, tok, h, s_qt, s_qh, d, row_ok)
+            do = _rows(DO, tok, h, s_dt, s_dh, d, row_ok)
+            lse = tl.load(LSE + h * N + tok, mask=row_ok, other=0.0)
+            delta = tl.load(DELTA + h * N + tok, mask=row_ok, other=0.0)
+        pd, ds = _pd_ds(q, k, v, do, lse, delta, seed, h, tok, n0, sm_scale, drop_thr, keep_scale, rng_stride,
+                        row_ok, col_ok, BLOCK_M, BLOCK_N, DROPOUT)
         dv += tl.dot(tl.trans(pd.to(do.dtype)), do)
-        ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
     _store_rows(DK, start + cols, h, s_gt, s_gh, d, col_ok, dk * sm_scale)
     _store_rows(DV, start + cols, h, s_gt, s_gh, d, col_ok, dv)
@@ -209,9 +288,11 @@ def _unit_last_stride(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
 @torch.library.custom_op("minbert::varlen_attention_fwd", mutates_args=())
 def varlen_attention_fwd(
     qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
+    fused_backward: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward kernel: qkv (N, 3, nh, hs), each token's query, key and value -> (out (N, nh, hs)
-    in qkv's dtype, log-sum-exp (nh, N) fp32), both contiguous."""
+    in qkv's dtype, log-sum-exp (nh, N) fp32), both contiguous. ``fused_backward``: the backward
+    that autograd runs (:func:`varlen_attention_bwd`)."""
     N, _, nh, hs = qkv.shape
     q, k, v = _unit_last_stride(qkv)[0].unbind(1)  # (N, nh, hs) each, views
     out = torch.empty((N, nh, hs), dtype=qkv.dtype, device=qkv.device)
@@ -225,7 +306,7 @@ def varlen_attention_fwd(
 
 
 @varlen_attention_fwd.register_fake
-def _(qkv, cu_seqlens, max_seqlen, dropout_p, seed, block):
+def _(qkv, cu_seqlens, max_seqlen, dropout_p, seed, block, fused_backward=False):
     N, _, nh, hs = qkv.shape
     return qkv.new_empty((N, nh, hs)), qkv.new_empty((nh, N), dtype=torch.float32)  # contiguous, as the op's
 
@@ -233,12 +314,14 @@ def _(qkv, cu_seqlens, max_seqlen, dropout_p, seed, block):
 @torch.library.custom_op("minbert::varlen_attention_bwd", mutates_args=())
 def varlen_attention_bwd(
     do: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
-    max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int,
+    max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int, fused: bool = False,
 ) -> torch.Tensor:
     """Backward kernels: dO (N, nh, hs) and the forward's tensors -> dqkv (N, 3, nh, hs), the
     gradients of q, k and v written side by side in one buffer, the layout of the q/k/v GEMM's
-    output, so that no copy joins them."""
-    return _launch_bwd(do, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block)
+    output, so that no copy joins them. ``fused``: one kernel, one program per sequence and head
+    (``_bwd_fused_kernel``), instead of the dQ kernel and the dK, dV kernel."""
+    kernels = ("fused",) if fused else ("dq", "dkdv")
+    return _launch_bwd(do, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block, kernels)
 
 
 def _launch_bwd(
@@ -246,17 +329,21 @@ def _launch_bwd(
     max_seqlen: int, dropout_p: float, seed: torch.Tensor, block: int, kernels: tuple[str, ...] = ("dq", "dkdv"),
 ) -> torch.Tensor:
     """:func:`varlen_attention_bwd`'s launches: the dq kernel (which also writes delta, the
-    row sums of dO * O that the dk/dv kernel reads) and the dk/dv kernel; ``kernels`` names the
-    ones to launch (:func:`compile_kernels` compiles one alone)."""
+    row sums of dO * O that the dk/dv kernel reads) and the dk/dv kernel, or the ``fused`` one;
+    ``kernels`` names the ones to launch (:func:`compile_kernels` compiles one alone)."""
     N, _, nh, hs = qkv.shape
     do, qkv = _unit_last_stride(do, qkv)
     q, k, v = qkv.unbind(1)  # (N, nh, hs) each, views
     dqkv = torch.empty((N, 3, nh, hs), dtype=qkv.dtype, device=qkv.device)
     dq, dk, dv = dqkv.unbind(1)  # views with one pair of strides, which the kernels take once
-    delta = torch.empty((nh, N), dtype=torch.float32, device=qkv.device)
+    delta = torch.empty((nh, N) if "dq" in kernels else (0,), dtype=torch.float32, device=qkv.device)  # D
     grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=drop_thr > 0)
+    if "fused" in kernels:
+        _bwd_fused_kernel[grid[1:]](q, k, v, out, do, lse, dq, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale,
+                                    N, stride, *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
+                                    dq.stride(0), dq.stride(1), HS=hs, BLOCK=block, DROPOUT=drop_thr > 0)
     if "dq" in kernels:
         _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, drop_thr, keep_scale, N,
                              stride, *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
@@ -268,21 +355,22 @@ def _launch_bwd(
 
 
 @varlen_attention_bwd.register_fake
-def _(do, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block):
+def _(do, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block, fused=False):
     return qkv.new_empty(qkv.shape)  # contiguous, as the op's
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    qkv, cu_seqlens, max_seqlen, dropout_p, seed, block = inputs
+    qkv, cu_seqlens, max_seqlen, dropout_p, seed, block, *fused = inputs
     out, lse = output
     ctx.save_for_backward(qkv, out, lse, cu_seqlens, seed)
-    ctx.max_seqlen, ctx.dropout_p, ctx.block = max_seqlen, dropout_p, block
+    ctx.max_seqlen, ctx.dropout_p, ctx.block, ctx.fused = max_seqlen, dropout_p, block, bool(fused and fused[0])
 
 
 def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor):
     qkv, out, lse, cu_seqlens, seed = ctx.saved_tensors
-    dqkv = varlen_attention_bwd(do, qkv, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p, seed, ctx.block)
-    return dqkv, None, None, None, None, None
+    dqkv = varlen_attention_bwd(do, qkv, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p, seed, ctx.block,
+                                ctx.fused)
+    return dqkv, None, None, None, None, None, None
 
 
 varlen_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -290,6 +378,7 @@ varlen_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def triton_varlen_attention(
     qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, block: int = BLOCK,
+    fused_backward: bool = False,
 ) -> torch.Tensor:
     """Packed attention with dropout (differentiable).
 
@@ -303,6 +392,9 @@ def triton_varlen_attention(
             kept probabilities are scaled by the inverse of the exact keep rate); the mask's seed is
             drawn from torch's default generator of qkv's device (one int64 per call).
         block: rows and columns of a tile (a power of two >= 16).
+        fused_backward: the backward as one kernel with a program per sequence and head (P and
+            dS computed once where a sequence fits in one tile), instead of two kernels with a
+            program per tile.
     Returns:
         (N, nh, hs) in qkv's dtype, contiguous; rows past cu_seqlens[-1] are not written.
     Raises:
@@ -314,11 +406,12 @@ def triton_varlen_attention(
         seed = torch.randint(0, 2**62, (1,), device=qkv.device)
     else:
         seed = cu_seqlens  # not read without dropout
-    return varlen_attention_fwd(qkv, cu_seqlens, max_seqlen, dropout_p, seed, block)[0]
+    return varlen_attention_fwd(qkv, cu_seqlens, max_seqlen, dropout_p, seed, block, fused_backward)[0]
 
 
+# compile_kernels' parts: the kernels each compiles
 PARTS = {"forward": ("fwd",), "backward": ("dq", "dkdv"), "backward-dq": ("dq",), "backward-dkdv": ("dkdv",),
-         "both": ("fwd", "dq", "dkdv")}  # compile_kernels' parts: the kernels each compiles
+         "backward-fused": ("fused",), "both": ("fwd", "dq", "dkdv")}
 
 
 def compile_kernels(
@@ -328,7 +421,8 @@ def compile_kernels(
     launches, or load them from Triton's cache (``TRITON_CACHE_DIR``, by default
     ``~/.triton/cache``): the ``forward`` kernel, the two ``backward`` kernels, one of them
     (``backward-dq``, ``backward-dkdv``: a process compiles its kernels one after the other, so
-    that two processes compile the two at once), or ``both`` (all three), each run once on a tiny
+    that two processes compile the two at once), the one-kernel backward (``backward-fused``,
+    :func:`varlen_attention_bwd`), or ``both`` (forward and the two backward), each run once on a tiny
     batch of contiguous (N, 3, nh, hs) q/k/v, the layout the encoder passes, so that the compiled
     variants are the ones a run looks up. Needs CUDA.
 
@@ -344,7 +438,7 @@ def compile_kernels(
     seed = torch.randint(0, 2**62, (1,), device="cuda")
     if "fwd" in kernels:
         varlen_attention_fwd(qkv, cu_seqlens, 64, dropout_p, seed, BLOCK)
-    if "dq" in kernels or "dkdv" in kernels:
+    if {"dq", "dkdv", "fused"} & set(kernels):
         lse = torch.randn(nh, 64, device="cuda")
         _launch_bwd(do, qkv, out, lse, cu_seqlens, 64, dropout_p, seed, BLOCK, kernels)
     torch.cuda.synchronize()
