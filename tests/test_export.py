@@ -109,3 +109,28 @@ def test_overwrite_replaces_an_export(run, tmp_path):
     assert main(["export", str(run.run_dir), str(out), "--overwrite"]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
     assert minbert.load(out, device="cpu").tasks == ["sst", "qqp", "sts", "para"]
+
+
+def test_weights_with_nan_are_not_exported(run, tmp_path, capsys):
+    """A run whose weights diverged to NaN exports nothing: one error line naming the file, the
+    count of tensors and the first one."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from minbert.io import load_weights
+    from minbert.runs import best_or_last_weights
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir, copy)
+    weights = best_or_last_weights(copy)
+    tensors, meta = load_weights(weights)
+    name = next(k for k in tensors if k.endswith("LayerNorm.weight"))
+    tensors[name] = tensors[name].clone()
+    tensors[name][3] = float("nan")
+    save_file(tensors, str(weights), metadata={"minbert": json.dumps(meta)})
+    out = tmp_path / "out"
+    assert main(["export", str(copy), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {weights}: 1 weight tensor(s) hold NaN or infinity (the first: {name}); nothing was exported"
+    assert not out.exists()

@@ -438,3 +438,40 @@ def test_a_lone_surrogate_in_a_jsonl_text_is_a_bad_row_not_a_crash(tmp_path):
     raw = read_records(path, ["sentence"], id_column="id")
     assert raw.ids == ["a", "c"] and [b.line for b in raw.bad_rows] == [2]
     assert "not valid Unicode" in raw.bad_rows[0].reason
+
+
+@pytest.mark.parametrize("suffix, sep", [(".csv", ","), (".tsv", "\t")])
+def test_a_header_that_names_a_read_column_twice_is_one_line(tmp_path, suffix, sep):
+    """Which of two 'sentence' columns holds the text is not ours to guess: a DataError naming the
+    column; a repeated column that is not read does not matter."""
+    f = tmp_path / f"in{suffix}"
+    f.write_text(sep.join(["id", "sentence", "sentence"]) + "\n" + sep.join(["a", "x", "y"]) + "\n")
+    with pytest.raises(DataError) as ei:
+        read_records(f, ["sentence"], id_column="id")
+    assert str(ei.value) == f"{f}: line 1: the header names column 'sentence' 2 times"
+    f.write_text(sep.join(["id", "sentence", "note", "note"]) + "\n" + sep.join(["a", "x", "1", "2"]) + "\n")
+    assert read_records(f, ["sentence"], id_column="id").texts == [("x",)]
+
+
+def test_a_jsonl_object_with_a_key_twice_is_a_bad_row(tmp_path, caplog):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"id": "a", "sentence": "x", "sentence": "y"}\n{"id": "b", "sentence": "z"}\n')
+    with caplog.at_level(logging.INFO):
+        raw = read_records(f, ["sentence"], id_column="id")
+    assert raw.ids == ["b"]
+    assert [(b.line, b.reason) for b in raw.bad_rows] == [(1, "key 'sentence' given twice in one object")]
+
+
+def test_ids_on_several_rows_are_kept_and_warned_about_once(tmp_path, caplog):
+    f = tmp_path / "in.tsv"
+    rows = ["id\tsentence", "a\tone", "b\ttwo", "a\tthree", "c\tfour", "b\tfive", "a\tsix"]
+    f.write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING):
+        raw = read_records(f, ["sentence"], id_column="id")
+    assert raw.ids == ["a", "b", "a", "c", "b", "a"]  # every row kept
+    warned = [r.getMessage() for r in caplog.records if "more than one row" in r.getMessage()]
+    assert warned == [f"{f}: 2 id(s) appear on more than one row, all kept (the first: 'a', lines 2 and 4)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_records(f, ["sentence"])  # no id column: ids are line numbers, never repeated
+    assert not [r for r in caplog.records if "more than one row" in r.getMessage()]

@@ -25,15 +25,19 @@ followed by the first 20 bad rows. With ``strict=True`` the first bad row raises
 :class:`DataError`. A line of only spaces is a data line (and, in JSONL, a bad one).
 
 Bad rows: bad quoting or JSON, a line that is not UTF-8 (JSONL), a JSON value that is not an
-object, a wrong number of fields, a missing or empty id, a missing or non-string text, an
-empty text (unless ``keep_empty_text``), a missing or bad label.
+object or that names a key twice, a wrong number of fields, a missing or empty id, a missing or
+non-string text, an empty text (unless ``keep_empty_text``), a missing or bad label.
+
+An id that several kept rows share is kept in each and warned about once per file (the count of
+such ids, the first of them and its first two lines).
 
 Normalisation: ids, texts and labels are stripped of surrounding whitespace (:meth:`str.strip`);
 nothing else changes. JSON numbers given as ids or labels are read as their text.
 
 File-level problems always raise a one-line ``DataError``: a missing or empty file, an unknown
-format, an unreadable header or one missing a column, a CSV/TSV line that is not UTF-8 (its
-line is named), no usable row (the message gives the count and the first bad row).
+format, an unreadable header, one missing a column or naming a column that is read twice, a
+CSV/TSV line that is not UTF-8 (its line is named), no usable row (the message gives the count
+and the first bad row).
 """
 
 from __future__ import annotations
@@ -141,6 +145,8 @@ def _table_rows(
     col = {}
     for c in wanted:
         name = c if c in header else fallbacks.get(c)
+        if header.count(name) > 1:
+            raise DataError(f"{path}: line 1: the header names column {name!r} {header.count(name)} times")
         if name in header:
             col[c] = header.index(name)
         elif c not in optional:
@@ -169,7 +175,10 @@ def _jsonl_rows(path: Path) -> Iterator[_Item]:
             yield n, None, None
             continue
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=_unique_keys)
+        except _Bad as e:
+            yield n, None, str(e)
+            continue
         except json.JSONDecodeError as e:
             yield n, None, f"not valid JSON ({e.msg})"
             continue
@@ -180,6 +189,15 @@ def _jsonl_rows(path: Path) -> Iterator[_Item]:
             yield n, None, f"expected a JSON object, got {type(obj).__name__}"
             continue
         yield n, obj, None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's dict, or _Bad where it names a key twice (json.loads would keep the last)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        twice = next(k for i, (k, _) in enumerate(pairs) if any(k == j for j, _ in pairs[:i]))
+        raise _Bad(f"key {twice!r} given twice in one object")
+    return obj
 
 
 def _as_text(value: object) -> str | None:
@@ -278,6 +296,21 @@ def _log_summary(path: Path, data_lines: int, kept: int, bad: list[BadRow], blan
         )
 
 
+def _warn_repeated_ids(path: Path, ids: list[str], lines: list[int]) -> None:
+    """One warning where kept rows share an id: how many ids, the first one and its first two lines."""
+    first_line: dict[str, int] = {}
+    repeated: dict[str, tuple[int, int]] = {}
+    for rid, line in zip(ids, lines, strict=True):
+        if rid in first_line:
+            repeated.setdefault(rid, (first_line[rid], line))
+        else:
+            first_line[rid] = line
+    if repeated:
+        rid, (a, b) = next(iter(repeated.items()))
+        log.warning("%s: %d id(s) appear on more than one row, all kept (the first: %r, lines %d and %d)",
+                    path, len(repeated), rid, a, b)
+
+
 def read_records(
     path: str | os.PathLike,
     text_columns: Sequence[str],
@@ -327,7 +360,7 @@ def read_records(
         wanted = [c for c in (id_column, *text_columns, label_column) if c]
         optional = {id_column} if id_optional else set()
         rows = _table_rows(path, "," if kind == "csv" else "\t", wanted, optional, fallbacks)
-    ids, texts, labels, bad = [], [], [], []
+    ids, lines, texts, labels, bad = [], [], [], [], []
     data_lines = blank = empty_text = 0
     for line, row, reason in rows:
         if row is None and reason is None:
@@ -345,6 +378,7 @@ def read_records(
             bad.append(b)
             continue
         ids.append(rid)
+        lines.append(line)
         texts.append(tx)
         empty_text += not all(tx)
         if label_column:
@@ -353,5 +387,7 @@ def read_records(
         first = f"; the first: line {bad[0].line}: {bad[0].reason}" if bad else ""
         raise DataError(f"{path}: no usable rows ({len(bad)} bad of {data_lines} data lines{first})")
     _log_summary(path, data_lines, len(ids), bad, blank, empty_text)
+    if id_column:
+        _warn_repeated_ids(path, ids, lines)
     arr = np.asarray(labels, dtype=label_dtype) if label_column else None
     return RawSplit(str(path), ids, texts, arr, bad, data_lines=data_lines, blank_lines=blank)

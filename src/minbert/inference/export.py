@@ -219,9 +219,9 @@ def export_run(
         The export folder.
 
     Raises:
-        CheckpointError: ``run_dir`` is not a run folder or has no checkpoint; ``out`` exists,
-            is not empty and ``overwrite`` is False; ``out`` is a file; the run's tokenizer
-            config is not JSON.
+        CheckpointError: ``run_dir`` is not a run folder or has no checkpoint; the weights hold
+            NaN or infinity; ``out`` exists, is not empty and ``overwrite`` is False; ``out`` is a
+            file; the run's tokenizer config is not JSON.
     """
 
     run_dir = require_run_dir(run_dir)
@@ -232,6 +232,7 @@ def export_run(
     model = build_model(cfg, run_dir / "encoder", pretrained=False, tasks=table)
     weights = best_or_last_weights(run_dir)
     check_file_weights(model, weights)
+    _check_finite(model, weights)
     plans = plan_exports(cfg, table)
     encoder_dir = run_dir / "encoder"
     top: Files = {"config.json": _json(model.encoder.config.to_hf_dict()),
@@ -265,6 +266,15 @@ def export_run(
         bar.update(2)
     log.info("exported %s (%s) to %s", run_dir, weights.relative_to(run_dir), out)
     return out
+
+
+def _check_finite(model: MultitaskModel, weights: Path) -> None:
+    """Raises CheckpointError where a floating-point tensor of the loaded weights holds NaN or
+    infinity (a run that diverged): an export of them would only predict NaN."""
+    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{weights}: {len(bad)} weight tensor(s) hold NaN or infinity (the first: {bad[0]}); "
+                              "nothing was exported")
 
 
 def _replace_task_folders(tasks_dir: Path, folders: dict[str, Files], bar: tqdm) -> None:
