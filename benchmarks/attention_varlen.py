@@ -33,8 +33,9 @@ already laid out in bins (its output is not in packed order, so it has no differ
 Each record: GPU microseconds per call (each call captured as a CUDA graph and replayed: median of
 ``--repeats`` timings of ``--iters`` replays, CUDA events), for the forward alone and for forward +
 backward, at dropout 0 and at ``--dropout``; and the largest absolute difference of the output
-from ``flash`` at dropout 0. ``--mask-check`` instead checks, for flash, efficient and triton-32, that the
-backward drops the same attention probabilities as the forward (:func:`dropout_mask_check`).
+from ``flash`` at dropout 0. ``--mask-check`` instead checks, for flash, efficient, triton-32 and
+triton-32-fused, that the backward drops the same attention probabilities as the forward
+(:func:`dropout_mask_check`).
 
     python benchmarks/attention_varlen.py --data-dir DIR --encoder ENC --out attention.json
 """
@@ -256,12 +257,13 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--mask-check", action="store_true", help="only the dropout-mask check (flash, efficient, triton)")
+    ap.add_argument("--mask-check", action="store_true",
+                    help="only the dropout-mask check (flash, efficient, triton-32 and triton-32-fused)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.mask_check:
         cases = ([16], [16, 12, 16, 9], [5, 32, 7, 20, 1, 13])
-        kernels = ("flash", "efficient", "triton-32")
+        kernels = ("flash", "efficient", "triton-32", "triton-32-fused")
         recs = [dropout_mask_check(kern, lengths) for kern in kernels for lengths in cases]
         emit({"machine": machine(), "records": recs}, args.out)
         return

@@ -65,7 +65,8 @@ DEFAULTS = {name: getattr(torch._inductor.config, name) for name, _ in KNOBS.val
 
 def set_knobs(variant: str) -> None:
     """Inductor's settings for ``variant``: the knobs its name lists after the step's name, the
-    others at their defaults (``peer``: all at their defaults).
+    others at their defaults (``peer``: all at their defaults); and our attention kernel's
+    backward, one kernel with ``fbwd``, else the two kernels.
 
     Raises:
         ValueError: an unknown knob in the name."""
@@ -78,6 +79,8 @@ def set_knobs(variant: str) -> None:
     for knob in chosen:
         name, value = KNOBS[knob]
         setattr(torch._inductor.config, name, value)
+    fused = "fbwd" in variant.split("-")[1:]  # the attention kernel the next compile bakes in
+    bert_module._import_triton_kernel = _fused_backward_kernel if fused else _OUR_KERNEL
 
 
 def _fused_backward_kernel(requested: str):
@@ -97,7 +100,6 @@ def prepare(variant: str, batches: list[dict]):
         if knobs & MODEL_KNOBS:
             raise ValueError(f"{variant!r}: {sorted(knobs & MODEL_KNOBS)} are knobs of the master variants only")
         return ov.prepare("whole", batches)
-    bert_module._import_triton_kernel = _fused_backward_kernel if "fbwd" in knobs else _OUR_KERNEL
     dev = torch.device("cuda")
     torch.manual_seed(0)
     config = BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa", weight_grad_stream=wgs)

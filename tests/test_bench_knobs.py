@@ -1,6 +1,7 @@
 """benchmarks/master_weights_step.py's inductor settings per variant: each variant sets every knob
 it names and puts the others back to inductor's defaults, the peer included, whatever ran before."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -45,3 +46,23 @@ def test_an_unknown_knob_raises_and_changes_nothing():
     with pytest.raises(ValueError, match="unknown inductor knob"):
         mws.set_knobs("master-combo-turbo")
     assert {name: getattr(inductor_config, name) for name in NAMES} == before
+
+
+def test_the_one_kernel_attention_backward_is_patched_in_for_fbwd_variants_only():
+    """fbwd bakes the fused backward into the next compile; every other variant, the peer and
+    the shipped step included, gets our kernel's entry point back as it was."""
+    import minbert.model.bert as bert
+
+    original = mws._OUR_KERNEL
+    try:
+        mws.set_knobs("master-fbwd-wgs")
+        assert bert._import_triton_kernel is mws._fused_backward_kernel
+        for variant in ("whole", "peer", "master-wgs"):
+            mws.set_knobs("master-fbwd")
+            mws.set_knobs(variant)
+            assert bert._import_triton_kernel is original, variant
+        if importlib.util.find_spec("triton") is not None:  # the entry point, with the one-kernel backward
+            kernel = mws._fused_backward_kernel("triton")
+            assert kernel.func is original("triton") and kernel.keywords == {"fused_backward": True}
+    finally:
+        bert._import_triton_kernel = original

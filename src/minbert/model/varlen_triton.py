@@ -396,7 +396,9 @@ def triton_varlen_attention(
             dS computed once where a sequence fits in one tile), instead of two kernels with a
             program per tile.
     Returns:
-        (N, nh, hs) in qkv's dtype, contiguous; rows past cu_seqlens[-1] are not written.
+        (N, nh, hs) in qkv's dtype, contiguous; rows past cu_seqlens[-1] are not written, nor are
+        those rows of qkv's gradient (the backward leaves them as allocated): where that gradient
+        reaches earlier layers, give cu_seqlens[-1] = N, as :mod:`minbert.model.packing` does.
     Raises:
         ValueError: dropout_p outside [0, 1).
     """
