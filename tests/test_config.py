@@ -142,6 +142,15 @@ def test_override_without_value_is_error():
         load_config(None, ["optim.lr"])
 
 
+def test_an_override_mapping_with_a_key_twice_names_the_key():
+    """A YAML mapping given twice the same key is refused, as in a config file, instead of being
+    kept as a string (what an override that is not YAML becomes)."""
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["--tasks.sst={dropout: 0.1, dropout: 0.2}"])
+    assert str(ei.value) == "override tasks.sst: duplicate key 'dropout'"
+    assert load_config(None, ["--tasks.sst={dropout: 0.2}"]).tasks["sst"].dropout == 0.2
+
+
 @pytest.mark.parametrize("path", [None, CONFIGS / "default.yaml"])
 def test_override_into_a_value_is_error(path):
     with pytest.raises(ConfigError, match=r"optim\.lr"):

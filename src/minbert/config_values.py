@@ -158,7 +158,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     key, text = item.split("=", 1)
     try:
         value = safe_load_unique(text) if text != "" else None
-    except yaml.YAMLError:
+    except yaml.YAMLError as e:  # not YAML: kept as the string it is, but for a key given twice
+        if yaml_problem(e) != "not valid YAML":
+            raise ConfigError(f"override {key}: {yaml_problem(e)}") from None
         value = text
     return key.split("."), value
 
