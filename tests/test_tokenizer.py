@@ -199,3 +199,22 @@ def test_a_corrupt_tokenizer_file_is_one_checkpoint_error(folder, tmp_path, name
     (bad / name).write_text(text)
     with pytest.raises(CheckpointError, match=rf"{name}: not"):
         Tokenizer(bad, 64)
+
+
+@pytest.mark.parametrize("pair_input, rows, want", [
+    ("single", [("good film",), ("\u200b\u200b",), ("\x00",), ("\u00ad",), ("",), ("  ",)], ["b", "c", "d"]),
+    ("bi", [("a b", "\u200b"), ("\u200b", "c d"), ("x", "y"), ("", "y")], ["a", "b"]),
+    ("cross", [("a b", "\u200b"), ("\u200b", "c d"), ("x", "y"), ("", "y")], ["a", "b"]),
+])
+def test_a_text_that_gives_no_token_is_kept_and_reported(tok, caplog, pair_input, rows, want):
+    """NUL, zero-width and soft-hyphen characters are dropped by the tokenizer: such a row is kept
+    as an empty input and counted in one warning; blank texts (reported by the reader) are not."""
+    from minbert.data.batching import RawSplit, tokenize_split
+
+    ids = [chr(ord("a") + i) for i in range(len(rows))]
+    with caplog.at_level(logging.WARNING):
+        out = tokenize_split(RawSplit("f.tsv", ids, rows, None, []), tok, pair_input)
+    assert out.ids == ids  # every row kept
+    lines = [r.getMessage() for r in caplog.records if "gives no token" in r.getMessage()]
+    assert lines == [f"f.tsv: {len(want)} row(s) with a text that gives no token (only characters the tokenizer "
+                     f"drops, such as NUL or zero-width ones), kept as an empty input; the first: id {want[0]}"]

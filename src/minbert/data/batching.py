@@ -326,7 +326,28 @@ def tokenize_split(
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     if n_trunc:
         log.warning("%s: %d text(s) truncated to max_length=%d tokens", raw.path, n_trunc, tokenizer.max_length)
+    tokenless = _tokenless_rows(raw.texts, ids, types, ids_b, pair_input)
+    if tokenless:
+        log.warning("%s: %d row(s) with a text that gives no token (only characters the tokenizer drops, such as "
+                    "NUL or zero-width ones), kept as an empty input; the first: id %s", raw.path, len(tokenless),
+                    raw.ids[tokenless[0]])
     return TokenizedSplit(raw.ids, ids, types, ids_b, raw.labels, lengths, n_trunc)
+
+
+def _tokenless_rows(texts: list[tuple[str, ...]], ids: list[list[int]], types: list[list[int]],
+                    ids_b: list[list[int]] | None, pair_input: str) -> list[int]:
+    """The rows with a text that is not blank but gives no token: [CLS] [SEP] alone (single, and
+    each side of bi), or an empty a or b in [CLS] a [SEP] b [SEP] (cross, by token type)."""
+    out = []
+    for i, tx in enumerate(texts):
+        if pair_input == "cross":
+            n_a = types[i].count(0) - 2
+            counts = (n_a, len(types[i]) - n_a - 3)
+        else:
+            counts = (len(ids[i]) - 2,) + ((len(ids_b[i]) - 2,) if ids_b is not None else ())
+        if any(t.strip() and n <= 0 for t, n in zip(tx, counts, strict=False)):
+            out.append(i)
+    return out
 
 
 def epoch_batches(
