@@ -216,17 +216,19 @@ def test_weight_grad_stream_reaches_every_node_of_the_packed_step(monkeypatch):
         assert seen == [flag] * 8  # 4 nodes per layer
 
 
-def small_bert(dropout=0.0):
+def small_bert(dropout=0.0, weight_grad_stream=False):
     torch.manual_seed(0)
     return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                 intermediate_size=32, attn_implementation="eager", hidden_dropout_prob=dropout,
-                                attention_probs_dropout_prob=dropout)).train()
+                                attention_probs_dropout_prob=dropout, weight_grad_stream=weight_grad_stream)).train()
 
 
-def test_the_compiled_packed_step_gives_the_eager_gradients():
+@pytest.mark.parametrize("weight_grad_stream", [False, True])
+def test_the_compiled_packed_step_gives_the_eager_gradients(weight_grad_stream):
     """Under torch.compile the nodes' backward runs as minbert::linear_grads (its fake gives inductor
-    the shapes) and no graph makes ones; the gradients equal the eager step's to fp32 rounding."""
-    model = small_bert()
+    the shapes), each call with the encoder's weight_grad_stream, and no graph makes ones; the
+    gradients equal the eager step's to fp32 rounding."""
+    model = small_bert(weight_grad_stream=weight_grad_stream)
     ids = torch.tensor([[5, 6, 7, 8, 0], [9, 10, 0, 0, 0], [11, 12, 13, 0, 0]])
     packed = pack(ids, (ids > 0).long(), torch.zeros_like(ids), multiple_of=4)
 
@@ -253,7 +255,10 @@ def test_the_compiled_packed_step_gives_the_eager_gradients():
         fn(packed).backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     torch._dynamo.reset()
-    assert sum(code.count("minbert.linear_grads") for code in backward_code) == 8  # 4 nodes per layer
+    calls = [c for code in backward_code for c in re.findall(r"minbert\.linear_grads\.default\((.*?)\);", code)]
+    assert len(calls) == 8  # 4 nodes per layer
+    # the op's last argument: True where the encoder asks for it (a default False is not written)
+    assert [c.endswith("], True") for c in calls] == [weight_grad_stream] * 8
     # the bias gradients' ones are made in no step, forward or backward (train_ops.bias_ones)
     assert not [c for c in forward_code + backward_code if re.search(r"aten\.(new_ones|ones|full)\b", c)]
     for a, b in zip(*grads, strict=True):
