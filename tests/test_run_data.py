@@ -277,3 +277,23 @@ def test_resolve_run_data_dir_without_a_usable_record(tmp_path, monkeypatch):
     assert resolve_run_data_dir(run, load_config(None, [])) == given  # no data.dir: $MINBERT_DATA_DIR
     (run / "provenance.json").unlink()  # e.g. an export folder
     assert resolve_run_data_dir(run, load_config(None, ["data.dir=given"])) == Path("given")
+
+
+def test_a_new_run_checks_its_data_folder_before_making_a_run_folder_and_saves_it(env, capsys, monkeypatch):
+    """A missing data folder is one line naming where it came from (and, where the config's
+    data.dir hides $MINBERT_DATA_DIR, saying so), and no run folder is made; a run given
+    --data-dir saves that folder as data.dir in its config.yaml."""
+    cfg, new, nope = str(env["run"] / "config.yaml"), env["tmp"] / "new", env["tmp"] / "nope"
+    assert main(["train", "--config", cfg, "--run-dir", str(new), "--data-dir", str(nope), "--no-progress"]) == 2
+    assert one_error_line(capsys) == (f"error: data folder {nope} ({nope.resolve()}, from --data-dir) does not exist: "
+                                      "put the CS224N data files there, or name their folder with --data-dir "
+                                      "(README: The data)")
+    monkeypatch.setenv("MINBERT_DATA_DIR", str(env["a"]))
+    assert main(["train", "--config", cfg, "--run-dir", str(new), "--data.dir=missing", "--no-progress"]) == 2
+    assert one_error_line(capsys).endswith(
+        f"from the config's data.dir) does not exist: put the CS224N data files there, or name their folder with "
+        f"--data-dir; $MINBERT_DATA_DIR ({env['a']}) is used only where the config sets no data.dir (README: The data)")
+    assert not new.exists()
+    assert main(["train", "--config", cfg, "--run-dir", str(new), "--data-dir", str(env["a"]), "--no-progress"]) == 0
+    assert load_config(new / "config.yaml").data.dir == str(env["a"])
+    assert dev_prediction_ids(new) == data_ids(env["a"])

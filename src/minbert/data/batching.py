@@ -114,14 +114,18 @@ def resolve_data_dir(cli_dir: str | None = None, config_dir: str | None = None) 
     Raises:
         DataError: none is given, or the folder does not exist.
     """
-    chosen = cli_dir or config_dir or os.environ.get(DATA_DIR_ENV)
+    env = os.environ.get(DATA_DIR_ENV)
+    chosen = cli_dir or config_dir or env
     if not chosen:
         raise DataError(f"no data folder: pass --data-dir or set {DATA_DIR_ENV} (e.g. ../shared/data/cs224n)")
     path = Path(chosen).expanduser()
     if not path.is_dir():
+        source = "--data-dir" if cli_dir else "the config's data.dir" if config_dir else f"${DATA_DIR_ENV}"
+        unused = f"; ${DATA_DIR_ENV} ({env}) is used only where the config sets no data.dir" if (
+            config_dir and not cli_dir and env) else ""
         raise DataError(
-            f"data folder {path} ({path.resolve()}) does not exist: put the CS224N data files there, or name their "
-            f"folder with --data-dir, data.dir or ${DATA_DIR_ENV} (README: The data)"
+            f"data folder {path} ({path.resolve()}, from {source}) does not exist: put the CS224N data files there, "
+            f"or name their folder with --data-dir{unused} (README: The data)"
         )
     return path
 

@@ -27,17 +27,23 @@ def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+def _but_data_dir(d: dict) -> dict:
+    """A plain config without its ``data.dir``: a run saves the folder it was given there, and
+    the data itself is compared by its SHA-256 sums (:func:`minbert.runs.resolve_run_data_dir`)."""
+    return {**d, "data": {**d.get("data", {}), "dir": None}} if isinstance(d.get("data", {}), dict) else d
+
+
 def same_config(stored: Any, want: dict) -> bool:
-    """Whether a finished run's stored config is ``want``. The stored one is read through the
-    current schema first, so a run made before a config key existed counts as that key's
-    default (new keys default to the old behaviour); a key the schema no longer has, or an
-    unreadable config, is a mismatch."""
-    if stored == want:
-        return True
+    """Whether a finished run's stored config is ``want``, but for ``data.dir``. The stored one is
+    read through the current schema first, so a run made before a config key existed counts as
+    that key's default (new keys default to the old behaviour); a key the schema no longer has,
+    or an unreadable config, is a mismatch."""
     if not isinstance(stored, dict):
         return False
+    if _but_data_dir(stored) == _but_data_dir(want):
+        return True
     try:
-        return jsonable(to_dict(resolve(from_dict(stored)))) == want
+        return _but_data_dir(jsonable(to_dict(resolve(from_dict(stored))))) == _but_data_dir(want)
     except (ConfigError, TypeError, ValueError, KeyError):
         return False
 
@@ -59,7 +65,7 @@ def train_row(
     resume = False
     if not rerun and (run_dir / CONFIG_FILE).is_file():
         try:
-            same = jsonable(to_dict(load_config(run_dir / CONFIG_FILE))) == want
+            same = same_config(jsonable(to_dict(load_config(run_dir / CONFIG_FILE))), want)
             resume = same and last_checkpoint(run_dir) is not None
         except Exception as e:  # an unreadable leftover folder is retrained
             log.warning("%s: %s; retraining", run_dir, e)

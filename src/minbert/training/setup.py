@@ -16,8 +16,8 @@ from typing import IO, NamedTuple
 import numpy as np
 import torch
 
-from ..config import Config, RuntimeSettings, TrainConfig, dump_yaml
-from ..data.batching import TaskStream
+from ..config import Config, RuntimeSettings, TrainConfig, dump_yaml, replace
+from ..data.batching import TaskStream, resolve_data_dir
 from ..data.tokenizer import Tokenizer
 from ..distributed import DistContext, resolve_device
 from ..errors import CheckpointError
@@ -38,6 +38,17 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".minbert.lock"  # held (flock) by the process that trains in the run folder
 PLOT_GLOBS = ("curves.png", "*-confusion.png", "*-scatter.png", "*-calibration.png")  # task_plots' files
+
+
+def new_run_config(cfg: Config, data_dir: str | Path | None) -> Config:
+    """The config a new run trains with and saves: ``--data-dir`` (``data_dir``) written into
+    ``data.dir``, so that the saved config names the folder the run reads.
+
+    Raises:
+        DataError: the data folder (``--data-dir``, else ``data.dir``, else ``$MINBERT_DATA_DIR``)
+            is not given or does not exist (before any run folder is made)."""
+    resolve_data_dir(None if data_dir is None else str(data_dir), cfg.data.dir)
+    return cfg if data_dir is None else replace(cfg, data=replace(cfg.data, dir=str(data_dir)))
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> IO | None:

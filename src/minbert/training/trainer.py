@@ -47,6 +47,7 @@ from .schedule import epoch_schedule
 from .setup import (
     add_file_logging,
     log_plan,
+    new_run_config,
     prepare_run_dir,
     rescale_position,
     run_device,
@@ -96,6 +97,7 @@ def train(
     t_start = time.time() if t_start is None else t_start
     cfg = validate(cfg) if isinstance(cfg, Config) else load_config(cfg)  # (a file's config: checked when loaded)
     run_dir = Path(run_dir or cfg.output.dir or Path("runs") / cfg.name)
+    cfg = cfg if resume else new_run_config(cfg, data_dir)  # DataError before a run folder is made
     require_trackers(cfg.output.report_to)  # before a run folder is made or replaced
     ctx = init_distributed(cfg.train.device)
     if ctx.is_main and not resume:
