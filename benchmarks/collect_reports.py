@@ -79,6 +79,10 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     git 4670f93 against s23-call2-new.patch, not kept), s23-call3
                                     (master_weights_step.py at batch 128, the peer in one process)
                                     (device-scripts/s23-call*.sh)
+  bench/s26/                        the weight-gradient stream and the one-kernel attention backward:
+                                    s26-call1 (CUDA tests; attention_varlen.py, --mask-check; the peer
+                                    and the master-weights step), s26-call2 and s26-call3
+                                    (master_weights_step.py, knobs wgs and fbwd) (device-scripts/s26-call*.sh)
   bench/s10/                        our Triton varlen kernel: s10-call1 (one Philox call per dropout
                                     draw) and s10-call2 (eight 16-bit draws per call):
                                     attention_varlen.py (timings, --mask-check), train_step.py
@@ -270,7 +274,8 @@ def varlen_attention() -> dict:
     earlier: s9-call2 with the binned and flex candidates, s10-call1 with the Triton kernel's first
     dropout draw; GPU time of CUDA-graph replays), the dropout-mask check (s10-call2) and the
     train steps that ran the memory-efficient kernel with attention dropout (s9-call3), which the
-    mask check rules out."""
+    mask check rules out; s26-call1: the same with the one-kernel backward (``triton-32-fused``),
+    inputs as one (N, 3, nh, hs) tensor."""
     keep = ("case", "impl", "tokens", "sequences", "fwd_us_p0.0", "fwd_bwd_us_p0.0", "fwd_us_p0.1",
             "fwd_bwd_us_p0.1", "max_abs_diff_vs_flash")
 
@@ -288,7 +293,10 @@ def varlen_attention() -> dict:
              for f in sorted((BENCH / "s9").glob("s9-call3-ts-*.json"))
              for r in json.loads(f.read_text())["records"] if r["impl"] == "minbert-packed-compile"]
     mask = json.loads((BENCH / "s10" / "s10-call2-mask-check.json").read_text())["records"]
+    mask_s26 = json.loads((BENCH / "s26" / "s26-call1-mask.json").read_text())["records"]
     return {"kernels": kernels, "kernels_earlier": earlier,
+            "kernels_one_kernel_backward": records("s26", "s26-call1-attn.json"),
+            "mask_check_one_kernel_backward": mask_s26,
             "kernels_unit": "microseconds per call, one layer's attention (forward, forward + backward)",
             "mask_check": mask, "mask_check_source": "reports/bench/s10/s10-call2-mask-check.json",
             "train_step_efficient_with_dropout": wrong}
@@ -381,16 +389,18 @@ def master_weights_b32_runs() -> list[dict]:
     """bert-base at batch 32: the master-weights step (``master``, and its inductor-settings
     variants ``master-...``) against the reduce-overhead peer, in one process, in each run of both
     (benchmarks/master_weights_step.py). ``bias_ones``: the tree kept the bias gradients' ones in
-    blocks (s22 on), else each step made them."""
+    blocks (s22 on), else each step made them. Knobs wgs and fbwd (s26): the weight-gradient stream,
+    the one-kernel attention backward."""
     out = []
     for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json", "s21/s21-call1-knobs-b32.json",
-                 "s22/s22-call1-knobs-b32.log", "s22/s22-call2-knobs-b32.json", "s22/s22-call3-knobs-b32.json"):
+                 "s22/s22-call1-knobs-b32.log", "s22/s22-call2-knobs-b32.json", "s22/s22-call3-knobs-b32.json",
+                 *(f"s26/s26-call{i}-step-b32.json" for i in (1, 2, 3))):
         recs = samples_per_s(name)
         variants = {k: {"samples_per_s": v, "ratio": round(v / recs["peer"], 2)} for k, v in recs.items()
                     if k.startswith("master-")}
         run = {"master": recs["master"], "peer": recs["peer"], "ratio": round(recs["master"] / recs["peer"], 2)} \
             if "master" in recs else {"peer": recs["peer"]}
-        out.append({**run, **({"variants": variants} if variants else {}), "bias_ones": name.startswith("s22/"),
+        out.append({**run, **({"variants": variants} if variants else {}), "bias_ones": name[:4] in ("s22/", "s26/"),
                     "source": f"reports/bench/{name}"})
     return out
 

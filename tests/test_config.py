@@ -481,13 +481,31 @@ def test_runtime_settings_refuse_what_cannot_run():
     with pytest.raises(ConfigError) as ei:
         runtime_settings(load_config(None, ["train.cuda_graphs=on"]), "cpu", world_size=1)
     assert str(ei.value) == "train.cuda_graphs=on needs a CUDA device; use auto or off"
-    wgs = "model.weight_grad_stream needs packed training on CUDA (model.packing); set it to false"
-    for overrides, device in ((["model.weight_grad_stream=true"], "cpu"),
-                              (["model.weight_grad_stream=true", "model.packing=off"], "cuda")):
+    wgs = "model.weight_grad_stream=on needs packed training on CUDA (model.packing); use auto or off"
+    for overrides, device in ((["model.weight_grad_stream=on"], "cpu"),
+                              (["model.weight_grad_stream=on", "model.packing=off"], "cuda")):
         with pytest.raises(ConfigError) as ei:
             runtime_settings(load_config(None, overrides), device)
         assert str(ei.value) == wgs
-    assert runtime_settings(load_config(None, ["model.weight_grad_stream=true"]), "cuda").pack_multiple > 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "on", "off", True, False])  # YAML 1.1 reads on/off as bools
+def test_weight_grad_stream_resolves_to_packed_cuda_training_only(mode):
+    """auto is on exactly where packed training runs on CUDA; on runs there too (and raises
+    elsewhere, see above); off never. The encoder's flag is true unless off: the encoder itself
+    uses it on CUDA tensors only."""
+    from minbert.config import encoder_overrides, runtime_settings
+
+    want_on = mode in ("auto", "on", True)
+    cfg = load_config(None, [f"model.weight_grad_stream={str(mode).lower()}"])
+    assert cfg.model.weight_grad_stream == {True: "on", False: "off"}.get(mode, mode)
+    assert runtime_settings(cfg, "cuda").weight_grad_stream is want_on
+    assert runtime_settings(cfg, "cuda").pack_multiple > 0
+    assert encoder_overrides(cfg)["weight_grad_stream"] is want_on
+    if not want_on or mode == "auto":
+        assert runtime_settings(cfg, "cpu").weight_grad_stream is False
+        unpacked = load_config(None, [f"model.weight_grad_stream={str(mode).lower()}", "model.packing=off"])
+        assert runtime_settings(unpacked, "cuda").weight_grad_stream is False
 
 
 def test_cuda_graphs_option_resolution():

@@ -297,7 +297,7 @@ def test_the_kernel_compile_children_start_where_training_may_launch_our_kernel(
     args = kc.child_args(cfg(), "cuda")
     assert [a[-1] for a in args] == ["forward", "backward-dq", "backward-dkdv"]
     assert args[0][:4] == [sys.executable, "-m", "minbert.model.varlen_triton", str(encoder)]
-    want = {"attn_implementation": "sdpa", "varlen_kernel": "auto", "weight_grad_stream": False}
+    want = {"attn_implementation": "sdpa", "varlen_kernel": "auto", "weight_grad_stream": True}
     assert json.loads(args[0][4]) == want
     assert args[0][5] == "bfloat16"
     over = kc.child_args(cfg("model.attention_probs_dropout_prob=0.2", "train.amp=off", "model.packing=on",

@@ -65,15 +65,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training loop"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and learning-rate schedule"})
     output: OutputConfig = field(default_factory=OutputConfig, metadata={"help": "what a run writes"})
-    # tasks defined in the config (minbert.tasks.custom); each one trains when listed under `tasks`
-    # (a config with custom_tasks but no `tasks` section trains sst, qqp, sts and every custom task)
     custom_tasks: dict[str, CustomTaskConfig] = field(
         default_factory=dict,
         metadata={"help": "tasks defined in the config, by name (each one trains when listed under tasks)"},
     )
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 def from_dict(raw: dict) -> Config:
@@ -268,8 +263,7 @@ def replace(cfg: Any, **changes) -> Any:
 
 
 def full_dev(cfg: Config) -> Config:
-    """The config with every task's ``dev_limit`` lifted (``minbert evaluate --full``): scores on
-    whole dev sets."""
+    """The config with every task's ``dev_limit`` lifted: whole dev sets (``minbert evaluate --full``)."""
     tasks = {name: replace(tcfg, dev_limit=None) for name, tcfg in cfg.tasks.items()}
     return replace(cfg, tasks=tasks)
 
@@ -328,7 +322,8 @@ class RuntimeSettings:
     pad_multiple: training batches are padded to a multiple of this many tokens; pack_multiple:
     with packing (``model.packing``), the smallest pack bucket in tokens (0: no packing);
     note: why ``model.packing=auto`` stayed off on a CUDA device (None otherwise);
-    master_weights: bf16 working weights over the optimizer's fp32 masters (``optim.master_weights``)."""
+    master_weights: bf16 working weights over the optimizer's fp32 masters (``optim.master_weights``);
+    weight_grad_stream: the packed backward's dW and db on a second CUDA stream (``model.weight_grad_stream``)."""
 
     amp: bool
     compile: bool
@@ -338,6 +333,7 @@ class RuntimeSettings:
     pack_multiple: int = 0
     note: str | None = None
     master_weights: bool = False
+    weight_grad_stream: bool = False
 
 
 def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> RuntimeSettings:
@@ -365,19 +361,23 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
     pad_multiple = cfg.data.pad_to_multiple_of or (16 if graphs else 1)
     if packed:  # the encoder sees only the real tokens: rows are padded to one length, packs come in buckets
         pad_multiple = cfg.model.max_length
-    if cfg.model.weight_grad_stream and not (packed and device_type == "cuda"):
-        raise ConfigError("model.weight_grad_stream needs packed training on CUDA (model.packing); set it to false")
+    streams = packed and device_type == "cuda"  # model.weight_grad_stream: auto is on wherever it can run
+    if cfg.model.weight_grad_stream == "on" and not streams:
+        raise ConfigError("model.weight_grad_stream=on needs packed training on CUDA (model.packing); use auto or off")
     if cfg.optim.master_weights and (not amp or world_size > 1):
         raise ConfigError("optim.master_weights needs bf16 amp (train.amp=bf16, or auto on CUDA) in one process "
                           f"(got amp {'bf16' if amp else 'off'}, {world_size} processes)")
     return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple,
-                           PACK_MULTIPLE if packed else 0, note, cfg.optim.master_weights)
+                           PACK_MULTIPLE if packed else 0, note, cfg.optim.master_weights,
+                           streams and cfg.model.weight_grad_stream != "off")
 
 
 def encoder_overrides(cfg: Config) -> dict:
     """The :class:`minbert.model.bert.BertConfig` fields that ``cfg.model`` sets over the encoder's
-    ``config.json`` (where a value is null the file's stays)."""
-    overrides = {k: getattr(cfg.model, k) for k in ("attn_implementation", "varlen_kernel", "weight_grad_stream")}
+    ``config.json`` (where a value is null the file's stays); ``weight_grad_stream`` is true unless
+    ``off``: the encoder uses it on CUDA tensors only (:func:`minbert.model.train_ops.linear_grads`)."""
+    overrides = {k: getattr(cfg.model, k) for k in ("attn_implementation", "varlen_kernel")}
+    overrides["weight_grad_stream"] = cfg.model.weight_grad_stream != "off"  # serial off CUDA (linear_grads)
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         if getattr(cfg.model, key) is not None:
             overrides[key] = getattr(cfg.model, key)

@@ -40,9 +40,10 @@ class ModelConfig:
         metadata={"help": "packed sdpa attention's kernel (auto: efficient without attention dropout, else triton, "
                           "else flash)"},
     )
-    weight_grad_stream: bool = field(
-        default=False,
-        metadata={"help": "packed training on CUDA: weight and bias gradients on a second stream beside the input's"},
+    weight_grad_stream: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={"help": "weight and bias gradients on a second CUDA stream beside the input's (auto: on in packed "
+                          "CUDA training)"},
     )
 
 

@@ -72,7 +72,7 @@ class BertConfig:
     position_embedding_type: str = "absolute"
     attn_implementation: str = "sdpa"
     varlen_kernel: str = "auto"  # packed "sdpa" attention: auto, efficient, flash or triton (not in config.json)
-    weight_grad_stream: bool = False  # packed training on CUDA: dW, db beside dx on a second stream (train_ops)
+    weight_grad_stream: bool = False  # packed training, CUDA only: dW, db beside dx on a second stream (train_ops)
 
     def __post_init__(self) -> None:
         check_encoder_config(self)  # raises ConfigError

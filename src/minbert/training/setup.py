@@ -216,7 +216,8 @@ def log_plan(cfg: Config, counts: StepCounts, total_steps: int, device: torch.de
         "device %s, amp %s, %d process(es)%s, CUDA graphs %s, packing %s",
         tc.routine, counts.micro_per_epoch, counts.opt_per_epoch, tc.epochs, total_steps, device,
         "bf16" if rt.amp else "off", ctx.world_size, sync, "on" if rt.cuda_graphs else "off",
-        f"on (buckets from {rt.pack_multiple} tokens)" if rt.pack_multiple else "off",
+        f"on (buckets from {rt.pack_multiple} tokens{', dW and db on a second CUDA stream' * rt.weight_grad_stream})"
+        if rt.pack_multiple else "off",
     )
     if rt.note:
         log.info("%s", rt.note)
