@@ -25,6 +25,8 @@ Variants (``--variants``):
            nosplit  reductions not split into a partial and a final kernel (``split_reductions``
                     off: the LayerNorm and bias column sums over the step's tokens)
            agg      fusion of kernels that share no input (``aggressive_fusion``)
+           pdl      programmatic dependent launch on Hopper: each Triton kernel may start while the
+                    one before it ends, and waits inside for its inputs (``triton.enable_pdl``)
            wgs      not inductor's: the encoder's ``weight_grad_stream`` (each projection's weight
                     and bias gradients on a second CUDA stream beside its input gradient;
                     :mod:`minbert.model.train_ops`), master variants only
@@ -57,10 +59,25 @@ from minbert.training.cudagraph import GraphedSteps  # noqa: E402
 from minbert.training.optim import AdamW, attach_master_weights  # noqa: E402
 
 KNOBS = {"cdt": ("coordinate_descent_tuning", True), "combo": ("combo_kernels", True),
-         "nosplit": ("split_reductions", False), "agg": ("aggressive_fusion", True)}
+         "nosplit": ("split_reductions", False), "agg": ("aggressive_fusion", True),
+         "pdl": ("triton.enable_pdl", True)}
 MODEL_KNOBS = {"wgs", "fbwd"}  # the encoder's, not inductor's: master variants only
 _OUR_KERNEL = bert_module._import_triton_kernel
-DEFAULTS = {name: getattr(torch._inductor.config, name) for name, _ in KNOBS.values()}
+
+
+def get_setting(name: str):
+    """Inductor's setting ``name`` (dotted for a sub-section: ``triton.enable_pdl``); None where
+    this torch has no such setting."""
+    section, _, key = name.rpartition(".")
+    return getattr(getattr(torch._inductor.config, section) if section else torch._inductor.config, key, None)
+
+
+def set_setting(name: str, value) -> None:
+    section, _, key = name.rpartition(".")
+    setattr(getattr(torch._inductor.config, section) if section else torch._inductor.config, key, value)
+
+
+DEFAULTS = {name: get_setting(name) for name, _ in KNOBS.values()}
 
 
 def set_knobs(variant: str) -> None:
@@ -74,11 +91,14 @@ def set_knobs(variant: str) -> None:
     unknown = set(chosen) - set(KNOBS)
     if unknown:
         raise ValueError(f"unknown inductor knob(s) {sorted(unknown)} in {variant!r}; known: {sorted(KNOBS)}")
+    missing = [KNOBS[k][0] for k in chosen if DEFAULTS[KNOBS[k][0]] is None]
+    if missing:
+        raise ValueError(f"{variant!r}: this torch ({torch.__version__}) has no inductor setting {missing}")
     for name, default in DEFAULTS.items():
-        setattr(torch._inductor.config, name, default)
+        if default is not None:
+            set_setting(name, default)
     for knob in chosen:
-        name, value = KNOBS[knob]
-        setattr(torch._inductor.config, name, value)
+        set_setting(*KNOBS[knob])
     fused = "fbwd" in variant.split("-")[1:]  # the attention kernel the next compile bakes in
     bert_module._import_triton_kernel = _fused_backward_kernel if fused else _OUR_KERNEL
 

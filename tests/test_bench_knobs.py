@@ -17,10 +17,10 @@ NAMES = [name for name, _ in mws.KNOBS.values()]
 
 @pytest.fixture(autouse=True)
 def restore_inductor_defaults():
-    saved = {name: getattr(inductor_config, name) for name in NAMES}
+    saved = {name: mws.get_setting(name) for name in NAMES}
     yield
     for name, value in saved.items():
-        setattr(inductor_config, name, value)
+        mws.set_setting(name, value)
 
 
 def test_a_variant_sets_the_knobs_it_names_and_resets_the_others():
@@ -35,17 +35,25 @@ def test_a_variant_sets_the_knobs_it_names_and_resets_the_others():
 
 def test_the_peer_runs_under_inductors_defaults_after_any_variant():
     mws.set_knobs("master-combo-nosplit-agg-cdt")
-    assert {name: getattr(inductor_config, name) for name in NAMES} != mws.DEFAULTS
+    assert {name: mws.get_setting(name) for name in NAMES} != mws.DEFAULTS
     mws.set_knobs("peer")
-    assert {name: getattr(inductor_config, name) for name in NAMES} == mws.DEFAULTS
+    assert {name: mws.get_setting(name) for name in NAMES} == mws.DEFAULTS
+
+
+def test_a_dotted_knob_reaches_inductors_sub_section():
+    """pdl is inductor's triton.enable_pdl, a setting of a sub-section."""
+    mws.set_knobs("master-pdl-cdt")
+    assert inductor_config.triton.enable_pdl is True and inductor_config.coordinate_descent_tuning is True
+    mws.set_knobs("master-cdt")
+    assert inductor_config.triton.enable_pdl is mws.DEFAULTS["triton.enable_pdl"] is False
 
 
 def test_an_unknown_knob_raises_and_changes_nothing():
     mws.set_knobs("master-combo")
-    before = {name: getattr(inductor_config, name) for name in NAMES}
+    before = {name: mws.get_setting(name) for name in NAMES}
     with pytest.raises(ValueError, match="unknown inductor knob"):
         mws.set_knobs("master-combo-turbo")
-    assert {name: getattr(inductor_config, name) for name in NAMES} == before
+    assert {name: mws.get_setting(name) for name in NAMES} == before
 
 
 def test_the_one_kernel_attention_backward_is_patched_in_for_fbwd_variants_only():
