@@ -142,35 +142,38 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEED, sm_scale, drop_t
 def _bwd_fused_kernel(Q, K, V, OUT, DO, LSE, DQ, DK, DV, CU, SEED, sm_scale, drop_thr, keep_scale, N, rng_stride,
                       s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
                       HS: tl.constexpr, BLOCK: tl.constexpr, DROPOUT: tl.constexpr):
-    """dQ, dK and dV of one sequence and head in one program (grid: sequences x heads). A
-    sequence of at most one tile computes P and dS once for all three (the split kernels compute
-    them once each); a longer one runs the dK, dV tiles and then the dQ tiles, one after the other,
-    with D computed from dO and OUT where it is needed."""
-    seq, h = tl.program_id(0), tl.program_id(1)
+    """The whole backward in one launch (grid: 2 x tiles, sequences, heads). A sequence of at most
+    one tile is done by its first program, which computes P and dS once for dQ, dK and dV (the
+    split kernels compute them once each). A longer one is done tile by tile as by the split
+    kernels: the first half of the grid's tiles writes dK and dV, the second half dQ, with D
+    computed from dO and OUT where it is needed, so that no program waits for another."""
+    i, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CU + seq)
     L = tl.load(CU + seq + 1) - start
+    tiles = tl.num_programs(0) // 2
     if L <= BLOCK:
-        seed = tl.load(SEED) if DROPOUT else 0
-        d = tl.arange(0, HS)
-        ok = tl.arange(0, BLOCK) < L
-        tok = start + tl.arange(0, BLOCK)
-        q, do, delta, lse = _query_rows(Q, DO, OUT, LSE, tok, h, N, d, ok, s_qt, s_qh, s_dt, s_dh, s_ot, s_oh)
-        k = _rows(K, tok, h, s_kt, s_kh, d, ok)
-        v = _rows(V, tok, h, s_vt, s_vh, d, ok)
-        pd, ds = _pd_ds(q, k, v, do, lse, delta, seed, h, tok, 0, sm_scale, drop_thr, keep_scale, rng_stride,
-                        ok, ok, BLOCK, BLOCK, DROPOUT)
-        _store_rows(DV, tok, h, s_gt, s_gh, d, ok, tl.dot(tl.trans(pd.to(do.dtype)), do))
-        _store_rows(DK, tok, h, s_gt, s_gh, d, ok, tl.dot(tl.trans(ds.to(q.dtype)), q) * sm_scale)
-        _store_rows(DQ, tok, h, s_gt, s_gh, d, ok, tl.dot(ds.to(k.dtype), k) * sm_scale)
-    else:
-        for n0 in range(0, L, BLOCK):
-            _dkdv_tile(Q, K, V, OUT, DO, LSE, LSE, DK, DV, start, L, n0, h, SEED, sm_scale, drop_thr, keep_scale,
-                       N, rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
-                       HS, BLOCK, BLOCK, DROPOUT, True)
-        for m0 in range(0, L, BLOCK):
-            _dq_tile(Q, K, V, OUT, DO, LSE, DQ, start, L, m0, h, SEED, sm_scale, drop_thr, keep_scale, N,
-                     rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
-                     HS, BLOCK, BLOCK, DROPOUT)
+        if i == 0:
+            seed = tl.load(SEED) if DROPOUT else 0
+            d = tl.arange(0, HS)
+            ok = tl.arange(0, BLOCK) < L
+            tok = start + tl.arange(0, BLOCK)
+            q, do, delta, lse = _query_rows(Q, DO, OUT, LSE, tok, h, N, d, ok, s_qt, s_qh, s_dt, s_dh, s_ot, s_oh)
+            k = _rows(K, tok, h, s_kt, s_kh, d, ok)
+            v = _rows(V, tok, h, s_vt, s_vh, d, ok)
+            pd, ds = _pd_ds(q, k, v, do, lse, delta, seed, h, tok, 0, sm_scale, drop_thr, keep_scale, rng_stride,
+                            ok, ok, BLOCK, BLOCK, DROPOUT)
+            _store_rows(DV, tok, h, s_gt, s_gh, d, ok, tl.dot(tl.trans(pd.to(do.dtype)), do))
+            _store_rows(DK, tok, h, s_gt, s_gh, d, ok, tl.dot(tl.trans(ds.to(q.dtype)), q) * sm_scale)
+            _store_rows(DQ, tok, h, s_gt, s_gh, d, ok, tl.dot(ds.to(k.dtype), k) * sm_scale)
+    elif i < tiles:
+        if i * BLOCK < L:
+            _dkdv_tile(Q, K, V, OUT, DO, LSE, LSE, DK, DV, start, L, i * BLOCK, h, SEED, sm_scale, drop_thr,
+                       keep_scale, N, rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh,
+                       s_gt, s_gh, HS, BLOCK, BLOCK, DROPOUT, True)
+    elif (i - tiles) * BLOCK < L:
+        _dq_tile(Q, K, V, OUT, DO, LSE, DQ, start, L, (i - tiles) * BLOCK, h, SEED, sm_scale, drop_thr, keep_scale,
+                 N, rng_stride, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_dt, s_dh, s_gt, s_gh,
+                 HS, BLOCK, BLOCK, DROPOUT)
 
 
 # the backward kernels' tile functions (Triton looks them up when it compiles a kernel)
@@ -318,8 +321,8 @@ def varlen_attention_bwd(
 ) -> torch.Tensor:
     """Backward kernels: dO (N, nh, hs) and the forward's tensors -> dqkv (N, 3, nh, hs), the
     gradients of q, k and v written side by side in one buffer, the layout of the q/k/v GEMM's
-    output, so that no copy joins them. ``fused``: one kernel, one program per sequence and head
-    (``_bwd_fused_kernel``), instead of the dQ kernel and the dK, dV kernel."""
+    output, so that no copy joins them. ``fused``: one launch (``_bwd_fused_kernel``: one program
+    per sequence of one tile, else one per tile), instead of the dQ kernel and the dK, dV kernel."""
     kernels = ("fused",) if fused else ("dq", "dkdv")
     return _launch_bwd(do, qkv, out, lse, cu_seqlens, max_seqlen, dropout_p, seed, block, kernels)
 
@@ -341,9 +344,10 @@ def _launch_bwd(
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=drop_thr > 0)
     if "fused" in kernels:
-        _bwd_fused_kernel[grid[1:]](q, k, v, out, do, lse, dq, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale,
-                                    N, stride, *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
-                                    dq.stride(0), dq.stride(1), HS=hs, BLOCK=block, DROPOUT=drop_thr > 0)
+        _bwd_fused_kernel[(2 * grid[0], *grid[1:])](  # dK, dV tiles, then dQ tiles
+            q, k, v, out, do, lse, dq, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride, *strides,
+            out.stride(0), out.stride(1), do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+            HS=hs, BLOCK=block, DROPOUT=drop_thr > 0)
     if "dq" in kernels:
         _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, drop_thr, keep_scale, N,
                              stride, *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
@@ -392,9 +396,8 @@ def triton_varlen_attention(
             kept probabilities are scaled by the inverse of the exact keep rate); the mask's seed is
             drawn from torch's default generator of qkv's device (one int64 per call).
         block: rows and columns of a tile (a power of two >= 16).
-        fused_backward: the backward as one kernel with a program per sequence and head (P and
-            dS computed once where a sequence fits in one tile), instead of two kernels with a
-            program per tile.
+        fused_backward: the backward as one launch (P and dS computed once where a sequence fits
+            in one tile; a longer sequence's tiles as in the split kernels), instead of two.
     Returns:
         (N, nh, hs) in qkv's dtype, contiguous; rows past cu_seqlens[-1] are not written, nor are
         those rows of qkv's gradient (the backward leaves them as allocated): where that gradient
