@@ -29,10 +29,10 @@ Variants (``--variants``):
                     one before it ends, and waits inside for its inputs (``triton.enable_pdl``)
            wgs      not inductor's: the encoder's ``weight_grad_stream`` (each projection's weight
                     and bias gradients on a second CUDA stream beside its input gradient;
-                    :mod:`minbert.model.train_ops`), master variants only
+                    :mod:`minbert.model.train_ops`; on by default in training)
            fbwd     not inductor's: our attention kernel's backward as one kernel per step and layer
                     (``fused_backward`` of :func:`minbert.model.varlen_triton.triton_varlen_attention`,
-                    patched in for this variant), master variants only
+                    patched in for this variant)
   peer     transformers + torch.compile(mode="reduce-overhead"), under inductor's defaults (the
            records of s21 and s22 listed it first, when it ran under the settings that the
            variant before it left)
@@ -61,7 +61,7 @@ from minbert.training.optim import AdamW, attach_master_weights  # noqa: E402
 KNOBS = {"cdt": ("coordinate_descent_tuning", True), "combo": ("combo_kernels", True),
          "nosplit": ("split_reductions", False), "agg": ("aggressive_fusion", True),
          "pdl": ("triton.enable_pdl", True)}
-MODEL_KNOBS = {"wgs", "fbwd"}  # the encoder's, not inductor's: master variants only
+MODEL_KNOBS = {"wgs", "fbwd"}  # the encoder's, not inductor's
 _OUR_KERNEL = bert_module._import_triton_kernel
 
 
@@ -117,9 +117,7 @@ def prepare(variant: str, batches: list[dict]):
     knobs = set(variant.split("-")[1:])
     wgs = "wgs" in knobs
     if kind == "whole":
-        if knobs & MODEL_KNOBS:
-            raise ValueError(f"{variant!r}: {sorted(knobs & MODEL_KNOBS)} are knobs of the master variants only")
-        return ov.prepare("whole", batches)
+        return ov.prepare("whole", batches, weight_grad_stream=wgs)
     dev = torch.device("cuda")
     torch.manual_seed(0)
     config = BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa", weight_grad_stream=wgs)

@@ -182,10 +182,11 @@ def layerwise_loss_fn(model: BertModel, B: int, max_seqlen: int):
     return loss_fn
 
 
-def prepare(variant: str, batches: list[dict]):
+def prepare(variant: str, batches: list[dict], weight_grad_stream: bool = False):
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    model = BertModel(BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa")).to(dev).train()
+    config = BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa", weight_grad_stream=weight_grad_stream)
+    model = BertModel(config).to(dev).train()
     if variant.endswith("-bf16"):  # the weights in the compute dtype: no cast kernels in the step
         model = model.to(torch.bfloat16)
     opt = AdamW(model.parameters(), lr=1e-5, fused=True)
