@@ -65,11 +65,15 @@ MODEL_KNOBS = {"wgs", "fbwd"}  # the encoder's, not inductor's
 _OUR_KERNEL = bert_module._import_triton_kernel
 
 
+MISSING = object()  # a setting this torch does not have
+
+
 def get_setting(name: str):
-    """Inductor's setting ``name`` (dotted for a sub-section: ``triton.enable_pdl``); None where
-    this torch has no such setting."""
+    """Inductor's setting ``name`` (dotted for a sub-section: ``triton.enable_pdl``); MISSING where
+    this torch has no such setting or section."""
     section, _, key = name.rpartition(".")
-    return getattr(getattr(torch._inductor.config, section) if section else torch._inductor.config, key, None)
+    holder = getattr(torch._inductor.config, section, MISSING) if section else torch._inductor.config
+    return MISSING if holder is MISSING else getattr(holder, key, MISSING)
 
 
 def set_setting(name: str, value) -> None:
@@ -91,11 +95,11 @@ def set_knobs(variant: str) -> None:
     unknown = set(chosen) - set(KNOBS)
     if unknown:
         raise ValueError(f"unknown inductor knob(s) {sorted(unknown)} in {variant!r}; known: {sorted(KNOBS)}")
-    missing = [KNOBS[k][0] for k in chosen if DEFAULTS[KNOBS[k][0]] is None]
+    missing = [KNOBS[k][0] for k in chosen if DEFAULTS[KNOBS[k][0]] is MISSING]
     if missing:
         raise ValueError(f"{variant!r}: this torch ({torch.__version__}) has no inductor setting {missing}")
     for name, default in DEFAULTS.items():
-        if default is not None:
+        if default is not MISSING:
             set_setting(name, default)
     for knob in chosen:
         set_setting(*KNOBS[knob])

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch._inductor.config as inductor_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -20,7 +21,8 @@ def restore_inductor_defaults():
     saved = {name: mws.get_setting(name) for name in NAMES}
     yield
     for name, value in saved.items():
-        mws.set_setting(name, value)
+        if value is not mws.MISSING:
+            mws.set_setting(name, value)
 
 
 def test_a_variant_sets_the_knobs_it_names_and_resets_the_others():
@@ -42,10 +44,22 @@ def test_the_peer_runs_under_inductors_defaults_after_any_variant():
 
 def test_a_dotted_knob_reaches_inductors_sub_section():
     """pdl is inductor's triton.enable_pdl, a setting of a sub-section."""
+    if mws.DEFAULTS["triton.enable_pdl"] is mws.MISSING:
+        pytest.skip(f"torch {torch.__version__} has no triton.enable_pdl")
     mws.set_knobs("master-pdl-cdt")
     assert inductor_config.triton.enable_pdl is True and inductor_config.coordinate_descent_tuning is True
-    mws.set_knobs("master-cdt")
-    assert inductor_config.triton.enable_pdl is mws.DEFAULTS["triton.enable_pdl"] is False
+    mws.set_knobs("master-combo")
+    assert inductor_config.triton.enable_pdl == mws.DEFAULTS["triton.enable_pdl"]
+    assert inductor_config.coordinate_descent_tuning == mws.DEFAULTS["coordinate_descent_tuning"]
+
+
+def test_a_setting_this_torch_lacks_is_missing_and_its_knob_raises(monkeypatch):
+    assert mws.get_setting("no_such_setting") is mws.get_setting("no_section.enable_pdl") is mws.MISSING
+    monkeypatch.setitem(mws.DEFAULTS, "triton.enable_pdl", mws.MISSING)
+    with pytest.raises(ValueError, match=r"has no inductor setting \['triton.enable_pdl'\]"):
+        mws.set_knobs("master-pdl")
+    mws.set_knobs("master-cdt")  # the others still set and reset
+    assert inductor_config.coordinate_descent_tuning is True
 
 
 def test_an_unknown_knob_raises_and_changes_nothing():

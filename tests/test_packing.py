@@ -395,3 +395,18 @@ def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
     stop_kernel_compile(None)
     stop_kernel_compile([failing, running])  # a run that ends before it waits: the rest are killed
     assert running.returncode not in (None, 0) and failing.returncode == 1
+
+
+@pytest.mark.parametrize(("mode", "flag"), [("auto", True), ("on", True), ("off", False)])
+def test_the_run_configs_weight_grad_stream_reaches_the_built_encoder(tmp_path, mode, flag):
+    """model.weight_grad_stream reaches the encoder the trainer builds (build_model): true unless
+    off (linear_grads uses it on CUDA tensors only), and never into its config.json."""
+    from minbert.config import load_config
+    from minbert.model.multitask import build_model
+
+    encoder, _ = _encoder_folders(tmp_path)
+    cfg = load_config(None, [f"model.encoder={encoder}", f"model.weight_grad_stream={mode}",
+                             "tasks={sst: {}}"])
+    model = build_model(cfg, encoder, pretrained=False)
+    assert model.encoder.config.weight_grad_stream is flag
+    assert "weight_grad_stream" not in model.encoder.config.to_hf_dict()

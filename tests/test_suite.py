@@ -415,3 +415,13 @@ def test_a_run_from_before_a_new_config_key_still_counts_as_the_same_config():
     unknown = copy.deepcopy(want)
     unknown["train"]["no_such_key"] = 1  # a key this version does not have
     assert not _same_config(unknown, want) and not _same_config(None, want)
+    # model.weight_grad_stream moves gradient work between CUDA streams, same values: a run saved
+    # when it was a bool (false by default) is the same config as one of today's default, auto
+    assert want["model"]["weight_grad_stream"] == "auto"
+    for saved in (False, True, "off"):
+        stored = copy.deepcopy(want)
+        stored["model"]["weight_grad_stream"] = saved
+        assert _same_config(stored, want), saved
+    other_dropout = copy.deepcopy(want)
+    other_dropout["model"]["hidden_dropout_prob"] = 0.3  # the rest of model still counts
+    assert not _same_config(other_dropout, want)

@@ -344,7 +344,7 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
 
     Raises:
         ConfigError: ``train.pcgrad`` with several processes or without the parallel routine;
-            ``train.cuda_graphs=on`` where graphs cannot run; ``model.weight_grad_stream`` unpacked
+            ``train.cuda_graphs=on`` where graphs cannot run; ``model.weight_grad_stream=on`` unpacked
             or off CUDA; ``optim.master_weights`` without bf16 amp or with several processes.
     """
     tc = cfg.train

@@ -29,12 +29,16 @@ def jsonable(obj: Any) -> Any:
 
 def _but_data_dir(d: dict) -> dict:
     """A plain config without its ``data.dir``: a run saves the folder it was given there, and
-    the data itself is compared by its SHA-256 sums (:func:`minbert.runs.resolve_run_data_dir`)."""
-    return {**d, "data": {**d.get("data", {}), "dir": None}} if isinstance(d.get("data", {}), dict) else d
+    the data itself is compared by its SHA-256 sums (:func:`minbert.runs.resolve_run_data_dir`);
+    and without ``model.weight_grad_stream``, which changes where gradients are computed, not
+    their values (a run saved before its default became ``auto`` holds ``false``)."""
+    out = {**d, "data": {**d["data"], "dir": None}} if isinstance(d.get("data"), dict) else d
+    return {**out, "model": {**d["model"], "weight_grad_stream": None}} if isinstance(d.get("model"), dict) else out
 
 
 def same_config(stored: Any, want: dict) -> bool:
-    """Whether a finished run's stored config is ``want``, but for ``data.dir``. The stored one is
+    """Whether a finished run's stored config is ``want``, but for ``data.dir`` and
+    ``model.weight_grad_stream`` (:func:`_but_data_dir`). The stored one is
     read through the current schema first, so a run made before a config key existed counts as
     that key's default (new keys default to the old behaviour); a key the schema no longer has,
     or an unreadable config, is a mismatch."""
