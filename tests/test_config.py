@@ -489,22 +489,26 @@ def test_runtime_settings_refuse_what_cannot_run():
         assert str(ei.value) == wgs
 
 
+@pytest.mark.parametrize("master", [False, True])
 @pytest.mark.parametrize("mode", ["auto", "on", "off", True, False])  # YAML 1.1 reads on/off as bools
-def test_weight_grad_stream_resolves_to_packed_cuda_training_only(mode):
-    """auto is on exactly where packed training runs on CUDA; on runs there too (and raises
-    elsewhere, see above); off never. The encoder's flag is true unless off: the encoder itself
-    uses it on CUDA tensors only."""
+def test_weight_grad_stream_resolves_to_packed_cuda_training_only(mode, master):
+    """on runs in packed CUDA training (and raises elsewhere, see above); auto runs there only with
+    master weights, the step it was timed on; off never. The encoder's flag follows the same
+    rule but for the device: the encoder itself uses it on CUDA tensors only."""
     from minbert.config import encoder_overrides, runtime_settings
 
-    want_on = mode in ("auto", "on", True)
-    cfg = load_config(None, [f"model.weight_grad_stream={str(mode).lower()}"])
+    want_on = mode in ("on", True) or (mode == "auto" and master)
+    over = [f"model.weight_grad_stream={str(mode).lower()}", f"optim.master_weights={str(master).lower()}"]
+    cfg = load_config(None, over)
     assert cfg.model.weight_grad_stream == {True: "on", False: "off"}.get(mode, mode)
     assert runtime_settings(cfg, "cuda").weight_grad_stream is want_on
     assert runtime_settings(cfg, "cuda").pack_multiple > 0
     assert encoder_overrides(cfg)["weight_grad_stream"] is want_on
-    if not want_on or mode == "auto":
-        assert runtime_settings(cfg, "cpu").weight_grad_stream is False
-        unpacked = load_config(None, [f"model.weight_grad_stream={str(mode).lower()}", "model.packing=off"])
+    if mode not in ("on", True):
+        if not master:  # master weights need bf16 amp, which a CPU runs only when asked for
+            assert runtime_settings(cfg, "cpu").weight_grad_stream is False
+        assert runtime_settings(load_config(None, [*over, "train.amp=bf16"]), "cpu").weight_grad_stream is False
+        unpacked = load_config(None, [*over, "model.packing=off"])
         assert runtime_settings(unpacked, "cuda").weight_grad_stream is False
 
 

@@ -297,7 +297,7 @@ def test_the_kernel_compile_children_start_where_training_may_launch_our_kernel(
     args = kc.child_args(cfg(), "cuda")
     assert [a[-1] for a in args] == ["forward", "backward-dq", "backward-dkdv"]
     assert args[0][:4] == [sys.executable, "-m", "minbert.model.varlen_triton", str(encoder)]
-    want = {"attn_implementation": "sdpa", "varlen_kernel": "auto", "weight_grad_stream": True}
+    want = {"attn_implementation": "sdpa", "varlen_kernel": "auto", "weight_grad_stream": False}
     assert json.loads(args[0][4]) == want
     assert args[0][5] == "bfloat16"
     over = kc.child_args(cfg("model.attention_probs_dropout_prob=0.2", "train.amp=off", "model.packing=on",
@@ -397,16 +397,17 @@ def test_waiting_for_the_kernel_compile_never_fails_the_run(caplog):
     assert running.returncode not in (None, 0) and failing.returncode == 1
 
 
-@pytest.mark.parametrize(("mode", "flag"), [("auto", True), ("on", True), ("off", False)])
-def test_the_run_configs_weight_grad_stream_reaches_the_built_encoder(tmp_path, mode, flag):
-    """model.weight_grad_stream reaches the encoder the trainer builds (build_model): true unless
-    off (linear_grads uses it on CUDA tensors only), and never into its config.json."""
+@pytest.mark.parametrize(("mode", "master", "flag"), [("auto", False, False), ("auto", True, True), ("on", False, True),
+                                                      ("off", True, False)])
+def test_the_run_configs_weight_grad_stream_reaches_the_built_encoder(tmp_path, mode, master, flag):
+    """model.weight_grad_stream reaches the encoder the trainer builds (build_model): on, or auto
+    with master weights (linear_grads uses it on CUDA tensors only), and never its config.json."""
     from minbert.config import load_config
     from minbert.model.multitask import build_model
 
     encoder, _ = _encoder_folders(tmp_path)
     cfg = load_config(None, [f"model.encoder={encoder}", f"model.weight_grad_stream={mode}",
-                             "tasks={sst: {}}"])
+                             f"optim.master_weights={str(master).lower()}", "tasks={sst: {}}"])
     model = build_model(cfg, encoder, pretrained=False)
     assert model.encoder.config.weight_grad_stream is flag
     assert "weight_grad_stream" not in model.encoder.config.to_hf_dict()

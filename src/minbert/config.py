@@ -322,8 +322,8 @@ class RuntimeSettings:
     pad_multiple: training batches are padded to a multiple of this many tokens; pack_multiple:
     with packing (``model.packing``), the smallest pack bucket in tokens (0: no packing);
     note: why ``model.packing=auto`` stayed off on a CUDA device (None otherwise);
-    master_weights: bf16 working weights over the optimizer's fp32 masters (``optim.master_weights``);
-    weight_grad_stream: the packed backward's dW and db on a second CUDA stream (``model.weight_grad_stream``)."""
+    master_weights: bf16 working weights, fp32 masters (``optim.master_weights``); weight_grad_stream:
+    the packed backward's dW and db on a second CUDA stream (``model.weight_grad_stream``)."""
 
     amp: bool
     compile: bool
@@ -361,23 +361,23 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
     pad_multiple = cfg.data.pad_to_multiple_of or (16 if graphs else 1)
     if packed:  # the encoder sees only the real tokens: rows are padded to one length, packs come in buckets
         pad_multiple = cfg.model.max_length
-    streams = packed and device_type == "cuda"  # model.weight_grad_stream: auto is on wherever it can run
-    if cfg.model.weight_grad_stream == "on" and not streams:
+    streams = packed and device_type == "cuda" and encoder_overrides(cfg)["weight_grad_stream"]
+    if cfg.model.weight_grad_stream == "on" and not (packed and device_type == "cuda"):
         raise ConfigError("model.weight_grad_stream=on needs packed training on CUDA (model.packing); use auto or off")
     if cfg.optim.master_weights and (not amp or world_size > 1):
         raise ConfigError("optim.master_weights needs bf16 amp (train.amp=bf16, or auto on CUDA) in one process "
                           f"(got amp {'bf16' if amp else 'off'}, {world_size} processes)")
     return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple,
-                           PACK_MULTIPLE if packed else 0, note, cfg.optim.master_weights,
-                           streams and cfg.model.weight_grad_stream != "off")
+                           PACK_MULTIPLE if packed else 0, note, cfg.optim.master_weights, streams)
 
 
 def encoder_overrides(cfg: Config) -> dict:
     """The :class:`minbert.model.bert.BertConfig` fields that ``cfg.model`` sets over the encoder's
-    ``config.json`` (where a value is null the file's stays); ``weight_grad_stream`` is true unless
-    ``off``: the encoder uses it on CUDA tensors only (:func:`minbert.model.train_ops.linear_grads`)."""
-    overrides = {k: getattr(cfg.model, k) for k in ("attn_implementation", "varlen_kernel")}
-    overrides["weight_grad_stream"] = cfg.model.weight_grad_stream != "off"  # serial off CUDA (linear_grads)
+    ``config.json`` (where a value is null the file's stays); ``weight_grad_stream``: ``on``, or ``auto``
+    with ``optim.master_weights`` (the step it was timed on), used on CUDA only (``linear_grads``)."""
+    wgs = cfg.model.weight_grad_stream
+    overrides = {"attn_implementation": cfg.model.attn_implementation, "varlen_kernel": cfg.model.varlen_kernel,
+                 "weight_grad_stream": wgs == "on" or (wgs == "auto" and cfg.optim.master_weights)}
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         if getattr(cfg.model, key) is not None:
             overrides[key] = getattr(cfg.model, key)

@@ -42,8 +42,8 @@ class ModelConfig:
     )
     weight_grad_stream: Literal["auto", "on", "off"] = field(
         default="auto",
-        metadata={"help": "weight and bias gradients on a second CUDA stream (auto: in packed "
-                          "CUDA training; on raises elsewhere)"},
+        metadata={"help": "packed CUDA training: weight and bias gradients on a second CUDA stream (auto: with "
+                          "optim.master_weights)"},
     )
 
 
