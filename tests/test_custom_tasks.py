@@ -267,3 +267,22 @@ def test_train_with_a_bad_definition_is_one_line_exit_2(task_dir, tiny_encoder, 
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: custom_tasks.odd.num_labels: at least 2, got 1"]
+
+
+def test_a_head_too_large_to_allocate_is_one_line_exit_2(task_dir, tiny_encoder, data_dir, tmp_path, capsys):
+    """num_labels of 10^9: the head's weight (10^9 x hidden floats, terabytes) cannot be allocated;
+    the run stops with one line naming the task, not an allocator traceback."""
+    from minbert.cli import main
+
+    cfg = tmp_path / "huge.yaml"
+    d = {**definition(task_dir), "label_names": None, "num_labels": 10**9}
+    cfg.write_text(
+        yaml.safe_dump({"custom_tasks": {"huge": d}, "tasks": {"huge": {}}, "model": {"encoder": str(tiny_encoder)}})
+    )
+    code = main(
+        ["train", "--config", str(cfg), "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "r"), "--no-progress"]
+    )
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error: ")]
+    hidden = json.loads((tiny_encoder / "config.json").read_text())["hidden_size"]
+    assert code == 2 and err == [f"error: tasks.huge: its head (1000000000 outputs from {hidden} features) does not "
+                                 "fit in memory; check num_labels or label_names"]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import encoder_overrides
+from ..errors import ConfigError
 from .bert import BertConfig, BertModel
 from .heads import Encoded
 from .packing import PackedBatch, pack_plan, plan_max_seqlen, token_bucket
@@ -157,7 +158,7 @@ def build_model(
     from ``cfg`` when not given.
 
     Raises:
-        ConfigError: an unknown task, a bad custom task or head setting.
+        ConfigError: an unknown task, a bad custom task or head setting, a head too large to allocate.
         CheckpointError: the encoder folder cannot be read.
     """
     if tasks is None:
@@ -173,6 +174,12 @@ def build_model(
     heads, kinds = {}, {}
     for name, tcfg in cfg.tasks.items():
         task = tasks[name]
-        heads[name] = task.build_head(tcfg, hidden)
+        try:
+            heads[name] = task.build_head(tcfg, hidden)
+        except RuntimeError as e:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
+            if "allocate" not in str(e):
+                raise
+            raise ConfigError(f"tasks.{name}: its head ({task.num_outputs} outputs from {hidden} features) does not "
+                              "fit in memory; check num_labels or label_names") from None
         kinds[name] = task.input_kind(tcfg.pair_input)
     return MultitaskModel(encoder, heads, kinds, uncertainty=cfg.train.loss_weighting == "uncertainty")
