@@ -266,7 +266,7 @@ def test_train_with_a_bad_definition_is_one_line_exit_2(task_dir, tiny_encoder, 
         ["train", "--config", str(cfg), "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "r"), "--no-progress"]
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["error: custom_tasks.odd.num_labels: at least 2, got 1"]
+    assert code == 2 and err == ["error: custom_tasks.odd.num_labels: at least 2 and at most 2**31 - 1, got 1"]
 
 
 def test_a_head_too_large_to_allocate_is_one_line_exit_2(task_dir, tiny_encoder, data_dir, tmp_path, capsys):

@@ -63,6 +63,37 @@ def test_macro_f1_values():
     assert M.macro_f1(np.array([]), np.array([]), 3) is None
 
 
+def test_macro_f1_agrees_with_the_confusion_matrix_and_needs_no_square_of_the_labels():
+    """Per-label counts (O(num_labels)), not a num_labels² matrix: equal to the F1s read off the
+    confusion matrix; with 10^7 labels (a 10^14-cell matrix) it still returns, the absent labels
+    scoring 0."""
+    rng = np.random.default_rng(0)
+    pred, gold = rng.integers(0, 7, 200), rng.integers(0, 7, 200)
+    m = np.array(M.confusion_matrix(pred, gold, 7), dtype=np.float64)
+    f1 = 2 * np.diag(m) / (m.sum(0) + m.sum(1))
+    assert M.macro_f1(pred, gold, 7) == pytest.approx(f1.mean(), abs=1e-12)
+    assert M.macro_f1(pred, gold, 10**7) == pytest.approx(f1.sum() / 10**7, rel=1e-12)
+
+
+def test_a_task_of_many_labels_keeps_no_confusion_matrix():
+    from minbert.config import from_dict
+    from minbert.tasks.custom import build_custom_task
+
+    def task(n):
+        d = {"kind": "classification", "num_labels": n, "files": {"train": "t.csv", "dev": "d.csv"}}
+        return build_custom_task("many", from_dict({"custom_tasks": {"many": d}}).custom_tasks["many"])
+
+    pred, gold = np.array([0, 1, 1]), np.array([0, 1, 0])
+    most = M.CONFUSION_MAX_LABELS
+    small, large = task(most).metrics(pred, gold), task(most + 1).metrics(pred, gold)
+    assert np.array(small["confusion"]).shape == (most, most) and large["confusion"] is None
+    assert small["acc"] == large["acc"] == pytest.approx(2 / 3)
+    from minbert.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"num_labels: at least 2 and at most 2\*\*31 - 1, got 2147483648"):
+        task(2**31)  # label indices past int32, head sizes past what torch can count
+
+
 def test_each_task_kind_reports_its_metric_set():
     """The built-in tasks and the custom ones that share their kind report the same metrics
     (a custom classification task adds macro F1), in this order."""

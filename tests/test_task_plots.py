@@ -137,6 +137,10 @@ def test_each_kind_of_task_gets_its_plot():
     assert list(kinds.values()) == ["confusion", "calibration", "scatter", "confusion", "calibration", "scatter"]
     assert [plot_file(t) for t in (get_task("sst"), two, score)] == [
         "sst-confusion.png", "mine-calibration.png", "mine-scatter.png"]
+    # a confusion plot draws num_labels² cells: up to CONFUSION_MAX_LABELS labels, then none
+    from minbert.tasks.metrics import CONFUSION_MAX_LABELS as most
+
+    assert [plot_kind(custom("classification", num_labels=n)) for n in (most, most + 1)] == ["confusion", "none"]
 
 
 # ----------------------------------------------------------------------------------------------

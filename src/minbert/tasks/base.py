@@ -216,7 +216,8 @@ class ClassificationTask(Task):
         m = {"acc": M.accuracy(pred, gold)}
         if self.reports_macro_f1:
             m["macro_f1"] = M.macro_f1(pred, gold, self.num_outputs)
-        m["confusion"] = M.confusion_matrix(pred, gold, self.num_outputs) if len(gold) else None
+        small = self.num_outputs <= M.CONFUSION_MAX_LABELS
+        m["confusion"] = M.confusion_matrix(pred, gold, self.num_outputs) if len(gold) and small else None
         return m
 
     def primary(self, m: dict) -> float | None:

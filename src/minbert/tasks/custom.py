@@ -38,6 +38,7 @@ from .base import ClassificationTask, RegressionTask, Task
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _SPLITS = ("train", "dev", "test")
+MAX_LABELS = 2**31 - 1  # num_labels: label indices fit in int32, and the head's size stays countable
 
 
 class _CustomTask(Task):
@@ -128,8 +129,8 @@ def build_custom_task(name: str, d: CustomTaskConfig) -> _CustomTask:
                 raise ConfigError(f"{where}.label_names: at least 2 distinct names")
             if d.num_labels is not None and d.num_labels != len(d.label_names):
                 raise ConfigError(f"{where}: num_labels {d.num_labels} but {len(d.label_names)} label_names")
-        elif d.num_labels < 2:
-            raise ConfigError(f"{where}.num_labels: at least 2, got {d.num_labels}")
+        elif not 2 <= d.num_labels <= MAX_LABELS:
+            raise ConfigError(f"{where}.num_labels: at least 2 and at most 2**31 - 1, got {d.num_labels}")
         return CustomClassificationTask(name, d)
     if d.label_names is not None or d.num_labels is not None:
         raise ConfigError(f"{where}: label_names and num_labels are for classification tasks")

@@ -36,6 +36,9 @@ def binary_f1(pred: np.ndarray, gold: np.ndarray) -> float | None:
     return 0.0 if denom == 0 else 2.0 * tp / denom
 
 
+CONFUSION_MAX_LABELS = 50  # above: no confusion matrix in the summary and no confusion plot (num_labels² counts)
+
+
 def confusion_matrix(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> list[list[int]]:
     """Counts ``m[gold][pred]`` as a nested list (num_labels x num_labels)."""
     m = np.zeros((num_labels, num_labels), dtype=np.int64)
@@ -48,9 +51,9 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float | Non
     and gold scores 0); in [0, 1], None if empty."""
     if len(gold) == 0:
         return None
-    m = np.asarray(confusion_matrix(pred, gold, num_labels), dtype=np.float64)  # m[gold][pred]
-    tp = np.diag(m)
-    denom = m.sum(0) + m.sum(1)
+    pred, gold = np.asarray(pred, dtype=np.int64), np.asarray(gold, dtype=np.int64)
+    tp = np.bincount(gold[pred == gold], minlength=num_labels).astype(np.float64)  # per label: O(num_labels)
+    denom = np.bincount(pred, minlength=num_labels) + np.bincount(gold, minlength=num_labels)  # predicted + gold
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     return float(f1.mean())
 

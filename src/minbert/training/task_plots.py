@@ -57,13 +57,14 @@ N_BINS = 10
 
 
 def plot_kind(task: Task) -> str:
-    """``scatter`` (regression), ``calibration`` (binary, or classification with 2 labels) or
-    ``confusion`` (classification with more labels)."""
+    """``scatter`` (regression), ``calibration`` (binary, or classification with 2 labels),
+    ``confusion`` (classification with more labels, up to ``metrics.CONFUSION_MAX_LABELS``) or
+    ``none`` (more labels than that: no plot)."""
     if task.kind == "regression":
         return "scatter"
     if task.kind == "binary" or task.num_outputs == 2:
         return "calibration"
-    return "confusion"
+    return "confusion" if task.num_outputs <= M.CONFUSION_MAX_LABELS else "none"
 
 
 def plot_file(task: Task) -> str:
@@ -224,13 +225,13 @@ def write_run_plots(
 ) -> list[str]:
     """Draw ``curves.png`` and each task's :func:`plot_file` in ``run_dir`` from ``result`` (the
     final dev evaluation, whose predictions are ``predictions/<task>-dev.csv``) and the gold labels
-    of the ``dev`` splits; returns the names of the files written. A task without labelled dev rows
-    gets no plot; a plot that raises is logged as one warning and skipped. With ``plotter``
+    of the ``dev`` splits; returns the names of the files written. A task without labelled dev rows,
+    or of plot kind ``none``, gets no plot; a plot that raises is logged as one warning and skipped. With ``plotter``
     (:func:`start_plotter`) the child draws them; where it fails, this process does."""
     items = {}
     for name, p in result.predictions.items():
         gold = dev[name].labels if name in dev else None
-        if gold is not None and len(gold):
+        if gold is not None and len(gold) and plot_kind(tasks[name]) != "none":
             items[name] = (np.asarray(p.values), np.asarray(p.outputs), np.asarray(gold))
     written = _plot_in_child(plotter, run_dir, items) if plotter is not None else None
     return written if written is not None else _write_plots(run_dir, tasks, items)
