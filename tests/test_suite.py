@@ -422,6 +422,10 @@ def test_a_run_from_before_a_new_config_key_still_counts_as_the_same_config():
         stored = copy.deepcopy(want)
         stored["model"]["weight_grad_stream"] = saved
         assert _same_config(stored, want), saved
+    for bad in ("garbage", 7, [1]):  # a value no version wrote is a mismatch, not ignored
+        stored = copy.deepcopy(want)
+        stored["model"]["weight_grad_stream"] = bad
+        assert not _same_config(stored, want), bad
     other_dropout = copy.deepcopy(want)
     other_dropout["model"]["hidden_dropout_prob"] = 0.3  # the rest of model still counts
     assert not _same_config(other_dropout, want)

@@ -33,7 +33,10 @@ def _but_data_dir(d: dict) -> dict:
     and without ``model.weight_grad_stream``, which changes where gradients are computed, not
     their values (a run saved before its default became ``auto`` holds ``false``)."""
     out = {**d, "data": {**d["data"], "dir": None}} if isinstance(d.get("data"), dict) else d
-    return {**out, "model": {**d["model"], "weight_grad_stream": None}} if isinstance(d.get("model"), dict) else out
+    model = d.get("model")
+    if not isinstance(model, dict) or model.get("weight_grad_stream") not in (True, False, "auto", "on", "off"):
+        return out  # a value no version wrote stays, and does not match
+    return {**out, "model": {**model, "weight_grad_stream": None}}
 
 
 def same_config(stored: Any, want: dict) -> bool:
