@@ -27,11 +27,12 @@ def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _but_data_dir(d: dict) -> dict:
-    """A plain config without its ``data.dir``: a run saves the folder it was given there, and
-    the data itself is compared by its SHA-256 sums (:func:`minbert.runs.resolve_run_data_dir`);
-    and without ``model.weight_grad_stream``, which changes where gradients are computed, not
-    their values (a run saved before its default became ``auto`` holds ``false``)."""
+def _comparable(d: dict) -> dict:
+    """A plain config as runs compare it: without its ``data.dir`` (a run saves the folder it was
+    given there, and the data itself is compared by its SHA-256 sums,
+    :func:`minbert.runs.resolve_run_data_dir`), and without ``model.weight_grad_stream``, which
+    changes where gradients are computed, not their values (a run saved before its default
+    became ``auto`` holds ``false``)."""
     out = {**d, "data": {**d["data"], "dir": None}} if isinstance(d.get("data"), dict) else d
     model = d.get("model")
     if not isinstance(model, dict) or model.get("weight_grad_stream") not in (True, False, "auto", "on", "off"):
@@ -41,16 +42,16 @@ def _but_data_dir(d: dict) -> dict:
 
 def same_config(stored: Any, want: dict) -> bool:
     """Whether a finished run's stored config is ``want``, but for ``data.dir`` and
-    ``model.weight_grad_stream`` (:func:`_but_data_dir`). The stored one is
+    ``model.weight_grad_stream`` (:func:`_comparable`). The stored one is
     read through the current schema first, so a run made before a config key existed counts as
     that key's default (new keys default to the old behaviour); a key the schema no longer has,
     or an unreadable config, is a mismatch."""
     if not isinstance(stored, dict):
         return False
-    if _but_data_dir(stored) == _but_data_dir(want):
+    if _comparable(stored) == _comparable(want):
         return True
     try:
-        return _but_data_dir(jsonable(to_dict(resolve(from_dict(stored))))) == _but_data_dir(want)
+        return _comparable(jsonable(to_dict(resolve(from_dict(stored))))) == _comparable(want)
     except (ConfigError, TypeError, ValueError, KeyError):
         return False
 

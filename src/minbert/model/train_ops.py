@@ -63,13 +63,13 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """a @ b in ``out_dtype``: a (M, K), b (K, N) of one dtype. Where that is not ``out_dtype``,
-    CUDA writes the fp32-accumulated product in ``out_dtype`` (``out_dtype=``); elsewhere the
-    inputs are cast."""
+def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b in ``out_dtype``, written into ``out`` (M, N) where given: a (M, K), b (K, N) of one
+    dtype. Where that is not ``out_dtype``, CUDA writes the fp32-accumulated product in
+    ``out_dtype`` (``out_dtype=``); elsewhere the inputs are cast."""
     if a.dtype != out_dtype and a.is_cuda:
-        return torch.mm(a, b, out_dtype=out_dtype)
-    return torch.mm(a.to(out_dtype), b.to(out_dtype))
+        return torch.mm(a, b, out_dtype=out_dtype, out=out)
+    return torch.mm(a.to(out_dtype), b.to(out_dtype), out=out)
 
 
 class Copies(NamedTuple):
@@ -143,14 +143,6 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return _SIDE_STREAMS[device]
 
 
-def _mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
-    """a @ b written into ``out`` (CUDA), accumulated in fp32 and written in out's dtype."""
-    if a.dtype != out.dtype:
-        torch.mm(a, b, out_dtype=out.dtype, out=out)
-    else:
-        torch.mm(a, b, out=out)
-
-
 def _linear_grads_two_streams(
     x2: torch.Tensor, g: torch.Tensor, w: torch.Tensor, dx_dtype: torch.dtype, w_dtype: torch.dtype,
     asks: list[bool],
@@ -167,9 +159,9 @@ def _linear_grads_two_streams(
     try:
         with torch.cuda.stream(side):
             if dw is not None:
-                _mm_into(g.t(), x2, dw)
+                _mm(g.t(), x2, w_dtype, out=dw)
             if db is not None:
-                _mm_into(ones, g, db)
+                _mm(ones, g, w_dtype, out=db)
         dx = _mm(g, w, dx_dtype)  # (M, K), on the current stream beside them
     finally:
         main.wait_stream(side)
