@@ -442,3 +442,37 @@ def test_train_hands_its_early_kernel_compile_to_the_run_and_stops_it_when_the_r
     assert seen["compiling"] == [child] and child.returncode not in (None, 0)
     assert capsys.readouterr().err.strip() == "error: the run folder is not writable"
 
+
+
+def test_a_failed_allocation_is_one_line_exit_2_and_other_runtime_errors_keep_their_traceback(monkeypatch, tmp_path,
+                                                                                             capsys):
+    """A run that asks for more memory than there is (here a real CPU allocation of a petabyte,
+    then a CUDA out-of-memory error with torch's two-line text) ends with one ``error:`` line
+    giving the allocator's first line and what to lower; a RuntimeError of any other kind is a bug
+    and propagates."""
+    import torch
+
+    from minbert.training import trainer
+
+    def petabyte(cfg, **kwargs):
+        torch.empty(10**15, dtype=torch.uint8)
+
+    def cuda_oom(cfg, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.\nIf reserved but unallocated")
+
+    quick = Path(__file__).parents[1] / "configs/quick.yaml"
+    argv = ["train", "--config", str(quick), "--run-dir", str(tmp_path / "r")]
+    for fn, first in ((petabyte, "DefaultCPUAllocator: can't allocate memory"),
+                      (cuda_oom, "CUDA out of memory. Tried to allocate 20.00 GiB.")):
+        monkeypatch.setattr(trainer, "train", fn)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: out of memory: ") and first in err[0], err
+        assert "tasks.NAME.batch_size" in err[0] and "If reserved" not in err[0]
+
+    def bug(cfg, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(trainer, "train", bug)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(argv)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from . import STARTED_AT, __version__
 from .cli_inference import cmd_ensemble, cmd_evaluate, cmd_predict
-from .errors import ConfigError, MinbertError, TrainingInterrupted
+from .errors import ConfigError, MinbertError, TrainingInterrupted, out_of_memory
 
 if TYPE_CHECKING:
     from .runs import Run
@@ -410,8 +410,8 @@ _USER_ERRNOS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. Returns the exit code: 0, 2 for a user mistake (one ``error:`` line on
-    stderr), 128 + the signal number for an interrupt (130 SIGINT, 143 SIGTERM)."""
+    """Run one command. Returns the exit code: 0, 2 for a user mistake or a failed allocation (one
+    ``error:`` line on stderr), 128 + the signal number for an interrupt (130 SIGINT, 143 SIGTERM)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _setup_logging(args.verbose)
@@ -426,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         from .io import os_reason
 
         print(f"error: {e.filename + ': ' if e.filename else ''}{os_reason(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        reason = out_of_memory(e)
+        if reason is None:
+            raise
+        print(f"error: out of memory: {reason}; use smaller batches (tasks.NAME.batch_size, train.eval_batch_size, "
+              "predict's --batch-size) or a smaller model.max_length", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)

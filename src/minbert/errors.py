@@ -49,3 +49,14 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + int(signum)
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """The first line of an allocator's failure, or None for any other error. torch raises
+    ``OutOfMemoryError`` (a RuntimeError) on CUDA and a RuntimeError from ``DefaultCPUAllocator``
+    on CPU; Python and numpy raise MemoryError (whose text may be empty)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator" in text:
+        return first
+    return None

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import encoder_overrides
-from ..errors import ConfigError
+from ..errors import ConfigError, out_of_memory
 from .bert import BertConfig, BertModel
 from .heads import Encoded
 from .packing import PackedBatch, pack_plan, plan_max_seqlen, token_bucket
@@ -177,7 +177,7 @@ def build_model(
         try:
             heads[name] = task.build_head(tcfg, hidden)
         except RuntimeError as e:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
-            if "allocate" not in str(e):
+            if out_of_memory(e) is None:
                 raise
             raise ConfigError(f"tasks.{name}: its head ({task.num_outputs} outputs from {hidden} features) does not "
                               "fit in memory; check num_labels or label_names") from None

@@ -339,7 +339,6 @@ def _launch_bwd(
     q, k, v = qkv.unbind(1)  # (N, nh, hs) each, views
     dqkv = torch.empty((N, 3, nh, hs), dtype=qkv.dtype, device=qkv.device)
     dq, dk, dv = dqkv.unbind(1)  # views with one pair of strides, which the kernels take once
-    delta = torch.empty((nh, N), dtype=torch.float32, device=qkv.device)  # D: the dq kernel's, the dk/dv kernel reads
     grid, (scale, drop_thr, keep_scale, stride) = _meta(q, cu_seqlens, max_seqlen, block, dropout_p)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     meta = dict(HS=hs, BLOCK_M=block, BLOCK_N=block, DROPOUT=drop_thr > 0)
@@ -348,6 +347,8 @@ def _launch_bwd(
             q, k, v, out, do, lse, dq, dk, dv, cu_seqlens, seed, scale, drop_thr, keep_scale, N, stride, *strides,
             out.stride(0), out.stride(1), do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
             HS=hs, BLOCK=block, DROPOUT=drop_thr > 0)
+    if "dq" in kernels or "dkdv" in kernels:  # D: the dq kernel writes it, the dk/dv kernel reads it
+        delta = torch.empty((nh, N), dtype=torch.float32, device=qkv.device)
     if "dq" in kernels:
         _bwd_dq_kernel[grid](q, k, v, out, do, lse, delta, dq, cu_seqlens, seed, scale, drop_thr, keep_scale, N,
                              stride, *strides, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
