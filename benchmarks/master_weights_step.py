@@ -29,7 +29,8 @@ Variants (``--variants``):
                     one before it ends, and waits inside for its inputs (``triton.enable_pdl``)
            wgs      not inductor's: the encoder's ``weight_grad_stream`` (each projection's weight
                     and bias gradients on a second CUDA stream beside its input gradient;
-                    :mod:`minbert.model.train_ops`; on by default in training)
+                    :mod:`minbert.model.train_ops`; in training on by default with
+                    ``optim.master_weights``)
            fbwd     not inductor's: our attention kernel's backward as one kernel per step and layer
                     (``fused_backward`` of :func:`minbert.model.varlen_triton.triton_varlen_attention`,
                     patched in for this variant)

@@ -3,7 +3,7 @@
 # kernels alone and the dropout-mask check; bert-base's packed step at batch 32 in one process:
 # the shipped step without and with the weight-gradient stream, the master-weights step with the
 # stream, without and with the one-kernel backward.
-export BUDGET=200
+export BUDGET=330
 source reports/bench/device-scripts/s5-common.sh s27-call1
 rm -f $R/*
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.sm,power.limit --format=csv > $R/gpu.txt 2>&1
