@@ -31,6 +31,8 @@ Variants (``--variants``):
                     and bias gradients on a second CUDA stream beside its input gradient;
                     :mod:`minbert.model.train_ops`; in training on by default with
                     ``optim.master_weights``)
+           rows     not inductor's: the word embedding's AdamW applied to the rows a step reads
+                    (:mod:`minbert.training.lazy_rows`; no dense gradient or update of the table)
            fbwd     not inductor's: our attention kernel's backward as one kernel per step and layer
                     (``fused_backward`` of :func:`minbert.model.varlen_triton.triton_varlen_attention`,
                     patched in for this variant)
@@ -57,12 +59,13 @@ import overlap_step as ov  # noqa: E402
 import train_step as ts  # noqa: E402
 from minbert.model.bert import BertConfig, BertModel  # noqa: E402
 from minbert.training.cudagraph import GraphedSteps  # noqa: E402
+from minbert.training.lazy_rows import LazyRows, LazyRowsEmbedding  # noqa: E402
 from minbert.training.optim import AdamW, attach_master_weights  # noqa: E402
 
 KNOBS = {"cdt": ("coordinate_descent_tuning", True), "combo": ("combo_kernels", True),
          "nosplit": ("split_reductions", False), "agg": ("aggressive_fusion", True),
          "pdl": ("triton.enable_pdl", True)}
-MODEL_KNOBS = {"wgs", "fbwd"}  # the encoder's, not inductor's
+MODEL_KNOBS = {"wgs", "fbwd", "rows"}  # the encoder's, not inductor's
 _OUR_KERNEL = bert_module._import_triton_kernel
 
 
@@ -114,6 +117,33 @@ def _fused_backward_kernel(requested: str):
     return None if kernel is None else functools.partial(kernel, fused_backward=True)
 
 
+class WithLazyRows:
+    """The master-weights AdamW with the word embedding's update applied to the rows a step reads
+    (knob ``rows``): the table's lookup is a :class:`LazyRowsEmbedding` (so it gets no dense
+    gradient and AdamW skips it), and each update, captured or eager, ends with the rows'."""
+
+    def __init__(self, model: BertModel, opt: AdamW):
+        emb = model.embeddings.word_embeddings
+        st = opt.state[emb.weight]
+        group = opt.param_groups[0]
+        self.rows = LazyRows(emb.weight, st["master"], st["exp_avg"], st["exp_avg_sq"], st["step"], group["betas"],
+                             group["eps"], group["weight_decay"], emb.padding_idx, capacity=1 << 16)
+        model.embeddings.word_embeddings = LazyRowsEmbedding(emb, self.rows)
+        self.opt, self.param_groups = opt, opt.param_groups
+
+    def prepare_graph_update(self) -> None:
+        self.opt.prepare_graph_update()
+        self.rows.acc.zero_()  # what the warm-up runs' backwards added
+
+    def graph_update(self, lrs: torch.Tensor) -> None:
+        self.opt.graph_update(lrs)
+        self.rows.update(lrs[0])
+
+    def step(self) -> None:
+        self.opt.step()
+        self.rows.update(self.param_groups[0]["lr"])
+
+
 def prepare(variant: str, batches: list[dict]):
     set_knobs(variant)
     kind = variant.split("-")[0]
@@ -122,6 +152,8 @@ def prepare(variant: str, batches: list[dict]):
     knobs = set(variant.split("-")[1:])
     wgs = "wgs" in knobs
     if kind == "whole":
+        if "rows" in knobs:
+            raise ValueError("the rows knob goes with the master-weights step (master-rows)")
         return ov.prepare("whole", batches, weight_grad_stream=wgs)
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -129,6 +161,8 @@ def prepare(variant: str, batches: list[dict]):
     model = BertModel(config).to(dev).train()
     opt = AdamW(model.parameters(), lr=1e-5, fused=True, master_weights=True)
     attach_master_weights(model, opt)  # the parameters now bf16, the masters fp32 in opt's state
+    if "rows" in knobs:
+        opt = WithLazyRows(model, opt)
     params = list(model.parameters())
     B, max_seqlen = batches[0]["input_ids"].shape[0], 128
     gpu_batches = [{k: v.to(dev) for k, v in ts.packed_inputs(b, max_seqlen).items()} for b in batches]

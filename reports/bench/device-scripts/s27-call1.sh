@@ -2,8 +2,8 @@
 # s27-call1 (1 GPU): the one-kernel attention backward, now in tiles for long sequences: the
 # kernels alone and the dropout-mask check; bert-base's packed step at batch 32 in one process:
 # the shipped step without and with the weight-gradient stream, the master-weights step with the
-# stream, without and with the one-kernel backward.
-export BUDGET=330
+# stream, without and with the one-kernel backward, and with programmatic dependent launch.
+export BUDGET=420
 source reports/bench/device-scripts/s5-common.sh s27-call1
 rm -f $R/*
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.sm,power.limit --format=csv > $R/gpu.txt 2>&1
@@ -13,7 +13,7 @@ mark attn $?
 timeout 30 python3 benchmarks/attention_varlen.py --mask-check --out $R/mask.json > /dev/null 2> $R/mask.log
 mark mask $?
 timeout $(( $(left) - 8 )) python3 benchmarks/master_weights_step.py --data-dir $DATA --encoder $ENC --batch 32 \
-  --variants whole,whole-wgs,master-wgs,master-wgs-fbwd --out $R/knobs-b32.json \
+  --variants whole,whole-wgs,master-wgs,master-wgs-fbwd,master-wgs-pdl --out $R/knobs-b32.json \
   > /dev/null 2> $R/knobs-b32.log
 mark knobs-b32 $?
 grep -h '^{' $R/knobs-b32.log | cut -c1-200

@@ -1,0 +1,216 @@
+"""AdamW with master weights on an embedding table's rows, each row's updates applied when the
+row is next read.
+
+A word embedding's gradient is zero in every row that a step's tokens do not look up: at BERT's
+30,522 x 768 and batch 32, over 98% of the rows. The dense update still reads and writes every
+row of the weight, its fp32 master and both moments at every step (28 bytes a parameter: 0.66 GB
+for BERT's table), and the backward writes a dense fp32 gradient and its bf16 copy. Here each
+row's state is kept at the step it was last brought to (``row_step``), and:
+
+* before a step's forward, :meth:`LazyRows.catch_up` brings the rows that its tokens read to the
+  current step: the AdamW updates with a zero gradient that the dense update applied to them
+  meanwhile, one step at a time, each at its own step's lr (kept in ``lr_hist``);
+* the backward adds the looked-up rows' gradients into an fp32 accumulator, zero elsewhere
+  (:meth:`LazyRows.accumulate`), instead of writing a dense gradient (the update reads each row
+  rounded to the weight's dtype, as the dense gradient is);
+* :meth:`LazyRows.update` applies the step's AdamW update to those rows (a zero-gradient update
+  to a looked-up row whose gradient is zero, the padding row's, as the dense update does) and
+  zeroes their accumulator rows;
+* :meth:`LazyRows.flush` brings every row to the current step (before weights or optimizer state
+  are read: a checkpoint, an evaluation, the end of training).
+
+So every row goes through the sequence of updates that the dense AdamW applies
+(:func:`minbert.training.optim.master_update`: decoupled weight decay, m = lerp(m, g, 1 - b1),
+v = b2 v + (1 - b2) g^2, p -= lr / (1 - b1^t) m / (sqrt(v) / sqrt(1 - b2^t) + eps); Loshchilov &
+Hutter 2019, Alg. 2), in the same order: the values equal the dense update's up to the rounding
+of fp32 operations (which the compilers may fuse differently). This is not the "lazy Adam" of
+TensorFlow Addons, which skips the zero-gradient updates and so changes the optimizer.
+
+On CUDA the row work is one Triton kernel launch per call (a program per looked-up token; the
+first program to claim a row by an atomic compare-and-swap on ``row_step`` does it), captured in
+a CUDA graph like any kernel: it reads the step count and the lr from device memory. Elsewhere
+the same equations run as torch operations on the distinct rows (the reference the tests compare
+the kernel with).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+
+def _adamw_rows(p, m, v, g, lr, t, b1: float, b2: float, eps: float, wd: float):  # noqa: ANN001, ANN202
+    """One AdamW step of fp32 rows ``p`` (masters), ``m``, ``v`` with gradient ``g`` (0 or a
+    tensor) at step count ``t`` (a float32 tensor broadcastable to the rows) and ``lr`` (a float
+    or a tensor broadcastable), in :func:`minbert.training.optim.master_update`'s order. Returns
+    the new (p, m, v)."""
+    step_size = (1.0 / (1.0 - torch.pow(b1, t))) * -lr
+    bc2 = torch.sqrt(1.0 - torch.pow(b2, t))
+    p = p * (1.0 - lr * wd)
+    m = torch.lerp(m, torch.zeros_like(m) if isinstance(g, float) else g, 1.0 - b1)
+    v = v * b2 + (1.0 - b2) * (g * g)
+    return p + m / (torch.sqrt(v) / bc2 + eps) * step_size, m, v
+
+
+class LazyRows:
+    """The lazily applied AdamW of one embedding table (see the module docstring).
+
+    Args:
+        weight: (V, H) the table's parameter (the working weights, any float dtype).
+        master, exp_avg, exp_avg_sq: (V, H) float32, its AdamW state (master weights and
+            moments; e.g. :class:`minbert.training.optim.AdamW` ``master_weights`` state).
+        step: () float32 on the table's device, the number of updates applied (AdamW's ``step``
+            state); advanced by :meth:`update`.
+        betas, eps, weight_decay: AdamW's hyperparameters.
+        padding_idx: the row whose lookups get no gradient (``nn.Embedding``'s), or None.
+        capacity: the most updates this table may take (the length of the lr history).
+
+    Raises:
+        ValueError: tensors of mismatched shapes, devices or dtypes.
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+        step: torch.Tensor, betas: tuple[float, float], eps: float, weight_decay: float, padding_idx: int | None,
+        capacity: int,
+    ):
+        state = (master, exp_avg, exp_avg_sq)
+        if weight.dim() != 2 or any(s.shape != weight.shape or s.dtype != torch.float32 for s in state):
+            raise ValueError("LazyRows: master, exp_avg and exp_avg_sq must be float32, shaped like the (V, H) weight")
+        if any(t.device != weight.device for t in (*state, step)) or step.shape != ():
+            raise ValueError("LazyRows: every tensor on the weight's device, step a 0-d tensor")
+        self.weight, self.master, self.exp_avg, self.exp_avg_sq, self.step = weight, master, exp_avg, exp_avg_sq, step
+        self.b1, self.b2 = (float(b) for b in betas)
+        self.eps, self.wd, self.padding_idx = float(eps), float(weight_decay), padding_idx
+        V, dev = weight.shape[0], weight.device
+        self.row_step = torch.full((V,), int(step.item()), dtype=torch.int32, device=dev)  # each row's step
+        self.acc = torch.zeros(weight.shape, dtype=torch.float32, device=dev)  # the step's gradient rows
+        self.lr_hist = torch.zeros(capacity + 1, dtype=torch.float32, device=dev)  # lr_hist[j]: step j's lr
+        self.capacity = capacity
+        self.ids: torch.Tensor | None = None  # the last forward's token ids (what update() reads)
+
+    @torch.no_grad()
+    def catch_up(self, ids: torch.Tensor) -> None:
+        """Bring the rows that ``ids`` ((N,) int64 token ids, repeats allowed) look up to the
+        current step, and remember ``ids`` for :meth:`update`."""
+        self.ids = ids
+        self._run(ids, None)
+
+    @torch.no_grad()
+    def accumulate(self, ids: torch.Tensor, grad: torch.Tensor) -> None:
+        """Add the lookup's gradient ``grad`` ((N, H), any float dtype) into the rows ``ids``
+        of the accumulator (the padding row's lookups add nothing, as ``nn.Embedding``'s)."""
+        g = grad.reshape(-1, self.acc.shape[1]).float()
+        if self.padding_idx is not None:
+            g = g * (ids.reshape(-1, 1) != self.padding_idx)
+        self.acc.index_add_(0, ids.reshape(-1), g)
+
+    @torch.no_grad()
+    def update(self, lr: float | torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """One AdamW update (step count + 1, at ``lr``: a float or a 0-d float32 device tensor) of
+        the rows ``ids`` (default: the last forward's), from the accumulated gradient, whose rows
+        are then zero. Rows behind the current step are brought to it first.
+
+        Raises:
+            RuntimeError: no ids (no forward since this table was made).
+        """
+        ids = self.ids if ids is None else ids
+        if ids is None:
+            raise RuntimeError("LazyRows.update: no ids (call catch_up in the forward)")
+        lr_t = lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr), device=self.acc.device)
+        self._run(ids, lr_t.reshape(()).to(torch.float32))
+        self.step.add_(1.0)
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Bring every row to the current step (the state the dense update would hold)."""
+        self._run(_all_rows(self.acc.shape[0], self.acc.device), None)
+
+    def _run(self, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
+        ids = ids.reshape(-1)
+        if ids.numel() == 0:
+            return
+        if ids.device.type == "cuda":
+            _launch(self, ids, lr)
+        else:
+            self._reference(ids, lr)
+
+    def _reference(self, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
+        """The kernel's work as torch operations on the distinct rows (CPU)."""
+        rows = torch.unique(ids)
+        t = int(self.step.item())
+        target = t + 1 if lr is not None else t
+        old = self.row_step[rows]
+        rows, old = rows[old < target], old[old < target]
+        if rows.numel() == 0:
+            return
+        p, m, v = self.master[rows], self.exp_avg[rows], self.exp_avg_sq[rows]
+        for j in range(int(old.min()) + 1, t + 1):  # the zero-gradient steps, row by row from its own
+            behind = (old < j).unsqueeze(1)
+            jt = torch.tensor(float(j))
+            p2, m2, v2 = _adamw_rows(p, m, v, 0.0, self.lr_hist[j], jt, self.b1, self.b2, self.eps, self.wd)
+            p, m, v = torch.where(behind, p2, p), torch.where(behind, m2, m), torch.where(behind, v2, v)
+        if lr is not None:
+            g = self.acc[rows].to(self.weight.dtype).float()  # the dense gradient's dtype is the weight's
+            self.acc[rows] = 0.0
+            p, m, v = _adamw_rows(p, m, v, g, lr, torch.tensor(float(t + 1)), self.b1, self.b2, self.eps, self.wd)
+            self.lr_hist[t + 1] = lr
+        self.master[rows], self.exp_avg[rows], self.exp_avg_sq[rows] = p, m, v
+        self.weight.data[rows] = p.to(self.weight.dtype)
+        self.row_step[rows] = target
+
+
+@functools.cache
+def _all_rows(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device)
+
+
+class _Lookup(torch.autograd.Function):
+    """The table's lookup: rows caught up before, gradient rows accumulated after (no dense
+    gradient: the weight's ``.grad`` stays None)."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, rows, padding_idx):  # noqa: ANN001, ANN205
+        rows.catch_up(ids)
+        ctx.ids, ctx.rows = ids, rows
+        return nn.functional.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        ctx.rows.accumulate(ctx.ids, grad)
+        return None, None, None, None
+
+
+class LazyRowsEmbedding(nn.Module):
+    """An ``nn.Embedding``'s lookup whose table AdamW updates through :class:`LazyRows`: it holds
+    the same parameter (``weight``, so state_dict keys do not change). Runs outside
+    ``torch.compile`` (a compiled function calls it as a break in its graph), so that its row
+    work stays in place on the state tensors."""
+
+    def __init__(self, embedding: nn.Embedding, rows: LazyRows):
+        super().__init__()
+        self.weight, self.padding_idx, self.rows = embedding.weight, embedding.padding_idx, rows
+
+    @torch.compiler.disable
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (...) int64. Returns (..., H) in the weight's dtype."""
+        return _Lookup.apply(ids, self.weight, self.rows, self.padding_idx)
+
+
+def _launch(rows: LazyRows, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
+    from .lazy_rows_triton import _rows_kernel
+
+    H = rows.acc.shape[1]
+    block = triton_block(H)
+    _rows_kernel[(ids.numel(),)](
+        ids, rows.row_step, rows.step, rows.master, rows.exp_avg, rows.exp_avg_sq, rows.weight, rows.acc,
+        rows.lr_hist, rows.lr_hist if lr is None else lr, H, rows.b1, rows.b2, rows.eps, rows.wd,
+        UPDATE=lr is not None, BLOCK=block,
+    )
+
+
+def triton_block(h: int) -> int:
+    """The kernel's block: the smallest power of two >= h (one row per program)."""
+    return 1 << max(h - 1, 0).bit_length()

@@ -1,0 +1,56 @@
+"""The Triton kernel of :mod:`minbert.training.lazy_rows` (imported where it runs: on CUDA, or
+under Triton's interpreter with ``TRITON_INTERPRET=1``)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _adamw(p, m, v, g, lr, t, b1, b2, eps, wd):
+    """One AdamW step of fp32 row blocks at step count ``t`` (fp32 scalar), in
+    ``master_update``'s order (see ``lazy_rows._adamw_rows``)."""
+    step_size = (1.0 / (1.0 - tl.exp2(t * tl.log2(b1)))) * -lr
+    bc2 = tl.sqrt(1.0 - tl.exp2(t * tl.log2(b2)))
+    p = p * (1.0 - lr * wd)
+    m = m + (1.0 - b1) * (g - m)
+    v = v * b2 + (1.0 - b2) * (g * g)
+    return p + m / (tl.sqrt(v) / bc2 + eps) * step_size, m, v
+
+
+@triton.jit
+def _rows_kernel(ids_ptr, row_step_ptr, step_ptr, master_ptr, m_ptr, v_ptr, w_ptr, acc_ptr, lr_hist_ptr, lr_ptr,
+                H, b1, b2, eps, wd, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
+    """Program i: the row ids[i]. With ``UPDATE`` the target is the step count + 1 (this step's
+    update from the accumulated gradient at lr_ptr's lr, which program 0 records in the lr
+    history), else the step count (catch up). The first program to move ``row_step[row]`` from
+    below the target to it (compare-and-swap) brings the row there: the zero-gradient steps it
+    missed, each at its recorded lr, then with ``UPDATE`` the step's own."""
+    i = tl.program_id(0)
+    row = tl.load(ids_ptr + i).to(tl.int64)
+    t = tl.load(step_ptr).to(tl.int32)
+    target = t + 1 if UPDATE else t
+    if UPDATE:
+        if i == 0:
+            tl.store(lr_hist_ptr + t + 1, tl.load(lr_ptr))
+    old = tl.load(row_step_ptr + row)
+    if old < target:
+        if tl.atomic_cas(row_step_ptr + row, old, target) == old:
+            offs = tl.arange(0, BLOCK)
+            mask = offs < H
+            base = row * H
+            p = tl.load(master_ptr + base + offs, mask=mask)
+            m = tl.load(m_ptr + base + offs, mask=mask)
+            v = tl.load(v_ptr + base + offs, mask=mask)
+            for j in range(old + 1, t + 1):
+                p, m, v = _adamw(p, m, v, 0.0, tl.load(lr_hist_ptr + j), j * 1.0, b1, b2, eps, wd)
+            if UPDATE:
+                g = tl.load(acc_ptr + base + offs, mask=mask)
+                tl.store(acc_ptr + base + offs, tl.zeros_like(g), mask=mask)
+                g = g.to(w_ptr.dtype.element_ty).to(tl.float32)  # the dense gradient's dtype is the weight's
+                p, m, v = _adamw(p, m, v, g, tl.load(lr_ptr), (t + 1).to(tl.float32), b1, b2, eps, wd)
+            tl.store(master_ptr + base + offs, p, mask=mask)
+            tl.store(m_ptr + base + offs, m, mask=mask)
+            tl.store(v_ptr + base + offs, v, mask=mask)
+            tl.store(w_ptr + base + offs, p.to(w_ptr.dtype.element_ty), mask=mask)
