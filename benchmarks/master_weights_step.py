@@ -127,7 +127,7 @@ class WithLazyRows:
         st = opt.state[emb.weight]
         group = opt.param_groups[0]
         self.rows = LazyRows(emb.weight, st["master"], st["exp_avg"], st["exp_avg_sq"], st["step"], group["betas"],
-                             group["eps"], group["weight_decay"], emb.padding_idx, capacity=1 << 16)
+                             group["eps"], group["weight_decay"], emb.padding_idx)
         model.embeddings.word_embeddings = LazyRowsEmbedding(emb, self.rows)
         self.opt, self.param_groups = opt, opt.param_groups
 
@@ -161,8 +161,10 @@ def prepare(variant: str, batches: list[dict]):
     model = BertModel(config).to(dev).train()
     opt = AdamW(model.parameters(), lr=1e-5, fused=True, master_weights=True)
     attach_master_weights(model, opt)  # the parameters now bf16, the masters fp32 in opt's state
+    rows = None
     if "rows" in knobs:
         opt = WithLazyRows(model, opt)
+        rows = opt.rows
     params = list(model.parameters())
     B, max_seqlen = batches[0]["input_ids"].shape[0], 128
     gpu_batches = [{k: v.to(dev) for k, v in ts.packed_inputs(b, max_seqlen).items()} for b in batches]
@@ -176,6 +178,8 @@ def prepare(variant: str, batches: list[dict]):
         if not graphs.step_updated:
             graphs.expose_grads()
             opt.step()
+        if rows is not None:
+            rows.tick()  # every 16 updates, a flush of the whole table
 
     return step, gpu_batches, sum(p.numel() for p in params), graphs
 

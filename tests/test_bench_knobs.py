@@ -126,6 +126,8 @@ def test_the_rows_variant_trains_as_the_dense_update_does():
             if rows:
                 assert model.embeddings.word_embeddings.weight.grad is None
             opt.step()
+            if rows:
+                opt.rows.tick()
         if rows:
             opt.rows.flush()
             opt = opt.opt

@@ -4,6 +4,8 @@ that step, and after a flush the whole table and its state do. The torch referen
 the Triton kernel runs compiled on CUDA, else under Triton's interpreter (conftest.py sets
 TRITON_INTERPRET=1)."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -44,24 +46,27 @@ def _dense(weight0: torch.Tensor, schedule, dtype=torch.bfloat16):
     return master, m, v, w, step, reads
 
 
-def _lazy(weight0: torch.Tensor, schedule, kernel: bool = False, dtype=torch.bfloat16, dev: str = "cpu"):
-    """The lazy update through the torch reference or the kernel (on ``dev``); what
-    :func:`_dense` returns, on the CPU, and the LazyRows."""
+def _lazy(weight0: torch.Tensor, schedule, kernel: bool = False, dtype=torch.bfloat16, dev: str = "cpu",
+          flush_every: int = 5):
+    """The lazy update through the torch reference or the kernel (on ``dev``; on the CPU under
+    Triton's interpreter), a tick after every update: what :func:`_dense` returns, on the CPU,
+    and the LazyRows."""
     master, w = weight0.to(dev, copy=True), weight0.to(dev, dtype, copy=True)
     m, v = torch.zeros(V, H, device=dev), torch.zeros(V, H, device=dev)
-    rows = LazyRows(w, master, m, v, torch.zeros((), device=dev), (B1, B2), EPS, WD, PAD, capacity=len(schedule))
-    run = (lambda ids, lr: _launch(rows, ids, lr)) if kernel else rows._run
+    rows = LazyRows(w, master, m, v, torch.zeros((), device=dev), (B1, B2), EPS, WD, PAD, flush_every=flush_every)
+    if kernel:
+        rows._run = functools.partial(_launch, rows)  # the kernel wherever it is (interpreted on a CPU)
     reads = []
     for ids, grad, lr in schedule:
         ids = ids.to(dev)
-        rows.ids = ids
-        run(ids, None)  # catch_up
+        rows.catch_up(ids)
         reads.append(w[ids].cpu())
         rows.accumulate(ids, grad.to(dev))
-        run(ids, torch.tensor(lr, device=dev))
-        rows.step.add_(1.0)
-    assert (rows.row_step[V // 2 :] == 0).all()  # never read: never touched until the flush
-    run(torch.arange(V, device=dev), None)  # flush
+        rows.update(torch.tensor(lr, device=dev))
+        rows.tick()
+    last_flush = len(schedule) // flush_every * flush_every
+    assert (rows.row_step[V // 2 :] == last_flush).all()  # never read: moved by the flushes only
+    rows.flush()
     return master.cpu(), m.cpu(), v.cpu(), w.cpu(), rows.step.cpu(), reads, rows
 
 
@@ -69,7 +74,7 @@ def test_rows_read_and_the_flushed_table_equal_the_dense_update():
     """Every row a forward reads holds what the dense update would have given it by then, and
     after the flush the masters, moments and bf16 weights equal the dense ones (to fp32
     rounding); the accumulator is zero again."""
-    schedule = _schedule(30)
+    schedule = _schedule(32)
     w0 = torch.randn(V, H, generator=torch.Generator().manual_seed(1))
     dm, dmm, dv, dw, dstep, dreads = _dense(w0, schedule)
     lm, lmm, lv, lw, lstep, lreads, rows = _lazy(w0, schedule)
@@ -118,7 +123,7 @@ def test_the_lookup_accumulates_its_gradient_and_leaves_the_weight_without_one()
     ref.weight.data.copy_(emb.weight.data)
     st = {k: torch.zeros(V, H) for k in ("m", "v")}
     rows = LazyRows(emb.weight, emb.weight.detach().clone(), st["m"], st["v"], torch.zeros(()), (B1, B2), EPS, WD,
-                    PAD, capacity=4)
+                    PAD)
     lookup = LazyRowsEmbedding(emb, rows)
     ids = torch.tensor([[3, PAD, 3], [7, 1, PAD]])
     coef = torch.randn(2, 3, H)
@@ -138,10 +143,18 @@ def test_the_lookup_accumulates_its_gradient_and_leaves_the_weight_without_one()
 def test_mistakes_are_refused():
     w = torch.zeros(V, H)
     with pytest.raises(ValueError, match="float32, shaped like"):
-        LazyRows(w, w.clone(), torch.zeros(V, H + 1), w.clone(), torch.zeros(()), (B1, B2), EPS, WD, None, 1)
-    rows = LazyRows(w, w.clone(), w.clone(), w.clone(), torch.zeros(()), (B1, B2), EPS, WD, None, 1)
+        LazyRows(w, w.clone(), torch.zeros(V, H + 1), w.clone(), torch.zeros(()), (B1, B2), EPS, WD, None)
+    with pytest.raises(ValueError, match="flush_every must be at least 1"):
+        LazyRows(w, w.clone(), w.clone(), w.clone(), torch.zeros(()), (B1, B2), EPS, WD, None, flush_every=0)
+    rows = LazyRows(w, w.clone(), w.clone(), w.clone(), torch.zeros(()), (B1, B2), EPS, WD, None, flush_every=2)
     with pytest.raises(RuntimeError, match="no ids"):
         rows.update(0.1)
+    ids = torch.tensor([1])
+    for _ in range(3):  # no tick: row 2 falls three steps behind, more than the lr ring holds
+        rows.catch_up(ids)
+        rows.update(0.1)
+    with pytest.raises(RuntimeError, match="3 steps behind, more than flush_every"):
+        rows.catch_up(torch.tensor([2]))
 
 
 @pytest.mark.parametrize("h, block", [(1, 1), (12, 16), (384, 512), (768, 1024), (1024, 1024)])

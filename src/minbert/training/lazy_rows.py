@@ -17,7 +17,11 @@ row's state is kept at the step it was last brought to (``row_step``), and:
   to a looked-up row whose gradient is zero, the padding row's, as the dense update does) and
   zeroes their accumulator rows;
 * :meth:`LazyRows.flush` brings every row to the current step (before weights or optimizer state
-  are read: a checkpoint, an evaluation, the end of training).
+  are read: a checkpoint, an evaluation, the end of training), and :meth:`LazyRows.tick`, called
+  after every update, does so every ``flush_every`` updates. That bounds the zero-gradient steps
+  a catch-up applies, so a step's row work stays small whatever the data (a token first read
+  after 5,000 steps would otherwise take 5,000 steps' arithmetic in one program), and the lr
+  history is a ring of ``flush_every + 1`` entries.
 
 So every row goes through the sequence of updates that the dense AdamW applies
 (:func:`minbert.training.optim.master_update`: decoupled weight decay, m = lerp(m, g, 1 - b1),
@@ -65,7 +69,7 @@ class LazyRows:
             state); advanced by :meth:`update`.
         betas, eps, weight_decay: AdamW's hyperparameters.
         padding_idx: the row whose lookups get no gradient (``nn.Embedding``'s), or None.
-        capacity: the most updates this table may take (the length of the lr history).
+        flush_every: :meth:`tick` flushes after this many updates (at least 1).
 
     Raises:
         ValueError: tensors of mismatched shapes, devices or dtypes.
@@ -74,21 +78,24 @@ class LazyRows:
     def __init__(
         self, weight: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
         step: torch.Tensor, betas: tuple[float, float], eps: float, weight_decay: float, padding_idx: int | None,
-        capacity: int,
+        flush_every: int = 16,
     ):
         state = (master, exp_avg, exp_avg_sq)
         if weight.dim() != 2 or any(s.shape != weight.shape or s.dtype != torch.float32 for s in state):
             raise ValueError("LazyRows: master, exp_avg and exp_avg_sq must be float32, shaped like the (V, H) weight")
         if any(t.device != weight.device for t in (*state, step)) or step.shape != ():
             raise ValueError("LazyRows: every tensor on the weight's device, step a 0-d tensor")
+        if flush_every < 1:
+            raise ValueError(f"LazyRows: flush_every must be at least 1, got {flush_every}")
         self.weight, self.master, self.exp_avg, self.exp_avg_sq, self.step = weight, master, exp_avg, exp_avg_sq, step
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps, self.wd, self.padding_idx = float(eps), float(weight_decay), padding_idx
         V, dev = weight.shape[0], weight.device
         self.row_step = torch.full((V,), int(step.item()), dtype=torch.int32, device=dev)  # each row's step
         self.acc = torch.zeros(weight.shape, dtype=torch.float32, device=dev)  # the step's gradient rows
-        self.lr_hist = torch.zeros(capacity + 1, dtype=torch.float32, device=dev)  # lr_hist[j]: step j's lr
-        self.capacity = capacity
+        # lr_hist[j % (flush_every + 1)]: step j's lr, for the steps a row can be behind by
+        self.lr_hist = torch.zeros(flush_every + 1, dtype=torch.float32, device=dev)
+        self.flush_every, self._updates = flush_every, 0
         self.ids: torch.Tensor | None = None  # the last forward's token ids (what update() reads)
 
     @torch.no_grad()
@@ -123,6 +130,13 @@ class LazyRows:
         self._run(ids, lr_t.reshape(()).to(torch.float32))
         self.step.add_(1.0)
 
+    def tick(self) -> None:
+        """Count one update (made by :meth:`update`, eager or replayed in a CUDA graph); every
+        ``flush_every`` updates, :meth:`flush`. Call it after every update."""
+        self._updates += 1
+        if self._updates % self.flush_every == 0:
+            self.flush()
+
     @torch.no_grad()
     def flush(self) -> None:
         """Bring every row to the current step (the state the dense update would hold)."""
@@ -138,7 +152,11 @@ class LazyRows:
             self._reference(ids, lr)
 
     def _reference(self, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
-        """The kernel's work as torch operations on the distinct rows (CPU)."""
+        """The kernel's work as torch operations on the distinct rows (CPU).
+
+        Raises:
+            RuntimeError: a row more than ``flush_every`` steps behind (:meth:`tick` not called).
+        """
         rows = torch.unique(ids)
         t = int(self.step.item())
         target = t + 1 if lr is not None else t
@@ -146,17 +164,21 @@ class LazyRows:
         rows, old = rows[old < target], old[old < target]
         if rows.numel() == 0:
             return
+        if t - int(old.min()) > self.flush_every:
+            raise RuntimeError(f"LazyRows: a row is {t - int(old.min())} steps behind, more than flush_every "
+                               f"({self.flush_every}): call tick() after every update")
+        R = self.lr_hist.numel()
         p, m, v = self.master[rows], self.exp_avg[rows], self.exp_avg_sq[rows]
         for j in range(int(old.min()) + 1, t + 1):  # the zero-gradient steps, row by row from its own
             behind = (old < j).unsqueeze(1)
             jt = torch.tensor(float(j))
-            p2, m2, v2 = _adamw_rows(p, m, v, 0.0, self.lr_hist[j], jt, self.b1, self.b2, self.eps, self.wd)
+            p2, m2, v2 = _adamw_rows(p, m, v, 0.0, self.lr_hist[j % R], jt, self.b1, self.b2, self.eps, self.wd)
             p, m, v = torch.where(behind, p2, p), torch.where(behind, m2, m), torch.where(behind, v2, v)
         if lr is not None:
             g = self.acc[rows].to(self.weight.dtype).float()  # the dense gradient's dtype is the weight's
             self.acc[rows] = 0.0
             p, m, v = _adamw_rows(p, m, v, g, lr, torch.tensor(float(t + 1)), self.b1, self.b2, self.eps, self.wd)
-            self.lr_hist[t + 1] = lr
+            self.lr_hist[(t + 1) % R] = lr
         self.master[rows], self.exp_avg[rows], self.exp_avg_sq[rows] = p, m, v
         self.weight.data[rows] = p.to(self.weight.dtype)
         self.row_step[rows] = target
@@ -206,7 +228,7 @@ def _launch(rows: LazyRows, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
     block = triton_block(H)
     _rows_kernel[(ids.numel(),)](
         ids, rows.row_step, rows.step, rows.master, rows.exp_avg, rows.exp_avg_sq, rows.weight, rows.acc,
-        rows.lr_hist, rows.lr_hist if lr is None else lr, H, rows.b1, rows.b2, rows.eps, rows.wd,
+        rows.lr_hist, rows.lr_hist if lr is None else lr, rows.lr_hist.numel(), H, rows.b1, rows.b2, rows.eps, rows.wd,
         UPDATE=lr is not None, BLOCK=block,
     )
 

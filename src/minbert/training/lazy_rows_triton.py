@@ -21,19 +21,20 @@ def _adamw(p, m, v, g, lr, t, b1, b2, eps, wd):
 
 @triton.jit
 def _rows_kernel(ids_ptr, row_step_ptr, step_ptr, master_ptr, m_ptr, v_ptr, w_ptr, acc_ptr, lr_hist_ptr, lr_ptr,
-                H, b1, b2, eps, wd, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
+                R, H, b1, b2, eps, wd, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
     """Program i: the row ids[i]. With ``UPDATE`` the target is the step count + 1 (this step's
     update from the accumulated gradient at lr_ptr's lr, which program 0 records in the lr
     history), else the step count (catch up). The first program to move ``row_step[row]`` from
     below the target to it (compare-and-swap) brings the row there: the zero-gradient steps it
-    missed, each at its recorded lr, then with ``UPDATE`` the step's own."""
+    missed, each at its recorded lr (step j's at lr_hist[j % R]), then with ``UPDATE`` the step's
+    own."""
     i = tl.program_id(0)
     row = tl.load(ids_ptr + i).to(tl.int64)
     t = tl.load(step_ptr).to(tl.int32)
     target = t + 1 if UPDATE else t
     if UPDATE:
         if i == 0:
-            tl.store(lr_hist_ptr + t + 1, tl.load(lr_ptr))
+            tl.store(lr_hist_ptr + (t + 1) % R, tl.load(lr_ptr))
     old = tl.load(row_step_ptr + row)
     if old < target:
         if tl.atomic_cas(row_step_ptr + row, old, target) == old:
@@ -44,7 +45,7 @@ def _rows_kernel(ids_ptr, row_step_ptr, step_ptr, master_ptr, m_ptr, v_ptr, w_pt
             m = tl.load(m_ptr + base + offs, mask=mask)
             v = tl.load(v_ptr + base + offs, mask=mask)
             for j in range(old + 1, t + 1):
-                p, m, v = _adamw(p, m, v, 0.0, tl.load(lr_hist_ptr + j), j * 1.0, b1, b2, eps, wd)
+                p, m, v = _adamw(p, m, v, 0.0, tl.load(lr_hist_ptr + j % R), j * 1.0, b1, b2, eps, wd)
             if UPDATE:
                 g = tl.load(acc_ptr + base + offs, mask=mask)
                 tl.store(acc_ptr + base + offs, tl.zeros_like(g), mask=mask)
