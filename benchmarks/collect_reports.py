@@ -79,6 +79,10 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     git 4670f93 against s23-call2-new.patch, not kept), s23-call3
                                     (master_weights_step.py at batch 128, the peer in one process)
                                     (device-scripts/s23-call*.sh)
+  bench/s27/                        the word embedding's update on the rows a step reads:
+                                    s27-call1 (CUDA tests of its kernel; attention_varlen.py with the
+                                    tiled one-kernel backward, --mask-check; master_weights_step.py,
+                                    knobs rows, pdl, fbwd) (device-scripts/s27-call*.sh)
   bench/s26/                        the weight-gradient stream and the one-kernel attention backward:
                                     s26-call1 (CUDA tests; attention_varlen.py, --mask-check; the peer
                                     and the master-weights step), s26-call2 and s26-call3
@@ -275,7 +279,8 @@ def varlen_attention() -> dict:
     dropout draw; GPU time of CUDA-graph replays), the dropout-mask check (s10-call2) and the
     train steps that ran the memory-efficient kernel with attention dropout (s9-call3), which the
     mask check rules out; s26-call1: the same with the one-kernel backward (``triton-32-fused``),
-    inputs as one (N, 3, nh, hs) tensor."""
+    inputs as one (N, 3, nh, hs) tensor; s27-call1: its second version, which does a sequence longer
+    than a tile tile by tile (``_tiled``)."""
     keep = ("case", "impl", "tokens", "sequences", "fwd_us_p0.0", "fwd_bwd_us_p0.0", "fwd_us_p0.1",
             "fwd_bwd_us_p0.1", "max_abs_diff_vs_flash")
 
@@ -294,9 +299,12 @@ def varlen_attention() -> dict:
              for r in json.loads(f.read_text())["records"] if r["impl"] == "minbert-packed-compile"]
     mask = json.loads((BENCH / "s10" / "s10-call2-mask-check.json").read_text())["records"]
     mask_s26 = json.loads((BENCH / "s26" / "s26-call1-mask.json").read_text())["records"]
+    mask_s27 = json.loads((BENCH / "s27" / "s27-call1-mask.json").read_text())["records"]
     return {"kernels": kernels, "kernels_earlier": earlier,
             "kernels_one_kernel_backward": records("s26", "s26-call1-attn.json"),
             "mask_check_one_kernel_backward": mask_s26,
+            "kernels_one_kernel_backward_tiled": records("s27", "s27-call1-attn.json"),
+            "mask_check_one_kernel_backward_tiled": mask_s27,
             "kernels_unit": "microseconds per call, one layer's attention (forward, forward + backward)",
             "mask_check": mask, "mask_check_source": "reports/bench/s10/s10-call2-mask-check.json",
             "train_step_efficient_with_dropout": wrong}
@@ -411,7 +419,10 @@ def inductor_knobs() -> dict:
     shipped step at batch 32 (s21-call2) and 128 (s21-call3), each call one process; the
     master-weights step again with the bias gradients' ones kept in blocks, with the peer in each
     process (s22-call1 to s22-call3, one process each: ``master_b32_bias_ones``); the master-weights
-    step at batch 128 with the peer (s23-call3, ``master_b128``)."""
+    step at batch 128 with the peer (s23-call3, ``master_b128``); the master-weights step with the
+    weight-gradient stream, then with the embedding rows' update, programmatic dependent launch or
+    the one-kernel attention backward (s27-call1, no peer, ``master_b32_rows_pdl``; the run ended at
+    its time limit before the shipped-step variants, so its records come from its log)."""
     def records(name: str) -> list[dict]:
         return variant_records(name, ("samples_per_s", "ms_per_step"))
 
@@ -421,8 +432,12 @@ def inductor_knobs() -> dict:
             "master_b32_bias_ones": [r for name in ("s22/s22-call1-knobs-b32.log", "s22/s22-call2-knobs-b32.json",
                                                     "s22/s22-call3-knobs-b32.json") for r in records(name)],
             "master_b128": records("s23/s23-call3-knobs-b128.json"),
+            "master_b32_rows_pdl": records("s27/s27-call1-knobs-b32.log"),
             "knobs": {"combo": "combo_kernels=True", "nosplit": "split_reductions=False",
-                      "agg": "aggressive_fusion=True", "cdt": "coordinate_descent_tuning=True"}}
+                      "agg": "aggressive_fusion=True", "cdt": "coordinate_descent_tuning=True",
+                      "pdl": "triton.enable_pdl=True", "wgs": "the encoder's weight_grad_stream",
+                      "fbwd": "our attention kernel's one-kernel backward",
+                      "rows": "the word embedding's AdamW on the rows a step reads (training/lazy_rows.py)"}}
 
 
 def compile_children(name: str) -> dict:
