@@ -162,3 +162,28 @@ def test_mistakes_are_refused():
 @pytest.mark.parametrize("h, block", [(1, 1), (12, 16), (384, 512), (768, 1024), (1024, 1024)])
 def test_triton_block_is_the_next_power_of_two(h, block):
     assert triton_block(h) == block
+
+
+def test_the_kernel_leaves_out_of_range_ids_alone():
+    """An id outside the table (a corrupt input) makes the kernel touch nothing for it, so that the
+    lookup after it raises, instead of the kernel writing outside the table; the rows in range are
+    still caught up."""
+    pytest.importorskip("triton")
+    from minbert.training.lazy_rows_triton import _rows_kernel
+
+    if not torch.cuda.is_available() and type(_rows_kernel).__name__ != "InterpretedFunction":
+        pytest.skip("triton was imported before TRITON_INTERPRET was set")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    w = torch.randn(V, H, device=dev)
+    rows = LazyRows(w, w.clone(), torch.zeros_like(w), torch.zeros_like(w), torch.zeros((), device=dev), (B1, B2),
+                    EPS, WD, PAD)
+    rows._run = functools.partial(_launch, rows)
+    for _ in range(2):
+        rows.catch_up(torch.tensor([1], device=dev))
+        rows.update(0.01)
+    before = [t.clone() for t in (rows.master, rows.exp_avg, rows.exp_avg_sq, rows.row_step)]
+    rows.catch_up(torch.tensor([V, -1, 3, 10**6], device=dev))
+    assert rows.row_step[3] == 2
+    changed = (rows.master != before[0]).any(1).nonzero().flatten().tolist()
+    assert changed == [3] and torch.equal(rows.exp_avg, before[1]) and torch.equal(rows.exp_avg_sq, before[2])
+    assert torch.equal(rows.row_step[torch.arange(V, device=dev) != 3], before[3][torch.arange(V, device=dev) != 3])

@@ -228,9 +228,8 @@ def _launch(rows: LazyRows, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
     block = triton_block(H)
     _rows_kernel[(ids.numel(),)](
         ids, rows.row_step, rows.step, rows.master, rows.exp_avg, rows.exp_avg_sq, rows.weight, rows.acc,
-        rows.lr_hist, rows.lr_hist if lr is None else lr, rows.lr_hist.numel(), H, rows.b1, rows.b2, 1.0 - rows.b1,
-        1.0 - rows.b2, rows.eps, rows.wd,
-        UPDATE=lr is not None, BLOCK=block,
+        rows.lr_hist, rows.lr_hist if lr is None else lr, rows.lr_hist.numel(), rows.acc.shape[0], H, rows.b1,
+        rows.b2, 1.0 - rows.b1, 1.0 - rows.b2, rows.eps, rows.wd, UPDATE=lr is not None, BLOCK=block,
     )
 
 

@@ -23,13 +23,13 @@ def _adamw(p, m, v, g, lr, t, b1, b2, omb1, omb2, eps, wd):
 
 @triton.jit
 def _rows_kernel(ids_ptr, row_step_ptr, step_ptr, master_ptr, m_ptr, v_ptr, w_ptr, acc_ptr, lr_hist_ptr, lr_ptr,
-                R, H, b1, b2, omb1, omb2, eps, wd, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
+                R, V, H, b1, b2, omb1, omb2, eps, wd, UPDATE: tl.constexpr, BLOCK: tl.constexpr):
     """Program i: the row ids[i]. With ``UPDATE`` the target is the step count + 1 (this step's
     update from the accumulated gradient at lr_ptr's lr, which program 0 records in the lr
     history), else the step count (catch up). The first program to move ``row_step[row]`` from
     below the target to it (compare-and-swap) brings the row there: the zero-gradient steps it
     missed, each at its recorded lr (step j's at lr_hist[j % R]), then with ``UPDATE`` the step's
-    own."""
+    own. An id outside [0, V) touches nothing (the lookup after the kernel raises on it)."""
     i = tl.program_id(0)
     row = tl.load(ids_ptr + i).to(tl.int64)
     t = tl.load(step_ptr).to(tl.int32)
@@ -37,7 +37,8 @@ def _rows_kernel(ids_ptr, row_step_ptr, step_ptr, master_ptr, m_ptr, v_ptr, w_pt
     if UPDATE:
         if i == 0:
             tl.store(lr_hist_ptr + (t + 1) % R, tl.load(lr_ptr))
-    old = tl.load(row_step_ptr + row)
+    inside = (row >= 0) & (row < V)
+    old = tl.load(row_step_ptr + row, mask=inside, other=target)
     if old < target:
         if tl.atomic_cas(row_step_ptr + row, old, target) == old:
             offs = tl.arange(0, BLOCK)
