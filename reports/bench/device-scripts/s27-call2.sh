@@ -4,7 +4,7 @@
 # first: with the weight-gradient stream, the word embedding's update on the rows a step reads
 # and programmatic dependent launch; then the same with combo kernels, unsplit reductions and
 # coordinate-descent tuning.
-export BUDGET=540
+export BUDGET=455
 source reports/bench/device-scripts/s5-common.sh s27-call2
 rm -f $R/*
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.sm,power.limit --format=csv > $R/gpu.txt 2>&1
