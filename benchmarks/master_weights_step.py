@@ -133,7 +133,7 @@ class WithLazyRows:
 
     def prepare_graph_update(self) -> None:
         self.opt.prepare_graph_update()
-        self.rows.acc.zero_()  # what the warm-up runs' backwards added
+        self.rows.prepare_graph_update()
 
     def graph_update(self, lrs: torch.Tensor) -> None:
         self.opt.graph_update(lrs)

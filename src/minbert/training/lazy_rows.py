@@ -9,19 +9,22 @@ row's state is kept at the step it was last brought to (``row_step``), and:
 
 * before a step's forward, :meth:`LazyRows.catch_up` brings the rows that its tokens read to the
   current step: the AdamW updates with a zero gradient that the dense update applied to them
-  meanwhile, one step at a time, each at its own step's lr (kept in ``lr_hist``);
+  meanwhile, one step at a time, each with its own step's lr, step size lr / (1 - b1^t) and
+  sqrt(1 - b2^t), which :meth:`LazyRows.update` records in a ring (``hist``) as the dense update
+  computes them (torch's pow of the step count);
 * the backward adds the looked-up rows' gradients into an fp32 accumulator, zero elsewhere
   (:meth:`LazyRows.accumulate`), instead of writing a dense gradient (the update reads each row
   rounded to the weight's dtype, as the dense gradient is);
-* :meth:`LazyRows.update` applies the step's AdamW update to those rows (a zero-gradient update
-  to a looked-up row whose gradient is zero, the padding row's, as the dense update does) and
-  zeroes their accumulator rows;
+* :meth:`LazyRows.update` applies the step's AdamW update to the rows of every lookup since the
+  last update (a zero-gradient update to a looked-up row whose gradient is zero, the padding
+  row's, as the dense update does) and zeroes their accumulator rows; a step with no lookup still
+  counts;
 * :meth:`LazyRows.flush` brings every row to the current step (before weights or optimizer state
   are read: a checkpoint, an evaluation, the end of training), and :meth:`LazyRows.tick`, called
   after every update, does so every ``flush_every`` updates. That bounds the zero-gradient steps
   a catch-up applies, so a step's row work stays small whatever the data (a token first read
-  after 5,000 steps would otherwise take 5,000 steps' arithmetic in one program), and the lr
-  history is a ring of ``flush_every + 1`` entries.
+  after 5,000 steps would otherwise take 5,000 steps' arithmetic in one program), and the ring
+  holds ``flush_every + 1`` steps.
 
 So every row goes through the sequence of updates that the dense AdamW applies
 (:func:`minbert.training.optim.master_update`: decoupled weight decay, m = lerp(m, g, 1 - b1),
@@ -32,7 +35,7 @@ TensorFlow Addons, which skips the zero-gradient updates and so changes the opti
 
 On CUDA the row work is one Triton kernel launch per call (a program per looked-up token; the
 first program to claim a row by an atomic compare-and-swap on ``row_step`` does it), captured in
-a CUDA graph like any kernel: it reads the step count and the lr from device memory. Elsewhere
+a CUDA graph like any kernel: it reads the step count and the ring from device memory. Elsewhere
 the same equations run as torch operations on the distinct rows (the reference the tests compare
 the kernel with).
 """
@@ -45,65 +48,98 @@ import torch
 from torch import nn
 
 
-def _adamw_rows(p, m, v, g, lr, t, b1: float, b2: float, eps: float, wd: float):  # noqa: ANN001, ANN202
+def _adamw_rows(p, m, v, g, lr, step_size, bc2, b1: float, b2: float, eps: float, wd: float):  # noqa: ANN001, ANN202
     """One AdamW step of fp32 rows ``p`` (masters), ``m``, ``v`` with gradient ``g`` (0 or a
-    tensor) at step count ``t`` (a float32 tensor broadcastable to the rows) and ``lr`` (a float
-    or a tensor broadcastable), in :func:`minbert.training.optim.master_update`'s order. Returns
-    the new (p, m, v)."""
-    step_size = (1.0 / (1.0 - torch.pow(b1, t))) * -lr
-    bc2 = torch.sqrt(1.0 - torch.pow(b2, t))
+    tensor), at ``lr`` with that step's ``step_size`` = -lr / (1 - b1^t) and ``bc2`` =
+    sqrt(1 - b2^t) (tensors broadcastable to the rows: :func:`_step_scalars`), in
+    :func:`minbert.training.optim.master_update`'s order. Returns the new (p, m, v)."""
     p = p * (1.0 - lr * wd)
     m = torch.lerp(m, torch.zeros_like(m) if isinstance(g, float) else g, 1.0 - b1)
     v = v * b2 + (1.0 - b2) * (g * g)
     return p + m / (torch.sqrt(v) / bc2 + eps) * step_size, m, v
 
 
+def _step_scalars(hist: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, b1: float, b2: float) -> None:
+    """Record the coming step's (lr, step size, sqrt(1 - b2^t)) in row (step + 1) % R of the
+    ring ``hist`` ((R, 3) float32), computed as :func:`minbert.training.optim.master_update`
+    computes them (torch's pow of the step count, on the device)."""
+    t = step + 1.0
+    step_size = torch.reciprocal(1.0 - torch.pow(b1, t)) * -lr
+    bc2 = torch.sqrt(1.0 - torch.pow(b2, t))
+    hist.index_copy_(0, torch.remainder(t, hist.shape[0]).long().view(1), torch.stack([lr, step_size, bc2]).view(1, 3))
+
+
+@functools.cache
+def _compiled_step_scalars():  # noqa: ANN202
+    """:func:`_step_scalars` under ``torch.compile`` (one kernel on CUDA instead of eight)."""
+    return torch.compile(_step_scalars, fullgraph=True, dynamic=False)
+
+
 class LazyRows:
     """The lazily applied AdamW of one embedding table (see the module docstring).
 
     Args:
-        weight: (V, H) the table's parameter (the working weights, any float dtype).
-        master, exp_avg, exp_avg_sq: (V, H) float32, its AdamW state (master weights and
-            moments; e.g. :class:`minbert.training.optim.AdamW` ``master_weights`` state).
+        weight: (V, H) the table's parameter (the working weights, any float dtype), contiguous.
+        master, exp_avg, exp_avg_sq: (V, H) float32, contiguous, its AdamW state (master weights
+            and moments; e.g. :class:`minbert.training.optim.AdamW` ``master_weights`` state).
         step: () float32 on the table's device, the number of updates applied (AdamW's ``step``
-            state); advanced by :meth:`update`.
+            state); advanced by :meth:`update`. Every row is taken to be at this step.
         betas, eps, weight_decay: AdamW's hyperparameters.
         padding_idx: the row whose lookups get no gradient (``nn.Embedding``'s), or None.
-        flush_every: :meth:`tick` flushes after this many updates (at least 1).
+        flush_every: :meth:`tick` flushes after this many updates (at least 1). No row may fall
+            further behind: the ring of per-step values holds ``flush_every + 1`` steps. The torch
+            reference raises if one does; the kernel cannot, so call :meth:`tick` after every
+            update.
+        backend: ``kernel`` (the Triton kernel; on a CPU only under Triton's interpreter),
+            ``torch`` (the reference) or ``auto`` (the kernel on CUDA, else the reference).
 
     Raises:
-        ValueError: tensors of mismatched shapes, devices or dtypes.
+        ValueError: tensors of mismatched shapes, devices or dtypes, or not contiguous.
     """
 
     def __init__(
         self, weight: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
         step: torch.Tensor, betas: tuple[float, float], eps: float, weight_decay: float, padding_idx: int | None,
-        flush_every: int = 16,
+        flush_every: int = 16, backend: str = "auto",
     ):
         state = (master, exp_avg, exp_avg_sq)
         if weight.dim() != 2 or any(s.shape != weight.shape or s.dtype != torch.float32 for s in state):
             raise ValueError("LazyRows: master, exp_avg and exp_avg_sq must be float32, shaped like the (V, H) weight")
         if any(t.device != weight.device for t in (*state, step)) or step.shape != ():
             raise ValueError("LazyRows: every tensor on the weight's device, step a 0-d tensor")
+        if not all(t.is_contiguous() for t in (weight, *state)):
+            raise ValueError("LazyRows: the weight and its state must be contiguous (the kernel indexes row * H)")
         if flush_every < 1:
             raise ValueError(f"LazyRows: flush_every must be at least 1, got {flush_every}")
+        if backend not in ("auto", "kernel", "torch"):
+            raise ValueError(f"LazyRows: backend must be auto, kernel or torch, got {backend!r}")
+        self.backend = backend
         self.weight, self.master, self.exp_avg, self.exp_avg_sq, self.step = weight, master, exp_avg, exp_avg_sq, step
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps, self.wd, self.padding_idx = float(eps), float(weight_decay), padding_idx
         V, dev = weight.shape[0], weight.device
-        self.row_step = torch.full((V,), int(step.item()), dtype=torch.int32, device=dev)  # each row's step
+        self.row_step = torch.empty((V,), dtype=torch.int32, device=dev)  # the step each row is at
         self.acc = torch.zeros(weight.shape, dtype=torch.float32, device=dev)  # the step's gradient rows
-        # lr_hist[j % (flush_every + 1)]: step j's lr, for the steps a row can be behind by
-        self.lr_hist = torch.zeros(flush_every + 1, dtype=torch.float32, device=dev)
+        # hist[j % (flush_every + 1)]: step j's (lr, step size, sqrt(1 - b2^j)), for the steps a
+        # row can be behind by
+        self.hist = torch.zeros((flush_every + 1, 3), dtype=torch.float32, device=dev)
         self.flush_every, self._updates = flush_every, 0
-        self.ids: torch.Tensor | None = None  # the last forward's token ids (what update() reads)
+        self.pending: list[torch.Tensor] = []  # the ids looked up with gradients since the last update
+        self.resync()
+
+    def resync(self) -> None:
+        """Take every row to be at ``step`` (after loading a flushed state into the tensors)."""
+        self.row_step.fill_(int(self.step.item()))
+        self.pending = []
 
     @torch.no_grad()
-    def catch_up(self, ids: torch.Tensor) -> None:
-        """Bring the rows that ``ids`` ((N,) int64 token ids, repeats allowed) look up to the
-        current step, and remember ``ids`` for :meth:`update`."""
-        self.ids = ids
-        self._run(ids, None)
+    def catch_up(self, ids: torch.Tensor, pending: bool = True) -> None:
+        """Bring the rows that ``ids`` (int64 token ids of any shape, repeats allowed) look up to
+        the current step; with ``pending``, the next :meth:`update` updates them too (a lookup
+        whose backward will add gradients; every lookup between two updates is kept)."""
+        if pending:
+            self.pending.append(ids)
+        self._run(ids, False)
 
     @torch.no_grad()
     def accumulate(self, ids: torch.Tensor, grad: torch.Tensor) -> None:
@@ -117,18 +153,27 @@ class LazyRows:
     @torch.no_grad()
     def update(self, lr: float | torch.Tensor, ids: torch.Tensor | None = None) -> None:
         """One AdamW update (step count + 1, at ``lr``: a float or a 0-d float32 device tensor) of
-        the rows ``ids`` (default: the last forward's), from the accumulated gradient, whose rows
-        are then zero. Rows behind the current step are brought to it first.
-
-        Raises:
-            RuntimeError: no ids (no forward since this table was made).
-        """
-        ids = self.ids if ids is None else ids
-        if ids is None:
-            raise RuntimeError("LazyRows.update: no ids (call catch_up in the forward)")
+        the rows ``ids`` (default: every lookup's since the last update), from the accumulated
+        gradient, whose rows are then zero. Rows behind the current step are brought to it
+        first. With no rows at all, the step still counts (its lr is recorded)."""
         lr_t = lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr), device=self.acc.device)
-        self._run(ids, lr_t.reshape(()).to(torch.float32))
+        record = _compiled_step_scalars() if self.acc.device.type == "cuda" else _step_scalars
+        record(self.hist, self.step, lr_t.reshape(()).to(torch.float32), self.b1, self.b2)
+        for each in (self.pending if ids is None else [ids]):
+            self._run(each, True)
+        self.pending = []
         self.step.add_(1.0)
+
+    @torch.no_grad()
+    def prepare_graph_update(self) -> None:
+        """Before a CUDA graph captures :meth:`update`: compile what it compiles, outside the
+        capture (on copies of the tensors it writes), and drop what the warm-up runs before a
+        capture left (their lookups' ids and accumulated gradients)."""
+        if self.acc.device.type == "cuda":
+            zero = torch.zeros((), device=self.acc.device)
+            _compiled_step_scalars()(self.hist.clone(), self.step.clone(), zero, self.b1, self.b2)
+        self.acc.zero_()
+        self.pending = []
 
     def tick(self) -> None:
         """Count one update (made by :meth:`update`, eager or replayed in a CUDA graph); every
@@ -140,26 +185,27 @@ class LazyRows:
     @torch.no_grad()
     def flush(self) -> None:
         """Bring every row to the current step (the state the dense update would hold)."""
-        self._run(_all_rows(self.acc.shape[0], self.acc.device), None)
+        self._run(_all_rows(self.acc.shape[0], self.acc.device), False)
 
-    def _run(self, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
-        ids = ids.reshape(-1)
+    def _run(self, ids: torch.Tensor, update: bool) -> None:
+        ids = ids.reshape(-1).contiguous()
         if ids.numel() == 0:
             return
-        if ids.device.type == "cuda":
-            _launch(self, ids, lr)
+        if self.backend == "kernel" or (self.backend == "auto" and ids.device.type == "cuda"):
+            _launch(self, ids, update)
         else:
-            self._reference(ids, lr)
+            self._reference(ids, update)
 
-    def _reference(self, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
+    def _reference(self, ids: torch.Tensor, update: bool) -> None:
         """The kernel's work as torch operations on the distinct rows (CPU).
 
         Raises:
             RuntimeError: a row more than ``flush_every`` steps behind (:meth:`tick` not called).
+            IndexError: an id outside the table.
         """
         rows = torch.unique(ids)
         t = int(self.step.item())
-        target = t + 1 if lr is not None else t
+        target = t + 1 if update else t
         old = self.row_step[rows]
         rows, old = rows[old < target], old[old < target]
         if rows.numel() == 0:
@@ -167,18 +213,16 @@ class LazyRows:
         if t - int(old.min()) > self.flush_every:
             raise RuntimeError(f"LazyRows: a row is {t - int(old.min())} steps behind, more than flush_every "
                                f"({self.flush_every}): call tick() after every update")
-        R = self.lr_hist.numel()
+        R = self.hist.shape[0]
         p, m, v = self.master[rows], self.exp_avg[rows], self.exp_avg_sq[rows]
         for j in range(int(old.min()) + 1, t + 1):  # the zero-gradient steps, row by row from its own
             behind = (old < j).unsqueeze(1)
-            jt = torch.tensor(float(j))
-            p2, m2, v2 = _adamw_rows(p, m, v, 0.0, self.lr_hist[j % R], jt, self.b1, self.b2, self.eps, self.wd)
+            p2, m2, v2 = _adamw_rows(p, m, v, 0.0, *self.hist[j % R], self.b1, self.b2, self.eps, self.wd)
             p, m, v = torch.where(behind, p2, p), torch.where(behind, m2, m), torch.where(behind, v2, v)
-        if lr is not None:
+        if update:
             g = self.acc[rows].to(self.weight.dtype).float()  # the dense gradient's dtype is the weight's
             self.acc[rows] = 0.0
-            p, m, v = _adamw_rows(p, m, v, g, lr, torch.tensor(float(t + 1)), self.b1, self.b2, self.eps, self.wd)
-            self.lr_hist[(t + 1) % R] = lr
+            p, m, v = _adamw_rows(p, m, v, g, *self.hist[(t + 1) % R], self.b1, self.b2, self.eps, self.wd)
         self.master[rows], self.exp_avg[rows], self.exp_avg_sq[rows] = p, m, v
         self.weight.data[rows] = p.to(self.weight.dtype)
         self.row_step[rows] = target
@@ -194,15 +238,15 @@ class _Lookup(torch.autograd.Function):
     gradient: the weight's ``.grad`` stays None)."""
 
     @staticmethod
-    def forward(ctx, ids, weight, rows, padding_idx):  # noqa: ANN001, ANN205
-        rows.catch_up(ids)
+    def forward(ctx, ids, weight, rows, padding_idx, pending):  # noqa: ANN001, ANN205
+        rows.catch_up(ids, pending)
         ctx.ids, ctx.rows = ids, rows
         return nn.functional.embedding(ids, weight, padding_idx)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         ctx.rows.accumulate(ctx.ids, grad)
-        return None, None, None, None
+        return None, None, None, None, None
 
 
 class LazyRowsEmbedding(nn.Module):
@@ -217,19 +261,20 @@ class LazyRowsEmbedding(nn.Module):
 
     @torch.compiler.disable
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids: (...) int64. Returns (..., H) in the weight's dtype."""
-        return _Lookup.apply(ids, self.weight, self.rows, self.padding_idx)
+        """ids: (...) int64. Returns (..., H) in the weight's dtype. A lookup without gradients
+        (evaluation) catches its rows up but leaves them out of the next update."""
+        pending = torch.is_grad_enabled() and self.weight.requires_grad
+        return _Lookup.apply(ids, self.weight, self.rows, self.padding_idx, pending)
 
 
-def _launch(rows: LazyRows, ids: torch.Tensor, lr: torch.Tensor | None) -> None:
+def _launch(rows: LazyRows, ids: torch.Tensor, update: bool) -> None:
     from .lazy_rows_triton import _rows_kernel
 
-    H = rows.acc.shape[1]
-    block = triton_block(H)
+    V, H = rows.acc.shape
     _rows_kernel[(ids.numel(),)](
-        ids, rows.row_step, rows.step, rows.master, rows.exp_avg, rows.exp_avg_sq, rows.weight, rows.acc,
-        rows.lr_hist, rows.lr_hist if lr is None else lr, rows.lr_hist.numel(), rows.acc.shape[0], H, rows.b1,
-        rows.b2, 1.0 - rows.b1, 1.0 - rows.b2, rows.eps, rows.wd, UPDATE=lr is not None, BLOCK=block,
+        ids, rows.row_step, rows.step, rows.master, rows.exp_avg, rows.exp_avg_sq, rows.weight, rows.acc, rows.hist,
+        rows.hist.shape[0], V, H, rows.b2, 1.0 - rows.b1, 1.0 - rows.b2, rows.eps, rows.wd, UPDATE=update,
+        BLOCK=triton_block(H),
     )
 
 
