@@ -125,7 +125,8 @@ class WithLazyRows:
     def __init__(self, model: BertModel, opt: AdamW):
         emb = model.embeddings.word_embeddings
         st = opt.state[emb.weight]
-        group = opt.param_groups[0]
+        self.gi = next(i for i, g in enumerate(opt.param_groups) if any(p is emb.weight for p in g["params"]))
+        group = opt.param_groups[self.gi]
         self.rows = LazyRows(emb.weight, st["master"], st["exp_avg"], st["exp_avg_sq"], st["step"], group["betas"],
                              group["eps"], group["weight_decay"], emb.padding_idx)
         model.embeddings.word_embeddings = LazyRowsEmbedding(emb, self.rows)
@@ -137,11 +138,11 @@ class WithLazyRows:
 
     def graph_update(self, lrs: torch.Tensor) -> None:
         self.opt.graph_update(lrs)
-        self.rows.update(lrs[0])
+        self.rows.update(lrs[self.gi])
 
     def step(self) -> None:
         self.opt.step()
-        self.rows.update(self.param_groups[0]["lr"])
+        self.rows.update(self.param_groups[self.gi]["lr"])
 
 
 def prepare(variant: str, batches: list[dict]):
