@@ -101,8 +101,9 @@ def test_the_kernel_equals_the_reference():
     del triton
     schedule = _schedule(12, seed=3)
     w0 = torch.randn(V, H, generator=torch.Generator().manual_seed(4))
-    # bf16 working weights where the kernel is compiled; the interpreter rounds to bf16 its own way
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    # 16-bit working weights, so that the gradient's rounding to them counts: bf16 where the kernel
+    # is compiled; fp16 under the interpreter, which rounds to bf16 its own way but to fp16 as torch
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float16
     ref = _lazy(w0, schedule, dtype=dtype)
     got = _lazy(w0, schedule, kernel=True, dtype=dtype, dev="cuda" if torch.cuda.is_available() else "cpu")
     for name, a, b, atol in zip(("master", "exp_avg", "exp_avg_sq"), got[:3], ref[:3], (1e-6, 1e-7, 1e-9),
@@ -295,3 +296,20 @@ def test_prepare_drops_warm_up_work_and_resync_takes_rows_to_the_step():
     rows.step.fill_(5.0)
     rows.resync()
     assert (rows.row_step == 5).all()
+
+
+def test_an_update_with_ids_keeps_the_pending_lookups_and_resync_drops_gradients():
+    """update(lr, ids=...) updates the given rows and those of the lookups since the last update
+    (their gradients applied now, not later); resync after a load drops gradients not applied."""
+    w = torch.randn(V, H)
+    rows = LazyRows(w, w.clone(), torch.zeros_like(w), torch.zeros_like(w), torch.zeros(()), (B1, B2), EPS, WD, PAD)
+    rows.catch_up(torch.tensor([1]))
+    rows.accumulate(torch.tensor([1]), torch.ones(1, H))
+    rows.update(0.01, ids=torch.tensor([2]))
+    assert rows.row_step[torch.tensor([1, 2, 3])].tolist() == [1, 1, 0] and not rows.acc.any()
+    rows.catch_up(torch.tensor([3]))
+    rows.accumulate(torch.tensor([3]), torch.ones(1, H))
+    rows.resync()
+    assert not rows.acc.any() and rows.pending == []
+    with pytest.raises(IndexError, match="outside the table's 40 rows"):
+        rows.catch_up(torch.tensor([-1]))

@@ -42,6 +42,7 @@ the kernel with).
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -93,6 +94,9 @@ class LazyRows:
         backend: ``kernel`` (the Triton kernel; on a CPU only under Triton's interpreter),
             ``torch`` (the reference) or ``auto`` (the kernel on CUDA, else the reference).
 
+    The table's gradient lives in the accumulator, not in ``weight.grad``: a global gradient norm
+    or clipping over ``.grad`` leaves it out (this is for steps without clipping).
+
     Raises:
         ValueError: tensors of mismatched shapes, devices or dtypes, or not contiguous.
     """
@@ -123,13 +127,15 @@ class LazyRows:
         # hist[j % (flush_every + 1)]: step j's (lr, step size, sqrt(1 - b2^j)), for the steps a
         # row can be behind by
         self.hist = torch.zeros((flush_every + 1, 3), dtype=torch.float32, device=dev)
-        self.flush_every, self._updates = flush_every, 0
+        self.flush_every, self._updates, self._warm = flush_every, 0, False
         self.pending: list[torch.Tensor] = []  # the ids looked up with gradients since the last update
         self.resync()
 
     def resync(self) -> None:
-        """Take every row to be at ``step`` (after loading a flushed state into the tensors)."""
+        """Take every row to be at ``step`` and drop any gradient not yet applied (after loading a
+        flushed state into the tensors)."""
         self.row_step.fill_(int(self.step.item()))
+        self.acc.zero_()
         self.pending = []
 
     @torch.no_grad()
@@ -153,13 +159,13 @@ class LazyRows:
     @torch.no_grad()
     def update(self, lr: float | torch.Tensor, ids: torch.Tensor | None = None) -> None:
         """One AdamW update (step count + 1, at ``lr``: a float or a 0-d float32 device tensor) of
-        the rows ``ids`` (default: every lookup's since the last update), from the accumulated
+        the rows of every lookup since the last update and of ``ids``, from the accumulated
         gradient, whose rows are then zero. Rows behind the current step are brought to it
         first. With no rows at all, the step still counts (its lr is recorded)."""
         lr_t = lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr), device=self.acc.device)
         record = _compiled_step_scalars() if self.acc.device.type == "cuda" else _step_scalars
         record(self.hist, self.step, lr_t.reshape(()).to(torch.float32), self.b1, self.b2)
-        for each in (self.pending if ids is None else [ids]):
+        for each in self.pending + ([] if ids is None else [ids]):
             self._run(each, True)
         self.pending = []
         self.step.add_(1.0)
@@ -169,9 +175,16 @@ class LazyRows:
         """Before a CUDA graph captures :meth:`update`: compile what it compiles, outside the
         capture (on copies of the tensors it writes), and drop what the warm-up runs before a
         capture left (their lookups' ids and accumulated gradients)."""
-        if self.acc.device.type == "cuda":
+        if self.acc.device.type == "cuda" and not self._warm:
             zero = torch.zeros((), device=self.acc.device)
             _compiled_step_scalars()(self.hist.clone(), self.step.clone(), zero, self.b1, self.b2)
+            if self.backend != "torch":  # the update's kernel too (the forward's runs before any capture)
+                twin = copy.copy(self)
+                for name in ("weight", "master", "exp_avg", "exp_avg_sq", "step", "row_step", "acc", "hist"):
+                    setattr(twin, name, getattr(self, name).detach().clone())
+                _launch(twin, torch.zeros(1, dtype=torch.long, device=self.acc.device), True)
+            torch.cuda.synchronize(self.acc.device)
+            self._warm = True
         self.acc.zero_()
         self.pending = []
 
@@ -203,6 +216,8 @@ class LazyRows:
             RuntimeError: a row more than ``flush_every`` steps behind (:meth:`tick` not called).
             IndexError: an id outside the table.
         """
+        if ((ids < 0) | (ids >= self.acc.shape[0])).any():
+            raise IndexError(f"LazyRows: token ids outside the table's {self.acc.shape[0]} rows")
         rows = torch.unique(ids)
         t = int(self.step.item())
         target = t + 1 if update else t
