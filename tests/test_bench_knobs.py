@@ -90,16 +90,17 @@ def test_the_one_kernel_attention_backward_is_patched_in_for_fbwd_variants_only(
         bert._import_triton_kernel = original
 
 
-def test_the_rows_variant_trains_as_the_dense_update_does():
-    """The ``rows`` knob's optimizer (WithLazyRows) on a small encoder, its packed loss compiled
-    with the word embedding's lookup as a break in the graph: after four eager steps and a flush
-    the table, the other weights and their state equal those of the dense master-weights AdamW
-    (dropout off, so both see the same losses), and the table never got a dense gradient. Rows
-    never read moved too (weight decay), rows read earlier went on moving (their momentum)."""
+def _train_both_ways(graphed: bool):
+    """A small encoder trained four steps with the dense master-weights AdamW and with the ``rows``
+    knob's optimizer (WithLazyRows), its packed loss compiled with the word embedding's lookup as
+    a break in the graph; on CUDA with ``graphed``, each step a replay of ``GraphedSteps``
+    captures with the update inside, as the benchmark runs it. Returns both (model, AdamW)."""
     import train_step as ts
     from minbert.model.bert import BertConfig, BertModel
+    from minbert.training.cudagraph import GraphedSteps
     from minbert.training.optim import AdamW, attach_master_weights
 
+    dev = "cuda" if graphed else "cpu"
     cfg = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                      attn_implementation="eager", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     g = torch.Generator().manual_seed(0)
@@ -108,31 +109,46 @@ def test_the_rows_variant_trains_as_the_dense_update_does():
         ids = torch.randint(1, 40, (3, 7), generator=g)
         mask = (torch.arange(7) < torch.tensor([[7], [4], [2]])).long()
         b = ts.packed_inputs({"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": 0 * ids}, 64)
-        batches.append({k: v for k, v in b.items() if k != "real_tokens"})
+        batches.append({k: v.to(dev) for k, v in b.items() if k != "real_tokens"})
     models = []
     for rows in (False, True):
         torch.manual_seed(0)
-        model = BertModel(cfg).train()
-        opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.01, master_weights=True)
+        model = BertModel(cfg).to(dev).train()
+        opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.01, fused=graphed, master_weights=True)
         attach_master_weights(model, opt, dtype=torch.float32)  # fp32 working weights: no bf16 rounding of
-        if rows:  # gradients summed in another order (tests/test_lazy_rows.py covers bf16 working weights)
+        if rows:  # gradients summed in another order (tests/test_lazy_rows.py covers 16-bit working weights)
             opt = mws.WithLazyRows(model, opt)
-        loss_fn = torch.compile(ts.packed_loss_fn(model, 3, 64, "cpu"), dynamic=True)
+        loss_fn = torch.compile(ts.packed_loss_fn(model, 3, 64, dev), dynamic=True)
+        graphs = GraphedSteps(list(model.parameters()), capture_after=0, direct=True, updater=opt) if graphed else None
         for b in batches:
-            for p in model.parameters():
-                p.grad = None
-            loss, _ = loss_fn(b)
-            loss.backward()
+            if graphs is not None:
+                graphs.zero_grad()
+                graphs.run("step", loss_fn, b, 1.0, [grp["lr"] for grp in opt.param_groups])
+                assert graphs.step_updated
+            else:
+                for p in model.parameters():
+                    p.grad = None
+                loss, _ = loss_fn(b)
+                loss.backward()
+                opt.step()
             if rows:
                 assert model.embeddings.word_embeddings.weight.grad is None
-            opt.step()
-            if rows:
                 opt.rows.tick()
         if rows:
             opt.rows.flush()
             opt = opt.opt
         models.append((model, opt))
-    (dense, dense_opt), (lazy, lazy_opt) = models
+    return models
+
+
+@pytest.mark.parametrize("graphed", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_the_rows_variant_trains_as_the_dense_update_does(graphed):
+    """After four steps and a flush, the table, the other weights and their state equal those of
+    the dense master-weights AdamW (dropout off, so both see the same losses), and the table never
+    got a dense gradient; eagerly, and on CUDA in captured steps. Rows never read moved too
+    (weight decay), rows read earlier went on moving (their momentum)."""
+    (dense, dense_opt), (lazy, lazy_opt) = _train_both_ways(graphed)
     word = dense.embeddings.word_embeddings.weight
     for (name, p), q in zip(dense.named_parameters(), lazy.parameters(), strict=True):
         # the table's gradient rows are sums over tokens in another order; where they nearly cancel,
@@ -142,7 +158,7 @@ def test_the_rows_variant_trains_as_the_dense_update_does():
         torch.testing.assert_close(lazy_opt.state[q]["master"], dense_opt.state[p]["master"], **tol, msg=name)
         torch.testing.assert_close(lazy_opt.state[q]["exp_avg_sq"], dense_opt.state[p]["exp_avg_sq"], rtol=1e-4,
                                    atol=1e-10, msg=name)
-    never_read = torch.ones(64, dtype=torch.bool)
+    never_read = torch.ones(64, dtype=torch.bool, device=word.device)
     never_read[:40] = False
     assert (lazy_opt.state[lazy.embeddings.word_embeddings.weight]["exp_avg"][~never_read].abs().sum(1) > 0).any()
     assert not torch.equal(lazy.embeddings.word_embeddings.weight[never_read], word.new_zeros(24, 16))
