@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from minbert.training.lazy_rows import LazyRows, LazyRowsEmbedding, triton_block
+from minbert.training.lazy_rows import LazyRows, LazyRowsEmbedding
 from minbert.training.optim import master_update
 
 V, H, PAD = 40, 12, 0  # H not a power of two: the kernel's block is masked
@@ -160,11 +160,6 @@ def test_mistakes_are_refused():
         rows.update(0.1)
     with pytest.raises(RuntimeError, match="3 steps behind, more than flush_every"):
         rows.catch_up(torch.tensor([2]))
-
-
-@pytest.mark.parametrize("h, block", [(1, 1), (12, 16), (384, 512), (768, 1024), (1024, 1024)])
-def test_triton_block_is_the_next_power_of_two(h, block):
-    assert triton_block(h) == block
 
 
 def test_the_kernel_leaves_out_of_range_ids_alone():

@@ -42,7 +42,6 @@ the kernel with).
 
 from __future__ import annotations
 
-import copy
 import functools
 
 import torch
@@ -173,16 +172,15 @@ class LazyRows:
     @torch.no_grad()
     def prepare_graph_update(self) -> None:
         """Before a CUDA graph captures :meth:`update`: compile what it compiles, outside the
-        capture (on copies of the tensors it writes), and drop what the warm-up runs before a
-        capture left (their lookups' ids and accumulated gradients)."""
+        capture (the step values on copies of the ring; the kernel on an id outside the table,
+        which it leaves alone), and drop what the warm-up runs before a capture left (their
+        lookups' ids and accumulated gradients)."""
         if self.acc.device.type == "cuda" and not self._warm:
             zero = torch.zeros((), device=self.acc.device)
             _compiled_step_scalars()(self.hist.clone(), self.step.clone(), zero, self.b1, self.b2)
-            if self.backend != "torch":  # the update's kernel too (the forward's runs before any capture)
-                twin = copy.copy(self)
-                for name in ("weight", "master", "exp_avg", "exp_avg_sq", "step", "row_step", "acc", "hist"):
-                    setattr(twin, name, getattr(self, name).detach().clone())
-                _launch(twin, torch.zeros(1, dtype=torch.long, device=self.acc.device), True)
+            if self.backend != "torch":  # the update's kernel too (the forward's runs before any capture), on
+                outside = torch.full((1,), self.acc.shape[0], device=self.acc.device)  # an id it leaves alone
+                _launch(self, outside, True)
             torch.cuda.synchronize(self.acc.device)
             self._warm = True
         self.acc.zero_()
@@ -283,16 +281,14 @@ class LazyRowsEmbedding(nn.Module):
 
 
 def _launch(rows: LazyRows, ids: torch.Tensor, update: bool) -> None:
+    import triton
+
     from .lazy_rows_triton import _rows_kernel
 
     V, H = rows.acc.shape
     _rows_kernel[(ids.numel(),)](
         ids, rows.row_step, rows.step, rows.master, rows.exp_avg, rows.exp_avg_sq, rows.weight, rows.acc, rows.hist,
         rows.hist.shape[0], V, H, rows.b2, 1.0 - rows.b1, 1.0 - rows.b2, rows.eps, rows.wd, UPDATE=update,
-        BLOCK=triton_block(H),
+        BLOCK=triton.next_power_of_2(H),  # one row per program
     )
 
-
-def triton_block(h: int) -> int:
-    """The kernel's block: the smallest power of two >= h (one row per program)."""
-    return 1 << max(h - 1, 0).bit_length()
