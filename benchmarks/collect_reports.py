@@ -481,6 +481,19 @@ def master_weights_e2e() -> dict:
             "of all groups as one compiled function (git 1759119, not kept)"}
 
 
+def embedding_rows_cpu() -> dict:
+    """configs/default.yaml on this 2-core CPU, 40 optimizer steps (fp32), with the word
+    embedding's dense update and with ``optim.embedding_rows``, alternating, three rounds
+    (benchmarks/e2e.py ``--rounds 3``)."""
+    src = "cpu/embedding_rows-default-40steps.json"
+    runs = json.loads((BENCH / src).read_text())["runs"]
+    out = {name: {"train_s": [round(r["throughput"]["train_s"], 2) for r in runs if r["name"] == name],
+                  "samples_per_s": [r["throughput"]["samples_per_s"] for r in runs if r["name"] == name],
+                  "dev_overall": [r["dev"]["overall"] for r in runs if r["name"] == name]}
+           for name in ("dense", "rows")}
+    return {**out, "source": f"reports/bench/{src}"}
+
+
 def main() -> None:
     step = json.loads((BENCH / "train_step-graphs.json").read_text())
     records = step["records"]
@@ -550,6 +563,7 @@ def main() -> None:
     speed["inductor_knobs"] = inductor_knobs()
     speed["startup_trial"] = startup_trial()
     speed["varlen_attention"] = varlen_attention()
+    speed["embedding_rows_cpu"] = embedding_rows_cpu()
     trainer = json.loads((BENCH / "packed" / "s5-call4-profile-train-default.json").read_text())
     speed["profile_trainer"] = {**trainer["variants"], "preset": trainer["preset"],
                                 "source": "reports/bench/packed/s5-call4-profile-train-default.json"}

@@ -118,7 +118,7 @@ class OverlappedUpdate:
                 by_group.setdefault(gi, []).append(p)
             for gi, gps in by_group.items():
                 group = self.opt.param_groups[gi]
-                st = [self.opt._state(p) for p in gps]
+                st = [self.opt.state_of(p) for p in gps]
                 steps = [s["step"] for s in st]
                 torch._foreach_add_(steps, 1.0)
                 b1, b2 = group["betas"]

@@ -12,7 +12,8 @@ from torch import nn
 
 from minbert.config import OptimConfig
 from minbert.model.bert import BertConfig, BertModel
-from minbert.training.optim import AdamW, build_optimizer, build_scheduler, param_groups
+from minbert.training.lr_schedule import build_scheduler
+from minbert.training.optim import AdamW, build_optimizer, param_groups
 
 CPU = torch.device("cpu")
 

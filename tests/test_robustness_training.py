@@ -38,7 +38,8 @@ from minbert.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from minbert.training.optim import build_optimizer, build_scheduler
+from minbert.training.lr_schedule import build_scheduler
+from minbert.training.optim import build_optimizer
 from minbert_testkit import cli_train_args, slice_args
 
 TASKS = ("sst", "qqp", "sts")

@@ -36,6 +36,7 @@ from .config_sections import (
     OptimConfig,
     OutputConfig,
     Pooling,
+    RuntimeSettings,
     TaskConfig,
     TrainConfig,
     _default_tasks,
@@ -46,7 +47,7 @@ __all__ = [
     "RuntimeSettings", "TaskConfig", "TrainConfig", "from_dict", "load_config", "replace", "resolve",
     "runtime_settings", "to_dict", "validate",
 ]
-from .config_values import apply_overrides, build_value, safe_load_unique, to_dict, yaml_problem
+from .config_values import apply_overrides, build_value, legacy_tensorboard, safe_load_unique, to_dict, yaml_problem
 from .errors import ConfigError
 
 MAX_LR = 1e30  # the optimizers' float32 state overflows near 3.4e38
@@ -77,28 +78,11 @@ def from_dict(raw: dict) -> Config:
     Run folders and exports written before ``output.report_to`` existed hold ``output.tensorboard``
     (a bool): it is read as ``report_to: [tensorboard]`` (true) or ``[none]`` (false).
     """
-    raw = _legacy_tensorboard(raw or {})
+    raw = legacy_tensorboard(raw or {})
     if isinstance(raw, dict) and isinstance(raw.get("custom_tasks"), dict) and "tasks" not in raw:
         # no `tasks` section: the built-in three and every custom task train
         raw = {**raw, "tasks": {**{k: {} for k in _default_tasks()}, **{str(k): {} for k in raw["custom_tasks"]}}}
     return validate(build_value(Config, raw, ""))
-
-
-def _legacy_tensorboard(raw: dict, replaces: bool = False) -> dict:
-    """``output.tensorboard: bool`` (the key that ``output.report_to`` replaced) as ``report_to``;
-    with ``replaces`` (an override of the old key) it replaces a ``report_to`` already there.
-
-    Raises:
-        ConfigError: the old key beside ``report_to`` (unless ``replaces``), or not a bool.
-    """
-    out = raw.get("output") if isinstance(raw, dict) else None
-    if not isinstance(out, dict) or "tensorboard" not in out:
-        return raw
-    out = dict(out)
-    value = out.pop("tensorboard")
-    if ("report_to" in out and not replaces) or not isinstance(value, bool):
-        raise ConfigError("output.tensorboard: replaced by output.report_to (e.g. [tensorboard] or none)")
-    return {**raw, "output": {**out, "report_to": ["tensorboard" if value else "none"]}}
 
 
 def validate(cfg: Config) -> Config:
@@ -161,6 +145,16 @@ def _check_model_and_optim(cfg: Config) -> None:
         ) if hit]
         if why:
             raise ConfigError("optim.master_weights needs " + "; ".join(why))
+    if cfg.optim.embedding_rows:  # its gradient is not in .grad: nothing may read or reduce .grad for it
+        why = [w for w, hit in (
+            (f"optim.name=adamw (not {cfg.optim.name})", cfg.optim.name != "adamw"),
+            ("train.max_grad_norm=null (the table's gradient is not in the clipped norm)", cfg.train.max_grad_norm),
+            ("train.pcgrad=false", cfg.train.pcgrad), ("train.smart_weight=0", cfg.train.smart_weight > 0),
+            ("a trained word embedding (train.mode=finetune, train.freeze_layers=0)",
+             cfg.train.mode == "frozen" or cfg.train.freeze_layers != 0),
+        ) if hit]
+        if why:
+            raise ConfigError("optim.embedding_rows needs " + "; ".join(why))
 
 
 def _finite(lo: float, low_ok: bool = True, hi: float = math.inf) -> Any:
@@ -249,9 +243,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     try:
         # an old file's output.tensorboard becomes report_to before the overrides, so that an
         # override of either key applies on top of it (the later one wins)
-        raw = _legacy_tensorboard(raw)
+        raw = legacy_tensorboard(raw)
         for item in overrides:
-            raw = _legacy_tensorboard(apply_overrides(raw, [item]), replaces=True)
+            raw = legacy_tensorboard(apply_overrides(raw, [item]), replaces=True)
         return from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
@@ -313,29 +307,6 @@ def validate_training(cfg: Config) -> Config:
     return cfg
 
 
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """What a training run does on its device, resolved from the config (:func:`runtime_settings`).
-
-    amp: bf16 autocast; compile: ``torch.compile`` the encoder; cuda_graphs: replay steps as CUDA
-    graphs; flat_sync: average gradients with one all-reduce of a flat buffer (torchrun, no DDP);
-    pad_multiple: training batches are padded to a multiple of this many tokens; pack_multiple:
-    with packing (``model.packing``), the smallest pack bucket in tokens (0: no packing);
-    note: why ``model.packing=auto`` stayed off on a CUDA device (None otherwise);
-    master_weights: bf16 working weights, fp32 masters (``optim.master_weights``); weight_grad_stream:
-    the packed backward's dW and db on a second CUDA stream (``model.weight_grad_stream``)."""
-
-    amp: bool
-    compile: bool
-    cuda_graphs: bool
-    flat_sync: bool
-    pad_multiple: int
-    pack_multiple: int = 0
-    note: str | None = None
-    master_weights: bool = False
-    weight_grad_stream: bool = False
-
-
 def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> RuntimeSettings:
     """Resolve the ``auto`` choices of ``cfg.train`` for a device type (``"cpu"``, ``"cuda"``, ...)
     and a number of processes: ``amp`` auto is bf16 on CUDA; ``compile`` auto is on on CUDA;
@@ -367,8 +338,28 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
     if cfg.optim.master_weights and (not amp or world_size > 1):
         raise ConfigError("optim.master_weights needs bf16 amp (train.amp=bf16, or auto on CUDA) in one process "
                           f"(got amp {'bf16' if amp else 'off'}, {world_size} processes)")
+    _check_embedding_rows(cfg, device_type, world_size, graphs, packed)
     return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple,
                            PACK_MULTIPLE if packed else 0, note, cfg.optim.master_weights, streams)
+
+
+def _check_embedding_rows(cfg: Config, device_type: str, world_size: int, graphs: bool, packed: bool) -> None:
+    """``optim.embedding_rows`` on this device: the update of the rows a step reads must be the
+    step's own (eager, or captured in the step's one graph, whose lookups it updates).
+
+    Raises:
+        ConfigError: several processes (no all-reduce of the table's gradient), an unfused AdamW on
+            CUDA (its step count on the host), CUDA graphs other than one per step with its update.
+    """
+    tc = cfg.train
+    why = [w for w, hit in (
+        ("one process", world_size > 1),
+        ("optim.fused=on or auto on CUDA", device_type == "cuda" and not use_fused_optimizer(cfg.optim, device_type)),
+        ("train.cuda_graphs=off or one graph per step with its update (model.packing, train.grad_accum=1, "
+         "train.nonfinite=stop)", graphs and not (packed and tc.grad_accum == 1 and tc.nonfinite == "stop")),
+    ) if hit and cfg.optim.embedding_rows]
+    if why:
+        raise ConfigError("optim.embedding_rows needs " + "; ".join(why))
 
 
 def encoder_overrides(cfg: Config) -> dict:

@@ -1,7 +1,8 @@
 """The sections of a run configuration (``model``, ``tasks.<name>``, ``data``, ``train``,
 ``optim``, ``output``): frozen dataclasses, each field with a one-line help. :mod:`minbert.config`
 assembles them into :class:`~minbert.config.Config`, loads them from YAML and holds every rule
-about their values.
+about their values. Also :class:`RuntimeSettings`, what :func:`minbert.config.runtime_settings`
+resolves for a run's device.
 
 Imports the standard library only.
 """
@@ -251,6 +252,11 @@ class OptimConfig:
         default=False,
         metadata={"help": "adamw with bf16 amp: train bf16 weights over fp32 master copies kept by the optimizer"},
     )
+    embedding_rows: bool = field(
+        default=False,
+        metadata={"help": "adamw: update each word-embedding row when a step next reads it (the same values; "
+                          "no clipping)"},
+    )
 
 
 @dataclass(frozen=True)
@@ -272,3 +278,26 @@ class OutputConfig:
         default=("tensorboard",),
         metadata={"help": "experiment trackers: tensorboard (tensorboard/), mlflow (minbert[mlflow]), or none"},
     )
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What a training run does on its device, resolved from the config (:func:`runtime_settings`).
+
+    amp: bf16 autocast; compile: ``torch.compile`` the encoder; cuda_graphs: replay steps as CUDA
+    graphs; flat_sync: average gradients with one all-reduce of a flat buffer (torchrun, no DDP);
+    pad_multiple: training batches are padded to a multiple of this many tokens; pack_multiple:
+    with packing (``model.packing``), the smallest pack bucket in tokens (0: no packing);
+    note: why ``model.packing=auto`` stayed off on a CUDA device (None otherwise);
+    master_weights: bf16 working weights, fp32 masters (``optim.master_weights``); weight_grad_stream:
+    the packed backward's dW and db on a second CUDA stream (``model.weight_grad_stream``)."""
+
+    amp: bool
+    compile: bool
+    cuda_graphs: bool
+    flat_sync: bool
+    pad_multiple: int
+    pack_multiple: int = 0
+    note: str | None = None
+    master_weights: bool = False
+    weight_grad_stream: bool = False

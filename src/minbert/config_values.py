@@ -2,7 +2,8 @@
 type annotation (dataclasses, ``X | None``, ``Literal``, ``dict[str, X]``, tuples, float, int,
 bool, str; a list of ``Literal`` choices may also be one string of comma-separated items) and
 builds the dataclasses; :func:`to_dict` is its inverse; :func:`apply_overrides` applies dotted
-overrides (``optim.lr=2e-5``) to a plain dict. :mod:`minbert.config` builds its
+overrides (``optim.lr=2e-5``) to a plain dict; :func:`legacy_tensorboard` reads the key that
+``output.report_to`` replaced. :mod:`minbert.config` builds its
 :class:`~minbert.config.Config` with them.
 
 Imports yaml and the standard library only.
@@ -180,3 +181,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = nxt
         node[path[-1]] = value
     return out
+
+
+def legacy_tensorboard(raw: dict, replaces: bool = False) -> dict:
+    """``output.tensorboard: bool`` (the key that ``output.report_to`` replaced) as ``report_to``;
+    with ``replaces`` (an override of the old key) it replaces a ``report_to`` already there.
+
+    Raises:
+        ConfigError: the old key beside ``report_to`` (unless ``replaces``), or not a bool.
+    """
+    out = raw.get("output") if isinstance(raw, dict) else None
+    if not isinstance(out, dict) or "tensorboard" not in out:
+        return raw
+    out = dict(out)
+    value = out.pop("tensorboard")
+    if ("report_to" in out and not replaces) or not isinstance(value, bool):
+        raise ConfigError("output.tensorboard: replaced by output.report_to (e.g. [tensorboard] or none)")
+    return {**raw, "output": {**out, "report_to": ["tensorboard" if value else "none"]}}

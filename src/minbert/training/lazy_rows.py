@@ -43,9 +43,13 @@ the kernel with).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .optim import AdamW
 
 
 def _adamw_rows(p, m, v, g, lr, step_size, bc2, b1: float, b2: float, eps: float, wd: float):  # noqa: ANN001, ANN202
@@ -186,6 +190,14 @@ class LazyRows:
         self.acc.zero_()
         self.pending = []
 
+    @torch.no_grad()
+    def discard(self) -> None:
+        """Drop the gradients of the lookups since the last update, which then updates none of
+        them (a step skipped for a non-finite loss)."""
+        for ids in self.pending:
+            self.acc.index_fill_(0, ids.reshape(-1), 0.0)
+        self.pending = []
+
     def tick(self) -> None:
         """Count one update (made by :meth:`update`, eager or replayed in a CUDA graph); every
         ``flush_every`` updates, :meth:`flush`. Call it after every update."""
@@ -292,3 +304,48 @@ def _launch(rows: LazyRows, ids: torch.Tensor, update: bool) -> None:
         BLOCK=triton.next_power_of_2(H),  # one row per program
     )
 
+
+def attach_lazy_rows(model: nn.Module, optimizer: AdamW, flush_every: int = 16) -> LazyRows:
+    """Train ``model``'s word embedding (its one ``nn.Embedding`` named
+    ``...embeddings.word_embeddings``) through :class:`LazyRows`, on ``optimizer``'s AdamW state
+    for it (its fp32 masters with ``master_weights``, else the weight itself, which must then be
+    float32):
+
+    * its lookup becomes a :class:`LazyRowsEmbedding` (state_dict keys unchanged), so its weight
+      gets no ``.grad`` and the groups' update skips it;
+    * ``optimizer.rows`` is the :class:`LazyRows`: every update of the optimizer, eager or captured
+      (:meth:`~minbert.training.optim.AdamW.graph_update`), ends with the rows' update, at the lr
+      of the table's group;
+    * before anything reads the weights or the state, every row is brought up: a ``state_dict`` of
+      the model or of any module that holds the table, and of the optimizer. So is it before a
+      load into the model, whose values are then current with moments brought up too (call this
+      before :func:`~minbert.training.optim.attach_master_weights`, whose load hook writes the
+      masters); after a load into the optimizer every row is taken to be at its loaded step.
+
+    Returns the :class:`LazyRows`.
+
+    Raises:
+        ValueError: no such embedding or several; it is frozen or in none of ``optimizer``'s
+            groups; its state not float32 or not on its device (an unfused AdamW's step count
+            lives on the host).
+    """
+    found = [(n, m) for n, m in model.named_modules()
+             if n.endswith("embeddings.word_embeddings") and isinstance(m, nn.Embedding)]
+    if len(found) != 1:
+        raise ValueError(f"attach_lazy_rows: {len(found)} word embeddings (…embeddings.word_embeddings) in the model")
+    name, emb = found[0]
+    weight = emb.weight
+    group = next((i for i, g in enumerate(optimizer.param_groups) if any(q is weight for q in g["params"])), None)
+    if group is None or not weight.requires_grad:
+        raise ValueError(f"attach_lazy_rows: {name}.weight is not trained by the optimizer")
+    st, g = optimizer.state_of(weight), optimizer.param_groups[group]
+    master = st["master"] if optimizer.master_weights else weight.detach()
+    rows = LazyRows(weight, master, st["exp_avg"], st["exp_avg_sq"], st["step"], g["betas"], g["eps"],
+                    g["weight_decay"], emb.padding_idx, flush_every)
+    parent, _, attr = name.rpartition(".")
+    lookup = LazyRowsEmbedding(emb, rows)
+    setattr(model.get_submodule(parent), attr, lookup)
+    lookup.register_state_dict_pre_hook(lambda *_: rows.flush())  # runs for any module above it too
+    model.register_load_state_dict_pre_hook(lambda *_: rows.flush())  # the loaded rows are then current
+    optimizer.rows, optimizer.rows_group = rows, group
+    return rows

@@ -26,19 +26,24 @@
 * Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms") from the
   ``lion-pytorch`` package. Lion's update has unit size per coordinate, so the paper advises an
   lr 3-10x smaller than AdamW's and a weight decay 3-10x larger (same lr * wd product).
+
+The lr schedules are in :mod:`minbert.training.lr_schedule`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..config import OptimConfig, use_fused_optimizer
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .lazy_rows import LazyRows
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
@@ -106,7 +111,10 @@ class AdamW(torch.optim.Optimizer):
     device that has the kernel: CUDA or CPU), which reads ``step`` where it lives, so a fused
     update launches nothing from the host but its kernels and can be captured in a CUDA graph
     (:meth:`graph_update`). The state is the same either way, so a checkpoint resumes either way
-    (integer step counts of older checkpoints included)."""
+    (integer step counts of older checkpoints included). ``rows`` (set by
+    :func:`minbert.training.lazy_rows.attach_lazy_rows`): a word embedding whose update, applied
+    to the rows its lookups read, ends every update (:meth:`step`, :meth:`graph_update`; a replayed
+    one is counted by :meth:`replayed`); :meth:`state_dict` brings all its rows up first."""
 
     def __init__(
         self,
@@ -125,11 +133,15 @@ class AdamW(torch.optim.Optimizer):
         if master_weights:  # the masters are copies of the parameters as they are now (fp32)
             for group in self.param_groups:
                 for p in group["params"]:
-                    self._state(p)
+                    self.state_of(p)
         if master_weights and fused:  # each group's lr as the compiled update reads it (_master_group_update)
             self._lr_bufs = [torch.zeros((), device=g["params"][0].device) for g in self.param_groups]
+        # an embedding table updated on the rows a step reads, after the groups, with group
+        # rows_group's lr (minbert.training.lazy_rows.attach_lazy_rows), or None
+        self.rows: LazyRows | None = None
+        self.rows_group = 0
 
-    def _state(self, p: torch.Tensor) -> dict:
+    def state_of(self, p: torch.Tensor) -> dict:
         """``p``'s state, created (step 0, zero moments) on first use."""
         state = self.state[p]
         if not state:
@@ -148,7 +160,7 @@ class AdamW(torch.optim.Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            state = self._state(p)
+            state = self.state_of(p)
             params.append(p)
             grads.append(p.grad)
             m.append(state["exp_avg"])
@@ -194,6 +206,8 @@ class AdamW(torch.optim.Optimizer):
                     new.shape, new.dtype, new.device
                 ):
                     state[k] = old.copy_(new)
+        if self.rows is not None:  # every row at the loaded step
+            self.rows.resync()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -233,7 +247,22 @@ class AdamW(torch.optim.Optimizer):
                 torch._foreach_sqrt_(denom)
                 torch._foreach_add_(denom, eps)
                 torch._foreach_addcdiv_([params[i] for i in idx], [m[i] for i in idx], denom, value=-lr / bc1)
+        if self.rows is not None:
+            self.rows.update(self.param_groups[self.rows_group]["lr"])
+            self.rows.tick()
         return loss
+
+    def replayed(self) -> None:
+        """Count an update that a replayed CUDA graph made (:meth:`graph_update`): with ``rows``,
+        its flush every so many updates (:meth:`minbert.training.lazy_rows.LazyRows.tick`)."""
+        if self.rows is not None:
+            self.rows.tick()
+
+    def state_dict(self) -> dict:
+        """``torch.optim.Optimizer.state_dict``; with ``rows``, every row brought up first."""
+        if self.rows is not None:
+            self.rows.flush()
+        return super().state_dict()
 
     @torch.no_grad()
     def prepare_graph_update(self) -> None:
@@ -255,6 +284,8 @@ class AdamW(torch.optim.Optimizer):
                 for p, grad in saved:
                     p.copy_(self.state[p]["master"])
                     p.grad = grad
+        if self.rows is not None:
+            self.rows.prepare_graph_update()
 
     @torch.no_grad()
     def graph_update(self, lrs: torch.Tensor) -> None:
@@ -279,6 +310,8 @@ class AdamW(torch.optim.Optimizer):
                 self._master_group_update(i, lr)
             else:
                 self._fused_group_update(group, lr)
+        if self.rows is not None:
+            self.rows.update(lrs[self.rows_group])
 
     def _master_group_update(self, i: int, lr: float | torch.Tensor) -> None:
         """One AdamW update of the masters of group ``i``'s parameters that have a gradient, then
@@ -406,22 +439,31 @@ def attach_master_weights(model: nn.Module, optimizer: AdamW, dtype: torch.dtype
 
 
 def build_optimizer(
-    cfg: OptimConfig, params: Iterable, device: torch.device, master_of: nn.Module | None = None
+    cfg: OptimConfig, params: Iterable, device: torch.device, model: nn.Module | None = None
 ) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` (a :class:`minbert.config.OptimConfig`) for parameters
-    on ``device``; the AdamWs fused as :func:`minbert.config.use_fused_optimizer` says. With
-    ``master_of`` (the model of ``params``; ``optim.master_weights``), our AdamW keeps fp32 master
-    weights and the model trains bf16 working weights (:func:`attach_master_weights`).
+    on ``device`` (of ``model``, needed for the two options below); the AdamWs fused as
+    :func:`minbert.config.use_fused_optimizer` says. With ``cfg.master_weights``, our AdamW keeps
+    fp32 master weights and the model trains bf16 working weights (:func:`attach_master_weights`).
+    With ``cfg.embedding_rows``, our AdamW updates the model's word embedding on the rows each step
+    reads (:func:`minbert.training.lazy_rows.attach_lazy_rows`).
 
     Raises:
         ConfigError: an unknown name or invalid hyperparameters.
+        ValueError: either option without ``model``.
     """
+    if (cfg.master_weights or cfg.embedding_rows) and model is None:
+        raise ValueError("build_optimizer: optim.master_weights and optim.embedding_rows need the model")
     fused = use_fused_optimizer(cfg, device.type)
     if cfg.name == "adamw":
         opt = AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused,
-                    master_weights=master_of is not None)
-        if master_of is not None:
-            attach_master_weights(master_of, opt)
+                    master_weights=cfg.master_weights)
+        if cfg.embedding_rows:  # before the master weights' hooks: a load brings the rows up first
+            from .lazy_rows import attach_lazy_rows  # (imports dynamo: torch.compiler.disable)
+
+            attach_lazy_rows(model, opt)
+        if cfg.master_weights:
+            attach_master_weights(model, opt)
         return opt
     if cfg.name == "torch_adamw":
         return torch.optim.AdamW(
@@ -432,54 +474,3 @@ def build_optimizer(
 
         return Lion(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     raise ConfigError(f"optim.name {cfg.name!r} is not one of ['adamw', 'torch_adamw', 'lion']")
-
-
-def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
-    """Optimizer steps of warmup: ``ceil(total_steps * warmup_ratio)``, as the Hugging Face
-    Trainer counts them (``TrainingArguments.get_warmup_steps``).
-
-    Raises:
-        ConfigError: ``warmup_ratio`` outside [0, 1].
-    """
-    if not 0.0 <= warmup_ratio <= 1.0:
-        raise ConfigError(f"optim.warmup_ratio must be in [0, 1] (a fraction of all steps), got {warmup_ratio}")
-    return math.ceil(total_steps * warmup_ratio)
-
-
-def lr_factor(schedule: str, step: int, warmup: int, total_steps: int) -> float:
-    """The lr multiplier after ``step`` optimizer steps (the one step ``step + 1`` uses), equal to
-    ``transformers``' ``get_{constant,linear,cosine}_schedule_with_warmup``: ``step / warmup``
-    during the warmup (0 at the first step), then 1 (constant), ``(total - step) / (total - warmup)``
-    floored at 0 (linear), or ``(1 + cos(pi * progress)) / 2`` over ``progress = (step - warmup) /
-    (total - warmup)`` (cosine, half a period, 0 at ``total_steps``)."""
-    if step < warmup:
-        return float(step) / float(max(1, warmup))
-    if schedule == "constant":
-        return 1.0
-    if schedule == "linear":
-        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup)))
-    if schedule == "cosine":
-        progress = float(step - warmup) / float(max(1, total_steps - warmup))
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
-    raise ConfigError(f"optim.schedule {schedule!r} is not one of ['constant', 'linear', 'cosine']")
-
-
-def build_scheduler(
-    cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int, last_step: int = 0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """The lr schedule of ``cfg`` (a :class:`minbert.config.OptimConfig`) over ``total_steps``
-    optimizer steps: :func:`lr_factor` with :func:`warmup_steps` of warmup, step for step equal to
-    ``transformers.get_{constant,linear,cosine}_schedule_with_warmup``. ``last_step`` > 0 starts
-    the schedule after that many steps (the optimizer's groups must hold ``initial_lr``, as after
-    loading a checkpoint's optimizer state): the next step's lr is ``initial_lr * lr_factor(last_step)``.
-
-    Raises:
-        ConfigError: an unknown schedule or a warmup ratio outside [0, 1].
-    """
-    warmup = warmup_steps(cfg.warmup_ratio, total_steps)
-    lr_factor(cfg.schedule, total_steps, warmup, total_steps)  # an unknown name fails here, not at a step
-
-    def factor(step: int) -> float:
-        return lr_factor(cfg.schedule, step, warmup, total_steps)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=last_step - 1 if last_step > 0 else -1)

@@ -299,6 +299,8 @@ class OptimizerStep:
         gradients (the graphs' buffers are zeroed by the next group's first micro-step)."""
         if self.graphs is None or not self.graphs.step_updated:
             self.optimizer.step()
+        elif isinstance(self.optimizer, AdamW):
+            self.optimizer.replayed()  # (the embedding rows' periodic flush)
         self.scheduler.step()
         if self.graphs is None:
             self.optimizer.zero_grad(set_to_none=True)
@@ -306,6 +308,8 @@ class OptimizerStep:
     def discard(self) -> None:
         """Drop this step's gradients without an update (a skipped non-finite step)."""
         self.optimizer.zero_grad(set_to_none=True)
+        if getattr(self.optimizer, "rows", None) is not None:  # the embedding rows' gradients
+            self.optimizer.rows.discard()
 
 
 def build_optimizer_step(
@@ -324,7 +328,8 @@ def build_optimizer_step(
     DDP's constructor would, for the flat gradient sync; with the fixed gradient buffers of
     :class:`GraphedSteps` for CUDA graphs or the flat sync (``direct`` when each optimizer step is
     one packed graph, which then also updates the parameters: :func:`graph_updater`)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    rows = getattr(optimizer, "rows", None)  # a table whose gradient is not in .grad: none to clip or buffer
+    params = [p for p in model.parameters() if p.requires_grad and (rows is None or p is not rows.weight)]
     step_fn: nn.Module = TrainStep(model, tasks, weights, device, rt.amp, tc)
     if rt.flat_sync:
         broadcast_tensors(list(model.state_dict().values()), ctx)

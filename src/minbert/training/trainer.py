@@ -41,7 +41,8 @@ from .checkpoint import save_checkpoint as write_checkpoint
 from .evaluation import DevEvaluator
 from .interrupts import StopRequest, interrupted
 from .kernel_compile import start_kernel_compile, wait_kernel_compile
-from .optim import build_optimizer, build_scheduler, param_groups
+from .lr_schedule import build_scheduler
+from .optim import build_optimizer, param_groups
 from .reporting import MetricsLog, log_run_end, run_summary, trim_metrics
 from .schedule import epoch_schedule
 from .setup import (
@@ -202,7 +203,7 @@ class Trainer:
         log_plan(cfg, self.counts, self.total_steps, self.device, self.rt, ctx)
         o = cfg.optim
         groups = param_groups(self.model, o.weight_decay, o.lr, o.layer_lr_decay, o.head_lr)
-        self.optimizer = build_optimizer(o, groups, self.device, self.model if self.rt.master_weights else None)
+        self.optimizer = build_optimizer(o, groups, self.device, self.model)
         self.scheduler = build_scheduler(o, self.optimizer, self.total_steps)
         if self.resuming:
             self.resume()
