@@ -131,6 +131,7 @@ class LazyRows:
         # row can be behind by
         self.hist = torch.zeros((flush_every + 1, 3), dtype=torch.float32, device=dev)
         self.flush_every, self._updates, self._warm = flush_every, 0, False
+        self._lr = torch.zeros((), dtype=torch.float32, device=dev)  # the step's lr, as the ring's function reads it
         self.pending: list[torch.Tensor] = []  # the ids looked up with gradients since the last update
         self.resync()
 
@@ -165,9 +166,10 @@ class LazyRows:
         the rows of every lookup since the last update and of ``ids``, from the accumulated
         gradient, whose rows are then zero. Rows behind the current step are brought to it
         first. With no rows at all, the step still counts (its lr is recorded)."""
-        lr_t = lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr), device=self.acc.device)
+        # one tensor for every lr (a float, a view into a graph's lrs): one compile of the function
+        self._lr.copy_(lr.reshape(())) if isinstance(lr, torch.Tensor) else self._lr.fill_(float(lr))
         record = _compiled_step_scalars() if self.acc.device.type == "cuda" else _step_scalars
-        record(self.hist, self.step, lr_t.reshape(()).to(torch.float32), self.b1, self.b2)
+        record(self.hist, self.step, self._lr, self.b1, self.b2)
         for each in self.pending + ([] if ids is None else [ids]):
             self._run(each, True)
         self.pending = []
@@ -180,8 +182,7 @@ class LazyRows:
         which it leaves alone), and drop what the warm-up runs before a capture left (their
         lookups' ids and accumulated gradients)."""
         if self.acc.device.type == "cuda" and not self._warm:
-            zero = torch.zeros((), device=self.acc.device)
-            _compiled_step_scalars()(self.hist.clone(), self.step.clone(), zero, self.b1, self.b2)
+            _compiled_step_scalars()(self.hist.clone(), self.step.clone(), self._lr, self.b1, self.b2)
             if self.backend != "torch":  # the update's kernel too (the forward's runs before any capture), on
                 outside = torch.full((1,), self.acc.shape[0], device=self.acc.device)  # an id it leaves alone
                 _launch(self, outside, True)
