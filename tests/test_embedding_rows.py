@@ -156,6 +156,51 @@ def test_state_dicts_bring_the_rows_up_and_a_load_is_kept_as_loaded(master):
         torch.testing.assert_close(opts[1].state_dict()["state"][p][k], moments[k], rtol=0, atol=1e-7)
 
 
+def test_a_load_into_a_module_holding_the_table_is_kept_as_loaded():
+    model = Tiny()
+    opt = AdamW(model.parameters(), lr=1e-2)
+    rows = attach_lazy_rows(model, opt)
+    _train(model, opt, range(5))
+    saved = {k: v.clone() for k, v in model.embeddings.state_dict().items()}
+    _train(model, opt, range(5, 8))
+    assert bool((rows.row_step < 8).any())
+    model.embeddings.load_state_dict(saved)  # not the model: its hook does not run
+    assert torch.equal(model.state_dict()["embeddings.word_embeddings.weight"], saved["word_embeddings.weight"])
+
+
+def test_the_evaluation_copy_holds_every_row_brought_up_and_follows_training(tiny_encoder):
+    """The bf16 copy that graphed evaluation runs: made by a deep copy, its lookup a plain
+    embedding holding the rows brought up, and refreshed from the model's rows brought up."""
+    from minbert.inference.graphs import bf16_copy, refresh_copy
+    from minbert.model.multitask import build_model
+    from minbert.tasks.table import task_table
+
+    cfg = load_config(None, [f"model.encoder={tiny_encoder}", "optim.embedding_rows=true", "optim.lr=1e-2"])
+    torch.manual_seed(0)
+    model = build_model(cfg, str(tiny_encoder), tasks=task_table(cfg))
+    opt = build_optimizer(cfg.optim, model.parameters(), torch.device("cpu"), model)
+    g = torch.Generator().manual_seed(1)
+
+    def train(n: int) -> None:
+        for _ in range(n):
+            ids = torch.randint(5, 40, (4, 10), generator=g)
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+            model("sst", batch).float().pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    train(5)
+    shadow = bf16_copy(model)
+    copied = shadow.encoder.inner.embeddings.word_embeddings
+    assert type(copied) is nn.Embedding and copied.padding_idx == model.encoder.embeddings.word_embeddings.padding_idx
+    assert torch.equal(copied.weight, model.state_dict()[TABLE].to(torch.bfloat16))
+    train(10)  # rows the copy's evaluation does not read fall behind
+    assert bool((opt.rows.row_step < 15).any())
+    refresh_copy(shadow, model)
+    assert torch.equal(copied.weight, model.state_dict()[TABLE].to(torch.bfloat16))
+    assert copied.weight.data_ptr() != model.encoder.embeddings.word_embeddings.weight.data_ptr()
+
+
 def test_build_optimizer_attaches_the_rows_before_the_master_weights():
     """Else the masters' load hook would write the loaded values first and the rows' flush would
     then apply the steps missed by rows behind on top of them."""

@@ -298,6 +298,7 @@ def refresh_copy(shadow: nn.Module, model: nn.Module) -> None:
     Raises:
         ValueError: the two hold different names or shapes of tensors.
     """
+    model.state_dict()  # what brings lazily updated weights up before they are read (optim.embedding_rows)
     (dst_names, dst), (src_names, src) = _float_tensors(shadow), _float_tensors(model)
     if dst_names != src_names or any(d.shape != s.shape for d, s in zip(dst, src, strict=True)):
         raise ValueError("the copy's tensors do not match the model's")

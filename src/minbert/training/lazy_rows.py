@@ -42,6 +42,7 @@ the kernel with).
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import TYPE_CHECKING
 
@@ -279,11 +280,18 @@ class LazyRowsEmbedding(nn.Module):
     """An ``nn.Embedding``'s lookup whose table AdamW updates through :class:`LazyRows`: it holds
     the same parameter (``weight``, so state_dict keys do not change). Runs outside
     ``torch.compile`` (a compiled function calls it as a break in its graph), so that its row
-    work stays in place on the state tensors."""
+    work stays in place on the state tensors. A deep copy of it (of a model holding it: an
+    evaluation copy) is a plain ``nn.Embedding`` with every row brought up, which no update reaches."""
 
     def __init__(self, embedding: nn.Embedding, rows: LazyRows):
         super().__init__()
         self.weight, self.padding_idx, self.rows = embedding.weight, embedding.padding_idx, rows
+
+    def __deepcopy__(self, memo: dict) -> nn.Embedding:
+        self.rows.flush()
+        plain = nn.Embedding(*self.weight.shape, padding_idx=self.padding_idx, device="meta")
+        plain.weight = copy.deepcopy(self.weight, memo)
+        return plain
 
     @torch.compiler.disable
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -318,10 +326,12 @@ def attach_lazy_rows(model: nn.Module, optimizer: AdamW, flush_every: int = 16) 
       (:meth:`~minbert.training.optim.AdamW.graph_update`), ends with the rows' update, at the lr
       of the table's group;
     * before anything reads the weights or the state, every row is brought up: a ``state_dict`` of
-      the model or of any module that holds the table, and of the optimizer. So is it before a
-      load into the model, whose values are then current with moments brought up too (call this
-      before :func:`~minbert.training.optim.attach_master_weights`, whose load hook writes the
-      masters); after a load into the optimizer every row is taken to be at its loaded step.
+      the model or of any module that holds the table, and of the optimizer; a deep copy (its
+      lookup is then a plain ``nn.Embedding``). So is it before a load into the model or any
+      module that holds the table, whose values are then current with moments brought up too
+      (call this before :func:`~minbert.training.optim.attach_master_weights`, whose load hook
+      writes the masters); after a load into the optimizer every row is taken to be at its loaded
+      step.
 
     Returns the :class:`LazyRows`.
 
@@ -347,6 +357,9 @@ def attach_lazy_rows(model: nn.Module, optimizer: AdamW, flush_every: int = 16) 
     lookup = LazyRowsEmbedding(emb, rows)
     setattr(model.get_submodule(parent), attr, lookup)
     lookup.register_state_dict_pre_hook(lambda *_: rows.flush())  # runs for any module above it too
-    model.register_load_state_dict_pre_hook(lambda *_: rows.flush())  # the loaded rows are then current
+    # before a load the rows are brought up: the model's hook runs before the masters' (a load
+    # into the model); the lookup's for a load into any module above it (a no-op after the first)
+    model.register_load_state_dict_pre_hook(lambda *_: rows.flush())
+    lookup.register_load_state_dict_pre_hook(lambda *_: rows.flush())
     optimizer.rows, optimizer.rows_group = rows, group
     return rows
