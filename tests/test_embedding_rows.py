@@ -45,7 +45,7 @@ def _table_state(run) -> dict:
 def two_runs(request, tmp_path_factory, tiny_encoder, data_dir):
     """(mode, the run with the dense update, the run with the rows' update)."""
     work = tmp_path_factory.mktemp(f"rows-{request.param}")
-    extra = MODES[request.param]
+    extra = (*MODES[request.param], "--train.log_every=1")
     cli(*train_args(tiny_encoder, data_dir, work / "dense", *extra), cwd=work)
     cli(*train_args(tiny_encoder, data_dir, work / "rows", *extra, *ROWS), cwd=work)
     return request.param, work / "dense", work / "rows"
@@ -75,6 +75,10 @@ def test_a_run_trains_as_with_the_dense_update(two_runs, tiny_encoder):
         torch.testing.assert_close(sb[key], sa[key], rtol=1e-2, atol=1e-3 * sa[key].abs().max().item())
     da, db = (json.loads((r / "summary.json").read_text())["dev"] for r in (dense, rows))
     assert abs(da["overall"] - db["overall"]) < 0.02
+    if mode == "fp32":  # the logged gradient norm holds the table's part (not in .grad)
+        na, nb = ([json.loads(ln)["grad_norm"] for ln in (r / "metrics.jsonl").read_text().splitlines()
+                   if '"grad_norm"' in ln] for r in (dense, rows))
+        assert len(na) == 16 and nb == pytest.approx(na, rel=1e-4)
 
 
 def test_a_killed_run_resumes_bit_identical(two_runs, tmp_path, tiny_encoder, data_dir):
@@ -154,6 +158,21 @@ def test_state_dicts_bring_the_rows_up_and_a_load_is_kept_as_loaded(master):
     moments = opts[0].state_dict()["state"][p]
     for k in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(opts[1].state_dict()["state"][p][k], moments[k], rtol=0, atol=1e-7)
+
+
+def test_grad_sq_is_the_dense_gradients_squared_norm():
+    """Two lookups before one update, repeated ids and the padding id among them."""
+    dense, lazy = Tiny(), Tiny()
+    opt = AdamW(lazy.parameters(), lr=1e-2)
+    rows = attach_lazy_rows(lazy, opt)
+    assert float(rows.grad_sq()) == 0.0
+    ids = [torch.tensor([[3, 3, 0, 7], [7, 1, 3, 0]]), torch.tensor([[7, 9, 9, 2]])]
+    for m in (dense, lazy):
+        sum(m(i) for i in ids).backward()
+    want = dense.embeddings.word_embeddings.weight.grad.square().sum()
+    torch.testing.assert_close(rows.grad_sq(), want, rtol=1e-6, atol=0)
+    opt.step()
+    assert float(rows.grad_sq()) == 0.0  # nothing pending after the update
 
 
 def test_a_load_into_a_module_holding_the_table_is_kept_as_loaded():

@@ -193,6 +193,20 @@ class LazyRows:
         self.pending = []
 
     @torch.no_grad()
+    def grad_sq(self) -> torch.Tensor:
+        """() float32: the squared L2 norm of the gradient the next update applies, the dense
+        gradient's (the accumulated rows of the lookups since the last update, each row once,
+        rounded to the weight's dtype). Shapes fixed by the lookups (a sort, no unique), so a CUDA
+        graph can capture it."""
+        if not self.pending:
+            return torch.zeros((), device=self.acc.device)
+        ids = torch.cat([i.reshape(-1) for i in self.pending]).sort().values
+        first = torch.ones_like(ids, dtype=torch.bool)
+        first[1:] = ids[1:] != ids[:-1]
+        g = self.acc.index_select(0, ids).to(self.weight.dtype).float()
+        return (g.square().sum(1) * first).sum()
+
+    @torch.no_grad()
     def discard(self) -> None:
         """Drop the gradients of the lookups since the last update, which then updates none of
         them (a step skipped for a non-finite loss)."""

@@ -280,7 +280,8 @@ class OptimizerStep:
         (``flat_sync``), hand the graphs' buffers to the optimizer, clip (a replayed one-graph
         step: done in the graph, :attr:`GraphedSteps.step_norm`). Returns (n_tasks + 1,)
         float32: ``per_task`` (the last micro-step's weighted losses) and the gradient norm
-        before clipping (0 without trainable parameters)."""
+        before clipping (0 without trainable parameters; with the optimizer's ``rows``, the
+        table's part too: :meth:`minbert.training.lazy_rows.LazyRows.grad_sq`)."""
         if self.flat_sync:
             all_reduce_mean(self.graphs.flat, self.ctx)  # one collective: every task's gradients of the step
         if self.graphs is not None and not self.graphs.step_updated:  # (updated: nothing reads them)
@@ -291,6 +292,9 @@ class OptimizerStep:
             grad_norm = norm_and_clip(self.params, self.max_grad_norm)
         else:
             grad_norm = torch.zeros((), device=self.device)
+        rows = getattr(self.optimizer, "rows", None)  # an embedding whose gradient is not in .grad (no clipping)
+        if rows is not None and (self.graphs is None or self.graphs.step_norm is None):
+            grad_norm = (grad_norm.float().square() + rows.grad_sq()).sqrt()
         return torch.cat([per_task.float(), grad_norm.float().reshape(1).to(per_task.device)])
 
     def update(self) -> None:
