@@ -13,11 +13,12 @@ def _adamw(p, m, v, g, lr, step_size, bc2, b2, omb1, omb2, eps, wd):
     (``lazy_rows._step_scalars``), in ``master_update``'s order (see ``lazy_rows._adamw_rows``).
     ``omb1``, ``omb2``: 1 - b1 and 1 - b2 worked out in float64 on the host and rounded once, as
     ``master_update``'s Python floats are (1 - b2 in fp32 from b2 rounded to fp32 is 1.3e-5 off
-    for b2 = 0.999)."""
+    for b2 = 0.999). The square root and divisions are IEEE round-to-nearest (``sqrt_rn``,
+    ``div_rn``), as torch's are; Triton's plain ones are approximate."""
     p = p * (1.0 - lr * wd)
     m = m + omb1 * (g - m)
     v = v * b2 + omb2 * (g * g)
-    return p + m / (tl.sqrt(v) / bc2 + eps) * step_size, m, v
+    return p + tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2) + eps) * step_size, m, v
 
 
 @triton.jit
