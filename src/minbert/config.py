@@ -328,7 +328,8 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
     packed, note = use_packing(cfg, device_type, amp)
     # a compiled padded encoder sees a new T per batch; the packed one compiles once for every
     # token count (a symbolic N) and its kernels replay inside the graphs
-    graphs = use_cuda_graphs(tc, device_type, world_size, compiled and not packed)
+    rows_apart = cfg.optim.embedding_rows and not (packed and tc.grad_accum == 1 and tc.nonfinite == "stop")
+    graphs = use_cuda_graphs(tc, device_type, world_size, compiled and not packed, rows_apart)
     pad_multiple = cfg.data.pad_to_multiple_of or (16 if graphs else 1)
     if packed:  # the encoder sees only the real tokens: rows are padded to one length, packs come in buckets
         pad_multiple = cfg.model.max_length
@@ -338,25 +339,21 @@ def runtime_settings(cfg: Config, device_type: str, world_size: int = 1) -> Runt
     if cfg.optim.master_weights and (not amp or world_size > 1):
         raise ConfigError("optim.master_weights needs bf16 amp (train.amp=bf16, or auto on CUDA) in one process "
                           f"(got amp {'bf16' if amp else 'off'}, {world_size} processes)")
-    _check_embedding_rows(cfg, device_type, world_size, graphs, packed)
+    _check_embedding_rows(cfg, device_type, world_size)
     return RuntimeSettings(amp, compiled, graphs, use_flat_sync(tc, world_size, graphs), pad_multiple,
                            PACK_MULTIPLE if packed else 0, note, cfg.optim.master_weights, streams)
 
 
-def _check_embedding_rows(cfg: Config, device_type: str, world_size: int, graphs: bool, packed: bool) -> None:
-    """``optim.embedding_rows`` on this device: the update of the rows a step reads must be the
-    step's own (eager, or captured in the step's one graph, whose lookups it updates).
+def _check_embedding_rows(cfg: Config, device_type: str, world_size: int) -> None:
+    """``optim.embedding_rows`` on this device (CUDA graphs: :func:`use_cuda_graphs`).
 
     Raises:
         ConfigError: several processes (no all-reduce of the table's gradient), an unfused AdamW on
-            CUDA (its step count on the host), CUDA graphs other than one per step with its update.
+            CUDA (its step count on the host).
     """
-    tc = cfg.train
     why = [w for w, hit in (
         ("one process", world_size > 1),
         ("optim.fused=on or auto on CUDA", device_type == "cuda" and not use_fused_optimizer(cfg.optim, device_type)),
-        ("train.cuda_graphs=off or one graph per step with its update (model.packing, train.grad_accum=1, "
-         "train.nonfinite=stop)", graphs and not (packed and tc.grad_accum == 1 and tc.nonfinite == "stop")),
     ) if hit and cfg.optim.embedding_rows]
     if why:
         raise ConfigError("optim.embedding_rows needs " + "; ".join(why))
@@ -414,12 +411,16 @@ def use_fused_optimizer(oc: OptimConfig, device_type: str) -> bool:
     return oc.name != "lion" and (oc.fused == "on" or (oc.fused == "auto" and device_type == "cuda"))
 
 
-def use_cuda_graphs(tc: TrainConfig, device_type: str, world_size: int, compiled: bool) -> bool:
+def use_cuda_graphs(
+    tc: TrainConfig, device_type: str, world_size: int, compiled: bool, rows_apart: bool = False
+) -> bool:
     """Resolve ``train.cuda_graphs``: ``auto`` is on for CUDA training without ``compile``,
-    PCGrad and (under torchrun, ``world_size`` > 1) ``train.grad_sync=ddp``.
+    PCGrad, (under torchrun, ``world_size`` > 1) ``train.grad_sync=ddp`` and ``rows_apart``:
+    ``optim.embedding_rows`` where a step's graph would not hold the rows' update (its lookups are
+    host state that a replay does not add to).
 
     Raises:
-        ConfigError: ``on`` with CPU, compile, PCGrad or DDP gradient sync.
+        ConfigError: ``on`` with CPU, compile, PCGrad, DDP gradient sync or ``rows_apart``.
     """
     blockers = [
         why
@@ -429,6 +430,8 @@ def use_cuda_graphs(tc: TrainConfig, device_type: str, world_size: int, compiled
              world_size > 1 and tc.grad_sync == "ddp"),
             ("train.compile=off", compiled),
             ("train.pcgrad=false (it needs per-task gradients)", tc.pcgrad),
+            ("with optim.embedding_rows, one graph per step with its update (model.packing, train.grad_accum=1, "
+             "train.nonfinite=stop)", rows_apart),
         )
         if hit
     ]

@@ -345,6 +345,8 @@ def build_optimizer_step(
     if (rt.cuda_graphs or rt.flat_sync) and params:
         graphs = GraphedSteps(params, capture=rt.cuda_graphs, direct=direct, grad_norm=direct,
                               max_norm=tc.max_grad_norm, updater=graph_updater(optimizer, tc) if direct else None)
+    if rows is not None and graphs is not None and graphs.capture and graphs.updater is None:
+        raise RuntimeError("optim.embedding_rows: a CUDA graph must hold the rows' update (one graph per step)")
     return OptimizerStep(
         step_fn, params, optimizer, scheduler, device, ctx,
         max_grad_norm=tc.max_grad_norm, pcgrad=tc.pcgrad, seed=tc.seed, graphs=graphs, flat_sync=rt.flat_sync,
