@@ -32,7 +32,8 @@ Variants (``--variants``):
                     :mod:`minbert.model.train_ops`; in training on by default with
                     ``optim.master_weights``)
            rows     not inductor's: the word embedding's AdamW applied to the rows a step reads
-                    (:mod:`minbert.training.lazy_rows`; no dense gradient or update of the table)
+                    (:mod:`minbert.training.lazy_rows`; no dense gradient or update of the table;
+                    in training ``optim.embedding_rows``)
            fbwd     not inductor's: our attention kernel's backward as one kernel per step and layer
                     (``fused_backward`` of :func:`minbert.model.varlen_triton.triton_varlen_attention`,
                     patched in for this variant)
@@ -59,7 +60,7 @@ import overlap_step as ov  # noqa: E402
 import train_step as ts  # noqa: E402
 from minbert.model.bert import BertConfig, BertModel  # noqa: E402
 from minbert.training.cudagraph import GraphedSteps  # noqa: E402
-from minbert.training.lazy_rows import LazyRows, LazyRowsEmbedding  # noqa: E402
+from minbert.training.lazy_rows import attach_lazy_rows  # noqa: E402
 from minbert.training.optim import AdamW, attach_master_weights  # noqa: E402
 
 KNOBS = {"cdt": ("coordinate_descent_tuning", True), "combo": ("combo_kernels", True),
@@ -117,34 +118,6 @@ def _fused_backward_kernel(requested: str):
     return None if kernel is None else functools.partial(kernel, fused_backward=True)
 
 
-class WithLazyRows:
-    """The master-weights AdamW with the word embedding's update applied to the rows a step reads
-    (knob ``rows``): the table's lookup is a :class:`LazyRowsEmbedding` (so it gets no dense
-    gradient and AdamW skips it), and each update, captured or eager, ends with the rows'."""
-
-    def __init__(self, model: BertModel, opt: AdamW):
-        emb = model.embeddings.word_embeddings
-        st = opt.state[emb.weight]
-        self.gi = next(i for i, g in enumerate(opt.param_groups) if any(p is emb.weight for p in g["params"]))
-        group = opt.param_groups[self.gi]
-        self.rows = LazyRows(emb.weight, st["master"], st["exp_avg"], st["exp_avg_sq"], st["step"], group["betas"],
-                             group["eps"], group["weight_decay"], emb.padding_idx)
-        model.embeddings.word_embeddings = LazyRowsEmbedding(emb, self.rows)
-        self.opt, self.param_groups = opt, opt.param_groups
-
-    def prepare_graph_update(self) -> None:
-        self.opt.prepare_graph_update()
-        self.rows.prepare_graph_update()
-
-    def graph_update(self, lrs: torch.Tensor) -> None:
-        self.opt.graph_update(lrs)
-        self.rows.update(lrs[self.gi])
-
-    def step(self) -> None:
-        self.opt.step()
-        self.rows.update(self.param_groups[self.gi]["lr"])
-
-
 def prepare(variant: str, batches: list[dict]):
     set_knobs(variant)
     kind = variant.split("-")[0]
@@ -161,11 +134,9 @@ def prepare(variant: str, batches: list[dict]):
     config = BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa", weight_grad_stream=wgs)
     model = BertModel(config).to(dev).train()
     opt = AdamW(model.parameters(), lr=1e-5, fused=True, master_weights=True)
+    if "rows" in knobs:  # the word embedding's update on the rows a step reads (optim.embedding_rows)
+        attach_lazy_rows(model, opt)  # (before the master weights, as build_optimizer does)
     attach_master_weights(model, opt)  # the parameters now bf16, the masters fp32 in opt's state
-    rows = None
-    if "rows" in knobs:
-        opt = WithLazyRows(model, opt)
-        rows = opt.rows
     params = list(model.parameters())
     B, max_seqlen = batches[0]["input_ids"].shape[0], 128
     gpu_batches = [{k: v.to(dev) for k, v in ts.packed_inputs(b, max_seqlen).items()} for b in batches]
@@ -179,8 +150,8 @@ def prepare(variant: str, batches: list[dict]):
         if not graphs.step_updated:
             graphs.expose_grads()
             opt.step()
-        if rows is not None:
-            rows.tick()  # every 16 updates, a flush of the whole table
+        else:
+            opt.replayed()  # with rows: every 16 updates, a flush of the whole table
 
     return step, gpu_batches, sum(p.numel() for p in params), graphs
 

@@ -92,12 +92,14 @@ def test_the_one_kernel_attention_backward_is_patched_in_for_fbwd_variants_only(
 
 def _train_both_ways(graphed: bool):
     """A small encoder trained four steps with the dense master-weights AdamW and with the ``rows``
-    knob's optimizer (WithLazyRows), its packed loss compiled with the word embedding's lookup as
-    a break in the graph; on CUDA with ``graphed``, each step a replay of ``GraphedSteps``
-    captures with the update inside, as the benchmark runs it. Returns both (model, AdamW)."""
+    knob's (the word embedding's update on the rows a step reads: attach_lazy_rows), its packed
+    loss compiled with the word embedding's lookup as a break in the graph; on CUDA with
+    ``graphed``, each step a replay of ``GraphedSteps`` captures with the update inside, as the
+    benchmark runs it. Returns both (model, AdamW)."""
     import train_step as ts
     from minbert.model.bert import BertConfig, BertModel
     from minbert.training.cudagraph import GraphedSteps
+    from minbert.training.lazy_rows import attach_lazy_rows
     from minbert.training.optim import AdamW, attach_master_weights
 
     dev = "cuda" if graphed else "cpu"
@@ -115,9 +117,10 @@ def _train_both_ways(graphed: bool):
         torch.manual_seed(0)
         model = BertModel(cfg).to(dev).train()
         opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.01, fused=graphed, master_weights=True)
+        if rows:
+            attach_lazy_rows(model, opt)
         attach_master_weights(model, opt, dtype=torch.float32)  # fp32 working weights: no bf16 rounding of
-        if rows:  # gradients summed in another order (tests/test_lazy_rows.py covers 16-bit working weights)
-            opt = mws.WithLazyRows(model, opt)
+        # gradients summed in another order (tests/test_lazy_rows.py covers 16-bit working weights)
         loss_fn = torch.compile(ts.packed_loss_fn(model, 3, 64, dev), dynamic=True)
         graphs = GraphedSteps(list(model.parameters()), capture_after=0, direct=True, updater=opt) if graphed else None
         for b in batches:
@@ -125,6 +128,7 @@ def _train_both_ways(graphed: bool):
                 graphs.zero_grad()
                 graphs.run("step", loss_fn, b, 1.0, [grp["lr"] for grp in opt.param_groups])
                 assert graphs.step_updated
+                opt.replayed()
             else:
                 for p in model.parameters():
                     p.grad = None
@@ -133,10 +137,8 @@ def _train_both_ways(graphed: bool):
                 opt.step()
             if rows:
                 assert model.embeddings.word_embeddings.weight.grad is None
-                opt.rows.tick()
         if rows:
             opt.rows.flush()
-            opt = opt.opt
         models.append((model, opt))
     return models
 
