@@ -33,8 +33,9 @@ replay, and the inputs live outside the pool.
 
 Dropout inside a graph draws fresh random numbers at every replay (PyTorch registers the CUDA
 generator with the graph). Capturing consumes random numbers, so a run with graphs is
-reproducible run to run but not bit-identical to one without, and a resumed run is not
-bit-identical to an uninterrupted one.
+reproducible run to run (not with ``optim.embedding_rows``, whose accumulator adds by atomics)
+but not bit-identical to one without, and a resumed run is not bit-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations

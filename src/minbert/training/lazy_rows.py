@@ -159,10 +159,10 @@ class LazyRows:
         g = grad.reshape(-1, self.acc.shape[1]).float()
         if self.padding_idx is not None:
             g = g * (ids.reshape(-1, 1) != self.padding_idx)
-        if self.acc.is_cuda:  # sorts the ids, then sums each row's repeats: the same order every run
-            self.acc.index_put_((ids.reshape(-1),), g, accumulate=True)  # (index_add_ adds by atomics there)
-        else:
-            self.acc.index_add_(0, ids.reshape(-1), g)
+        # (on CUDA by atomics: a row's repeats add in any order, so runs differ in the last bits;
+        # index_put_ with accumulate sorts, but checks the ids' range on the host, which a graph
+        # capture does not allow)
+        self.acc.index_add_(0, ids.reshape(-1), g)
 
     @torch.no_grad()
     def update(self, lr: float | torch.Tensor, ids: torch.Tensor | None = None) -> None:
