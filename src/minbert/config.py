@@ -351,10 +351,12 @@ def _check_embedding_rows(cfg: Config, device_type: str, world_size: int) -> Non
         ConfigError: several processes (no all-reduce of the table's gradient), an unfused AdamW on
             CUDA (its step count on the host).
     """
+    if not cfg.optim.embedding_rows:
+        return
     why = [w for w, hit in (
         ("one process", world_size > 1),
         ("optim.fused=on or auto on CUDA", device_type == "cuda" and not use_fused_optimizer(cfg.optim, device_type)),
-    ) if hit and cfg.optim.embedding_rows]
+    ) if hit]
     if why:
         raise ConfigError("optim.embedding_rows needs " + "; ".join(why))
 

@@ -304,7 +304,7 @@ class GraphedSteps:
             norm = norm_and_clip(self.params, self.max_norm) if self.grad_norm else None
             rows = getattr(self.updater, "rows", None)  # an embedding whose gradient is not in .grad
             if norm is not None and rows is not None:
-                norm = (norm.float().square() + rows.grad_sq()).sqrt()
+                norm = rows.norm_with(norm)
             if self.updater is not None:
                 self.updater.graph_update(static_inputs.tensors[LR_INPUT])
         grads = [p.grad for p in self.params] if self.direct else None

@@ -99,7 +99,8 @@ class LazyRows:
             ``torch`` (the reference) or ``auto`` (the kernel on CUDA, else the reference).
 
     The table's gradient lives in the accumulator, not in ``weight.grad``: a global gradient norm
-    or clipping over ``.grad`` leaves it out (this is for steps without clipping).
+    over ``.grad`` leaves it out (:meth:`norm_with` adds it), and clipping cannot reach it (this is
+    for steps without clipping).
 
     Raises:
         ValueError: tensors of mismatched shapes, devices or dtypes, or not contiguous.
@@ -126,7 +127,7 @@ class LazyRows:
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps, self.wd, self.padding_idx = float(eps), float(weight_decay), padding_idx
         V, dev = weight.shape[0], weight.device
-        self.row_step = torch.empty((V,), dtype=torch.int32, device=dev)  # the step each row is at
+        self.row_step = torch.full((V,), int(step.item()), dtype=torch.int32, device=dev)  # the step each row is at
         self.acc = torch.zeros(weight.shape, dtype=torch.float32, device=dev)  # the step's gradient rows
         # hist[j % (flush_every + 1)]: step j's (lr, step size, sqrt(1 - b2^j)), for the steps a
         # row can be behind by
@@ -134,7 +135,6 @@ class LazyRows:
         self.flush_every, self._updates, self._warm = flush_every, 0, False
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)  # the step's lr, as the ring's function reads it
         self.pending: list[torch.Tensor] = []  # the ids looked up with gradients since the last update
-        self.resync()
 
     def resync(self) -> None:
         """Take every row to be at ``step`` and drop any gradient not yet applied (after loading a
@@ -208,6 +208,11 @@ class LazyRows:
         first[1:] = ids[1:] != ids[:-1]
         g = self.acc.index_select(0, ids).to(self.weight.dtype).float()
         return (g.square().sum(1) * first).sum()
+
+    def norm_with(self, norm: torch.Tensor) -> torch.Tensor:
+        """() float32: the global L2 norm of the gradients whose norm without the table is
+        ``norm`` (sqrt(norm^2 + :meth:`grad_sq`))."""
+        return (norm.float().square() + self.grad_sq()).sqrt()
 
     @torch.no_grad()
     def discard(self) -> None:

@@ -294,7 +294,7 @@ class OptimizerStep:
             grad_norm = torch.zeros((), device=self.device)
         rows = getattr(self.optimizer, "rows", None)  # an embedding whose gradient is not in .grad (no clipping)
         if rows is not None and (self.graphs is None or self.graphs.step_norm is None):
-            grad_norm = (grad_norm.float().square() + rows.grad_sq()).sqrt()
+            grad_norm = rows.norm_with(grad_norm)
         return torch.cat([per_task.float(), grad_norm.float().reshape(1).to(per_task.device)])
 
     def update(self) -> None:
