@@ -32,10 +32,11 @@ safe because a replay's gradients and value are used up (optimizer step, copy) b
 replay, and the inputs live outside the pool.
 
 Dropout inside a graph draws fresh random numbers at every replay (PyTorch registers the CUDA
-generator with the graph). Capturing consumes random numbers, so a run with graphs is
-reproducible run to run (not with ``optim.embedding_rows``, whose accumulator adds by atomics)
-but not bit-identical to one without, and a resumed run is not bit-identical to an
-uninterrupted one.
+generator with the graph). Capturing consumes random numbers, so a run with graphs is not
+bit-identical to one without, and a resumed run is not bit-identical to an uninterrupted one.
+Nor are two runs on CUDA bit-identical wherever a token's repeats in a batch add their gradients
+by atomics, in an order that varies: the embeddings' backward under ``torch.compile`` (inductor
+lowers it to a scatter-add with atomic adds) and the accumulator of ``optim.embedding_rows``.
 """
 
 from __future__ import annotations

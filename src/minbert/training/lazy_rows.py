@@ -159,9 +159,9 @@ class LazyRows:
         g = grad.reshape(-1, self.acc.shape[1]).float()
         if self.padding_idx is not None:
             g = g * (ids.reshape(-1, 1) != self.padding_idx)
-        # (on CUDA by atomics: a row's repeats add in any order, so runs differ in the last bits;
-        # index_put_ with accumulate sorts, but checks the ids' range on the host, which a graph
-        # capture does not allow)
+        # (on CUDA by atomics: a row's repeats add in any order, so runs differ in the last bits, as
+        # with inductor's compiled embedding backward; index_put_ with accumulate sorts, but checks
+        # the ids' range on the host, which a graph capture does not allow)
         self.acc.index_add_(0, ids.reshape(-1), g)
 
     @torch.no_grad()
