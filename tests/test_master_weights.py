@@ -142,8 +142,8 @@ def test_the_compiled_update_may_compile_more_often_than_torch_allows_by_default
     from minbert.training import optim
 
     seen, before = [], torch._dynamo.config.recompile_limit
-    monkeypatch.setattr(optim, "_compiled", lambda: lambda *a: seen.append(torch._dynamo.config.recompile_limit))
-    optim._compiled_master_update()
+    monkeypatch.setattr(optim, "_compiled", lambda o: lambda *a: seen.append(torch._dynamo.config.recompile_limit))
+    optim._compiled_master_update(())
     assert seen == [optim.MASTER_RECOMPILES] and optim.MASTER_RECOMPILES > 8
     assert torch._dynamo.config.recompile_limit == before  # for the update only
 

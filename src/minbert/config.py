@@ -101,6 +101,7 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"tasks.{name}.{key} must be >= 1 (or null for all rows), got {value}")
         _check_task_numbers(name, tcfg)
     _check_model_and_optim(cfg)
+    _check_compile_options(cfg.train)
     _check_ranges(cfg)
     _check_report_to(cfg.output.report_to)
     validate_training(cfg)
@@ -155,6 +156,46 @@ def _check_model_and_optim(cfg: Config) -> None:
         ) if hit]
         if why:
             raise ConfigError("optim.embedding_rows needs " + "; ".join(why))
+
+
+def compile_options(tc: TrainConfig) -> dict[str, Any]:
+    """``train.compile_options`` with dotted names, as ``torch.compile(options=...)`` takes them
+    (``{triton: {enable_pdl: true}}`` is ``{"triton.enable_pdl": True}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in tc.compile_options.items():
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        flat.update({f"{key}.{sub}" if sub else key: v for sub, v in items})
+    return flat
+
+
+def _check_compile_options(tc: TrainConfig) -> None:
+    """Each of ``train.compile_options`` is one of this torch's inductor settings
+    (``torch._inductor.config``), given a value of its type (a number for a float, any scalar where
+    the setting defaults to None); none with ``train.compile=off``.
+
+    Raises:
+        ConfigError: naming the setting and the reason.
+    """
+    options = compile_options(tc)
+    if not options:
+        return
+    if tc.compile == "off":
+        raise ConfigError("train.compile_options: set, but train.compile is off (use on, or auto: on CUDA)")
+    import torch  # only here: a config without the option loads without torch
+    from torch._inductor import config as inductor
+
+    settings = inductor.get_config_copy()
+    for name, value in options.items():
+        if name not in settings:
+            raise ConfigError(f"train.compile_options.{name}: torch {torch.__version__} has no such inductor setting")
+        default = settings[name]
+        ok = {bool: isinstance(value, bool), int: type(value) is int, float: type(value) in (int, float),
+              str: isinstance(value, str), type(None): True}.get(type(default))
+        if ok is None:
+            raise ConfigError(f"train.compile_options.{name}: a {type(default).__name__} setting, not settable here")
+        if not ok:
+            raise ConfigError(f"train.compile_options.{name}: expected a {type(default).__name__} "
+                              f"(default {default!r}), got {value!r}")
 
 
 def _finite(lo: float, low_ok: bool = True, hi: float = math.inf) -> Any:
@@ -446,51 +487,3 @@ def use_flat_sync(tc: TrainConfig, world_size: int, graphs: bool) -> bool:
     """Resolve ``train.grad_sync`` for a torchrun job (``world_size`` > 1): one all-reduce of the
     flat gradient buffer (``flat``, and ``auto`` with CUDA graphs) instead of DDP. False in one process."""
     return world_size > 1 and (tc.grad_sync == "flat" or (tc.grad_sync == "auto" and graphs))
-
-
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-# packed "sdpa" attention kernels (minbert.model.bert.varlen_attention)
-VARLEN_KERNELS = ("auto", "efficient", "flash", "triton")
-# an encoder's config.json (model.bert.BertConfig): (what a value must be, the test it passes)
-_ENCODER_NUMBERS = {
-    **{k: ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1) for k in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "max_position_embeddings", "type_vocab_size")},
-    "pad_token_id": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
-    "hidden_dropout_prob": ("a number in [0, 1)", lambda v: 0 <= v < 1),
-    "attention_probs_dropout_prob": ("a number in [0, 1)", lambda v: 0 <= v < 1),
-    "initializer_range": ("a number >= 0", lambda v: v >= 0),
-    "layer_norm_eps": ("a number > 0", lambda v: v > 0),
-}
-
-
-def check_encoder_config(c: Any) -> None:
-    """The values of a :class:`minbert.model.bert.BertConfig` (a Hugging Face ``config.json``)
-    that this encoder can build. NaN fails every range.
-
-    Raises:
-        ConfigError: a value of the wrong type or out of range, ``hidden_size`` not a multiple of
-            ``num_attention_heads``, ``pad_token_id`` >= ``vocab_size``, an unsupported
-            ``hidden_act``, ``position_embedding_type``, ``attn_implementation`` or ``varlen_kernel``;
-            a ``weight_grad_stream`` that is not a bool.
-    """
-    for name, (what, ok) in _ENCODER_NUMBERS.items():
-        v = getattr(c, name)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not ok(v):
-            raise ConfigError(f"{name} must be {what}, got {v!r}")
-    if c.hidden_size % c.num_attention_heads:
-        raise ConfigError(
-            f"hidden_size {c.hidden_size} is not a multiple of num_attention_heads {c.num_attention_heads}"
-        )
-    if c.pad_token_id >= c.vocab_size:
-        raise ConfigError(f"pad_token_id {c.pad_token_id} is not below vocab_size {c.vocab_size}")
-    if c.hidden_act != "gelu":
-        raise ConfigError(f"hidden_act {c.hidden_act!r} is not supported (only 'gelu', exact erf)")
-    if c.position_embedding_type != "absolute":
-        raise ConfigError(f"position_embedding_type {c.position_embedding_type!r} is not supported (only 'absolute')")
-    if c.attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ConfigError(f"attn_implementation {c.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}")
-    if c.varlen_kernel not in VARLEN_KERNELS:
-        raise ConfigError(f"varlen_kernel {c.varlen_kernel!r} is not one of {VARLEN_KERNELS}")
-    if not isinstance(c.weight_grad_stream, bool):
-        raise ConfigError(f"weight_grad_stream must be true or false, got {c.weight_grad_stream!r}")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Pooling = Literal["cls", "pooler", "mean"]
+# one of inductor's settings (torch._inductor.config), or a section of them (triton: {...})
+InductorValue = bool | int | float | str
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,12 @@ class TrainConfig:
     eval_batch_size: int = field(default=256, metadata={"help": "rows per batch at evaluation and prediction"})
     compile: Literal["auto", "on", "off"] = field(
         default="off", metadata={"help": "torch.compile the encoder (auto: on CUDA only)"}
+    )
+    # passed as torch.compile(options=...) to the encoder's compile and our AdamW's compiled update
+    compile_options: dict[str, InductorValue | dict[str, InductorValue]] = field(
+        default_factory=dict,
+        metadata={"help": "inductor settings (torch._inductor.config names) for what compiles, e.g. "
+                          "{triton: {enable_pdl: true}}"},
     )
     # replay each recurring batch shape's forward+backward as a CUDA graph (minbert.cudagraph).
     # auto: on for CUDA training without compile and PCGrad; on: raise if unsupported

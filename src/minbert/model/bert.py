@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check_encoder_config
+from ..config_encoder import check_encoder_config
 from ..errors import CheckpointError, ConfigError
 from .hf_folder import DEFAULT_ENCODER, check_state_dict, load_hf_state_dict, resolve_encoder_path
 from .packing import PackedBatch, segment_ids
@@ -83,7 +83,7 @@ class BertConfig:
 
         Raises:
             CheckpointError: the file is missing or not JSON, is not a BERT config, or holds a value
-                this encoder cannot build (see :func:`minbert.config.check_encoder_config`).
+                this encoder cannot build (see :func:`minbert.config_encoder.check_encoder_config`).
             ConfigError: ``overrides`` this encoder cannot build.
         """
         path = Path(path)

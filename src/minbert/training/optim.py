@@ -114,7 +114,9 @@ class AdamW(torch.optim.Optimizer):
     (integer step counts of older checkpoints included). ``rows`` (set by
     :func:`minbert.training.lazy_rows.attach_lazy_rows`): a word embedding whose update, applied
     to the rows its lookups read, ends every update (:meth:`step`, :meth:`graph_update`; a replayed
-    one is counted by :meth:`replayed`); :meth:`state_dict` brings all its rows up first."""
+    one is counted by :meth:`replayed`); :meth:`state_dict` brings all its rows up first.
+    ``compile_options``: inductor's settings (``torch.compile(options=...)``) for the compiled
+    update that ``fused`` with ``master_weights`` runs."""
 
     def __init__(
         self,
@@ -125,11 +127,14 @@ class AdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         fused: bool = False,
         master_weights: bool = False,
+        compile_options: dict[str, object] | None = None,
     ):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
             raise ConfigError(f"invalid AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.fused, self.master_weights = fused, master_weights
+        # inductor's settings for the compiled master update (torch.compile options), hashable
+        self.compile_options = tuple(sorted((compile_options or {}).items()))
         if master_weights:  # the masters are copies of the parameters as they are now (fp32)
             for group in self.param_groups:
                 for p in group["params"]:
@@ -326,7 +331,7 @@ class AdamW(torch.optim.Optimizer):
             return
         update = master_update
         if self.fused:
-            update = _compiled_master_update
+            update = functools.partial(_compiled_master_update, self.compile_options)
             buf = self._lr_bufs[i]
             lr = buf.copy_(lr) if isinstance(lr, torch.Tensor) else buf.fill_(lr)
         b1, b2 = group["betas"]
@@ -388,19 +393,21 @@ MASTER_RECOMPILES = 256  # compiles of the master update allowed in a process (t
 
 
 @functools.cache
-def _compiled() -> Callable[..., None]:
-    """:func:`master_update` under ``torch.compile``, made at first use (torch.compile imports
-    dynamo, about 2 s, which a run without master weights does not need)."""
-    return torch.compile(master_update, fullgraph=True, dynamic=False)
+def _compiled(options: tuple[tuple[str, object], ...]) -> Callable[..., None]:
+    """:func:`master_update` under ``torch.compile`` with inductor's settings ``options`` ((name,
+    value) pairs), made at first use (torch.compile imports dynamo, about 2 s, which a run without
+    master weights does not need)."""
+    return torch.compile(master_update, fullgraph=True, dynamic=False, options=dict(options) or None)
 
 
-def _compiled_master_update(*args: object) -> None:
-    """:func:`master_update` compiled by inductor. It compiles again for each parameter set (a
-    group, the parameters a step reaches) and each set of hyperparameters (a tuning study's
-    trials), more often than torch's default limit of 8 allows a function."""
+def _compiled_master_update(options: tuple[tuple[str, object], ...], *args: object) -> None:
+    """:func:`master_update` compiled by inductor with the settings ``options``. It compiles
+    again for each parameter set (a group, the parameters a step reaches) and each set of
+    hyperparameters (a tuning study's trials), more often than torch's default limit of 8 allows a
+    function."""
     limits = {"recompile_limit": MASTER_RECOMPILES, "accumulated_recompile_limit": 4 * MASTER_RECOMPILES}
     with torch._dynamo.config.patch(**limits):
-        _compiled()(*args)
+        _compiled(options)(*args)
 
 
 def attach_master_weights(model: nn.Module, optimizer: AdamW, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -439,14 +446,16 @@ def attach_master_weights(model: nn.Module, optimizer: AdamW, dtype: torch.dtype
 
 
 def build_optimizer(
-    cfg: OptimConfig, params: Iterable, device: torch.device, model: nn.Module | None = None
+    cfg: OptimConfig, params: Iterable, device: torch.device, model: nn.Module | None = None,
+    compile_options: dict[str, object] | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` (a :class:`minbert.config.OptimConfig`) for parameters
     on ``device`` (of ``model``, needed for the two options below); the AdamWs fused as
     :func:`minbert.config.use_fused_optimizer` says. With ``cfg.master_weights``, our AdamW keeps
     fp32 master weights and the model trains bf16 working weights (:func:`attach_master_weights`).
     With ``cfg.embedding_rows``, our AdamW updates the model's word embedding on the rows each step
-    reads (:func:`minbert.training.lazy_rows.attach_lazy_rows`).
+    reads (:func:`minbert.training.lazy_rows.attach_lazy_rows`). ``compile_options``: inductor's
+    settings for our AdamW's compiled update (:func:`minbert.config.compile_options`).
 
     Raises:
         ConfigError: an unknown name or invalid hyperparameters.
@@ -457,7 +466,7 @@ def build_optimizer(
     fused = use_fused_optimizer(cfg, device.type)
     if cfg.name == "adamw":
         opt = AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused,
-                    master_weights=cfg.master_weights)
+                    master_weights=cfg.master_weights, compile_options=compile_options)
         if cfg.embedding_rows:  # before the master weights' hooks: a load brings the rows up first
             from .lazy_rows import attach_lazy_rows  # (imports dynamo: torch.compiler.disable)
 

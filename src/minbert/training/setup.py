@@ -16,7 +16,7 @@ from typing import IO, NamedTuple
 import numpy as np
 import torch
 
-from ..config import Config, RuntimeSettings, TrainConfig, dump_yaml, replace
+from ..config import Config, RuntimeSettings, TrainConfig, compile_options, dump_yaml, replace
 from ..data.batching import TaskStream, resolve_data_dir
 from ..data.tokenizer import Tokenizer
 from ..distributed import DistContext, resolve_device
@@ -157,7 +157,7 @@ def setup_model(
     checkpoint's instead), ``train.freeze_layers`` freezes the lower layers,
     ``compile_encoder`` compiles the encoder in place (state_dict keys keep their names): its
     padded forward, or with ``packed`` (``model.packing``) its packed forward, with a symbolic
-    token count.
+    token count, and inductor's settings ``train.compile_options``.
 
     Raises:
         ConfigError, CheckpointError: a bad head or task setting, an unreadable encoder or
@@ -173,10 +173,11 @@ def setup_model(
     if tc.init_from and init_from:
         init_from_run(model, tc.init_from)
     freeze_layers(model, tc.freeze_layers)  # surgical fine-tuning (0: nothing frozen)
+    options = compile_options(tc) or None
     if compile_encoder and packed:
-        model.encoder.forward_packed = torch.compile(model.encoder.forward_packed, dynamic=True)
+        model.encoder.forward_packed = torch.compile(model.encoder.forward_packed, dynamic=True, options=options)
     elif compile_encoder:
-        model.encoder.compile(dynamic=True)  # dynamic T: batches of several lengths (bucketing)
+        model.encoder.compile(dynamic=True, options=options)  # dynamic T: batches of several lengths (bucketing)
     return ModelSetup(model, tokenizer, encoder_src, table)
 
 
@@ -221,6 +222,8 @@ def log_plan(cfg: Config, counts: StepCounts, total_steps: int, device: torch.de
     )
     if rt.note:
         log.info("%s", rt.note)
+    if tc.compile_options and not rt.compile:
+        log.info("train.compile_options: the encoder is not compiled here (train.compile auto: on CUDA only)")
 
 
 def rescale_position(
