@@ -1,5 +1,7 @@
-"""``train.compile_options``: inductor's settings, checked against this torch when the config
-loads, and handed to both compiles a run makes (the encoder's and our AdamW's master update).
+"""``train.compile_options``: inductor's settings. Their form is checked with the config, their
+meaning against the installed torch when training starts (:func:`compile_options`, by each
+setting's declared type), and they reach every compile a run makes (the encoder's, our AdamW's
+master update, the word-embedding rows' step values).
 
 That they arrive is seen through one setting with a visible effect: ``trace.enabled`` with
 ``trace.debug_dir`` makes inductor write each graph it compiles (not one it finds in its cache:
@@ -7,20 +9,27 @@ That they arrive is seen through one setting with a visible effect: ``trace.enab
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from minbert.config import compile_options, from_dict, load_config, to_dict
+from minbert.config import from_dict, load_config, to_dict
+from minbert.config_compile import compile_options
 from minbert.errors import ConfigError
 from minbert.training.optim import AdamW
 from minbert.training.setup import setup_model
 from minbert_testkit import slice_args
-from test_resume import cli
+from test_resume import cli, env
 
 TRACE = {"trace.enabled": True, "fx_graph_cache": False}  # a cached graph writes no trace
+
+
+def options(*items: str, compile: str = "on") -> dict:
+    return compile_options(load_config(None, [f"train.compile={compile}", *items]).train)
 
 
 def test_sections_become_dotted_names_and_the_config_round_trips():
@@ -32,33 +41,65 @@ def test_sections_become_dotted_names_and_the_config_round_trips():
 
 
 @pytest.mark.parametrize(("option", "message"), [
-    ("combo_kernel=true", "torch .* has no such inductor setting"),  # a typo of combo_kernels
-    ("triton.enable_pdll=true", "has no such inductor setting"),
-    ("combo_kernels=3", r"expected a bool \(default False\), got 3"),
-    ("max_autotune_gemm_backends=1", "expected a str"),
-    ("multi_kernel_hints=1", "not settable here"),  # a list setting
+    ("combo_kernel=true", "torch .* has no such public inductor setting"),  # a typo of combo_kernels
+    ("triton.enable_pdll=true", "no such public inductor setting"),
+    ("triton=true", r"a section of settings, e.g. triton: \{...\}"),
+    ("combo_kernels.x=true", "no such public inductor setting"),  # a setting given as a section
+    ("_collective.auto_select=true", "no such public"),  # private
+    ("cpp.inject_relu_bug_TESTING_ONLY=x", "no such public"),
+    ("combo_kernels=3", "expected true or false, got 3"),
+    ("compile_threads=true", "expected an integer, got True"),  # int | None
+    ("cpp.simdlen=abc", "expected an integer, got 'abc'"),
+    ("max_autotune_gemm_backends=1", "expected a string"),
+    ("cpu_backend=foo", r"expected one of \['cpp', 'triton'"),  # a Literal
+    ("cpu_gpu_bw=.nan", "expected a finite number"),
+    ("worker_log_path=x", "not settable here"),  # typed None alone
+    ("post_grad_custom_post_pass=f", "not settable here"),  # a callable
+    ("multi_kernel_hints=1", "not settable here"),  # a list
 ])
-def test_an_unknown_setting_or_a_value_of_the_wrong_type_is_refused(option, message):
+def test_an_unknown_setting_or_a_value_of_another_type_than_torch_declares_is_refused(option, message):
     with pytest.raises(ConfigError, match=f"train.compile_options.*{message}"):
-        load_config(None, ["train.compile=on", f"train.compile_options.{option}"])
+        options(f"train.compile_options.{option}")
 
 
-def test_a_number_for_a_float_setting_and_any_scalar_where_the_default_is_none():
-    from torch._inductor import config as inductor
-
-    settings = inductor.get_config_copy()
-    floats = [k for k, v in settings.items() if type(v) is float and "." not in k]
-    nones = [k for k, v in settings.items() if v is None and "." not in k]
-    cfg = load_config(None, ["train.compile=on", f"train.compile_options.{floats[0]}=2",
-                             f"train.compile_options.{nones[0]}=x"])
-    assert compile_options(cfg.train) == {floats[0]: 2, nones[0]: "x"}
-    with pytest.raises(ConfigError, match="expected a float"):
-        load_config(None, ["train.compile=on", f"train.compile_options.{floats[0]}=true"])
+def test_what_torch_takes_is_taken_a_whole_number_for_a_float_made_a_float():
+    got = options("train.compile_options.cpu_gpu_bw=2", "train.compile_options.trace.debug_dir=/tmp/x",
+                  "train.compile_options.cpu_backend=triton", "train.compile_options.compile_threads=2")
+    assert got == {"cpu_gpu_bw": 2.0, "trace.debug_dir": "/tmp/x", "cpu_backend": "triton", "compile_threads": 2}
+    assert type(got["cpu_gpu_bw"]) is float
+    torch.compile(lambda x: x + 1, options=got)  # torch checks each value's type here: none raises
 
 
-def test_options_with_compile_off_are_refused():
-    with pytest.raises(ConfigError, match="train.compile is off"):
+@pytest.mark.parametrize(("item", "message"), [
+    ("train.compile_options.combo_kernels=", "combo_kernels: no value"),  # null
+    ("train.compile_options.triton={}", "triton: no value"),
+    ("train.compile_options={triton: {enable_pdl: true}, triton.enable_pdl: false}", "triton.enable_pdl: given twice"),
+])
+def test_the_form_is_checked_when_the_config_loads(item, message):
+    with pytest.raises(ConfigError, match=f"train.compile_options.{message}"):
+        load_config(None, ["train.compile=on", item])
+
+
+def test_options_where_nothing_compiles_are_refused():
+    with pytest.raises(ConfigError, match="nothing compiles"):
         load_config(None, ["train.compile_options.combo_kernels=true"])  # compile: off by default
+    for extra in ("optim.master_weights=true", "optim.embedding_rows=true"):  # these compile their update
+        assert options("train.compile_options.combo_kernels=true", extra, compile="off") == {"combo_kernels": True}
+
+
+def test_a_run_with_options_torch_does_not_take_stops_before_its_folder_is_made(tmp_path, tiny_encoder, data_dir):
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "minbert", "train", f"--data-dir={data_dir}", f"--run-dir={run}",
+         f"--model.encoder={tiny_encoder}", "--train.compile=on", "--train.compile_options.cpu_backend=foo"],
+        cwd=tmp_path, env=env(False), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and not run.exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: train.compile_options.cpu_backend: expected one of")
+
+
+def test_adamw_takes_dotted_names_only():
+    with pytest.raises(ValueError, match="dotted names"):
+        AdamW([torch.nn.Parameter(torch.zeros(2))], compile_options={"triton": {"enable_pdl": True}})
 
 
 def _traced(folder: Path) -> list[Path]:

@@ -101,7 +101,7 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"tasks.{name}.{key} must be >= 1 (or null for all rows), got {value}")
         _check_task_numbers(name, tcfg)
     _check_model_and_optim(cfg)
-    _check_compile_options(cfg.train)
+    _check_compile_options(cfg)
     _check_ranges(cfg)
     _check_report_to(cfg.output.report_to)
     validate_training(cfg)
@@ -158,44 +158,26 @@ def _check_model_and_optim(cfg: Config) -> None:
             raise ConfigError("optim.embedding_rows needs " + "; ".join(why))
 
 
-def compile_options(tc: TrainConfig) -> dict[str, Any]:
-    """``train.compile_options`` with dotted names, as ``torch.compile(options=...)`` takes them
-    (``{triton: {enable_pdl: true}}`` is ``{"triton.enable_pdl": True}``)."""
-    flat: dict[str, Any] = {}
-    for key, value in tc.compile_options.items():
-        items = value.items() if isinstance(value, dict) else [("", value)]
-        flat.update({f"{key}.{sub}" if sub else key: v for sub, v in items})
-    return flat
-
-
-def _check_compile_options(tc: TrainConfig) -> None:
-    """Each of ``train.compile_options`` is one of this torch's inductor settings
-    (``torch._inductor.config``), given a value of its type (a number for a float, any scalar where
-    the setting defaults to None); none with ``train.compile=off``.
+def _check_compile_options(cfg: Config) -> None:
+    """The form of ``train.compile_options``: every entry a value or a section of values, no name
+    given twice (as a section's entry and as a dotted name), and something that compiles (what each
+    name means is checked against torch when training starts:
+    :func:`minbert.config_compile.compile_options`).
 
     Raises:
-        ConfigError: naming the setting and the reason.
+        ConfigError: naming the entry and the reason.
     """
-    options = compile_options(tc)
-    if not options:
-        return
-    if tc.compile == "off":
-        raise ConfigError("train.compile_options: set, but train.compile is off (use on, or auto: on CUDA)")
-    import torch  # only here: a config without the option loads without torch
-    from torch._inductor import config as inductor
-
-    settings = inductor.get_config_copy()
-    for name, value in options.items():
-        if name not in settings:
-            raise ConfigError(f"train.compile_options.{name}: torch {torch.__version__} has no such inductor setting")
-        default = settings[name]
-        ok = {bool: isinstance(value, bool), int: type(value) is int, float: type(value) in (int, float),
-              str: isinstance(value, str), type(None): True}.get(type(default))
-        if ok is None:
-            raise ConfigError(f"train.compile_options.{name}: a {type(default).__name__} setting, not settable here")
-        if not ok:
-            raise ConfigError(f"train.compile_options.{name}: expected a {type(default).__name__} "
-                              f"(default {default!r}), got {value!r}")
+    names: list[str] = []
+    for key, value in cfg.train.compile_options.items():
+        if value == {}:
+            raise ConfigError(f"train.compile_options.{key}: no value (null or an empty section)")
+        names += [f"{key}.{sub}" for sub in value] if isinstance(value, dict) else [key]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"train.compile_options.{twice[0]}: given twice (in a section and as a dotted name)")
+    if names and cfg.train.compile == "off" and not (cfg.optim.master_weights or cfg.optim.embedding_rows):
+        raise ConfigError("train.compile_options: nothing compiles (train.compile is off; neither "
+                          "optim.master_weights nor optim.embedding_rows)")
 
 
 def _finite(lo: float, low_ok: bool = True, hi: float = math.inf) -> Any:

@@ -75,9 +75,10 @@ def _step_scalars(hist: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, b1: 
 
 
 @functools.cache
-def _compiled_step_scalars():  # noqa: ANN202
-    """:func:`_step_scalars` under ``torch.compile`` (one kernel on CUDA instead of eight)."""
-    return torch.compile(_step_scalars, fullgraph=True, dynamic=False)
+def _compiled_step_scalars(options: tuple = ()):  # noqa: ANN202
+    """:func:`_step_scalars` under ``torch.compile`` (one kernel on CUDA instead of eight), with
+    inductor's settings ``options`` ((name, value) pairs)."""
+    return torch.compile(_step_scalars, fullgraph=True, dynamic=False, options=dict(options) or None)
 
 
 class LazyRows:
@@ -135,6 +136,7 @@ class LazyRows:
         self.flush_every, self._updates, self._warm = flush_every, 0, False
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)  # the step's lr, as the ring's function reads it
         self.pending: list[torch.Tensor] = []  # the ids looked up with gradients since the last update
+        self.compile_options: tuple = ()  # inductor's settings for the compiled step values (the optimizer's)
 
     def resync(self) -> None:
         """Take every row to be at ``step`` and drop any gradient not yet applied (after loading a
@@ -172,7 +174,7 @@ class LazyRows:
         first. With no rows at all, the step still counts (its lr is recorded)."""
         # one tensor for every lr (a float, a view into a graph's lrs): one compile of the function
         self._lr.copy_(lr.reshape(())) if isinstance(lr, torch.Tensor) else self._lr.fill_(float(lr))
-        record = _compiled_step_scalars() if self.acc.device.type == "cuda" else _step_scalars
+        record = _compiled_step_scalars(self.compile_options) if self.acc.device.type == "cuda" else _step_scalars
         record(self.hist, self.step, self._lr, self.b1, self.b2)
         for each in self.pending + ([] if ids is None else [ids]):
             self._run(each, True)
@@ -186,7 +188,8 @@ class LazyRows:
         which it leaves alone), and drop what the warm-up runs before a capture left (their
         lookups' ids and accumulated gradients)."""
         if self.acc.device.type == "cuda" and not self._warm:
-            _compiled_step_scalars()(self.hist.clone(), self.step.clone(), self._lr, self.b1, self.b2)
+            record = _compiled_step_scalars(self.compile_options)
+            record(self.hist.clone(), self.step.clone(), self._lr, self.b1, self.b2)
             if self.backend != "torch":  # the update's kernel too (the forward's runs before any capture), on
                 outside = torch.full((1,), self.acc.shape[0], device=self.acc.device)  # an id it leaves alone
                 _launch(self, outside, True)
@@ -383,5 +386,5 @@ def attach_lazy_rows(model: nn.Module, optimizer: AdamW, flush_every: int = 16) 
     # into the model); the lookup's for a load into any module above it (a no-op after the first)
     model.register_load_state_dict_pre_hook(lambda *_: rows.flush())
     lookup.register_load_state_dict_pre_hook(lambda *_: rows.flush())
-    optimizer.rows, optimizer.rows_group = rows, group
+    optimizer.rows, optimizer.rows_group, rows.compile_options = rows, group, optimizer.compile_options
     return rows

@@ -134,6 +134,8 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.fused, self.master_weights = fused, master_weights
         # inductor's settings for the compiled master update (torch.compile options), hashable
+        if any(isinstance(v, dict) for v in (compile_options or {}).values()):
+            raise ValueError("AdamW: compile_options take dotted names (triton.enable_pdl), not sections")
         self.compile_options = tuple(sorted((compile_options or {}).items()))
         if master_weights:  # the masters are copies of the parameters as they are now (fp32)
             for group in self.param_groups:

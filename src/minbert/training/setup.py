@@ -16,7 +16,8 @@ from typing import IO, NamedTuple
 import numpy as np
 import torch
 
-from ..config import Config, RuntimeSettings, TrainConfig, compile_options, dump_yaml, replace
+from ..config import Config, RuntimeSettings, TrainConfig, dump_yaml, replace
+from ..config_compile import compile_options
 from ..data.batching import TaskStream, resolve_data_dir
 from ..data.tokenizer import Tokenizer
 from ..distributed import DistContext, resolve_device
@@ -46,8 +47,10 @@ def new_run_config(cfg: Config, data_dir: str | Path | None) -> Config:
 
     Raises:
         DataError: the data folder (``--data-dir``, else ``data.dir``, else ``$MINBERT_DATA_DIR``)
-            is not given or does not exist (before any run folder is made)."""
+            is not given or does not exist (before any run folder is made).
+        ConfigError: ``train.compile_options`` that this torch does not take."""
     resolve_data_dir(None if data_dir is None else str(data_dir), cfg.data.dir)
+    compile_options(cfg.train)
     return cfg if data_dir is None else replace(cfg, data=replace(cfg.data, dir=str(data_dir)))
 
 
@@ -147,6 +150,7 @@ class ModelSetup(NamedTuple):
     tokenizer: Tokenizer
     encoder_src: Path  # the encoder folder
     table: dict[str, Task]  # the run's task table: built-in tasks plus its custom tasks
+    compile_options: dict  # inductor's settings for what compiles (minbert.config_compile.compile_options)
 
 
 def setup_model(
@@ -178,7 +182,7 @@ def setup_model(
         model.encoder.forward_packed = torch.compile(model.encoder.forward_packed, dynamic=True, options=options)
     elif compile_encoder:
         model.encoder.compile(dynamic=True, options=options)  # dynamic T: batches of several lengths (bucketing)
-    return ModelSetup(model, tokenizer, encoder_src, table)
+    return ModelSetup(model, tokenizer, encoder_src, table, options or {})
 
 
 def task_streams(cfg: Config, lengths: dict[str, np.ndarray], world_size: int = 1) -> dict[str, TaskStream]:
@@ -222,7 +226,7 @@ def log_plan(cfg: Config, counts: StepCounts, total_steps: int, device: torch.de
     )
     if rt.note:
         log.info("%s", rt.note)
-    if tc.compile_options and not rt.compile:
+    if compile_options(tc) and not rt.compile:
         log.info("train.compile_options: the encoder is not compiled here (train.compile auto: on CUDA only)")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, compile_options, load_config, resolve, runtime_settings, validate
+from ..config import Config, load_config, resolve, runtime_settings, validate
 from ..data.batching import resolve_data_dir
 from ..distributed import DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, shard
 from ..errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
@@ -187,7 +187,7 @@ class Trainer:
         if compiling is None:
             compiling = start_kernel_compile(cfg, self.device.type, ctx.world_size, ctx.local_rank)
         # on resume the checkpoint's weights replace those of train.init_from anyway
-        self.model, self.tokenizer, encoder_src, table = setup_model(
+        self.model, self.tokenizer, encoder_src, table, options = setup_model(
             cfg, self.device, self.rt.compile, init_from=not self.resuming, packed=bool(self.rt.pack_multiple))
         self.model.pack_eval = bool(self.rt.pack_multiple)  # dev evaluation packs as training does
         self.model.eval_graphs = (GraphedForward(self.device, bf16_weights=self.rt.amp)  # compiled: autocast
@@ -203,7 +203,7 @@ class Trainer:
         log_plan(cfg, self.counts, self.total_steps, self.device, self.rt, ctx)
         o = cfg.optim
         groups = param_groups(self.model, o.weight_decay, o.lr, o.layer_lr_decay, o.head_lr)
-        self.optimizer = build_optimizer(o, groups, self.device, self.model, compile_options(tc))
+        self.optimizer = build_optimizer(o, groups, self.device, self.model, options)
         self.scheduler = build_scheduler(o, self.optimizer, self.total_steps)
         if self.resuming:
             self.resume()
