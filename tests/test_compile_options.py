@@ -43,16 +43,20 @@ def test_sections_become_dotted_names_and_the_config_round_trips():
 @pytest.mark.parametrize(("option", "message"), [
     ("combo_kernel=true", "torch .* has no such public inductor setting"),  # a typo of combo_kernels
     ("triton.enable_pdll=true", "no such public inductor setting"),
-    ("triton=true", r"a section of settings, e.g. triton: \{...\}"),
-    ("combo_kernels.x=true", "no such public inductor setting"),  # a setting given as a section
+    ("triton=true", "a section, not a setting: give its entries"),
+    ("combo_kernels.x=true", "combo_kernels is a setting of type bool, not a section"),
+    ("fx_passes_numeric_check.pre_grad=true", "is a setting of type dict, not a section"),
+    ("TYPE_CHECKING=true", "no such public"),  # typing's, imported into inductor's config
     ("_collective.auto_select=true", "no such public"),  # private
     ("cpp.inject_relu_bug_TESTING_ONLY=x", "no such public"),
     ("combo_kernels=3", "expected true or false, got 3"),
     ("compile_threads=true", "expected an integer, got True"),  # int | None
     ("cpp.simdlen=abc", "expected an integer, got 'abc'"),
-    ("max_autotune_gemm_backends=1", "expected a string"),
+    ("max_autotune_gemm_backends=1", r"expected a string, got 1 \(quote it: a string\)"),
     ("cpu_backend=foo", r"expected one of \['cpp', 'triton'"),  # a Literal
+    ("triton.multi_kernel=1.0", r"expected one of \[0, 1, 2, 3\], got 1.0"),  # a choice's own type
     ("cpu_gpu_bw=.nan", "expected a finite number"),
+    (f"cpu_gpu_bw={10**400}", "expected a finite number"),  # too large for a float
     ("worker_log_path=x", "not settable here"),  # typed None alone
     ("post_grad_custom_post_pass=f", "not settable here"),  # a callable
     ("multi_kernel_hints=1", "not settable here"),  # a list
@@ -73,7 +77,8 @@ def test_what_torch_takes_is_taken_a_whole_number_for_a_float_made_a_float():
 @pytest.mark.parametrize(("item", "message"), [
     ("train.compile_options.combo_kernels=", "combo_kernels: no value"),  # null
     ("train.compile_options.triton={}", "triton: no value"),
-    ("train.compile_options={triton: {enable_pdl: true}, triton.enable_pdl: false}", "triton.enable_pdl: given twice"),
+    ("train.compile_options={triton.enable_pdl: true}",
+     r"triton.enable_pdl: a dotted name; write it as a section \(triton: \{enable_pdl: ...\}\)"),
 ])
 def test_the_form_is_checked_when_the_config_loads(item, message):
     with pytest.raises(ConfigError, match=f"train.compile_options.{message}"):
@@ -83,6 +88,8 @@ def test_the_form_is_checked_when_the_config_loads(item, message):
 def test_options_where_nothing_compiles_are_refused():
     with pytest.raises(ConfigError, match="nothing compiles"):
         load_config(None, ["train.compile_options.combo_kernels=true"])  # compile: off by default
+    with pytest.raises(ConfigError, match="nothing compiles"):  # the unfused master update is not compiled
+        load_config(None, ["train.compile_options.combo_kernels=true", "optim.master_weights=true", "optim.fused=off"])
     for extra in ("optim.master_weights=true", "optim.embedding_rows=true"):  # these compile their update
         assert options("train.compile_options.combo_kernels=true", extra, compile="off") == {"combo_kernels": True}
 
@@ -144,4 +151,44 @@ def test_a_run_hands_them_to_its_update_and_says_the_encoder_is_not_compiled(tmp
         "--train.compile_options.fx_graph_cache=false", f"--train.compile_options.trace.debug_dir={traces}",
         "--no-progress", cwd=tmp_path)
     assert _traced(traces)
-    assert "train.compile_options: the encoder is not compiled here" in (run / "train.log").read_text()
+    assert ("train.compile_options: the encoder is not compiled (train.compile=auto on cpu); they apply to the "
+            "master-weights update") in (run / "train.log").read_text()
+
+
+BAD = "train.compile_options.cpu_backend=foo"  # a form the config takes, a value this torch does not
+
+
+def test_a_resumed_run_checks_its_config_file_and_names_it(tmp_path, shared_run_dir):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(shared_run_dir, run)
+    cfg_file = run / "config.yaml"
+    raw = yaml.safe_load(cfg_file.read_text())
+    raw["train"].update(compile="on", compile_options={"cpu_backend": "foo"})
+    cfg_file.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "minbert", "train", "--resume", str(run), "--no-progress"],
+                          cwd=tmp_path, env=env(False), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {cfg_file}: train.compile_options.cpu_backend:")
+
+
+def test_a_study_checks_them_before_its_folder_is_made(tmp_path, tiny_encoder, data_dir):
+    from minbert.experiments.tune import Param, tune
+
+    cfg = load_config(None, [f"model.encoder={tiny_encoder}", "train.compile=on", BAD])
+    with pytest.raises(ConfigError, match="train.compile_options.cpu_backend: expected one of"):
+        tune(cfg, tmp_path / "study", data_dir=data_dir, space=(Param("optim.lr", 1e-5, 1e-3, log=True),))
+    assert not (tmp_path / "study").exists()
+
+
+def test_an_ablation_checks_every_row_before_it_trains_one(tmp_path, tiny_encoder, data_dir):
+    from minbert.experiments.ablation import run_ablation
+
+    base = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    rows = [{"name": "a"}, {"name": "b", "parent": "a", "overrides": ["train.compile=on", BAD]}]
+    (tmp_path / "ab.yaml").write_text(yaml.safe_dump({"base": str(base), "rows": rows}))
+    with pytest.raises(ConfigError, match=r"ab.yaml: row 'b': train.compile_options.cpu_backend: expected one of"):
+        run_ablation(tmp_path / "ab.yaml", tmp_path / "runs", tmp_path / "rep", data_dir=data_dir,
+                     extra=[f"model.encoder={tiny_encoder}"])
+    assert not (tmp_path / "runs").exists()

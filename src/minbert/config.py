@@ -159,25 +159,26 @@ def _check_model_and_optim(cfg: Config) -> None:
 
 
 def _check_compile_options(cfg: Config) -> None:
-    """The form of ``train.compile_options``: every entry a value or a section of values, no name
-    given twice (as a section's entry and as a dotted name), and something that compiles (what each
-    name means is checked against torch when training starts:
-    :func:`minbert.config_compile.compile_options`).
+    """The form of ``train.compile_options``: each entry a value or a section of values (a
+    section's setting as a section, ``triton: {enable_pdl: true}``, as a dotted override makes
+    it), and something that compiles (what each name means is checked against torch when training
+    starts: :func:`minbert.config_compile.compile_options`).
 
     Raises:
         ConfigError: naming the entry and the reason.
     """
-    names: list[str] = []
-    for key, value in cfg.train.compile_options.items():
+    options = cfg.train.compile_options
+    for key, value in options.items():
+        where = f"train.compile_options.{key}"
         if value == {}:
-            raise ConfigError(f"train.compile_options.{key}: no value (null or an empty section)")
-        names += [f"{key}.{sub}" for sub in value] if isinstance(value, dict) else [key]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"train.compile_options.{twice[0]}: given twice (in a section and as a dotted name)")
-    if names and cfg.train.compile == "off" and not (cfg.optim.master_weights or cfg.optim.embedding_rows):
-        raise ConfigError("train.compile_options: nothing compiles (train.compile is off; neither "
-                          "optim.master_weights nor optim.embedding_rows)")
+            raise ConfigError(f"{where}: no value (null or an empty section)")
+        if "." in key:
+            head, _, rest = key.partition(".")
+            raise ConfigError(f"{where}: a dotted name; write it as a section ({head}: {{{rest}: ...}})")
+    o = cfg.optim
+    if options and cfg.train.compile == "off" and not ((o.master_weights and o.fused != "off") or o.embedding_rows):
+        raise ConfigError("train.compile_options: nothing compiles (train.compile is off; no fused "
+                          "optim.master_weights update, no optim.embedding_rows)")
 
 
 def _finite(lo: float, low_ok: bool = True, hi: float = math.inf) -> Any:

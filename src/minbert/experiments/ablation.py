@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from ..config import Config, dump_yaml, load_config, resolve
+from ..config_compile import compile_options
 from ..config_values import safe_load_unique
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_png, atomic_write_text
@@ -226,10 +227,13 @@ def run_ablation(
             raise ConfigError(f"--only: no row(s) {missing} in {ab.path} (rows: {list(ab.rows)})")
     if final:
         name = final_row(ab, runs_root)
+        compile_options(ab.config(name, list(extra)).train, f"{ab.path}: row {name!r}")
         for seed in seeds if seeds is not None else ab.seeds:
             log.info("final row %s, seed %d", name, seed)
             train_row(ab.config(name, list(extra), seed), runs_root / f"final-seed{seed}", data_dir, progress, False)
     elif not report_only:
+        for name in only or list(ab.rows):  # inductor settings this torch does not take fail before any training
+            compile_options(ab.config(name, list(extra)).train, f"{ab.path}: row {name!r}")
         for name in only or list(ab.rows):
             log.info("row %s: %s", name, ab.rows[name].change)
             train_row(ab.config(name, list(extra)), runs_root / name, data_dir, progress, False)

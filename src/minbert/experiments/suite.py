@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 
 from ..config import Config, load_config, replace, resolve
+from ..config_compile import compile_options
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..runs import last_checkpoint
@@ -225,6 +226,8 @@ def run_suite(
     runs_root, report_dir = Path(runs_root), Path(report_dir)
     overrides = list(overrides)
     cfgs = {exp: load_config(path, overrides) for exp, path in presets.items()}  # fail before training
+    for exp, cfg in cfgs.items():
+        compile_options(cfg.train, str(presets[exp]))
     stems = {path.stem: exp for exp, path in presets.items()}
     deps = {exp: _dependency(cfg, stems) for exp, cfg in cfgs.items()}
     rows = sorted(presets) if only is None else list(dict.fromkeys(only))

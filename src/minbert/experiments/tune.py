@@ -141,6 +141,7 @@ def _check_arguments(
     timeout: float | None,
 ) -> None:
     """Refuse what would fail in every trial, before the study is opened (see :func:`tune`)."""
+    from ..config_compile import compile_options
     from ..data.batching import resolve_data_dir
     from ..model.hf_folder import resolve_encoder_path
 
@@ -154,6 +155,7 @@ def _check_arguments(
         raise ConfigError(f"tune: --study-dir {study_dir} is a file, not a folder")
     apply_params(cfg, {p.key: int(p.low) if p.integer else p.low for p in space})  # fail early on an unknown key
     resolve_encoder_path(cfg.model.encoder)  # a missing encoder or data folder fails here, not in a trial
+    compile_options(cfg.train)  # as do inductor settings this torch does not take
     resolve_data_dir(str(data_dir) if data_dir else None, cfg.data.dir)
 
 

@@ -115,8 +115,8 @@ class AdamW(torch.optim.Optimizer):
     :func:`minbert.training.lazy_rows.attach_lazy_rows`): a word embedding whose update, applied
     to the rows its lookups read, ends every update (:meth:`step`, :meth:`graph_update`; a replayed
     one is counted by :meth:`replayed`); :meth:`state_dict` brings all its rows up first.
-    ``compile_options``: inductor's settings (``torch.compile(options=...)``) for the compiled
-    update that ``fused`` with ``master_weights`` runs."""
+    ``compile_options``: inductor's settings (``torch.compile(options=...)``, dotted names) for
+    the compiled update that ``fused`` with ``master_weights`` runs, and for ``rows``' step values."""
 
     def __init__(
         self,
@@ -457,7 +457,8 @@ def build_optimizer(
     fp32 master weights and the model trains bf16 working weights (:func:`attach_master_weights`).
     With ``cfg.embedding_rows``, our AdamW updates the model's word embedding on the rows each step
     reads (:func:`minbert.training.lazy_rows.attach_lazy_rows`). ``compile_options``: inductor's
-    settings for our AdamW's compiled update (:func:`minbert.config.compile_options`).
+    settings for our AdamW's compiled update and the word-embedding rows' compiled step values
+    (:func:`minbert.config_compile.compile_options`).
 
     Raises:
         ConfigError: an unknown name or invalid hyperparameters.

@@ -16,7 +16,7 @@ from typing import IO, NamedTuple
 import numpy as np
 import torch
 
-from ..config import Config, RuntimeSettings, TrainConfig, dump_yaml, replace
+from ..config import Config, RuntimeSettings, TrainConfig, dump_yaml, load_config, replace, use_fused_optimizer
 from ..config_compile import compile_options
 from ..data.batching import TaskStream, resolve_data_dir
 from ..data.tokenizer import Tokenizer
@@ -32,13 +32,27 @@ from .checkpoint import clean_checkpoints
 from .reporting import provenance
 from .schedule import epoch_schedule
 from .surgical import freeze_layers, init_from_run
-from .tracking import MLFLOW_FILE
+from .tracking import MLFLOW_FILE, check_mlflow_store
 
 log = logging.getLogger(__name__)
 
 
 LOCK_FILE = ".minbert.lock"  # held (flock) by the process that trains in the run folder
 PLOT_GLOBS = ("curves.png", "*-confusion.png", "*-scatter.png", "*-calibration.png")  # task_plots' files
+
+
+def resume_config(run_dir: Path, check_store: bool) -> Config:
+    """The config a run folder trains on with (its ``config.yaml``), its ``train.compile_options``
+    checked against this torch, and with ``check_store`` (rank 0) the MLflow store of the run it
+    continues (:func:`minbert.training.tracking.check_mlflow_store`).
+
+    Raises:
+        ConfigError: naming the file, or the store (see ``check_mlflow_store``)."""
+    cfg = load_config(run_dir / CONFIG_FILE)
+    compile_options(cfg.train, str(run_dir / CONFIG_FILE))
+    if check_store:
+        check_mlflow_store(cfg.output.report_to, cfg.name)
+    return cfg
 
 
 def new_run_config(cfg: Config, data_dir: str | Path | None) -> Config:
@@ -227,7 +241,11 @@ def log_plan(cfg: Config, counts: StepCounts, total_steps: int, device: torch.de
     if rt.note:
         log.info("%s", rt.note)
     if compile_options(tc) and not rt.compile:
-        log.info("train.compile_options: the encoder is not compiled here (train.compile auto: on CUDA only)")
+        update = cfg.optim.master_weights and use_fused_optimizer(cfg.optim, device.type)
+        rows = cfg.optim.embedding_rows and device.type == "cuda"
+        uses = " and ".join(w for w, on in (("the master-weights update", update), ("the rows' values", rows)) if on)
+        log.info("train.compile_options: the encoder is not compiled (train.compile=%s on %s); %s", tc.compile,
+                 device.type, f"they apply to {uses}" if uses else "unused: nothing compiles in this run")
 
 
 def rescale_position(

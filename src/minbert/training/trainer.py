@@ -34,7 +34,7 @@ from ..inference.graphs import GraphedForward
 from ..inference.model_card import write_model_card
 from ..io import atomic_write_json
 from ..model.multitask import step_pack_plan
-from ..runs import CONFIG_FILE, TRAIN_STATE, Run, check_file_weights, last_checkpoint, resolve_run_data_dir
+from ..runs import TRAIN_STATE, Run, check_file_weights, last_checkpoint, resolve_run_data_dir
 from ..tasks.splits import load_splits
 from .checkpoint import BackgroundWriter, load_train_state, restoring, rng_state, set_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
@@ -51,6 +51,7 @@ from .setup import (
     new_run_config,
     prepare_run_dir,
     rescale_position,
+    resume_config,
     run_device,
     seed_everything,
     setup_model,
@@ -108,9 +109,7 @@ def train(
     try:
         barrier(ctx)
         if resume:
-            cfg = load_config(run_dir / CONFIG_FILE)
-            if ctx.is_main:
-                check_mlflow_store(cfg.output.report_to, cfg.name)  # the store of the run it continues
+            cfg = resume_config(run_dir, check_store=ctx.is_main)
         file_log = add_file_logging(run_dir) if ctx.is_main else None
         if not ctx.is_main:
             pkg_log.setLevel(logging.WARNING)  # only rank 0 reports progress
