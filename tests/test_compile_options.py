@@ -20,6 +20,7 @@ import yaml
 from minbert.config import from_dict, load_config, to_dict
 from minbert.config_compile import compile_options
 from minbert.errors import ConfigError
+from minbert.model.packing import pack
 from minbert.training.optim import AdamW
 from minbert.training.setup import setup_model
 from minbert_testkit import slice_args
@@ -113,14 +114,19 @@ def _traced(folder: Path) -> list[Path]:
     return sorted(folder.rglob("output_code.py"))
 
 
-def test_the_encoders_compile_gets_the_options(tiny_encoder, tmp_path):
-    cfg = load_config(None, [f"model.encoder={tiny_encoder}", "train.compile=on",
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_encoders_compile_gets_the_options(tiny_encoder, tmp_path, packed):
+    """The padded forward's compile, and the packed forward's (eager attention runs it on a CPU)."""
+    cfg = load_config(None, [f"model.encoder={tiny_encoder}", "train.compile=on", "model.attn_implementation=eager",
                              "train.compile_options.trace.enabled=true", "train.compile_options.fx_graph_cache=false",
                              f"train.compile_options.trace.debug_dir={tmp_path}"])
-    model = setup_model(cfg, torch.device("cpu"), compile_encoder=True).model.eval()
+    model = setup_model(cfg, torch.device("cpu"), compile_encoder=True, packed=packed).model.eval()
     ids = torch.randint(5, 90, (2, 7))
     with torch.no_grad():
-        model.encoder(ids, torch.ones_like(ids))
+        if packed:
+            model.encoder.forward_packed(pack(ids, torch.ones_like(ids), torch.zeros_like(ids)))
+        else:
+            model.encoder(ids, torch.ones_like(ids))
     assert _traced(tmp_path)  # without the options inductor writes no code there
 
 

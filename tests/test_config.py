@@ -574,3 +574,8 @@ def test_an_alias_of_a_merged_mapping_is_no_duplicate_and_keys_that_name_one_tas
     path.write_text("train:\n  ~: 1\n  null: 2\n")
     with pytest.raises(ConfigError, match="line 3: duplicate key 'null'"):
         load_config(path)
+
+
+def test_an_integer_beyond_floats_range_for_a_number_is_one_config_error():
+    with pytest.raises(ConfigError, match=r"optim.lr: 1000000000\d*\.\.\. is too large for a number"):
+        load_config(None, [f"optim.lr={10**400}"])
