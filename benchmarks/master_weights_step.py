@@ -118,6 +118,13 @@ def _fused_backward_kernel(requested: str):
     return None if kernel is None else functools.partial(kernel, fused_backward=True)
 
 
+def graphed_params(model: torch.nn.Module, rows) -> list[torch.nn.Parameter]:  # noqa: ANN001
+    """The parameters whose gradients the step's graphs hold: all but the rows' table (``rows``, a
+    :class:`~minbert.training.lazy_rows.LazyRows` or None), as the trainer's step does. Its gradient
+    is the rows' accumulator; a buffer would give it a zero ``.grad``, and AdamW the dense update too."""
+    return [p for p in model.parameters() if rows is None or p is not rows.weight]
+
+
 def prepare(variant: str, batches: list[dict]):
     set_knobs(variant)
     kind = variant.split("-")[0]
@@ -134,10 +141,10 @@ def prepare(variant: str, batches: list[dict]):
     config = BertConfig(**ts.CONFIGS["bert-base"], attn_implementation="sdpa", weight_grad_stream=wgs)
     model = BertModel(config).to(dev).train()
     opt = AdamW(model.parameters(), lr=1e-5, fused=True, master_weights=True)
-    if "rows" in knobs:  # the word embedding's update on the rows a step reads (optim.embedding_rows)
-        attach_lazy_rows(model, opt)  # (before the master weights, as build_optimizer does)
+    rows = attach_lazy_rows(model, opt) if "rows" in knobs else None  # the word embedding's update on the
+    # rows a step reads (optim.embedding_rows; before the master weights, as build_optimizer does)
     attach_master_weights(model, opt)  # the parameters now bf16, the masters fp32 in opt's state
-    params = list(model.parameters())
+    params = graphed_params(model, rows)
     B, max_seqlen = batches[0]["input_ids"].shape[0], 128
     gpu_batches = [{k: v.to(dev) for k, v in ts.packed_inputs(b, max_seqlen).items()} for b in batches]
     loss_fn = torch.compile(ts.packed_loss_fn(model, B, max_seqlen), dynamic=True)
@@ -153,7 +160,7 @@ def prepare(variant: str, batches: list[dict]):
         else:
             opt.replayed()  # with rows: every 16 updates, a flush of the whole table
 
-    return step, gpu_batches, sum(p.numel() for p in params), graphs
+    return step, gpu_batches, sum(p.numel() for p in model.parameters()), graphs
 
 
 if __name__ == "__main__":
