@@ -83,6 +83,9 @@ Inputs (see reports/bench/README.md for the commands that made them):
                                     s27-call1 (CUDA tests of its kernel; attention_varlen.py with the
                                     tiled one-kernel backward, --mask-check; master_weights_step.py,
                                     knobs rows, pdl, fbwd) (device-scripts/s27-call*.sh)
+  bench/s29/                        on an H100: s29-call1 (the CUDA tests of the rows' update in
+                                    the trainer and the benchmark), s29-call3 (master_weights_step.py,
+                                    the peer and every knob stacked, one process) (device-scripts/s29-call*.sh)
   bench/s26/                        the weight-gradient stream and the one-kernel attention backward:
                                     s26-call1 (CUDA tests; attention_varlen.py, --mask-check; the peer
                                     and the master-weights step), s26-call2 and s26-call3
@@ -398,19 +401,29 @@ def master_weights_b32_runs() -> list[dict]:
     variants ``master-...``) against the reduce-overhead peer, in one process, in each run of both
     (benchmarks/master_weights_step.py). ``bias_ones``: the tree kept the bias gradients' ones in
     blocks (s22 on), else each step made them. Knobs wgs and fbwd (s26): the weight-gradient stream,
-    the one-kernel attention backward."""
+    the one-kernel attention backward; s29-call3: every knob that shortened the step at this batch
+    stacked (wgs, rows, pdl, combo, nosplit, cdt), on an H100 (the others ran on H200s); that call
+    ended at its time limit, so its records come from its log. ``gpu``: the card, where kept."""
     out = []
     for name in ("s20/s20-call2-master-b32.json", "s20/s20-call4-master-cdt-b32.json", "s21/s21-call1-knobs-b32.json",
                  "s22/s22-call1-knobs-b32.log", "s22/s22-call2-knobs-b32.json", "s22/s22-call3-knobs-b32.json",
-                 *(f"s26/s26-call{i}-step-b32.json" for i in (1, 2, 3))):
+                 *(f"s26/s26-call{i}-step-b32.json" for i in (1, 2, 3)), "s29/s29-call3-step-b32.log"):
         recs = samples_per_s(name)
         variants = {k: {"samples_per_s": v, "ratio": round(v / recs["peer"], 2)} for k, v in recs.items()
                     if k.startswith("master-")}
         run = {"master": recs["master"], "peer": recs["peer"], "ratio": round(recs["master"] / recs["peer"], 2)} \
             if "master" in recs else {"peer": recs["peer"]}
-        out.append({**run, **({"variants": variants} if variants else {}), "bias_ones": name[:4] in ("s22/", "s26/"),
+        out.append({**run, **({"variants": variants} if variants else {}),
+                    "bias_ones": name[:4] in ("s22/", "s26/", "s29/"), "gpu": gpu_of(name),
                     "source": f"reports/bench/{name}"})
     return out
+
+
+def gpu_of(name: str) -> str | None:
+    """The card that ran bench/``name`` (its call's ``-gpu.txt``, nvidia-smi's CSV), where kept."""
+    call = re.match(r"s\d+/s\d+-call\d+", name)
+    f = BENCH / f"{call.group(0)}-gpu.txt" if call else None
+    return f.read_text().splitlines()[1].split(",")[0].strip() if f and f.is_file() else None
 
 
 def inductor_knobs() -> dict:
