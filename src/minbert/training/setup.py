@@ -240,7 +240,7 @@ def log_plan(cfg: Config, counts: StepCounts, total_steps: int, device: torch.de
     )
     if rt.note:
         log.info("%s", rt.note)
-    if compile_options(tc) and not rt.compile:
+    if tc.compile_options and not rt.compile:  # (the config refuses empty entries)
         update = cfg.optim.master_weights and use_fused_optimizer(cfg.optim, device.type)
         rows = cfg.optim.embedding_rows and device.type == "cuda"
         uses = " and ".join(w for w, on in (("the master-weights update", update), ("the rows' values", rows)) if on)
